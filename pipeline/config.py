@@ -1,0 +1,305 @@
+"""The one typed pipeline config: loaded from TOML, validated before any work.
+
+Every error names the file and the field (`profiles[1].max_seq_len`). Relative
+paths in a config file resolve against that file's folder; in the embedded
+default they resolve against the working directory (the repository root).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+from pipeline.targets import TARGETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_NAME = "tiny.toml"
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Precision(str, Enum):
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8_wo = "int8_wo"  # W8A16, per-channel weights quantized by TensorRT-LLM at build
+    int8_sq = "int8_sq"  # W8A8 SmoothQuant, per-channel weights, per-tensor activations
+    fp8 = "fp8"
+
+    @property
+    def is_int8(self) -> bool:
+        return self in (Precision.int8_wo, Precision.int8_sq)
+
+
+class ModelSection(Strict):
+    name: Annotated[str, Field(pattern=SLUG.pattern)]  # used in paths: engines/<name>/...
+    # hub: download repo_id@revision; local: a Hugging Face folder on disk;
+    # tiny: the small Mistral this project generates itself (demo, CI).
+    source: Literal["hub", "local", "tiny"] = "hub"
+    repo_id: str | None = None
+    revision: str = "main"
+    local_path: Path | None = None
+    allow_patterns: tuple[str, ...] = (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "chat_template.jinja",
+        "*.safetensors",
+        "model.safetensors.index.json",
+    )
+    allow_pickle: bool = False  # refuse .bin/.pt/.pth weights unless opted in
+    trust_remote_code: bool = False
+    instruct: bool = False  # apply the tokenizer's chat template to calibration/eval prompts
+    tiny_seed: int = 0
+    tiny_train_steps: Annotated[int, Field(ge=0)] = 300
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelSection:
+        if self.source == "hub" and not self.repo_id:
+            raise ValueError("source 'hub' needs repo_id (e.g. 'mistralai/Mistral-7B-Instruct-v0.3')")
+        if self.source == "local" and self.local_path is None:
+            raise ValueError("source 'local' needs local_path (a Hugging Face model folder)")
+        return self
+
+    @property
+    def revision_is_commit(self) -> bool:
+        return bool(COMMIT_SHA.match(self.revision))
+
+
+class TargetSection(Strict):
+    gpu: str = "a100-40gb"
+
+    @field_validator("gpu")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in TARGETS:
+            raise ValueError(f"unknown target '{value}'; known: {', '.join(TARGETS)}")
+        return value
+
+
+class QuantizationSection(Strict):
+    precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] = (Precision.int8_sq,)
+    kv_cache_dtype: Literal["fp16", "int8"] = "fp16"
+
+
+class CalibrationSection(Strict):
+    dataset: Path = Path("calib_data/offline-mix.jsonl")
+    samples: Annotated[int, Field(ge=1)] = 512
+    seq_len: Annotated[int, Field(ge=8)] = 512
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    smoothquant_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    seed: int = 1234
+
+
+class Profile(Strict):
+    name: Annotated[str, Field(pattern=SLUG.pattern)]
+    max_batch_size: Annotated[int, Field(ge=1)]
+    max_input_len: Annotated[int, Field(ge=1)]
+    # Always explicit: left unset, TensorRT-LLM takes 32768 from Mistral's config.
+    max_seq_len: Annotated[int, Field(ge=2)]
+    max_num_tokens: Annotated[int, Field(ge=1)] | None = None  # None: derived by the plan
+    opt_num_tokens: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Profile:
+        if self.max_input_len >= self.max_seq_len:
+            raise ValueError(
+                f"max_input_len ({self.max_input_len}) must be less than max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
+
+class BuildSection(Strict):
+    gemm_plugin: str = "auto"
+    multiple_profiles: bool = True
+    use_paged_context_fmha: bool = True
+    kv_cache_type: Literal["paged", "continuous"] = "paged"
+    workers: Annotated[int, Field(ge=1)] | None = None  # None: one per visible GPU
+    visualize: bool = False
+
+
+class GateThresholds(Strict):
+    max_perplexity_increase_pct: Annotated[float, Field(ge=0)]
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)]
+    min_greedy_match: Annotated[float, Field(ge=0, le=1)]
+    min_multiple_choice_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+def _default_thresholds() -> dict[Precision, GateThresholds]:
+    # SmoothQuant W8A8 moves Mistral-7B's wikitext-2 perplexity 5.253 -> 5.277 (+0.5%);
+    # the defaults leave room for calibration noise yet catch a collapse.
+    return {
+        Precision.fp16: GateThresholds(
+            max_perplexity_increase_pct=0.5, min_top1_agreement=0.98, min_greedy_match=0.9
+        ),
+        Precision.bf16: GateThresholds(
+            max_perplexity_increase_pct=1.0, min_top1_agreement=0.97, min_greedy_match=0.8
+        ),
+        Precision.int8_wo: GateThresholds(
+            max_perplexity_increase_pct=2.0, min_top1_agreement=0.93, min_greedy_match=0.6
+        ),
+        Precision.int8_sq: GateThresholds(
+            max_perplexity_increase_pct=3.0, min_top1_agreement=0.90, min_greedy_match=0.5
+        ),
+        Precision.fp8: GateThresholds(
+            max_perplexity_increase_pct=2.0, min_top1_agreement=0.93, min_greedy_match=0.6
+        ),
+    }
+
+
+class GateSection(Strict):
+    eval_dataset: Path = Path("calib_data/offline-eval.jsonl")
+    eval_samples: Annotated[int, Field(ge=1)] = 64
+    eval_seq_len: Annotated[int, Field(ge=8)] = 512
+    prompts: Path = Path("calib_data/prompts.jsonl")
+    max_new_tokens: Annotated[int, Field(ge=1)] = 32
+    multiple_choice: Path | None = None
+    thresholds: dict[Precision, GateThresholds] = Field(default_factory=_default_thresholds)
+
+
+class PublishSection(Strict):
+    destination: Path = Path("model_repository")
+    container: str = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    decoupled: bool = True
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
+    preprocessing_instances: Annotated[int, Field(ge=1)] = 1
+    postprocessing_instances: Annotated[int, Field(ge=1)] = 1
+    enable_kv_cache_reuse: bool = False
+    enable_chunked_context: bool = True
+
+
+class PipelineConfig(Strict):
+    model: ModelSection
+    target: TargetSection = TargetSection()
+    quantization: QuantizationSection = QuantizationSection()
+    calibration: CalibrationSection = CalibrationSection()
+    profiles: Annotated[tuple[Profile, ...], Field(min_length=1)]
+    build: BuildSection = BuildSection()
+    gate: GateSection = GateSection()
+    publish: PublishSection = PublishSection()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> PipelineConfig:
+        target = TARGETS[self.target.gpu]
+        for i, precision in enumerate(self.quantization.precisions):
+            if precision is Precision.fp8 and not target.supports_fp8:
+                raise _FieldError(
+                    f"quantization.precisions[{i}]",
+                    f"fp8 needs sm89 or newer; target '{target.name}' is sm{target.sm}",
+                    "use int8_sq or int8_wo on this target",
+                )
+            if precision.is_int8 and not target.supports_int8:
+                raise _FieldError(
+                    f"quantization.precisions[{i}]", f"target '{target.name}' has no INT8 support"
+                )
+        if len(set(self.quantization.precisions)) != len(self.quantization.precisions):
+            raise _FieldError("quantization.precisions", "lists a precision twice")
+        names = [p.name for p in self.profiles]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise _FieldError(f"profiles[{i}].name", f"profile name '{name}' is used twice")
+        for i, profile in enumerate(self.profiles):
+            if profile.opt_num_tokens is not None and self.build.multiple_profiles:
+                # trtllm-build raises on --multiple_profiles enable with --opt_num_tokens.
+                raise _FieldError(
+                    f"profiles[{i}].opt_num_tokens",
+                    "cannot be set with build.multiple_profiles = true (trtllm-build refuses the pair)",
+                )
+        for precision in self.quantization.precisions:
+            if precision not in self.gate.thresholds:
+                raise _FieldError("gate.thresholds", f"no thresholds for precision '{precision.value}'")
+        return self
+
+    def profile(self, name: str) -> Profile:
+        return next(p for p in self.profiles if p.name == name)
+
+
+class _FieldError(ValueError):
+    """Raised inside validators so the loader can name the exact field."""
+
+    def __init__(self, field: str, problem: str, hint: str | None = None) -> None:
+        super().__init__(problem)
+        self.field = field
+        self.problem = problem
+        self.hint = hint
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    return config.model_copy(
+        update={
+            "model": config.model.model_copy(update={"local_path": fix(config.model.local_path)}),
+            "calibration": config.calibration.model_copy(update={"dataset": fix(config.calibration.dataset)}),
+            "gate": config.gate.model_copy(
+                update={
+                    "eval_dataset": fix(config.gate.eval_dataset),
+                    "prompts": fix(config.gate.prompts),
+                    "multiple_choice": fix(config.gate.multiple_choice),
+                }
+            ),
+            "publish": config.publish.model_copy(update={"destination": fix(config.publish.destination)}),
+        }
+    )
+
+
+def parse_config(text: str, source: str, base_dir: Path) -> PipelineConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from exc
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldError):
+            raise ConfigError(source, ctx_error.field, ctx_error.problem, hint=ctx_error.hint) from None
+        problem = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            problem = "unknown key (check the spelling against the README's config reference)"
+        elif err["type"] == "missing":
+            problem = "required but missing"
+        raise ConfigError(source, _loc(err["loc"]), problem) from None
+    return _resolve_paths(config, base_dir)
+
+
+def load_config(path: Path | None) -> PipelineConfig:
+    """Load `path`, or the embedded tiny CPU default when `path` is None."""
+    if path is None:
+        text = resources.files("pipeline.defaults").joinpath(DEFAULT_CONFIG_NAME).read_text()
+        return parse_config(text, f"<embedded default {DEFAULT_CONFIG_NAME}>", Path.cwd())
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            path, "", "config file not found", hint="pass --config PATH to a TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read config: {exc.strerror}") from None
+    return parse_config(text, str(path), path.resolve().parent)

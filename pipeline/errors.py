@@ -1,0 +1,101 @@
+"""Every error the pipeline raises on purpose, and the exit code it maps to.
+
+The CLI turns a PipelineError into one red line (plus a tip) and its exit code;
+anything else is a bug and is reported as such. Errors carry data, not prose
+assembled at the raise site, so tests can assert on fields.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    GATE_FAILED = 1
+    BAD_INPUT = 2
+    MISSING_DEPENDENCY = 3
+    BUSY = 4
+    STAGE_FAILED = 5
+    INTERNAL = 70
+    INTERRUPTED = 130
+
+
+class PipelineError(Exception):
+    exit_code: ExitCode = ExitCode.STAGE_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(PipelineError, ValueError):
+    """A config file (or the embedded default) is invalid: names the file and the field."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+    def __init__(self, source: str | Path, field: str, problem: str, *, hint: str | None = None) -> None:
+        self.source = str(source)
+        self.field = field
+        self.problem = problem
+        where = f"{self.source}: {field}" if field else self.source
+        super().__init__(f"{where}: {problem}", hint=hint)
+
+
+class InputError(PipelineError, ValueError):
+    """Bad input data (a file, a path, a data set) that is not the config itself."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{path}: {message}" if path is not None else message, hint=hint)
+
+
+class MissingDependencyError(PipelineError, ImportError):
+    """A package, tool or piece of hardware the requested work needs is absent."""
+
+    exit_code = ExitCode.MISSING_DEPENDENCY
+
+
+class NotImplementedStageError(MissingDependencyError):
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        super().__init__(f"stage '{stage}' is not implemented yet", hint="see the open issues in the tracker")
+
+
+class GateFailedError(PipelineError):
+    exit_code = ExitCode.GATE_FAILED
+
+
+class LockBusyError(PipelineError):
+    exit_code = ExitCode.BUSY
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        super().__init__(
+            f"another pipeline run holds {lock_path}",
+            hint="wait for it to finish, or run without --no-wait to queue behind it",
+        )
+
+
+class StageError(PipelineError):
+    """A stage could not produce its artifact (download failed, external tool failed, ...)."""
+
+    exit_code = ExitCode.STAGE_FAILED
+
+    def __init__(self, stage: str, message: str, *, hint: str | None = None, log: Path | None = None) -> None:
+        self.stage = stage
+        self.log = log
+        super().__init__(f"{stage}: {message}" + (f" (log: {log})" if log else ""), hint=hint)
+
+
+class ToolFailedError(StageError):
+    """An external command exited non-zero."""
+
+    def __init__(self, stage: str, argv: list[str], returncode: int, log: Path | None) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        super().__init__(stage, f"{argv[0]} exited with code {returncode}", log=log)

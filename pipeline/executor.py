@@ -1,0 +1,281 @@
+"""Run tasks in order: skip what is up to date, run the rest into the store.
+
+A task's key is the hash of its Fingerprint (stage, stage version, variant,
+config section, input keys, tool versions). Keys are computed before anything
+runs, so `status` can say what would run, and why, without running it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.hashing import fingerprint_key
+from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, list_files
+from pipeline.reporting import Reporter
+from pipeline.stages import stage_module
+from pipeline.stages.base import RunOptions, StageContext, StageModule
+from pipeline.store import Artifact, ArtifactStore, write_text_atomic
+from pipeline.tasks import Task
+
+
+class TaskState(str, Enum):
+    up_to_date = "up to date"
+    stale = "stale"
+    missing = "missing"
+    ran = "ran"
+    failed = "failed"
+    rejected = "rejected"  # ran or cached, but its verdict is not ok (a failed gate)
+    blocked = "blocked"  # an input was rejected or failed
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    key: str
+    state: TaskState
+    reason: str = ""
+    summary: str = ""
+    duration_s: float = 0.0
+    path: Path | None = None
+
+
+@dataclass
+class RunReport:
+    results: list[TaskResult] = field(default_factory=list)
+    error: PipelineError | None = None
+
+    @property
+    def rejected(self) -> list[TaskResult]:
+        return [r for r in self.results if r.state is TaskState.rejected]
+
+
+@cache
+def tool_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+StageLookup = Callable[[str], StageModule]
+
+
+def fingerprints(
+    config: PipelineConfig, tasks: list[Task], modules: StageLookup = stage_module
+) -> dict[Task, Fingerprint]:
+    """Fingerprint every task; tasks must be in topological order."""
+    out: dict[Task, Fingerprint] = {}
+    for task in tasks:
+        module = modules(task.stage)
+        out[task] = Fingerprint(
+            stage=task.stage,
+            stage_version=module.VERSION,
+            variant=task.variant_dict,
+            config=module.config_section(config, task),
+            inputs={t.stage: fingerprint_key(out[t].model_dump()) for t in task.inputs},
+            tools={d: tool_version(d) for d in module.TOOLS},
+        )
+    return out
+
+
+def key_of(fingerprint: Fingerprint) -> str:
+    return fingerprint_key(fingerprint.model_dump())
+
+
+def why_stale(old: Fingerprint, new: Fingerprint) -> str:
+    """The cheapest-to-read reason a stored artifact no longer matches."""
+    if old.stage_version != new.stage_version:
+        return f"stage version {old.stage_version} -> {new.stage_version}"
+    changed = sorted(k for k in set(old.config) | set(new.config) if old.config.get(k) != new.config.get(k))
+    if changed:
+        return "config changed: " + ", ".join(changed)
+    inputs = sorted(k for k in new.inputs if old.inputs.get(k) != new.inputs[k])
+    if inputs:
+        return "input changed: " + ", ".join(inputs)
+    tools = [f"{k} {old.tools.get(k)} -> {v}" for k, v in new.tools.items() if old.tools.get(k) != v]
+    if tools:
+        return "tool version changed: " + ", ".join(tools)
+    return "fingerprint changed"
+
+
+def status(
+    config: PipelineConfig, store: ArtifactStore, tasks: list[Task], modules: StageLookup = stage_module
+) -> list[TaskResult]:
+    """Each task as up to date / stale (and why) / missing, without running anything."""
+    results = []
+    prints = fingerprints(config, tasks, modules)
+    for task in tasks:
+        key = key_of(prints[task])
+        artifact = store.get(task.stage, task.variant, key)
+        if artifact is not None:
+            state = TaskState.up_to_date if artifact.manifest.ok else TaskState.rejected
+            results.append(
+                TaskResult(task, key, state, summary=artifact.manifest.summary, path=artifact.path)
+            )
+            continue
+        latest = store.latest(task.stage, task.variant)
+        if latest is None:
+            results.append(TaskResult(task, key, TaskState.missing, reason="never built"))
+        else:
+            reason = why_stale(latest.manifest.fingerprint, prints[task])
+            results.append(TaskResult(task, key, TaskState.stale, reason=reason, path=latest.path))
+    return results
+
+
+def _task_logger(task: Task, log_path: Path) -> tuple[logging.Logger, logging.Handler]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"pipeline.task.{task.id}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = logging.FileHandler(log_path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def _run_one(
+    module: StageModule,
+    config: PipelineConfig,
+    store: ArtifactStore,
+    task: Task,
+    fingerprint: Fingerprint,
+    inputs: dict[str, Artifact],
+    reporter: Reporter,
+    options: RunOptions,
+) -> Artifact:
+    key = key_of(fingerprint)
+    log_path = store.log_path(task.stage, task.variant, key)
+    logger, handler = _task_logger(task, log_path)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    try:
+        with store.writer(task.stage, task.variant, key) as out_dir:
+            ctx = StageContext(
+                config=config,
+                task=task,
+                inputs=inputs,
+                out_dir=out_dir,
+                work_dir=store.work_dir,
+                log=logger,
+                log_path=log_path,
+                reporter=reporter,
+                options=options,
+            )
+            logger.info("running %s (key %s)", task.id, key)
+            outcome = module.run(ctx)
+            handler.flush()
+            shutil.copyfile(log_path, out_dir / "stage.log")
+            record = (
+                outcome.record.model_dump(mode="json")
+                if isinstance(outcome.record, BaseModel)
+                else outcome.record
+            )
+            manifest = Manifest(
+                key=key,
+                fingerprint=fingerprint,
+                ok=outcome.ok,
+                summary=outcome.summary,
+                record=record,
+                files=list_files(out_dir, ctx.known_sha256),
+                started_at=started,
+                finished_at=datetime.now(timezone.utc),
+                duration_s=round(time.perf_counter() - t0, 3),
+            )
+            write_text_atomic(out_dir / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    artifact = store.get(task.stage, task.variant, key)
+    assert artifact is not None
+    return artifact
+
+
+def execute(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    tasks: list[Task],
+    *,
+    reporter: Reporter,
+    force_stages: frozenset[str] = frozenset(),
+    options: RunOptions = RunOptions(),
+    modules: StageLookup = stage_module,
+) -> RunReport:
+    """Bring `tasks` up to date, in order. Stops at the first error; a rejected
+    artifact (failed gate) blocks only its own dependents."""
+    report = RunReport()
+    prints = fingerprints(config, tasks, modules)
+    done: dict[Task, Artifact] = {}
+    for task in tasks:
+        key = key_of(prints[task])
+        bad_inputs = [t for t in task.inputs if t not in done]
+        if bad_inputs:
+            report.results.append(
+                TaskResult(task, key, TaskState.blocked, reason=f"{bad_inputs[0].id} did not pass")
+            )
+            continue
+        existing = store.get(task.stage, task.variant, key)
+        if existing is not None and task.stage not in force_stages:
+            state = TaskState.up_to_date if existing.manifest.ok else TaskState.rejected
+            result = TaskResult(task, key, state, summary=existing.manifest.summary, path=existing.path)
+        else:
+            latest = store.latest(task.stage, task.variant)
+            if existing is not None:
+                reason = "forced"
+            elif latest is None:
+                reason = "never built"
+            else:
+                reason = why_stale(latest.manifest.fingerprint, prints[task])
+            reporter.info(f"{task.id}: running ({reason})")
+            t0 = time.perf_counter()
+            try:
+                artifact = _run_one(
+                    modules(task.stage),
+                    config,
+                    store,
+                    task,
+                    prints[task],
+                    {t.stage: done[t] for t in task.inputs},
+                    reporter,
+                    options,
+                )
+            except PipelineError as exc:
+                report.results.append(
+                    TaskResult(
+                        task,
+                        key,
+                        TaskState.failed,
+                        reason=reason,
+                        summary=exc.message,
+                        duration_s=time.perf_counter() - t0,
+                    )
+                )
+                report.error = exc
+                return report
+            state = TaskState.ran if artifact.manifest.ok else TaskState.rejected
+            result = TaskResult(
+                task,
+                key,
+                state,
+                reason=reason,
+                summary=artifact.manifest.summary,
+                duration_s=time.perf_counter() - t0,
+                path=artifact.path,
+            )
+            existing = artifact
+        report.results.append(result)
+        if result.state is not TaskState.rejected:
+            done[task] = existing
+    return report

@@ -1,0 +1,76 @@
+"""What every stage module provides, and what it is given when it runs.
+
+A stage module defines:
+
+    NAME: str                 the stage's name ("calibrate")
+    VERSION: int              bumped when the artifact's format or semantics change
+    TOOLS: tuple[str, ...]    distributions whose versions enter the artifact key
+    def config_section(config, task) -> dict   the config (and input-file digests) the output depends on
+    def run(ctx: StageContext) -> StageOutcome writes the artifact into ctx.out_dir
+
+The executor does the rest: keys, skipping, the manifest, the atomic rename.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from pipeline.config import PipelineConfig, Precision, Profile
+from pipeline.reporting import Reporter
+from pipeline.store import Artifact
+from pipeline.tasks import Task
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-invocation switches that are not part of the config (and not of any key)."""
+
+    allow_arch_mismatch: bool = False
+    debug: bool = False
+
+
+@dataclass
+class StageContext:
+    config: PipelineConfig
+    task: Task
+    inputs: dict[str, Artifact]  # by input stage name
+    out_dir: Path  # the artifact being written (a temp dir until committed)
+    work_dir: Path  # for caches shared across artifacts (e.g. the HF download cache, timing caches)
+    log: logging.Logger  # goes to the stage's log file
+    log_path: Path
+    reporter: Reporter
+    options: RunOptions = field(default_factory=RunOptions)
+    # sha256 of files the stage already verified, so the manifest need not hash them again
+    known_sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> Precision:
+        assert self.task.precision is not None, f"{self.task.id} has no precision"
+        return Precision(self.task.precision)
+
+    @property
+    def profile(self) -> Profile:
+        assert self.task.profile is not None, f"{self.task.id} has no profile"
+        return self.config.profile(self.task.profile)
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    summary: str  # one line for the summary table
+    record: BaseModel | dict[str, Any] = field(default_factory=dict)  # goes into manifest.record
+    ok: bool = True  # False: the artifact is kept but downstream stages must not use it (failed gate)
+
+
+class StageModule(Protocol):
+    NAME: str
+    VERSION: int
+    TOOLS: tuple[str, ...]
+
+    def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]: ...
+
+    def run(self, ctx: StageContext) -> StageOutcome: ...

@@ -1,0 +1,82 @@
+"""The task graph: which stage runs for which variant, on which inputs. Pure.
+
+fetch -> calibrate[precision] -> build[precision/profile] -> gate[precision/profile]
+                                                        \\-> publish[precision/profile] (needs gate too)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import PipelineConfig
+
+STAGE_ORDER = ("fetch", "calibrate", "build", "gate", "publish")
+
+
+@dataclass(frozen=True)
+class Task:
+    stage: str
+    precision: str | None = None
+    profile: str | None = None
+    inputs: tuple[Task, ...] = ()
+
+    @property
+    def variant(self) -> tuple[str, ...]:
+        return tuple(v for v in (self.precision, self.profile) if v is not None)
+
+    @property
+    def variant_dict(self) -> dict[str, str]:
+        out = {}
+        if self.precision is not None:
+            out["precision"] = self.precision
+        if self.profile is not None:
+            out["profile"] = self.profile
+        return out
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}[{'/'.join(self.variant)}]" if self.variant else self.stage
+
+    def input(self, stage: str) -> Task:
+        return next(t for t in self.inputs if t.stage == stage)
+
+
+def plan_tasks(config: PipelineConfig) -> list[Task]:
+    """Every task of the pipeline in a topological order."""
+    fetch = Task("fetch")
+    tasks = [fetch]
+    for precision in config.quantization.precisions:
+        calibrate = Task("calibrate", precision.value, inputs=(fetch,))
+        tasks.append(calibrate)
+        for profile in config.profiles:
+            build = Task("build", precision.value, profile.name, inputs=(fetch, calibrate))
+            gate = Task("gate", precision.value, profile.name, inputs=(fetch, build))
+            publish = Task("publish", precision.value, profile.name, inputs=(fetch, build, gate))
+            tasks += [build, gate, publish]
+    return sorted(tasks, key=lambda t: STAGE_ORDER.index(t.stage))
+
+
+def select_tasks(
+    tasks: list[Task],
+    stages: set[str],
+    *,
+    precisions: set[str] | None = None,
+    profiles: set[str] | None = None,
+) -> list[Task]:
+    """The tasks of `stages` (filtered by variant) and everything they depend on, in order."""
+
+    def wanted(task: Task) -> bool:
+        return (
+            task.stage in stages
+            and (not precisions or task.precision is None or task.precision in precisions)
+            and (not profiles or task.profile is None or task.profile in profiles)
+        )
+
+    needed: set[Task] = set()
+    stack = [t for t in tasks if wanted(t)]
+    while stack:
+        task = stack.pop()
+        if task not in needed:
+            needed.add(task)
+            stack.extend(task.inputs)
+    return [t for t in tasks if t in needed]

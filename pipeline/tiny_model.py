@@ -1,0 +1,108 @@
+"""A tiny Mistral the project generates itself: the model of the demo and the tests.
+
+Same architecture family as Mistral 7B (GQA, RMSNorm, SwiGLU, rope_theta 1e6),
+a byte-level BPE tokenizer trained with `tokenizers`, and a few hundred AdamW
+steps on the offline text so its predictions are not noise (quantization
+errors then show up as measurable accuracy loss, as on a real model).
+Deterministic for a seed on one machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.datasets.offline import offline_texts
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
+    "{% else %} {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyMistralSpec:
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 176
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    rope_theta: float = 1_000_000.0
+    train_steps: int = 300
+    train_seq_len: int = 64
+    train_batch: int = 16
+    seed: int = 0
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "[INST]", "[/INST]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    # PreTrainedTokenizerFast loads under transformers 4.x and 5.x alike
+    # (a 5.x-saved "TokenizersBackend" class does not load in 4.57).
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def generate_tiny_mistral(
+    out_dir: Path, spec: TinyMistralSpec = TinyMistralSpec(), on_step: Callable[[int], None] | None = None
+) -> Path:
+    """Write a Hugging Face model folder (config, safetensors, tokenizer) to out_dir."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(spec.seed)
+    texts = [r["text"] for r in offline_texts(2000, seed=spec.seed)]
+    tokenizer = _train_tokenizer(texts, spec.vocab_size)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.hidden_size // spec.num_attention_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rope_theta=spec.rope_theta,
+        sliding_window=None,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = MistralForCausalLM(config)
+    ids = torch.tensor(tokenizer("\n".join(texts))["input_ids"], dtype=torch.long)
+    windows = ids[: len(ids) // spec.train_seq_len * spec.train_seq_len].view(-1, spec.train_seq_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(spec.seed)
+    model.train()
+    for step in range(spec.train_steps):
+        batch = windows[torch.randint(len(windows), (spec.train_batch,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step:
+            on_step(step)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,41 @@
+"""Stand-in stage modules for executor and store tests: they write small files and count runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import SimpleNamespace
+
+from pipeline.stages.base import StageOutcome
+
+RUNS: list[str] = []
+
+
+def make_stage(name: str, section, *, ok=lambda ctx: True, crash_env: str | None = None):
+    def run(ctx):
+        RUNS.append(ctx.task.id)
+        (ctx.out_dir / "part-1.bin").write_bytes(b"x" * 1000)
+        if crash_env and os.environ.get(crash_env) == ctx.task.id:
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-stage, after some output exists
+        upstream = ",".join(sorted(a.key for a in ctx.inputs.values()))
+        (ctx.out_dir / "result.txt").write_text(f"{ctx.task.id} from {upstream}\n")
+        return StageOutcome(summary=f"made {ctx.task.id}", record={"n": len(RUNS)}, ok=ok(ctx))
+
+    return SimpleNamespace(NAME=name, VERSION=1, TOOLS=("pydantic",), config_section=section, run=run)
+
+
+def fake_modules(gate_ok=lambda ctx: True, crash_env: str | None = "FAKE_STAGE_CRASH"):
+    modules = {
+        "fetch": make_stage("fetch", lambda c, t: c.model.model_dump(mode="json"), crash_env=crash_env),
+        "calibrate": make_stage(
+            "calibrate", lambda c, t: c.calibration.model_dump(mode="json"), crash_env=crash_env
+        ),
+        "build": make_stage(
+            "build", lambda c, t: c.profile(t.profile).model_dump(mode="json"), crash_env=crash_env
+        ),
+        "gate": make_stage(
+            "gate", lambda c, t: c.gate.model_dump(mode="json"), ok=gate_ok, crash_env=crash_env
+        ),
+        "publish": make_stage("publish", lambda c, t: c.publish.model_dump(mode="json"), crash_env=crash_env),
+    }
+    return modules.__getitem__

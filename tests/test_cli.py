@@ -1,0 +1,33 @@
+import json
+import subprocess
+import sys
+
+from pipeline.cli import main
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys; from pipeline.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'modelopt', 'tensorrt_llm', 'pipeline.config') if m in sys.modules]\n"
+        "print('HEAVY:' + ','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "HEAVY:"
+
+
+def test_unknown_option_is_exit_2(capsys):
+    assert main(["run", "--bogus"]) == 2
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_status_json_lists_every_task(tmp_path, in_repo_root, capsys):
+    assert main(["status", "--json", "--work-dir", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["stage"] for r in rows} == {"fetch", "calibrate", "build", "gate", "publish"}
+    assert all(r["state"] == "missing" for r in rows)
+
+
+def test_unknown_profile_filter_is_exit_2(tmp_path, in_repo_root, capsys):
+    assert main(["build", "--profile", "nope", "--work-dir", str(tmp_path)]) == 2
+    assert "--profile nope" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import Precision, load_config
+from pipeline.errors import ConfigError
+
+VALID = """
+[model]
+name = "m"
+source = "hub"
+repo_id = "org/model"
+revision = "0123456789abcdef0123456789abcdef01234567"
+
+[target]
+gpu = "a100-40gb"
+
+[quantization]
+precisions = ["int8_sq"]
+
+[[profiles]]
+name = "latency"
+max_batch_size = 1
+max_input_len = 100
+max_seq_len = 200
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config_resolves_paths_against_its_folder(tmp_path):
+    config = load_config(write(tmp_path, VALID))
+    assert config.quantization.precisions == (Precision.int8_sq,)
+    assert config.calibration.dataset == tmp_path / "calib_data/offline-mix.jsonl"
+    assert config.model.revision_is_commit
+
+
+def test_embedded_default_and_real_job_are_valid(repo_root):
+    tiny = load_config(None)
+    assert tiny.target.gpu == "cpu-reference" and tiny.model.source == "tiny"
+    real = load_config(repo_root / "pipeline.toml")
+    assert real.model.repo_id == "mistralai/Mistral-7B-Instruct-v0.3"
+    assert real.model.revision_is_commit
+    assert real.target.gpu == "a100-40gb"
+    assert {p.value for p in real.quantization.precisions} == {"int8_sq", "int8_wo"}
+    assert {"latency", "throughput", "long-context"} <= {p.name for p in real.profiles}
+    assert all(p.max_seq_len for p in real.profiles)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (("[target]", "[target]\ncolour = 1"), "target.colour", "unknown key"),
+        (("max_batch_size = 1", 'max_batch_size = "one"'), "profiles[0].max_batch_size", "integer"),
+        (
+            ('precisions = ["int8_sq"]', 'precisions = ["fp8"]'),
+            "quantization.precisions[0]",
+            "fp8 needs sm89",
+        ),
+        (("max_input_len = 100", "max_input_len = 300"), "profiles[0]", "max_input_len (300) must be less"),
+        (('gpu = "a100-40gb"', 'gpu = "a100-20gb"'), "target.gpu", "unknown target"),
+        (('repo_id = "org/model"\n', ""), "model", "needs repo_id"),
+        (
+            ('name = "latency"', 'name = "latency"\nopt_num_tokens = 64'),
+            "profiles[0].opt_num_tokens",
+            "refuses",
+        ),
+    ],
+)
+def test_bad_config_names_file_and_field(tmp_path, change, field, words):
+    old, new = change
+    assert old in VALID
+    path = write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.field == field
+    assert words in info.value.problem
+    assert str(path) in info.value.message
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
+    path = write(tmp_path, VALID.replace("[target]", "[target]\ncolour = 1"))
+    code = main(["status", "--config", str(path), "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert f"{path}: target.colour: unknown key" in " ".join(err.split())
+
+
+def test_missing_config_file_is_exit_2(tmp_path, capsys):
+    code = main(["status", "--config", str(tmp_path / "nope.toml")])
+    assert code == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[model\n"))
