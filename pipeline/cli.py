@@ -72,6 +72,7 @@ def _run_stages(
     from pipeline.executor import execute
     from pipeline.report import write_run_report
     from pipeline.stages.base import RunOptions
+    from pipeline.stages.build import preflight as build_preflight
     from pipeline.store import ArtifactStore
     from pipeline.tasks import plan_tasks, select_tasks
 
@@ -89,13 +90,16 @@ def _run_stages(
     ):
         for action in store.recover():
             reporter.warn(action)
+        options = RunOptions(allow_arch_mismatch=allow_arch_mismatch, debug=debug)
+        # A GPU build this host cannot do fails here, before any stage runs (not after calibration).
+        build_preflight(config, store, tasks, options, force=force and "build" in stages)
         report = execute(
             config,
             store,
             tasks,
             reporter=reporter,
             force_stages=frozenset(stages) if force else frozenset(),
-            options=RunOptions(allow_arch_mismatch=allow_arch_mismatch, debug=debug),
+            options=options,
         )
     report_path = write_run_report(work_dir / "reports" / "run.json", report)
     if as_json:
@@ -209,14 +213,227 @@ def status_command(
 @app.command("plan")
 def plan_command(
     config: ConfigOpt = None,
+    work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", help="Plan for this target too (repeatable).")
+    ] = None,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Memory and speed plan per target and profile (pure arithmetic, no GPU needed)."""
-    from pipeline.errors import NotImplementedStageError
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError, InputError
+    from pipeline.plan import find_architecture, plan_config
+    from pipeline.stages.build import fetched_model_dir
+    from pipeline.store import ArtifactStore
+    from pipeline.targets import TARGETS
 
     _State.debug = debug
-    raise NotImplementedStageError("plan")
+    cfg = load_config(config)
+    for name in target or ():
+        if name not in TARGETS:
+            raise InputError(f"--target {name}: unknown target; known: {', '.join(TARGETS)}")
+    arch = find_architecture(cfg, fetched_model_dir(cfg, ArtifactStore(work_dir)))
+    plans = plan_config(cfg, arch, tuple(dict.fromkeys([cfg.target.gpu, *(target or ())])))
+    if as_json:
+        rows = [p.model_dump(mode="json") for p in plans]
+        print(json.dumps({"model": cfg.model.name, "architecture": arch.source, "plans": rows}, indent=2))
+    else:
+        from pipeline.plan_view import plan_view
+
+        _console().print(plan_view(f"plan: {cfg.model.name} ({arch.source})", plans))
+    unfit = next((p for p in plans if p.target == cfg.target.gpu and not p.fits), None)
+    if unfit is not None:  # the build would refuse it: so does the plan, for CI
+        index = [p.name for p in cfg.profiles].index(unfit.profile)
+        where = config or "<embedded default>"
+        raise ConfigError(
+            where, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
+        )
+
+
+@app.command("bench")
+def bench_command(
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder. Default: WORK_DIR/reports/bench.")
+    ] = None,
+    precision: PrecisionOpt = None,
+    profile: ProfileOpt = None,
+    input_len: Annotated[
+        int, typer.Option("--input-len", min=1, help="Prompt tokens (clamped to each profile).")
+    ] = 128,
+    output_len: Annotated[
+        int, typer.Option("--output-len", min=2, help="Output tokens per request (clamped to each profile).")
+    ] = 128,
+    latency_runs: Annotated[int, typer.Option("--latency-runs", min=1, help="Batch-1 runs per engine.")] = 5,
+    batch_size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--batch-size", min=1, help="Throughput batch size (repeatable). Default: 1, 2, 4... max."
+        ),
+    ] = None,
+    server_url: Annotated[
+        str | None,
+        typer.Option(
+            "--server-url",
+            help="Measure the Triton server serving the selected engine (e.g. http://localhost:8000) "
+            "with concurrent streamed requests, instead of loading the engine here.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--concurrency", min=1, help="Served: concurrent clients (repeatable). Default: 1, 2, 4... max."
+        ),
+    ] = None,
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+    no_wait: NoWaitOpt = False,
+) -> None:
+    """Measure latency, throughput and peak memory of every built engine (not cached: a measurement)."""
+    from pipeline.bench.run import run_bench
+    from pipeline.bench.summary import summary_table
+    from pipeline.bench.workload import BenchSettings
+    from pipeline.config import load_config
+    from pipeline.console import RichReporter
+    from pipeline.store import ArtifactStore
+
+    _State.debug = debug
+    cfg = load_config(config)
+    _check_filters(cfg, precision, profile)
+    settings = BenchSettings(
+        input_len=input_len,
+        output_len=output_len,
+        latency_runs=latency_runs,
+        batch_sizes=tuple(batch_size) if batch_size else None,
+        server_url=server_url,
+        concurrency=tuple(concurrency) if concurrency else None,
+    )
+    console = _console()
+    reporter = RichReporter(console)
+    store = ArtifactStore(work_dir)
+    # Held so that no build replaces an engine while it is measured, nor competes for the machine.
+    with store.lock(
+        wait=not no_wait, on_wait=lambda p: reporter.info(f"waiting for another run holding {p}")
+    ):
+        report, paths = run_bench(
+            cfg,
+            store,
+            settings=settings,
+            out_dir=out or work_dir / "reports" / "bench",
+            reporter=reporter,
+            precisions=set(precision or ()),
+            profiles=set(profile or ()),
+        )
+    if as_json:
+        print(paths["json"].read_text())
+    else:
+        console.print(summary_table(report))
+        console.print(f"report: {paths['markdown']} (bench.json, plots beside it)")
+
+
+calib_data_app = typer.Typer(
+    help="Calibration and evaluation data sets (JSONL + manifest) in calib_data/.", no_args_is_help=True
+)
+app.add_typer(calib_data_app, name="calib-data")
+CalibDirOpt = Annotated[Path, typer.Option("--out", help="Folder the data sets are written to.")]
+
+
+@calib_data_app.command("fetch")
+def calib_data_fetch_command(
+    repo: Annotated[str | None, typer.Option("--repo", help="Hub data set [abisee/cnn_dailymail].")] = None,
+    config_name: Annotated[str | None, typer.Option("--config-name", help="Data set config [3.0.0].")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split [train].")] = None,
+    field: Annotated[str | None, typer.Option("--field", help="Text column [article].")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", min=1, help="Rows to freeze [512].")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed [1234].")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit [main].")] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub URL (default: HF_ENDPOINT).")] = None,
+    out: CalibDirOpt = Path("calib_data"),
+    debug: DebugOpt = False,
+) -> None:
+    """Freeze rows of a hub data set into OUT/<name>.jsonl with a manifest (commit, rows, sha256)."""
+    from pipeline.console import RichReporter
+    from pipeline.datasets.hub import HubDatasetSpec, fetch_hub_dataset
+    from pipeline.datasets.jsonl import read_manifest
+
+    _State.debug = debug
+    given = dict(
+        repo_id=repo, config_name=config_name, split=split, text_field=field, samples=samples, seed=seed,
+        revision=revision,
+    )
+    spec = HubDatasetSpec(**{k: v for k, v in given.items() if v is not None})
+    console = _console()
+    path = fetch_hub_dataset(spec, out, reporter=RichReporter(console), endpoint=endpoint)
+    manifest = read_manifest(path)
+    console.print(f"{path}: {manifest.count} records, sha256 {manifest.sha256}" if manifest else str(path))
+
+
+@calib_data_app.command("write-offline")
+def calib_data_write_offline_command(out: CalibDirOpt = Path("calib_data")) -> None:
+    """(Re)write the offline sets this project generates itself (deterministic)."""
+    from pipeline.datasets.offline import write_offline_sets
+
+    for path in write_offline_sets(out):
+        _console().print(str(path))
+
+
+@app.command("smoke")
+def smoke_command(
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    precision: PrecisionOpt = None,
+    profile: ProfileOpt = None,
+    prompts: Annotated[int, typer.Option("--prompts", min=1, help="How many of gate.prompts to send.")] = 2,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", min=1, help="Tokens per answer. Default: gate.max_new_tokens."),
+    ] = None,
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve each published repository on a real tritonserver; its answers must equal the reference runtime's."""
+    from pipeline.config import load_config
+    from pipeline.console import RichReporter
+    from pipeline.errors import StageError
+    from pipeline.serving.smoke import smoke_published
+
+    _State.debug = debug
+    cfg = load_config(config)
+    _check_filters(cfg, precision, profile)
+    console = _console()
+    reports = smoke_published(
+        cfg,
+        work_dir=work_dir,
+        reporter=RichReporter(console),
+        precisions=set(precision or ()),
+        profiles=set(profile or ()),
+        prompts=prompts,
+        max_tokens=max_tokens,
+    )
+    if as_json:
+        print(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        from rich.markup import escape
+
+        for report in reports:
+            for check in report.checks:
+                mark = "[green]ok[/]" if check.ok else "[red]DIFFERS[/]"
+                console.print(
+                    f"{mark} {check.route}: {escape(repr(check.prompt))} -> {escape(repr(check.got))}"
+                )
+        if reports and reports[-1].checks:
+            last = reports[-1].checks[0]
+            console.print(f"generated answer: {escape(last.prompt)}[bold]{escape(last.got)}[/]")
+    failures = [c for r in reports for c in r.failures]
+    if failures:
+        first = failures[0]
+        raise StageError(
+            "smoke",
+            f"{len(failures)} answer(s) differ from the reference runtime; first, {first.route}: "
+            f"expected {first.expected!r}, got {first.got!r}",
+        )
 
 
 def _print_error(exc: BaseException) -> None:

@@ -183,6 +183,9 @@ class PublishSection(Strict):
     postprocessing_instances: Annotated[int, Field(ge=1)] = 1
     enable_kv_cache_reuse: bool = False
     enable_chunked_context: bool = True
+    # Where the serving container sees a published version (`-v <slot>/current:/models`):
+    # the TensorRT-LLM backend reads the engine from an absolute gpt_model_path.
+    mount_path: Annotated[str, Field(pattern=r"^/")] = "/models"
 
 
 class PipelineConfig(Strict):

@@ -99,3 +99,53 @@ class ToolFailedError(StageError):
         self.argv = argv
         self.returncode = returncode
         super().__init__(stage, f"{argv[0]} exited with code {returncode}", log=log)
+
+
+class FetchError(StageError):
+    """The model could not be fetched; the message says what to do. `file` names the file at fault, if one."""
+
+    def __init__(self, message: str, *, file: str | None = None, hint: str | None = None) -> None:
+        self.file = file
+        super().__init__("fetch", message, hint=hint)
+
+
+class HubAccessError(FetchError):
+    """The hub refused the repo or revision (gated, 401, 403, 404): the config or the credentials must change."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+    def __init__(self, repo_id: str, status: int | None, message: str) -> None:
+        self.repo_id = repo_id
+        self.status = status
+        super().__init__(message)
+
+
+class PickleRefusedError(FetchError):
+    """The selected files include pickled weights and the config does not opt in."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class ChecksumError(FetchError):
+    """A file's size or digest differs from what the hub's metadata promised; the file was deleted."""
+
+    def __init__(self, file: str, what: str, expected: str, actual: str) -> None:
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{file}: {what} {actual} does not match the hub's {expected}; the file was deleted, "
+            "rerun to download it again",
+            file=file,
+        )
+
+
+class DiskSpaceError(FetchError):
+    def __init__(self, path: Path, needed: int, free: int) -> None:
+        self.path = path
+        self.needed = needed
+        self.free = free
+        super().__init__(
+            f"{path}: the download needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free; "
+            "free some space or use --work-dir on a larger disk"
+        )

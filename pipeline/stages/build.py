@@ -1,26 +1,344 @@
-"""The build stage. Not implemented yet: see the open issue for it."""
+"""The build stage: one engine per precision x profile, after the memory plan proves the profile fits.
+
+GPU targets run TensorRT-LLM 1.2.1's `trtllm-build` in a child process (argv
+from `pipeline.trtllm.argv`), after a preflight of the host: TensorRT-LLM
+1.2.1 importable, a visible GPU of the target's SM, enough RAM and disk. The
+child process was chosen over the 1.2.1 LLM API because the build then frees
+its GPU and host memory for sure, its output lands in a log of its own, the
+exact command is recorded and can be rerun by hand, and the pipeline's process
+never imports tensorrt_llm. All profiles of a model on a target share one
+TensorRT timing cache under the work dir.
+
+The cpu-reference target packs the calibrated checkpoint into engine/ in the
+same layout (config.json in TensorRT-LLM's engine shape, with the profile's
+build_config; rank0.safetensors), verifies it by running a forward pass on
+the reference runtime, and enforces the profile's limits at run time, so every
+later stage runs the same way on both targets.
+
+After a build, engines/<model>/<precision>/<target>/<profile> (next to the
+work dir) is a relative symlink to the artifact.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import NotImplementedStageError
-from pipeline.stages.base import StageContext, StageOutcome
+from pydantic import BaseModel
+
+from pipeline import __version__
+from pipeline.config import PipelineConfig, Precision
+from pipeline.errors import InputError, StageError
+from pipeline.plan import ProfilePlan, find_architecture, plan_profile
+from pipeline.proc import Runner, run_tool
+from pipeline.stages.base import RunOptions, StageContext, StageOutcome
+from pipeline.store import TMP_PREFIX, ArtifactStore
+from pipeline.targets import TARGETS, Target
 from pipeline.tasks import Task
+from pipeline.trtllm.argv import trtllm_build_argv
+from pipeline.trtllm.engine import (
+    ENGINE_CONFIG,
+    REFERENCE_WEIGHTS,
+    EngineInfo,
+    check_built_engine,
+    expected_build_config,
+    write_engine_info,
+)
+from pipeline.trtllm.environment import (
+    BuildEnvironment,
+    build_needs,
+    host_resources,
+    preflight_problems,
+    probe_environment,
+    require_build_host,
+)
+from pipeline.trtllm.network import check_onnx_files
 
 NAME = "build"
-VERSION = 1
+VERSION = 2
 TOOLS = ("tensorrt-llm", "tensorrt")
+ENGINE_DIR = "engine"
+NETWORK_DIR = "network"
+ENGINES_ROOT = "engines"
+
+
+class BuildRecord(BaseModel):
+    """manifest.record of a build artifact."""
+
+    target: str
+    precision: str
+    profile: dict[str, Any]
+    max_num_tokens: int
+    engine: EngineInfo
+    command: list[str]  # the full trtllm-build argv (empty for cpu-reference: nothing external ran)
+    timing_cache: str | None = None
+    onnx_files: list[str] = []
+    engine_link: str | None = None
+    plan: ProfilePlan
+
+
+def _early_plan(config: PipelineConfig, task: Task) -> None:
+    """Refuse a profile that cannot fit before anything runs (the executor keys every task first)."""
+    try:
+        arch = find_architecture(config)
+    except InputError:
+        return  # not known before the fetch: run() plans from the fetched config.json
+    plan_profile(config, arch, Precision(task.precision), task.profile)
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
+    _early_plan(config, task)
     return {
         "target": config.target.gpu,
         "profile": config.profile(task.profile).model_dump(mode="json"),
         "build": config.build.model_dump(mode="json"),
+        "kv_cache_dtype": config.quantization.kv_cache_dtype,
     }
 
 
-def run(ctx: StageContext) -> StageOutcome:
-    raise NotImplementedStageError(NAME)
+def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
+    fetched = ctx.inputs["fetch"].path / "model"
+    checkpoint = ctx.inputs["calibrate"].path / "checkpoint"
+    plan = plan_profile(ctx.config, find_architecture(ctx.config, fetched), ctx.precision, ctx.profile.name)
+    ctx.log.info("plan: %s", plan.model_dump_json())
+    target = TARGETS[ctx.config.target.gpu]
+    engine_dir = ctx.out_dir / ENGINE_DIR
+    if target.is_gpu:
+        record = _build_trtllm_engine(ctx, checkpoint, engine_dir, plan, target, runner)
+    else:
+        record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
+    record.engine_link = str(_link_engine(ctx))
+    summary = (
+        f"{record.engine.runtime} engine: batch {plan.max_batch_size} x {plan.max_seq_len} tokens "
+        f"(plan fits {plan.largest_batch}), max_num_tokens {plan.max_num_tokens}"
+    )
+    return StageOutcome(summary=summary, record=record)
+
+
+# --- GPU targets: trtllm-build ----------------------------------------------------------------
+
+
+def _timing_cache(work_dir: Path, model: str, target: Target, env: BuildEnvironment) -> Path:
+    # TensorRT refuses a timing cache from another GPU or TensorRT version: key it by both.
+    path = work_dir / "timing-cache" / model / f"{target.name}-trt{env.tensorrt}.cache"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_host(
+    env: BuildEnvironment, target: Target, needs: tuple[int, int], disk_path: Path, options: RunOptions
+) -> None:
+    ram, disk = host_resources(disk_path)
+    require_build_host(
+        preflight_problems(
+            env,
+            target,
+            allow_arch_mismatch=options.allow_arch_mismatch,
+            ram_needed=needs[0],
+            ram_available=ram,
+            disk_needed=needs[1],
+            disk_free=disk,
+        )
+    )
+
+
+def _build_trtllm_engine(
+    ctx: StageContext, checkpoint: Path, engine_dir: Path, plan: ProfilePlan, target: Target, runner: Runner
+) -> BuildRecord:
+    # One log per build, next to the task's log so it survives a failed build.
+    build_log = ctx.log_path.with_name(ctx.log_path.stem + ".trtllm-build.log")
+    build_log.unlink(missing_ok=True)
+    env = probe_environment(build_log, runner=runner)
+    _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
+    visualize_dir = ctx.out_dir / NETWORK_DIR if ctx.config.build.visualize else None
+    gpus = len(env.gpus)
+    argv = trtllm_build_argv(
+        checkpoint,
+        engine_dir,
+        ctx.profile,
+        ctx.config.build,
+        plan,
+        _timing_cache(ctx.work_dir, ctx.config.model.name, target, env),
+        workers=min(ctx.config.build.workers or gpus, gpus),  # trtllm-build caps it at the GPU count too
+        visualize_dir=visualize_dir,
+        executable=env.trtllm_build or "trtllm-build",
+    )
+    ctx.log.info("$ %s", shlex.join(argv))
+    ctx.reporter.info(f"{ctx.task.id}: trtllm-build (log: {build_log})")
+    run_tool(argv, stage=NAME, log_path=build_log, runner=runner)
+    check_built_engine(engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan))
+    onnx_files = check_onnx_files(visualize_dir) if visualize_dir is not None else []
+    gpu = env.gpus[0]
+    info = EngineInfo(
+        runtime="tensorrt-llm",
+        target=target.name,
+        gpu_name=gpu.name,
+        sm=gpu.sm,
+        tensorrt_llm_version=env.tensorrt_llm,
+        tensorrt_version=env.tensorrt,
+        cuda_version=env.cuda,
+        torch_version=env.torch,
+    )
+    write_engine_info(engine_dir, info)
+    shutil.copyfile(build_log, ctx.out_dir / "trtllm-build.log")
+    return BuildRecord(
+        target=target.name,
+        precision=ctx.precision.value,
+        profile=ctx.profile.model_dump(mode="json"),
+        max_num_tokens=plan.max_num_tokens,
+        engine=info,
+        command=argv,
+        timing_cache=argv[argv.index("--output_timing_cache") + 1],
+        onnx_files=[p.relative_to(ctx.out_dir).as_posix() for p in onnx_files],
+        plan=plan,
+    )
+
+
+def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | None:
+    """The model/ folder of the fetch artifact this config would use, if it is in the store already."""
+    from pipeline.executor import fingerprints, key_of
+
+    fetch = Task("fetch")
+    artifact = store.get(fetch.stage, fetch.variant, key_of(fingerprints(config, [fetch])[fetch]))
+    return artifact.path / "model" if artifact is not None else None
+
+
+def preflight(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    tasks: list[Task],
+    options: RunOptions,
+    *,
+    force: bool = False,
+    runner: Runner = subprocess.run,
+) -> None:
+    """Before any stage runs: refuse a GPU build this host cannot do (no TensorRT-LLM 1.2.1, no GPU of
+    the target's SM, too little RAM or disk), so a run fails in seconds, not after calibration."""
+    from pipeline.executor import fingerprints, key_of
+
+    target = TARGETS[config.target.gpu]
+    builds = [t for t in tasks if t.stage == NAME]
+    if not target.is_gpu or not builds:
+        return
+    prints = fingerprints(config, tasks)
+    if not force and all(store.get(t.stage, t.variant, key_of(prints[t])) is not None for t in builds):
+        return  # every engine is built already: this host need not be able to build
+    log_path = store.work_dir / "logs" / NAME / "preflight.log"
+    env = probe_environment(log_path, runner=runner)
+    try:
+        arch = find_architecture(config, fetched_model_dir(config, store))
+    except InputError:
+        arch = None  # unknown before the fetch: RAM and disk are checked again when the build runs
+    needs = (0, 0)
+    if arch is not None:
+        plans = [plan_profile(config, arch, Precision(t.precision), t.profile) for t in builds]
+        needs = build_needs(max(plans, key=lambda p: p.weight_bytes))
+    _check_host(env, target, needs, store.work_dir, options)
+
+
+# --- cpu-reference: pack and verify the checkpoint -----------------------------------------------
+
+
+def reference_engine_config(
+    checkpoint_config: dict[str, Any], build_config: dict[str, Any]
+) -> dict[str, Any]:
+    """config.json in TensorRT-LLM's engine shape for the reference runtime."""
+    return {
+        "version": f"trtllm-pipeline {__version__} (cpu-reference)",
+        "pretrained_config": checkpoint_config,
+        "build_config": build_config,
+    }
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    # A hard link costs no space; both artifacts are immutable once committed.
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def _checkpoint_sha256(ctx: StageContext, name: str) -> str | None:
+    rel = f"checkpoint/{name}"
+    return next((f.sha256 for f in ctx.inputs["calibrate"].manifest.files if f.path == rel), None)
+
+
+def _pack_reference_engine(
+    ctx: StageContext, checkpoint: Path, engine_dir: Path, plan: ProfilePlan
+) -> BuildRecord:
+    import torch
+
+    from pipeline.runners import load_runner
+
+    config_path = checkpoint / ENGINE_CONFIG
+    try:
+        checkpoint_config = json.loads(config_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable checkpoint config: {exc}", path=config_path) from None
+    weights = checkpoint / REFERENCE_WEIGHTS
+    if not weights.is_file():
+        raise InputError("checkpoint weights missing", path=weights, hint="rerun calibrate with --force")
+    engine_dir.mkdir()
+    _link_or_copy(weights, engine_dir / REFERENCE_WEIGHTS)
+    sha = _checkpoint_sha256(ctx, REFERENCE_WEIGHTS)
+    if sha is not None:
+        ctx.known_sha256[f"{ENGINE_DIR}/{REFERENCE_WEIGHTS}"] = sha
+    build_config = expected_build_config(ctx.profile, ctx.config.build, plan)
+    engine_config = reference_engine_config(checkpoint_config, build_config)
+    (engine_dir / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n")
+    info = EngineInfo(runtime="cpu-reference", target=ctx.config.target.gpu, torch_version=torch.__version__)
+    write_engine_info(engine_dir, info)
+
+    # Verify: the packed engine loads on the reference runtime and a short forward is finite.
+    runner = load_runner(engine_dir)
+    length = min(8, ctx.profile.max_input_len)
+    vocab = int(checkpoint_config["vocab_size"])
+    ids = torch.arange(length, dtype=torch.long).remainder(vocab)[None, :]
+    logits = runner.logits(ids)
+    if tuple(logits.shape) != (1, length, vocab) or not bool(torch.isfinite(logits).all()):
+        raise StageError(
+            NAME,
+            f"the packed checkpoint's forward pass gave logits {tuple(logits.shape)}, not finite {(1, length, vocab)}",
+        )
+    ctx.log.info("verified: logits %s, finite", tuple(logits.shape))
+    return BuildRecord(
+        target=ctx.config.target.gpu,
+        precision=ctx.precision.value,
+        profile=ctx.profile.model_dump(mode="json"),
+        max_num_tokens=plan.max_num_tokens,
+        engine=info,
+        command=[],
+        plan=plan,
+    )
+
+
+# --- engines/ ----------------------------------------------------------------------------------
+
+
+def _link_engine(ctx: StageContext) -> Path:
+    """engines/<model>/<precision>/<target>/<profile> -> the artifact's final path, replaced atomically.
+
+    The link is made just before the executor commits the artifact (it renames ctx.out_dir to
+    <slot>/<key>); should the commit fail, the link dangles rather than pointing at a partial artifact.
+    """
+    key = ctx.log_path.stem  # the store names a task's log <key>.log
+    if not ctx.out_dir.name.startswith(f"{TMP_PREFIX}{key}-"):
+        raise StageError(NAME, f"cannot tell the artifact's final name from {ctx.out_dir.name}")
+    final = (ctx.out_dir.parent / key).resolve()
+    config = ctx.config
+    link = (ctx.work_dir.resolve().parent / ENGINES_ROOT).joinpath(
+        config.model.name, ctx.precision.value, config.target.gpu, ctx.profile.name
+    )
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists() and not link.is_symlink():
+        raise StageError(NAME, f"{link} exists and is not a link; move it away")
+    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}")
+    os.symlink(os.path.relpath(final, link.parent), tmp)
+    os.replace(tmp, link)
+    return link

@@ -1,26 +1,65 @@
-"""The calibrate stage. Not implemented yet: see the open issue for it."""
+"""The calibrate stage: the fetched model -> a verified TensorRT-LLM checkpoint per precision.
+
+Writes ctx.out_dir/checkpoint (config.json + rank0.safetensors); the record is a
+CalibrationRecord (precision, versions, data set and sha256, timings, per-layer
+activation ranges, config repairs).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import NotImplementedStageError
+from pipeline.config import PipelineConfig, Precision
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
 NAME = "calibrate"
 VERSION = 1
-TOOLS = ("nvidia-modelopt", "torch", "transformers")
+TOOLS = ("nvidia-modelopt", "torch", "transformers", "safetensors")
+CHECKPOINT_DIR = "checkpoint"
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    return {
-        "precision": task.precision,
-        "calibration": config.calibration.model_dump(mode="json"),
-        "kv_cache_dtype": config.quantization.kv_cache_dtype,
-    }
+    from pipeline.calibration.recipes import needs_calibration
+
+    precision = Precision(task.precision)
+    kv = config.quantization.kv_cache_dtype
+    section: dict[str, Any] = {"precision": precision.value, "kv_cache_dtype": kv}
+    if needs_calibration(precision, kv):
+        calibration = config.calibration
+        section["calibration"] = calibration.model_dump(mode="json")
+        section["instruct"] = config.model.instruct
+        # The data's content, not its path, decides the output: an edited file reruns.
+        section["dataset_sha256"] = _sha256_or_none(calibration.dataset)
+    return section
+
+
+def _sha256_or_none(path) -> str | None:
+    from pipeline.hashing import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None  # run() names the missing file
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    raise NotImplementedStageError(NAME)
+    from pipeline.calibration import export_checkpoint
+
+    record = export_checkpoint(
+        ctx.inputs["fetch"].path / "model",
+        ctx.precision,
+        ctx.config.calibration,
+        ctx.out_dir / CHECKPOINT_DIR,
+        reporter=ctx.reporter,
+        log=ctx.log,
+        instruct=ctx.config.model.instruct,
+        kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
+    )
+    data = f"{record.samples} samples x {record.seq_len} tokens" if record.calibrated else "no calibration"
+    repaired = f", repaired {', '.join(r.field for r in record.repairs)}" if record.repairs else ""
+    summary = (
+        f"{record.quant_algo or record.export_dtype}, {data}, "
+        f"{record.calibration_s + record.export_s:.1f}s on {record.device}{repaired}"
+    )
+    return StageOutcome(summary=summary, record=record)

@@ -1,22 +1,213 @@
-"""The fetch stage. Not implemented yet: see the open issue for it."""
+"""The fetch stage: the model as a Hugging Face folder in `model/`, every file verified.
+
+Three sources make the same artifact:
+- hub: a revision of a hub repo, downloaded by huggingface_hub into the work
+  dir's cache (`work_dir/hub`), verified, and hard-linked into place;
+- local: a folder on disk, copied (a hard link would let an in-place edit of
+  the folder change a finished artifact), hashed while copying;
+- tiny: the project's own small Mistral, generated (demo, CI).
+
+A branch revision is resolved to its commit when the stage runs, not in the
+key: the artifact is reused until --force, and the record says it was a branch.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import NotImplementedStageError
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.config import ModelSection, PipelineConfig
+from pipeline.errors import FetchError, InputError
+from pipeline.hub.selection import SAFETENSORS_INDEX, indexed_shards, matches, select_files
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
 NAME = "fetch"
 VERSION = 1
 TOOLS = ("huggingface-hub",)
+MODEL_DIR = "model"
+CHUNK = 8 * 1024 * 1024
+
+
+class FetchedFile(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    path: str  # inside model/
+    size: int
+    sha256: str
+
+
+class FetchRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    source: Literal["hub", "local", "tiny"]
+    repo_id: str | None = None
+    revision: str | None = None  # as configured
+    commit: str | None = None  # what the revision resolved to
+    revision_is_branch: bool = False  # a branch or tag, not a commit: rerunning may give another commit
+    local_path: str | None = None
+    files: tuple[FetchedFile, ...]
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    return config.model.model_dump(mode="json")
+    model = config.model
+    if model.source == "hub":
+        return {
+            "source": "hub",
+            "repo_id": model.repo_id,
+            "revision": model.revision,
+            "allow_patterns": list(model.allow_patterns),
+            "allow_pickle": model.allow_pickle,
+        }
+    if model.source == "local":
+        assert model.local_path is not None
+        return {
+            "source": "local",
+            "local_path": str(model.local_path),
+            "allow_patterns": list(model.allow_patterns),
+            "allow_pickle": model.allow_pickle,
+            "files": _stat_fingerprint(model.local_path, model),
+        }
+    return {"source": "tiny", "tiny_seed": model.tiny_seed, "tiny_train_steps": model.tiny_train_steps}
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    raise NotImplementedStageError(NAME)
+    model = ctx.config.model
+    out = ctx.out_dir / MODEL_DIR
+    out.mkdir()
+    if model.source == "hub":
+        record = _fetch_hub(ctx, out)
+        label = f"{model.repo_id}@{(record.commit or '')[:12]}"
+    elif model.source == "local":
+        record = _copy_local(ctx, out)
+        label = str(model.local_path)
+    else:
+        record = _generate_tiny(ctx, out)
+        label = f"tiny Mistral (seed {model.tiny_seed})"
+    for f in record.files:
+        ctx.known_sha256[f"{MODEL_DIR}/{f.path}"] = f.sha256
+    size = sum(f.size for f in record.files)
+    return StageOutcome(summary=f"{label}: {len(record.files)} files, {size / 1e9:.2f} GB", record=record)
+
+
+def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
+    from pipeline.hub import fetch_repo
+
+    model = ctx.config.model
+    assert model.repo_id is not None
+    fetched = fetch_repo(
+        model.repo_id,
+        model.revision,
+        patterns=model.allow_patterns,
+        allow_pickle=model.allow_pickle,
+        hub_dir=ctx.work_dir / "hub",
+        reporter=ctx.reporter,
+        log=ctx.log,
+    )
+    commit = fetched.listing.commit
+    if fetched.offline:
+        ctx.reporter.info(
+            f"HF_HUB_OFFLINE is set: verified the cached download of {model.repo_id}@{commit[:12]}"
+        )
+    if not model.revision_is_commit:
+        ctx.reporter.warn(
+            f"model.revision '{model.revision}' is a branch or tag; it resolved to {commit}. Pin that commit for "
+            "reproducible builds: this artifact is reused until fetch runs with --force"
+        )
+    for name, verified in fetched.files.items():
+        _link_or_copy(verified.path.resolve(), out / name)
+    return FetchRecord(
+        source="hub",
+        repo_id=model.repo_id,
+        revision=model.revision,
+        commit=commit,
+        revision_is_branch=not model.revision_is_commit,
+        files=tuple(FetchedFile(path=n, size=v.size, sha256=v.sha256) for n, v in fetched.files.items()),
+    )
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link from the download cache (its blobs are never written in place); copy across filesystems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _copy_local(ctx: StageContext, out: Path) -> FetchRecord:
+    model = ctx.config.model
+    root = model.local_path
+    assert root is not None
+    if not root.is_dir():
+        raise InputError(
+            "model.local_path is not a folder", path=root, hint="point it at a Hugging Face model folder"
+        )
+    names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    source = str(root)
+    selected = select_files(
+        names, patterns=model.allow_patterns, allow_pickle=model.allow_pickle, source=source
+    )
+    if SAFETENSORS_INDEX in selected:
+        shards = indexed_shards((root / SAFETENSORS_INDEX).read_text(), source)
+        selected = select_files(
+            names,
+            patterns=model.allow_patterns,
+            allow_pickle=model.allow_pickle,
+            source=source,
+            shards=shards,
+        )
+    total = sum((root / n).stat().st_size for n in selected)
+    with ctx.reporter.progress(f"copy {root.name}", total, unit="B") as advance:
+        files = tuple(_copy_hashing(root / name, out / name, name, advance) for name in selected)
+    return FetchRecord(source="local", local_path=str(root), files=files)
+
+
+def _copy_hashing(src: Path, dst: Path, name: str, advance: Callable[[float], None]) -> FetchedFile:
+    """Copy and hash in one pass; a file that changes while it is copied is an error, not a silent mix."""
+    before = src.stat()
+    digest, size = hashlib.sha256(), 0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+            advance(len(chunk))
+    after = src.stat()
+    if size != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise FetchError(f"{src}: changed while it was copied; rerun when nothing writes to it", file=name)
+    return FetchedFile(path=name, size=size, sha256=digest.hexdigest())
+
+
+def _generate_tiny(ctx: StageContext, out: Path) -> FetchRecord:
+    from pipeline.hashing import sha256_file
+    from pipeline.tiny_model import TinyMistralSpec, generate_tiny_mistral
+
+    model = ctx.config.model
+    spec = TinyMistralSpec(seed=model.tiny_seed, train_steps=model.tiny_train_steps)
+    with ctx.reporter.progress("train the tiny Mistral", spec.train_steps, unit="step") as advance:
+        generate_tiny_mistral(out, spec, on_step=lambda _step: advance(1))
+    files = tuple(
+        FetchedFile(path=p.relative_to(out).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    )
+    return FetchRecord(source="tiny", files=files)
+
+
+def _stat_fingerprint(root: Path, model: ModelSection) -> list[list[Any]] | str:
+    """Names, sizes and mtimes of the files the patterns match: cheap, and changes when the folder does."""
+    if not root.is_dir():
+        return "missing"
+    entries = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
+        if matches(name, model.allow_patterns):
+            st = path.stat()
+            entries.append([name, st.st_size, st.st_mtime_ns])
+    return entries

@@ -1,22 +1,274 @@
-"""The publish stage. Not implemented yet: see the open issue for it."""
+"""The publish stage: a gated engine -> a versioned Triton model repository at the destination.
+
+The artifact (ctx.out_dir/repository) is the rendered repository itself, with
+the engine hardlinked from the build artifact; it is then released to
+`<publish.destination>/<model>/<precision>/<profile>/<version>/` (see
+pipeline.serving.release). One repository per precision x profile: the
+TensorRT-LLM backend's ensemble refers to its models by fixed names, and each
+engine has its own max_batch_size, so variants side by side in one repository
+would need renamed copies of all five models; one per variant is also the unit
+a deployment rolls out and back.
+
+Every check runs before anything is written at the destination: a failed gate,
+an engine folder without config.json, engine files that differ from the build
+manifest, an engine built for another target or TensorRT(-LLM) version, a
+destination that is a file.
+"""
 
 from __future__ import annotations
 
+import shutil
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from pipeline.config import PipelineConfig
-from pipeline.errors import NotImplementedStageError
+from pipeline.errors import GateFailedError, InputError
+from pipeline.hashing import fingerprint_key, sha256_file
+from pipeline.manifest import list_files, verify_files
+from pipeline.plan import KV_FREE_FRACTION
+from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
+from pipeline.serving.release import check_destination, publish_release
+from pipeline.serving.release_manifest import (
+    RELEASE_MANIFEST,
+    EngineRef,
+    GateRef,
+    ModelRef,
+    ReleaseManifest,
+    ServingRef,
+)
+from pipeline.serving.render import RepositoryValues
+from pipeline.serving.repository import ENGINE_SUBDIR, write_repository
 from pipeline.stages.base import StageContext, StageOutcome
+from pipeline.store import Artifact
+from pipeline.targets import TARGETS
 from pipeline.tasks import Task
+from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info
 
 NAME = "publish"
 VERSION = 1
 TOOLS = ("tritonclient",)
+REPOSITORY_DIR = "repository"
+ENGINE_DIR = "engine"  # inside the build artifact
+GATE_REPORT = "gate.json"
+
+
+class _View(BaseModel):
+    """What publish reads from another stage's record; other fields are that stage's business."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FetchView(_View):
+    repo_id: str | None = None
+    commit: str | None = None
+
+
+class EngineLimits(_View):
+    """The build_config limits the serving config must agree with."""
+
+    max_batch_size: int
+    max_input_len: int
+    max_seq_len: int
+
+
+class PublishRecord(BaseModel):
+    destination: str  # the variant's folder: versions and `current` live there
+    version: int
+    path: str
+    created: bool  # False: the same release was already current (a no-op)
+    release: ReleaseManifest
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    return {"publish": config.publish.model_dump(mode="json")}
+    return {
+        "publish": config.publish.model_dump(mode="json"),
+        "target": config.target.gpu,
+        "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
+        # Templates and model code ship in the package: an edit republishes.
+        "serving_files": _serving_files_digest(),
+    }
+
+
+def _serving_files_digest() -> str:
+    root = resources.files("pipeline.serving")
+    digests = {}
+    for folder in ("templates", "models"):
+        base = Path(str(root.joinpath(folder)))
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digests[path.relative_to(base.parent).as_posix()] = sha256_file(path)
+    return fingerprint_key(digests)
+
+
+def variant_destination(config: PipelineConfig, precision: str, profile: str) -> Path:
+    """The folder whose numbered versions (and `current`) hold one variant's repository."""
+    return config.publish.destination / config.model.name / precision / profile
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    raise NotImplementedStageError(NAME)
+    config = ctx.config
+    fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
+    slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
+    check_destination(slot)
+    gate_report = _check_gate(gate, ctx.task)
+    engine_dir = build.path / ENGINE_DIR
+    engine_config = read_engine_config(engine_dir)
+    limits = _engine_limits(engine_config, engine_dir)
+    engine_sha256 = _verified_engine_files(build, engine_dir)
+    built = read_engine_info(engine_dir)
+    target = TARGETS[config.target.gpu]
+    container = serving_container(config.publish.container) if target.is_gpu else None
+    check_engine_fits(
+        str(engine_dir), built, engine_config.get("version"), target=target, container=container
+    )
+
+    values = RepositoryValues(
+        triton_max_batch_size=limits.max_batch_size,
+        triton_backend="tensorrtllm" if target.is_gpu else "python",
+        # The C++ backend needs an absolute path (where the container mounts the release);
+        # the cpu-reference Python model resolves a relative one against the repository.
+        engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
+        tokenizer_dir="preprocessing/tokenizer",
+        decoupled_mode=config.publish.decoupled,
+        # The plan's KV budget assumes this fraction; serving with another voids its proof.
+        kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
+        max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
+        enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
+        enable_chunked_context=config.publish.enable_chunked_context,
+        preprocessing_instance_count=config.publish.preprocessing_instances,
+        postprocessing_instance_count=config.publish.postprocessing_instances,
+    )
+    repository = ctx.out_dir / REPOSITORY_DIR
+    placed = write_repository(
+        repository,
+        values,
+        engine_dir=engine_dir,
+        engine_sha256=engine_sha256,
+        tokenizer_dir=fetch.path / "model",
+    )
+    shutil.copyfile(gate_report, repository / GATE_REPORT)
+    ctx.known_sha256.update({f"{REPOSITORY_DIR}/{rel}": sha for rel, sha in placed.items()})
+
+    fetched = _view(FetchView, fetch, "fetch")
+    release = ReleaseManifest(
+        model=ModelRef(
+            name=config.model.name,
+            source=config.model.source,
+            repo_id=fetched.repo_id or config.model.repo_id,
+            commit=fetched.commit,
+        ),
+        precision=ctx.precision.value,
+        profile=ctx.profile.name,
+        engine=EngineRef(
+            target=built.target,
+            sm=built.sm,
+            max_batch_size=limits.max_batch_size,
+            max_input_len=limits.max_input_len,
+            max_seq_len=limits.max_seq_len,
+            path=ENGINE_SUBDIR,
+        ),
+        versions=_versions(built),
+        serving=ServingRef(
+            serve_with=container.tag if container else CPU_SERVER,
+            triton_backend=values.triton_backend,
+            decoupled=values.decoupled_mode,
+            batching_strategy=values.batching_strategy,
+            kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
+            triton_max_batch_size=values.triton_max_batch_size,
+            gpt_model_path=values.engine_dir,
+        ),
+        gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
+        files=list_files(repository, placed),
+    )
+    (repository / RELEASE_MANIFEST).write_text(release.model_dump_json(indent=2) + "\n")
+    published = publish_release(repository, slot, release.files, RELEASE_MANIFEST)
+    state = "new" if published.created else "unchanged, already current"
+    ctx.reporter.info(f"{ctx.task.id}: version {published.version} at {published.path} ({state})")
+    return StageOutcome(
+        summary=f"v{published.version} at {published.path} ({state})",
+        record=PublishRecord(
+            destination=str(slot),
+            version=published.version,
+            path=str(published.path),
+            created=published.created,
+            release=release,
+        ),
+    )
+
+
+def _check_gate(gate: Artifact, task: Task) -> Path:
+    """The gate report, if the gate passed. The executor blocks a failed gate too; this holds without it."""
+    if not gate.manifest.ok:
+        raise GateFailedError(
+            f"{task.id}: the accuracy gate did not pass ({gate.manifest.summary}); nothing published",
+            hint=f"see {gate.path / 'gate.md'}",
+        )
+    report = gate.path / GATE_REPORT
+    if not report.is_file():
+        raise InputError("gate artifact has no gate.json", path=gate.path, hint="rerun the gate (--force)")
+    return report
+
+
+def _engine_limits(engine_config: dict[str, Any], engine_dir: Path) -> EngineLimits:
+    try:
+        return EngineLimits.model_validate(engine_config["build_config"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InputError(
+            f"build_config.{field}: {err['msg']}",
+            path=engine_dir / "config.json",
+            hint="rerun the build (--force)",
+        ) from None
+
+
+def _versions(info: EngineInfo) -> dict[str, str]:
+    found = {
+        "tensorrt_llm": info.tensorrt_llm_version,
+        "tensorrt": info.tensorrt_version,
+        "cuda": info.cuda_version,
+        "torch": info.torch_version,
+    }
+    return {name: version for name, version in found.items() if version is not None}
+
+
+def _verified_engine_files(build: Artifact, engine_dir: Path) -> dict[str, str]:
+    """sha256 of every engine file (relative to engine_dir), after checking each against the build manifest."""
+    prefix = f"{ENGINE_DIR}/"
+    entries = [e for e in build.manifest.files if e.path.startswith(prefix)]
+    problems = verify_files(build.path, entries)
+    if problems:
+        raise InputError(
+            f"engine differs from its build manifest: {problems[0]}",
+            path=build.path,
+            hint="the build artifact was modified or corrupted: rerun the build (--force)",
+        )
+    listed = {e.path for e in entries}
+    extra = sorted(
+        p.relative_to(build.path).as_posix()
+        for p in engine_dir.rglob("*")
+        if p.is_file() and p.relative_to(build.path).as_posix() not in listed
+    )
+    if extra:
+        raise InputError(
+            f"{extra[0]} is not in the build manifest",
+            path=build.path,
+            hint="the build artifact was modified: rerun the build (--force)",
+        )
+    return {e.path[len(prefix) :]: e.sha256 for e in entries}
+
+
+def _view(model: type[_View], artifact: Artifact, stage: str):
+    try:
+        return model.model_validate(artifact.manifest.record)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InputError(
+            f"{stage} record: {field}: {err['msg']}",
+            path=artifact.path / "manifest.json",
+            hint=f"rerun {stage} (--force) with this version of the pipeline",
+        ) from None

@@ -1,0 +1,150 @@
+"""Peak memory while an engine runs: GPU device memory on a GPU host, process RSS on the CPU target.
+
+TensorRT-LLM allocates its engine, activations and paged KV cache outside
+torch's caching allocator, so `torch.cuda.max_memory_allocated` misses most of
+it; the GPU probe samples the device's used memory through NVML in a thread and
+keeps torch's figure beside it. On cpu-reference the same slot holds the peak
+resident set of this process (interpreter and torch included), labelled so, and
+is not comparable with a GPU estimate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import sys
+import threading
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.errors import MissingDependencyError
+
+CONTAINER = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+
+
+class MemoryReading(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    measure: str  # what peak_bytes is: "gpu_device_used" or "process_peak_rss"
+    peak_bytes: int
+    baseline_bytes: int | None = None  # device memory already used when the probe started (GPU)
+    torch_max_allocated_bytes: int | None = None  # torch's allocator only (GPU)
+    note: str = ""
+
+
+class MemoryProbe(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> MemoryReading: ...
+
+
+_HWM = re.compile(r"^VmHWM:\s+(\d+) kB$", re.MULTILINE)
+
+
+class ProcessRssProbe:
+    """Peak resident set size of this process over the probed span (Linux: VmHWM, reset at start)."""
+
+    def __init__(self, proc_self: str = "/proc/self") -> None:
+        self._proc_self = proc_self
+        self._since_start_of_process = False
+
+    def start(self) -> None:
+        try:
+            # "5" resets the peak RSS counter (Linux >= 4.0), so each span gets its own peak.
+            with open(f"{self._proc_self}/clear_refs", "w") as f:
+                f.write("5")
+            self._since_start_of_process = False
+        except OSError:
+            self._since_start_of_process = True
+
+    def stop(self) -> MemoryReading:
+        try:
+            with open(f"{self._proc_self}/status") as f:
+                match = _HWM.search(f.read())
+        except OSError:
+            match = None
+        if match is not None:
+            peak = int(match.group(1)) * 1024
+        else:  # no procfs (macOS): the lifetime peak; ru_maxrss is in bytes there, KiB on Linux
+            maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak = maxrss if sys.platform == "darwin" else maxrss * 1024
+            self._since_start_of_process = True
+        note = "peak RSS of the benchmarking process (CPU target; includes the interpreter and torch)"
+        if self._since_start_of_process:
+            note += "; since process start (the counter could not be reset)"
+        return MemoryReading(measure="process_peak_rss", peak_bytes=peak, note=note)
+
+
+class NvmlDeviceProbe:
+    """Device memory used, sampled every `interval_s` by a thread, plus torch's own peak."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        try:
+            import pynvml
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "GPU memory measurement needs nvidia-ml-py (import pynvml)",
+                hint=f"pip install nvidia-ml-py, or run inside {CONTAINER}",
+            ) from exc
+        self._nvml = pynvml
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._peak = 0
+        self._baseline = 0
+        pynvml.nvmlInit()
+        self._handle = _visible_device_handle(pynvml)
+
+    def _used(self) -> int:
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._peak = max(self._peak, self._used())
+
+    def start(self) -> None:
+        _reset_torch_peak()
+        self._baseline = self._peak = self._used()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, name="nvml-memory-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> MemoryReading:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._peak = max(self._peak, self._used())
+        return MemoryReading(
+            measure="gpu_device_used",
+            peak_bytes=self._peak,
+            baseline_bytes=self._baseline,
+            torch_max_allocated_bytes=_torch_peak(),
+            note=(
+                "device memory used (NVML, sampled), all processes; TensorRT-LLM reserves a fraction of "
+                "the free memory for the paged KV cache when it loads, so this includes that reservation"
+            ),
+        )
+
+
+def _visible_device_handle(pynvml):
+    """NVML ignores CUDA_VISIBLE_DEVICES: map its first entry (an index or a UUID) to a handle."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    if first.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(first))
+    return pynvml.nvmlDeviceGetHandleByUUID(first)
+
+
+def _reset_torch_peak() -> None:
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.reset_peak_memory_stats()
+
+
+def _torch_peak() -> int | None:
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        return int(sys.modules["torch"].cuda.max_memory_allocated())
+    return None
+
+
+def probe_for(target_is_gpu: bool) -> MemoryProbe:
+    return NvmlDeviceProbe() if target_is_gpu else ProcessRssProbe()

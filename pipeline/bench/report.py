@@ -1,0 +1,245 @@
+"""Write a BenchReport as bench.json (versioned), bench.md and PNG plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.bench.results import BenchReport, VariantResult
+from pipeline.bench.stats import Percentiles
+from pipeline.store import write_text_atomic
+
+JSON_NAME = "bench.json"
+MARKDOWN_NAME = "bench.md"
+THROUGHPUT_PLOT = "throughput.png"
+LATENCY_PLOT = "latency.png"
+
+
+def write_bench_report(report: BenchReport, out_dir: Path) -> dict[str, Path]:
+    """Every file of the report, each written atomically; returns them by kind."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / JSON_NAME,
+        "markdown": out_dir / MARKDOWN_NAME,
+        "throughput_plot": out_dir / THROUGHPUT_PLOT,
+        "latency_plot": out_dir / LATENCY_PLOT,
+    }
+    write_text_atomic(paths["json"], report.model_dump_json(indent=2) + "\n")
+    write_text_atomic(paths["markdown"], render_markdown(report))
+    plot_throughput(report, paths["throughput_plot"])
+    plot_latency(report, paths["latency_plot"])
+    return paths
+
+
+def variant_label(v: VariantResult) -> str:
+    return f"{v.precision}/{v.profile}"
+
+
+def _pct(p: Percentiles | None) -> str:
+    return "n/a" if p is None else f"{p.p50_ms:.2f} / {p.p90_ms:.2f} / {p.p99_ms:.2f}"
+
+
+def ratio_text(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    # Far below a ceiling (the CPU target's Python loop against its bandwidth) still shows a figure.
+    return f"{value:.2f}x" if value >= 0.01 else f"{value:.1e}x"
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def render_markdown(report: BenchReport) -> str:
+    pub = report.published
+    lines = [
+        f"# Benchmark: {report.model} on {report.target}",
+        "",
+        f"Runtime: {report.runtime}. Created {report.created_at.isoformat(timespec='seconds')} on "
+        + ", ".join(f"{k} {v}" for k, v in report.host.items())
+        + ".",
+        f"Requested shape: {report.settings.input_len} input tokens, {report.settings.output_len} output "
+        f"tokens, {report.settings.latency_runs} latency runs, synthetic prompts (seed {report.settings.seed}), "
+        "no early stop.",
+        "",
+        "## Latency (batch 1)",
+        "",
+        "| engine | TTFT p50 / p90 / p99 (ms) | inter-token p50 / p90 / p99 (ms) | decode tokens/s "
+        "| plan ceiling tokens/s | measured / ceiling |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in report.variants:
+        ceiling = f"{v.plan.decode_ceiling_tokens_per_s:.1f}" if v.plan else "n/a"
+        lines.append(
+            f"| {variant_label(v)} | {_pct(v.latency.ttft)} | {_pct(v.latency.itl)} "
+            f"| {v.latency.decode_tokens_per_s:.1f} | {ceiling} | {ratio_text(v.ratios.decode_vs_ceiling)} |"
+        )
+    lines += [
+        "",
+        "## Throughput (static batches, in process)",
+        "",
+        "| engine | batch | output tokens/s | wall (s) | TTFT p50 / p90 / p99 (ms) "
+        "| inter-token p50 / p90 / p99 (ms) | bandwidth ceiling tokens/s | measured / ceiling |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in report.variants:
+        ceilings = {r.batch_size: r for r in v.ratios.throughput_vs_ceiling}
+        for p in v.throughput:
+            ceiling = ceilings.get(p.batch_size)
+            lines.append(
+                f"| {variant_label(v)} | {p.batch_size} | {p.output_tokens_per_s:.1f} | {p.wall_s:.3f} "
+                f"| {_pct(p.ttft)} | {_pct(p.itl)} "
+                f"| {f'{ceiling.ceiling_tokens_per_s:.1f}' if ceiling else 'n/a'} "
+                f"| {ratio_text(ceiling.measured_vs_ceiling if ceiling else None)} |"
+            )
+    lines += [
+        "",
+        "The bandwidth ceiling of a batch reads the weights once per step and each request's KV cache at "
+        "the run's mean context (prompt + half the output); it ignores compute, so large batches sit "
+        "further below it.",
+    ]
+    served = [(v, p) for v in report.variants for p in v.served]
+    lines += ["", "## Served (concurrent requests, in-flight batching)", ""]
+    if served:
+        lines += [
+            "| engine | clients | requests | output tokens/s | TTFT p50 / p90 / p99 (ms) | inter-token p50 / p90 / p99 (ms) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {variant_label(v)} | {p.concurrency} | {p.requests} | {p.output_tokens_per_s:.1f} "
+            f"| {_pct(p.ttft)} | {_pct(p.itl)} |"
+            for v, p in served
+        ]
+    else:
+        lines.append("Not measured: no server URL was given (`trtllm-pipeline bench --server-url URL`).")
+    lines += [
+        "",
+        "## Peak memory",
+        "",
+        "| engine | measure | peak | plan estimate | peak / estimate |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for v in report.variants:
+        estimate = _gib(v.plan.memory_estimate_bytes) if v.plan else "n/a"
+        measure, peak = (
+            (v.memory.measure, _gib(v.memory.peak_bytes)) if v.memory else ("not observable", "n/a")
+        )
+        lines.append(
+            f"| {variant_label(v)} | {measure} | {peak} | {estimate} | {ratio_text(v.ratios.peak_memory_vs_estimate)} |"
+        )
+    notes = sorted({v.memory.note for v in report.variants if v.memory and v.memory.note})
+    if any(v.memory is None for v in report.variants):
+        notes.append("not observable: the engine ran in a CPU server process this client cannot measure")
+    notes += sorted({v.plan.basis for v in report.variants if v.plan})
+    lines += [""] + [f"- {n}" for n in notes]
+    lines += [
+        "",
+        "## Reference: a published estimate",
+        "",
+        f"{pub.model} {pub.precision} on {pub.target}: about {pub.decode_tokens_per_s:.0f} tokens/s at batch 1, "
+        f"batch {pub.max_batch_size} fits, about {pub.weights_gb:.0f} GB of weights ({pub.source}).",
+        "",
+    ]
+    if pub.applies:
+        lines += [
+            "| engine | decode tokens/s | published | measured / published |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {variant_label(v)} | {v.latency.decode_tokens_per_s:.1f} | {pub.decode_tokens_per_s:.0f} "
+            f"| {ratio_text(v.ratios.decode_vs_published)} |"
+            for v in report.variants
+        ]
+    else:
+        lines.append(
+            f"It applies only to {pub.model} {pub.precision} on {pub.target}; this report measures "
+            f"{report.model} on {report.target}, so no ratio is taken against it."
+        )
+    adjusted = [(v, a) for v in report.variants for a in v.adjustments]
+    if adjusted:
+        lines += ["", "## Shape adjusted to the profiles", ""]
+        lines += [f"- {variant_label(v)}: {a}" for v, a in adjusted]
+    lines += ["", f"![throughput]({THROUGHPUT_PLOT})", "", f"![latency]({LATENCY_PLOT})", ""]
+    return "\n".join(lines)
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _save(plt, fig, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def plot_throughput(report: BenchReport, path: Path) -> None:
+    """Output tokens/s against batch size per engine; served points (by client count) dashed."""
+    plt, fig, (ax,) = _figure(7, 4.5)
+    for v in report.variants:
+        color = None
+        if v.throughput:
+            (line,) = ax.plot(
+                [p.batch_size for p in v.throughput],
+                [p.output_tokens_per_s for p in v.throughput],
+                marker="o",
+                label=variant_label(v),
+            )
+            color = line.get_color()
+        if v.served:
+            (line,) = ax.plot(
+                [p.concurrency for p in v.served],
+                [p.output_tokens_per_s for p in v.served],
+                marker="s",
+                linestyle="--",
+                color=color,
+                label=f"{variant_label(v)} served (x = clients)",
+            )
+            color = line.get_color()
+        if v.plan is not None:
+            ax.scatter([1], [v.plan.decode_ceiling_tokens_per_s], marker="x", color=color, zorder=3)
+    ax.set_xscale("log", base=2)
+    if _spans_decades(report):
+        ax.set_yscale("log")  # a ceiling far above the measurements would flatten them on a linear axis
+    ax.set_xlabel("batch size (served: concurrent clients)")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title(f"{report.model} on {report.target}: throughput (x = plan's batch-1 ceiling)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(plt, fig, path)
+
+
+def _spans_decades(report: BenchReport) -> bool:
+    values = [p.output_tokens_per_s for v in report.variants for p in (*v.throughput, *v.served)]
+    values += [v.plan.decode_ceiling_tokens_per_s for v in report.variants if v.plan]
+    return min(values) > 0 and max(values) / min(values) > 100
+
+
+def plot_latency(report: BenchReport, path: Path) -> None:
+    """Batch-1 TTFT and inter-token latency percentiles, grouped per engine."""
+    plt, fig, axes = _figure(10, 4.5, ncols=2)
+    labels = [variant_label(v) for v in report.variants]
+    width = 0.25
+    for ax, title, pick in (
+        (axes[0], "time to first token", lambda v: v.latency.ttft),
+        (axes[1], "inter-token latency", lambda v: v.latency.itl),
+    ):
+        for i, (name, field) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
+            xs = [j + (i - 1) * width for j in range(len(labels))]
+            ax.bar(xs, [getattr(pick(v), field) for v in report.variants], width, label=name)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_ylabel("ms")
+        ax.set_title(f"{title} (batch 1)")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{report.model} on {report.target}: latency percentiles")
+    fig.tight_layout()
+    _save(plt, fig, path)

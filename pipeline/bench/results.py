@@ -1,0 +1,134 @@
+"""The typed figures a benchmark produces: what bench.json holds (versioned)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.bench.memory import MemoryReading
+from pipeline.bench.stats import Percentiles
+from pipeline.bench.workload import BenchSettings
+
+BENCH_REPORT_VERSION = 1
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class LatencyResult(Frozen):
+    """Batch 1, one request at a time."""
+
+    input_len: int
+    output_len: int
+    runs: int
+    ttft: Percentiles
+    itl: Percentiles
+    decode_tokens_per_s: float  # median over runs of (tokens after the first) / (their span)
+
+
+class ThroughputPoint(Frozen):
+    """One batch of `batch_size` requests sent together (static batch), in this process."""
+
+    batch_size: int
+    input_len: int
+    output_len: int
+    runs: int
+    output_tokens: int  # per run, all requests
+    wall_s: float  # median over runs, from sending to the last token
+    output_tokens_per_s: float  # median over runs
+    ttft: Percentiles
+    itl: Percentiles | None
+
+
+class ServedPoint(Frozen):
+    """A stream of requests from `concurrency` clients to a Triton server (in-flight batching)."""
+
+    concurrency: int
+    requests: int
+    input_len: int
+    output_len: int
+    output_tokens: int
+    wall_s: float
+    output_tokens_per_s: float
+    ttft: Percentiles
+    itl: Percentiles | None
+
+
+class PlanFigures(Frozen):
+    """What the memory/speed plan (pipeline.plan) predicts for this precision x profile on the target."""
+
+    decode_ceiling_tokens_per_s: float  # batch 1: memory bandwidth / bytes read per token
+    bytes_read_per_token: int  # every weight once, one embedding row
+    kv_bytes_per_token: int
+    bandwidth_bytes_per_s: float
+    memory_estimate_bytes: int  # weights + activation allowance + the KV cache budget the runtime reserves
+    largest_batch_at_max_seq_len: int
+    basis: str  # how the estimate was obtained, in words
+
+    def batch_ceiling_tokens_per_s(self, batch_size: int, context_len: float) -> float:
+        """Bandwidth ceiling of a decode step for `batch_size` requests of `context_len` tokens each.
+
+        One step reads the weights once for all requests and each request's KV
+        cache: batch x bandwidth / (weights + batch x KV per token x context).
+        It ignores compute, so large batches fall further below it.
+        """
+        step_bytes = self.bytes_read_per_token + batch_size * self.kv_bytes_per_token * context_len
+        return batch_size * self.bandwidth_bytes_per_s / step_bytes
+
+
+class BatchRatio(Frozen):
+    batch_size: int
+    ceiling_tokens_per_s: float  # at the mean context of the run (prompt + half the output)
+    measured_vs_ceiling: float
+
+
+class Ratios(Frozen):
+    """Measured / planned: how close the engine comes to the plan's ceilings."""
+
+    decode_vs_ceiling: float | None  # batch-1 decode tokens/s / the bandwidth ceiling
+    throughput_vs_ceiling: tuple[BatchRatio, ...]  # per batch size; empty without a plan
+    peak_memory_vs_estimate: float | None  # None where the measure is not comparable (CPU RSS)
+    decode_vs_published: (
+        float | None
+    )  # only where the published estimate applies (Mistral 7B INT8, A100 40GB)
+
+
+class VariantResult(Frozen):
+    precision: str
+    profile: str
+    engine_dir: str
+    limits: dict[str, int]
+    adjustments: tuple[str, ...]  # how the requested shape was clamped to the profile
+    latency: LatencyResult
+    throughput: tuple[ThroughputPoint, ...]
+    served: tuple[ServedPoint, ...] = ()
+    memory: MemoryReading | None  # None: not observable from here (a CPU server's process)
+    plan: PlanFigures | None
+    ratios: Ratios
+
+
+class PublishedEstimate(Frozen):
+    """A published figure set beside the results; it applies only to its own model and target."""
+
+    model: str
+    precision: str
+    target: str
+    decode_tokens_per_s: float
+    max_batch_size: int
+    weights_gb: float
+    source: str
+    applies: bool  # whether this report's model/target/precision is the one the estimate is for
+
+
+class BenchReport(Frozen):
+    report_version: int = BENCH_REPORT_VERSION
+    created_at: datetime
+    model: str
+    target: str
+    runtime: str  # what ran the engines: "cpu-reference (PyTorch)", "TensorRT-LLM 1.2.1"
+    host: dict[str, str]
+    settings: BenchSettings
+    variants: tuple[VariantResult, ...]
+    published: PublishedEstimate

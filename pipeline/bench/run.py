@@ -1,0 +1,311 @@
+"""`trtllm-pipeline bench`: measure every engine that is built and up to date for the config.
+
+Bench is not a stage: timings are measurements of a machine at a moment, not
+functions of the inputs, so nothing is cached; the report goes to a plain
+folder. Engines are found through the executor's status, so a stale engine
+(its config or inputs changed since it was built) is never measured as if it
+were current.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.bench.harness import Clock, measure_engine
+from pipeline.bench.memory import MemoryReading, probe_for
+from pipeline.bench.reference import plan_figures, published_estimate, ratios
+from pipeline.bench.report import write_bench_report
+from pipeline.bench.results import (
+    BenchReport,
+    LatencyResult,
+    PlanFigures,
+    PublishedEstimate,
+    ServedPoint,
+    ThroughputPoint,
+    VariantResult,
+)
+from pipeline.bench.served import measure_server, text_prompts
+from pipeline.bench.workload import BenchSettings, Workload, plan_workload
+from pipeline.config import PipelineConfig
+from pipeline.errors import InputError
+from pipeline.executor import StageLookup, TaskState, status, tool_version
+from pipeline.plan import find_architecture
+from pipeline.reporting import Reporter
+from pipeline.runners import Runner, limits_of
+from pipeline.runtime.limits import RuntimeLimits
+from pipeline.stages import stage_module
+from pipeline.store import ArtifactStore
+from pipeline.targets import TARGETS
+from pipeline.tasks import plan_tasks, select_tasks
+from pipeline.trtllm.engine import read_engine_config
+
+ENGINE_SUBDIR = "engine"
+MODEL_SUBDIR = "model"
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    precision: str
+    profile: str
+    engine_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision}/{self.profile}"
+
+
+@dataclass(frozen=True)
+class BenchInputs:
+    engines: list[BuiltEngine]
+    model_dir: Path | None  # the fetched model, when up to date: its config.json feeds the plan
+
+
+def find_engines(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    *,
+    reporter: Reporter,
+    precisions: set[str] | None = None,
+    profiles: set[str] | None = None,
+    modules: StageLookup = stage_module,
+) -> BenchInputs:
+    """The build artifacts that are up to date for `config`; warns about the ones that are not."""
+    tasks = select_tasks(plan_tasks(config), {"build"}, precisions=precisions, profiles=profiles)
+    engines, skipped = [], []
+    model_dir = None
+    for result in status(config, store, tasks, modules):
+        task = result.task
+        if task.stage == "fetch" and result.state is TaskState.up_to_date and result.path is not None:
+            model_dir = result.path / MODEL_SUBDIR
+        if task.stage != "build":
+            continue
+        assert task.precision is not None and task.profile is not None
+        if result.state is TaskState.up_to_date and result.path is not None:
+            engines.append(BuiltEngine(task.precision, task.profile, result.path / ENGINE_SUBDIR))
+        else:
+            why = f" ({result.reason})" if result.reason else ""
+            skipped.append(f"the {task.precision}/{task.profile} engine is {result.state.value}{why}")
+    if not engines:
+        raise InputError(
+            f"no engine of {config.model.name} for {config.target.gpu} is built and up to date",
+            hint="run `trtllm-pipeline build` (with the same --config and --work-dir) first",
+        )
+    for line in skipped:
+        reporter.warn(f"{line}: not benchmarked")
+    return BenchInputs(engines, model_dir)
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What bench reads from an engine's config.json without loading the engine."""
+
+    pretrained_config: dict[str, Any]
+    limits: RuntimeLimits
+
+
+def read_engine_facts(engine_dir: Path) -> EngineFacts:
+    engine_config = read_engine_config(engine_dir)
+    return EngineFacts(engine_config["pretrained_config"], limits_of(engine_config, engine_dir))
+
+
+def runtime_label(target_is_gpu: bool) -> str:
+    if target_is_gpu:
+        return f"TensorRT-LLM {tool_version('tensorrt-llm')}"
+    return f"cpu-reference (PyTorch {tool_version('torch')} reference runtime)"
+
+
+def host_facts() -> dict[str, str]:
+    return {
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "cpus": str(os.cpu_count()),
+    }
+
+
+@dataclass(frozen=True)
+class Measured:
+    workload: Workload
+    latency: LatencyResult
+    throughput: tuple[ThroughputPoint, ...]
+    served: tuple[ServedPoint, ...]
+    memory: MemoryReading | None
+
+
+def measure_in_process(
+    engine: BuiltEngine,
+    settings: BenchSettings,
+    *,
+    target_is_gpu: bool,
+    reporter: Reporter,
+    clock: Clock,
+    load_runner: Callable[[Path], Runner],
+) -> Measured:
+    """Load the engine in this process and drive it through the workload."""
+    runner = load_runner(engine.engine_dir)
+    try:
+        workload = plan_workload(runner.limits, settings)
+        _tell_adjustments(engine, workload, reporter)
+        probe = probe_for(target_is_gpu)
+        probe.start()
+        timings = measure_engine(
+            runner, workload, seed=settings.seed, reporter=reporter, label=engine.label, clock=clock
+        )
+        memory = probe.stop()
+    finally:
+        del runner
+        gc.collect()  # free one engine's memory before the next loads
+    return Measured(workload, timings.latency, timings.throughput, (), memory)
+
+
+def measure_through_server(
+    engine: BuiltEngine,
+    settings: BenchSettings,
+    *,
+    facts: EngineFacts,
+    model_dir: Path | None,
+    target_is_gpu: bool,
+    reporter: Reporter,
+    clock: Clock,
+) -> Measured:
+    """Measure the Triton server at settings.server_url, which must be serving this engine."""
+    assert settings.server_url is not None
+    if model_dir is None:
+        raise InputError(
+            "served mode writes prompts with the model's tokenizer, and the fetched model is not up to date",
+            hint="run `trtllm-pipeline fetch` first",
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    workload = plan_workload(facts.limits, settings)
+    _tell_adjustments(engine, workload, reporter)
+    vocab_size = int(facts.pretrained_config["vocab_size"])
+
+    def prompts(count: int, seed: int) -> list[str]:
+        return text_prompts(tokenizer, count, workload.latency.input_len, vocab_size, settings.seed + seed)
+
+    # On a GPU the device's memory (the server's included) is visible; a CPU server's is not.
+    probe = probe_for(True) if target_is_gpu else None
+    if probe is not None:
+        probe.start()
+    latency, served = measure_server(
+        settings.server_url, workload, prompts, reporter=reporter, label=engine.label, clock=clock
+    )
+    memory = probe.stop() if probe is not None else None
+    return Measured(workload, latency, (), served, memory)
+
+
+def _tell_adjustments(engine: BuiltEngine, workload: Workload, reporter: Reporter) -> None:
+    for note in workload.adjustments:
+        reporter.info(f"{engine.label}: {note}")
+
+
+def variant_result(
+    engine: BuiltEngine,
+    measured: Measured,
+    *,
+    limits: RuntimeLimits,
+    plan: PlanFigures,
+    published: PublishedEstimate,
+) -> VariantResult:
+    return VariantResult(
+        precision=engine.precision,
+        profile=engine.profile,
+        engine_dir=str(engine.engine_dir),
+        limits={
+            "max_batch_size": limits.max_batch_size,
+            "max_input_len": limits.max_input_len,
+            "max_seq_len": limits.max_seq_len,
+        },
+        adjustments=measured.workload.adjustments,
+        latency=measured.latency,
+        throughput=measured.throughput,
+        served=measured.served,
+        memory=measured.memory,
+        plan=plan,
+        ratios=ratios(
+            decode_tokens_per_s=measured.latency.decode_tokens_per_s,
+            throughput=measured.throughput,
+            memory=measured.memory,
+            plan=plan,
+            published=published,
+            precision=engine.precision,
+        ),
+    )
+
+
+def run_bench(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    *,
+    settings: BenchSettings,
+    out_dir: Path,
+    reporter: Reporter,
+    precisions: set[str] | None = None,
+    profiles: set[str] | None = None,
+    clock: Clock = time.perf_counter,
+    modules: StageLookup = stage_module,
+) -> tuple[BenchReport, dict[str, Path]]:
+    """Measure every up-to-date engine, write bench.json, bench.md and the plots into out_dir."""
+    found = find_engines(
+        config, store, reporter=reporter, precisions=precisions, profiles=profiles, modules=modules
+    )
+    if settings.server_url is not None and len(found.engines) != 1:
+        raise InputError(
+            f"--server-url measures the one engine the server publishes; {len(found.engines)} are selected",
+            hint="choose it with --precision and --profile",
+        )
+    target_is_gpu = TARGETS[config.target.gpu].is_gpu
+    arch = find_architecture(config, found.model_dir)
+    facts = {e: read_engine_facts(e.engine_dir) for e in found.engines}
+    # Every engine of one config holds the same model: the first one's config says which.
+    published = published_estimate(
+        pretrained_config=facts[found.engines[0]].pretrained_config, target=config.target.gpu
+    )
+    variants = []
+    for engine in found.engines:
+        if settings.server_url is not None:
+            measured = measure_through_server(
+                engine,
+                settings,
+                facts=facts[engine],
+                model_dir=found.model_dir,
+                target_is_gpu=target_is_gpu,
+                reporter=reporter,
+                clock=clock,
+            )
+        else:
+            from pipeline.runners import load_runner  # imports torch
+
+            measured = measure_in_process(
+                engine,
+                settings,
+                target_is_gpu=target_is_gpu,
+                reporter=reporter,
+                clock=clock,
+                load_runner=load_runner,
+            )
+        plan = plan_figures(config, arch, engine.precision, engine.profile)
+        variants.append(
+            variant_result(engine, measured, limits=facts[engine].limits, plan=plan, published=published)
+        )
+    target = TARGETS[config.target.gpu]
+    report = BenchReport(
+        created_at=datetime.now(timezone.utc),
+        model=config.model.name,
+        target=config.target.gpu,
+        runtime=runtime_label(target.is_gpu),
+        host=host_facts(),
+        settings=settings,
+        variants=tuple(variants),
+        published=published,
+    )
+    return report, write_bench_report(report, out_dir)

@@ -1,0 +1,129 @@
+"""The calibration forward loop: batched, with a progress bar, halving the batch on out-of-memory.
+
+Max calibration takes the running maximum of what it sees, so re-running a
+batch that failed half-way through (some layers already observed it) leaves the
+statistics exactly as one clean pass would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.calibration.records import BatchBackoff
+from pipeline.errors import StageError
+from pipeline.reporting import Reporter
+
+# forward(model, input_ids, attention_mask): the one call that can run out of memory.
+Forward = Callable[[Any, Any, Any], None]
+
+
+def model_forward(model: Any, input_ids: Any, attention_mask: Any) -> None:
+    model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # The CPU allocator raises a plain RuntimeError.
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc) or "can't allocate memory" in str(exc)
+    )
+
+
+@dataclass
+class LoopResult:
+    final_batch_size: int
+    tokens: int = 0
+    backoffs: list[BatchBackoff] = field(default_factory=list)
+
+
+def collate(samples: list[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    """Right-padded input_ids and the attention mask that hides the padding."""
+    import torch
+
+    width = max(len(s) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        ids[row, : len(sample)] = torch.tensor(sample, dtype=torch.long)
+        mask[row, : len(sample)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class CalibrationLoop:
+    """A ModelOpt forward_loop over token samples. Longest samples go first so an
+    out-of-memory error shows up on the first batch, not after minutes of work."""
+
+    def __init__(
+        self,
+        samples: list[list[int]],
+        *,
+        batch_size: int,
+        pad_id: int,
+        device: Any,
+        reporter: Reporter,
+        log: logging.Logger,
+        forward: Forward = model_forward,
+    ) -> None:
+        self.samples = sorted(samples, key=len, reverse=True)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.device = device
+        self.reporter = reporter
+        self.log = log
+        self.forward = forward
+        self.result = LoopResult(final_batch_size=batch_size)
+        # ModelOpt's prints are redirected to the log around quantize(); the progress bar
+        # must still reach the terminal the loop was created for.
+        self._stdout = sys.stdout
+
+    def __call__(self, model: Any) -> None:
+        import torch
+
+        result = self.result
+        with (
+            contextlib.redirect_stdout(self._stdout),
+            torch.no_grad(),
+            self.reporter.progress("calibrating", len(self.samples), "seq") as advance,
+        ):
+            start = 0
+            while start < len(self.samples):
+                batch = self.samples[start : start + result.final_batch_size]
+                ids, mask = collate(batch, self.pad_id, self.device)
+                try:
+                    self.forward(model, ids, mask)
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    del ids, mask
+                    self._back_off(start, exc)
+                    start += len(batch)
+                continue
+                result.tokens += sum(len(s) for s in batch)
+                advance(len(batch))
+
+    def _back_off(self, start: int, exc: BaseException) -> None:
+        import torch
+
+        old = self.result.final_batch_size
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if old == 1:
+            raise StageError(
+                "calibrate",
+                f"out of memory at calibration batch size 1 ({exc.__class__.__name__})",
+                hint="lower calibration.seq_len, or calibrate on a GPU with more memory",
+            ) from exc
+        new = old // 2
+        self.result.final_batch_size = new
+        self.result.backoffs.append(BatchBackoff(at_sample=start, from_batch=old, to_batch=new))
+        message = f"out of memory at calibration batch size {old}: retrying with batch size {new}"
+        self.reporter.warn(message)
+        self.log.warning("%s (%s)", message, exc)

@@ -1,0 +1,276 @@
+"""Check an exported TensorRT-LLM checkpoint against the Hugging Face config it came from.
+
+Exporters lose fields silently (transformers 5 hides rope_theta in
+rope_parameters and ModelOpt then omits rotary_base; a missing
+max_position_embeddings becomes 2048), and a weight-only ModelOpt config exports
+fp16 weights labelled W8A8. So every field that matters and every tensor's name,
+shape and dtype is checked. Fields that do not shape a tensor (rotary base, norm
+epsilon, positions, sliding window) are set from the Hugging Face config and the
+repair recorded; anything else that disagrees fails the export.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.calibration.records import Repair
+from pipeline.errors import InputError, StageError
+from pipeline.store import write_text_atomic
+
+CHECKPOINT_CONFIG = "config.json"
+RANK0_WEIGHTS = "rank0.safetensors"
+MISTRAL_DEFAULT_ROPE_THETA = 10000.0  # what transformers uses when the config names none
+
+DTYPE_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
+# TensorRT-LLM linear name -> (rows, cols) as functions of the architecture.
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+
+
+class CheckpointMismatchError(StageError):
+    """The exported checkpoint disagrees with the model it was exported from."""
+
+    def __init__(self, checkpoint: Path, problems: list[str]) -> None:
+        self.problems = problems
+        more = f" (+{len(problems) - 3} more, see the stage log)" if len(problems) > 3 else ""
+        super().__init__(
+            "calibrate",
+            f"exported checkpoint {checkpoint} does not match the Hugging Face config: "
+            + "; ".join(problems[:3])
+            + more,
+            hint="this is an exporter/version problem; check the ModelOpt and transformers versions",
+        )
+
+
+@dataclass(frozen=True)
+class HfArchitecture:
+    """The Hugging Face config fields a TensorRT-LLM decoder checkpoint must agree with."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope_theta: float
+    sliding_window: int | None
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], source: str | Path) -> HfArchitecture:
+        def need(key: str) -> Any:
+            if cfg.get(key) is None:
+                raise InputError(f"Hugging Face config has no '{key}'", path=source)
+            return cfg[key]
+
+        heads = int(need("num_attention_heads"))
+        hidden = int(need("hidden_size"))
+        # transformers 5 moves rope_theta into rope_parameters.
+        rope_theta = cfg.get("rope_theta")
+        if rope_theta is None:
+            rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", MISTRAL_DEFAULT_ROPE_THETA)
+        return cls(
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_hidden_layers=int(need("num_hidden_layers")),
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(need("rms_norm_eps")),
+            max_position_embeddings=int(need("max_position_embeddings")),
+            rope_theta=float(rope_theta),
+            sliding_window=cfg.get("sliding_window"),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+
+    @classmethod
+    def load(cls, model_dir: Path) -> HfArchitecture:
+        path = model_dir / "config.json"
+        try:
+            return cls.from_config(json.loads(path.read_text()), path)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read the Hugging Face config: {exc}", path=path) from None
+
+
+def check_config(
+    trt: dict[str, Any],
+    arch: HfArchitecture,
+    *,
+    quant_algo: str | None,
+    kv_cache_quant_algo: str | None,
+    export_dtype: str,
+) -> tuple[dict[str, Any], list[Repair], list[str]]:
+    """(repaired config, repairs, problems). Pure: `trt` is not modified."""
+    fixed = json.loads(json.dumps(trt))
+    repairs: list[Repair] = []
+    problems: list[str] = []
+    if trt.get("dtype") != export_dtype:
+        problems.append(f"dtype is {trt.get('dtype')!r}, expected {export_dtype!r}")
+    shaping = {
+        "vocab_size": arch.vocab_size,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_hidden_layers,
+        "num_attention_heads": arch.num_attention_heads,
+        "num_key_value_heads": arch.num_key_value_heads,
+        "head_size": arch.head_dim,
+    }
+    for field, expected in shaping.items():
+        if trt.get(field) != expected:
+            problems.append(f"{field} is {trt.get(field)!r}, the Hugging Face config says {expected!r}")
+    derivable: dict[str, tuple[Any, str]] = {
+        "rotary_base": (arch.rope_theta, "rope_theta"),
+        "norm_epsilon": (arch.rms_norm_eps, "rms_norm_eps"),
+        "max_position_embeddings": (arch.max_position_embeddings, "max_position_embeddings"),
+    }
+    if arch.sliding_window is not None and arch.sliding_window < arch.max_position_embeddings:
+        # ModelOpt writes no window; TensorRT-LLM must be told (max_attention_window_size) at build.
+        derivable["sliding_window"] = (arch.sliding_window, "sliding_window")
+    elif "sliding_window" in trt and trt["sliding_window"] is not None:
+        derivable["sliding_window"] = (None, "sliding_window (none, or not smaller than the context)")
+    for field, (expected, hf_name) in derivable.items():
+        found = trt.get(field)
+        if not _same(found, expected):
+            fixed[field] = expected
+            reason = "missing" if field not in trt else "differs from the Hugging Face config"
+            repairs.append(Repair(field=field, found=found, fixed=expected, reason=f"{reason} ({hf_name})"))
+    quantization = trt.get("quantization") or {}
+    if quantization.get("quant_algo") != quant_algo:
+        problems.append(
+            f"quantization.quant_algo is {quantization.get('quant_algo')!r}, expected {quant_algo!r}"
+        )
+    if quantization.get("kv_cache_quant_algo") != kv_cache_quant_algo:
+        problems.append(
+            f"quantization.kv_cache_quant_algo is {quantization.get('kv_cache_quant_algo')!r}, "
+            f"expected {kv_cache_quant_algo!r}"
+        )
+    return fixed, repairs, problems
+
+
+def _same(found: Any, expected: Any) -> bool:
+    if isinstance(found, (int, float)) and isinstance(expected, (int, float)):
+        return abs(float(found) - float(expected)) <= 1e-9 * max(1.0, abs(float(expected)))
+    return found == expected
+
+
+TensorSpec = tuple[str, tuple[int, ...] | None]  # (safetensors dtype code, shape or None for any)
+
+
+def expected_tensors(
+    arch: HfArchitecture, *, quant_algo: str | None, kv_cache_quant_algo: str | None, export_dtype: str
+) -> dict[str, TensorSpec]:
+    """Every tensor rank0.safetensors must hold, with dtype and shape. Pure."""
+    act = DTYPE_CODES[export_dtype]
+    h, inter = arch.hidden_size, arch.intermediate_size
+    attn = arch.num_attention_heads * arch.head_dim
+    qkv = (arch.num_attention_heads + 2 * arch.num_key_value_heads) * arch.head_dim
+    shapes = {
+        "attention.qkv": (qkv, h),
+        "attention.dense": (h, attn),
+        "mlp.fc": (inter, h),
+        "mlp.gate": (inter, h),
+        "mlp.proj": (h, inter),
+    }
+    out: dict[str, TensorSpec] = {
+        "transformer.vocab_embedding.weight": (act, (arch.vocab_size, h)),
+        "transformer.ln_f.weight": (act, (h,)),
+    }
+    if not arch.tie_word_embeddings:
+        out["lm_head.weight"] = (act, (arch.vocab_size, h))
+    for n in range(arch.num_hidden_layers):
+        prefix = f"transformer.layers.{n}."
+        out[prefix + "input_layernorm.weight"] = (act, (h,))
+        out[prefix + "post_layernorm.weight"] = (act, (h,))
+        for linear, (rows, cols) in shapes.items():
+            name = prefix + linear
+            if quant_algo == "W8A8_SQ_PER_CHANNEL":
+                out[name + ".weight"] = ("I8", (rows, cols))
+                out[name + ".weights_scaling_factor"] = ("F32", (rows,))
+                out[name + ".activation_scaling_factor"] = ("F32", (1,))
+                out[name + ".prequant_scaling_factor"] = (act, (cols,))
+            elif quant_algo == "FP8":
+                out[name + ".weight"] = ("F8_E4M3", (rows, cols))
+                out[name + ".weights_scaling_factor"] = ("F32", None)
+                out[name + ".activation_scaling_factor"] = ("F32", None)
+            else:  # unquantized, or W8A16: TensorRT-LLM quantizes these fp16 weights when it builds
+                out[name + ".weight"] = (act, (rows, cols))
+        if kv_cache_quant_algo is not None:
+            for scale in ("kv_cache_scaling_factor", "k_cache_scaling_factor", "v_cache_scaling_factor"):
+                out[prefix + "attention." + scale] = ("F32", (1,))
+    return out
+
+
+def check_tensors(found: dict[str, TensorSpec], expected: dict[str, TensorSpec]) -> list[str]:
+    """Problems (missing, unexpected, wrong dtype or shape), in name order. Pure."""
+    problems = []
+    for name in sorted(set(expected) - set(found)):
+        problems.append(f"tensor {name} is missing")
+    for name in sorted(set(found) - set(expected)):
+        problems.append(f"tensor {name} is not expected for this precision")
+    for name in sorted(set(found) & set(expected)):
+        (dtype, shape), (want_dtype, want_shape) = found[name], expected[name]
+        if dtype != want_dtype:
+            problems.append(f"tensor {name} is {dtype}, expected {want_dtype}")
+        if want_shape is not None and shape != want_shape:
+            problems.append(f"tensor {name} has shape {list(shape or ())}, expected {list(want_shape)}")
+    return problems
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorSpec]:
+    """Names, dtypes and shapes from a safetensors header, without reading the tensors."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if length <= 0 or 8 + length > size:
+                raise InputError("not a safetensors file (bad header length)", path=path)
+            header = json.loads(f.read(length))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the safetensors header: {exc}", path=path) from None
+    return {
+        name: (entry["dtype"], tuple(entry["shape"]))
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+
+
+def verify_checkpoint(
+    checkpoint_dir: Path,
+    arch: HfArchitecture,
+    *,
+    quant_algo: str | None,
+    kv_cache_quant_algo: str | None,
+    export_dtype: str,
+    repair: bool = True,
+) -> list[Repair]:
+    """Check config.json and rank0.safetensors; with `repair`, rewrite config.json with the
+    derivable fields set from the Hugging Face config. Raises CheckpointMismatchError."""
+    config_path = checkpoint_dir / CHECKPOINT_CONFIG
+    try:
+        trt = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointMismatchError(checkpoint_dir, [f"{CHECKPOINT_CONFIG} unreadable: {exc}"]) from None
+    fixed, repairs, problems = check_config(
+        trt, arch, quant_algo=quant_algo, kv_cache_quant_algo=kv_cache_quant_algo, export_dtype=export_dtype
+    )
+    if not repair:
+        problems += [f"{r.field} is {r.found!r}, the Hugging Face config says {r.fixed!r}" for r in repairs]
+    found = read_safetensors_header(checkpoint_dir / RANK0_WEIGHTS)
+    problems += check_tensors(
+        found,
+        expected_tensors(
+            arch, quant_algo=quant_algo, kv_cache_quant_algo=kv_cache_quant_algo, export_dtype=export_dtype
+        ),
+    )
+    if problems:
+        raise CheckpointMismatchError(checkpoint_dir, problems)
+    if repair and repairs:
+        write_text_atomic(config_path, json.dumps(fixed, indent=4) + "\n")
+    return repairs

@@ -1,0 +1,94 @@
+"""What the gate writes: gate.json (the record), gate.md (a table for people), junit.xml (for CI)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.gate.verdict import GateCheck
+from pipeline.store import write_text_atomic
+
+GATE_JSON, GATE_MD, JUNIT_XML = "gate.json", "gate.md", "junit.xml"
+
+
+class GateRecord(BaseModel):
+    """The gate's verdict and everything it rests on (also the manifest's record)."""
+
+    verdict: bool
+    precision: str
+    profile: str
+    checks: list[GateCheck]
+    reference_perplexity: float
+    candidate_perplexity: float
+    exact_greedy_matches: int
+    reference_choice_accuracy: float | None
+    candidate_choice_accuracy: float | None
+    windows: int
+    window_len: int
+    prompts: int
+    max_new_tokens: int
+    choice_items: int
+    data: dict[str, str]  # data file -> sha256
+    reference_s: float
+    candidate_s: float
+
+    @property
+    def failed(self) -> list[GateCheck]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def summary(self) -> str:
+        if self.verdict:
+            return f"passed {len(self.checks)} checks (ppl {self.reference_perplexity:.3f} -> {self.candidate_perplexity:.3f})"
+        return "FAILED " + ", ".join(f"{c.name} {c.value:.4g} (needs {c.rule})" for c in self.failed)
+
+
+def render_markdown(record: GateRecord) -> str:
+    lines = [
+        f"# Accuracy gate: {record.precision} / {record.profile}: {'PASSED' if record.verdict else 'FAILED'}",
+        "",
+        "| check | value | threshold | result |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    lines += [f"| {c.name} | {c.value:.4f} | {c.rule} | {'pass' if c.passed else '**FAIL**'} |" for c in record.checks]
+    lines += [
+        "",
+        f"Perplexity: reference {record.reference_perplexity:.4f}, candidate {record.candidate_perplexity:.4f} "
+        f"over {record.windows} windows of {record.window_len} tokens.",
+        f"Greedy continuations: {record.exact_greedy_matches} of {record.prompts} prompts identical "
+        f"({record.max_new_tokens} new tokens).",
+    ]
+    if record.candidate_choice_accuracy is not None:
+        lines.append(
+            f"Multiple choice: reference {record.reference_choice_accuracy:.3f}, candidate "
+            f"{record.candidate_choice_accuracy:.3f} over {record.choice_items} items."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_junit(record: GateRecord, elapsed_s: float) -> str:
+    suite = ET.Element(
+        "testsuite",
+        name=f"gate[{record.precision}/{record.profile}]",
+        tests=str(len(record.checks)),
+        failures=str(len(record.failed)),
+        errors="0",
+        time=f"{elapsed_s:.3f}",
+    )
+    for check in record.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"gate.{record.precision}.{record.profile}", name=check.name)
+        if not check.passed:
+            failure = ET.SubElement(case, "failure", message=f"{check.name} = {check.value:.6g}, needs {check.rule}")
+            failure.text = f"{check.name}: {check.value:.6g} (threshold {check.rule})"
+    suites = ET.Element("testsuites")
+    suites.append(suite)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def write_reports(out_dir: Path, record: GateRecord) -> None:
+    write_text_atomic(out_dir / GATE_JSON, record.model_dump_json(indent=2) + "\n")
+    write_text_atomic(out_dir / GATE_MD, render_markdown(record))
+    write_text_atomic(out_dir / JUNIT_XML, render_junit(record, record.reference_s + record.candidate_s))

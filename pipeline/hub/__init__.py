@@ -1,0 +1,92 @@
+"""Fetch a model revision from the Hugging Face hub: resolve, select, download, verify.
+
+    fetch_repo(repo_id, revision, patterns=..., allow_pickle=False, hub_dir=..., reporter=..., log=...)
+
+`hub_dir` holds the huggingface_hub download cache (`hf-cache/`) and the
+listings fetch verified against (`listings/`). huggingface_hub is imported
+only when a fetch runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import FetchError
+from pipeline.hub.client import HubSettings, list_repo
+from pipeline.hub.download import (
+    RETRY_DELAYS_S,
+    Downloader,
+    FreeBytes,
+    VerifiedFile,
+    bytes_missing,
+    check_disk_space,
+    free_bytes,
+)
+from pipeline.hub.listing import ListingCache, RepoListing
+from pipeline.hub.selection import SAFETENSORS_INDEX, indexed_shards, select_files
+from pipeline.reporting import Reporter
+
+__all__ = ["FetchedRepo", "VerifiedFile", "fetch_repo"]
+
+
+@dataclass(frozen=True)
+class FetchedRepo:
+    listing: RepoListing
+    files: dict[str, VerifiedFile]  # the selected files, by path in the repo
+    offline: bool
+
+
+def fetch_repo(
+    repo_id: str,
+    revision: str,
+    *,
+    patterns: Sequence[str],
+    allow_pickle: bool,
+    hub_dir: Path,
+    reporter: Reporter,
+    log: logging.Logger,
+    free: FreeBytes = free_bytes,
+    retry_delays: Sequence[float] = RETRY_DELAYS_S,
+) -> FetchedRepo:
+    settings = HubSettings.from_env()
+    log.info(
+        "hub %s, offline %s, token %s",
+        settings.endpoint,
+        settings.offline,
+        "set" if settings.token else "none",
+    )
+    cache_dir = hub_dir / "hf-cache"
+    listing = _listing(settings, ListingCache(hub_dir / "listings"), repo_id, revision)
+    log.info("%s@%s is commit %s (%d files)", repo_id, revision, listing.commit, len(listing.files))
+    downloader = Downloader(settings, cache_dir, listing, log=log, retry_delays=retry_delays)
+    source = f"{repo_id}@{listing.commit[:12]}"
+    names = [f.path for f in listing.files]
+    selected = select_files(names, patterns=patterns, allow_pickle=allow_pickle, source=source)
+    fetched: dict[str, VerifiedFile] = {}
+    if SAFETENSORS_INDEX in selected:  # a few KB; it decides which shards are needed
+        fetched = downloader.fetch([listing.file(SAFETENSORS_INDEX)], on_bytes=lambda n: None)
+        shards = indexed_shards(fetched[SAFETENSORS_INDEX].path.read_text(), source)
+        selected = select_files(
+            names, patterns=patterns, allow_pickle=allow_pickle, source=source, shards=shards
+        )
+    files = [listing.file(name) for name in selected if name not in fetched]
+    check_disk_space(cache_dir, bytes_missing(cache_dir, repo_id, files), free)
+    with reporter.progress(f"fetch {repo_id}", sum(f.size for f in files), unit="B") as advance:
+        fetched |= downloader.fetch(files, advance)
+    return FetchedRepo(listing, {name: fetched[name] for name in selected}, settings.offline)
+
+
+def _listing(settings: HubSettings, cache: ListingCache, repo_id: str, revision: str) -> RepoListing:
+    if settings.offline:
+        listing = cache.load(repo_id, revision)
+        if listing is None:
+            raise FetchError(
+                f"{repo_id}@{revision}: HF_HUB_OFFLINE is set and no earlier fetch of it is cached in "
+                f"{cache.root.parent}: run fetch once online, or set model.source = 'local'"
+            )
+        return listing
+    listing = list_repo(settings, repo_id, revision)
+    return listing

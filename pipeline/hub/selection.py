@@ -1,0 +1,94 @@
+"""Which files of a model repo (or folder) make the artifact: pure, no IO.
+
+Patterns match like huggingface_hub's `allow_patterns` (fnmatch on the path
+inside the repo). Pickled weights are refused unless the config opts in: a
+pickle can run code when it is loaded. When a safetensors index is selected,
+only the shards it names are kept: Mistral's repos also carry the same weights
+in Mistral's own format (`consolidated.safetensors`, 14.5 GB), which
+transformers never reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from fnmatch import fnmatch
+
+from pipeline.errors import FetchError, PickleRefusedError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def is_pickle(name: str) -> bool:
+    return name.endswith(PICKLE_SUFFIXES)
+
+
+def is_weights(name: str) -> bool:
+    return name.endswith(".safetensors") or is_pickle(name)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch(name, p) for p in patterns)
+
+
+def indexed_shards(index_text: str, source: str) -> frozenset[str]:
+    """The shard files a `model.safetensors.index.json` names (its weight_map's values)."""
+    try:
+        weight_map = json.loads(index_text)["weight_map"]
+        return frozenset(str(shard) for shard in weight_map.values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise FetchError(
+            f"{source}: {SAFETENSORS_INDEX} has no readable weight_map; the repo looks broken",
+            file=SAFETENSORS_INDEX,
+        ) from None
+
+
+def select_files(
+    names: Iterable[str],
+    *,
+    patterns: Iterable[str],
+    allow_pickle: bool,
+    source: str,
+    shards: frozenset[str] | None = None,
+) -> list[str]:
+    """The names to fetch, sorted. `shards`: what the selected safetensors index names, once it is read."""
+    names = sorted(names)
+    patterns = tuple(patterns)
+    selected = [n for n in names if matches(n, patterns)]
+    pickled = [n for n in selected if is_pickle(n)]
+    if pickled and not allow_pickle:
+        raise PickleRefusedError(
+            f"{source}: {pickled[0]} is pickled weights, which can run code when loaded: remove its pattern "
+            "from model.allow_patterns, or set model.allow_pickle = true if you trust this repo",
+            file=pickled[0],
+        )
+    if shards is not None:
+        missing = sorted(shards - set(names))
+        if missing:
+            raise FetchError(
+                f"{source}: {SAFETENSORS_INDEX} names {missing[0]}, which is absent", file=missing[0]
+            )
+        left_out = sorted(shards - set(selected))
+        if left_out:
+            raise FetchError(
+                f"{source}: model.allow_patterns leaves out {left_out[0]}, a shard the index needs: "
+                "add a pattern that matches it",
+                file=left_out[0],
+            )
+        selected = [n for n in selected if not n.endswith(".safetensors") or n in shards]
+    if not any(is_weights(n) for n in selected):
+        only_pickled = [n for n in names if is_pickle(n)]
+        if only_pickled and not allow_pickle:
+            raise PickleRefusedError(
+                f"{source}: has no safetensors weights, only pickled ones ({only_pickled[0]}): set "
+                "model.allow_pickle = true and add their pattern to model.allow_patterns if you trust this repo",
+                file=only_pickled[0],
+            )
+        raise FetchError(f"{source}: no weight files match model.allow_patterns")
+    if "config.json" not in selected:
+        raise FetchError(
+            f"{source}: no config.json selected: not a Hugging Face model folder, "
+            "or model.allow_patterns leaves it out"
+        )
+    return selected

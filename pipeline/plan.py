@@ -1,0 +1,396 @@
+"""The memory and speed plan: pure arithmetic over a model's architecture, a target and a profile.
+
+Every figure carries the formula that produced it (`PlanLine.how`), so
+`trtllm-pipeline plan` can show its working. The formulas:
+
+- weights = quantized linear params x bytes per weight (1 for INT8/FP8, 2 for FP16/BF16)
+  + one FP32 scale per output channel of each quantized linear
+  + embedding, lm_head and norms in FP16 (ModelOpt keeps them unquantized);
+- KV cache per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (2 FP16, 1 INT8);
+- headroom = GPU memory - weights;
+- allowance (activations and workspace) = a fixed runtime reserve (CUDA context, cuBLAS and
+  TensorRT-LLM runtime buffers) + the gated MLP's live activations at max_num_tokens
+  (T x (3 x ffn + 2 x hidden) x 2 B) + the gathered context logits (T x vocab x 4 B, FP32;
+  the gate reads them, so engines are built with --gather_context_logits);
+- KV budget = 0.9 x (headroom - allowance): TensorRT-LLM's runtime gives the KV cache
+  `free_gpu_memory_fraction` = 0.9 of what is free after loading the engine;
+- largest batch at max_seq_len = floor(KV budget / (KV per token x max_seq_len));
+- batch-1 decode ceiling = memory bandwidth / bytes read per generated token, where a token
+  reads every weight once (the embedding table only one row) plus the KV cache of its context.
+
+For Mistral 7B v0.3 in INT8 on an A100 40GB this gives 7.0 GiB of weights and 33.0 GiB of
+headroom, as the published estimate does (its "about 7 GB", "33 GB").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.calibration.verify import HfArchitecture
+from pipeline.config import PipelineConfig, Precision, Profile
+from pipeline.errors import ConfigError, InputError
+from pipeline.targets import TARGETS, Target
+
+GIB = 1024**3
+KV_FREE_FRACTION = 0.8  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction's default
+RUNTIME_RESERVE_BYTES = 1 * GIB  # CUDA context, cuBLAS workspaces, TensorRT-LLM runtime buffers
+DEFAULT_MAX_NUM_TOKENS = 8192  # TensorRT-LLM BuildConfig.max_num_tokens's default
+ACTIVATION_BYTES = 2  # FP16 activations
+LOGITS_BYTES = 4  # context logits are FP32 (PretrainedConfig.logits_dtype)
+SCALE_BYTES = 4  # one FP32 scale per output channel of a quantized linear
+UNQUANTIZED_BYTES = 2  # embedding, lm_head, norms stay FP16
+WEIGHT_BYTES = {
+    Precision.fp16: 2,
+    Precision.bf16: 2,
+    Precision.int8_wo: 1,
+    Precision.int8_sq: 1,
+    Precision.fp8: 1,
+}
+KV_BYTES = {"fp16": 2, "int8": 1}
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """The figures of a decoder-only Llama/Mistral model the plan needs."""
+
+    source: str  # where the figures came from, for the derivation
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+
+    @property
+    def linear_out_channels_per_layer(self) -> int:
+        # qkv + dense + fc and gate (both ffn wide) + proj
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return (q + 2 * kv) + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
+
+    @property
+    def linear_params(self) -> int:
+        h, f = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        per_layer = h * (q + 2 * kv) + q * h + h * 2 * f + f * h
+        return per_layer * self.num_layers
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def unquantized_params(self) -> int:
+        """Embedding, lm_head (unless tied) and the RMSNorm weights (two per layer and a final one)."""
+        lm_head = 0 if self.tie_word_embeddings else self.embedding_params
+        return self.embedding_params + lm_head + (2 * self.num_layers + 1) * self.hidden_size
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.unquantized_params
+
+    @classmethod
+    def from_hf(cls, hf: HfArchitecture, source: str) -> ModelArch:
+        return cls(
+            source=source,
+            hidden_size=hf.hidden_size,
+            num_layers=hf.num_hidden_layers,
+            num_heads=hf.num_attention_heads,
+            num_kv_heads=hf.num_key_value_heads,
+            head_dim=hf.head_dim,
+            intermediate_size=hf.intermediate_size,
+            vocab_size=hf.vocab_size,
+            tie_word_embeddings=hf.tie_word_embeddings,
+        )
+
+
+_MISTRAL_7B_V03 = dict(
+    hidden_size=4096,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    intermediate_size=14336,
+    vocab_size=32768,
+)
+# Architectures known before anything is downloaded (figures from each repo's config.json).
+KNOWN_ARCHITECTURES: dict[str, ModelArch] = {
+    repo: ModelArch(source=f"built-in table ({repo})", **_MISTRAL_7B_V03)
+    for repo in ("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3")
+}
+
+
+def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = None) -> ModelArch:
+    """The model's architecture: the fetched config.json, a local one, the tiny spec, or the built-in table."""
+    model = config.model
+    for folder in (fetched_model_dir, model.local_path if model.source == "local" else None):
+        if folder is not None and (folder / "config.json").is_file():
+            return ModelArch.from_hf(HfArchitecture.load(folder), str(folder / "config.json"))
+    if model.source == "tiny":
+        from pipeline.tiny_model import TinyMistralSpec
+
+        spec = TinyMistralSpec()
+        return ModelArch(
+            source="TinyMistralSpec",
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_hidden_layers,
+            num_heads=spec.num_attention_heads,
+            num_kv_heads=spec.num_key_value_heads,
+            head_dim=spec.hidden_size // spec.num_attention_heads,
+            intermediate_size=spec.intermediate_size,
+            vocab_size=spec.vocab_size,
+        )
+    if model.repo_id in KNOWN_ARCHITECTURES:
+        return KNOWN_ARCHITECTURES[model.repo_id]
+    raise InputError(
+        f"the architecture of '{model.repo_id or model.local_path}' is not known before it is fetched",
+        hint="run `trtllm-pipeline fetch` first; the plan then reads the downloaded config.json",
+    )
+
+
+class PlanLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    figure: str
+    value: str
+    how: str
+
+
+class ProfilePlan(BaseModel):
+    """The plan of one (target, precision, profile): what fits, and how each figure was obtained."""
+
+    model_config = ConfigDict(frozen=True)
+    target: str
+    precision: str
+    kv_cache_dtype: str
+    profile: str
+    max_batch_size: int
+    max_input_len: int
+    max_seq_len: int
+    max_num_tokens: int
+    params: int
+    weight_bytes: int
+    kv_bytes_per_token: int
+    headroom_bytes: int
+    allowance_bytes: int
+    kv_budget_bytes: int
+    kv_needed_bytes: int
+    largest_batch: int  # at this profile's max_seq_len
+    largest_seq_len: int  # at this profile's max_batch_size
+    decode_ceiling_tok_s: float  # batch 1, short context
+    decode_ceiling_at_max_seq_tok_s: float  # batch 1, context of max_seq_len tokens
+    fits: bool
+    problem: str | None = None
+    derivation: tuple[PlanLine, ...]
+
+
+def derive_max_num_tokens(profile: Profile, *, paged_context_fmha: bool) -> tuple[int, str]:
+    """max_num_tokens and why: the config's, else TensorRT-LLM's 8192 capped by what one step can hold."""
+    if profile.max_num_tokens is not None:
+        return profile.max_num_tokens, "set in the config"
+    most = profile.max_batch_size * profile.max_input_len
+    value = min(DEFAULT_MAX_NUM_TOKENS, most)
+    how = f"min({DEFAULT_MAX_NUM_TOKENS}, max_batch_size x max_input_len = {most:,})"
+    if not paged_context_fmha and value < profile.max_input_len:
+        # Without paged context FMHA there is no chunked context: a whole prompt must fit one step.
+        return (
+            profile.max_input_len,
+            how + f", raised to max_input_len {profile.max_input_len} (no chunked context)",
+        )
+    return value, how
+
+
+def format_bytes(n: float) -> str:
+    """GiB with two decimals; MiB below a tenth of a GiB (the tiny model's figures)."""
+    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024**2:.2f} MiB"
+
+
+def plan_memory(
+    arch: ModelArch,
+    precision: Precision,
+    kv_cache_dtype: str,
+    target: Target,
+    profile: Profile,
+    *,
+    paged_context_fmha: bool = True,
+) -> ProfilePlan:
+    """The plan of one profile. Pure: no IO, no refusal (see `require_fit`)."""
+    wbytes = WEIGHT_BYTES[precision]
+    quantized = wbytes == 1
+    scales = arch.linear_out_channels_per_layer * arch.num_layers * SCALE_BYTES if quantized else 0
+    weights = arch.linear_params * wbytes + scales + arch.unquantized_params * UNQUANTIZED_BYTES
+    kv_bytes = KV_BYTES[kv_cache_dtype]
+    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * kv_bytes
+    memory = int(target.memory_gib * GIB)
+    headroom = memory - weights
+    tokens, tokens_how = derive_max_num_tokens(profile, paged_context_fmha=paged_context_fmha)
+    activations = tokens * (3 * arch.intermediate_size + 2 * arch.hidden_size) * ACTIVATION_BYTES
+    logits = tokens * arch.vocab_size * LOGITS_BYTES
+    allowance = RUNTIME_RESERVE_BYTES + activations + logits
+    budget = max(0, int(KV_FREE_FRACTION * (headroom - allowance)))
+    needed = kv_per_token * profile.max_batch_size * profile.max_seq_len
+    largest_batch = budget // (kv_per_token * profile.max_seq_len)
+    largest_seq = budget // (kv_per_token * profile.max_batch_size)
+    # A generated token reads every weight once; of the embedding table, only its own row.
+    read_per_token = (
+        weights - arch.embedding_params * UNQUANTIZED_BYTES + arch.hidden_size * UNQUANTIZED_BYTES
+    )
+    bandwidth = target.bandwidth_gb_s * 1e9
+    ceiling = bandwidth / read_per_token
+    ceiling_long = bandwidth / (read_per_token + kv_per_token * profile.max_seq_len)
+
+    problem = None
+    if precision is Precision.fp8 and not target.supports_fp8:
+        problem = f"fp8 needs sm89 or newer; {target.name} is sm{target.sm}"
+    elif precision.is_int8 and not target.supports_int8:
+        problem = f"{target.name} has no INT8 support"
+    elif headroom <= allowance:
+        problem = (
+            f"weights ({format_bytes(weights)}) and the activation allowance ({format_bytes(allowance)}) "
+            f"exceed {target.name}'s {target.memory_gib:g} GiB"
+        )
+    elif needed > budget:
+        problem = (
+            f"needs {format_bytes(needed)} of KV cache for {profile.max_batch_size} x {profile.max_seq_len} tokens, "
+            f"{format_bytes(budget)} available; largest batch at max_seq_len {profile.max_seq_len}: {largest_batch}, "
+            f"largest max_seq_len at batch {profile.max_batch_size}: {largest_seq}"
+        )
+    elif not paged_context_fmha and tokens < profile.max_input_len:
+        problem = (
+            f"max_num_tokens ({tokens}) < max_input_len ({profile.max_input_len}) needs chunked context, "
+            "which needs build.use_paged_context_fmha = true"
+        )
+
+    h, f, v, layers = arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_layers
+    lines = (
+        PlanLine(
+            figure="parameters",
+            value=f"{arch.params / 1e9:.3f} B",
+            how=(
+                f"{arch.linear_params:,} in linears ({layers} layers of qkv, dense, fc, gate, proj) + "
+                f"{arch.unquantized_params:,} in embedding, lm_head and norms (from {arch.source})"
+            ),
+        ),
+        PlanLine(
+            figure="weights",
+            value=format_bytes(weights),
+            how=(
+                f"{arch.linear_params:,} x {wbytes} B ({precision.value} linears)"
+                + (f" + {scales:,} B per-channel scales" if scales else "")
+                + f" + {arch.unquantized_params:,} x {UNQUANTIZED_BYTES} B (FP16 embedding, lm_head, norms)"
+                + f" = {weights:,} B"
+            ),
+        ),
+        PlanLine(
+            figure="KV cache per token",
+            value=f"{kv_per_token / 1024:g} KiB",
+            how=(
+                f"2 x {layers} layers x {arch.num_kv_heads} kv_heads x {arch.head_dim} head_dim x "
+                f"{kv_bytes} B ({kv_cache_dtype}) = {kv_per_token:,} B"
+            ),
+        ),
+        PlanLine(
+            figure="headroom",
+            value=format_bytes(headroom),
+            how=f"{target.memory_gib:g} GiB ({target.name}) - {format_bytes(weights)} weights",
+        ),
+        PlanLine(figure="max_num_tokens", value=str(tokens), how=tokens_how),
+        PlanLine(
+            figure="activation/workspace allowance",
+            value=format_bytes(allowance),
+            how=(
+                f"{format_bytes(RUNTIME_RESERVE_BYTES)} runtime reserve + {tokens} x (3 x {f} + 2 x {h}) x "
+                f"{ACTIVATION_BYTES} B MLP activations + {tokens} x {v} x {LOGITS_BYTES} B context logits"
+            ),
+        ),
+        PlanLine(
+            figure="KV cache budget",
+            value=format_bytes(budget),
+            how=f"{KV_FREE_FRACTION} x ({format_bytes(headroom)} headroom - {format_bytes(allowance)} allowance)",
+        ),
+        PlanLine(
+            figure=f"largest batch at max_seq_len {profile.max_seq_len}",
+            value=str(largest_batch),
+            how=f"floor({format_bytes(budget)} / ({kv_per_token:,} B x {profile.max_seq_len}))",
+        ),
+        PlanLine(
+            figure=f"KV cache for batch {profile.max_batch_size}",
+            value=format_bytes(needed),
+            how=f"{kv_per_token:,} B x {profile.max_batch_size} x {profile.max_seq_len}",
+        ),
+        PlanLine(
+            figure="batch-1 decode ceiling",
+            value=f"{ceiling:.0f} tok/s ({ceiling_long:.0f} at {profile.max_seq_len} tokens of context)",
+            how=(
+                f"{target.bandwidth_gb_s:g} GB/s / {read_per_token:,} B read per token (weights, one embedding "
+                f"row); + {kv_per_token:,} B x {profile.max_seq_len} KV at full context"
+            ),
+        ),
+    )
+    return ProfilePlan(
+        target=target.name,
+        precision=precision.value,
+        kv_cache_dtype=kv_cache_dtype,
+        profile=profile.name,
+        max_batch_size=profile.max_batch_size,
+        max_input_len=profile.max_input_len,
+        max_seq_len=profile.max_seq_len,
+        max_num_tokens=tokens,
+        params=arch.params,
+        weight_bytes=weights,
+        kv_bytes_per_token=kv_per_token,
+        headroom_bytes=headroom,
+        allowance_bytes=allowance,
+        kv_budget_bytes=budget,
+        kv_needed_bytes=needed,
+        largest_batch=largest_batch,
+        largest_seq_len=largest_seq,
+        decode_ceiling_tok_s=round(ceiling, 1),
+        decode_ceiling_at_max_seq_tok_s=round(ceiling_long, 1),
+        fits=problem is None,
+        problem=problem,
+        derivation=lines,
+    )
+
+
+def plan_config(config: PipelineConfig, arch: ModelArch, targets: tuple[str, ...] = ()) -> list[ProfilePlan]:
+    """Every (target, precision, profile) plan; targets default to the config's own."""
+    return [
+        plan_memory(
+            arch,
+            precision,
+            config.quantization.kv_cache_dtype,
+            TARGETS[name],
+            profile,
+            paged_context_fmha=config.build.use_paged_context_fmha,
+        )
+        for name in targets or (config.target.gpu,)
+        for precision in config.quantization.precisions
+        for profile in config.profiles
+    ]
+
+
+def plan_profile(
+    config: PipelineConfig, arch: ModelArch, precision: Precision, profile_name: str
+) -> ProfilePlan:
+    """The plan of one build task on the config's target, refusing a profile that does not fit."""
+    index = next(i for i, p in enumerate(config.profiles) if p.name == profile_name)
+    plan = plan_memory(
+        arch,
+        precision,
+        config.quantization.kv_cache_dtype,
+        TARGETS[config.target.gpu],
+        config.profiles[index],
+        paged_context_fmha=config.build.use_paged_context_fmha,
+    )
+    if not plan.fits:
+        raise ConfigError(
+            "the config",
+            f"profiles[{index}]",
+            f"'{profile_name}' does not fit {config.target.gpu} with {precision.value}: {plan.problem}",
+            hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target",
+        )
+    return plan

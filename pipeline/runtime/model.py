@@ -1,0 +1,198 @@
+"""ReferenceModel: a Llama/Mistral TensorRT-LLM checkpoint run by PyTorch on the CPU.
+
+The forward pass is TensorRT-LLM's LLaMAForCausalLM: embedding; per layer
+RMSNorm -> fused QKV -> RoPE (GPT-NeoX halves, the checkpoint's rotary_base)
+-> causal GQA attention -> dense, residual, RMSNorm -> gated MLP
+(proj(silu(fc(x)) * gate(x))), residual; final RMSNorm; lm_head. Batched
+requests of different lengths are left-padded: each row has its own
+positions and a mask that hides its padding, so a request's result does not
+depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import InputError
+from pipeline.runtime.checkpoint import CheckpointConfig, load_tensors, read_checkpoint_config
+from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.sampling import TokenSampler
+from pipeline.runtime.weights import DecoderLayer, ModelWeights, build_weights
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+@dataclass
+class KVCache:
+    """Keys and values per layer, [batch, kv_heads, positions, head_dim], grown one step at a time."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @classmethod
+    def empty(cls, layers: int) -> KVCache:
+        return cls(keys=[torch.empty(0)] * layers, values=[torch.empty(0)] * layers)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer].numel():
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class ReferenceModel:
+    """Runs a TensorRT-LLM checkpoint (fp16, W8A16, W8A8_SQ_PER_CHANNEL) with TensorRT-LLM's semantics."""
+
+    def __init__(self, config: CheckpointConfig, weights: ModelWeights, limits: RuntimeLimits | None) -> None:
+        self._config = config
+        self._weights = weights
+        self.limits = limits
+        head_dim = config.head_dim
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+        self._inv_freq = (1.0 / (config.rotary_base**exponents)).float()
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path, *, limits: RuntimeLimits | None = None) -> ReferenceModel:
+        config = read_checkpoint_config(checkpoint_dir)
+        weights = build_weights(load_tensors(checkpoint_dir), config, checkpoint_dir)
+        return cls(config, weights, limits)
+
+    @property
+    def config(self) -> CheckpointConfig:
+        return self._config
+
+    # --- public API -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, seq, vocab] (float32) for whole, unpadded sequences of one length."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(f"input_ids must be [batch, seq] with seq >= 1, got shape {tuple(input_ids.shape)}")
+        self._check_ids(input_ids)
+        if self.limits is not None:
+            self.limits.check([input_ids.shape[1]] * input_ids.shape[0])
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq).expand(batch, seq)
+        valid = torch.ones(batch, seq, dtype=torch.bool)
+        return self._forward(input_ids, positions, valid, KVCache.empty(len(self._weights.layers)))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        end_id: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int = 0,
+        on_token: Callable[[int, int], None] | None = None,
+    ) -> list[list[int]]:
+        """New tokens per prompt (end_id stops a request and is not returned). Greedy when temperature is 0."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise InputError("generate needs at least one prompt, and no empty prompt")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if self.limits is not None:
+            self.limits.check([len(p) for p in prompts], max_new_tokens)
+        sampler = TokenSampler(temperature=temperature, top_k=top_k, seed=seed)
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(batch, longest, dtype=torch.long)
+        valid = torch.zeros(batch, longest, dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            ids[i, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            valid[i, longest - len(prompt) :] = True
+        self._check_ids(ids)
+        lengths = torch.tensor([len(p) for p in prompts])
+        positions = (torch.arange(longest) - (longest - lengths)[:, None]).clamp(min=0)
+        cache = KVCache.empty(len(self._weights.layers))
+        logits = self._forward(ids, positions, valid, cache)[:, -1]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        running = [True] * batch
+        for step in range(max_new_tokens):
+            tokens = sampler.next_tokens(logits)
+            for i, token in enumerate(tokens.tolist()):
+                if not running[i]:
+                    continue
+                if end_id is not None and token == end_id:
+                    running[i] = False
+                    continue
+                outputs[i].append(token)
+                if on_token is not None:
+                    on_token(i, token)
+            if not any(running) or step == max_new_tokens - 1:
+                break
+            valid = torch.cat([valid, torch.ones(batch, 1, dtype=torch.bool)], dim=1)
+            positions = lengths[:, None] + step
+            logits = self._forward(tokens[:, None], positions, valid, cache)[:, -1]
+        return outputs
+
+    # --- the forward pass ---------------------------------------------------------------------
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._config.vocab_size):
+            raise InputError(f"token ids must lie in [0, {self._config.vocab_size}), got {int(ids.max())}")
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """ids/positions [batch, new]; valid [batch, cached + new] marks real (not padding) tokens."""
+        cfg = self._config
+        h = self._weights.embedding[ids]
+        cos, sin = self._rotary(positions)
+        mask = self._attention_mask(valid, ids.shape[1])
+        for index, layer in enumerate(self._weights.layers):
+            h = h + self._attention(layer, rms_norm(h, layer.input_norm, cfg.norm_epsilon), cos, sin, mask, cache, index)
+            x = rms_norm(h, layer.post_norm, cfg.norm_epsilon)
+            h = h + layer.proj(torch.nn.functional.silu(layer.fc(x)) * layer.gate(x))
+        return self._weights.lm_head(rms_norm(h, self._weights.final_norm, cfg.norm_epsilon))
+
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions[..., None].float() * self._inv_freq  # [batch, new, head_dim/2]
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # [batch, 1, new, head_dim]
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def _attention_mask(valid: torch.Tensor, new: int) -> torch.Tensor:
+        """[batch, 1, new, total] True where a query may attend: causal and not padding."""
+        total = valid.shape[1]
+        query_pos = torch.arange(total - new, total)[:, None]
+        causal = torch.arange(total)[None, :] <= query_pos
+        return (causal[None] & valid[:, None, :])[:, None]
+
+    def _attention(
+        self,
+        layer: DecoderLayer,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+        index: int,
+    ) -> torch.Tensor:
+        cfg = self._config
+        batch, new, _ = x.shape
+        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
+        q, k, v = layer.qkv(x).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        q = _rope(q.view(batch, new, heads, head_dim).transpose(1, 2), cos, sin)
+        k = _rope(k.view(batch, new, kv_heads, head_dim).transpose(1, 2), cos, sin)
+        v = v.view(batch, new, kv_heads, head_dim).transpose(1, 2)
+        k, v = cache.append(index, k, v)
+        group = heads // kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return layer.dense(out.transpose(1, 2).reshape(batch, new, heads * head_dim))
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """GPT-NeoX rotary embedding: rotate the two halves of each head."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin

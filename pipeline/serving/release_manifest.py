@@ -1,0 +1,62 @@
+"""publish-manifest.json: what a published repository is, what made it, and every file in it.
+
+Deterministic (no timestamps): two publishes of the same artifacts write the
+same bytes, which is how a republish is recognized as a no-op.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.manifest import FileEntry
+
+RELEASE_MANIFEST = "publish-manifest.json"
+SCHEMA_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRef(_Frozen):
+    name: str
+    source: str  # hub / local / tiny
+    repo_id: str | None
+    commit: str | None  # the resolved hub commit (None for a generated or local model)
+
+
+class EngineRef(_Frozen):
+    target: str
+    sm: int | None
+    max_batch_size: int
+    max_input_len: int
+    max_seq_len: int
+    path: str  # inside the repository
+
+
+class ServingRef(_Frozen):
+    serve_with: str  # the container tag (or, on cpu-reference, the bundled tritonserver)
+    triton_backend: str
+    decoupled: bool
+    batching_strategy: str
+    kv_cache_free_gpu_mem_fraction: float
+    triton_max_batch_size: int
+    gpt_model_path: str
+
+
+class GateRef(_Frozen):
+    ok: bool
+    summary: str
+    key: str  # the gate artifact's key in the store
+
+
+class ReleaseManifest(_Frozen):
+    schema_version: int = SCHEMA_VERSION
+    model: ModelRef
+    precision: str
+    profile: str
+    engine: EngineRef
+    versions: dict[str, str]  # tensorrt_llm, tensorrt (as recorded by the build)
+    serving: ServingRef
+    gate: GateRef
+    files: list[FileEntry]  # every file of the repository but this manifest, sorted by path

@@ -1,0 +1,88 @@
+"""Write a Triton model repository in the TensorRT-LLM backend's in-flight-batching shape.
+
+    <root>/ensemble/config.pbtxt, 1/
+    <root>/preprocessing/config.pbtxt, 1/model.py (+ helpers), tokenizer/
+    <root>/tensorrt_llm/config.pbtxt, 1/engine/          (+ 1/model.py on the cpu-reference target)
+    <root>/postprocessing/config.pbtxt, 1/model.py (+ helpers)
+    <root>/tensorrt_llm_bls/config.pbtxt, 1/model.py (+ helpers)
+
+Triton loads every folder of the root as a model, so the tokenizer lives inside
+preprocessing/ (a model folder may hold non-version folders) and the Python
+models find it through the relative `tokenizer_dir` parameter.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.serving.placement import place_file
+from pipeline.serving.render import CONFIG_NAME, MODEL_NAMES, RepositoryValues, render_config
+
+ENGINE_SUBDIR = "tensorrt_llm/1/engine"
+TOKENIZER_SUBDIR = "preprocessing/tokenizer"
+# Which of the project's Python models serves each model; tensorrt_llm is Python only on the CPU target.
+PYTHON_MODELS = {
+    "preprocessing": "preprocessing",
+    "postprocessing": "postprocessing",
+    "tensorrt_llm_bls": "tensorrt_llm_bls",
+}
+CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
+HELPERS = ("modelargs.py", "textcodec.py")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def tokenizer_files(model_dir: Path) -> list[Path]:
+    files = [model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+    if not any(f.name == "tokenizer_config.json" for f in files):
+        raise InputError(
+            "no tokenizer_config.json: the serving models cannot load the tokenizer",
+            path=model_dir,
+            hint="rerun fetch (--force); the model's tokenizer files must be downloaded",
+        )
+    return files
+
+
+def write_repository(
+    root: Path,
+    values: RepositoryValues,
+    *,
+    engine_dir: Path,
+    engine_sha256: dict[str, str],
+    tokenizer_dir: Path,
+) -> dict[str, str]:
+    """Write the repository at root (created); return the sha256 of every engine file placed, by path."""
+    models = resources.files("pipeline.serving.models")
+    python_models = dict(PYTHON_MODELS)
+    if values.triton_backend == "python":
+        python_models["tensorrt_llm"] = CPU_ENGINE_MODEL
+    for model in MODEL_NAMES:
+        version_dir = root / model / "1"
+        version_dir.mkdir(parents=True)
+        (root / model / CONFIG_NAME).write_text(render_config(model, values))
+        source = python_models.get(model)
+        if source is not None:
+            for name, src in [("model.py", models.joinpath(source, "model.py"))] + [
+                (h, models.joinpath(h)) for h in HELPERS
+            ]:
+                (version_dir / name).write_text(src.read_text())
+    for src in tokenizer_files(tokenizer_dir):
+        (root / TOKENIZER_SUBDIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, root / TOKENIZER_SUBDIR / src.name)
+    placed = {}
+    for rel, sha256 in sorted(engine_sha256.items()):
+        target = f"{ENGINE_SUBDIR}/{rel}"
+        place_file(engine_dir / rel, root / target, sha256)
+        placed[target] = sha256
+    return placed

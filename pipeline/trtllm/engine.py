@@ -1,0 +1,119 @@
+"""An engine directory: TensorRT-LLM's config.json, the engine file, and what built it.
+
+    engine/config.json       TensorRT-LLM's engine config: version, pretrained_config, build_config
+    engine/rank0.engine      the TensorRT engine (GPU targets), or
+    engine/rank0.safetensors the verified checkpoint the reference runtime runs (cpu-reference)
+    engine/build_info.json   EngineInfo: runtime, target, GPU and SM, TensorRT-LLM/TensorRT/CUDA versions
+
+An engine runs only on the GPU architecture and the TensorRT version that
+built it, so both are recorded next to it and checked by whoever loads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.config import BuildSection, Profile
+from pipeline.errors import InputError, StageError
+from pipeline.plan import ProfilePlan
+
+ENGINE_CONFIG = "config.json"
+BUILD_INFO = "build_info.json"
+TRT_ENGINE = "rank0.engine"
+REFERENCE_WEIGHTS = "rank0.safetensors"
+
+
+class EngineInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    runtime: Literal["tensorrt-llm", "cpu-reference"]
+    target: str
+    gpu_name: str | None = None
+    sm: int | None = None  # of the GPU that built it
+    tensorrt_llm_version: str | None = None
+    tensorrt_version: str | None = None
+    cuda_version: str | None = None
+    torch_version: str | None = None
+
+
+def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePlan) -> dict[str, Any]:
+    """The build_config keys an engine built for `profile` must carry (what trtllm_build_argv asks for)."""
+    return {
+        "max_batch_size": profile.max_batch_size,
+        "max_input_len": profile.max_input_len,
+        "max_seq_len": profile.max_seq_len,
+        "max_num_tokens": plan.max_num_tokens,
+        "opt_num_tokens": profile.opt_num_tokens,
+        "max_beam_width": 1,
+        "gather_context_logits": True,
+        "plugin_config": {
+            "gemm_plugin": build.gemm_plugin,
+            "gpt_attention_plugin": "auto",
+            "context_fmha": True,
+            "use_paged_context_fmha": build.use_paged_context_fmha,
+            "remove_input_padding": True,
+            "multiple_profiles": build.multiple_profiles,
+            "paged_kv_cache": build.kv_cache_type == "paged",
+        },
+    }
+
+
+# What a trtllm-build engine's config.json must agree on; plugin dtypes are resolved by TensorRT-LLM
+# ("auto" -> "float16"), so only the switches are compared.
+_CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
+_CHECKED_PLUGIN_KEYS = ("use_paged_context_fmha", "remove_input_padding", "multiple_profiles")
+
+
+def read_engine_config(engine_dir: Path) -> dict[str, Any]:
+    path = engine_dir / ENGINE_CONFIG
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            "no engine config.json here", path=engine_dir, hint="point at a build artifact's engine/"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}", path=path) from None
+    for key in ("pretrained_config", "build_config"):
+        if not isinstance(data.get(key), dict):
+            raise InputError(f"'{key}' is missing: not a TensorRT-LLM engine config", path=path)
+    return data
+
+
+def read_engine_info(engine_dir: Path) -> EngineInfo:
+    path = engine_dir / BUILD_INFO
+    try:
+        return EngineInfo.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            f"{BUILD_INFO} is missing: the engine's GPU and TensorRT version are unknown",
+            path=engine_dir,
+            hint="rebuild it with `trtllm-pipeline build`",
+        ) from None
+    except ValidationError as exc:
+        raise InputError(f"unreadable ({exc.error_count()} errors)", path=path) from None
+
+
+def write_engine_info(engine_dir: Path, info: EngineInfo) -> None:
+    (engine_dir / BUILD_INFO).write_text(info.model_dump_json(indent=2) + "\n")
+
+
+def check_built_engine(engine_dir: Path, expected: dict[str, Any], *, stage: str = "build") -> dict[str, Any]:
+    """The engine config trtllm-build wrote, refusing one that lacks the engine or ignored a requested limit."""
+    if not (engine_dir / TRT_ENGINE).is_file():
+        raise StageError(stage, f"trtllm-build exited 0 but wrote no {TRT_ENGINE} in {engine_dir}")
+    config = read_engine_config(engine_dir)
+    built = config["build_config"]
+    wrong = [f"{k} {built.get(k)} != {expected[k]}" for k in _CHECKED_KEYS if built.get(k) != expected[k]]
+    plugins = built.get("plugin_config") or {}
+    wrong += [
+        f"plugin_config.{k} {plugins.get(k)} != {expected['plugin_config'][k]}"
+        for k in _CHECKED_PLUGIN_KEYS
+        if plugins.get(k) != expected["plugin_config"][k]
+    ]
+    if wrong:
+        raise StageError(stage, f"the engine's build_config differs from the profile: {'; '.join(wrong)}")
+    return config

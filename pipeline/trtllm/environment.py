@@ -1,0 +1,165 @@
+"""What the build host has (TensorRT-LLM, TensorRT, CUDA, GPUs, RAM, disk) and whether that is enough.
+
+`probe_environment` asks a child Python (the one the pipeline runs in) to
+import tensorrt_llm, tensorrt and torch and report their versions and the
+visible GPUs; `preflight_problems` is the pure check of that report against
+the target and the plan, so every refusal is unit-tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.errors import MissingDependencyError, ToolFailedError
+from pipeline.plan import GIB, ProfilePlan
+from pipeline.proc import Runner, run_tool
+from pipeline.targets import Target
+from pipeline.trtllm import CONTAINER, REQUIRED_VERSION
+
+# The probe writes its report to the file named by argv[1]: tensorrt_llm prints a banner on import,
+# so stdout is not a clean channel.
+PROBE_CODE = """
+import json, shutil, sys
+report = {"trtllm_build": shutil.which("trtllm-build"), "gpus": []}
+try:
+    import tensorrt_llm
+except ImportError:
+    report["tensorrt_llm"] = None
+else:
+    import tensorrt, torch
+    report.update(
+        tensorrt_llm=tensorrt_llm.__version__,
+        tensorrt=tensorrt.__version__,
+        cuda=torch.version.cuda,
+        torch=torch.__version__,
+    )
+    for i in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(i)
+        props = torch.cuda.get_device_properties(i)
+        report["gpus"].append({"name": props.name, "sm": major * 10 + minor, "memory_bytes": props.total_memory})
+with open(sys.argv[1], "w") as f:
+    json.dump(report, f)
+"""
+
+# trtllm-build holds the checkpoint's weights and the TensorRT network in host memory at once.
+BUILD_RAM_FACTOR = 2
+BUILD_RAM_EXTRA_BYTES = 2 * GIB  # Python, TensorRT builder, CUDA host allocations
+ENGINE_DISK_FACTOR = 1.1  # an engine is about its weights' size
+DISK_EXTRA_BYTES = 1 * GIB  # timing cache, logs, config
+
+
+class GpuInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    sm: int
+    memory_bytes: int
+
+
+class BuildEnvironment(BaseModel):
+    """The probe's report: what the build would run with."""
+
+    model_config = ConfigDict(frozen=True)
+    tensorrt_llm: str | None  # None: not installed
+    tensorrt: str | None = None
+    cuda: str | None = None
+    torch: str | None = None
+    trtllm_build: str | None
+    gpus: tuple[GpuInfo, ...]
+
+
+def _missing(what: str) -> MissingDependencyError:
+    return MissingDependencyError(
+        f"{what}; GPU builds need TensorRT-LLM {REQUIRED_VERSION} on a GPU host",
+        hint=f"run inside {CONTAINER} (see docker/Dockerfile), or use target.gpu = 'cpu-reference'",
+    )
+
+
+def probe_environment(log_path: Path, *, runner: Runner = subprocess.run) -> BuildEnvironment:
+    """Ask a child Python for TensorRT-LLM's, TensorRT's and CUDA's versions and the visible GPUs."""
+    report_path = log_path.with_name(log_path.name + ".probe.json")
+    try:
+        run_tool(
+            [sys.executable, "-c", PROBE_CODE, str(report_path)],
+            stage="build",
+            log_path=log_path,
+            runner=runner,
+        )
+        data = json.loads(report_path.read_text())
+    except ToolFailedError:
+        raise _missing(f"TensorRT-LLM, TensorRT or torch fails to import (log: {log_path})") from None
+    finally:
+        report_path.unlink(missing_ok=True)
+    return BuildEnvironment.model_validate(data)
+
+
+def available_ram_bytes(meminfo: str) -> int:
+    """MemAvailable from the text of /proc/meminfo."""
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError("no MemAvailable line in /proc/meminfo")
+
+
+def host_resources(disk_path: Path) -> tuple[int, int]:
+    """(available RAM, free disk at disk_path) in bytes."""
+    ram = available_ram_bytes(Path("/proc/meminfo").read_text())
+    return ram, shutil.disk_usage(disk_path).free
+
+
+def build_needs(plan: ProfilePlan) -> tuple[int, int]:
+    """(host RAM, disk) a trtllm-build of this plan's weights needs, in bytes."""
+    ram = BUILD_RAM_FACTOR * plan.weight_bytes + BUILD_RAM_EXTRA_BYTES
+    disk = int(ENGINE_DISK_FACTOR * plan.weight_bytes) + DISK_EXTRA_BYTES
+    return ram, disk
+
+
+def preflight_problems(
+    env: BuildEnvironment,
+    target: Target,
+    *,
+    allow_arch_mismatch: bool,
+    ram_needed: int,
+    ram_available: int,
+    disk_needed: int,
+    disk_free: int,
+) -> list[str]:
+    """Every reason this host cannot build for `target`; empty when it can."""
+    if env.tensorrt_llm is None:
+        return ["TensorRT-LLM is not installed"]
+    problems = []
+    if env.tensorrt_llm != REQUIRED_VERSION:
+        problems.append(
+            f"TensorRT-LLM {env.tensorrt_llm} is installed, the pipeline is pinned to {REQUIRED_VERSION}"
+        )
+    if env.trtllm_build is None:
+        problems.append("the trtllm-build command is not on PATH")
+    if not env.gpus:
+        problems.append("no CUDA GPU is visible")
+    elif not allow_arch_mismatch:
+        for i, gpu in enumerate(env.gpus):
+            if gpu.sm != target.sm:
+                problems.append(
+                    f"GPU {i} ({gpu.name}) is sm{gpu.sm} but target {target.name} is sm{target.sm}: an engine runs "
+                    "only on the architecture that built it (pass --allow-arch-mismatch to build anyway)"
+                )
+    if ram_available < ram_needed:
+        problems.append(
+            f"the build needs {ram_needed / GIB:.1f} GiB of free host RAM, {ram_available / GIB:.1f} GiB is available"
+        )
+    if disk_free < disk_needed:
+        problems.append(
+            f"the build needs {disk_needed / GIB:.1f} GiB of free disk, {disk_free / GIB:.1f} GiB is free"
+        )
+    return problems
+
+
+def require_build_host(problems: list[str]) -> None:
+    """Raise the first preflight problem as a one-line MissingDependencyError (exit 3)."""
+    if problems:
+        raise _missing(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -1,0 +1,163 @@
+"""Stand-ins for the stages publish reads (fetch, calibrate, build, gate), writing the artifact layout contract.
+
+They write exactly what the real stages leave for publish: fetch's model/ (tokenizer
+files), build's engine/ (config.json, weights, build_info.json), gate's gate.json.
+`engine_dir_for` makes a real cpu-reference engine folder from a checkpoint, for the
+tests that serve one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.executor import execute
+from pipeline.reporting import RecordingReporter
+from pipeline.stages import publish
+from pipeline.stages.base import StageOutcome
+from pipeline.store import ArtifactStore
+from pipeline.tasks import plan_tasks, select_tasks
+from pipeline.trtllm.engine import EngineInfo, write_engine_info
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def config_with(tmp_path: Path, **replacements: str) -> PipelineConfig:
+    """The embedded tiny config, publishing under tmp_path, with text replacements."""
+    text = (REPO_ROOT / "pipeline" / "defaults" / "tiny.toml").read_text()
+    text = text.replace('destination = "model_repository"', f'destination = "{tmp_path / "published"}"')
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def cpu_engine_info() -> EngineInfo:
+    return EngineInfo(runtime="cpu-reference", target="cpu-reference", torch_version="2.13.0")
+
+
+def a100_engine_info(**changes) -> EngineInfo:
+    info = EngineInfo(
+        runtime="tensorrt-llm",
+        target="a100-40gb",
+        gpu_name="NVIDIA A100-SXM4-40GB",
+        sm=80,
+        tensorrt_llm_version="1.2.1",
+        tensorrt_version="10.14.1.48",
+        cuda_version="13.0",
+    )
+    return info.model_copy(update=changes)
+
+
+def write_engine(
+    engine_dir: Path, *, pretrained: dict, limits: dict, info: EngineInfo, weights: Path | bytes
+):
+    engine_dir.mkdir(parents=True)
+    version = info.tensorrt_llm_version or "cpu-reference"
+    config = {"version": version, "pretrained_config": pretrained, "build_config": limits}
+    (engine_dir / "config.json").write_text(json.dumps(config, indent=2))
+    name = "rank0.engine" if info.runtime == "tensorrt-llm" else "rank0.safetensors"
+    if isinstance(weights, Path):
+        shutil.copyfile(weights, engine_dir / name)
+    else:
+        (engine_dir / name).write_bytes(weights)
+    write_engine_info(engine_dir, info)
+
+
+@dataclass
+class Upstream:
+    """What the stand-ins write; tests change a field to make one input bad."""
+
+    tokenizer_dir: Path | None = None  # None: small placeholder tokenizer files
+    checkpoint_dir: Path | None = None  # None: placeholder weights (publish never loads them)
+    engine_info: EngineInfo = field(default_factory=cpu_engine_info)
+    gate_ok: bool = True
+    runs: list[str] = field(default_factory=list)
+
+    def _fetch(self, ctx) -> dict:
+        model = ctx.out_dir / "model"
+        model.mkdir()
+        for name in TOKENIZER_FILES:
+            if self.tokenizer_dir is None:
+                (model / name).write_text(json.dumps({"placeholder": name}))
+            elif (self.tokenizer_dir / name).is_file():
+                shutil.copyfile(self.tokenizer_dir / name, model / name)
+        return {"source": "tiny", "repo_id": None, "commit": "0" * 40, "files": []}
+
+    def _build(self, ctx) -> dict:
+        profile = ctx.profile
+        limits = {
+            "max_batch_size": profile.max_batch_size,
+            "max_input_len": profile.max_input_len,
+            "max_seq_len": profile.max_seq_len,
+        }
+        if self.checkpoint_dir is None:
+            pretrained, weights = {"architecture": "MistralForCausalLM"}, b"engine bytes " * 64
+        else:
+            pretrained = json.loads((self.checkpoint_dir / "config.json").read_text())
+            weights = self.checkpoint_dir / "rank0.safetensors"
+        write_engine(
+            ctx.out_dir / "engine",
+            pretrained=pretrained,
+            limits=limits,
+            info=self.engine_info,
+            weights=weights,
+        )
+        return {"target": self.engine_info.target}
+
+    def _gate(self, ctx) -> dict:
+        verdict = {"ok": self.gate_ok, "precision": ctx.precision.value, "profile": ctx.profile.name}
+        (ctx.out_dir / "gate.json").write_text(json.dumps(verdict))
+        (ctx.out_dir / "gate.md").write_text("# gate\n")
+        return verdict
+
+    def modules(self):
+        def stage(name, write, ok=lambda: True):
+            def run(ctx):
+                self.runs.append(ctx.task.id)
+                record = write(ctx) if write else {}
+                return StageOutcome(summary=f"stand-in {ctx.task.id}", record=record, ok=ok())
+
+            section = lambda config, task: {"info": self.engine_info.model_dump(mode="json")}  # noqa: E731
+            return SimpleNamespace(NAME=name, VERSION=1, TOOLS=(), config_section=section, run=run)
+
+        table = {
+            "fetch": stage("fetch", self._fetch),
+            "calibrate": stage("calibrate", None),
+            "build": stage("build", self._build),
+            "gate": stage("gate", self._gate, ok=lambda: self.gate_ok),
+            "publish": publish,
+        }
+        return table.__getitem__
+
+
+def run_publish(
+    config: PipelineConfig,
+    work_dir: Path,
+    upstream: Upstream,
+    *,
+    precision: str = "int8_sq",
+    profile: str = "latency",
+    force: bool = False,
+):
+    tasks = select_tasks(plan_tasks(config), {"publish"}, precisions={precision}, profiles={profile})
+    return execute(
+        config,
+        ArtifactStore(work_dir),
+        tasks,
+        reporter=RecordingReporter(),
+        modules=upstream.modules(),
+        force_stages=frozenset({"publish"}) if force else frozenset(),
+    )

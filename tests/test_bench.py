@@ -1,0 +1,652 @@
+"""trtllm-pipeline bench: statistics, workload planning, the harness, the report, the command."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench.harness import measure_engine, run_batch
+from pipeline.bench.memory import MemoryReading, ProcessRssProbe
+from pipeline.bench.reference import published_estimate, ratios
+from pipeline.bench.report import write_bench_report
+from pipeline.bench.results import (
+    BENCH_REPORT_VERSION,
+    BenchReport,
+    PlanFigures,
+    ThroughputPoint,
+    VariantResult,
+)
+from pipeline.bench.stats import Percentiles, RequestTimeline, percentile
+from pipeline.bench.workload import BenchSettings, default_batch_sizes, plan_workload, synthetic_prompts
+from pipeline.errors import InputError, StageError
+from pipeline.reporting import RecordingReporter
+from pipeline.runtime.limits import RuntimeLimits
+
+MISTRAL_7B = {
+    "architecture": "MistralForCausalLM",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32768,
+}
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_percentile_interpolates_linearly_like_numpy():
+    np = pytest.importorskip("numpy")
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 90) == pytest.approx(3.7)
+    assert percentile([7.0], 99) == 7.0
+    rng = random.Random(3)
+    values = [rng.expovariate(1.0) for _ in range(101)]
+    for q in (0, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_refuses_nothing_and_out_of_range():
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="outside"):
+        percentile([1.0], 101)
+
+
+def test_timeline_gives_ttft_gaps_and_decode_rate():
+    t = RequestTimeline(sent=10.0, token_times=(10.5, 10.6, 10.8, 11.0))
+    assert t.ttft == pytest.approx(0.5)
+    assert t.inter_token == pytest.approx([0.1, 0.2, 0.2])
+    assert t.decode_tokens_per_s == pytest.approx(3 / 0.5)
+    assert RequestTimeline(sent=0.0, token_times=(1.0,)).decode_tokens_per_s is None
+
+
+def test_timeline_refuses_impossible_orders():
+    with pytest.raises(ValueError, match="before its request"):
+        RequestTimeline(sent=2.0, token_times=(1.0,))
+    with pytest.raises(ValueError, match="not in order"):
+        RequestTimeline(sent=0.0, token_times=(2.0, 1.0))
+
+
+# ---------------------------------------------------------------- workload
+
+
+def test_default_batch_sizes_double_up_to_the_profile_max():
+    assert default_batch_sizes(1) == (1,)
+    assert default_batch_sizes(8) == (1, 2, 4, 8)
+    assert default_batch_sizes(23) == (1, 2, 4, 8, 16, 23)
+
+
+def test_workload_clamps_the_shape_to_the_profile_and_says_so():
+    limits = RuntimeLimits(max_batch_size=4, max_input_len=96, max_seq_len=128)
+    workload = plan_workload(limits, BenchSettings(input_len=500, output_len=100, batch_sizes=(2, 4, 16)))
+    assert workload.latency.input_len == 96
+    assert workload.latency.output_len == 32  # 128 - 96
+    assert [c.batch_size for c in workload.throughput] == [2, 4]
+    assert workload.adjustments == (
+        "input_len 500 -> 96 (max_input_len)",
+        "output_len 100 -> 32 (max_seq_len - input_len)",
+        "batch sizes 16 skipped (max_batch_size 4)",
+    )
+
+
+def test_every_planned_request_fits_its_profile():
+    rng = random.Random(0)
+    for _ in range(300):
+        max_input_len = rng.randint(1, 400)
+        limits = RuntimeLimits(
+            max_batch_size=rng.randint(1, 70),
+            max_input_len=max_input_len,
+            max_seq_len=max_input_len + rng.randint(2, 300),
+        )
+        settings = BenchSettings(input_len=rng.randint(1, 1000), output_len=rng.randint(2, 1000))
+        workload = plan_workload(limits, settings)
+        for case in (workload.latency, workload.warmup, *workload.throughput):
+            assert case.input_len <= limits.max_input_len
+            limits.check([case.input_len] * case.batch_size, case.output_len)  # raises if beyond
+
+
+def test_workload_refuses_a_profile_with_no_room_for_two_tokens():
+    limits = RuntimeLimits(max_batch_size=1, max_input_len=10, max_seq_len=11)
+    with pytest.raises(InputError, match="room for 1 output token"):
+        plan_workload(limits, BenchSettings(input_len=10))
+
+
+def test_synthetic_prompts_are_deterministic_and_in_the_upper_vocabulary():
+    prompts = synthetic_prompts(3, 20, vocab_size=512, seed=7)
+    assert prompts == synthetic_prompts(3, 20, vocab_size=512, seed=7)
+    assert prompts != synthetic_prompts(3, 20, vocab_size=512, seed=8)
+    assert [len(p) for p in prompts] == [20, 20, 20]
+    assert all(256 <= t < 512 for p in prompts for t in p)
+
+
+# ---------------------------------------------------------------- harness (fake runner, fake clock)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRunner:
+    """The Runner protocol with a known cost model: prefill 10 ms per request, decode 2 + 0.5*batch ms/step."""
+
+    def __init__(self, limits: RuntimeLimits, clock: FakeClock, *, stream: bool = True) -> None:
+        self.limits = limits
+        self.engine_config = {"pretrained_config": {"vocab_size": 512}}
+        self.clock = clock
+        self.stream = stream
+        self.calls: list[tuple[list[int], int]] = []  # (prompt lengths, max_new_tokens)
+
+    def generate(
+        self, prompts, *, max_new_tokens, end_id=None, temperature=0.0, top_k=0, seed=0, on_token=None
+    ):
+        assert end_id is None, "bench must not stop early"
+        self.calls.append(([len(p) for p in prompts], max_new_tokens))
+        self.clock.now += 0.010 * len(prompts)
+        for step in range(max_new_tokens):
+            if step:
+                self.clock.now += 0.002 + 0.0005 * len(prompts)
+            for i in range(len(prompts)):
+                if on_token and self.stream:
+                    on_token(i, 300 + step)
+        return [[300 + s for s in range(max_new_tokens)] for _ in prompts]
+
+
+def test_harness_derives_exact_figures_from_streamed_tokens():
+    clock = FakeClock()
+    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=96)
+    runner = FakeRunner(limits, clock)
+    settings = BenchSettings(input_len=32, output_len=11, latency_runs=3, warmup_runs=1)
+    timings = measure_engine(
+        runner, plan_workload(limits, settings), seed=0, reporter=RecordingReporter(), label="x", clock=clock
+    )
+    lat = timings.latency
+    assert lat.ttft.p50_ms == pytest.approx(10.0) and lat.ttft.count == 3
+    assert lat.itl.p99_ms == pytest.approx(2.5) and lat.itl.count == 30
+    assert lat.decode_tokens_per_s == pytest.approx(1 / 0.0025)
+    by_batch = {p.batch_size: p for p in timings.throughput}
+    assert sorted(by_batch) == [1, 2, 4]
+    four = by_batch[4]
+    assert four.output_tokens == 44
+    assert four.wall_s == pytest.approx(0.040 + 10 * 0.004)
+    assert four.output_tokens_per_s == pytest.approx(44 / 0.080)
+    assert four.ttft.p90_ms == pytest.approx(40.0)
+    # warmup (2 tokens), 3 latency runs, then batches 1, 2, 4
+    assert [(lens, n) for lens, n in runner.calls] == [
+        ([32], 2),
+        ([32], 11),
+        ([32], 11),
+        ([32], 11),
+        ([32], 11),
+        ([32, 32], 11),
+        ([32] * 4, 11),
+    ]
+
+
+def test_harness_never_sends_a_prompt_beyond_max_input_len():
+    clock = FakeClock()
+    limits = RuntimeLimits(max_batch_size=2, max_input_len=24, max_seq_len=40)
+    runner = FakeRunner(limits, clock)
+    workload = plan_workload(limits, BenchSettings(input_len=4096, output_len=4096, latency_runs=1))
+    measure_engine(runner, workload, seed=0, reporter=RecordingReporter(), label="x", clock=clock)
+    assert max(max(lens) for lens, _ in runner.calls) == 24
+    assert max(max(lens) + n for lens, n in runner.calls) <= 40
+    assert max(len(lens) for lens, _ in runner.calls) == 2
+
+
+def test_run_batch_checks_limits_before_sending():
+    clock = FakeClock()
+    runner = FakeRunner(RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=16), clock)
+    with pytest.raises(InputError, match="max_input_len=8"):
+        run_batch(runner, [[300] * 9], 4, clock)
+    with pytest.raises(InputError, match="max_batch_size=2"):
+        run_batch(runner, [[300]] * 3, 4, clock)
+    assert runner.calls == []
+
+
+def test_run_batch_refuses_a_runner_that_does_not_stream():
+    clock = FakeClock()
+    runner = FakeRunner(RuntimeLimits(2, 8, 16), clock, stream=False)
+    with pytest.raises(StageError, match="streamed 0 tokens"):
+        run_batch(runner, [[300] * 4], 4, clock)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def test_rss_probe_sees_memory_touched_inside_its_span():
+    probe = ProcessRssProbe()
+    probe.start()
+    baseline = ProcessRssProbe().stop().peak_bytes  # current high-water mark right after the reset
+    block = b"\x01" * (64 << 20)  # written, so resident
+    reading = probe.stop()
+    del block
+    assert reading.measure == "process_peak_rss"
+    assert reading.peak_bytes - baseline >= 60 << 20
+    assert "since process start" not in reading.note
+
+
+def test_rss_probe_says_when_it_could_not_reset(tmp_path):
+    (tmp_path / "status").write_text("Name:\tpython\nVmHWM:\t  2048 kB\n")
+    probe = ProcessRssProbe(proc_self=str(tmp_path / "missing"))
+    probe.start()
+    assert "since process start" in probe.stop().note
+    probe = ProcessRssProbe(proc_self=str(tmp_path))
+    (tmp_path / "clear_refs").mkdir()  # not writable as a file: the reset fails
+    probe.start()
+    reading = probe.stop()
+    assert reading.peak_bytes == 2048 * 1024
+    assert "since process start" in reading.note
+
+
+# ---------------------------------------------------------------- comparison and report
+
+
+def test_published_estimate_applies_only_to_mistral_7b_on_a100_40gb():
+    assert published_estimate(pretrained_config=MISTRAL_7B, target="a100-40gb").applies
+    assert not published_estimate(pretrained_config=MISTRAL_7B, target="h100-80gb").applies
+    tiny = {**MISTRAL_7B, "hidden_size": 64}
+    assert not published_estimate(pretrained_config=tiny, target="a100-40gb").applies
+
+
+def _plan(ceiling: float = 200.0) -> PlanFigures:
+    return PlanFigures(
+        decode_ceiling_tokens_per_s=ceiling,
+        bytes_read_per_token=int(1e9 / ceiling),
+        kv_bytes_per_token=1000,
+        bandwidth_bytes_per_s=1e9,
+        memory_estimate_bytes=10 << 30,
+        largest_batch_at_max_seq_len=8,
+        basis="test plan",
+    )
+
+
+def test_plan_figures_come_from_the_plan_module(in_repo_root):
+    from pipeline.bench.reference import plan_figures
+    from pipeline.config import Precision, load_config
+    from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory
+    from pipeline.targets import TARGETS
+
+    config = load_config(in_repo_root / "pipeline.toml")
+    arch = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
+    figures = plan_figures(config, arch, "int8_sq", "throughput")
+    plan = plan_memory(arch, Precision.int8_sq, "fp16", TARGETS["a100-40gb"], config.profile("throughput"))
+    assert figures.decode_ceiling_tokens_per_s == plan.decode_ceiling_tok_s
+    assert figures.memory_estimate_bytes == plan.weight_bytes + plan.allowance_bytes + plan.kv_budget_bytes
+    assert figures.largest_batch_at_max_seq_len == plan.largest_batch
+    # batch 1 with no context is the plan's batch-1 ceiling; a full context reads the KV cache as well
+    assert figures.batch_ceiling_tokens_per_s(1, 0) == pytest.approx(plan.decode_ceiling_tok_s, rel=1e-3)
+    assert figures.batch_ceiling_tokens_per_s(1, 2048) == pytest.approx(
+        plan.decode_ceiling_at_max_seq_tok_s, rel=1e-3
+    )
+    # more requests share one read of the weights: higher ceiling, but less than linear
+    b1, b8 = figures.batch_ceiling_tokens_per_s(1, 512), figures.batch_ceiling_tokens_per_s(8, 512)
+    assert b1 < b8 < 8 * b1
+
+
+def test_ratios_are_taken_only_against_comparable_figures():
+    plan = _plan()
+    gpu = MemoryReading(measure="gpu_device_used", peak_bytes=5 << 30)
+    rss = MemoryReading(measure="process_peak_rss", peak_bytes=5 << 30)
+    applies = published_estimate(pretrained_config=MISTRAL_7B, target="a100-40gb")
+    point = ThroughputPoint(
+        batch_size=4,
+        input_len=100,
+        output_len=20,
+        runs=1,
+        output_tokens=80,
+        wall_s=1.0,
+        output_tokens_per_s=80.0,
+        ttft=Percentiles.of_seconds([0.1]),
+        itl=None,
+    )
+    r = ratios(
+        decode_tokens_per_s=100.0,
+        throughput=[point],
+        memory=gpu,
+        plan=plan,
+        published=applies,
+        precision="int8_sq",
+    )
+    assert (r.decode_vs_ceiling, r.peak_memory_vs_estimate) == (0.5, 0.5)
+    (batch,) = r.throughput_vs_ceiling
+    ceiling = 4 * 1e9 / (5_000_000 + 4 * 1000 * 110)
+    assert batch.ceiling_tokens_per_s == pytest.approx(ceiling)
+    assert batch.measured_vs_ceiling == pytest.approx(80 / ceiling)
+    assert r.decode_vs_published == pytest.approx(100 / 117)
+    r = ratios(
+        decode_tokens_per_s=100.0, throughput=[], memory=rss, plan=plan, published=applies, precision="fp16"
+    )
+    assert r.peak_memory_vs_estimate is None and r.decode_vs_published is None
+    r = ratios(
+        decode_tokens_per_s=100.0,
+        throughput=[point],
+        memory=rss,
+        plan=None,
+        published=applies,
+        precision="int8_wo",
+    )
+    assert r.decode_vs_ceiling is None and r.throughput_vs_ceiling == ()
+
+
+def _variant(precision: str, profile: str, plan: PlanFigures | None) -> VariantResult:
+    clock = FakeClock()
+    limits = RuntimeLimits(max_batch_size=4, max_input_len=32, max_seq_len=48)
+    timings = measure_engine(
+        FakeRunner(limits, clock),
+        plan_workload(limits, BenchSettings(input_len=64, output_len=8, latency_runs=2)),
+        seed=0,
+        reporter=RecordingReporter(),
+        label=precision,
+        clock=clock,
+    )
+    memory = MemoryReading(measure="process_peak_rss", peak_bytes=3 << 30, note="peak RSS")
+    published = published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference")
+    return VariantResult(
+        precision=precision,
+        profile=profile,
+        engine_dir="/e",
+        limits={"max_batch_size": 4, "max_input_len": 32, "max_seq_len": 48},
+        adjustments=("input_len 64 -> 32 (max_input_len)",),
+        latency=timings.latency,
+        throughput=timings.throughput,
+        memory=memory,
+        plan=plan,
+        ratios=ratios(
+            decode_tokens_per_s=timings.latency.decode_tokens_per_s,
+            throughput=timings.throughput,
+            memory=memory,
+            plan=plan,
+            published=published,
+            precision=precision,
+        ),
+    )
+
+
+def test_report_writes_json_markdown_and_plots(tmp_path: Path):
+    plan = _plan(800.0)
+    report = BenchReport(
+        created_at=datetime(2026, 11, 26, tzinfo=timezone.utc),
+        model="tiny-mistral",
+        target="cpu-reference",
+        runtime="cpu-reference (PyTorch)",
+        host={"cpu": "test"},
+        settings=BenchSettings(),
+        variants=(_variant("int8_sq", "throughput", plan), _variant("int8_wo", "latency", None)),
+        published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference"),
+    )
+    paths = write_bench_report(report, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert data["report_version"] == BENCH_REPORT_VERSION
+    assert BenchReport.model_validate(data) == report
+    md = paths["markdown"].read_text()
+    sq = report.variants[0]
+    assert f"| int8_sq/throughput | {sq.latency.ttft.p50_ms:.2f} / " in md
+    assert f"| 800.0 | {sq.latency.decode_tokens_per_s / 800:.2f}x |" in md  # beside the ceiling
+    four = {r.batch_size: r for r in sq.ratios.throughput_vs_ceiling}[4]
+    assert f"| {four.ceiling_tokens_per_s:.1f} | {four.measured_vs_ceiling:.2f}x |" in md
+    wo_rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
+    assert len(wo_rows) == 1 + 3 + 1  # latency, a throughput row per batch size (1, 2, 4), memory
+    assert all(row.endswith("| n/a | n/a |") for row in wo_rows)  # no plan: no ratio
+    assert "applies only to Mistral 7B INT8 on a100-40gb" in md
+    assert "- int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
+    from matplotlib.image import imread
+
+    for kind in ("throughput_plot", "latency_plot"):
+        assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = imread(paths[kind]).shape
+        assert width > 500 and height > 300
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "bench.json",
+        "bench.md",
+        "latency.png",
+        "throughput.png",
+    ]
+
+
+def test_percentiles_model_is_in_milliseconds():
+    p = Percentiles.of_seconds([0.001, 0.002, 0.003])
+    assert (p.p50_ms, p.count) == (pytest.approx(2.0), 3)
+
+
+# ---------------------------------------------------------------- finding the engines to measure
+
+
+def test_only_up_to_date_engines_are_benchmarked(tmp_path: Path, in_repo_root):
+    from fake_stages import fake_modules
+
+    from pipeline.bench.run import find_engines
+    from pipeline.config import load_config
+    from pipeline.executor import execute
+    from pipeline.store import ArtifactStore
+    from pipeline.tasks import plan_tasks, select_tasks
+
+    config = load_config(None)
+    store = ArtifactStore(tmp_path / "work")
+    modules = fake_modules()
+    tasks = select_tasks(plan_tasks(config), {"build"}, precisions={"int8_sq"}, profiles={"latency"})
+    assert execute(config, store, tasks, reporter=RecordingReporter(), modules=modules).error is None
+    reporter = RecordingReporter()
+    found = find_engines(config, store, reporter=reporter, modules=modules)
+    engines = found.engines
+    assert found.model_dir is not None and found.model_dir.name == "model"
+    assert [(e.precision, e.profile) for e in engines] == [("int8_sq", "latency")]
+    assert engines[0].engine_dir.parent.parent.name == "latency" and engines[0].engine_dir.name == "engine"
+    assert "the int8_wo/throughput engine is missing (never built): not benchmarked" in reporter.text()
+
+    # the profile changes: the built engine no longer matches the config and is not measured
+    latency, throughput = config.profiles
+    changed = config.model_copy(
+        update={"profiles": (latency.model_copy(update={"max_input_len": 160}), throughput)}
+    )
+    with pytest.raises(InputError, match="no engine of tiny-mistral for cpu-reference") as info:
+        find_engines(changed, store, reporter=RecordingReporter(), modules=modules)
+    assert "trtllm-pipeline build" in info.value.hint
+
+
+def test_bench_command_without_engines_exits_2_and_says_to_build(tmp_path, in_repo_root, capsys):
+    from pipeline.cli import main
+
+    assert main(["bench", "--work-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no engine of tiny-mistral for cpu-reference is built and up to date" in err
+    assert "run `trtllm-pipeline build`" in err
+    assert not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------- end to end: cpu-reference engines
+
+
+@pytest.fixture(scope="module")
+def reference_engines(tmp_path_factory, tiny_model_dir):
+    """A store holding real cpu-reference engines (int8_wo, both profiles) built by the build stage.
+
+    fetch and calibrate are stand-ins that copy the tiny model and its checkpoint
+    (exported by the pipeline's own export, shared with the other tests).
+    """
+    import shutil
+    from types import SimpleNamespace
+
+    from tiny_checkpoints import tiny_checkpoint
+
+    from pipeline.config import Precision, load_config
+    from pipeline.executor import execute
+    from pipeline.stages import build
+    from pipeline.stages.base import StageOutcome
+    from pipeline.store import ArtifactStore
+    from pipeline.tasks import plan_tasks, select_tasks
+
+    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
+
+    def fetch(ctx):
+        shutil.copytree(tiny_model_dir, ctx.out_dir / "model")
+        return StageOutcome(summary="tiny model")
+
+    def calibrate(ctx):
+        shutil.copytree(checkpoint, ctx.out_dir / "checkpoint")
+        return StageOutcome(summary="int8_wo checkpoint")
+
+    def stand_in(name, run):
+        return SimpleNamespace(NAME=name, VERSION=1, TOOLS=(), config_section=lambda c, t: {}, run=run)
+
+    modules = {
+        "fetch": stand_in("fetch", fetch),
+        "calibrate": stand_in("calibrate", calibrate),
+        "build": build,
+    }
+    config = load_config(None)
+    config = config.model_copy(
+        update={"quantization": config.quantization.model_copy(update={"precisions": (Precision.int8_wo,)})}
+    )
+    store = ArtifactStore(tmp_path_factory.mktemp("bench-work"))
+    tasks = select_tasks(plan_tasks(config), {"build"})
+    report = execute(config, store, tasks, reporter=RecordingReporter(), modules=modules.__getitem__)
+    assert report.error is None, report.error
+    return config, store, modules.__getitem__
+
+
+def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines, tmp_path):
+    from pipeline.bench.run import run_bench
+
+    config, store, modules = reference_engines
+    # Asks for more than either profile allows: the harness must clamp, and the reference
+    # runtime (which enforces the engine's limits) would raise on any request beyond them.
+    settings = BenchSettings(input_len=4096, output_len=4096, latency_runs=2, batch_sizes=(1, 2, 8, 16))
+    reporter = RecordingReporter()
+    report, paths = run_bench(
+        config, store, settings=settings, out_dir=tmp_path / "bench", reporter=reporter, modules=modules
+    )
+
+    by_profile = {v.profile: v for v in report.variants}
+    assert set(by_profile) == {"latency", "throughput"}
+    latency, throughput = by_profile["latency"], by_profile["throughput"]
+    assert latency.latency.input_len == 192 and latency.latency.output_len == 64  # 256 - 192
+    assert throughput.latency.input_len == 96 and throughput.latency.output_len == 32  # 128 - 96
+    assert [p.batch_size for p in latency.throughput] == [1]
+    assert [p.batch_size for p in throughput.throughput] == [1, 2, 8]
+    assert "batch sizes 16 skipped (max_batch_size 8)" in throughput.adjustments
+    for v in report.variants:
+        lat = v.latency
+        assert lat.runs == 2 and lat.ttft.count == 2 and lat.itl.count == 2 * (lat.output_len - 1)
+        assert 0 < lat.ttft.p50_ms <= lat.ttft.p90_ms <= lat.ttft.p99_ms
+        assert 0 < lat.itl.p50_ms <= lat.itl.p90_ms <= lat.itl.p99_ms
+        assert lat.decode_tokens_per_s > 0
+        for point in v.throughput:
+            assert point.output_tokens == point.batch_size * point.output_len  # no early stop
+            assert point.output_tokens_per_s == pytest.approx(point.output_tokens / point.wall_s)
+        assert v.memory is not None and v.memory.measure == "process_peak_rss"
+        assert v.memory.peak_bytes > 50 << 20  # at least the interpreter and torch
+        assert v.plan is not None and v.plan.decode_ceiling_tokens_per_s > 0
+        assert v.ratios.decode_vs_ceiling == pytest.approx(
+            lat.decode_tokens_per_s / v.plan.decode_ceiling_tokens_per_s
+        )
+        assert [r.batch_size for r in v.ratios.throughput_vs_ceiling] == [p.batch_size for p in v.throughput]
+        assert v.ratios.peak_memory_vs_estimate is None  # RSS is not comparable with a GPU estimate
+    assert not report.published.applies and report.variants[0].ratios.decode_vs_published is None
+    assert report.runtime.startswith("cpu-reference")
+
+    assert BenchReport.model_validate_json(paths["json"].read_text()) == report
+    md = paths["markdown"].read_text()
+    for section in ("## Latency (batch 1)", "## Throughput", "## Peak memory", "## Reference: a published"):
+        assert section in md
+    for kind in ("throughput_plot", "latency_plot"):
+        assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "int8_wo/throughput: input_len 4096 -> 96 (max_input_len)" in reporter.text()
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model_dir, tmp_path):
+    """The throughput engine in a repository written by the publish code, served by the real tritonserver."""
+    from pipeline.bench.run import find_engines, run_bench
+    from pipeline.hashing import sha256_file
+    from pipeline.serving.render import RepositoryValues
+    from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
+    from pipeline.serving.server import TritonServer
+
+    config, store, modules = reference_engines
+    (engine,) = find_engines(
+        config, store, reporter=RecordingReporter(), profiles={"throughput"}, modules=modules
+    ).engines
+    values = RepositoryValues(
+        triton_max_batch_size=8,
+        triton_backend="python",
+        engine_dir=ENGINE_SUBDIR,
+        tokenizer_dir=TOKENIZER_SUBDIR,
+        decoupled_mode=True,
+        kv_cache_free_gpu_mem_fraction=0.9,
+        max_queue_delay_microseconds=100,
+        enable_kv_cache_reuse=False,
+        enable_chunked_context=True,
+        preprocessing_instance_count=1,
+        postprocessing_instance_count=1,
+    )
+    write_repository(
+        tmp_path / "repository",
+        values,
+        engine_dir=engine.engine_dir,
+        engine_sha256={p.name: sha256_file(p) for p in engine.engine_dir.iterdir()},
+        tokenizer_dir=tiny_model_dir,
+    )
+    settings = BenchSettings(
+        input_len=500, output_len=12, latency_runs=2, concurrency=(1, 3), requests_per_client=2
+    )
+    with TritonServer(tmp_path / "repository", work_dir=tmp_path / "server") as server:
+        report, paths = run_bench(
+            config,
+            store,
+            settings=settings.model_copy(update={"server_url": server.url}),
+            out_dir=tmp_path / "bench",
+            reporter=RecordingReporter(),
+            profiles={"throughput"},
+            modules=modules,
+        )
+    (variant,) = report.variants
+    assert variant.throughput == ()  # the engine ran in the server, not here
+    assert variant.latency.input_len == 96 and variant.latency.ttft.count == 2
+    assert variant.latency.itl.count == 2 * 11  # every request streamed all 12 tokens: no early stop
+    assert [(p.concurrency, p.requests, p.output_tokens) for p in variant.served] == [(1, 2, 24), (3, 6, 72)]
+    assert all(p.output_tokens_per_s > 0 and p.ttft.count == p.requests for p in variant.served)
+    assert variant.memory is None  # a CPU server's memory is not observable from the client
+    md = paths["markdown"].read_text()
+    assert "| int8_wo/throughput | 3 | 6 |" in md and "not observable" in md
+
+
+def test_served_mode_needs_one_engine(reference_engines, tmp_path):
+    from pipeline.bench.run import run_bench
+
+    config, store, modules = reference_engines
+    with pytest.raises(InputError, match="2 are selected") as info:
+        run_bench(
+            config,
+            store,
+            settings=BenchSettings(server_url="http://127.0.0.1:9"),
+            out_dir=tmp_path,
+            reporter=RecordingReporter(),
+            modules=modules,
+        )
+    assert "--precision and --profile" in info.value.hint
+
+
+def test_served_prompts_fit_the_input_limit_after_a_round_trip():
+    from pipeline.bench.served import text_prompts
+
+    class WordTokenizer:
+        """Each id decodes to a word of id % 3 + 1 characters; encoding counts one token per character."""
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("x" * (i % 3 + 1) for i in ids)
+
+        def encode(self, text):
+            return list(range(len(text)))
+
+    prompts = text_prompts(WordTokenizer(), 5, 20, vocab_size=512, seed=0)
+    assert len(prompts) == 5
+    assert all(0 < len(WordTokenizer().encode(p)) <= 20 for p in prompts)
+    assert max(len(p) for p in prompts) >= 18  # shortened to fit, not emptied

@@ -1,0 +1,429 @@
+"""Calibration and export of the tiny Mistral (GQA, rope_theta 1e6): checkpoints, verifier, OOM back-off."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.calibration import export_checkpoint
+from pipeline.calibration.data import token_samples
+from pipeline.calibration.loop import CalibrationLoop
+from pipeline.calibration.verify import (
+    CheckpointMismatchError,
+    HfArchitecture,
+    check_config,
+    read_safetensors_header,
+    verify_checkpoint,
+)
+from pipeline.config import CalibrationSection, parse_config
+from pipeline.errors import InputError, MissingDependencyError, StageError
+from pipeline.executor import TaskState, execute, status
+from pipeline.reporting import RecordingReporter
+from pipeline.stages import calibrate as calibrate_stage
+from pipeline.stages import stage_module
+from pipeline.stages.base import StageOutcome
+from pipeline.store import ArtifactStore
+from pipeline.tasks import plan_tasks, select_tasks
+
+LOG = logging.getLogger("test-calibrate")
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+
+
+def settings(dataset: Path, **overrides) -> CalibrationSection:
+    return CalibrationSection(
+        dataset=dataset, **({"samples": 16, "seq_len": 64, "batch_size": 4} | overrides)
+    )
+
+
+@pytest.fixture(scope="module")
+def offline_mix() -> Path:
+    return Path(__file__).resolve().parent.parent / "calib_data" / "offline-mix.jsonl"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, offline_mix, tmp_path_factory):
+    """Both INT8 precisions of the tiny model, exported once for the module."""
+    out = {}
+    for precision in ("int8_sq", "int8_wo"):
+        reporter = RecordingReporter()
+        directory = tmp_path_factory.mktemp(precision) / "checkpoint"
+        record = export_checkpoint(
+            tiny_model_dir,
+            precision,
+            settings(offline_mix),
+            directory,
+            reporter=reporter,
+            log=LOG,
+            instruct=True,
+        )
+        out[precision] = (directory, record, reporter)
+    return out
+
+
+def trt_config(directory: Path) -> dict:
+    return json.loads((directory / "config.json").read_text())
+
+
+def test_int8_sq_exports_int8_linears_with_smoothquant_scales(exported, offline_mix):
+    directory, record, reporter = exported["int8_sq"]
+    config = trt_config(directory)
+    assert config["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+    assert config["rotary_base"] == 1_000_000.0
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]) == (4, 2, 16)
+    tensors = read_safetensors_header(directory / "rank0.safetensors")
+    qkv = "transformer.layers.1.attention.qkv"
+    assert tensors[qkv + ".weight"] == ("I8", ((4 + 2 * 2) * 16, 64))  # GQA: q 4 heads, k and v 2 each
+    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (128,))
+    assert tensors[qkv + ".activation_scaling_factor"] == ("F32", (1,))
+    assert tensors[qkv + ".prequant_scaling_factor"] == ("F16", (64,))
+    assert tensors["lm_head.weight"] == ("F16", (512, 64))
+    assert tensors["transformer.vocab_embedding.weight"] == ("F16", (512, 64))
+    # The record says what was calibrated on, how, and what the activations looked like.
+    assert record.calibrated and record.samples == 16 and record.seq_len == 64 and record.tokens > 16
+    assert record.dataset is not None and record.dataset.sha256 == __import__(
+        "pipeline.hashing"
+    ).hashing.sha256_file(offline_mix)
+    assert record.instruct_template and record.smoothquant_alpha == 0.5
+    assert set(record.versions) == {"nvidia-modelopt", "torch", "transformers"}
+    assert [r.layer for r in record.activation_ranges] == [0, 1]
+    for layer in record.activation_ranges:
+        assert layer.linears == 7  # q, k, v, o, gate, up, down
+        assert 0 < layer.input_amax_min <= layer.input_amax_mean <= layer.input_amax_max
+    assert reporter.advanced["calibrating"] == 16
+    assert record.tensors == len(tensors) and record.repairs == []
+
+
+def test_int8_wo_exports_fp16_weights_labelled_w8a16(exported):
+    directory, record, _ = exported["int8_wo"]
+    config = trt_config(directory)
+    assert config["quantization"]["quant_algo"] == "W8A16"
+    assert config["rotary_base"] == 1_000_000.0
+    tensors = read_safetensors_header(directory / "rank0.safetensors")
+    for linear in LINEARS:
+        assert tensors[f"transformer.layers.0.{linear}.weight"][0] == "F16"
+    assert not any("scaling_factor" in name for name in tensors)
+    assert not record.calibrated and record.dataset is None and record.activation_ranges == []
+
+
+def test_fp16_precision_exports_unquantized(tiny_model_dir, offline_mix, tmp_path):
+    record = export_checkpoint(
+        tiny_model_dir, "bf16", settings(offline_mix), tmp_path, reporter=RecordingReporter(), log=LOG
+    )
+    assert trt_config(tmp_path)["quantization"]["quant_algo"] is None
+    assert trt_config(tmp_path)["dtype"] == "bfloat16" and record.export_dtype == "bfloat16"
+
+
+def test_fp8_without_a_gpu_is_refused(tiny_model_dir, offline_mix, tmp_path):
+    with pytest.raises(MissingDependencyError, match="fp8 needs a CUDA GPU"):
+        export_checkpoint(
+            tiny_model_dir, "fp8", settings(offline_mix), tmp_path, reporter=RecordingReporter(), log=LOG
+        )
+
+
+def test_int8_kv_cache_adds_kv_scales(tiny_model_dir, offline_mix, tmp_path):
+    record = export_checkpoint(
+        tiny_model_dir,
+        "int8_wo",
+        settings(offline_mix, samples=4),
+        tmp_path,
+        reporter=RecordingReporter(),
+        log=LOG,
+        kv_cache_dtype="int8",
+    )
+    config = trt_config(tmp_path)["quantization"]
+    assert (config["quant_algo"], config["kv_cache_quant_algo"]) == ("W8A16", "INT8")
+    tensors = read_safetensors_header(tmp_path / "rank0.safetensors")
+    assert tensors["transformer.layers.0.attention.kv_cache_scaling_factor"] == ("F32", (1,))
+    assert tensors["transformer.layers.0.mlp.fc.weight"][0] == "F16"
+    assert record.calibrated and record.samples == 4
+
+
+# --- the verifier ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_arch(tiny_model_dir) -> HfArchitecture:
+    return HfArchitecture.load(tiny_model_dir)
+
+
+@pytest.fixture
+def sq_copy(exported, tmp_path) -> Path:
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(exported["int8_sq"][0], directory)
+    return directory
+
+
+def edit_config(directory: Path, edit) -> None:
+    config = trt_config(directory)
+    edit(config)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def verify_sq(directory: Path, arch: HfArchitecture, **kwargs):
+    return verify_checkpoint(
+        directory,
+        arch,
+        quant_algo="W8A8_SQ_PER_CHANNEL",
+        kv_cache_quant_algo=None,
+        export_dtype="float16",
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("bad_value", [None, 10000.0], ids=["missing", "wrong"])
+def test_verifier_repairs_rotary_base_from_rope_theta_and_records_it(sq_copy, tiny_arch, bad_value):
+    edit_config(
+        sq_copy, lambda c: c.pop("rotary_base") if bad_value is None else c.update(rotary_base=bad_value)
+    )
+    with pytest.raises(CheckpointMismatchError, match="rotary_base is"):
+        verify_sq(sq_copy, tiny_arch, repair=False)
+    repairs = verify_sq(sq_copy, tiny_arch)
+    assert [(r.field, r.found, r.fixed) for r in repairs] == [("rotary_base", bad_value, 1_000_000.0)]
+    assert trt_config(sq_copy)["rotary_base"] == 1_000_000.0
+    assert verify_sq(sq_copy, tiny_arch) == []  # repaired for good
+
+
+def test_rope_theta_is_read_from_transformers5_rope_parameters(tiny_model_dir):
+    hf = json.loads((tiny_model_dir / "config.json").read_text())
+    theta = hf.pop("rope_theta")
+    hf["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    arch = HfArchitecture.from_config(hf, "config.json")
+    assert arch.rope_theta == 1_000_000.0
+    exported_by_5x = {"dtype": "float16", "quantization": {"quant_algo": None, "kv_cache_quant_algo": None}}
+    fixed, repairs, _ = check_config(
+        exported_by_5x, arch, quant_algo=None, kv_cache_quant_algo=None, export_dtype="float16"
+    )
+    assert fixed["rotary_base"] == 1_000_000.0 and "rotary_base" not in exported_by_5x
+    assert "rotary_base" in {r.field for r in repairs}
+
+
+def test_verifier_fails_on_a_wrong_head_count(sq_copy, tiny_arch):
+    edit_config(sq_copy, lambda c: c.update(num_attention_heads=8))
+    with pytest.raises(CheckpointMismatchError) as err:
+        verify_sq(sq_copy, tiny_arch)
+    assert err.value.problems == ["num_attention_heads is 8, the Hugging Face config says 4"]
+    assert trt_config(sq_copy)["num_attention_heads"] == 8  # nothing is rewritten on failure
+
+
+def test_verifier_catches_fp16_weights_labelled_w8a8(exported, tiny_arch, tmp_path):
+    """ModelOpt's silent mislabel: fp16 weights under quant_algo W8A8_SQ_PER_CHANNEL."""
+    directory = tmp_path / "mislabelled"
+    shutil.copytree(exported["int8_wo"][0], directory)
+    edit_config(directory, lambda c: c["quantization"].update(quant_algo="W8A8_SQ_PER_CHANNEL"))
+    with pytest.raises(CheckpointMismatchError) as err:
+        verify_sq(directory, tiny_arch)
+    assert "tensor transformer.layers.0.attention.qkv.weight is F16, expected I8" in err.value.problems
+    assert any("activation_scaling_factor is missing" in p for p in err.value.problems)
+
+
+def test_verifier_catches_wrong_label_and_truncated_weights(sq_copy, tiny_arch):
+    edit_config(sq_copy, lambda c: c["quantization"].update(quant_algo="W8A16"))
+    with pytest.raises(
+        CheckpointMismatchError, match="quant_algo is 'W8A16', expected 'W8A8_SQ_PER_CHANNEL'"
+    ):
+        verify_sq(sq_copy, tiny_arch)
+    (sq_copy / "rank0.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(InputError, match="bad header length"):
+        verify_sq(sq_copy, tiny_arch)
+
+
+# --- calibration data, the loop and its out-of-memory back-off ---------------------------------
+
+
+def test_instruct_samples_use_the_chat_template(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain = token_samples(["The river measured the bridge."], tokenizer, seq_len=64, instruct=False)[0]
+    chat = token_samples(["The river measured the bridge."], tokenizer, seq_len=64, instruct=True)[0]
+    inst = tokenizer.convert_tokens_to_ids("[INST]")
+    assert chat[:2] == [tokenizer.bos_token_id, inst] and inst not in plain
+    assert len(token_samples(["word " * 200], tokenizer, seq_len=32, instruct=True)[0]) == 32
+    tokenizer.chat_template = None
+    with pytest.raises(InputError, match="no chat template"):
+        token_samples(["x"], tokenizer, seq_len=8, instruct=True)
+
+
+def oom_above_batch_one(seen: list[int]):
+    """A forward that runs out of memory for any batch of more than one sequence."""
+    import torch
+
+    def forward(model, input_ids, attention_mask):
+        seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        model(input_ids=input_ids, attention_mask=attention_mask)
+
+    return forward
+
+
+def test_loop_halves_the_batch_on_oom_and_covers_every_sample_once():
+    import torch
+
+    rows: list[list[int]] = []
+    seen: list[int] = []
+    samples = [[1] * n for n in (3, 9, 5, 7, 2)]
+    reporter = RecordingReporter()
+    loop = CalibrationLoop(
+        samples,
+        batch_size=4,
+        pad_id=0,
+        device="cpu",
+        reporter=reporter,
+        log=LOG,
+        forward=oom_above_batch_one(seen),
+    )
+
+    def model(input_ids, attention_mask):
+        rows.extend(int(m.sum()) for m in attention_mask)
+        assert torch.equal(input_ids * attention_mask, input_ids)  # padding is masked
+
+    loop(model)
+    assert seen[:3] == [4, 2, 1]
+    assert sorted(rows) == [2, 3, 5, 7, 9] and rows[0] == 9  # each once, longest first
+    assert loop.result.final_batch_size == 1 and loop.result.tokens == 26
+    assert [(b.at_sample, b.from_batch, b.to_batch) for b in loop.result.backoffs] == [(0, 4, 2), (0, 2, 1)]
+    assert "out of memory at calibration batch size 4: retrying with batch size 2" in reporter.text()
+
+
+def test_loop_gives_up_at_batch_one_and_passes_other_errors_through():
+    import torch
+
+    def always_oom(model, input_ids, attention_mask):
+        raise torch.OutOfMemoryError("out of memory")
+
+    loop = CalibrationLoop(
+        [[1, 2]],
+        batch_size=2,
+        pad_id=0,
+        device="cpu",
+        reporter=RecordingReporter(),
+        log=LOG,
+        forward=always_oom,
+    )
+    with pytest.raises(StageError, match="out of memory at calibration batch size 1"):
+        loop(None)
+
+    def broken(model, input_ids, attention_mask):
+        raise RuntimeError("shape mismatch")
+
+    loop = CalibrationLoop(
+        [[1, 2]], batch_size=2, pad_id=0, device="cpu", reporter=RecordingReporter(), log=LOG, forward=broken
+    )
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        loop(None)
+
+
+def test_export_backs_off_on_injected_oom_and_still_exports(tiny_model_dir, offline_mix, tmp_path):
+    seen: list[int] = []
+    reporter = RecordingReporter()
+    record = export_checkpoint(
+        tiny_model_dir,
+        "int8_sq",
+        settings(offline_mix, samples=6, batch_size=4),
+        tmp_path,
+        reporter=reporter,
+        log=LOG,
+        forward=oom_above_batch_one(seen),
+    )
+    assert record.batch_size == 4 and record.final_batch_size == 1
+    assert [(b.from_batch, b.to_batch) for b in record.backoffs] == [(4, 2), (2, 1)]
+    assert "retrying with batch size 1" in reporter.text()
+    assert seen.count(1) == 6 and record.samples == 6
+    assert trt_config(tmp_path)["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("", "no records (the file is empty)"), ('{"text": "fine"}\n{"text": \n', "line 2: not valid JSON")],
+    ids=["empty", "corrupt"],
+)
+def test_bad_calibration_file_fails_before_loading_the_model(tmp_path, tiny_model_dir, content, expected):
+    data = tmp_path / "calib.jsonl"
+    data.write_text(content)
+    no_weights = tmp_path / "model"  # loading this model would fail: the data must be refused first
+    no_weights.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", no_weights)
+    with pytest.raises(InputError) as err:
+        export_checkpoint(
+            no_weights, "int8_sq", settings(data), tmp_path / "out", reporter=RecordingReporter(), log=LOG
+        )
+    assert str(data) in err.value.message and expected in err.value.message
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+CONFIG = """
+[model]
+name = "tiny-mistral"
+source = "tiny"
+instruct = true
+[target]
+gpu = "cpu-reference"
+[quantization]
+precisions = ["int8_sq", "int8_wo"]
+[calibration]
+dataset = "{dataset}"
+samples = 8
+seq_len = 48
+batch_size = 4
+[[profiles]]
+name = "latency"
+max_batch_size = 1
+max_input_len = 64
+max_seq_len = 128
+"""
+
+
+def fetch_stand_in(model_dir: Path):
+    """The fetch stage's artifact layout (model/ = a Hugging Face folder), without the hub."""
+    from types import SimpleNamespace
+
+    def run(ctx):
+        shutil.copytree(model_dir, ctx.out_dir / "model")
+        return StageOutcome(summary="copied")
+
+    return SimpleNamespace(NAME="fetch", VERSION=1, TOOLS=(), config_section=lambda c, t: {}, run=run)
+
+
+def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path, tiny_model_dir, offline_mix):
+    dataset = tmp_path / "calib.jsonl"
+    shutil.copy(offline_mix, dataset)
+    config = parse_config(CONFIG.format(dataset=dataset), "test.toml", tmp_path)
+    fetch = fetch_stand_in(tiny_model_dir)
+    modules = lambda name: fetch if name == "fetch" else stage_module(name)  # noqa: E731
+    store = ArtifactStore(tmp_path / "work")
+    tasks = select_tasks(plan_tasks(config), {"calibrate"})
+
+    report = execute(config, store, tasks, reporter=RecordingReporter(), modules=modules)
+    assert report.error is None
+    by_id = {r.task.id: r for r in report.results}
+    sq = by_id["calibrate[int8_sq]"]
+    assert sq.state is TaskState.ran and sq.summary.startswith("W8A8_SQ_PER_CHANNEL, 8 samples x 48 tokens")
+    artifact = store.get("calibrate", ("int8_sq",), sq.key)
+    assert artifact is not None and (artifact.path / "checkpoint" / "rank0.safetensors").is_file()
+    assert artifact.manifest.record["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+    assert artifact.manifest.record["dataset"]["sha256"] == __import__(
+        "pipeline.hashing"
+    ).hashing.sha256_file(dataset)
+    assert by_id["calibrate[int8_wo]"].summary.startswith("W8A16, no calibration")
+
+    # Edited data: SmoothQuant reruns, weight-only (which reads no data) stays up to date.
+    dataset.write_text(dataset.read_text().replace("The engineer", "The mechanic"))
+    states = {r.task.id: (r.state, r.reason) for r in status(config, store, tasks, modules)}
+    assert states["calibrate[int8_sq]"] == (TaskState.stale, "config changed: dataset_sha256")
+    assert states["calibrate[int8_wo]"][0] is TaskState.up_to_date
+
+
+def test_config_section_tracks_data_only_for_calibrated_precisions(tmp_path, offline_mix):
+    config = parse_config(CONFIG.format(dataset=offline_mix), "test.toml", tmp_path)
+    sq, wo = (t for t in plan_tasks(config) if t.stage == "calibrate")
+    assert calibrate_stage.config_section(config, sq)["dataset_sha256"] is not None
+    assert "dataset_sha256" not in calibrate_stage.config_section(config, wo)
+    missing = parse_config(CONFIG.format(dataset=tmp_path / "absent.jsonl"), "test.toml", tmp_path)
+    assert calibrate_stage.config_section(missing, sq)["dataset_sha256"] is None

@@ -1,0 +1,196 @@
+"""The memory plan: Mistral 7B figures checked by hand, refusals, and the `plan` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import Precision, Profile, load_config
+from pipeline.errors import ConfigError, InputError
+from pipeline.plan import KNOWN_ARCHITECTURES, find_architecture, plan_config, plan_memory, plan_profile
+from pipeline.targets import TARGETS
+
+MISTRAL = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
+GIB = 1024**3
+
+# Hand-checked Mistral 7B v0.3 (hidden 4096, 32 layers, 32 heads, 8 KV heads, head_dim 128, FFN 14336,
+# vocab 32768):
+#   linears per layer: qkv 4096 x (4096 + 2 x 1024) = 25,165,824; dense 4096 x 4096 = 16,777,216;
+#   fc + gate 4096 x 2 x 14336 = 117,440,512; proj 14336 x 4096 = 58,720,256 -> 218,103,808; x 32 layers
+LINEAR_PARAMS = 218_103_808 * 32  # 6,979,321,856
+#   embedding + lm_head 2 x 32768 x 4096 = 268,435,456, norms (2 x 32 + 1) x 4096 = 266,240
+UNQUANTIZED_PARAMS = 268_435_456 + 266_240
+#   one FP32 scale per output channel: (6144 + 4096 + 2 x 14336 + 4096) x 32 layers x 4 B
+SCALES = 43_008 * 32 * 4  # 5,505,024
+INT8_WEIGHTS = LINEAR_PARAMS * 1 + SCALES + UNQUANTIZED_PARAMS * 2  # 7,522,230,272 B = 7.006 GiB
+KV_PER_TOKEN_FP16 = 2 * 32 * 8 * 128 * 2  # 131,072 B = 128 KiB
+
+
+def profile(name="p", batch=1, input_len=7168, seq=8192, **extra) -> Profile:
+    return Profile(name=name, max_batch_size=batch, max_input_len=input_len, max_seq_len=seq, **extra)
+
+
+def test_mistral_int8_on_a100_40gb_reproduces_the_published_estimate():
+    plan = plan_memory(MISTRAL, Precision.int8_sq, "fp16", TARGETS["a100-40gb"], profile())
+    assert plan.params == LINEAR_PARAMS + UNQUANTIZED_PARAMS == 7_248_023_552  # "~7.25B params"
+    assert plan.weight_bytes == INT8_WEIGHTS == 7_522_230_272
+    assert round(plan.weight_bytes / GIB) == 7  # "about 7 GB of weights"
+    assert plan.headroom_bytes == 40 * GIB - INT8_WEIGHTS
+    assert round(plan.headroom_bytes / GIB) == 33  # "33 GB headroom"
+    assert plan.kv_bytes_per_token == KV_PER_TOKEN_FP16 == 128 * 1024
+    # max_num_tokens = min(8192, 1 x 7168); allowance = 1 GiB + 7168 x (3 x 14336 + 2 x 4096) x 2 B
+    # MLP activations + 7168 x 32768 x 4 B context logits = 2,747,269,120 B
+    assert plan.max_num_tokens == 7168
+    assert plan.allowance_bytes == GIB + 7168 * 51_200 * 2 + 7168 * 32_768 * 4 == 2_747_269_120
+    # KV budget = 0.9 x (35,427,442,688 - 2,747,269,120) = 29,412,156,211 B; 1 GiB per 8192-token sequence
+    assert plan.kv_budget_bytes == int(0.9 * (plan.headroom_bytes - 2_747_269_120)) == 29_412_156_211
+    assert plan.largest_batch == 27
+    assert plan.largest_seq_len == 29_412_156_211 // KV_PER_TOKEN_FP16 == 224_396
+    # 1555 GB/s over 7,522,230,272 - 268,435,456 (embedding table) + 8192 (one row) B per token
+    assert plan.decode_ceiling_tok_s == round(1555e9 / 7_253_803_008, 1) == 214.4
+    assert plan.decode_ceiling_at_max_seq_tok_s == round(
+        1555e9 / (7_253_803_008 + KV_PER_TOKEN_FP16 * 8192), 1
+    )
+    assert plan.fits and plan.problem is None
+    lines = {line.figure: line for line in plan.derivation}
+    assert "6,979,321,856 x 1 B" in lines["weights"].how and lines["weights"].value == "7.01 GiB"
+    assert lines["headroom"].value == "32.99 GiB"
+    assert "1555 GB/s" in lines["batch-1 decode ceiling"].how
+
+
+def test_mistral_on_a100_80gb_throughput_profile():
+    plan = plan_memory(
+        MISTRAL, Precision.int8_wo, "fp16", TARGETS["a100-80gb"], profile(batch=64, input_len=1536, seq=2048)
+    )
+    assert plan.weight_bytes == INT8_WEIGHTS
+    assert plan.headroom_bytes == 80 * GIB - INT8_WEIGHTS == 78_377_115_648
+    # max_num_tokens = min(8192, 64 x 1536); allowance = 1 GiB + 8192 x 51,200 x 2 + 8192 x 32768 x 4
+    assert plan.max_num_tokens == 8192
+    assert plan.allowance_bytes == 2_986_344_448
+    assert plan.kv_budget_bytes == int(0.9 * (78_377_115_648 - 2_986_344_448)) == 67_851_694_080
+    # 256 MiB per 2048-token sequence
+    assert plan.largest_batch == 67_851_694_080 // (KV_PER_TOKEN_FP16 * 2048) == 252
+    assert plan.kv_needed_bytes == 64 * 2048 * KV_PER_TOKEN_FP16 == 16 * GIB
+    assert plan.decode_ceiling_tok_s == round(2039e9 / 7_253_803_008, 1) == 281.1
+
+
+def test_fp16_and_int8_kv_change_weights_and_kv_per_token():
+    fp16 = plan_memory(MISTRAL, Precision.fp16, "int8", TARGETS["a100-80gb"], profile())
+    assert fp16.weight_bytes == (LINEAR_PARAMS + UNQUANTIZED_PARAMS) * 2  # no scales
+    assert fp16.kv_bytes_per_token == KV_PER_TOKEN_FP16 // 2
+
+
+def test_max_num_tokens_without_paged_context_fmha_holds_a_whole_prompt():
+    small = profile(batch=1, input_len=30720, seq=32768)
+    assert plan_memory(MISTRAL, Precision.int8_sq, "fp16", TARGETS["a100-80gb"], small).max_num_tokens == 8192
+    whole = plan_memory(
+        MISTRAL, Precision.int8_sq, "fp16", TARGETS["a100-80gb"], small, paged_context_fmha=False
+    )
+    assert whole.max_num_tokens == 30720
+    explicit = profile(input_len=7168, max_num_tokens=4096)
+    refused = plan_memory(
+        MISTRAL, Precision.int8_sq, "fp16", TARGETS["a100-80gb"], explicit, paged_context_fmha=False
+    )
+    assert not refused.fits and "chunked context" in refused.problem
+
+
+def test_profile_that_does_not_fit_is_refused_with_what_would():
+    config = load_config(None)
+    big = profile(name="huge", batch=64, input_len=30720, seq=32768)
+    config = config.model_copy(
+        update={"target": config.target.model_copy(update={"gpu": "a100-40gb"}), "profiles": (big,)}
+    )
+    with pytest.raises(ConfigError) as info:
+        plan_profile(config, MISTRAL, Precision.int8_sq, "huge")
+    assert info.value.field == "profiles[0]"
+    # budget 0.9 x (32.99 - 2.99) GiB = 27.19 GiB; 4 GiB per 32768-token sequence -> 6
+    assert "largest batch at max_seq_len 32768: 6" in info.value.message
+    assert "largest max_seq_len at batch 64: 3480" in info.value.message
+
+
+def test_fp8_on_sm80_and_oversized_weights_do_not_fit():
+    fp8 = plan_memory(MISTRAL, Precision.fp8, "fp16", TARGETS["a100-40gb"], profile())
+    assert not fp8.fits and "sm89" in fp8.problem
+    assert plan_memory(MISTRAL, Precision.fp8, "fp16", TARGETS["h100-80gb"], profile()).fits
+    fp16_on_l4 = plan_memory(MISTRAL, Precision.fp16, "fp16", TARGETS["l4"], profile(batch=8))
+    assert not fp16_on_l4.fits and "KV cache" in fp16_on_l4.problem
+
+
+def test_architecture_sources(tmp_path, repo_root):
+    real = load_config(repo_root / "pipeline.toml")
+    assert find_architecture(real) is MISTRAL
+    fetched = tmp_path / "model"
+    fetched.mkdir()
+    hf = {
+        "vocab_size": 1000,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 512,
+    }
+    (fetched / "config.json").write_text(json.dumps(hf))
+    arch = find_architecture(real, fetched)
+    assert (arch.vocab_size, arch.num_layers, arch.head_dim) == (1000, 3, 32)
+    tiny = find_architecture(load_config(None))
+    assert tiny.source == "TinyMistralSpec" and tiny.num_kv_heads == 2
+    unknown = real.model_copy(update={"model": real.model.model_copy(update={"repo_id": "org/unknown"})})
+    with pytest.raises(InputError, match="not known before it is fetched"):
+        find_architecture(unknown)
+
+
+def test_plan_config_covers_every_target_precision_and_profile(repo_root):
+    real = load_config(repo_root / "pipeline.toml")
+    plans = plan_config(real, MISTRAL, ("a100-40gb", "a100-80gb"))
+    assert len(plans) == 2 * 2 * 3
+    assert all(p.fits for p in plans)
+
+
+def test_plan_command_prints_the_derivation(repo_root, tmp_path, capsys):
+    code = main(["plan", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "7.01 GiB" in out and "32.99 GiB" in out and "214 tok/s" in out
+    assert "how: a100-40gb / int8_sq / long-context" in out
+
+
+def test_plan_command_json_with_another_target(repo_root, tmp_path, capsys):
+    args = ["plan", "--config", str(repo_root / "pipeline.toml"), "--target", "a100-80gb", "--json"]
+    assert main([*args, "--work-dir", str(tmp_path)]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert {p["target"] for p in body["plans"]} == {"a100-40gb", "a100-80gb"}
+    first = body["plans"][0]
+    assert first["weight_bytes"] == INT8_WEIGHTS and first["derivation"][0]["figure"] == "parameters"
+
+
+def test_plan_command_exits_2_on_a_profile_that_does_not_fit(repo_root, tmp_path, capsys):
+    text = (repo_root / "pipeline.toml").read_text().replace("max_batch_size = 4\n", "max_batch_size = 64\n")
+    path = tmp_path / "big.toml"
+    path.write_text(text)
+    assert main(["plan", "--config", str(path), "--work-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "profiles[2]" in err and "largest batch at max_seq_len 32768: 6" in err
+
+
+def test_plan_command_refuses_an_unknown_target(tmp_path, in_repo_root, capsys):
+    assert main(["plan", "--target", "a100-20gb", "--work-dir", str(tmp_path)]) == 2
+    assert "--target a100-20gb" in capsys.readouterr().err
+
+
+def test_gpu_table_has_the_issue_targets():
+    for name, sm in {
+        "a100-40gb": 80,
+        "a100-80gb": 80,
+        "h100-80gb": 90,
+        "h200": 90,
+        "l4": 89,
+        "a10g": 86,
+    }.items():
+        target = TARGETS[name]
+        assert target.sm == sm and target.supports_int8
+        assert target.supports_fp8 == (sm >= 89)
+    assert TARGETS["a100-40gb"].bandwidth_gb_s == 1555 and TARGETS["a100-80gb"].memory_gib == 80

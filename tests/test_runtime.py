@@ -1,0 +1,274 @@
+"""The CPU reference runtime against its oracles: the Hugging Face model (fp16) and ModelOpt's
+fake-quantized model (int8_sq, int8_wo), plus batching, the KV cache, sampling, limits and bad input.
+
+Semantics checked against TensorRT-LLM v1.2.1: quantization/layers.py (Int8SmoothQuantLinear,
+WeightOnlyQuantLinear), quantization/quantize.py (quantize_layers, exclude list),
+models/llama/config.py (rotary_base default 10000.0), cutlass_preprocessors.cpp (symmetric_quantize).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.errors import InputError
+from pipeline.runtime import ReferenceModel, RuntimeLimits
+from pipeline.runtime.linear import quantize_weight_per_channel
+from tiny_checkpoints import tiny_checkpoint
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def eval_ids(tiny_model_dir: Path) -> torch.Tensor:
+    """Two 48-token windows of the offline evaluation text."""
+    from transformers import AutoTokenizer
+
+    texts = [json.loads(line)["text"] for line in (_repo() / "calib_data" / "offline-eval.jsonl").open()][:8]
+    ids = AutoTokenizer.from_pretrained(tiny_model_dir)("\n".join(texts))["input_ids"]
+    return torch.tensor(ids[:96]).view(2, 48)
+
+
+@pytest.fixture(scope="module")
+def fp16_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    return tiny_checkpoint(tmp_path_factory, tiny_model_dir, "fp16")
+
+
+@pytest.fixture(scope="module")
+def fp16_model(fp16_dir: Path) -> ReferenceModel:
+    return ReferenceModel.load(fp16_dir)
+
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten(0, 1), b.flatten(0, 1), dim=-1).min().item()
+
+
+def _copy_checkpoint(src: Path, dst: Path, **config_changes) -> Path:
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    for key, value in config_changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+# --- oracles --------------------------------------------------------------------------------------
+
+
+def test_fp16_checkpoint_matches_hugging_face_logits_and_greedy_tokens(fp16_model, hf_model, eval_ids):
+    with torch.no_grad():
+        expected = hf_model(eval_ids).logits
+    got = fp16_model.logits(eval_ids)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-3
+    prompt = eval_ids[0, :12].tolist()
+    with torch.no_grad():
+        hf_tokens = hf_model.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0
+        )[0, 12:].tolist()
+    assert fp16_model.generate([prompt], max_new_tokens=10) == [hf_tokens]
+
+
+def test_int8_sq_checkpoint_agrees_with_modelopt_fake_quantized_model(tmp_path: Path, tiny_model_dir, eval_ids):
+    # The oracle pair comes from one fp32 model: calibrated in bf16 (as the calibrate stage does),
+    # ModelOpt's fake quantizer and its exporter round exact weight ties differently (cosine ~0.9990).
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_tensorrt_llm_checkpoint
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.calibration.recipes import recipe_for
+    from pipeline.config import Precision
+
+    fake_quant = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    recipe = recipe_for(Precision.int8_sq, smoothquant_alpha=0.5, kv_cache_dtype="fp16")
+    mtq.quantize(fake_quant, recipe.modelopt_cfg, forward_loop=lambda m: m(eval_ids[:, :32]))
+    export_tensorrt_llm_checkpoint(
+        fake_quant, decoder_type="llama", dtype=torch.float16, export_dir=tmp_path, inference_tensor_parallel=1
+    )
+    # TensorRT-LLM holds the smoothing factor in the model dtype (fp16); ModelOpt keeps it in fp32.
+    for module in fake_quant.modules():
+        if getattr(module, "_pre_quant_scale", None) is not None:
+            module._pre_quant_scale.data = module._pre_quant_scale.data.half().float()
+    with torch.no_grad():
+        expected = fake_quant(eval_ids).logits
+    got = ReferenceModel.load(tmp_path).logits(eval_ids)
+    assert _min_cosine(got, expected) >= 0.9999  # measured 0.99998; without prequant scaling < 0.99
+
+
+def test_int8_wo_checkpoint_agrees_with_modelopt_weight_only_model(tmp_path_factory, tiny_model_dir, eval_ids):
+    import modelopt.torch.quantization as mtq
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
+    assert json.loads((checkpoint / "config.json").read_text())["quantization"]["quant_algo"] == "W8A16"
+    fake_quant = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    weight_only = {
+        "quant_cfg": {
+            "*weight_quantizer": {"num_bits": 8, "axis": 0},
+            "*input_quantizer": {"enable": False},
+            "*lm_head*": {"enable": False},
+            "default": {"enable": False},
+        },
+        "algorithm": "max",
+    }
+    mtq.quantize(fake_quant, weight_only, forward_loop=lambda m: m(eval_ids[:1, :8]))
+    with torch.no_grad():
+        expected = fake_quant(eval_ids).logits
+    got = ReferenceModel.load(checkpoint).logits(eval_ids)
+    # ModelOpt scales by amax/127, TensorRT-LLM by amax/128: close, not identical.
+    assert _min_cosine(got, expected) >= 0.999
+
+
+# --- quantization primitives -----------------------------------------------------------------------
+
+
+def test_weight_only_quantization_follows_tensorrt_llm_symmetric_quantize():
+    weight = torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0], [-2.0, 1.0, 0.0078125, 0.01]])
+    qweight, scale = quantize_weight_per_channel(weight, torch.float16)
+    assert scale.dtype == torch.float16
+    assert scale.tolist() == [1.0 / 128, 0.0, 2.0 / 128]  # amax / 128, per output channel
+    # amax lands on 128 and saturates at 127; halves round away from zero (C round()).
+    assert qweight.tolist() == [[127, -64, 32, 0], [0, 0, 0, 0], [-128, 64, 1, 1]]
+
+
+def test_w8a16_prequantized_weights_give_the_same_logits_as_quantize_on_load(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir: Path, eval_ids
+):
+    from safetensors.torch import load_file, save_file
+
+    source = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
+    target = _copy_checkpoint(source, tmp_path / "prequantized")
+    tensors = load_file(target / "rank0.safetensors")
+    for name in [n for n in tensors if n.startswith("transformer.layers.") and n.endswith(".weight")]:
+        if tensors[name].dim() == 2:
+            tensors[name], scale = quantize_weight_per_channel(tensors[name], torch.float16)
+            tensors[name.replace(".weight", ".weights_scaling_factor")] = scale
+    save_file(tensors, target / "rank0.safetensors")
+    expected = ReferenceModel.load(source).logits(eval_ids)
+    assert torch.equal(ReferenceModel.load(target).logits(eval_ids), expected)
+
+
+# --- the checkpoint config as TensorRT-LLM reads it ------------------------------------------------
+
+
+def test_missing_rotary_base_falls_back_to_tensorrt_llm_default(tmp_path: Path, fp16_dir, fp16_model, eval_ids):
+    dropped = ReferenceModel.load(_copy_checkpoint(fp16_dir, tmp_path / "dropped", rotary_base=None))
+    assert dropped.config.rotary_base == 10000.0
+    assert fp16_model.config.rotary_base == 1_000_000.0
+    agree = (dropped.logits(eval_ids).argmax(-1) == fp16_model.logits(eval_ids).argmax(-1)).float().mean()
+    assert agree < 0.9  # a dropped rope_theta is visible in the outputs
+
+
+def test_norm_epsilon_is_read_from_the_checkpoint(tmp_path: Path, fp16_dir, fp16_model, eval_ids):
+    changed = ReferenceModel.load(_copy_checkpoint(fp16_dir, tmp_path / "eps", norm_epsilon=1.0))
+    assert changed.config.norm_epsilon == 1.0
+    assert not torch.allclose(changed.logits(eval_ids), fp16_model.logits(eval_ids), atol=1e-2)
+
+
+# --- batching, KV cache, sampling ------------------------------------------------------------------
+
+
+def test_batched_prompts_of_different_lengths_match_one_at_a_time(fp16_model, eval_ids):
+    prompts = [eval_ids[0, :5].tolist(), eval_ids[1, :17].tolist(), eval_ids[0, 20:31].tolist()]
+    batched = fp16_model.generate(prompts, max_new_tokens=9)
+    assert batched == [fp16_model.generate([p], max_new_tokens=9)[0] for p in prompts]
+    assert all(len(tokens) == 9 for tokens in batched)
+
+
+def test_kv_cache_decoding_matches_full_recomputation(fp16_model, eval_ids):
+    prompt = eval_ids[1, :10].tolist()
+    sequence = list(prompt)
+    for _ in range(8):
+        sequence.append(int(fp16_model.logits(torch.tensor([sequence]))[0, -1].argmax()))
+    assert fp16_model.generate([prompt], max_new_tokens=8) == [sequence[10:]]
+
+
+def test_sampling_is_reproducible_for_a_seed_and_top_k_1_is_greedy(fp16_model, eval_ids):
+    prompts = [eval_ids[0, :6].tolist(), eval_ids[1, :9].tolist()]
+    kwargs = {"max_new_tokens": 12, "temperature": 1.5}
+    first = fp16_model.generate(prompts, seed=3, **kwargs)
+    assert fp16_model.generate(prompts, seed=3, **kwargs) == first
+    assert fp16_model.generate(prompts, seed=4, **kwargs) != first
+    assert fp16_model.generate(prompts, top_k=1, **kwargs) == fp16_model.generate(prompts, max_new_tokens=12)
+    assert first != fp16_model.generate(prompts, max_new_tokens=12)
+
+
+def test_end_id_stops_a_request_and_on_token_streams_in_order(fp16_model, eval_ids):
+    prompts = [eval_ids[0, :6].tolist(), eval_ids[1, :9].tolist()]
+    free = fp16_model.generate(prompts, max_new_tokens=10)
+    end_id = free[0][3]
+    streamed: list[tuple[int, int]] = []
+    out = fp16_model.generate(prompts, max_new_tokens=10, end_id=end_id, on_token=lambda i, t: streamed.append((i, t)))
+    assert out[0] == free[0][: free[0].index(end_id)]
+    expected_second = free[1][: free[1].index(end_id)] if end_id in free[1] else free[1]
+    assert out[1] == expected_second
+    assert [t for i, t in streamed if i == 0] == out[0]
+    assert [t for i, t in streamed if i == 1] == out[1]
+
+
+# --- limits and bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompts", "new_tokens", "limit"),
+    [
+        ([[1, 2]] * 3, 1, "max_batch_size=2"),
+        ([[1] * 9], 1, "max_input_len=8"),
+        ([[1] * 8], 5, "max_seq_len=12"),
+    ],
+)
+def test_limits_refuse_requests_an_engine_would_refuse(fp16_dir, prompts, new_tokens, limit):
+    model = ReferenceModel.load(fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12))
+    with pytest.raises(InputError, match=limit):
+        model.generate(prompts, max_new_tokens=new_tokens)
+
+
+def test_logits_respects_the_input_limits(fp16_dir):
+    model = ReferenceModel.load(fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12))
+    assert model.logits(torch.ones(2, 8, dtype=torch.long)).shape[:2] == (2, 8)
+    with pytest.raises(InputError, match="max_input_len=8"):
+        model.logits(torch.ones(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"architecture": "GPT2LMHeadModel"}, "architecture"),
+        ({"rotary_scaling": {"type": "linear", "factor": 2.0}}, "rotary_scaling"),
+        ({"quantization": {"quant_algo": "W4A16_AWQ"}}, "quant_algo"),
+        ({"quantization": {"quant_algo": "W8A8_SQ_PER_CHANNEL"}}, "mislabelled"),
+        ({"num_hidden_layers": 3}, "transformer.layers.2.input_layernorm.weight' is missing"),
+    ],
+)
+def test_unsupported_or_inconsistent_checkpoints_are_refused(tmp_path: Path, fp16_dir, change, message):
+    checkpoint = _copy_checkpoint(fp16_dir, tmp_path / "bad", **change)
+    with pytest.raises(InputError, match=message):
+        ReferenceModel.load(checkpoint)
+
+
+def test_missing_checkpoint_is_a_clear_input_error(tmp_path: Path):
+    with pytest.raises(InputError, match="config.json: no TensorRT-LLM checkpoint config"):
+        ReferenceModel.load(tmp_path)
+
+
+def test_out_of_vocabulary_ids_are_refused(fp16_model):
+    with pytest.raises(InputError, match="token ids"):
+        fp16_model.logits(torch.tensor([[1, 99999]]))
