@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: setup
 	$(PY) -m pytest -q --junitxml=reports/junit-tests.xml
 
-# The whole pipeline on the embedded default: the tiny Mistral on the CPU target.
+# The whole pipeline on the embedded default: the tiny Mistral on the CPU target, then each
+# published repository served by a real tritonserver and checked against the reference runtime.
 demo: setup
 	$(CLI) run
+	$(CLI) smoke
 
 # The real job (pipeline.toml: Mistral-7B-Instruct-v0.3, A100 40GB) on a GPU host.
 build-engine: setup

@@ -35,7 +35,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.targets import TARGETS, Target
 
 GIB = 1024**3
-KV_FREE_FRACTION = 0.8  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction's default
+KV_FREE_FRACTION = 0.9  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction's default
 RUNTIME_RESERVE_BYTES = 1 * GIB  # CUDA context, cuBLAS workspaces, TensorRT-LLM runtime buffers
 DEFAULT_MAX_NUM_TOKENS = 8192  # TensorRT-LLM BuildConfig.max_num_tokens's default
 ACTIVATION_BYTES = 2  # FP16 activations

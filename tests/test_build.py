@@ -281,6 +281,16 @@ def test_build_refuses_a_profile_that_does_not_fit_before_any_work(repo_root, tm
     assert not (tmp_path / "work" / "store").exists()
 
 
+def test_cpu_reference_build_refuses_a_profile_that_does_not_fit(repo_root, tmp_path, capsys):
+    text = (repo_root / "pipeline" / "defaults" / "tiny.toml").read_text()
+    config = tmp_path / "tiny.toml"
+    config.write_text(text.replace("max_batch_size = 8\n", "max_batch_size = 400000\n"))
+    assert main(["build", "--config", str(config), "--work-dir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert "profiles[1]" in err and "'throughput' does not fit cpu-reference" in err
+    assert not (tmp_path / "work" / "store").exists()
+
+
 # --- GPU builds against a stand-in trtllm-build --------------------------------------------------
 
 

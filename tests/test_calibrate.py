@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.calibration import export_checkpoint
 from pipeline.calibration.data import token_samples
-from pipeline.calibration.loop import CalibrationLoop
+from pipeline.calibration.loop import CalibrationLoop, is_out_of_memory
 from pipeline.calibration.verify import (
     CheckpointMismatchError,
     HfArchitecture,
@@ -316,6 +316,17 @@ def test_loop_gives_up_at_batch_one_and_passes_other_errors_through():
     )
     with pytest.raises(RuntimeError, match="shape mismatch"):
         loop(None)
+
+
+def test_cpu_and_cuda_allocation_failures_count_as_out_of_memory():
+    import torch
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+    )
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))
 
 
 def test_export_backs_off_on_injected_oom_and_still_exports(tiny_model_dir, offline_mix, tmp_path):

@@ -6,12 +6,14 @@ HF_HUB_OFFLINE are read when a fetch starts, so tests set them per test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -421,3 +423,49 @@ def test_the_tiny_source_generates_the_model_folder(tmp_path):
         "tiny_seed": 0,
         "tiny_train_steps": 2,
     }
+
+
+def test_the_hash_taken_while_downloading_follows_the_blob_through_its_rename(tmp_path):
+    from pipeline.hub.download import _GrowingFileHasher
+
+    blob, content = tmp_path / "blobs" / "etag", os.urandom(3 * 1024 * 1024 + 5)
+    blob.parent.mkdir()
+    landed = []
+    hasher = _GrowingFileHasher(blob, len(content), landed.append)
+    with open(f"{blob}.incomplete", "ab") as f:  # as huggingface_hub writes it: appended, then renamed
+        for start in range(0, len(content), 1 << 20):
+            f.write(content[start : start + (1 << 20)])
+            f.flush()
+    os.replace(f"{blob}.incomplete", blob)
+    hasher.finish()
+    assert hasher.digest_of(blob) == hashlib.sha256(content).hexdigest()
+    assert sum(landed) == hasher.reported == len(content)
+
+
+def test_a_restarted_download_is_not_trusted_to_the_followed_hash(tmp_path):
+    from pipeline.hub.download import _GrowingFileHasher
+
+    blob, content = tmp_path / "etag", os.urandom(200_000)
+    incomplete = Path(f"{blob}.incomplete")
+    incomplete.write_bytes(b"x" * 1000)  # a stale partial from an earlier run
+    hasher = _GrowingFileHasher(blob, len(content), lambda n: None)
+    while hasher.reported < 1000:
+        time.sleep(0.001)
+    with open(incomplete, "r+b") as f:  # the server ignored Range: huggingface_hub starts over
+        f.truncate(0)
+    hasher._thread.join(5)  # it notices the file shrank and stops
+    incomplete.write_bytes(content)
+    os.replace(incomplete, blob)
+    hasher.finish()
+    assert hasher.digest_of(blob) is None
+
+
+def test_a_followed_hash_that_differs_is_checked_again_before_the_file_is_condemned(tmp_path):
+    from pipeline.hub.download import verify
+    from pipeline.hub.listing import HubFile
+
+    path, content = tmp_path / "weights.safetensors", os.urandom(5000)
+    path.write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    assert verify(HubFile(path="w", size=5000, sha256=sha), path, sha256="0" * 64) == sha
+    assert path.is_file()

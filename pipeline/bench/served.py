@@ -44,10 +44,11 @@ def text_prompts(tokenizer: Tokenizer, count: int, input_len: int, vocab_size: i
         keep = len(ids)
         while True:
             text = tokenizer.decode(ids[:keep], skip_special_tokens=True)
-            excess = len(tokenizer.encode(text)) - input_len
-            if excess <= 0 and text:
+            encoded = len(tokenizer.encode(text))
+            if encoded <= input_len and text:
                 break
-            keep -= max(excess, 1)
+            # Shrink in proportion to the overshoot, by one id at least.
+            keep = min(keep - 1, keep * input_len // max(encoded, 1))
             if keep < 1:
                 raise InputError(f"cannot write a prompt of at most {input_len} tokens with this tokenizer")
         prompts.append(text)

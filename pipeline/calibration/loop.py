@@ -104,8 +104,8 @@ class CalibrationLoop:
                         raise
                     del ids, mask
                     self._back_off(start, exc)
-                    start += len(batch)
-                continue
+                    continue
+                start += len(batch)
                 result.tokens += sum(len(s) for s in batch)
                 advance(len(batch))
 

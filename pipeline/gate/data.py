@@ -44,7 +44,7 @@ class GateInputs:
 def prepare_inputs(settings: GateSection, tokenizer: Any, limits: RuntimeLimits) -> GateInputs:
     """Tokenize the configured sets; windows, prompts and choices are cut to fit `limits`."""
     evaluation = load_texts(settings.eval_dataset)
-    prompts = load_texts(settings.prompts)
+    prompts = load_texts(settings.prompts, text_field="prompt")
     sources = {str(evaluation.path): evaluation.sha256, str(prompts.path): prompts.sha256}
     window_len = min(settings.eval_seq_len, limits.max_input_len)
     stream: list[int] = tokenizer("\n\n".join(evaluation.texts), add_special_tokens=False)["input_ids"]

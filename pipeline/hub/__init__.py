@@ -26,7 +26,7 @@ from pipeline.hub.download import (
     free_bytes,
 )
 from pipeline.hub.listing import ListingCache, RepoListing
-from pipeline.hub.selection import SAFETENSORS_INDEX, indexed_shards, select_files
+from pipeline.hub.selection import SAFETENSORS_INDEX, select_model_files
 from pipeline.reporting import Reporter
 
 __all__ = ["FetchedRepo", "VerifiedFile", "fetch_repo"]
@@ -62,16 +62,19 @@ def fetch_repo(
     listing = _listing(settings, ListingCache(hub_dir / "listings"), repo_id, revision)
     log.info("%s@%s is commit %s (%d files)", repo_id, revision, listing.commit, len(listing.files))
     downloader = Downloader(settings, cache_dir, listing, log=log, retry_delays=retry_delays)
-    source = f"{repo_id}@{listing.commit[:12]}"
-    names = [f.path for f in listing.files]
-    selected = select_files(names, patterns=patterns, allow_pickle=allow_pickle, source=source)
     fetched: dict[str, VerifiedFile] = {}
-    if SAFETENSORS_INDEX in selected:  # a few KB; it decides which shards are needed
-        fetched = downloader.fetch([listing.file(SAFETENSORS_INDEX)], on_bytes=lambda n: None)
-        shards = indexed_shards(fetched[SAFETENSORS_INDEX].path.read_text(), source)
-        selected = select_files(
-            names, patterns=patterns, allow_pickle=allow_pickle, source=source, shards=shards
-        )
+
+    def read_index() -> str:  # a few KB, fetched first: it decides which shards are needed
+        fetched.update(downloader.fetch([listing.file(SAFETENSORS_INDEX)], on_bytes=lambda n: None))
+        return fetched[SAFETENSORS_INDEX].path.read_text()
+
+    selected = select_model_files(
+        [f.path for f in listing.files],
+        patterns=patterns,
+        allow_pickle=allow_pickle,
+        source=f"{repo_id}@{listing.commit[:12]}",
+        read_index=read_index,
+    )
     files = [listing.file(name) for name in selected if name not in fetched]
     check_disk_space(cache_dir, bytes_missing(cache_dir, repo_id, files), free)
     with reporter.progress(f"fetch {repo_id}", sum(f.size for f in files), unit="B") as advance:
@@ -89,4 +92,5 @@ def _listing(settings: HubSettings, cache: ListingCache, repo_id: str, revision:
             )
         return listing
     listing = list_repo(settings, repo_id, revision)
+    cache.save(listing)
     return listing

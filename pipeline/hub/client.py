@@ -165,7 +165,9 @@ def translate(
             file=file,
         )
     if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
-        return FetchError(f"{where}{repo_id}@{revision} has no such file (404): rerun to list the repo again")
+        return FetchError(
+            f"{where}{repo_id}@{revision} has no such file (404): rerun to list the repo again", file=file
+        )
     if isinstance(exc, HfHubHTTPError) and _status(exc) in (401, 403):
         if _status(exc) == 401:
             return HubAccessError(
@@ -195,6 +197,10 @@ def translate(
             f"{where}the download kept failing ({type(exc).__name__}): check the network and rerun; "
             "finished files are kept and this one resumes where it stopped",
             file=file,
+        )
+    if isinstance(exc, OSError) and exc.errno is not None:  # a full disk, a read-only or missing cache dir
+        return FetchError(
+            f"{where}cannot write the download cache: {exc.strerror} ({exc.filename})", file=file
         )
     raise exc
 

@@ -2,10 +2,12 @@
 
 huggingface_hub checks sizes, never content, so every file is hashed and
 compared with the hub's metadata: sha256 for LFS files, the git blob id for
-the others. The hash of a large file is taken while huggingface_hub writes it
-(following its `.incomplete` blob), so verifying adds no second pass over the
-data; anything unusual (a restarted download, an unexpected blob name) falls
-back to hashing the finished file. A dropped connection leaves the
+the others. The hash of an LFS file is taken while huggingface_hub writes it
+(following its `.incomplete` blob from the page cache), so verifying overlaps
+the download instead of following it. Anything unusual (a restarted download,
+a blob not named by its sha256, a writer that does not append in order) ends
+in a digest that does not match, and a mismatch is always confirmed by hashing
+the finished file before the file is condemned. A dropped connection leaves the
 `.incomplete` blob in place and the next call resumes it with a Range request:
 that is the retry loop.
 """
@@ -94,7 +96,7 @@ class _GrowingFileHasher:
     def _open(self):
         for candidate in self._candidates:
             try:
-                return open(candidate, "rb")
+                return open(candidate, "rb", buffering=0)
             except FileNotFoundError:
                 continue
         return None
@@ -106,15 +108,16 @@ class _GrowingFileHasher:
                 return
             time.sleep(FOLLOW_POLL_S)
             f = self._open()
+        buffer = memoryview(bytearray(CHUNK))  # reused: no fresh pages to fault in for every read
         with f:
             digest, pos, last_look = hashlib.sha256(), 0, False
             while pos < self._size:
-                chunk = f.read(min(CHUNK, self._size - pos))
-                if chunk:
-                    digest.update(chunk)
-                    pos += len(chunk)
-                    self.reported += len(chunk)
-                    self._on_bytes(len(chunk))
+                n = f.readinto(buffer[: min(CHUNK, self._size - pos)])
+                if n:
+                    digest.update(buffer[:n])
+                    pos += n
+                    self.reported += n
+                    self._on_bytes(n)
                 elif os.fstat(f.fileno()).st_size < pos:
                     return  # truncated: the download started over; the finished file gets hashed instead
                 elif self._done.is_set():
@@ -129,10 +132,11 @@ class _GrowingFileHasher:
 def _digests(path: Path, size: int) -> tuple[str, str]:
     """sha256 and git blob id of a file, in one pass."""
     sha256, blob_id = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha256.update(chunk)
-            blob_id.update(chunk)
+    buffer = memoryview(bytearray(CHUNK))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            sha256.update(buffer[:n])
+            blob_id.update(buffer[:n])
     return sha256.hexdigest(), blob_id.hexdigest()
 
 

@@ -11,7 +11,7 @@ transformers never reads.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
 
 from pipeline.errors import FetchError, PickleRefusedError
@@ -92,3 +92,20 @@ def select_files(
             "or model.allow_patterns leaves it out"
         )
     return selected
+
+
+def select_model_files(
+    names: Iterable[str],
+    *,
+    patterns: Iterable[str],
+    allow_pickle: bool,
+    source: str,
+    read_index: Callable[[], str],
+) -> list[str]:
+    """select_files, then, if a safetensors index is among them, again with the shards it names."""
+    names, patterns = list(names), tuple(patterns)
+    selected = select_files(names, patterns=patterns, allow_pickle=allow_pickle, source=source)
+    if SAFETENSORS_INDEX not in selected:
+        return selected
+    shards = indexed_shards(read_index(), source)
+    return select_files(names, patterns=patterns, allow_pickle=allow_pickle, source=source, shards=shards)

@@ -83,17 +83,7 @@ class BuildRecord(BaseModel):
     plan: ProfilePlan
 
 
-def _early_plan(config: PipelineConfig, task: Task) -> None:
-    """Refuse a profile that cannot fit before anything runs (the executor keys every task first)."""
-    try:
-        arch = find_architecture(config)
-    except InputError:
-        return  # not known before the fetch: run() plans from the fetched config.json
-    plan_profile(config, arch, Precision(task.precision), task.profile)
-
-
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    _early_plan(config, task)
     return {
         "target": config.target.gpu,
         "profile": config.profile(task.profile).model_dump(mode="json"),
@@ -218,27 +208,28 @@ def preflight(
     force: bool = False,
     runner: Runner = subprocess.run,
 ) -> None:
-    """Before any stage runs: refuse a GPU build this host cannot do (no TensorRT-LLM 1.2.1, no GPU of
-    the target's SM, too little RAM or disk), so a run fails in seconds, not after calibration."""
+    """Before any stage runs: refuse a profile that cannot fit, and a GPU build this host cannot do
+    (no TensorRT-LLM 1.2.1, no GPU of the target's SM, too little RAM or disk), so a run fails in
+    seconds rather than after calibration. run() checks both again with the fetched config.json."""
     from pipeline.executor import fingerprints, key_of
 
-    target = TARGETS[config.target.gpu]
     builds = [t for t in tasks if t.stage == NAME]
-    if not target.is_gpu or not builds:
+    if not builds:
+        return
+    try:
+        arch = find_architecture(config, fetched_model_dir(config, store))
+    except InputError:
+        arch = None  # not known before the fetch
+    plans = [plan_profile(config, arch, Precision(t.precision), t.profile) for t in builds] if arch else []
+    target = TARGETS[config.target.gpu]
+    if not target.is_gpu:
         return
     prints = fingerprints(config, tasks)
     if not force and all(store.get(t.stage, t.variant, key_of(prints[t])) is not None for t in builds):
         return  # every engine is built already: this host need not be able to build
-    log_path = store.work_dir / "logs" / NAME / "preflight.log"
-    env = probe_environment(log_path, runner=runner)
-    try:
-        arch = find_architecture(config, fetched_model_dir(config, store))
-    except InputError:
-        arch = None  # unknown before the fetch: RAM and disk are checked again when the build runs
-    needs = (0, 0)
-    if arch is not None:
-        plans = [plan_profile(config, arch, Precision(t.precision), t.profile) for t in builds]
-        needs = build_needs(max(plans, key=lambda p: p.weight_bytes))
+    env = probe_environment(store.work_dir / "logs" / NAME / "preflight.log", runner=runner)
+    needs = build_needs(max(plans, key=lambda p: p.weight_bytes)) if plans else (0, 0)
+    store.work_dir.mkdir(parents=True, exist_ok=True)
     _check_host(env, target, needs, store.work_dir, options)
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import ModelSection, PipelineConfig
 from pipeline.errors import FetchError, InputError
-from pipeline.hub.selection import SAFETENSORS_INDEX, indexed_shards, matches, select_files
+from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
@@ -91,7 +91,8 @@ def run(ctx: StageContext) -> StageOutcome:
     for f in record.files:
         ctx.known_sha256[f"{MODEL_DIR}/{f.path}"] = f.sha256
     size = sum(f.size for f in record.files)
-    return StageOutcome(summary=f"{label}: {len(record.files)} files, {size / 1e9:.2f} GB", record=record)
+    amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    return StageOutcome(summary=f"{label}: {len(record.files)} files, {amount}", record=record)
 
 
 def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
@@ -147,20 +148,13 @@ def _copy_local(ctx: StageContext, out: Path) -> FetchRecord:
         raise InputError(
             "model.local_path is not a folder", path=root, hint="point it at a Hugging Face model folder"
         )
-    names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    source = str(root)
-    selected = select_files(
-        names, patterns=model.allow_patterns, allow_pickle=model.allow_pickle, source=source
+    selected = select_model_files(
+        [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()],
+        patterns=model.allow_patterns,
+        allow_pickle=model.allow_pickle,
+        source=str(root),
+        read_index=(root / SAFETENSORS_INDEX).read_text,
     )
-    if SAFETENSORS_INDEX in selected:
-        shards = indexed_shards((root / SAFETENSORS_INDEX).read_text(), source)
-        selected = select_files(
-            names,
-            patterns=model.allow_patterns,
-            allow_pickle=model.allow_pickle,
-            source=source,
-            shards=shards,
-        )
     total = sum((root / n).stat().st_size for n in selected)
     with ctx.reporter.progress(f"copy {root.name}", total, unit="B") as advance:
         files = tuple(_copy_hashing(root / name, out / name, name, advance) for name in selected)

@@ -1,22 +1,63 @@
-"""The gate stage. Not implemented yet: see the open issue for it."""
+"""The gate stage: the built candidate against the unquantized Hugging Face model.
+
+Inputs: fetch (model/: the reference and its tokenizer) and build (engine/: the
+candidate, run through pipeline.runners on either target). Writes gate.json,
+gate.md and junit.xml; the outcome's ok is the verdict, so the executor keeps a
+failed gate's artifact but blocks publish behind it, and the CLI exits 1.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import NotImplementedStageError
+from pipeline.config import PipelineConfig, Precision
+from pipeline.hashing import sha256_file
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
 NAME = "gate"
 VERSION = 1
 TOOLS = ("torch", "transformers", "tensorrt-llm")
+MODEL_DIR = "model"
+ENGINE_DIR = "engine"
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    return {"gate": config.gate.model_dump(mode="json")}
+    gate = config.gate
+    files = {"eval_dataset": gate.eval_dataset, "prompts": gate.prompts, "multiple_choice": gate.multiple_choice}
+    return {
+        "gate": gate.model_dump(mode="json", exclude={"thresholds", *files}),
+        # Only this precision's thresholds: tuning another precision's must not rerun this gate.
+        "thresholds": gate.thresholds[Precision(task.precision)].model_dump(mode="json"),
+        # The sets' contents, not where the checkout lies, decide the result.
+        "data_sha256": {
+            field: sha256_file(path) if path is not None and path.is_file() else None for field, path in files.items()
+        },
+    }
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    raise NotImplementedStageError(NAME)
+    from transformers import AutoTokenizer
+
+    from pipeline.gate import HuggingFaceModel, run_gate, write_reports
+    from pipeline.runners import limits_of, load_runner
+    from pipeline.trtllm.engine import read_engine_config
+
+    model_dir = ctx.inputs["fetch"].path / MODEL_DIR
+    engine_dir = ctx.inputs["build"].path / ENGINE_DIR
+    limits = limits_of(read_engine_config(engine_dir), engine_dir)
+    record = run_gate(
+        reference=lambda: HuggingFaceModel.load(model_dir),
+        candidate=lambda: load_runner(engine_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+        settings=ctx.config.gate,
+        thresholds=ctx.config.gate.thresholds[ctx.precision],
+        limits=limits,
+        precision=ctx.precision.value,
+        profile=ctx.profile.name,
+        reporter=ctx.reporter,
+    )
+    write_reports(ctx.out_dir, record)
+    for check in record.checks:
+        ctx.log.info("%s = %.6g (%s): %s", check.name, check.value, check.rule, "pass" if check.passed else "FAIL")
+    return StageOutcome(summary=record.summary, record=record, ok=record.verdict)
