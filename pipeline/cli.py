@@ -39,6 +39,9 @@ ProfileOpt = Annotated[list[str] | None, typer.Option("--profile", help="Only th
 ArchOpt = Annotated[
     bool, typer.Option("--allow-arch-mismatch", help="Build even if the visible GPU is not the target's SM.")
 ]
+VisualizeOpt = Annotated[
+    bool, typer.Option("--visualize", help="Also export each engine's network as ONNX (build.visualize).")
+]
 
 DEFAULT_WORK_DIR = Path("work")
 
@@ -65,6 +68,7 @@ def _run_stages(
     precisions: list[str] | None,
     profiles: list[str] | None,
     allow_arch_mismatch: bool = False,
+    visualize: bool = False,
 ) -> None:
     from pipeline.config import load_config
     from pipeline.console import RichReporter, results_table
@@ -78,6 +82,8 @@ def _run_stages(
 
     _State.debug = debug
     config = load_config(config_path)
+    if visualize:
+        config = config.model_copy(update={"build": config.build.model_copy(update={"visualize": True})})
     tasks = select_tasks(
         plan_tasks(config), stages, precisions=set(precisions or ()), profiles=set(profiles or ())
     )
@@ -144,6 +150,7 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
         precision: PrecisionOpt = None,
         profile: ProfileOpt = None,
         allow_arch_mismatch: ArchOpt = False,
+        visualize: VisualizeOpt = False,
     ) -> None:
         _run_stages(
             stage_names,
@@ -156,6 +163,7 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
             precisions=precision,
             profiles=profile,
             allow_arch_mismatch=allow_arch_mismatch,
+            visualize=visualize,
         )
 
     command.__doc__ = help_text

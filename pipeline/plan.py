@@ -26,13 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.calibration.verify import HfArchitecture
 from pipeline.config import PipelineConfig, Precision, Profile
 from pipeline.errors import ConfigError, InputError
 from pipeline.targets import TARGETS, Target
+
+if TYPE_CHECKING:
+    from pipeline.calibration.verify import HfArchitecture
 
 GIB = 1024**3
 KV_FREE_FRACTION = 0.9  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction's default
@@ -126,6 +129,8 @@ KNOWN_ARCHITECTURES: dict[str, ModelArch] = {
 
 def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = None) -> ModelArch:
     """The model's architecture: the fetched config.json, a local one, the tiny spec, or the built-in table."""
+    from pipeline.calibration.verify import HfArchitecture
+
     model = config.model
     for folder in (fetched_model_dir, model.local_path if model.source == "local" else None):
         if folder is not None and (folder / "config.json").is_file():

@@ -220,15 +220,24 @@ def test_run_batch_refuses_a_runner_that_does_not_stream():
 # ---------------------------------------------------------------- memory
 
 
-def test_rss_probe_sees_memory_touched_inside_its_span():
+def _current_rss() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
+
+
+def test_rss_probe_sees_only_its_own_span():
+    spike = b"\x01" * (256 << 20)  # raises the process's lifetime peak, then is freed
+    del spike
+    lifetime_peak = ProcessRssProbe().stop().peak_bytes
     probe = ProcessRssProbe()
     probe.start()
-    baseline = ProcessRssProbe().stop().peak_bytes  # current high-water mark right after the reset
+    resident = _current_rss()
     block = b"\x01" * (64 << 20)  # written, so resident
     reading = probe.stop()
     del block
     assert reading.measure == "process_peak_rss"
-    assert reading.peak_bytes - baseline >= 60 << 20
+    assert reading.peak_bytes - resident >= 60 << 20
+    assert reading.peak_bytes < lifetime_peak  # the earlier spike is not this span's peak
     assert "since process start" not in reading.note
 
 
@@ -243,6 +252,20 @@ def test_rss_probe_says_when_it_could_not_reset(tmp_path):
     reading = probe.stop()
     assert reading.peak_bytes == 2048 * 1024
     assert "since process start" in reading.note
+
+
+def test_gpu_probe_without_a_gpu_is_a_missing_dependency():
+    pytest.importorskip("pynvml")
+    from pipeline.bench.memory import probe_for
+    from pipeline.errors import MissingDependencyError
+
+    try:
+        probe = probe_for(target_is_gpu=True)
+    except MissingDependencyError as exc:
+        assert "NVIDIA GPU and driver" in exc.message
+    else:  # a GPU host: the probe reads the device
+        probe.start()
+        assert probe.stop().peak_bytes > 0
 
 
 # ---------------------------------------------------------------- comparison and report
@@ -324,18 +347,9 @@ def test_ratios_are_taken_only_against_comparable_figures():
         decode_tokens_per_s=100.0, throughput=[], memory=rss, plan=plan, published=applies, precision="fp16"
     )
     assert r.peak_memory_vs_estimate is None and r.decode_vs_published is None
-    r = ratios(
-        decode_tokens_per_s=100.0,
-        throughput=[point],
-        memory=rss,
-        plan=None,
-        published=applies,
-        precision="int8_wo",
-    )
-    assert r.decode_vs_ceiling is None and r.throughput_vs_ceiling == ()
 
 
-def _variant(precision: str, profile: str, plan: PlanFigures | None) -> VariantResult:
+def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
     clock = FakeClock()
     limits = RuntimeLimits(max_batch_size=4, max_input_len=32, max_seq_len=48)
     timings = measure_engine(
@@ -378,7 +392,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
         runtime="cpu-reference (PyTorch)",
         host={"cpu": "test"},
         settings=BenchSettings(),
-        variants=(_variant("int8_sq", "throughput", plan), _variant("int8_wo", "latency", None)),
+        variants=(_variant("int8_sq", "throughput", plan), _variant("int8_wo", "latency", _plan(1e6))),
         published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference"),
     )
     paths = write_bench_report(report, tmp_path / "out")
@@ -391,9 +405,11 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert f"| 800.0 | {sq.latency.decode_tokens_per_s / 800:.2f}x |" in md  # beside the ceiling
     four = {r.batch_size: r for r in sq.ratios.throughput_vs_ceiling}[4]
     assert f"| {four.ceiling_tokens_per_s:.1f} | {four.measured_vs_ceiling:.2f}x |" in md
+    wo = report.variants[1]
+    assert f"| 1000000.0 | {wo.ratios.decode_vs_ceiling:.1e}x |" in md  # far below a ceiling: still a figure
     wo_rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
     assert len(wo_rows) == 1 + 3 + 1  # latency, a throughput row per batch size (1, 2, 4), memory
-    assert all(row.endswith("| n/a | n/a |") for row in wo_rows)  # no plan: no ratio
+    assert "| int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a |" in md  # RSS: no ratio
     assert "applies only to Mistral 7B INT8 on a100-40gb" in md
     assert "- int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
     from matplotlib.image import imread
@@ -658,3 +674,18 @@ def test_served_prompts_fit_the_input_limit_after_a_round_trip():
     assert len(prompts) == 5
     assert all(0 < len(WordTokenizer().encode(p)) <= 20 for p in prompts)
     assert min(len(p) for p in prompts) >= 10  # shortened to fit, not emptied
+
+
+def test_server_error_events_and_an_unreachable_server_are_stage_errors():
+    from pipeline.bench.served import stream_events, stream_requests
+
+    lines = [b"", b'data: {"text_output": "a"}', b"", b'data: {"error": "input too long"}']
+    events = stream_events(lines)
+    assert next(events) == {"text_output": "a"}
+    with pytest.raises(StageError, match="the server answered with an error: input too long"):
+        next(events)
+    with pytest.raises(StageError, match="generate_stream: ConnectionError") as info:
+        stream_requests(
+            "http://127.0.0.1:9", ["hi"], output_len=2, concurrency=1, clock=FakeClock(), timeout_s=5
+        )
+    assert "is the server up" in info.value.hint

@@ -164,3 +164,194 @@ def test_gate_fails_a_corrupted_int8_wo_checkpoint(tmp_path: Path, tmp_path_fact
     good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
     record = gate(_corrupt(good, tmp_path / "bad", **CORRUPTIONS[corruption]), "int8_wo")
     assert not record.verdict
+
+
+# --- the measures, the verdict and the reports (pure) ------------------------------------------------
+
+
+def test_perplexity_and_top1_from_logits():
+    ids = torch.tensor([[0, 1, 2]])
+    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [1.0, 0.0, 0.0]]]) + 1e-30)
+    stats = window_stats(logits, ids)
+    assert stats.tokens == 2
+    assert stats.perplexity == pytest.approx((1 / (0.5 * 0.5)) ** 0.5)  # exp(mean NLL) of p=0.5, p=0.5
+    assert stats.top1.tolist() == [[0, 2]]
+    assert perplexity_increase_pct(5.253, 5.277) == pytest.approx(0.457, abs=1e-3)  # SmoothQuant on Mistral-7B
+    assert top1_agreement(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == 0.75
+
+
+def test_greedy_match_weighs_where_continuations_diverge():
+    assert greedy_match([[1, 2, 3, 4]], [[1, 2, 3, 4]]) == 1.0
+    assert greedy_match([[1, 2, 3, 4]], [[1, 2, 9, 9]]) == 0.5
+    assert greedy_match([[1, 2, 3, 4]], [[9, 2, 3, 4]]) == 0.0
+    assert greedy_match([[1, 2]], [[1, 2, 3, 4]]) == 0.5  # stopping early is a divergence too
+    assert greedy_match([[], [5]], [[], [5]]) == 1.0
+
+
+def _record(**changes) -> GateRecord:
+    checks = [
+        GateCheck(name="perplexity_increase_pct", value=0.4, threshold=3.0, direction="max", passed=True),
+        GateCheck(name="top1_agreement", value=0.85, threshold=0.9, direction="min", passed=False),
+    ]
+    fields = dict(
+        verdict=False, precision="int8_sq", profile="latency", checks=checks, reference_perplexity=5.253,
+        candidate_perplexity=5.274, exact_greedy_matches=3, reference_choice_accuracy=None,
+        candidate_choice_accuracy=None, windows=8, window_len=64, prompts=8, max_new_tokens=12, choice_items=0,
+        data={"eval.jsonl": "ab" * 32}, reference_s=1.0, candidate_s=2.0,
+    )
+    return GateRecord(**{**fields, **changes})
+
+
+def test_reports_name_each_failed_check(tmp_path: Path):
+    record = _record()
+    write_reports(tmp_path, record)
+    assert GateRecord.model_validate_json((tmp_path / "gate.json").read_text()) == record
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["top1_agreement"]
+    markdown = (tmp_path / "gate.md").read_text()
+    assert "FAILED" in markdown.splitlines()[0]
+    assert "| top1_agreement | 0.8500 | >= 0.9 | **FAIL** |" in markdown
+    assert record.summary == "FAILED top1_agreement 0.85 (needs >= 0.9)"
+
+
+def test_checks_compare_each_measure_in_its_direction():
+    from pipeline.config import GateThresholds
+    from pipeline.gate.evaluate import Measures
+    from pipeline.gate.verdict import checks_for
+
+    thresholds = GateThresholds(
+        max_perplexity_increase_pct=3.0, min_top1_agreement=0.9, min_greedy_match=0.5, min_multiple_choice_accuracy=0.6
+    )
+    measures = Measures(
+        reference_perplexity=5.0, candidate_perplexity=5.15, perplexity_increase_pct=3.0, top1_agreement=0.89,
+        greedy_match=0.5, exact_greedy_matches=1, reference_choice_accuracy=0.8, candidate_choice_accuracy=0.59,
+    )
+    checks = {c.name: c.passed for c in checks_for(measures, thresholds)}
+    assert checks == {
+        "perplexity_increase_pct": True,  # at the limit passes
+        "top1_agreement": False,
+        "greedy_match": True,
+        "multiple_choice_accuracy": False,
+    }
+    no_choices = measures.__class__(**{**measures.__dict__, "candidate_choice_accuracy": None})
+    assert "multiple_choice_accuracy" not in {c.name for c in checks_for(no_choices, thresholds)}
+
+
+def test_multiple_choice_accuracy_is_measured_and_judged(tmp_path: Path, tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings):
+    from pipeline.config import GateThresholds
+
+    items = [
+        {"context": "The engineer measured the bridge", "choices": ["with great care.", "Der Zug fährt"], "answer": 0},
+        {"context": "def add(a, b):\n    return", "choices": ["a + b", "the winter harvest"], "answer": 0},
+        {"context": "Le chat dort sur la", "choices": ["chaise pendant que la pluie tombe.", "print(i * i)"], "answer": 0},
+    ]
+    path = tmp_path / "choices.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    thresholds = _default_thresholds()[Precision.int8_wo].model_copy(update={"min_multiple_choice_accuracy": 0.99})
+    record = run_gate(
+        reference=lambda: reference,
+        candidate=lambda: ReferenceModel.load(tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo"), limits=LIMITS),
+        tokenizer=tokenizer,
+        settings=gate_settings.model_copy(update={"multiple_choice": path}),
+        thresholds=thresholds,
+        limits=LIMITS,
+        precision="int8_wo",
+        profile="test",
+        reporter=RecordingReporter(),
+    )
+    assert record.choice_items == 3
+    assert record.reference_choice_accuracy == 1.0
+    check = next(c for c in record.checks if c.name == "multiple_choice_accuracy")
+    assert check.value == record.candidate_choice_accuracy and check.passed == (check.value >= 0.99)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"context": "a", "choices": ["b"], "answer": 0}', "at least two choices"),
+        ('{"context": "a", "choices": ["b", "c"], "answer": 2}', "answer must index"),
+        ('{"question": "a"}', "line 1: not a {context, choices, answer} record"),
+    ],
+)
+def test_bad_multiple_choice_records_are_refused_with_their_line(tmp_path: Path, tokenizer, gate_settings, line, message):
+    from pipeline.errors import InputError
+    from pipeline.gate.data import prepare_inputs
+
+    path = tmp_path / "choices.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=message):
+        prepare_inputs(gate_settings.model_copy(update={"multiple_choice": path}), tokenizer, LIMITS)
+
+
+def test_windows_and_prompts_fit_the_engine_limits(tokenizer, gate_settings):
+    from pipeline.gate.data import prepare_inputs
+
+    small = RuntimeLimits(max_batch_size=2, max_input_len=16, max_seq_len=20)
+    inputs = prepare_inputs(gate_settings, tokenizer, small)
+    assert {len(w) for w in inputs.windows} == {16}  # eval_seq_len 64 cut to max_input_len
+    assert max(len(p) for p in inputs.prompts) <= 16
+    assert inputs.max_new_tokens == 20 - max(len(p) for p in inputs.prompts)
+
+
+# --- the stage, through the CLI: fetch (local) -> calibrate -> build (cpu-reference) -> gate ------------
+
+
+def _pipeline_config(path: Path, model_dir: Path, prompts: Path, thresholds: str = "") -> Path:
+    path.write_text(
+        f"""
+[model]
+name = "tiny"
+source = "local"
+local_path = "{model_dir}"
+
+[target]
+gpu = "cpu-reference"
+
+[quantization]
+precisions = ["int8_sq"]
+
+[calibration]
+dataset = "{REPO / "calib_data" / "offline-mix.jsonl"}"
+samples = 16
+seq_len = 64
+
+[[profiles]]
+name = "small"
+max_batch_size = 8
+max_input_len = 64
+max_seq_len = 96
+
+[gate]
+eval_dataset = "{REPO / "calib_data" / "offline-eval.jsonl"}"
+eval_samples = 4
+eval_seq_len = 64
+prompts = "{prompts}"
+max_new_tokens = 8
+{thresholds}
+"""
+    )
+    return path
+
+
+def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(tmp_path: Path, tiny_model_dir, gate_settings):
+    from pipeline.cli import main
+    from pipeline.manifest import Manifest
+
+    work = tmp_path / "work"
+    passing = _pipeline_config(tmp_path / "pass.toml", tiny_model_dir, gate_settings.prompts)
+    assert main(["gate", "--config", str(passing), "--work-dir", str(work)]) == 0
+    (artifact,) = (work / "store" / "gate" / "int8_sq" / "small").glob("*/manifest.json")
+    manifest = Manifest.model_validate_json(artifact.read_text())
+    assert manifest.ok and manifest.record["verdict"] is True
+    assert {"gate.json", "gate.md", "junit.xml"} <= {f.path for f in manifest.files}
+
+    # Thresholds no int8 model can meet: the stage runs, records the failure, and the CLI exits 1.
+    strict = "[gate.thresholds.int8_sq]\nmax_perplexity_increase_pct = 0.0\nmin_top1_agreement = 1.0\nmin_greedy_match = 1.0"
+    failing = _pipeline_config(tmp_path / "fail.toml", tiny_model_dir, gate_settings.prompts, strict)
+    assert main(["gate", "--config", str(failing), "--work-dir", str(work)]) == 1
+    manifests = [Manifest.model_validate_json(p.read_text()) for p in (work / "store" / "gate").rglob("manifest.json")]
+    rejected = [m for m in manifests if not m.ok]
+    assert len(rejected) == 1 and rejected[0].record["verdict"] is False
+    assert "FAILED" in rejected[0].summary

@@ -383,3 +383,15 @@ def test_release_manifest_files_match_what_is_released(tmp_path):
     assert (first.version, first.created) == (1, True)
     assert json.loads((first.path / RELEASE_MANIFEST).read_text()) == {}
     assert (first.path / "a" / "x.txt").read_text() == "x"
+
+
+def test_a_copy_to_the_destination_that_fails_verification_leaves_nothing_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(placement.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+    real_sha256 = placement.sha256_file
+    monkeypatch.setattr(
+        placement, "sha256_file", lambda p: "f" * 64 if "published" in str(p) else real_sha256(p)
+    )
+    config = config_with(tmp_path)
+    report = run_publish(config, tmp_path / "work", Upstream())
+    assert isinstance(report.error, InputError) and "expected" in report.error.message
+    assert not config.publish.destination.exists()

@@ -93,8 +93,14 @@ class NvmlDeviceProbe:
         self._thread: threading.Thread | None = None
         self._peak = 0
         self._baseline = 0
-        pynvml.nvmlInit()
-        self._handle = _visible_device_handle(pynvml)
+        try:
+            pynvml.nvmlInit()
+            self._handle = _visible_device_handle(pynvml)
+        except pynvml.NVMLError as exc:
+            raise MissingDependencyError(
+                f"GPU memory measurement needs a visible NVIDIA GPU and driver (NVML: {exc})",
+                hint=f"run on the GPU host, inside {CONTAINER} started with --gpus",
+            ) from None
 
     def _used(self) -> int:
         return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)

@@ -72,17 +72,17 @@ def ratios(
     decode_tokens_per_s: float,
     throughput: Sequence[ThroughputPoint],
     memory: MemoryReading | None,
-    plan: PlanFigures | None,
+    plan: PlanFigures,
     published: PublishedEstimate,
     precision: str,
 ) -> Ratios:
     # Process RSS on the CPU target holds the interpreter and torch: no ratio against a GPU estimate.
     memory_comparable = memory is not None and memory.measure == "gpu_device_used"
     return Ratios(
-        decode_vs_ceiling=(decode_tokens_per_s / plan.decode_ceiling_tokens_per_s if plan else None),
-        throughput_vs_ceiling=tuple(_batch_ratio(plan, p) for p in throughput) if plan else (),
+        decode_vs_ceiling=decode_tokens_per_s / plan.decode_ceiling_tokens_per_s,
+        throughput_vs_ceiling=tuple(_batch_ratio(plan, p) for p in throughput),
         peak_memory_vs_estimate=(
-            memory.peak_bytes / plan.memory_estimate_bytes if plan and memory_comparable else None
+            memory.peak_bytes / plan.memory_estimate_bytes if memory_comparable else None
         ),
         decode_vs_published=(
             decode_tokens_per_s / published.decode_tokens_per_s

@@ -68,10 +68,9 @@ def render_markdown(report: BenchReport) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for v in report.variants:
-        ceiling = f"{v.plan.decode_ceiling_tokens_per_s:.1f}" if v.plan else "n/a"
         lines.append(
             f"| {variant_label(v)} | {_pct(v.latency.ttft)} | {_pct(v.latency.itl)} "
-            f"| {v.latency.decode_tokens_per_s:.1f} | {ceiling} | {ratio_text(v.ratios.decode_vs_ceiling)} |"
+            f"| {v.latency.decode_tokens_per_s:.1f} | {v.plan.decode_ceiling_tokens_per_s:.1f} | {ratio_text(v.ratios.decode_vs_ceiling)} |"
         )
     lines += [
         "",
@@ -119,17 +118,16 @@ def render_markdown(report: BenchReport) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for v in report.variants:
-        estimate = _gib(v.plan.memory_estimate_bytes) if v.plan else "n/a"
         measure, peak = (
             (v.memory.measure, _gib(v.memory.peak_bytes)) if v.memory else ("not observable", "n/a")
         )
         lines.append(
-            f"| {variant_label(v)} | {measure} | {peak} | {estimate} | {ratio_text(v.ratios.peak_memory_vs_estimate)} |"
+            f"| {variant_label(v)} | {measure} | {peak} | {_gib(v.plan.memory_estimate_bytes)} | {ratio_text(v.ratios.peak_memory_vs_estimate)} |"
         )
     notes = sorted({v.memory.note for v in report.variants if v.memory and v.memory.note})
     if any(v.memory is None for v in report.variants):
         notes.append("not observable: the engine ran in a CPU server process this client cannot measure")
-    notes += sorted({v.plan.basis for v in report.variants if v.plan})
+    notes += sorted({v.plan.basis for v in report.variants})
     lines += [""] + [f"- {n}" for n in notes]
     lines += [
         "",
@@ -183,7 +181,7 @@ def _save(plt, fig, path: Path) -> None:
 
 
 def plot_throughput(report: BenchReport, path: Path) -> None:
-    """Output tokens/s against batch size per engine; served points (by client count) dashed."""
+    """Output tokens/s against batch size per engine, the plan's ceilings dotted; served points dashed."""
     plt, fig, (ax,) = _figure(7, 4.5)
     for v in report.variants:
         color = None
@@ -205,14 +203,20 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
                 label=f"{variant_label(v)} served (x = clients)",
             )
             color = line.get_color()
-        if v.plan is not None:
-            ax.scatter([1], [v.plan.decode_ceiling_tokens_per_s], marker="x", color=color, zorder=3)
+        ax.scatter([1], [v.plan.decode_ceiling_tokens_per_s], marker="x", color=color, zorder=3)
+        if v.ratios.throughput_vs_ceiling:
+            ax.plot(
+                [r.batch_size for r in v.ratios.throughput_vs_ceiling],
+                [r.ceiling_tokens_per_s for r in v.ratios.throughput_vs_ceiling],
+                linestyle=":",
+                color=color,
+            )
     ax.set_xscale("log", base=2)
     if _spans_decades(report):
         ax.set_yscale("log")  # a ceiling far above the measurements would flatten them on a linear axis
     ax.set_xlabel("batch size (served: concurrent clients)")
     ax.set_ylabel("output tokens/s")
-    ax.set_title(f"{report.model} on {report.target}: throughput (x = plan's batch-1 ceiling)")
+    ax.set_title(f"{report.model} on {report.target}: throughput (dotted, x: the plan's bandwidth ceilings)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     _save(plt, fig, path)
@@ -220,7 +224,7 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
 
 def _spans_decades(report: BenchReport) -> bool:
     values = [p.output_tokens_per_s for v in report.variants for p in (*v.throughput, *v.served)]
-    values += [v.plan.decode_ceiling_tokens_per_s for v in report.variants if v.plan]
+    values += [v.plan.decode_ceiling_tokens_per_s for v in report.variants]
     return min(values) > 0 and max(values) / min(values) > 100
 
 

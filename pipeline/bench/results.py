@@ -87,8 +87,8 @@ class BatchRatio(Frozen):
 class Ratios(Frozen):
     """Measured / planned: how close the engine comes to the plan's ceilings."""
 
-    decode_vs_ceiling: float | None  # batch-1 decode tokens/s / the bandwidth ceiling
-    throughput_vs_ceiling: tuple[BatchRatio, ...]  # per batch size; empty without a plan
+    decode_vs_ceiling: float  # batch-1 decode tokens/s / the bandwidth ceiling
+    throughput_vs_ceiling: tuple[BatchRatio, ...]  # per batch size measured in process
     peak_memory_vs_estimate: float | None  # None where the measure is not comparable (CPU RSS)
     decode_vs_published: (
         float | None
@@ -105,7 +105,7 @@ class VariantResult(Frozen):
     throughput: tuple[ThroughputPoint, ...]
     served: tuple[ServedPoint, ...] = ()
     memory: MemoryReading | None  # None: not observable from here (a CPU server's process)
-    plan: PlanFigures | None
+    plan: PlanFigures
     ratios: Ratios
 
 

@@ -13,7 +13,6 @@ import gc
 import os
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +38,7 @@ from pipeline.errors import InputError
 from pipeline.executor import StageLookup, TaskState, status, tool_version
 from pipeline.plan import find_architecture
 from pipeline.reporting import Reporter
-from pipeline.runners import Runner, limits_of
+from pipeline.runners import limits_of, load_runner
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.stages import stage_module
 from pipeline.store import ArtifactStore
@@ -122,12 +121,18 @@ def runtime_label(target_is_gpu: bool) -> str:
     return f"cpu-reference (PyTorch {tool_version('torch')} reference runtime)"
 
 
-def host_facts() -> dict[str, str]:
-    return {
+def host_facts(target_is_gpu: bool) -> dict[str, str]:
+    facts = {
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
         "cpus": str(os.cpu_count()),
     }
+    if target_is_gpu:
+        import torch  # the GPU runtime has loaded it already
+
+        if torch.cuda.is_available():
+            facts["gpu"] = torch.cuda.get_device_name(0)
+    return facts
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,6 @@ def measure_in_process(
     target_is_gpu: bool,
     reporter: Reporter,
     clock: Clock,
-    load_runner: Callable[[Path], Runner],
 ) -> Measured:
     """Load the engine in this process and drive it through the workload."""
     runner = load_runner(engine.engine_dir)
@@ -283,27 +287,23 @@ def run_bench(
                 clock=clock,
             )
         else:
-            from pipeline.runners import load_runner  # imports torch
-
             measured = measure_in_process(
                 engine,
                 settings,
                 target_is_gpu=target_is_gpu,
                 reporter=reporter,
                 clock=clock,
-                load_runner=load_runner,
             )
         plan = plan_figures(config, arch, engine.precision, engine.profile)
         variants.append(
             variant_result(engine, measured, limits=facts[engine].limits, plan=plan, published=published)
         )
-    target = TARGETS[config.target.gpu]
     report = BenchReport(
         created_at=datetime.now(timezone.utc),
         model=config.model.name,
         target=config.target.gpu,
-        runtime=runtime_label(target.is_gpu),
-        host=host_facts(),
+        runtime=runtime_label(target_is_gpu),
+        host=host_facts(target_is_gpu),
         settings=settings,
         variants=tuple(variants),
         published=published,

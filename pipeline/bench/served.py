@@ -1,11 +1,12 @@
 """Served mode: a published Triton server measured as its clients see it.
 
 Latency comes from requests sent one at a time; throughput from a stream of
-concurrent requests. Each of `concurrency` client threads sends its next request as soon as its
-previous answer ends, to `/v2/models/ensemble/generate_stream` (server-sent
-events), so the server's in-flight batcher always holds up to `concurrency`
-requests. The TensorRT-LLM backend streams one response per generated token;
-each `data:` event is counted as one token and timed when it arrives.
+concurrent requests: each of `concurrency` client threads sends its next
+request as soon as its previous answer ends, to
+`/v2/models/ensemble/generate_stream` (server-sent events), so the server's
+in-flight batcher always holds up to `concurrency` requests. The TensorRT-LLM
+backend streams one response per generated token; each `data:` event is
+counted as one token and timed when it arrives.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pipeline.bench.results import BenchReport
 
 
 def summary_table(report: BenchReport) -> Table:
-    table = Table(title=f"bench: {report.model} on {report.target} ({report.runtime})", title_justify="left")
+    table = Table(title=f"bench: {report.model} on {report.target}; {report.runtime}", title_justify="left")
     for column in (
         "engine",
         "TTFT p50 ms",

@@ -66,6 +66,7 @@ def publish_release(source: Path, slot: Path, files: list[FileEntry], manifest_n
         if (slot / str(current) / manifest_name).read_bytes() == manifest:
             _point_current(slot, current)
             return Release(current, slot / str(current), created=False)
+    created = [p for p in (slot, *slot.parents) if not p.exists()]  # deepest first
     slot.mkdir(parents=True, exist_ok=True)
     tmp = slot / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
@@ -74,10 +75,20 @@ def publish_release(source: Path, slot: Path, files: list[FileEntry], manifest_n
             place_file(source / entry.path, tmp / entry.path, entry.sha256)
         shutil.copyfile(source / manifest_name, tmp / manifest_name)
         version = _commit(tmp, slot)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)  # a failed first publish leaves no trace at the destination
+        raise
     _point_current(slot, version)
     return Release(version, slot / str(version), created=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _commit(tmp: Path, slot: Path) -> int:

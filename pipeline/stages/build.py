@@ -102,6 +102,10 @@ def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
     if target.is_gpu:
         record = _build_trtllm_engine(ctx, checkpoint, engine_dir, plan, target, runner)
     else:
+        if ctx.config.build.visualize:
+            ctx.reporter.warn(
+                f"{ctx.task.id}: build.visualize: cpu-reference has no TensorRT network to export"
+            )
         record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
     record.engine_link = str(_link_engine(ctx))
     summary = (
@@ -195,6 +199,8 @@ def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | No
     from pipeline.executor import fingerprints, key_of
 
     fetch = Task("fetch")
+    if not store.slot(fetch.stage, fetch.variant).is_dir():
+        return None  # nothing fetched yet: no need to key the fetch task (and import its module)
     artifact = store.get(fetch.stage, fetch.variant, key_of(fingerprints(config, [fetch])[fetch]))
     return artifact.path / "model" if artifact is not None else None
 

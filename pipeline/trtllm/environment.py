@@ -75,8 +75,8 @@ class BuildEnvironment(BaseModel):
 
 def _missing(what: str) -> MissingDependencyError:
     return MissingDependencyError(
-        f"{what}; GPU builds need TensorRT-LLM {REQUIRED_VERSION} on a GPU host",
-        hint=f"run inside {CONTAINER} (see docker/Dockerfile), or use target.gpu = 'cpu-reference'",
+        f"{what}: GPU builds run inside {CONTAINER} (TensorRT-LLM {REQUIRED_VERSION}) on a GPU host",
+        hint="build that image with docker/Dockerfile, or set target.gpu = 'cpu-reference' to build for the CPU",
     )
 
 

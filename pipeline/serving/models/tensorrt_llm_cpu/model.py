@@ -28,6 +28,7 @@ UNSUPPORTED_UNLESS = {
     "min_length": None,
     "return_log_probs": False,
     "encoder_input_features": None,
+    "stop": False,  # cancelling a running request
 }
 
 
