@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "calib_data" / "offline-mix.jsonl"
-SAMPLES, SEQ_LEN, BATCH = 64, 256, 8
+SAMPLES, SEQ_LEN, BATCH = 32, 128, 8
 GOAL = 1.1
 
 

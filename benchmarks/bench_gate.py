@@ -19,8 +19,13 @@ from pipeline.config import load_config
 from pipeline.runtime.limits import RuntimeLimits
 
 # hidden 1024, 13 layers, GQA 16/8 heads, FFN 2816, vocab of the tiny tokenizer: ~151M parameters.
-MEDIUM = {"hidden_size": 1024, "num_hidden_layers": 13, "num_attention_heads": 16, "num_key_value_heads": 8,
-          "intermediate_size": 2816}
+MEDIUM = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 13,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "intermediate_size": 2816,
+}
 PROMPT_LEN, NEW_TOKENS = 32, 64
 
 
@@ -87,9 +92,11 @@ def main() -> None:
     config = load_config(None)
     throughput = config.profile("throughput")
     limits = RuntimeLimits(throughput.max_batch_size, throughput.max_input_len, throughput.max_seq_len)
-    print(f"torch threads: {torch.get_num_threads()}; gate settings of the embedded default "
-          f"({config.gate.eval_samples} windows, {len(Path(config.gate.prompts).read_text().splitlines())} prompts "
-          f"x {config.gate.max_new_tokens} tokens), profile 'throughput' {limits}")
+    print(
+        f"torch threads: {torch.get_num_threads()}; gate settings of the embedded default "
+        f"({config.gate.eval_samples} windows, {len(Path(config.gate.prompts).read_text().splitlines())} prompts "
+        f"x {config.gate.max_new_tokens} tokens), profile 'throughput' {limits}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -102,17 +109,27 @@ def main() -> None:
             params = sum(p.numel() for p in _load_hf(model_dir).parameters())
             checkpoint = root / f"{name}-int8_sq"
             t0 = time.perf_counter()
-            export_checkpoint(model_dir, "int8_sq", config.calibration, checkpoint,
-                              reporter=RecordingReporter(), log=logging.getLogger("bench_gate"))
+            export_checkpoint(
+                model_dir,
+                "int8_sq",
+                config.calibration,
+                checkpoint,
+                reporter=RecordingReporter(),
+                log=logging.getLogger("bench_gate"),
+            )
             export_s = time.perf_counter() - t0
             seconds, record = _gate_seconds(model_dir, checkpoint, limits)
             layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
-            print(f"{name} model ({params / 1e6:.1f}M parameters, {layers} layers): int8_sq export {export_s:.1f}s; "
-                  f"gate {seconds:.1f}s wall (reference {record.reference_s:.1f}s, candidate {record.candidate_s:.1f}s), "
-                  f"verdict {'pass' if record.verdict else 'FAIL'}")
+            print(
+                f"{name} model ({params / 1e6:.1f}M parameters, {layers} layers): int8_sq export {export_s:.1f}s; "
+                f"gate {seconds:.1f}s wall (reference {record.reference_s:.1f}s, candidate {record.candidate_s:.1f}s), "
+                f"verdict {'pass' if record.verdict else 'FAIL'}"
+            )
             for batch in (1, 8):
-                print(f"  reference runtime int8_sq, batch {batch}: {_tokens_per_second(checkpoint, batch):.0f} tokens/s "
-                      f"({PROMPT_LEN}-token prompts, {NEW_TOKENS} new tokens, greedy, KV cache)")
+                print(
+                    f"  reference runtime int8_sq, batch {batch}: {_tokens_per_second(checkpoint, batch):.0f} tokens/s "
+                    f"({PROMPT_LEN}-token prompts, {NEW_TOKENS} new tokens, greedy, KV cache)"
+                )
 
 
 def _load_hf(model_dir: Path):

@@ -357,7 +357,7 @@ def calib_data_fetch_command(
     samples: Annotated[int | None, typer.Option("--samples", min=1, help="Rows to freeze [512].")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed [1234].")] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit [main].")] = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub URL (default: HF_ENDPOINT).")] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub URL [HF_ENDPOINT].")] = None,
     out: CalibDirOpt = Path("calib_data"),
     debug: DebugOpt = False,
 ) -> None:
@@ -367,10 +367,8 @@ def calib_data_fetch_command(
     from pipeline.datasets.jsonl import read_manifest
 
     _State.debug = debug
-    given = dict(
-        repo_id=repo, config_name=config_name, split=split, text_field=field, samples=samples, seed=seed,
-        revision=revision,
-    )
+    given = {"repo_id": repo, "config_name": config_name, "split": split, "text_field": field}
+    given |= {"samples": samples, "seed": seed, "revision": revision}
     spec = HubDatasetSpec(**{k: v for k, v in given.items() if v is not None})
     console = _console()
     path = fetch_hub_dataset(spec, out, reporter=RichReporter(console), endpoint=endpoint)

@@ -66,7 +66,7 @@ def test_user_jsonl_without_manifest_loads_with_limit(tmp_path):
     )
     loaded = load_texts(path, limit=3)
     assert loaded.texts == ["sample 0", "sample 1", "sample 2"]
-    assert loaded.manifest is None and loaded.sha256 == sha256_file(path)
+    assert loaded.records == 5 and loaded.manifest is None and loaded.sha256 == sha256_file(path)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from pipeline.calibration.verify import (
 from pipeline.config import CalibrationSection, parse_config
 from pipeline.errors import InputError, MissingDependencyError, StageError
 from pipeline.executor import TaskState, execute, status
+from pipeline.hashing import sha256_file
 from pipeline.reporting import RecordingReporter
 from pipeline.stages import calibrate as calibrate_stage
 from pipeline.stages import stage_module
@@ -83,14 +84,13 @@ def test_int8_sq_exports_int8_linears_with_smoothquant_scales(exported, offline_
     assert tensors["lm_head.weight"] == ("F16", (512, 64))
     assert tensors["transformer.vocab_embedding.weight"] == ("F16", (512, 64))
     # The record says what was calibrated on, how, and what the activations looked like.
-    assert record.calibrated and record.samples == 16 and record.seq_len == 64 and record.tokens > 16
-    assert record.dataset is not None and record.dataset.sha256 == __import__(
-        "pipeline.hashing"
-    ).hashing.sha256_file(offline_mix)
-    assert record.instruct_template and record.smoothquant_alpha == 0.5
+    run = record.calibration
+    assert run is not None and run.samples == 16 and run.seq_len == 64 and run.tokens > 16
+    assert run.dataset.sha256 == sha256_file(offline_mix) and run.dataset.records == 512
+    assert run.instruct_template and run.smoothquant_alpha == 0.5
     assert set(record.versions) == {"nvidia-modelopt", "torch", "transformers"}
-    assert [r.layer for r in record.activation_ranges] == [0, 1]
-    for layer in record.activation_ranges:
+    assert [r.layer for r in run.activation_ranges] == [0, 1]
+    for layer in run.activation_ranges:
         assert layer.linears == 7  # q, k, v, o, gate, up, down
         assert 0 < layer.input_amax_min <= layer.input_amax_mean <= layer.input_amax_max
     assert reporter.advanced["calibrating"] == 16
@@ -106,7 +106,7 @@ def test_int8_wo_exports_fp16_weights_labelled_w8a16(exported):
     for linear in LINEARS:
         assert tensors[f"transformer.layers.0.{linear}.weight"][0] == "F16"
     assert not any("scaling_factor" in name for name in tensors)
-    assert not record.calibrated and record.dataset is None and record.activation_ranges == []
+    assert record.calibration is None
 
 
 def test_fp16_precision_exports_unquantized(tiny_model_dir, offline_mix, tmp_path):
@@ -139,7 +139,7 @@ def test_int8_kv_cache_adds_kv_scales(tiny_model_dir, offline_mix, tmp_path):
     tensors = read_safetensors_header(tmp_path / "rank0.safetensors")
     assert tensors["transformer.layers.0.attention.kv_cache_scaling_factor"] == ("F32", (1,))
     assert tensors["transformer.layers.0.mlp.fc.weight"][0] == "F16"
-    assert record.calibrated and record.samples == 4
+    assert record.calibration is not None and record.calibration.samples == 4
 
 
 # --- the verifier ------------------------------------------------------------------------------
@@ -341,10 +341,11 @@ def test_export_backs_off_on_injected_oom_and_still_exports(tiny_model_dir, offl
         log=LOG,
         forward=oom_above_batch_one(seen),
     )
-    assert record.batch_size == 4 and record.final_batch_size == 1
-    assert [(b.from_batch, b.to_batch) for b in record.backoffs] == [(4, 2), (2, 1)]
+    run = record.calibration
+    assert run is not None and run.batch_size == 4 and run.final_batch_size == 1
+    assert [(b.from_batch, b.to_batch) for b in run.backoffs] == [(4, 2), (2, 1)]
     assert "retrying with batch size 1" in reporter.text()
-    assert seen.count(1) == 6 and record.samples == 6
+    assert seen.count(1) == 6 and run.samples == 6
     assert trt_config(tmp_path)["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
 
 
@@ -419,9 +420,7 @@ def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path,
     artifact = store.get("calibrate", ("int8_sq",), sq.key)
     assert artifact is not None and (artifact.path / "checkpoint" / "rank0.safetensors").is_file()
     assert artifact.manifest.record["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
-    assert artifact.manifest.record["dataset"]["sha256"] == __import__(
-        "pipeline.hashing"
-    ).hashing.sha256_file(dataset)
+    assert artifact.manifest.record["calibration"]["dataset"]["sha256"] == sha256_file(dataset)
     assert by_id["calibrate[int8_wo]"].summary.startswith("W8A16, no calibration")
 
     # Edited data: SmoothQuant reruns, weight-only (which reads no data) stays up to date.

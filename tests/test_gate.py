@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.config import GateSection, Precision, _default_thresholds
 from pipeline.gate import GateRecord, HuggingFaceModel, run_gate, write_reports
@@ -23,7 +24,6 @@ from pipeline.gate.metrics import greedy_match, perplexity_increase_pct, top1_ag
 from pipeline.gate.verdict import GateCheck
 from pipeline.reporting import RecordingReporter
 from pipeline.runtime import ReferenceModel, RuntimeLimits
-from tiny_checkpoints import tiny_checkpoint
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parent.parent
@@ -116,10 +116,17 @@ def drop_rotary_base(config: dict) -> None:
 
 def swap_q_and_k(tensors: dict) -> None:
     """Swap the first KV-width rows of q with k in every fused qkv weight (and its scales)."""
-    for name in [n for n in tensors if n.endswith("attention.qkv.weight") or n.endswith("attention.qkv.weights_scaling_factor")]:
+    for name in [
+        n
+        for n in tensors
+        if n.endswith("attention.qkv.weight") or n.endswith("attention.qkv.weights_scaling_factor")
+    ]:
         t = tensors[name].clone()
         q_rows, kv_rows = 64, 32  # tiny model: 4 heads x 16, 2 KV heads x 16
-        t[:kv_rows], t[q_rows : q_rows + kv_rows] = tensors[name][q_rows : q_rows + kv_rows], tensors[name][:kv_rows]
+        t[:kv_rows], t[q_rows : q_rows + kv_rows] = (
+            tensors[name][q_rows : q_rows + kv_rows],
+            tensors[name][:kv_rows],
+        )
         tensors[name] = t
 
 
@@ -151,7 +158,9 @@ def test_gate_passes_a_good_checkpoint(tmp_path_factory, tiny_model_dir, gate, p
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
-def test_gate_fails_a_corrupted_int8_sq_checkpoint(tmp_path: Path, tmp_path_factory, tiny_model_dir, gate, corruption):
+def test_gate_fails_a_corrupted_int8_sq_checkpoint(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir, gate, corruption
+):
     good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq")
     record = gate(_corrupt(good, tmp_path / "bad", **CORRUPTIONS[corruption]), "int8_sq")
     assert not record.verdict
@@ -160,7 +169,9 @@ def test_gate_fails_a_corrupted_int8_sq_checkpoint(tmp_path: Path, tmp_path_fact
 
 
 @pytest.mark.parametrize("corruption", ["rotary base dropped", "q and k swapped"])
-def test_gate_fails_a_corrupted_int8_wo_checkpoint(tmp_path: Path, tmp_path_factory, tiny_model_dir, gate, corruption):
+def test_gate_fails_a_corrupted_int8_wo_checkpoint(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir, gate, corruption
+):
     good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
     record = gate(_corrupt(good, tmp_path / "bad", **CORRUPTIONS[corruption]), "int8_wo")
     assert not record.verdict
@@ -176,7 +187,9 @@ def test_perplexity_and_top1_from_logits():
     assert stats.tokens == 2
     assert stats.perplexity == pytest.approx((1 / (0.5 * 0.5)) ** 0.5)  # exp(mean NLL) of p=0.5, p=0.5
     assert stats.top1.tolist() == [[0, 2]]
-    assert perplexity_increase_pct(5.253, 5.277) == pytest.approx(0.457, abs=1e-3)  # SmoothQuant on Mistral-7B
+    assert perplexity_increase_pct(5.253, 5.277) == pytest.approx(
+        0.457, abs=1e-3
+    )  # SmoothQuant on Mistral-7B
     assert top1_agreement(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 4])) == 0.75
 
 
@@ -194,10 +207,23 @@ def _record(**changes) -> GateRecord:
         GateCheck(name="top1_agreement", value=0.85, threshold=0.9, direction="min", passed=False),
     ]
     fields = dict(
-        verdict=False, precision="int8_sq", profile="latency", checks=checks, reference_perplexity=5.253,
-        candidate_perplexity=5.274, exact_greedy_matches=3, reference_choice_accuracy=None,
-        candidate_choice_accuracy=None, windows=8, window_len=64, prompts=8, max_new_tokens=12, choice_items=0,
-        data={"eval.jsonl": "ab" * 32}, reference_s=1.0, candidate_s=2.0,
+        verdict=False,
+        precision="int8_sq",
+        profile="latency",
+        checks=checks,
+        reference_perplexity=5.253,
+        candidate_perplexity=5.274,
+        exact_greedy_matches=3,
+        reference_choice_accuracy=None,
+        candidate_choice_accuracy=None,
+        windows=8,
+        window_len=64,
+        prompts=8,
+        max_new_tokens=12,
+        choice_items=0,
+        data={"eval.jsonl": "ab" * 32},
+        reference_s=1.0,
+        candidate_s=2.0,
     )
     return GateRecord(**{**fields, **changes})
 
@@ -222,11 +248,20 @@ def test_checks_compare_each_measure_in_its_direction():
     from pipeline.gate.verdict import checks_for
 
     thresholds = GateThresholds(
-        max_perplexity_increase_pct=3.0, min_top1_agreement=0.9, min_greedy_match=0.5, min_multiple_choice_accuracy=0.6
+        max_perplexity_increase_pct=3.0,
+        min_top1_agreement=0.9,
+        min_greedy_match=0.5,
+        min_multiple_choice_accuracy=0.6,
     )
     measures = Measures(
-        reference_perplexity=5.0, candidate_perplexity=5.15, perplexity_increase_pct=3.0, top1_agreement=0.89,
-        greedy_match=0.5, exact_greedy_matches=1, reference_choice_accuracy=0.8, candidate_choice_accuracy=0.59,
+        reference_perplexity=5.0,
+        candidate_perplexity=5.15,
+        perplexity_increase_pct=3.0,
+        top1_agreement=0.89,
+        greedy_match=0.5,
+        exact_greedy_matches=1,
+        reference_choice_accuracy=0.8,
+        candidate_choice_accuracy=0.59,
     )
     checks = {c.name: c.passed for c in checks_for(measures, thresholds)}
     assert checks == {
@@ -239,20 +274,33 @@ def test_checks_compare_each_measure_in_its_direction():
     assert "multiple_choice_accuracy" not in {c.name for c in checks_for(no_choices, thresholds)}
 
 
-def test_multiple_choice_accuracy_is_measured_and_judged(tmp_path: Path, tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings):
-    from pipeline.config import GateThresholds
+def test_multiple_choice_accuracy_is_measured_and_judged(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings
+):
 
     items = [
-        {"context": "The engineer measured the bridge", "choices": ["with great care.", "Der Zug fährt"], "answer": 0},
+        {
+            "context": "The engineer measured the bridge",
+            "choices": ["with great care.", "Der Zug fährt"],
+            "answer": 0,
+        },
         {"context": "def add(a, b):\n    return", "choices": ["a + b", "the winter harvest"], "answer": 0},
-        {"context": "Le chat dort sur la", "choices": ["chaise pendant que la pluie tombe.", "print(i * i)"], "answer": 0},
+        {
+            "context": "Le chat dort sur la",
+            "choices": ["chaise pendant que la pluie tombe.", "print(i * i)"],
+            "answer": 0,
+        },
     ]
     path = tmp_path / "choices.jsonl"
     path.write_text("".join(json.dumps(i) + "\n" for i in items))
-    thresholds = _default_thresholds()[Precision.int8_wo].model_copy(update={"min_multiple_choice_accuracy": 0.99})
+    thresholds = _default_thresholds()[Precision.int8_wo].model_copy(
+        update={"min_multiple_choice_accuracy": 0.99}
+    )
     record = run_gate(
         reference=lambda: reference,
-        candidate=lambda: ReferenceModel.load(tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo"), limits=LIMITS),
+        candidate=lambda: ReferenceModel.load(
+            tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo"), limits=LIMITS
+        ),
         tokenizer=tokenizer,
         settings=gate_settings.model_copy(update={"multiple_choice": path}),
         thresholds=thresholds,
@@ -275,7 +323,9 @@ def test_multiple_choice_accuracy_is_measured_and_judged(tmp_path: Path, tmp_pat
         ('{"question": "a"}', "line 1: not a {context, choices, answer} record"),
     ],
 )
-def test_bad_multiple_choice_records_are_refused_with_their_line(tmp_path: Path, tokenizer, gate_settings, line, message):
+def test_bad_multiple_choice_records_are_refused_with_their_line(
+    tmp_path: Path, tokenizer, gate_settings, line, message
+):
     from pipeline.errors import InputError
     from pipeline.gate.data import prepare_inputs
 
@@ -335,7 +385,9 @@ max_new_tokens = 8
     return path
 
 
-def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(tmp_path: Path, tiny_model_dir, gate_settings):
+def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
+    tmp_path: Path, tiny_model_dir, gate_settings
+):
     from pipeline.cli import main
     from pipeline.manifest import Manifest
 
@@ -351,7 +403,9 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(tmp_path: Pa
     strict = "[gate.thresholds.int8_sq]\nmax_perplexity_increase_pct = 0.0\nmin_top1_agreement = 1.0\nmin_greedy_match = 1.0"
     failing = _pipeline_config(tmp_path / "fail.toml", tiny_model_dir, gate_settings.prompts, strict)
     assert main(["gate", "--config", str(failing), "--work-dir", str(work)]) == 1
-    manifests = [Manifest.model_validate_json(p.read_text()) for p in (work / "store" / "gate").rglob("manifest.json")]
+    manifests = [
+        Manifest.model_validate_json(p.read_text()) for p in (work / "store" / "gate").rglob("manifest.json")
+    ]
     rejected = [m for m in manifests if not m.ok]
     assert len(rejected) == 1 and rejected[0].record["verdict"] is False
     assert "FAILED" in rejected[0].summary

@@ -185,6 +185,14 @@ def _break_engine_config(report):
     (result_of(report, "build").path / "engine" / "config.json").unlink()
 
 
+def _drop_max_batch_size(report):
+    path = result_of(report, "build").path / "engine" / "config.json"
+    config = json.loads(path.read_text())
+    del config["build_config"]["max_batch_size"]
+    os.unlink(path)
+    path.write_text(json.dumps(config))
+
+
 def _corrupt_engine(report):
     weights = result_of(report, "build").path / "engine" / "rank0.safetensors"
     data = bytearray(weights.read_bytes())
@@ -197,9 +205,10 @@ def _corrupt_engine(report):
     "breakage, message",
     [
         (_break_engine_config, "no engine config.json"),
+        (_drop_max_batch_size, "config.json: build_config.max_batch_size: Field required"),
         (_corrupt_engine, "engine/rank0.safetensors: sha256 differs from the manifest"),
     ],
-    ids=["engine-without-config-json", "checksum-mismatch"],
+    ids=["engine-without-config-json", "engine-config-without-limit", "checksum-mismatch"],
 )
 def test_a_bad_build_artifact_is_refused_in_one_line_and_nothing_is_published(tmp_path, breakage, message):
     config = config_with(tmp_path)

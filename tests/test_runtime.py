@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.errors import InputError
 from pipeline.runtime import ReferenceModel, RuntimeLimits
 from pipeline.runtime.linear import quantize_weight_per_channel
-from tiny_checkpoints import tiny_checkpoint
 
 torch.set_num_threads(2)
 
@@ -87,7 +87,9 @@ def test_fp16_checkpoint_matches_hugging_face_logits_and_greedy_tokens(fp16_mode
     assert fp16_model.generate([prompt], max_new_tokens=10) == [hf_tokens]
 
 
-def test_int8_sq_checkpoint_agrees_with_modelopt_fake_quantized_model(tmp_path: Path, tiny_model_dir, eval_ids):
+def test_int8_sq_checkpoint_agrees_with_modelopt_fake_quantized_model(
+    tmp_path: Path, tiny_model_dir, eval_ids
+):
     # The oracle pair comes from one fp32 model: calibrated in bf16 (as the calibrate stage does),
     # ModelOpt's fake quantizer and its exporter round exact weight ties differently (cosine ~0.9990).
     import modelopt.torch.quantization as mtq
@@ -101,7 +103,11 @@ def test_int8_sq_checkpoint_agrees_with_modelopt_fake_quantized_model(tmp_path: 
     recipe = recipe_for(Precision.int8_sq, smoothquant_alpha=0.5, kv_cache_dtype="fp16")
     mtq.quantize(fake_quant, recipe.modelopt_cfg, forward_loop=lambda m: m(eval_ids[:, :32]))
     export_tensorrt_llm_checkpoint(
-        fake_quant, decoder_type="llama", dtype=torch.float16, export_dir=tmp_path, inference_tensor_parallel=1
+        fake_quant,
+        decoder_type="llama",
+        dtype=torch.float16,
+        export_dir=tmp_path,
+        inference_tensor_parallel=1,
     )
     # TensorRT-LLM holds the smoothing factor in the model dtype (fp16); ModelOpt keeps it in fp32.
     for module in fake_quant.modules():
@@ -113,7 +119,9 @@ def test_int8_sq_checkpoint_agrees_with_modelopt_fake_quantized_model(tmp_path: 
     assert _min_cosine(got, expected) >= 0.9999  # measured 0.99998; without prequant scaling < 0.99
 
 
-def test_int8_wo_checkpoint_agrees_with_modelopt_weight_only_model(tmp_path_factory, tiny_model_dir, eval_ids):
+def test_int8_wo_checkpoint_agrees_with_modelopt_weight_only_model(
+    tmp_path_factory, tiny_model_dir, eval_ids
+):
     import modelopt.torch.quantization as mtq
     from transformers import AutoModelForCausalLM
 
@@ -169,12 +177,15 @@ def test_w8a16_prequantized_weights_give_the_same_logits_as_quantize_on_load(
 # --- the checkpoint config as TensorRT-LLM reads it ------------------------------------------------
 
 
-def test_missing_rotary_base_falls_back_to_tensorrt_llm_default(tmp_path: Path, fp16_dir, fp16_model, eval_ids):
+def test_missing_rotary_base_falls_back_to_tensorrt_llm_default(
+    tmp_path: Path, fp16_dir, fp16_model, eval_ids
+):
     dropped = ReferenceModel.load(_copy_checkpoint(fp16_dir, tmp_path / "dropped", rotary_base=None))
     assert dropped.config.rotary_base == 10000.0
     assert fp16_model.config.rotary_base == 1_000_000.0
-    agree = (dropped.logits(eval_ids).argmax(-1) == fp16_model.logits(eval_ids).argmax(-1)).float().mean()
-    assert agree < 0.9  # a dropped rope_theta is visible in the outputs
+    # 10000 instead of 1e6: every position but the first rotates differently (the gate tests show the cost).
+    difference = (dropped.logits(eval_ids) - fp16_model.logits(eval_ids)).abs().amax(-1)
+    assert difference[:, 0].max() < 1e-4 and difference[:, 1:].min() > 1e-3
 
 
 def test_norm_epsilon_is_read_from_the_checkpoint(tmp_path: Path, fp16_dir, fp16_model, eval_ids):
@@ -216,7 +227,9 @@ def test_end_id_stops_a_request_and_on_token_streams_in_order(fp16_model, eval_i
     free = fp16_model.generate(prompts, max_new_tokens=10)
     end_id = free[0][3]
     streamed: list[tuple[int, int]] = []
-    out = fp16_model.generate(prompts, max_new_tokens=10, end_id=end_id, on_token=lambda i, t: streamed.append((i, t)))
+    out = fp16_model.generate(
+        prompts, max_new_tokens=10, end_id=end_id, on_token=lambda i, t: streamed.append((i, t))
+    )
     assert out[0] == free[0][: free[0].index(end_id)]
     expected_second = free[1][: free[1].index(end_id)] if end_id in free[1] else free[1]
     assert out[1] == expected_second
@@ -236,13 +249,17 @@ def test_end_id_stops_a_request_and_on_token_streams_in_order(fp16_model, eval_i
     ],
 )
 def test_limits_refuse_requests_an_engine_would_refuse(fp16_dir, prompts, new_tokens, limit):
-    model = ReferenceModel.load(fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12))
+    model = ReferenceModel.load(
+        fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
+    )
     with pytest.raises(InputError, match=limit):
         model.generate(prompts, max_new_tokens=new_tokens)
 
 
 def test_logits_respects_the_input_limits(fp16_dir):
-    model = ReferenceModel.load(fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12))
+    model = ReferenceModel.load(
+        fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
+    )
     assert model.logits(torch.ones(2, 8, dtype=torch.long)).shape[:2] == (2, 8)
     with pytest.raises(InputError, match="max_input_len=8"):
         model.logits(torch.ones(1, 9, dtype=torch.long))

@@ -124,11 +124,11 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
     assert "generated answer:" in out.out
 
 
-def test_cli_smoke_exits_non_zero_when_an_answer_differs(published, monkeypatch, capsys):
-    _, config_path, repository = published
+def test_cli_smoke_exits_non_zero_when_an_answer_differs(tmp_path, monkeypatch, capsys):
+    config_with(tmp_path, **CONFIG_CHANGES)
     differs = SmokeCheck(ROUTES[0], "prompt", expected=" right", got=" wrong")
-    monkeypatch.setattr(smoke, "smoke_published", lambda *a, **k: [SmokeReport(repository, checks=[differs])])
-    code = main(["smoke", "--config", str(config_path), "--precision", "int8_sq", "--profile", "latency"])
+    monkeypatch.setattr(smoke, "smoke_published", lambda *a, **k: [SmokeReport(tmp_path, checks=[differs])])
+    code = main(["smoke", "--config", str(tmp_path / "pipeline.toml")])
     err = capsys.readouterr().err
     assert code == 5
     assert "1 answer(s) differ from the reference runtime" in err and "' wrong'" in err

@@ -23,7 +23,7 @@ from pipeline.calibration.loop import CalibrationLoop, Forward, model_forward
 from pipeline.calibration.quiet import output_to_log
 from pipeline.calibration.ranges import linear_input_ranges, summarize_layers
 from pipeline.calibration.recipes import Recipe, export_dtype_name, recipe_for
-from pipeline.calibration.records import CalibrationRecord, DatasetRef
+from pipeline.calibration.records import CalibrationRecord, CalibrationRun, DatasetRef
 from pipeline.calibration.verify import (
     CHECKPOINT_CONFIG,
     RANK0_WEIGHTS,
@@ -99,12 +99,12 @@ def export_checkpoint(
     reporter.info(f"loaded {model_dir.name} ({placement.dtype_name} on {placement.device}) in {load_s:.1f}s")
 
     t0 = time.perf_counter()
-    calibration = (
-        _calibrate(model, tokenizer, recipe, data, settings, placement, instruct, reporter, log, forward)
-        if data is not None
-        else _UNCALIBRATED | {"final_batch_size": settings.batch_size}
-    )
-    if data is None:
+    if data is not None:
+        calibration = _calibrate(
+            model, tokenizer, recipe, data, settings, placement, instruct, reporter, log, forward
+        )
+    else:
+        calibration = None
         log.info("%s: no ModelOpt quantization (weights exported as they are)", precision.value)
     calibration_s = time.perf_counter() - t0
 
@@ -131,27 +131,13 @@ def export_checkpoint(
         device=placement.device,
         load_dtype=placement.dtype_name,
         versions={d: metadata.version(d) for d in VERSIONED},
-        calibrated=recipe.calibrates,
-        smoothquant_alpha=settings.smoothquant_alpha if precision is Precision.int8_sq else None,
-        seq_len=settings.seq_len,
-        batch_size=settings.batch_size,
+        calibration=calibration,
         load_s=round(load_s, 3),
         calibration_s=round(calibration_s, 3),
         export_s=round(export_s, 3),
         repairs=repairs,
         tensors=len(read_safetensors_header(out_dir / RANK0_WEIGHTS)),
-        **calibration,
     )
-
-
-_UNCALIBRATED: dict[str, Any] = {
-    "dataset": None,
-    "samples": 0,
-    "tokens": 0,
-    "backoffs": [],
-    "instruct_template": False,
-    "activation_ranges": [],
-}
 
 
 def _load(model_dir: Path, placement: Placement, log: logging.Logger) -> tuple[Any, Any]:
@@ -180,8 +166,8 @@ def _calibrate(
     reporter: Reporter,
     log: logging.Logger,
     forward: Forward,
-) -> dict[str, Any]:
-    """Run the ModelOpt recipe; returns the record's calibration fields."""
+) -> CalibrationRun:
+    """Run the ModelOpt recipe over the data; what it saw goes into the record."""
     import modelopt.torch.quantization as mtq
 
     samples = token_samples(data.texts, tokenizer, seq_len=settings.seq_len, instruct=instruct)
@@ -202,20 +188,23 @@ def _calibrate(
     log.info("calibrating %s on %d samples of %s", recipe.precision.value, len(samples), data.path)
     with output_to_log(log):
         mtq.quantize(model, recipe.modelopt_cfg, forward_loop=loop)
-    return {
-        "dataset": DatasetRef(
+    return CalibrationRun(
+        dataset=DatasetRef(
             path=str(data.path),
             sha256=data.sha256,
-            records=data.manifest.count if data.manifest else len(data.texts),
+            records=data.records,
             origin=data.manifest.origin if data.manifest else None,
         ),
-        "samples": len(samples),
-        "tokens": loop.result.tokens,
-        "final_batch_size": loop.result.final_batch_size,
-        "backoffs": loop.result.backoffs,
-        "instruct_template": instruct,
-        "activation_ranges": summarize_layers(linear_input_ranges(model)),
-    }
+        samples=len(samples),
+        tokens=loop.result.tokens,
+        seq_len=settings.seq_len,
+        batch_size=settings.batch_size,
+        final_batch_size=loop.result.final_batch_size,
+        backoffs=loop.result.backoffs,
+        smoothquant_alpha=settings.smoothquant_alpha if recipe.precision is Precision.int8_sq else None,
+        instruct_template=instruct,
+        activation_ranges=summarize_layers(linear_input_ranges(model)),
+    )
 
 
 def _export(model: Any, recipe: Recipe, out_dir: Path, export_dtype: str, log: logging.Logger) -> None:

@@ -40,16 +40,10 @@ class BatchBackoff(BaseModel):
     to_batch: int
 
 
-class CalibrationRecord(BaseModel):
-    precision: str
-    quant_algo: str | None
-    kv_cache_quant_algo: str | None
-    export_dtype: str
-    device: str
-    load_dtype: str
-    versions: dict[str, str]  # modelopt, torch, transformers
-    calibrated: bool  # False: nothing to calibrate (weight-only / unquantized exports)
-    dataset: DatasetRef | None
+class CalibrationRun(BaseModel):
+    """What the calibration saw and how it went (absent when the precision needs none)."""
+
+    dataset: DatasetRef
     samples: int  # sequences forwarded through the model
     tokens: int
     seq_len: int
@@ -58,9 +52,20 @@ class CalibrationRecord(BaseModel):
     backoffs: list[BatchBackoff]
     smoothquant_alpha: float | None
     instruct_template: bool  # the tokenizer's chat template was applied to each sample
+    activation_ranges: list[LayerActivationRange]
+
+
+class CalibrationRecord(BaseModel):
+    precision: str
+    quant_algo: str | None
+    kv_cache_quant_algo: str | None
+    export_dtype: str
+    device: str
+    load_dtype: str
+    versions: dict[str, str]  # nvidia-modelopt, torch, transformers
+    calibration: CalibrationRun | None  # None: weight-only / unquantized, nothing to calibrate
     load_s: float
     calibration_s: float
     export_s: float
-    activation_ranges: list[LayerActivationRange]
     repairs: list[Repair]
     tensors: int  # in rank0.safetensors

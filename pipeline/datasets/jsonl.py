@@ -34,7 +34,8 @@ class LoadedTexts:
     """The texts of a validated JSONL file, with what identifies them."""
 
     path: Path
-    texts: list[str]
+    texts: list[str]  # the first `limit` of them
+    records: int  # in the whole file
     sha256: str
     text_field: str
     manifest: DatasetManifest | None  # None: a user's own file without a manifest
@@ -107,6 +108,7 @@ def load_texts(path: Path, *, text_field: str | None = None, limit: int | None =
     return LoadedTexts(
         path=path,
         texts=texts[:limit] if limit is not None else texts,
+        records=len(texts),
         sha256=digest,
         text_field=field,
         manifest=manifest,

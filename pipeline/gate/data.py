@@ -89,7 +89,9 @@ def _choice_items(path: Path, tokenizer: Any, max_input_len: int) -> list[Choice
         if not 0 <= record.answer < len(record.choices) or len(record.choices) < 2:
             raise InputError(f"line {number}: answer must index one of at least two choices", path=path)
         context = tokenizer(record.context)["input_ids"]
-        continuations = [tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] for c in record.choices]
+        continuations = [
+            tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] for c in record.choices
+        ]
         longest = len(context) + max(len(c) for c in continuations)
         if longest > max_input_len:
             raise InputError(f"line {number}: {longest} tokens exceed the engine's max_input_len", path=path)

@@ -60,7 +60,9 @@ class Measures:
 Progress = Callable[[float], None]
 
 
-def observe(model: LanguageModel, inputs: GateInputs, *, batch_size: int, advance: Progress = lambda _: None) -> Observation:
+def observe(
+    model: LanguageModel, inputs: GateInputs, *, batch_size: int, advance: Progress = lambda _: None
+) -> Observation:
     """Score the windows, continue the prompts greedily and pick an answer per choice item."""
     parts = []
     for start in range(0, len(inputs.windows), batch_size):
@@ -92,7 +94,9 @@ def compare(reference: Observation, candidate: Observation, inputs: GateInputs) 
     return Measures(
         reference_perplexity=reference.windows.perplexity,
         candidate_perplexity=candidate.windows.perplexity,
-        perplexity_increase_pct=perplexity_increase_pct(reference.windows.perplexity, candidate.windows.perplexity),
+        perplexity_increase_pct=perplexity_increase_pct(
+            reference.windows.perplexity, candidate.windows.perplexity
+        ),
         top1_agreement=top1_agreement(reference.windows.top1, candidate.windows.top1),
         greedy_match=greedy_match(reference.continuations, candidate.continuations),
         exact_greedy_matches=exact_matches(reference.continuations, candidate.continuations),
@@ -123,7 +127,9 @@ class HuggingFaceModel:
         return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits.float().cpu()
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, end_id: int | None = None) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], *, max_new_tokens: int, end_id: int | None = None
+    ) -> list[list[int]]:
         # One prompt at a time: no padding, so nothing but the model decides the tokens.
         outputs = []
         for prompt in prompts:

@@ -48,7 +48,7 @@ def top1_agreement(reference: torch.Tensor, candidate: torch.Tensor) -> float:
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # stops at the shorter one
         if x != y:
             break
         n += 1

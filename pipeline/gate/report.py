@@ -52,7 +52,10 @@ def render_markdown(record: GateRecord) -> str:
         "| check | value | threshold | result |",
         "| --- | ---: | ---: | --- |",
     ]
-    lines += [f"| {c.name} | {c.value:.4f} | {c.rule} | {'pass' if c.passed else '**FAIL**'} |" for c in record.checks]
+    lines += [
+        f"| {c.name} | {c.value:.4f} | {c.rule} | {'pass' if c.passed else '**FAIL**'} |"
+        for c in record.checks
+    ]
     lines += [
         "",
         f"Perplexity: reference {record.reference_perplexity:.4f}, candidate {record.candidate_perplexity:.4f} "
@@ -78,9 +81,13 @@ def render_junit(record: GateRecord, elapsed_s: float) -> str:
         time=f"{elapsed_s:.3f}",
     )
     for check in record.checks:
-        case = ET.SubElement(suite, "testcase", classname=f"gate.{record.precision}.{record.profile}", name=check.name)
+        case = ET.SubElement(
+            suite, "testcase", classname=f"gate.{record.precision}.{record.profile}", name=check.name
+        )
         if not check.passed:
-            failure = ET.SubElement(case, "failure", message=f"{check.name} = {check.value:.6g}, needs {check.rule}")
+            failure = ET.SubElement(
+                case, "failure", message=f"{check.name} = {check.value:.6g}, needs {check.rule}"
+            )
             failure.text = f"{check.name}: {check.value:.6g} (threshold {check.rule})"
     suites = ET.Element("testsuites")
     suites.append(suite)

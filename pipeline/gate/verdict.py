@@ -29,7 +29,12 @@ def _check(name: str, value: float, threshold: float, direction: Literal["max", 
 
 def checks_for(measures: Measures, thresholds: GateThresholds) -> list[GateCheck]:
     checks = [
-        _check("perplexity_increase_pct", measures.perplexity_increase_pct, thresholds.max_perplexity_increase_pct, "max"),
+        _check(
+            "perplexity_increase_pct",
+            measures.perplexity_increase_pct,
+            thresholds.max_perplexity_increase_pct,
+            "max",
+        ),
         _check("top1_agreement", measures.top1_agreement, thresholds.min_top1_agreement, "min"),
         _check("greedy_match", measures.greedy_match, thresholds.min_greedy_match, "min"),
     ]

@@ -128,15 +128,23 @@ def read_checkpoint_config(checkpoint_dir: Path) -> CheckpointConfig:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(
-            "no TensorRT-LLM checkpoint config here", path=path, hint="point at a calibrate checkpoint/ folder"
+            "no TensorRT-LLM checkpoint config here",
+            path=path,
+            hint="point at a calibrate checkpoint/ folder",
         ) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc}", path=path) from None
+    return parse_checkpoint_config(data, path)
+
+
+def parse_checkpoint_config(data: Any, path: Path, *, field_prefix: str = "") -> CheckpointConfig:
+    """Validate a checkpoint config (or an engine's pretrained_config, with field_prefix
+    "pretrained_config."); an InputError names the file and the field."""
     try:
         return CheckpointConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
+        field = field_prefix + ".".join(str(p) for p in err["loc"])
         problem = err["msg"].removeprefix("Value error, ")
         raise InputError(f"{field}: {problem}" if field else problem, path=path) from None
 
@@ -148,7 +156,9 @@ def load_tensors(checkpoint_dir: Path) -> dict[str, Any]:
 
     path = checkpoint_dir / WEIGHTS_NAME
     if not path.is_file():
-        raise InputError("weights file missing", path=path, hint="a checkpoint needs config.json and rank0.safetensors")
+        raise InputError(
+            "weights file missing", path=path, hint="a checkpoint needs config.json and rank0.safetensors"
+        )
     try:
         return load_file(path)
     except SafetensorError as exc:

@@ -33,7 +33,9 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-def quantize_weight_per_channel(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_per_channel(
+    weight: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TensorRT-LLM's symmetric per-channel int8 quantization of a [out, in] weight.
 
     Returns (int8 weight [out, in], scale [out] in `dtype`).

@@ -74,7 +74,9 @@ class ReferenceModel:
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits [batch, seq, vocab] (float32) for whole, unpadded sequences of one length."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise InputError(f"input_ids must be [batch, seq] with seq >= 1, got shape {tuple(input_ids.shape)}")
+            raise InputError(
+                f"input_ids must be [batch, seq] with seq >= 1, got shape {tuple(input_ids.shape)}"
+            )
         self._check_ids(input_ids)
         if self.limits is not None:
             self.limits.check([input_ids.shape[1]] * input_ids.shape[0])
@@ -111,7 +113,7 @@ class ReferenceModel:
             valid[i, longest - len(prompt) :] = True
         self._check_ids(ids)
         lengths = torch.tensor([len(p) for p in prompts])
-        positions = (torch.arange(longest) - (longest - lengths)[:, None]).clamp(min=0)
+        positions = torch.arange(longest).expand(batch, longest)  # BROKEN
         cache = KVCache.empty(len(self._weights.layers))
         logits = self._forward(ids, positions, valid, cache)[:, -1]
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -149,7 +151,9 @@ class ReferenceModel:
         cos, sin = self._rotary(positions)
         mask = self._attention_mask(valid, ids.shape[1])
         for index, layer in enumerate(self._weights.layers):
-            h = h + self._attention(layer, rms_norm(h, layer.input_norm, cfg.norm_epsilon), cos, sin, mask, cache, index)
+            h = h + self._attention(
+                layer, rms_norm(h, layer.input_norm, cfg.norm_epsilon), cos, sin, mask, cache, index
+            )
             x = rms_norm(h, layer.post_norm, cfg.norm_epsilon)
             h = h + layer.proj(torch.nn.functional.silu(layer.fc(x)) * layer.gate(x))
         return self._weights.lm_head(rms_norm(h, self._weights.final_norm, cfg.norm_epsilon))

@@ -59,7 +59,9 @@ class _TensorReader:
         if tensor is None:
             raise InputError(f"tensor '{name}' is missing", path=self.path)
         if shape is not None and tuple(tensor.shape) != shape:
-            raise InputError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected {shape}", path=self.path)
+            raise InputError(
+                f"tensor '{name}' has shape {tuple(tensor.shape)}, expected {shape}", path=self.path
+            )
         return tensor
 
     def optional(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -68,7 +70,9 @@ class _TensorReader:
     def floating(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         tensor = self.take(name, shape)
         if not tensor.is_floating_point():
-            raise InputError(f"tensor '{name}' is {tensor.dtype}, expected a floating-point tensor", path=self.path)
+            raise InputError(
+                f"tensor '{name}' is {tensor.dtype}, expected a floating-point tensor", path=self.path
+            )
         return tensor.float()
 
     def is_excluded(self, module: str) -> bool:
@@ -118,7 +122,9 @@ class _TensorReader:
         return weight
 
 
-def build_weights(tensors: dict[str, torch.Tensor], config: CheckpointConfig, checkpoint_dir: Path) -> ModelWeights:
+def build_weights(
+    tensors: dict[str, torch.Tensor], config: CheckpointConfig, checkpoint_dir: Path
+) -> ModelWeights:
     reader = _TensorReader(dict(tensors), config, checkpoint_dir / WEIGHTS_NAME)
     hidden, ffn, head = config.hidden_size, config.ffn_size, config.head_dim
     qkv_out = (config.num_attention_heads + 2 * config.kv_heads) * head

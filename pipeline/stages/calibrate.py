@@ -56,7 +56,8 @@ def run(ctx: StageContext) -> StageOutcome:
         instruct=ctx.config.model.instruct,
         kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
     )
-    data = f"{record.samples} samples x {record.seq_len} tokens" if record.calibrated else "no calibration"
+    run = record.calibration
+    data = f"{run.samples} samples x {run.seq_len} tokens" if run else "no calibration"
     repaired = f", repaired {', '.join(r.field for r in record.repairs)}" if record.repairs else ""
     summary = (
         f"{record.quant_algo or record.export_dtype}, {data}, "

@@ -24,14 +24,19 @@ ENGINE_DIR = "engine"
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
     gate = config.gate
-    files = {"eval_dataset": gate.eval_dataset, "prompts": gate.prompts, "multiple_choice": gate.multiple_choice}
+    files = {
+        "eval_dataset": gate.eval_dataset,
+        "prompts": gate.prompts,
+        "multiple_choice": gate.multiple_choice,
+    }
     return {
         "gate": gate.model_dump(mode="json", exclude={"thresholds", *files}),
         # Only this precision's thresholds: tuning another precision's must not rerun this gate.
         "thresholds": gate.thresholds[Precision(task.precision)].model_dump(mode="json"),
         # The sets' contents, not where the checkout lies, decide the result.
         "data_sha256": {
-            field: sha256_file(path) if path is not None and path.is_file() else None for field, path in files.items()
+            field: sha256_file(path) if path is not None and path.is_file() else None
+            for field, path in files.items()
         },
     }
 
@@ -59,5 +64,7 @@ def run(ctx: StageContext) -> StageOutcome:
     )
     write_reports(ctx.out_dir, record)
     for check in record.checks:
-        ctx.log.info("%s = %.6g (%s): %s", check.name, check.value, check.rule, "pass" if check.passed else "FAIL")
+        ctx.log.info(
+            "%s = %.6g (%s): %s", check.name, check.value, check.rule, "pass" if check.passed else "FAIL"
+        )
     return StageOutcome(summary=record.summary, record=record, ok=record.verdict)

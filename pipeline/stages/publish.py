@@ -20,7 +20,7 @@ from __future__ import annotations
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -42,10 +42,13 @@ from pipeline.serving.release_manifest import (
 from pipeline.serving.render import RepositoryValues
 from pipeline.serving.repository import ENGINE_SUBDIR, write_repository
 from pipeline.stages.base import StageContext, StageOutcome
+from pipeline.stages.fetch import FetchRecord
 from pipeline.store import Artifact
 from pipeline.targets import TARGETS
 from pipeline.tasks import Task
 from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info
+
+M = TypeVar("M", bound=BaseModel)
 
 NAME = "publish"
 VERSION = 1
@@ -55,20 +58,10 @@ ENGINE_DIR = "engine"  # inside the build artifact
 GATE_REPORT = "gate.json"
 
 
-class _View(BaseModel):
-    """What publish reads from another stage's record; other fields are that stage's business."""
+class EngineLimits(BaseModel):
+    """The build_config limits the serving config must agree with (other keys are the engine's business)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class FetchView(_View):
-    repo_id: str | None = None
-    commit: str | None = None
-
-
-class EngineLimits(_View):
-    """The build_config limits the serving config must agree with."""
-
     max_batch_size: int
     max_input_len: int
     max_seq_len: int
@@ -116,7 +109,13 @@ def run(ctx: StageContext) -> StageOutcome:
     gate_report = _check_gate(gate, ctx.task)
     engine_dir = build.path / ENGINE_DIR
     engine_config = read_engine_config(engine_dir)
-    limits = _engine_limits(engine_config, engine_dir)
+    limits = _validated(
+        EngineLimits,
+        engine_config["build_config"],
+        source=engine_dir / "config.json",
+        prefix="build_config.",
+        stage="the build",
+    )
     engine_sha256 = _verified_engine_files(build, engine_dir)
     built = read_engine_info(engine_dir)
     target = TARGETS[config.target.gpu]
@@ -152,7 +151,13 @@ def run(ctx: StageContext) -> StageOutcome:
     shutil.copyfile(gate_report, repository / GATE_REPORT)
     ctx.known_sha256.update({f"{REPOSITORY_DIR}/{rel}": sha for rel, sha in placed.items()})
 
-    fetched = _view(FetchView, fetch, "fetch")
+    fetched = _validated(
+        FetchRecord,
+        fetch.manifest.record,
+        source=fetch.path / "manifest.json",
+        prefix="record.",
+        stage="fetch",
+    )
     release = ReleaseManifest(
         model=ModelRef(
             name=config.model.name,
@@ -212,19 +217,6 @@ def _check_gate(gate: Artifact, task: Task) -> Path:
     return report
 
 
-def _engine_limits(engine_config: dict[str, Any], engine_dir: Path) -> EngineLimits:
-    try:
-        return EngineLimits.model_validate(engine_config["build_config"])
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InputError(
-            f"build_config.{field}: {err['msg']}",
-            path=engine_dir / "config.json",
-            hint="rerun the build (--force)",
-        ) from None
-
-
 def _versions(info: EngineInfo) -> dict[str, str]:
     found = {
         "tensorrt_llm": info.tensorrt_llm_version,
@@ -261,14 +253,13 @@ def _verified_engine_files(build: Artifact, engine_dir: Path) -> dict[str, str]:
     return {e.path[len(prefix) :]: e.sha256 for e in entries}
 
 
-def _view(model: type[_View], artifact: Artifact, stage: str):
+def _validated(model: type[M], data: Any, *, source: Path, prefix: str, stage: str) -> M:
+    """data as `model`, or one line naming the file, the field and the stage to rerun."""
     try:
-        return model.model_validate(artifact.manifest.record)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise InputError(
-            f"{stage} record: {field}: {err['msg']}",
-            path=artifact.path / "manifest.json",
-            hint=f"rerun {stage} (--force) with this version of the pipeline",
+            f"{prefix}{field}: {err['msg']}", path=source, hint=f"rerun {stage} (--force)"
         ) from None
