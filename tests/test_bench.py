@@ -534,7 +534,18 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
     return config, store, modules.__getitem__
 
 
-def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines, tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matrices on a shared 2-core machine run several times faster on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines, tmp_path, one_torch_thread):
     from pipeline.bench.run import run_bench
 
     config, store, modules = reference_engines
@@ -572,7 +583,7 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
         assert [r.batch_size for r in v.ratios.throughput_vs_ceiling] == [p.batch_size for p in v.throughput]
         assert v.ratios.peak_memory_vs_estimate is None  # RSS is not comparable with a GPU estimate
     assert not report.published.applies and report.variants[0].ratios.decode_vs_published is None
-    assert report.runtime.startswith("cpu-reference")
+    assert report.runtime.startswith("cpu-reference") and report.host["torch_threads"] == "1"
 
     assert BenchReport.model_validate_json(paths["json"].read_text()) == report
     md = paths["markdown"].read_text()
@@ -639,6 +650,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     assert variant.memory is None  # a CPU server's memory is not observable from the client
     md = paths["markdown"].read_text()
     assert "| int8_wo/throughput | 3 | 6 |" in md and "not observable" in md
+    assert "Not measured: the engine ran in the server" in md
 
 
 def test_served_mode_needs_one_engine(tmp_path, in_repo_root):

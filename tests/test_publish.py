@@ -57,6 +57,8 @@ def test_publishes_an_inflight_batching_repository_for_the_variant(tmp_path, pro
     version = slot / "1"
     assert os.readlink(slot / "current") == "1"
     assert sorted(p.name for p in version.iterdir() if p.is_dir()) == sorted(MODEL_NAMES)
+    for name in MODEL_NAMES:  # Triton loads no model without a version folder, the ensemble's included
+        assert (version / name / "1").is_dir(), name
 
     configs = {name: parse(version / name / "config.pbtxt") for name in MODEL_NAMES}
     for name, model in configs.items():

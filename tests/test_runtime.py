@@ -198,10 +198,12 @@ def test_norm_epsilon_is_read_from_the_checkpoint(tmp_path: Path, fp16_dir, fp16
 
 
 def test_batched_prompts_of_different_lengths_match_one_at_a_time(fp16_model, eval_ids):
-    prompts = [eval_ids[0, :5].tolist(), eval_ids[1, :17].tolist(), eval_ids[0, 20:31].tolist()]
-    batched = fp16_model.generate(prompts, max_new_tokens=9)
-    assert batched == [fp16_model.generate([p], max_new_tokens=9)[0] for p in prompts]
-    assert all(len(tokens) == 9 for tokens in batched)
+    # Lengths 3 to 30: a padded row whose positions or mask were wrong would diverge within 24 tokens.
+    text = eval_ids.flatten().tolist()
+    prompts = [text[:3], text[10:40], text[50:59], text[60:74]]
+    batched = fp16_model.generate(prompts, max_new_tokens=24)
+    assert batched == [fp16_model.generate([p], max_new_tokens=24)[0] for p in prompts]
+    assert all(len(tokens) == 24 for tokens in batched)
 
 
 def test_kv_cache_decoding_matches_full_recomputation(fp16_model, eval_ids):

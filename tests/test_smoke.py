@@ -36,7 +36,8 @@ def published(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("smoke")
     config = config_with(tmp, **CONFIG_CHANGES)
     upstream = Upstream(
-        tokenizer_dir=tiny_model_dir, checkpoint_dir=tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq")
+        tokenizer_dir=tiny_model_dir,
+        checkpoint_dir=tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq"),
     )
     report = run_publish(config, tmp / "work", upstream)
     assert report.error is None, report.error
@@ -149,6 +150,24 @@ def test_smoke_refuses_a_gpu_repository_it_cannot_serve(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3
     assert "needs the 'tensorrtllm' backend" in err
+
+
+@pytest.mark.triton
+def test_a_model_that_does_not_load_is_named_in_one_line(tmp_path):
+    model = tmp_path / "repository" / "engine_model"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'name: "engine_model"\nbackend: "tensorrtllm"\nmax_batch_size: 1\n'
+        'input [{ name: "x", data_type: TYPE_INT32, dims: [1] }]\n'
+        'output [{ name: "y", data_type: TYPE_INT32, dims: [1] }]\n'
+    )
+    server = TritonServer(tmp_path / "repository", work_dir=tmp_path / "server")
+    with pytest.raises(StageError, match="exited with code 1 before it was ready") as info:
+        with server:
+            pass
+    message = info.value.message
+    assert "engine_model" in message and "CudaDriverHelper" not in message and "\n" not in message
+    assert server.process.returncode == 1
 
 
 @pytest.mark.triton

@@ -76,26 +76,27 @@ def render_markdown(report: BenchReport) -> str:
         "",
         "## Throughput (static batches, in process)",
         "",
-        "| engine | batch | output tokens/s | wall (s) | TTFT p50 / p90 / p99 (ms) "
-        "| inter-token p50 / p90 / p99 (ms) | bandwidth ceiling tokens/s | measured / ceiling |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for v in report.variants:
-        ceilings = {r.batch_size: r for r in v.ratios.throughput_vs_ceiling}
-        for p in v.throughput:
-            ceiling = ceilings.get(p.batch_size)
-            lines.append(
-                f"| {variant_label(v)} | {p.batch_size} | {p.output_tokens_per_s:.1f} | {p.wall_s:.3f} "
-                f"| {_pct(p.ttft)} | {_pct(p.itl)} "
-                f"| {f'{ceiling.ceiling_tokens_per_s:.1f}' if ceiling else 'n/a'} "
-                f"| {ratio_text(ceiling.measured_vs_ceiling if ceiling else None)} |"
-            )
-    lines += [
-        "",
-        "The bandwidth ceiling of a batch reads the weights once per step and each request's KV cache at "
-        "the run's mean context (prompt + half the output); it ignores compute, so large batches sit "
-        "further below it.",
-    ]
+    if any(v.throughput for v in report.variants):
+        lines += [
+            "| engine | batch | output tokens/s | wall (s) | TTFT p50 / p90 / p99 (ms) "
+            "| inter-token p50 / p90 / p99 (ms) | bandwidth ceiling tokens/s | measured / ceiling |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {variant_label(v)} | {p.batch_size} | {p.output_tokens_per_s:.1f} | {p.wall_s:.3f} "
+            f"| {_pct(p.ttft)} | {_pct(p.itl)} | {c.ceiling_tokens_per_s:.1f} | {ratio_text(c.measured_vs_ceiling)} |"
+            for v in report.variants
+            for p, c in zip(v.throughput, v.ratios.throughput_vs_ceiling, strict=True)
+        ]
+        lines += [
+            "",
+            "The bandwidth ceiling of a batch reads the weights once per step and each request's KV cache "
+            "at the run's mean context (prompt + half the output); it ignores compute, so large batches "
+            "sit further below it.",
+        ]
+    else:
+        lines.append("Not measured: the engine ran in the server (served mode).")
     served = [(v, p) for v in report.variants for p in v.served]
     lines += ["", "## Served (concurrent requests, in-flight batching)", ""]
     if served:

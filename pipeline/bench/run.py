@@ -127,11 +127,13 @@ def host_facts(target_is_gpu: bool) -> dict[str, str]:
         "python": platform.python_version(),
         "cpus": str(os.cpu_count()),
     }
-    if target_is_gpu:
-        import torch  # the GPU runtime has loaded it already
+    import torch  # the runtime has loaded it already
 
-        if torch.cuda.is_available():
-            facts["gpu"] = torch.cuda.get_device_name(0)
+    if target_is_gpu and torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    if not target_is_gpu:
+        # CPU figures depend on it as much as on the cores (an oversubscribed host favours 1).
+        facts["torch_threads"] = str(torch.get_num_threads())
     return facts
 
 

@@ -113,7 +113,7 @@ class ReferenceModel:
             valid[i, longest - len(prompt) :] = True
         self._check_ids(ids)
         lengths = torch.tensor([len(p) for p in prompts])
-        positions = torch.arange(longest).expand(batch, longest)  # BROKEN
+        positions = (torch.arange(longest) - (longest - lengths)[:, None]).clamp(min=0)
         cache = KVCache.empty(len(self._weights.layers))
         logits = self._forward(ids, positions, valid, cache)[:, -1]
         outputs: list[list[int]] = [[] for _ in prompts]

@@ -98,7 +98,7 @@ class _TensorReader:
                 qweight, scale = quantize_weight_per_channel(weight, self.dtype)
             else:
                 qweight = self._int8(f"{module}.weight", weight)
-                scale = self.take(f"{module}.weights_scaling_factor", (out_features,))
+                scale = self.floating(f"{module}.weights_scaling_factor", (out_features,))
             return WeightOnlyLinear(qweight, scale, bias)
         qweight = self._int8(f"{module}.weight", weight)
         return SmoothQuantLinear(

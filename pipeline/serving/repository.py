@@ -31,6 +31,7 @@ PYTHON_MODELS = {
 }
 CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
 HELPERS = ("modelargs.py", "textcodec.py")
+KEEP_FILE = ".keep"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -72,7 +73,13 @@ def write_repository(
         version_dir.mkdir(parents=True)
         (root / model / CONFIG_NAME).write_text(render_config(model, values))
         source = python_models.get(model)
-        if source is not None:
+        if source is None:
+            # Triton needs the version folder even when it holds nothing (the ensemble's): a file
+            # keeps it in the manifest's file list, and so in every copy of the release.
+            (version_dir / KEEP_FILE).write_text(
+                "Triton model version 1: its configuration is ../config.pbtxt\n"
+            )
+        else:
             for name, src in [("model.py", models.joinpath(source, "model.py"))] + [
                 (h, models.joinpath(h)) for h in HELPERS
             ]:

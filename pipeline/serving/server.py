@@ -31,6 +31,8 @@ from pathlib import Path
 from pipeline.errors import MissingDependencyError, StageError
 
 STAGE = "smoke"
+# Errors every start logs on a machine without a GPU; never the reason it failed.
+LOG_NOISE = ("CudaDriverHelper has not been initialized",)
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,14 @@ class TritonServer:
             return False
 
     def failure_line(self) -> str:
-        """The first error the server logged (model load failures name the model and the reason)."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
-        return (errors or lines or ["no output"])[0].strip()[:400]
+        """The first error the server logged (a model that did not load is named, with the reason)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()[1:]  # [0] is the argv
+        errors = [
+            line
+            for line in lines
+            if (line.startswith("E") or line.startswith("error:")) and not any(n in line for n in LOG_NOISE)
+        ]
+        return (errors or lines[-1:] or ["no output"])[0].strip()[:400]
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """SIGTERM by PID (the server then unloads models and frees /dev/shm); SIGKILL if it hangs."""

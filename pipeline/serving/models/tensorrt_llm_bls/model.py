@@ -74,10 +74,10 @@ class TritonPythonModel:
                 response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
             if sender is None:
                 responses.append(response)
-            else:
-                if response is not None:
-                    sender.send(response)
+            elif response is None:  # streamed: every piece is out; close the stream
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:  # the answer or the error travels with the final flag: an ensemble waits for it
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None if self.decoupled else responses
 
     @staticmethod
