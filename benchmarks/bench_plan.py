@@ -61,27 +61,32 @@ def bench_plan() -> None:
     )
 
 
+def _tasks(work: Path) -> list[dict]:
+    # The run report, not stdout: progress lines go to stdout too.
+    return json.loads((work / "reports" / "run.json").read_text())["tasks"]
+
+
 def bench_build_rerun() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
-        args = ("build", "--precision", "int8_wo", "--work-dir", str(Path(tmp) / "work"), "--json")
+        work = Path(tmp) / "work"
+        args = ("build", "--precision", "int8_wo", "--work-dir", str(work))
         first, _, done = _cli(*args)
         if done.returncode != 0:
             raise RuntimeError(f"first build exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        engines = [
-            t for t in json.loads(done.stdout)["tasks"] if t["stage"] == "build" and t["state"] == "ran"
-        ]
+        engines = [t for t in _tasks(work) if t["stage"] == "build" and t["state"] == "ran"]
         print(
             f"first build (tiny default: fetch, calibrate, {len(engines)} cpu-reference engines): {first:.1f}s"
         )
         again, again_cpu, done = _cli(*args)
-        tasks = json.loads(done.stdout)["tasks"]
+        tasks = _tasks(work)
         redone = [t["task"] for t in tasks if t["state"] != "up to date"]
         verdict = "OK" if not redone and done.returncode == 0 else f"FAILED: {redone}"
         print(
-            f"unchanged build re-run: {again:.2f}s, {len(tasks)} tasks up to date, reran {len(redone)} ({verdict})"
+            f"unchanged build re-run: {again:.2f}s wall, {again_cpu:.2f}s CPU, {len(tasks)} tasks, "
+            f"reran {len(redone)} ({verdict})"
         )
-        if redone:
-            raise RuntimeError(f"an unchanged re-run ran {redone}")
+        if redone or done.returncode != 0:
+            raise RuntimeError(f"an unchanged re-run ran {redone} (exit {done.returncode})")
 
 
 def main() -> None:

@@ -241,7 +241,10 @@ def plan_command(
     for name in target or ():
         if name not in TARGETS:
             raise InputError(f"--target {name}: unknown target; known: {', '.join(TARGETS)}")
-    arch = find_architecture(cfg, fetched_model_dir(cfg, ArtifactStore(work_dir)))
+    try:  # the built-in table or the tiny spec: no store look-up, so the plan stays instant
+        arch = find_architecture(cfg)
+    except InputError:  # an unknown hub model: its fetched config.json, if fetched already
+        arch = find_architecture(cfg, fetched_model_dir(cfg, ArtifactStore(work_dir)))
     plans = plan_config(cfg, arch, tuple(dict.fromkeys([cfg.target.gpu, *(target or ())])))
     if as_json:
         rows = [p.model_dump(mode="json") for p in plans]

@@ -129,11 +129,11 @@ KNOWN_ARCHITECTURES: dict[str, ModelArch] = {
 
 def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = None) -> ModelArch:
     """The model's architecture: the fetched config.json, a local one, the tiny spec, or the built-in table."""
-    from pipeline.calibration.verify import HfArchitecture
-
     model = config.model
     for folder in (fetched_model_dir, model.local_path if model.source == "local" else None):
         if folder is not None and (folder / "config.json").is_file():
+            from pipeline.calibration.verify import HfArchitecture
+
             return ModelArch.from_hf(HfArchitecture.load(folder), str(folder / "config.json"))
     if model.source == "tiny":
         from pipeline.tiny_model import TinyMistralSpec

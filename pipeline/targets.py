@@ -1,7 +1,9 @@
 """The GPUs the pipeline can build for, and the CPU reference target.
 
-Figures are the vendors' datasheet numbers (dense, no sparsity). Memory is what
-the card reports to CUDA, in GiB, as used by the memory plan.
+Figures are the vendors' datasheet numbers (dense, no sparsity). Memory is the
+card's nominal capacity in GiB, as the memory plan uses it; CUDA reports a little
+less (39.4 GiB on an A100 40GB), which the plan's 1 GiB runtime reserve covers.
+The cpu-reference row is a host RAM budget and a typical DDR bandwidth.
 """
 
 from __future__ import annotations

@@ -209,6 +209,47 @@ def test_verifier_fails_on_a_wrong_head_count(sq_copy, tiny_arch):
     assert trt_config(sq_copy)["num_attention_heads"] == 8  # nothing is rewritten on failure
 
 
+def check_sq(trt: dict, arch: HfArchitecture):
+    return check_config(
+        trt, arch, quant_algo="W8A8_SQ_PER_CHANNEL", kv_cache_quant_algo=None, export_dtype="float16"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("vocab_size", 1024),
+        ("hidden_size", 128),
+        ("num_key_value_heads", 4),
+        ("head_size", 32),
+        ("dtype", "bfloat16"),
+    ],
+)
+def test_fields_that_shape_tensors_are_never_repaired(exported, tiny_arch, field, bad):
+    _, repairs, problems = check_sq(trt_config(exported["int8_sq"][0]) | {field: bad}, tiny_arch)
+    assert repairs == [] and len(problems) == 1 and problems[0].startswith(f"{field} is {bad!r}")
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "good"), [("norm_epsilon", 1e-6, 1e-5), ("max_position_embeddings", 2048, 512)]
+)
+def test_fields_that_shape_no_tensor_are_repaired(exported, tiny_arch, field, bad, good):
+    fixed, repairs, problems = check_sq(trt_config(exported["int8_sq"][0]) | {field: bad}, tiny_arch)
+    assert problems == [] and fixed[field] == good
+    assert [(r.field, r.found, r.fixed) for r in repairs] == [(field, bad, good)]
+
+
+def test_a_sliding_window_is_carried_into_the_checkpoint_config(exported, tiny_arch):
+    from dataclasses import replace
+
+    trt = trt_config(exported["int8_sq"][0])
+    assert "sliding_window" not in trt and check_sq(trt, tiny_arch)[1] == []  # the tiny model has none
+    fixed, repairs, _ = check_sq(trt, replace(tiny_arch, sliding_window=128))
+    assert fixed["sliding_window"] == 128 and [r.field for r in repairs] == ["sliding_window"]
+    # A window as long as the context is no window at all.
+    assert check_sq(trt, replace(tiny_arch, sliding_window=512))[1] == []
+
+
 def test_verifier_catches_fp16_weights_labelled_w8a8(exported, tiny_arch, tmp_path):
     """ModelOpt's silent mislabel: fp16 weights under quant_algo W8A8_SQ_PER_CHANNEL."""
     directory = tmp_path / "mislabelled"

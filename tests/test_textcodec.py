@@ -25,7 +25,9 @@ def test_word_lists_use_tritons_ids_and_offsets_layout():
 
 
 def test_words_that_encode_to_nothing_are_left_out():
-    assert from_word_list(to_word_lists([["", "end"]], WORDS.__getitem__)[0]) == [[9]]
+    (lists,) = to_word_lists([["", "end"]], WORDS.__getitem__)
+    assert lists.tolist() == [[9], [1]]
+    assert from_word_list(lists) == [[9]]
 
 
 def test_stop_position_is_the_end_of_the_first_completed_stop_word():

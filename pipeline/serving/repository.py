@@ -1,6 +1,6 @@
 """Write a Triton model repository in the TensorRT-LLM backend's in-flight-batching shape.
 
-    <root>/ensemble/config.pbtxt, 1/
+    <root>/ensemble/config.pbtxt, 1/.keep             (Triton needs the version folder; a file keeps it)
     <root>/preprocessing/config.pbtxt, 1/model.py (+ helpers), tokenizer/
     <root>/tensorrt_llm/config.pbtxt, 1/engine/          (+ 1/model.py on the cpu-reference target)
     <root>/postprocessing/config.pbtxt, 1/model.py (+ helpers)

@@ -40,7 +40,7 @@ from pipeline.serving.release_manifest import (
     ServingRef,
 )
 from pipeline.serving.render import RepositoryValues
-from pipeline.serving.repository import ENGINE_SUBDIR, write_repository
+from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
 from pipeline.store import Artifact
@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> StageOutcome:
         # The C++ backend needs an absolute path (where the container mounts the release);
         # the cpu-reference Python model resolves a relative one against the repository.
         engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
-        tokenizer_dir="preprocessing/tokenizer",
+        tokenizer_dir=TOKENIZER_SUBDIR,
         decoupled_mode=config.publish.decoupled,
         # The plan's KV budget assumes this fraction; serving with another voids its proof.
         kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
