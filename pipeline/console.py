@@ -36,10 +36,10 @@ class RichReporter:
         self.console = console
 
     def info(self, message: str) -> None:
-        self.console.print(f"[cyan]•[/] {message}", highlight=False)
+        self.console.print(f"[cyan]•[/] {escape(message)}", highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]WARNING[/] {message}", highlight=False)
+        self.console.print(f"[yellow]WARNING[/] {escape(message)}", highlight=False)
 
     @contextmanager
     def progress(self, description: str, total: float | None, unit: str = "it") -> Iterator[ProgressUpdate]:
@@ -52,7 +52,7 @@ class RichReporter:
             console=self.console,
             transient=not self.console.is_terminal,
         ) as bar:
-            task_id = bar.add_task(description, total=total)
+            task_id = bar.add_task(escape(description), total=total)
             yield lambda n: bar.advance(task_id, n)
 
 

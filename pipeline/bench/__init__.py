@@ -1,0 +1,7 @@
+"""`trtllm-pipeline bench`: latency, throughput and peak memory of built engines, beside the plan.
+
+stats (pure timing figures), workload (what to run, clamped to a profile),
+harness (drives a runner), served (drives a Triton server), memory (peak
+memory probes), reference (plan ceilings, the published estimate), results
+(the typed report), report (bench.json, bench.md, plots), run (the command).
+"""
