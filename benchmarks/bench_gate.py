@@ -124,6 +124,7 @@ def main() -> None:
                 f"{name} model ({params / 1e6:.1f}M parameters, {layers} layers): int8_sq export {export_s:.1f}s; "
                 f"gate {seconds:.1f}s wall (reference {record.reference_s:.1f}s, candidate {record.candidate_s:.1f}s), "
                 f"verdict {'pass' if record.verdict else 'FAIL'}"
+                + (" (random weights: only the time means something)" if model_dir == medium else "")
             )
             for batch in (1, 8):
                 print(
