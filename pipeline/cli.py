@@ -50,10 +50,10 @@ class _State:
     debug = False
 
 
-def _console():
+def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=stderr, highlight=False)
 
 
 def _run_stages(
@@ -74,7 +74,7 @@ def _run_stages(
     from pipeline.console import RichReporter, results_table
     from pipeline.errors import GateFailedError
     from pipeline.executor import execute
-    from pipeline.report import write_run_report
+    from pipeline.report import write_run_junit, write_run_report
     from pipeline.stages.base import RunOptions
     from pipeline.stages.build import preflight as build_preflight
     from pipeline.store import ArtifactStore
@@ -89,7 +89,8 @@ def _run_stages(
     )
     _check_filters(config, precisions, profiles)
     console = _console()
-    reporter = RichReporter(console)
+    # With --json, stdout carries only the report; progress and messages go to stderr.
+    reporter = RichReporter(_console(stderr=as_json))
     store = ArtifactStore(work_dir)
     with store.lock(
         wait=not no_wait, on_wait=lambda p: reporter.info(f"waiting for another run holding {p}")
@@ -108,6 +109,7 @@ def _run_stages(
             options=options,
         )
     report_path = write_run_report(work_dir / "reports" / "run.json", report)
+    write_run_junit(work_dir / "reports" / "run.junit.xml", report)
     if as_json:
         print(report_path.read_text())
     else:
@@ -322,7 +324,8 @@ def bench_command(
         concurrency=tuple(concurrency) if concurrency else None,
     )
     console = _console()
-    reporter = RichReporter(console)
+    # With --json, stdout carries only the report; progress and messages go to stderr.
+    reporter = RichReporter(_console(stderr=as_json))
     store = ArtifactStore(work_dir)
     # Held so that no build replaces an engine while it is measured, nor competes for the machine.
     with store.lock(

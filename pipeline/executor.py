@@ -168,6 +168,7 @@ def _run_one(
                 task=task,
                 inputs=inputs,
                 out_dir=out_dir,
+                final_path=store.slot(task.stage, task.variant) / key,
                 work_dir=store.work_dir,
                 log=logger,
                 log_path=log_path,

@@ -1,11 +1,12 @@
-"""Machine-readable run report (versioned JSON), written atomically."""
+"""Machine-readable run reports (versioned JSON, JUnit XML), written atomically."""
 
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pipeline.executor import RunReport
+from pipeline.executor import RunReport, TaskState
 from pipeline.store import write_text_atomic
 
 REPORT_VERSION = 1
@@ -34,4 +35,29 @@ def write_run_report(path: Path, report: RunReport) -> Path:
         ],
     }
     write_text_atomic(path, json.dumps(body, indent=2) + "\n")
+    return path
+
+
+def write_run_junit(path: Path, report: RunReport) -> Path:
+    """One testcase per task, so a CI system shows which stage of which variant failed."""
+    failures = {TaskState.rejected: "failure", TaskState.failed: "error", TaskState.blocked: "skipped"}
+    suite = ET.Element("testsuite", name="trtllm-pipeline", tests=str(len(report.results)))
+    counts = dict.fromkeys(failures.values(), 0)
+    for result in report.results:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"pipeline.{result.task.stage}",
+            name=result.task.id,
+            time=f"{result.duration_s:.3f}",
+        )
+        kind = failures.get(result.state)
+        if kind:
+            counts[kind] += 1
+            ET.SubElement(case, kind, message=result.summary or result.reason)
+    suite.set("failures", str(counts["failure"]))
+    suite.set("errors", str(counts["error"]))
+    suite.set("skipped", str(counts["skipped"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, ET.tostring(suite, encoding="unicode") + "\n")
     return path

@@ -262,6 +262,7 @@ def test_publish_itself_refuses_a_failed_gate(tmp_path):
         task=task,
         inputs=inputs,
         out_dir=out,
+        final_path=tmp_path / "final",
         work_dir=tmp_path / "work",
         log=logging.getLogger("test"),
         log_path=tmp_path / "log",

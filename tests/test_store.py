@@ -223,3 +223,27 @@ def test_second_run_without_wait_fails_clearly(tmp_path):
         holder.wait()
     with store.lock(wait=False):
         pass
+
+
+def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from pipeline.report import write_run_junit, write_run_report
+
+    config = config_with(tmp_path)
+    bad = "gate[int8_wo/throughput]"
+    modules = fake_modules(gate_ok=lambda ctx: ctx.task.id != bad)
+    report = execute(
+        config,
+        ArtifactStore(tmp_path / "work"),
+        plan_tasks(config),
+        reporter=RecordingReporter(),
+        modules=modules,
+    )
+    body = json.loads(write_run_report(tmp_path / "run.json", report).read_text())
+    assert body["ok"] is False and body["exit_code"] == 1
+    suite = ET.parse(write_run_junit(tmp_path / "run.junit.xml", report)).getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("15", "1", "1")
+    failed = [c.get("name") for c in suite if c.find("failure") is not None]
+    skipped = [c.get("name") for c in suite if c.find("skipped") is not None]
+    assert failed == [bad] and skipped == ["publish[int8_wo/throughput]"]

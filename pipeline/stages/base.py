@@ -40,6 +40,7 @@ class StageContext:
     task: Task
     inputs: dict[str, Artifact]  # by input stage name
     out_dir: Path  # the artifact being written (a temp dir until committed)
+    final_path: Path  # where the artifact will live once committed (does not exist while the stage runs)
     work_dir: Path  # for caches shared across artifacts (e.g. the HF download cache, timing caches)
     log: logging.Logger  # goes to the stage's log file
     log_path: Path

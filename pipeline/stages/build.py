@@ -38,7 +38,7 @@ from pipeline.errors import InputError, StageError
 from pipeline.plan import ProfilePlan, find_architecture, plan_profile
 from pipeline.proc import Runner, run_tool
 from pipeline.stages.base import RunOptions, StageContext, StageOutcome
-from pipeline.store import TMP_PREFIX, ArtifactStore
+from pipeline.store import ArtifactStore
 from pipeline.targets import TARGETS, Target
 from pipeline.tasks import Task
 from pipeline.trtllm.argv import trtllm_build_argv
@@ -324,10 +324,7 @@ def _link_engine(ctx: StageContext) -> Path:
     The link is made just before the executor commits the artifact (it renames ctx.out_dir to
     <slot>/<key>); should the commit fail, the link dangles rather than pointing at a partial artifact.
     """
-    key = ctx.log_path.stem  # the store names a task's log <key>.log
-    if not ctx.out_dir.name.startswith(f"{TMP_PREFIX}{key}-"):
-        raise StageError(NAME, f"cannot tell the artifact's final name from {ctx.out_dir.name}")
-    final = (ctx.out_dir.parent / key).resolve()
+    final = ctx.final_path.resolve()
     config = ctx.config
     link = (ctx.work_dir.resolve().parent / ENGINES_ROOT).joinpath(
         config.model.name, ctx.precision.value, config.target.gpu, ctx.profile.name
