@@ -195,6 +195,7 @@ def status_command(
     from pipeline.config import load_config
     from pipeline.console import results_table
     from pipeline.executor import status
+    from pipeline.report import task_row
     from pipeline.store import ArtifactStore
     from pipeline.tasks import plan_tasks
 
@@ -202,20 +203,7 @@ def status_command(
     cfg = load_config(config)
     results = status(cfg, ArtifactStore(work_dir), plan_tasks(cfg))
     if as_json:
-        rows = [
-            {
-                "task": r.task.id,
-                "stage": r.task.stage,
-                **r.task.variant_dict,
-                "state": r.state.value,
-                "key": r.key,
-                "reason": r.reason,
-                "summary": r.summary,
-                "path": str(r.path) if r.path else None,
-            }
-            for r in results
-        ]
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([task_row(r) for r in results], indent=2))
     else:
         _console().print(results_table(f"status of {work_dir}", results))
 

@@ -58,7 +58,8 @@ class RichReporter:
 
 def results_table(title: str, results: list[TaskResult]) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("task", "state", "key", "time", "detail"):
+    table.add_column("task", no_wrap=True)
+    for column in ("state", "key", "time", "detail"):
         table.add_column(column, overflow="fold")
     for r in results:
         detail = r.summary if r.state in (TaskState.up_to_date, TaskState.ran) else (r.summary or r.reason)

@@ -5,11 +5,26 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
-from pipeline.executor import RunReport, TaskState
+from pipeline.executor import RunReport, TaskResult, TaskState
 from pipeline.store import write_text_atomic
 
 REPORT_VERSION = 1
+
+
+def task_row(result: TaskResult) -> dict[str, Any]:
+    return {
+        "task": result.task.id,
+        "stage": result.task.stage,
+        **result.task.variant_dict,
+        "state": result.state.value,
+        "key": result.key,
+        "reason": result.reason,
+        "summary": result.summary,
+        "duration_s": round(result.duration_s, 3),
+        "path": str(result.path) if result.path else None,
+    }
 
 
 def write_run_report(path: Path, report: RunReport) -> Path:
@@ -19,20 +34,7 @@ def write_run_report(path: Path, report: RunReport) -> Path:
         "ok": report.error is None and not report.rejected,
         "error": report.error.message if report.error else None,
         "exit_code": int(report.error.exit_code) if report.error else (1 if report.rejected else 0),
-        "tasks": [
-            {
-                "task": r.task.id,
-                "stage": r.task.stage,
-                **r.task.variant_dict,
-                "state": r.state.value,
-                "key": r.key,
-                "reason": r.reason,
-                "summary": r.summary,
-                "duration_s": round(r.duration_s, 3),
-                "path": str(r.path) if r.path else None,
-            }
-            for r in report.results
-        ],
+        "tasks": [task_row(r) for r in report.results],
     }
     write_text_atomic(path, json.dumps(body, indent=2) + "\n")
     return path
