@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from responding import answer  # noqa: E402
 from textcodec import PieceDecoder, TextStream  # noqa: E402
 
 # bls input -> preprocessing input
@@ -64,21 +65,11 @@ class TritonPythonModel:
         self.decoder = PieceDecoder(tokenizer)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            sender = request.get_response_sender() if self.decoupled else None
-            try:
-                text = self._serve(request, sender)
-                response = None if text is None else self._text_response(text)
-            except Exception as exc:
-                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-            if sender is None:
-                responses.append(response)
-            elif response is None:  # streamed: every piece is out; close the stream
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            else:  # the answer or the error travels with the final flag: an ensemble waits for it
-                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None if self.decoupled else responses
+        return answer(requests, decoupled=self.decoupled, serve=self._respond, pb_utils=pb_utils)
+
+    def _respond(self, request, sender):
+        text = self._serve(request, sender)
+        return None if text is None else self._text_response(text)
 
     @staticmethod
     def _text_response(text):

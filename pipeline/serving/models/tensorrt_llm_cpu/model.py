@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from responding import answer  # noqa: E402
 from textcodec import from_word_list, stop_position  # noqa: E402
 
 # input -> the value that means "off"; anything else is refused on this target
@@ -56,20 +57,7 @@ class TritonPythonModel:
         self.runner = load_runner(Path(repository_path(args, params["gpt_model_path"])))
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            sender = request.get_response_sender() if self.decoupled else None
-            try:
-                response = self._serve(request, sender)
-            except Exception as exc:
-                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-            if sender is None:
-                responses.append(response)
-            elif response is None:  # streamed: every piece is out; close the stream
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            else:  # the answer or the error travels with the final flag: an ensemble waits for it
-                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None if self.decoupled else responses
+        return answer(requests, decoupled=self.decoupled, serve=self._serve, pb_utils=pb_utils)
 
     def _serve(self, request, sender):
         for name, off in UNSUPPORTED_UNLESS.items():
