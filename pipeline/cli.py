@@ -70,9 +70,9 @@ def _run_stages(
     allow_arch_mismatch: bool = False,
     visualize: bool = False,
 ) -> None:
-    from pipeline.config import load_config
+    from pipeline.config import load_config, missing_input_files
     from pipeline.console import RichReporter, results_table
-    from pipeline.errors import GateFailedError
+    from pipeline.errors import ConfigError, GateFailedError
     from pipeline.executor import execute
     from pipeline.report import write_run_junit, write_run_report
     from pipeline.stages.base import RunOptions
@@ -88,6 +88,8 @@ def _run_stages(
         plan_tasks(config), stages, precisions=set(precisions or ()), profiles=set(profiles or ())
     )
     _check_filters(config, precisions, profiles)
+    for field, path in missing_input_files(config, {t.stage for t in tasks}):
+        raise ConfigError(config_path or "<embedded default>", field, f"file not found: {path}")
     console = _console()
     # With --json, stdout carries only the report; progress and messages go to stderr.
     reporter = RichReporter(_console(stderr=as_json))

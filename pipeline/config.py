@@ -306,3 +306,22 @@ def load_config(path: Path | None) -> PipelineConfig:
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read config: {exc.strerror}") from None
     return parse_config(text, str(path), path.resolve().parent)
+
+
+def missing_input_files(config: PipelineConfig, stages: set[str]) -> list[tuple[str, Path]]:
+    """(field, path) of each data file the given stages will read that does not exist.
+
+    Checked before any stage runs, so a typo fails in a second rather than after a download.
+    """
+    needed: list[tuple[str, Path | None]] = []
+    if "calibrate" in stages:
+        needed.append(("calibration.dataset", config.calibration.dataset))
+    if "gate" in stages:
+        needed += [
+            ("gate.eval_dataset", config.gate.eval_dataset),
+            ("gate.prompts", config.gate.prompts),
+            ("gate.multiple_choice", config.gate.multiple_choice),
+        ]
+    if "fetch" in stages and config.model.source == "local":
+        needed.append(("model.local_path", config.model.local_path))
+    return [(field, path) for field, path in needed if path is not None and not path.exists()]

@@ -31,3 +31,17 @@ def test_status_json_lists_every_task(tmp_path, in_repo_root, capsys):
 def test_unknown_profile_filter_is_exit_2(tmp_path, in_repo_root, capsys):
     assert main(["build", "--profile", "nope", "--work-dir", str(tmp_path)]) == 2
     assert "--profile nope" in capsys.readouterr().err
+
+
+def test_missing_data_file_fails_before_any_stage_runs(tmp_path, repo_root, capsys):
+    text = (repo_root / "pipeline" / "defaults" / "tiny.toml").read_text()
+    config = tmp_path / "cfg.toml"
+    text = text.replace('eval_dataset = "calib_data/offline-eval.jsonl"', 'eval_dataset = "nope.jsonl"')
+    config.write_text(text.replace('"calib_data/', f'"{repo_root}/calib_data/'))
+    work = tmp_path / "work"
+    assert main(["run", "--config", str(config), "--work-dir", str(work)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{config}: gate.eval_dataset: file not found: {tmp_path / 'nope.jsonl'}" in err
+    assert not (work / "store").exists()  # nothing ran, not even the fetch
+    # A stage that does not read the file is not blocked by it.
+    assert main(["status", "--config", str(config), "--work-dir", str(work)]) == 0
