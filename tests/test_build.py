@@ -254,11 +254,12 @@ max_seq_len = 128
 """
 
 
-def test_build_without_tensorrt_llm_is_one_line_exit_3_before_any_work(tmp_path, capsys):
+def test_build_without_tensorrt_llm_is_one_line_exit_3_before_any_work(repo_root, tmp_path, capsys):
     if shutil.which("trtllm-build"):
         pytest.skip("this machine has TensorRT-LLM")
     config = tmp_path / "gpu.toml"
     config.write_text(TINY_ON_A100)
+    (tmp_path / "calib_data").symlink_to(repo_root / "calib_data")  # the config's data files exist
     assert main(["run", "--config", str(config), "--work-dir", str(tmp_path / "work")]) == 3
     err = capsys.readouterr().err
     error = err.splitlines()[0]  # one line: what is missing and the container to use
@@ -272,6 +273,7 @@ def test_build_refuses_a_profile_that_does_not_fit_before_any_work(repo_root, tm
     text = (repo_root / "pipeline.toml").read_text().replace("max_batch_size = 4\n", "max_batch_size = 64\n")
     config = tmp_path / "big.toml"
     config.write_text(text)
+    (tmp_path / "calib_data").symlink_to(repo_root / "calib_data")  # the config's data files exist
     assert main(["build", "--config", str(config), "--work-dir", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
     assert "profiles[2]" in err and "'long-context' does not fit a100-40gb" in err
@@ -283,6 +285,7 @@ def test_cpu_reference_build_refuses_a_profile_that_does_not_fit(repo_root, tmp_
     text = (repo_root / "pipeline" / "defaults" / "tiny.toml").read_text()
     config = tmp_path / "tiny.toml"
     config.write_text(text.replace("max_batch_size = 8\n", "max_batch_size = 400000\n"))
+    (tmp_path / "calib_data").symlink_to(repo_root / "calib_data")  # the config's data files exist
     assert main(["build", "--config", str(config), "--work-dir", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
     assert "profiles[1]" in err and "'throughput' does not fit cpu-reference" in err
