@@ -60,12 +60,6 @@ class MissingDependencyError(PipelineError, ImportError):
     exit_code = ExitCode.MISSING_DEPENDENCY
 
 
-class NotImplementedStageError(MissingDependencyError):
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-        super().__init__(f"stage '{stage}' is not implemented yet", hint="see the open issues in the tracker")
-
-
 class GateFailedError(PipelineError):
     exit_code = ExitCode.GATE_FAILED
 
