@@ -21,7 +21,7 @@ from hub_server import HubServer
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import ChecksumError, DiskSpaceError, FetchError, PickleRefusedError
+from pipeline.errors import ChecksumError, DiskSpaceError, FetchError, InputError, PickleRefusedError
 from pipeline.executor import RunReport, TaskState, execute, fingerprints
 from pipeline.hub import fetch_repo
 from pipeline.hub.selection import select_files
@@ -406,6 +406,22 @@ def test_a_local_folder_with_pickled_weights_is_refused(tiny_model_dir, tmp_path
     config = make_config(tmp_path, source="local", local_path=str(folder), allow_patterns=["*"])
     report, _ = run_fetch(config, tmp_path / "work")
     assert isinstance(report.error, PickleRefusedError) and report.error.file == "training_args.bin"
+
+
+def test_a_model_that_maps_to_its_own_code_is_refused_unless_opted_in(tiny_model_dir, tmp_path):
+    folder = tmp_path / "local-model"
+    shutil.copytree(tiny_model_dir, folder)
+    hf_config = json.loads((folder / "config.json").read_text())
+    hf_config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    report, _ = run_fetch(make_config(tmp_path, source="local", local_path=str(folder)), tmp_path / "work")
+    assert isinstance(report.error, InputError)
+    assert "auto_map names the model's own code (AutoModelForCausalLM)" in report.error.message
+    assert "model.trust_remote_code = true" in report.error.hint
+    assert not list((tmp_path / "work" / "store" / "fetch").glob("[0-9a-f]*"))  # nothing committed
+    opted_in = make_config(tmp_path, source="local", local_path=str(folder), trust_remote_code=True)
+    report, _ = run_fetch(opted_in, tmp_path / "work")
+    assert report.error is None
 
 
 def test_the_tiny_source_generates_the_model_folder(tmp_path):

@@ -14,6 +14,7 @@ key: the artifact is reused until --force, and the record says it was a branch.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -88,11 +89,27 @@ def run(ctx: StageContext) -> StageOutcome:
     else:
         record = _generate_tiny(ctx, out)
         label = f"tiny Mistral (seed {model.tiny_seed})"
+    refuse_remote_code(out / "config.json", allowed=model.trust_remote_code)
     for f in record.files:
         ctx.known_sha256[f"{MODEL_DIR}/{f.path}"] = f.sha256
     size = sum(f.size for f in record.files)
     amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
     return StageOutcome(summary=f"{label}: {len(record.files)} files, {amount}", record=record)
+
+
+def refuse_remote_code(config_json: Path, *, allowed: bool) -> None:
+    """A model whose config.json maps its classes to its own code (auto_map) runs that code when
+    loaded with trust_remote_code: refuse it unless the config opts in."""
+    try:
+        auto_map = json.loads(config_json.read_text()).get("auto_map")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"not a readable model config: {exc}", path=config_json) from None
+    if auto_map and not allowed:
+        raise InputError(
+            f"auto_map names the model's own code ({', '.join(sorted(auto_map))}); it is not run by default",
+            path=config_json,
+            hint="review that code, then set model.trust_remote_code = true (and add '*.py' to allow_patterns)",
+        )
 
 
 def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
