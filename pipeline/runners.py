@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
-
 from pipeline.errors import InputError, MissingDependencyError
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.trtllm import CONTAINER
@@ -78,19 +76,13 @@ class ReferenceRunner:
 
     @classmethod
     def load(cls, engine_dir: Path, engine_config: dict[str, Any], limits: RuntimeLimits) -> ReferenceRunner:
-        from pipeline.runtime import CheckpointConfig, ReferenceModel
-        from pipeline.runtime.checkpoint import load_tensors
+        from pipeline.runtime import ReferenceModel
+        from pipeline.runtime.checkpoint import load_tensors, parse_checkpoint_config
         from pipeline.runtime.weights import build_weights
 
-        try:
-            config = CheckpointConfig.model_validate(engine_config["pretrained_config"])
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise InputError(
-                f"pretrained_config.{field}: {err['msg'].removeprefix('Value error, ')}",
-                path=engine_dir / ENGINE_CONFIG,
-            ) from None
+        config = parse_checkpoint_config(
+            engine_config["pretrained_config"], engine_dir / ENGINE_CONFIG, field_prefix="pretrained_config."
+        )
         weights = build_weights(load_tensors(engine_dir), config, engine_dir)
         return cls(ReferenceModel(config, weights, limits), engine_config)
 

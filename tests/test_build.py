@@ -588,6 +588,15 @@ def test_cpu_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkp
     with pytest.raises(InputError, match="max_seq_len=128"):
         wide.generate([[1] * 96], max_new_tokens=40)
 
+    broken = tmp_path / "broken-engine"
+    shutil.copytree(engine, broken)
+    engine_config["pretrained_config"]["num_attention_heads"] = "many"
+    (broken / "config.json").write_text(json.dumps(engine_config))
+    with pytest.raises(
+        InputError, match=r"config.json: pretrained_config.num_attention_heads: Input should be"
+    ):
+        load_runner(broken)
+
     _, _, again = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint)
     assert [r.state for r in _builds(again)] == [TaskState.up_to_date] * 2
 
