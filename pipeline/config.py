@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import ConfigError
 from pipeline.targets import TARGETS
 
@@ -176,7 +177,7 @@ class GateSection(Strict):
 
 class PublishSection(Strict):
     destination: Path = Path("model_repository")
-    container: str = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    container: str = SERVING_CONTAINER.tag
     decoupled: bool = True
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
     preprocessing_instances: Annotated[int, Field(ge=1)] = 1

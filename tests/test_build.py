@@ -23,6 +23,7 @@ from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
 from pipeline.config import BuildSection, Precision, load_config, parse_config
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
 from pipeline.executor import TaskState, execute
 from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory
@@ -264,7 +265,7 @@ def test_build_without_tensorrt_llm_is_one_line_exit_3_before_any_work(repo_root
     err = capsys.readouterr().err
     error = err.splitlines()[0]  # one line: what is missing and the container to use
     assert error.startswith("ERROR TensorRT-LLM is not installed: GPU builds run inside")
-    assert "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3" in error
+    assert SERVING_CONTAINER.tag in error
     assert err.count("ERROR") == 1 and "Traceback" not in err
     assert not (tmp_path / "work" / "store").exists()  # not even fetch ran
 

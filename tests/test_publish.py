@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from publish_upstream import Upstream, a100_engine_info, config_with, run_publish
 from tritonclient.grpc import model_config_pb2
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import GateFailedError, InputError, StageError
 from pipeline.executor import TaskState
 from pipeline.hashing import sha256_file
@@ -304,7 +305,7 @@ def test_gpu_repository_serves_the_engine_with_the_tensorrtllm_backend(tmp_path)
     assert not (version / "tensorrt_llm/1/model.py").exists()  # the C++ backend, not the CPU stand-in
     assert (version / "tensorrt_llm/1/engine/rank0.engine").is_file()
     manifest = ReleaseManifest.model_validate_json((version / RELEASE_MANIFEST).read_text())
-    assert manifest.serving.serve_with == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    assert manifest.serving.serve_with == SERVING_CONTAINER.tag
     assert manifest.engine.sm == 80
     assert manifest.versions["tensorrt_llm"] == "1.2.1" and manifest.versions["tensorrt"] == "10.14.1.48"
 

@@ -19,9 +19,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import MissingDependencyError
-
-CONTAINER = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
 
 
 class MemoryReading(BaseModel):
@@ -85,7 +84,7 @@ class NvmlDeviceProbe:
         except ImportError as exc:
             raise MissingDependencyError(
                 "GPU memory measurement needs nvidia-ml-py (import pynvml)",
-                hint=f"pip install nvidia-ml-py, or run inside {CONTAINER}",
+                hint=f"pip install nvidia-ml-py, or run inside {SERVING_CONTAINER.tag}",
             ) from exc
         self._nvml = pynvml
         self._interval_s = interval_s
@@ -99,7 +98,7 @@ class NvmlDeviceProbe:
         except pynvml.NVMLError as exc:
             raise MissingDependencyError(
                 f"GPU memory measurement needs a visible NVIDIA GPU and driver (NVML: {exc})",
-                hint=f"run on the GPU host, inside {CONTAINER} started with --gpus",
+                hint=f"run on the GPU host, inside {SERVING_CONTAINER.tag} started with --gpus",
             ) from None
 
     def _used(self) -> int:

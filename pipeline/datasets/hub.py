@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.datasets.jsonl import parse_jsonl_texts, write_jsonl_dataset
 from pipeline.errors import InputError, MissingDependencyError, StageError
 from pipeline.reporting import Reporter
@@ -77,7 +78,7 @@ def read_shard_texts(path: Path, field: str) -> list[str]:
         except ImportError:
             raise MissingDependencyError(
                 f"{path.name} is parquet, which needs pyarrow",
-                hint="pip install pyarrow, or run inside nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3",
+                hint=f"pip install pyarrow, or run inside {SERVING_CONTAINER.tag}",
             ) from None
         table = pq.read_table(path)
         if field not in table.column_names:
