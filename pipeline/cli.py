@@ -42,6 +42,12 @@ ArchOpt = Annotated[
 VisualizeOpt = Annotated[
     bool, typer.Option("--visualize", help="Also export each engine's network as ONNX (build.visualize).")
 ]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Print each task that would run and each external command's argv; run nothing."
+    ),
+]
 
 DEFAULT_WORK_DIR = Path("work")
 
@@ -69,6 +75,7 @@ def _run_stages(
     profiles: list[str] | None,
     allow_arch_mismatch: bool = False,
     visualize: bool = False,
+    dry_run: bool = False,
 ) -> None:
     from pipeline.config import load_config, missing_input_files
     from pipeline.console import RichReporter, results_table
@@ -90,6 +97,11 @@ def _run_stages(
     _check_filters(config, precisions, profiles)
     for field, path in missing_input_files(config, {t.stage for t in tasks}):
         raise ConfigError(config_path or "<embedded default>", field, f"file not found: {path}")
+    if dry_run:
+        _print_dry_run(
+            config, ArtifactStore(work_dir), tasks, frozenset(stages) if force else frozenset(), as_json
+        )
+        return
     console = _console()
     # With --json, stdout carries only the report; progress and messages go to stderr.
     reporter = RichReporter(_console(stderr=as_json))
@@ -126,6 +138,39 @@ def _run_stages(
         raise GateFailedError(f"accuracy gate failed for {ids}", hint="see gate.md in each gate artifact")
 
 
+def _print_dry_run(config, store, tasks, force_stages: frozenset[str], as_json: bool) -> None:
+    import shlex
+
+    from rich.markup import escape
+
+    from pipeline.dryrun import plan_run
+    from pipeline.errors import InputError
+    from pipeline.plan import find_architecture
+    from pipeline.stages.build import fetched_model_dir
+
+    try:
+        arch = find_architecture(config, fetched_model_dir(config, store))
+    except InputError:
+        arch = None  # an unknown hub model before its fetch: the plan says the argv needs it
+    dry = plan_run(config, store, tasks, arch, force_stages=force_stages)
+    if as_json:
+        print(dry.model_dump_json(indent=2))
+        return
+    console = _console()
+    console.print(f"dry run: {escape(config.model.name)} on {config.target.gpu}; nothing runs")
+    for task in dry.tasks:
+        mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"
+        console.print(f"{mark} {escape(task.id)}: {escape(task.reason)}")
+        for command in task.commands:
+            console.print(f"    $ {escape(shlex.join(command.argv))}", soft_wrap=True)
+            for note in command.notes:
+                console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
+    for command in dry.serve:
+        console.print(
+            f"then, to {escape(command.purpose)}:\n    $ {escape(shlex.join(command.argv))}", soft_wrap=True
+        )
+
+
 def _check_filters(config, precisions: list[str] | None, profiles: list[str] | None) -> None:
     from pipeline.errors import InputError
 
@@ -155,6 +200,7 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
         profile: ProfileOpt = None,
         allow_arch_mismatch: ArchOpt = False,
         visualize: VisualizeOpt = False,
+        dry_run: DryRunOpt = False,
     ) -> None:
         _run_stages(
             stage_names,
@@ -168,6 +214,7 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
             profiles=profile,
             allow_arch_mismatch=allow_arch_mismatch,
             visualize=visualize,
+            dry_run=dry_run,
         )
 
     command.__doc__ = help_text

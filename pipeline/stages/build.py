@@ -118,11 +118,9 @@ def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
 # --- GPU targets: trtllm-build ----------------------------------------------------------------
 
 
-def _timing_cache(work_dir: Path, model: str, target: Target, env: BuildEnvironment) -> Path:
+def timing_cache_path(work_dir: Path, model: str, target: Target, tensorrt_version: str | None) -> Path:
     # TensorRT refuses a timing cache from another GPU or TensorRT version: key it by both.
-    path = work_dir / "timing-cache" / model / f"{target.name}-trt{env.tensorrt}.cache"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return work_dir / "timing-cache" / model / f"{target.name}-trt{tensorrt_version}.cache"
 
 
 def _check_host(
@@ -152,13 +150,15 @@ def _build_trtllm_engine(
     _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
     visualize_dir = ctx.out_dir / NETWORK_DIR if ctx.config.build.visualize else None
     gpus = len(env.gpus)
+    timing_cache = timing_cache_path(ctx.work_dir, ctx.config.model.name, target, env.tensorrt)
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
     argv = trtllm_build_argv(
         checkpoint,
         engine_dir,
         ctx.profile,
         ctx.config.build,
         plan,
-        _timing_cache(ctx.work_dir, ctx.config.model.name, target, env),
+        timing_cache,
         workers=min(ctx.config.build.workers or gpus, gpus),  # trtllm-build caps it at the GPU count too
         visualize_dir=visualize_dir,
         executable=env.trtllm_build or "trtllm-build",
