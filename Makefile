@@ -13,7 +13,7 @@ CLI := $(VENV)/bin/trtllm-pipeline
 STAMP := $(VENV)/.installed-stamp
 endif
 
-.PHONY: setup test demo build-engine bench lint lock clean
+.PHONY: setup test demo build-engine gpu-selftest bench lint lock clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ demo: setup
 # The real job (pipeline.toml: Mistral-7B-Instruct-v0.3, A100 40GB) on a GPU host.
 build-engine: setup
 	$(CLI) run --config $(CONFIG)
+
+# Inside the serving container on a GPU host: a small model through a real trtllm-build, the gate,
+# publish and the image's tritonserver; a pass/fail table and work/gpu-selftest/report.json.
+gpu-selftest: setup
+	$(CLI) gpu-selftest
 
 bench: setup
 	$(PY) -m benchmarks

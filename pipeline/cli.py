@@ -485,6 +485,51 @@ def smoke_command(
         )
 
 
+@app.command("gpu-selftest")
+def gpu_selftest_command(
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="Its own store, published repository and report.json.")
+    ] = Path("work/gpu-selftest"),
+    data_dir: Annotated[
+        Path, typer.Option("--data", help="The calibration, evaluation and prompt sets.")
+    ] = Path("calib_data"),
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inside the serving container on a GPU host: a small model through trtllm-build, gate, publish, tritonserver."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pipeline.console import RichReporter
+    from pipeline.errors import StageError
+    from pipeline.selftest import REPORT_NAME, STAGE, run_selftest
+
+    _State.debug = debug
+    console = _console()
+    report = run_selftest(work_dir, data_dir.absolute(), reporter=RichReporter(_console(stderr=as_json)))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        table = Table(
+            title=f"gpu-selftest: {report.gpu or 'no GPU'} -> {report.target or '-'}", title_justify="left"
+        )
+        for column in ("check", "result", "time", "detail"):
+            table.add_column(column, overflow="fold")
+        for check in report.checks:
+            result = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skipped[/]"}[
+                check.ok
+            ]
+            time_s = f"{check.duration_s:.1f}s" if check.duration_s else ""
+            table.add_row(escape(check.name), result, time_s, escape(check.detail))
+        console.print(table)
+        console.print(f"report: {work_dir / REPORT_NAME}")
+    if report.error is not None:
+        raise report.error
+    if not report.ok:
+        failed = [c for c in report.checks if c.ok is False]
+        raise StageError(STAGE, f"{len(failed)} check(s) failed; first, {failed[0].name}: {failed[0].detail}")
+
+
 def _print_error(exc: BaseException) -> None:
     from rich.console import Console
     from rich.markup import escape

@@ -70,6 +70,7 @@ class ModelSection(Strict):
     instruct: bool = False  # apply the tokenizer's chat template to calibration/eval prompts
     tiny_seed: int = 0
     tiny_train_steps: Annotated[int, Field(ge=0)] = 300
+    tiny_size: str = "demo"  # a name in pipeline.tiny_model.TINY_SIZES
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSection:
@@ -78,6 +79,15 @@ class ModelSection(Strict):
         if self.source == "local" and self.local_path is None:
             raise ValueError("source 'local' needs local_path (a Hugging Face model folder)")
         return self
+
+    @field_validator("tiny_size")
+    @classmethod
+    def _known_tiny_size(cls, value: str) -> str:
+        from pipeline.tiny_model import TINY_SIZES
+
+        if value not in TINY_SIZES:
+            raise ValueError(f"unknown tiny size '{value}'; known: {', '.join(TINY_SIZES)}")
+        return value
 
     @property
     def revision_is_commit(self) -> bool:

@@ -136,9 +136,9 @@ def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = N
 
             return ModelArch.from_hf(HfArchitecture.load(folder), str(folder / "config.json"))
     if model.source == "tiny":
-        from pipeline.tiny_model import TinyMistralSpec
+        from pipeline.tiny_model import tiny_spec
 
-        spec = TinyMistralSpec()
+        spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)
         return ModelArch(
             source="TinyMistralSpec",
             hidden_size=spec.hidden_size,

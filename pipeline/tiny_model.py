@@ -10,7 +10,7 @@ Deterministic for a seed on one machine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.datasets.offline import offline_texts
@@ -36,6 +36,24 @@ class TinyMistralSpec:
     train_seq_len: int = 64
     train_batch: int = 16
     seed: int = 0
+
+
+# Named sizes a config picks (model.tiny_size). "gpu": shapes TensorRT-LLM's kernels accept
+# (head_dim 64, hidden a multiple of 128), for `make gpu-selftest`.
+TINY_SIZES = {
+    "demo": TinyMistralSpec(),
+    "gpu": replace(
+        TinyMistralSpec(),
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+
+
+def tiny_spec(size: str, *, seed: int, train_steps: int) -> TinyMistralSpec:
+    return replace(TINY_SIZES[size], seed=seed, train_steps=train_steps)
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):

@@ -73,7 +73,12 @@ def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
             "allow_pickle": model.allow_pickle,
             "files": _stat_fingerprint(model.local_path, model),
         }
-    return {"source": "tiny", "tiny_seed": model.tiny_seed, "tiny_train_steps": model.tiny_train_steps}
+    return {
+        "source": "tiny",
+        "tiny_seed": model.tiny_seed,
+        "tiny_train_steps": model.tiny_train_steps,
+        "tiny_size": model.tiny_size,
+    }
 
 
 def run(ctx: StageContext) -> StageOutcome:
@@ -197,10 +202,10 @@ def _copy_hashing(src: Path, dst: Path, name: str, advance: Callable[[float], No
 
 def _generate_tiny(ctx: StageContext, out: Path) -> FetchRecord:
     from pipeline.hashing import sha256_file
-    from pipeline.tiny_model import TinyMistralSpec, generate_tiny_mistral
+    from pipeline.tiny_model import generate_tiny_mistral, tiny_spec
 
     model = ctx.config.model
-    spec = TinyMistralSpec(seed=model.tiny_seed, train_steps=model.tiny_train_steps)
+    spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)
     with ctx.reporter.progress("train the tiny Mistral", spec.train_steps, unit="step") as advance:
         generate_tiny_mistral(out, spec, on_step=lambda _step: advance(1))
     files = tuple(
