@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,12 @@ else:  # pragma: no cover - exercised on 3.10 only
 DEFAULT_CONFIG_NAME = "tiny.toml"
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def _one_of(value: str, known: Mapping[str, object], what: str) -> str:
+    if value not in known:
+        raise ValueError(f"unknown {what} '{value}'; known: {', '.join(known)}")
+    return value
 
 
 class Strict(BaseModel):
@@ -85,9 +92,7 @@ class ModelSection(Strict):
     def _known_tiny_size(cls, value: str) -> str:
         from pipeline.tiny_model import TINY_SIZES
 
-        if value not in TINY_SIZES:
-            raise ValueError(f"unknown tiny size '{value}'; known: {', '.join(TINY_SIZES)}")
-        return value
+        return _one_of(value, TINY_SIZES, "tiny size")
 
     @property
     def revision_is_commit(self) -> bool:
@@ -100,9 +105,7 @@ class TargetSection(Strict):
     @field_validator("gpu")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in TARGETS:
-            raise ValueError(f"unknown target '{value}'; known: {', '.join(TARGETS)}")
-        return value
+        return _one_of(value, TARGETS, "target")
 
 
 class QuantizationSection(Strict):

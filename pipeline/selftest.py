@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, PrivateAttr
 
@@ -37,6 +38,9 @@ from pipeline.store import ArtifactStore, write_text_atomic
 from pipeline.targets import TARGETS, Target
 from pipeline.tasks import plan_tasks
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, probe_environment
+
+if TYPE_CHECKING:
+    from pipeline.serving.smoke import SmokeCheck
 
 STAGE = "gpu-selftest"
 PRECISION = Precision.int8_sq  # the real job's first precision: SmoothQuant kernels on this GPU
@@ -126,7 +130,8 @@ def selftest_config(target: str, work_dir: Path, data_dir: Path) -> PipelineConf
     return config.model_copy(update={"publish": publish})
 
 
-Serve = Callable[[Path, list[str], int, Path], list]  # -> [pipeline.serving.smoke.SmokeCheck]
+# (published repository, prompts, max_tokens, work dir) -> one check per route
+Serve = Callable[[Path, list[str], int, Path], list["SmokeCheck"]]
 
 
 def run_selftest(
@@ -229,7 +234,9 @@ def container_install() -> TritonInstall:
     return install
 
 
-def serve_in_container(repository: Path, prompts: list[str], max_tokens: int, work_dir: Path) -> list:
+def serve_in_container(
+    repository: Path, prompts: list[str], max_tokens: int, work_dir: Path
+) -> list[SmokeCheck]:
     from pipeline.serving.smoke import ask_server
 
     install = container_install()

@@ -438,6 +438,7 @@ def test_the_tiny_source_generates_the_model_folder(tmp_path):
         "source": "tiny",
         "tiny_seed": 0,
         "tiny_train_steps": 2,
+        "tiny_size": "demo",
     }
 
 

@@ -16,9 +16,10 @@ from fake_stages import RUNS, fake_modules, make_stage
 from test_build import A100, GIB, FakeTensorRTLLM, trtllm_build_parser
 
 from pipeline.cli import main
+from pipeline.config import parse_config
 from pipeline.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.dryrun import plan_run
-from pipeline.errors import MissingDependencyError
+from pipeline.errors import ConfigError, MissingDependencyError
 from pipeline.plan import find_architecture
 from pipeline.reporting import RecordingReporter
 from pipeline.selftest import (
@@ -77,6 +78,13 @@ def test_the_selftest_model_has_shapes_tensorrt_llm_kernels_accept(repo_root, tm
     written = json.loads((generate_tiny_mistral(tmp_path / "m", spec) / "config.json").read_text())
     assert (written["hidden_size"], written["head_dim"]) == (arch.hidden_size, arch.head_dim)
     assert written["intermediate_size"] % 128 == 0
+
+
+def test_an_unknown_tiny_size_names_the_field(tmp_path):
+    text = '[model]\nname = "m"\nsource = "tiny"\ntiny_size = "huge"\n[[profiles]]\nname = "p"\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text + "max_batch_size = 1\nmax_input_len = 8\nmax_seq_len = 16\n", "c.toml", tmp_path)
+    assert caught.value.field == "model.tiny_size" and "known: demo, gpu" in caught.value.message
 
 
 def test_the_selftest_plan_builds_one_engine_and_serves_it_where_it_lies(repo_root, tmp_path):
