@@ -6,6 +6,7 @@ One server serves the module's repository; the CLI test starts its own, as
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,9 +103,24 @@ def test_a_stop_word_ends_the_answer(server, prompts, expected):
 
 
 @pytest.mark.triton
-def test_sampling_the_reference_runtime_lacks_is_refused_by_name(server, prompts):
-    with pytest.raises(StageError, match="'beam_width' is not supported"):
-        generate(server.url, "ensemble", {"text_input": prompts[0], "max_tokens": 4, "beam_width": 2})
+@pytest.mark.parametrize("name, value", [("beam_width", 2), ("min_tokens", 3)])
+def test_sampling_the_reference_runtime_lacks_is_refused_by_name(server, prompts, name, value):
+    """The input reaches the engine model under the backend's name (min_tokens, not min_length)."""
+    with pytest.raises(StageError, match=f"'{name}' is not supported"):
+        generate(server.url, "ensemble", {"text_input": prompts[0], "max_tokens": 4, name: value})
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_seeded_sampling_reaches_the_engine_under_the_backends_name(server, published, prompts, model):
+    """`seed` (the 1.2 backend's name, utils.h InputFieldsNames::seed) decides the sampled answer."""
+    sampling = {"temperature": 1.5, "top_k": 50}
+    seeded, unseeded = (
+        reference_answers(published[2], prompts[:1], MAX_TOKENS, **sampling, seed=seed)[0] for seed in (7, 0)
+    )
+    assert seeded != unseeded  # else this test could not tell a seed that was dropped
+    payload = {"text_input": prompts[0], "max_tokens": MAX_TOKENS, "temperature": 1.5, "top_k": 50, "seed": 7}
+    assert generate(server.url, model, payload)["text_output"] == seeded
 
 
 @pytest.mark.triton
@@ -168,6 +184,19 @@ def test_a_model_that_does_not_load_is_named_in_one_line(tmp_path):
     message = info.value.message
     assert "engine_model" in message and "CudaDriverHelper" not in message and "\n" not in message
     assert server.process.returncode == 1
+
+
+@pytest.mark.triton
+def test_an_engine_model_without_a_parameter_the_backend_requires_does_not_load(published, tmp_path):
+    """As the TensorRT-LLM backend (model_instance_state.cc reads it with no default), so the stand-in."""
+    repository = tmp_path / "repository"
+    shutil.copytree(published[2].resolve(), repository)
+    config = repository / "tensorrt_llm" / "config.pbtxt"
+    lines = config.read_text().splitlines(keepends=True)
+    config.write_text("".join(line for line in lines if '"guided_decoding_backend"' not in line))
+    with pytest.raises(StageError, match="Cannot find parameter with name: guided_decoding_backend"):
+        with TritonServer(repository, work_dir=tmp_path / "server"):
+            pass
 
 
 @pytest.mark.triton

@@ -68,8 +68,9 @@ def _config(repository: Path, model: str):
     return parse_model_config(path.read_text(), str(path), expected_name=model)
 
 
-def reference_answers(repository: Path, prompts: list[str], max_tokens: int) -> list[str]:
-    """The reference runtime's greedy answers, tokenized and decoded exactly as the serving models do."""
+def reference_answers(repository: Path, prompts: list[str], max_tokens: int, **sampling) -> list[str]:
+    """The reference runtime's answers (greedy unless `sampling` says otherwise: temperature, top_k,
+    seed), tokenized and decoded exactly as the serving models do."""
     from transformers import AutoTokenizer
 
     from pipeline.runners import load_runner
@@ -82,7 +83,9 @@ def reference_answers(repository: Path, prompts: list[str], max_tokens: int) -> 
     answers = []
     for prompt in prompts:  # one at a time, as the server runs each request
         ids = tokenizer.encode(prompt, add_special_tokens=add_special)
-        (tokens,) = runner.generate([ids], max_new_tokens=max_tokens, end_id=tokenizer.eos_token_id)
+        (tokens,) = runner.generate(
+            [ids], max_new_tokens=max_tokens, end_id=tokenizer.eos_token_id, **sampling
+        )
         answers.append(decoder.decode(list(tokens)[:max_tokens]))
     return answers
 

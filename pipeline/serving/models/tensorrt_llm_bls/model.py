@@ -42,7 +42,7 @@ SAMPLING_INPUTS = {
     "top_k": "runtime_top_k",
     "top_p": "runtime_top_p",
     "temperature": "temperature",
-    "random_seed": "random_seed",
+    "seed": "seed",
 }
 
 

@@ -26,11 +26,21 @@ UNSUPPORTED_UNLESS = {
     "repetition_penalty": 1.0,
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
-    "min_length": None,
+    "min_tokens": None,
     "return_log_probs": False,
     "encoder_input_features": None,
     "stop": False,  # cancelling a running request
 }
+
+
+# The TensorRT-LLM backend reads these with no fallback, so a config without one fails to load
+# (model_instance_state.cc: getBatchingTypeFromParams, getGuidedDecodingConfigFromParams); so does this.
+REQUIRED_PARAMETERS = (
+    "gpt_model_type",
+    "tokenizer_dir",
+    "xgrammar_tokenizer_info_path",
+    "guided_decoding_backend",
+)
 
 
 def _optional(request, name):
@@ -52,6 +62,9 @@ class TritonPythonModel:
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = model_config(args)
         params = parameters(config)
+        for name in REQUIRED_PARAMETERS:
+            if name not in params:
+                raise pb_utils.TritonModelException(f"Cannot find parameter with name: {name}")
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.exclude_input = params["exclude_input_in_output"] == "true"
         self.runner = load_runner(Path(repository_path(args, params["gpt_model_path"])))
@@ -82,7 +95,7 @@ class TritonPythonModel:
             end_id=None if end_id is None else int(end_id),
             temperature=float(_scalar(request, "temperature", 0.0)),
             top_k=int(_scalar(request, "runtime_top_k", 0)),
-            seed=int(_scalar(request, "random_seed", 0)),
+            seed=int(_scalar(request, "seed", 0)),
         )
         streaming = bool(_scalar(request, "streaming", False))
         if streaming:
