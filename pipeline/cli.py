@@ -42,6 +42,15 @@ ArchOpt = Annotated[
 VisualizeOpt = Annotated[
     bool, typer.Option("--visualize", help="Also export each engine's network as ONNX (build.visualize).")
 ]
+MountPathOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mount-path",
+        help="Where the serving container mounts a published version, or its absolute path on the host "
+        "(publish.mount_path): the engine's gpt_model_path is written under it.",
+        show_default=False,
+    ),
+]
 
 DEFAULT_WORK_DIR = Path("work")
 
@@ -69,6 +78,7 @@ def _run_stages(
     profiles: list[str] | None,
     allow_arch_mismatch: bool = False,
     visualize: bool = False,
+    mount_path: str | None = None,
 ) -> None:
     from pipeline.config import load_config, missing_input_files
     from pipeline.console import RichReporter, results_table
@@ -84,6 +94,8 @@ def _run_stages(
     config = load_config(config_path)
     if visualize:
         config = config.model_copy(update={"build": config.build.model_copy(update={"visualize": True})})
+    if mount_path is not None:
+        config = _with_mount_path(config, mount_path)
     tasks = select_tasks(
         plan_tasks(config), stages, precisions=set(precisions or ()), profiles=set(profiles or ())
     )
@@ -126,6 +138,24 @@ def _run_stages(
         raise GateFailedError(f"accuracy gate failed for {ids}", hint="see gate.md in each gate artifact")
 
 
+def _with_mount_path(config, mount_path: str):
+    """config with publish.mount_path replaced, validated by the config's own rule for that field."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import InputError
+
+    try:
+        publish = type(config.publish).model_validate(
+            {**config.publish.model_dump(), "mount_path": mount_path}
+        )
+    except ValidationError as exc:
+        raise InputError(
+            f"--mount-path {mount_path}: {exc.errors()[0]['msg']}",
+            hint="give the absolute path where the container (or the host) sees the published version",
+        ) from None
+    return config.model_copy(update={"publish": publish})
+
+
 def _check_filters(config, precisions: list[str] | None, profiles: list[str] | None) -> None:
     from pipeline.errors import InputError
 
@@ -155,6 +185,7 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
         profile: ProfileOpt = None,
         allow_arch_mismatch: ArchOpt = False,
         visualize: VisualizeOpt = False,
+        mount_path: MountPathOpt = None,
     ) -> None:
         _run_stages(
             stage_names,
@@ -168,6 +199,7 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
             profiles=profile,
             allow_arch_mismatch=allow_arch_mismatch,
             visualize=visualize,
+            mount_path=mount_path,
         )
 
     command.__doc__ = help_text

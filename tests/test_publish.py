@@ -12,7 +12,7 @@ from string import Template
 
 import pytest
 from google.protobuf import text_format
-from publish_upstream import Upstream, a100_engine_info, config_with, run_publish
+from publish_upstream import REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
 from tritonclient.grpc import model_config_pb2
 
 from pipeline.errors import GateFailedError, InputError, StageError
@@ -479,3 +479,57 @@ def test_the_engine_model_uses_only_tensor_names_the_backend_reads():
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
 def test_client_inputs_are_the_upstream_models_names(model):
     assert {i.name for i in parsed(model).input} - UPSTREAM_CLIENT_INPUTS == set()
+
+
+def test_a_new_mount_path_is_a_new_version_that_differs_only_in_gpt_model_path(tmp_path):
+    """gpt_model_path is absolute (the backend reports a wrong one only as "paths are empty"): the
+    manifest names the mount point, and a different one republishes that one parameter."""
+    work, upstream = tmp_path / "work", Upstream(engine_info=a100_engine_info())
+    assert run_publish(config_with(tmp_path, **A100), work, upstream).error is None
+    moved = config_with(
+        tmp_path, **A100, **{'destination = "': 'mount_path = "/srv/triton"\ndestination = "'}
+    )
+    report = run_publish(moved, work, upstream)
+    assert report.error is None, report.error
+    assert result_of(report, "build").state is TaskState.up_to_date  # nothing but publish reruns
+    slot = slot_of(moved)
+    assert release.versions(slot) == [1, 2]
+    old, new = (ReleaseManifest.model_validate_json((slot / v / RELEASE_MANIFEST).read_text()) for v in "12")
+    assert (old.serving.mount_path, new.serving.mount_path) == ("/models", "/srv/triton")
+    before, after = ({f.path: f.sha256 for f in m.files} for m in (old, new))
+    assert [path for path in after if after[path] != before.get(path)] == ["tensorrt_llm/config.pbtxt"]
+    first, second = ((slot / v / "tensorrt_llm/config.pbtxt").read_text().splitlines() for v in "12")
+    assert [(a, b) for a, b in zip(first, second, strict=True) if a != b] == [
+        (
+            'parameters { key: "gpt_model_path", value: { string_value: "/models/tensorrt_llm/1/engine" } }',
+            'parameters { key: "gpt_model_path", value: { string_value: "/srv/triton/tensorrt_llm/1/engine" } }',
+        )
+    ]
+
+
+def test_cli_publish_mount_path_replaces_the_configs(tmp_path, monkeypatch):
+    from pipeline import executor
+    from pipeline.cli import main
+
+    config_with(tmp_path)
+    (tmp_path / "calib_data").symlink_to(REPO_ROOT / "calib_data")  # the stages' input files
+    seen = []
+
+    def stop_here(config, *args, **kwargs):
+        seen.append(config.publish.mount_path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executor, "execute", stop_here)
+    argv = ["publish", "--config", str(tmp_path / "pipeline.toml"), "--work-dir", str(tmp_path / "work")]
+    main([*argv, "--mount-path", "/srv/triton"])
+    assert seen == ["/srv/triton"]
+
+
+def test_cli_publish_refuses_a_relative_mount_path_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    config_with(tmp_path, **A100)
+    argv = ["publish", "--config", str(tmp_path / "pipeline.toml"), "--mount-path", "models"]
+    assert main([*argv, "--work-dir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert "--mount-path models: String should match pattern" in err and "Traceback" not in err

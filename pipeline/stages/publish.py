@@ -184,6 +184,7 @@ def run(ctx: StageContext) -> StageOutcome:
             kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
             triton_max_batch_size=values.triton_max_batch_size,
             gpt_model_path=values.engine_dir,
+            mount_path=config.publish.mount_path if target.is_gpu else None,
         ),
         gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
         files=list_files(repository, placed),
