@@ -533,3 +533,23 @@ def test_cli_publish_refuses_a_relative_mount_path_in_one_line(tmp_path, capsys)
     assert main([*argv, "--work-dir", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
     assert "--mount-path models: String should match pattern" in err and "Traceback" not in err
+
+
+def test_without_decoupled_mode_clients_send_one_prompt_and_bls_gets_an_instance_per_slot(tmp_path):
+    """The backend refuses a batch above 1 unless decoupled ("Batch size > 1 requires the tensorrt_llm
+    backend to be using decoupled transaction policy", utils.cc createRequestsFromInputTensors at
+    NVIDIA/TensorRT-LLM 192908136e53); a BLS execute then blocks per generation, so it gets one
+    instance per engine batch slot (docs/model_config.md, bls_instance_count, tensorrtllm_backend 98bfe1d)."""
+    config = config_with(tmp_path, **{'destination = "': 'decoupled = false\ndestination = "'})
+    report = run_publish(config, tmp_path / "work", Upstream(), profile="throughput")
+    assert report.error is None, report.error
+    version = slot_of(config, "throughput") / "1"
+    configs = {name: parse(version / name / "config.pbtxt") for name in MODEL_NAMES}
+    assert {name: c.max_batch_size for name, c in configs.items()} == dict.fromkeys(MODEL_NAMES, 1)
+    assert configs["tensorrt_llm"].model_transaction_policy.decoupled is False
+    assert [g.count for g in configs["tensorrt_llm_bls"].instance_group] == [8]
+    (tmp_path / "d").mkdir()
+    decoupled = config_with(tmp_path / "d")
+    assert run_publish(decoupled, tmp_path / "work-d", Upstream(), profile="throughput").error is None
+    bls = parse(slot_of(decoupled, "throughput") / "1" / "tensorrt_llm_bls" / "config.pbtxt")
+    assert (bls.max_batch_size, [g.count for g in bls.instance_group]) == (8, [1])  # worker threads

@@ -1,12 +1,15 @@
 """The published repository on a real tritonserver (nvidia-pytriton's): answers equal the reference runtime's.
 
-One server serves the module's repository; the CLI test starts its own, as
-`trtllm-pipeline smoke` does.
+One server serves the module's repository (the throughput profile: batches of
+up to 8 prompts), with gRPC on too, the one endpoint that cancels a request when
+its client goes (Triton's request_cancellation.md); the CLI test starts its own,
+as `trtllm-pipeline smoke` does.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +21,20 @@ from pipeline.datasets.jsonl import load_texts
 from pipeline.errors import StageError
 from pipeline.serving import smoke
 from pipeline.serving.client import generate, generate_stream
-from pipeline.serving.server import TritonServer
-from pipeline.serving.smoke import ROUTES, SmokeCheck, SmokeReport, ask_server, reference_answers
+from pipeline.serving.server import TritonServer, free_port
+from pipeline.serving.smoke import (
+    BATCH_ROUTES,
+    ROUTES,
+    SmokeCheck,
+    SmokeReport,
+    ask_batched,
+    ask_server,
+    batched_request,
+    reference_answers,
+)
 
 MAX_TOKENS = 12
+PROFILE = "throughput"  # max_batch_size 8: a request may hold several prompts
 PROMPTS_FILE = REPO_ROOT / "calib_data" / "prompts.jsonl"
 CONFIG_CHANGES = {'prompts = "calib_data/prompts.jsonl"': f'prompts = "{PROMPTS_FILE}"'}
 SHM = Path("/dev/shm")
@@ -40,9 +53,9 @@ def published(tmp_path_factory, tiny_model_dir):
         tokenizer_dir=tiny_model_dir,
         checkpoint_dir=tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq"),
     )
-    report = run_publish(config, tmp / "work", upstream)
+    report = run_publish(config, tmp / "work", upstream, profile=PROFILE)
     assert report.error is None, report.error
-    repository = config.publish.destination / "tiny-mistral" / "int8_sq" / "latency" / "current"
+    repository = config.publish.destination / "tiny-mistral" / "int8_sq" / PROFILE / "current"
     return config, tmp / "pipeline.toml", repository
 
 
@@ -56,10 +69,20 @@ def expected(published, prompts):
     return reference_answers(published[2], prompts, MAX_TOKENS)
 
 
+class GrpcTritonServer(TritonServer):
+    """The smoke server with its gRPC endpoint on (a client can cancel a stream there)."""
+
+    grpc_port = free_port()
+
+    def argv(self, backends):
+        argv = [a for a in super().argv(backends) if a != "--allow-grpc=false"]
+        return [*argv, f"--grpc-port={self.grpc_port}"]
+
+
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
     before = shm_regions()
-    triton = TritonServer(published[2], work_dir=tmp_path_factory.mktemp("server"))
+    triton = GrpcTritonServer(published[2], work_dir=tmp_path_factory.mktemp("server"))
     triton.start()
     try:
         triton.wait_ready()
@@ -75,6 +98,69 @@ def test_answers_through_ensemble_stream_and_bls_equal_the_reference(server, pro
     assert [c.route for c in checks] == [ROUTES[0]] * len(prompts) + list(ROUTES[1:])
     assert all(c.expected for c in checks)  # the model says something
     assert [c.got for c in checks if not c.ok] == []
+
+
+@pytest.mark.triton
+def test_a_batched_request_gets_one_answer_per_prompt_each_checked_against_its_own(
+    server, published, prompts
+):
+    """The backend answers a batch of B with B responses of batch 1 in completion order, each with
+    batch_index (model_instance_state.cc enqueue/fillTritonResponse, TensorRT-LLM 0c8de69a); the
+    stand-in does, and the ensemble and the BLS model pass it on."""
+    batch = batched_request(published[2], prompts, MAX_TOKENS)
+    assert batch is not None and batch.limits == [12, 10, 8]
+    expected = reference_answers(published[2], batch.prompts, batch.limits)
+    checks = ask_batched(server.url, batch, expected)
+    assert [c.route for c in checks] == [r for r in BATCH_ROUTES for _ in batch.prompts]
+    assert [c.got for c in checks if not c.ok] == []
+    payload = {"text_input": batch.prompts, "max_tokens": batch.limits}
+    order = [e["batch_index"] for e in generate_stream(server.url, "ensemble", payload)]
+    assert sorted(order) == [0, 1, 2] and order[0] == 2  # the fewest tokens to make: first done
+
+
+@pytest.mark.triton
+def test_an_abandoned_bls_stream_neither_holds_the_model_nor_the_engine(server, prompts):
+    """BLS serves requests side by side, and stops a generation whose (gRPC) client has gone.
+
+    Python backend (triton-inference-server/python_backend README at r24.10 01d0ad8, the 2.51 here, and
+    r26.04 47f9e03): a decoupled model may answer from another thread through the request's sender,
+    and `sender.is_cancelled()` reports a client that has gone; a BLS response iterator's `cancel()`
+    exists only from python_backend 7f21b67, after 24.10, so the BLS model stops the engine with the
+    backend's own `stop` input naming the request id (handleStopRequest, model_instance_state.cc at
+    NVIDIA/TensorRT-LLM 0c8de69a), which works with both.
+    """
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    def tensor(name, value, datatype):
+        t = grpcclient.InferInput(name, value.shape, datatype)
+        t.set_data_from_numpy(value)
+        return t
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    events: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: events.put((result, error)))
+    inputs = [
+        tensor("text_input", np.array([[prompts[0]]], dtype=np.object_), "BYTES"),
+        tensor("max_tokens", np.array([[100]], dtype=np.int32), "INT32"),
+        tensor("stream", np.array([[True]]), "BOOL"),
+    ]
+    client.async_stream_infer("tensorrt_llm_bls", inputs)
+    result, error = events.get(timeout=60)
+    assert error is None and result.as_numpy("text_output").size == 1  # streaming has begun
+    # Another request is answered while that stream still runs (one BLS instance, not queued).
+    short = generate(server.url, "tensorrt_llm_bls", {"text_input": prompts[1], "max_tokens": 2})
+    assert short["text_output"]
+    assert events.qsize() < 50  # the long stream (100 tokens) is far from over
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    log = server.log_path
+    deadline = time.monotonic() + 30
+    while "cancelled" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "tensorrt_llm: request 'bls-" in log.read_text()  # the engine stopped generating it
 
 
 @pytest.mark.triton
@@ -134,10 +220,12 @@ def test_a_prompt_over_the_engines_limit_is_refused_naming_it(server):
 def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys):
     _, config_path, _ = published
     argv = ["smoke", "--config", str(config_path), "--work-dir", str(config_path.parent / "work")]
-    code = main(argv + ["--precision", "int8_sq", "--profile", "latency", "--max-tokens", "8"])
+    code = main(argv + ["--precision", "int8_sq", "--profile", PROFILE, "--max-tokens", "8"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert out.out.count("ok ") == 4  # two prompts through the ensemble, two streams
+    # two prompts through the ensemble, two streams, and both prompts in one request to each model
+    assert out.out.count("ok ") == 8
+    assert all(route in out.out for route in BATCH_ROUTES)
     assert "generated answer:" in out.out
 
 

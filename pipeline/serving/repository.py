@@ -44,6 +44,19 @@ TOKENIZER_FILES = (
 )
 
 
+def client_batch_size(engine_max_batch_size: int, *, decoupled: bool) -> int:
+    """The max_batch_size clients may send: the backend answers a request of batch B > 1 with B
+    responses, which only a decoupled model may send, and refuses it otherwise (utils.cc
+    createRequestsFromInputTensors). Concurrent requests fill the engine's batch either way."""
+    return engine_max_batch_size if decoupled else 1
+
+
+def bls_instance_count(engine_max_batch_size: int, *, decoupled: bool) -> int:
+    """Decoupled, the BLS model serves each request on a worker thread of one instance; otherwise
+    execute blocks for a whole generation, so one instance per engine batch slot (the backend's docs)."""
+    return 1 if decoupled else engine_max_batch_size
+
+
 def tokenizer_files(model_dir: Path) -> list[Path]:
     files = [model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
     if not any(f.name == "tokenizer_config.json" for f in files):

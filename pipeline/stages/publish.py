@@ -40,7 +40,13 @@ from pipeline.serving.release_manifest import (
     ServingRef,
 )
 from pipeline.serving.render import RepositoryValues
-from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
+from pipeline.serving.repository import (
+    ENGINE_SUBDIR,
+    TOKENIZER_SUBDIR,
+    bls_instance_count,
+    client_batch_size,
+    write_repository,
+)
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
 from pipeline.store import Artifact
@@ -124,14 +130,15 @@ def run(ctx: StageContext) -> StageOutcome:
         str(engine_dir), built, engine_config.get("version"), target=target, container=container
     )
 
+    decoupled = config.publish.decoupled
     values = RepositoryValues(
-        triton_max_batch_size=limits.max_batch_size,
+        triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
         triton_backend="tensorrtllm" if target.is_gpu else "python",
         # The C++ backend needs an absolute path (where the container mounts the release);
         # the cpu-reference Python model resolves a relative one against the repository.
         engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
         tokenizer_dir=TOKENIZER_SUBDIR,
-        decoupled_mode=config.publish.decoupled,
+        decoupled_mode=decoupled,
         # The plan's KV budget assumes this fraction; serving with another voids its proof.
         kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
         max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
@@ -139,6 +146,7 @@ def run(ctx: StageContext) -> StageOutcome:
         enable_chunked_context=config.publish.enable_chunked_context,
         preprocessing_instance_count=config.publish.preprocessing_instances,
         postprocessing_instance_count=config.publish.postprocessing_instances,
+        bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
     )
     repository = ctx.out_dir / REPOSITORY_DIR
     placed = write_repository(
