@@ -229,6 +229,22 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
     assert "generated answer:" in out.out
 
 
+@pytest.mark.parametrize(
+    "event, message",
+    [
+        ({"text_output": "x"}, "batch_index None names no prompt of the 2 sent"),
+        ({"text_output": "x", "batch_index": 5}, "batch_index 5 names no prompt of the 2 sent"),
+        ({"text_output": ["x", "y"], "batch_index": 0}, "text_output holds 2 values in one answer"),
+    ],
+)
+def test_a_batched_answer_that_names_no_prompt_is_one_line(monkeypatch, event, message):
+    monkeypatch.setattr(smoke, "generate_stream", lambda url, model, payload: iter([event]))
+    batch = smoke.BatchedRequest(["a", "b"], [4, 2])
+    with pytest.raises(StageError, match=message) as info:
+        ask_batched("http://127.0.0.1:1", batch, ["1", "2"])
+    assert "\n" not in info.value.message
+
+
 def test_cli_smoke_exits_non_zero_when_an_answer_differs(tmp_path, monkeypatch, capsys):
     config_with(tmp_path, **CONFIG_CHANGES)
     differs = SmokeCheck(ROUTES[0], "prompt", expected=" right", got=" wrong")

@@ -157,18 +157,23 @@ def ask_batched(url: str, batch: BatchedRequest, expected: list[str]) -> list[Sm
         for event in generate_stream(url, model, payload):
             if "text_output" not in event:
                 continue  # an empty final response
-            if BATCH_INDEX not in event:
-                raise StageError("smoke", f"{route}: an answer to a batched request has no {BATCH_INDEX}")
-            got[_scalar(event[BATCH_INDEX])] += _scalar(event["text_output"])
+            index = _one(event.get(BATCH_INDEX), route, BATCH_INDEX)
+            if not isinstance(index, int) or not 0 <= index < len(got):
+                raise StageError(
+                    "smoke", f"{route}: {BATCH_INDEX} {index!r} names no prompt of the {len(got)} sent"
+                )
+            got[index] += _one(event["text_output"], route, "text_output")
         checks += [
             SmokeCheck(route, p, want, g) for p, want, g in zip(batch.prompts, expected, got, strict=True)
         ]
     return checks
 
 
-def _scalar(value):
+def _one(value, route: str, name: str):
     """A one-element JSON output (the generate extension writes [x] or x) as x."""
     while isinstance(value, list):
+        if len(value) != 1:
+            raise StageError("smoke", f"{route}: {name} holds {len(value)} values in one answer, not 1")
         (value,) = value
     return value
 
