@@ -366,8 +366,54 @@ def test_cpu_and_cuda_allocation_failures_count_as_out_of_memory():
     assert is_out_of_memory(
         RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
     )
+    for make in CUDA_ALLOCATION_FAILURES.values():
+        assert is_out_of_memory(make())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+# How CUDA reports running out of memory outside the caching allocator (torch's C10_CUDA_CHECK and
+# TORCH_CUDABLAS_CHECK: "CUDA error: <cudaGetErrorString | cublas status> when calling ...").
+CUDA_ALLOCATION_FAILURES = {
+    "cuda runtime": lambda: __import__("torch").AcceleratorError("CUDA error: out of memory"),
+    "cublas workspace": lambda: RuntimeError(
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", CUDA_ALLOCATION_FAILURES)
+def test_loop_backs_off_on_cuda_allocation_failures_and_frees_the_step_first(monkeypatch, failure):
+    """The failed step's activations are gone when the cache is emptied: not pinned by the traceback."""
+    import weakref
+
+    import torch
+
+    alive: list[weakref.ref] = []
+    freed_at_empty_cache: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "empty_cache", lambda: freed_at_empty_cache.append(all(r() is None for r in alive))
+    )
+
+    def forward(model, input_ids, attention_mask):
+        activations = torch.ones(input_ids.shape[0], 1024)  # what the step holds when it fails
+        alive.append(weakref.ref(activations))
+        if input_ids.shape[0] > 1:
+            raise CUDA_ALLOCATION_FAILURES[failure]()
+
+    loop = CalibrationLoop(
+        [[1, 2]] * 4,
+        batch_size=4,
+        pad_id=0,
+        device="cpu",
+        reporter=RecordingReporter(),
+        log=LOG,
+        forward=forward,
+    )
+    loop(None)
+    assert [(b.from_batch, b.to_batch) for b in loop.result.backoffs] == [(4, 2), (2, 1)]
+    assert freed_at_empty_cache == [True, True]
 
 
 def test_export_backs_off_on_injected_oom_and_still_exports(tiny_model_dir, offline_mix, tmp_path):
