@@ -58,7 +58,7 @@ from pipeline.trtllm.environment import (
     probe_environment,
     require_build_host,
 )
-from pipeline.trtllm.network import check_onnx_files
+from pipeline.trtllm.network import network_files
 
 NAME = "build"
 VERSION = 2
@@ -78,7 +78,7 @@ class BuildRecord(BaseModel):
     engine: EngineInfo
     command: list[str]  # the full trtllm-build argv (empty for cpu-reference: nothing external ran)
     timing_cache: str | None = None
-    onnx_files: list[str] = []
+    network_files: list[str] = []  # --visualize_network's graph, for viewing (not checkable ONNX)
     engine_link: str | None = None
     plan: ProfilePlan
 
@@ -167,7 +167,7 @@ def _build_trtllm_engine(
     ctx.reporter.info(f"{ctx.task.id}: trtllm-build (log: {build_log})")
     run_tool(argv, stage=NAME, log_path=build_log, runner=runner)
     check_built_engine(engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan))
-    onnx_files = check_onnx_files(visualize_dir) if visualize_dir is not None else []
+    graph = network_files(visualize_dir) if visualize_dir is not None else []
     gpu = env.gpus[0]
     info = EngineInfo(
         runtime="tensorrt-llm",
@@ -189,7 +189,7 @@ def _build_trtllm_engine(
         engine=info,
         command=argv,
         timing_cache=argv[argv.index("--output_timing_cache") + 1],
-        onnx_files=[p.relative_to(ctx.out_dir).as_posix() for p in onnx_files],
+        network_files=[p.relative_to(ctx.out_dir).as_posix() for p in graph],
         plan=plan,
     )
 
