@@ -701,3 +701,45 @@ def test_server_error_events_and_an_unreachable_server_are_stage_errors():
             "http://127.0.0.1:9", ["hi"], output_len=2, concurrency=1, clock=FakeClock(), timeout_s=5
         )
     assert "is the server up" in info.value.hint
+
+
+# --- which GPU the NVML probe reads ---------------------------------------------------------------
+# CUDA numbers GPUs fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI bus, and
+# CUDA_VISIBLE_DEVICES may hold indices, UUIDs or UUID prefixes (torch/cuda/__init__.py, torch 2.13:
+# _parse_visible_devices, _transform_uuid_to_ordinals; _raw_device_uuid_nvml reads NVML's "GPU-..." UUIDs).
+
+
+class FakeNvml:
+    """NVML's lookups over GPUs in PCI bus order."""
+
+    def __init__(self, uuids: list[str]) -> None:
+        self.uuids = uuids
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return self.uuids[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        assert uuid in self.uuids, f"NVML has no GPU {uuid}"
+        return uuid
+
+
+BUS_ORDER = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-1111-1111-1111-111111111111"]
+
+
+def test_gpu_probe_reads_the_gpu_cuda_uses_not_the_nvml_index():
+    from pipeline.bench.memory import _visible_device_handle
+    from pipeline.errors import MissingDependencyError
+
+    nvml = FakeNvml(BUS_ORDER)
+    # Two GPUs, the faster one second on the bus: CUDA's default order makes it device 0, so
+    # CUDA_VISIBLE_DEVICES=1 is the first one on the bus, while NVML's index 1 is the second.
+    env = {"CUDA_VISIBLE_DEVICES": "1"}
+    assert _visible_device_handle(nvml, env, cuda_uuid=lambda: BUS_ORDER[0]) == BUS_ORDER[0]
+    # Without CUDA to ask: a full UUID names the GPU, and PCI_BUS_ID order makes indices agree.
+    no_cuda = lambda: None  # noqa: E731
+    assert _visible_device_handle(nvml, {"CUDA_VISIBLE_DEVICES": BUS_ORDER[1]}, no_cuda) == BUS_ORDER[1]
+    ordered = {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert _visible_device_handle(nvml, ordered, no_cuda) == BUS_ORDER[1]
+    for ambiguous in ({"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "GPU-bbbbbbbb"}):
+        with pytest.raises(MissingDependencyError, match="cannot tell which GPU"):
+            _visible_device_handle(nvml, ambiguous, no_cuda)

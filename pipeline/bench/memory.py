@@ -133,12 +133,37 @@ class NvmlDeviceProbe:
         )
 
 
-def _visible_device_handle(pynvml):
-    """NVML ignores CUDA_VISIBLE_DEVICES: map its first entry (an index or a UUID) to a handle."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
-    if first.isdigit():
-        return pynvml.nvmlDeviceGetHandleByIndex(int(first))
-    return pynvml.nvmlDeviceGetHandleByUUID(first)
+def _visible_device_handle(pynvml, environ=os.environ, cuda_uuid=None):
+    """The NVML handle of the GPU CUDA calls device 0 here.
+
+    NVML numbers GPUs by PCI bus and ignores CUDA_VISIBLE_DEVICES; CUDA numbers them fastest first
+    unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and CUDA_VISIBLE_DEVICES may list indices, UUIDs or UUID
+    prefixes. So the device is looked up by the UUID CUDA reports for it.
+    """
+    uuid = (cuda_uuid or _cuda_device_uuid)()
+    if uuid is not None:
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    first = environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    if first.startswith(("GPU-", "MIG-")) and first.count("-") >= 5:  # a full UUID, not a prefix
+        return pynvml.nvmlDeviceGetHandleByUUID(first)
+    if first.isdigit() and environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
+        return pynvml.nvmlDeviceGetHandleByIndex(int(first))  # both count by bus then
+    raise MissingDependencyError(
+        f"cannot tell which GPU CUDA_VISIBLE_DEVICES={first!r} is to NVML without asking CUDA (torch)",
+        hint="give CUDA_VISIBLE_DEVICES a full GPU UUID (nvidia-smi -L), or set CUDA_DEVICE_ORDER=PCI_BUS_ID",
+    )
+
+
+def _cuda_device_uuid() -> str | None:
+    """NVML's spelling ("GPU-<uuid>") of the UUID of CUDA's current device, or None without torch/CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
 def _reset_torch_peak() -> None:
