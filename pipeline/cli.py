@@ -101,7 +101,9 @@ def _run_stages(
             reporter.warn(action)
         options = RunOptions(allow_arch_mismatch=allow_arch_mismatch, debug=debug)
         # A GPU build this host cannot do fails here, before any stage runs (not after calibration).
-        build_preflight(config, store, tasks, options, force=force and "build" in stages)
+        build_preflight(
+            config, store, tasks, options, force=force and bool({"build", "gate_engine"} & stages)
+        )
         report = execute(
             config,
             store,
@@ -182,7 +184,9 @@ _stage_command({"build"}, "build", "Build one engine per precision x profile (af
 _stage_command({"gate"}, "gate", "Measure accuracy against the unquantized model; exit 1 below thresholds.")
 _stage_command({"publish"}, "publish", "Write the Triton model repository (requires a passing gate).")
 _stage_command(
-    {"fetch", "calibrate", "build", "gate", "publish"}, "run", "Run every stage that is not up to date."
+    {"fetch", "calibrate", "build", "gate_engine", "gate", "publish"},
+    "run",
+    "Run every stage that is not up to date.",
 )
 
 

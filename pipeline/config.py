@@ -25,6 +25,9 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULT_CONFIG_NAME = "tiny.toml"
+# The profile of each precision's gate engine: built with --gather_context_logits for the gate to
+# score, never published (see PipelineConfig.gate_profile).
+GATE_PROFILE = "gate"
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -172,6 +175,10 @@ class GateSection(Strict):
     max_new_tokens: Annotated[int, Field(ge=1)] = 32
     multiple_choice: Path | None = None
     thresholds: dict[Precision, GateThresholds] = Field(default_factory=_default_thresholds)
+    # Sequences scored at once, whatever the served engines' max_batch_size: the gate engine's batch.
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    # Each served engine against its precision's gate engine (same checkpoint): greedy agreement.
+    min_served_greedy_match: Annotated[float, Field(ge=0, le=1)] = 0.9
 
 
 class PublishSection(Strict):
@@ -218,6 +225,12 @@ class PipelineConfig(Strict):
         for i, name in enumerate(names):
             if names.index(name) != i:
                 raise _FieldError(f"profiles[{i}].name", f"profile name '{name}' is used twice")
+            if name == GATE_PROFILE:
+                raise _FieldError(
+                    f"profiles[{i}].name",
+                    f"'{GATE_PROFILE}' names the gate's own engine",
+                    "rename the profile",
+                )
         for i, profile in enumerate(self.profiles):
             if profile.opt_num_tokens is not None and self.build.multiple_profiles:
                 # trtllm-build raises on --multiple_profiles enable with --opt_num_tokens.
@@ -231,7 +244,21 @@ class PipelineConfig(Strict):
         return self
 
     def profile(self, name: str) -> Profile:
+        if name == GATE_PROFILE:
+            return self.gate_profile
         return next(p for p in self.profiles if p.name == name)
+
+    @property
+    def gate_profile(self) -> Profile:
+        """The gate engine's shape: gate.batch_size windows of eval_seq_len tokens, prompts continued
+        by max_new_tokens."""
+        gate = self.gate
+        return Profile(
+            name=GATE_PROFILE,
+            max_batch_size=gate.batch_size,
+            max_input_len=gate.eval_seq_len,
+            max_seq_len=gate.eval_seq_len + gate.max_new_tokens,
+        )
 
 
 class _FieldError(ValueError):

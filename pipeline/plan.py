@@ -10,8 +10,9 @@ Every figure carries the formula that produced it (`PlanLine.how`), so
 - headroom = GPU memory - weights;
 - allowance (activations and workspace) = a fixed runtime reserve (CUDA context, cuBLAS and
   TensorRT-LLM runtime buffers) + the gated MLP's live activations at max_num_tokens
-  (T x (3 x ffn + 2 x hidden) x 2 B) + the gathered context logits (T x vocab x 4 B, FP32;
-  the gate reads them, so engines are built with --gather_context_logits);
+  (T x (3 x ffn + 2 x hidden) x 2 B); a gate engine (built with --gather_context_logits, never
+  served) adds its context logits: the engine's output (T x vocab x 4 B, FP32) and the runner's
+  padded copy (batch x max_input_len x vocab x 4 B). Served engines gather none;
 - KV budget = 0.9 x (headroom - allowance): TensorRT-LLM's runtime gives the KV cache
   `free_gpu_memory_fraction` = 0.9 of what is free after loading the engine;
 - largest batch at max_seq_len = floor(KV budget / (KV per token x max_seq_len));
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.config import PipelineConfig, Precision, Profile
+from pipeline.config import GATE_PROFILE, PipelineConfig, Precision, Profile
 from pipeline.errors import ConfigError, InputError
 from pipeline.targets import TARGETS, Target
 
@@ -176,6 +177,7 @@ class ProfilePlan(BaseModel):
     max_input_len: int
     max_seq_len: int
     max_num_tokens: int
+    gather_context_logits: bool  # a gate engine: the gate reads its context logits
     params: int
     weight_bytes: int
     kv_bytes_per_token: int
@@ -221,6 +223,7 @@ def plan_memory(
     profile: Profile,
     *,
     paged_context_fmha: bool = True,
+    gather_context_logits: bool = False,
 ) -> ProfilePlan:
     """The plan of one profile. Pure: no IO, no refusal (see `require_fit`)."""
     wbytes = WEIGHT_BYTES[precision]
@@ -233,7 +236,8 @@ def plan_memory(
     headroom = memory - weights
     tokens, tokens_how = derive_max_num_tokens(profile, paged_context_fmha=paged_context_fmha)
     activations = tokens * (3 * arch.intermediate_size + 2 * arch.hidden_size) * ACTIVATION_BYTES
-    logits = tokens * arch.vocab_size * LOGITS_BYTES
+    logits_rows = tokens + profile.max_batch_size * profile.max_input_len if gather_context_logits else 0
+    logits = logits_rows * arch.vocab_size * LOGITS_BYTES
     allowance = RUNTIME_RESERVE_BYTES + activations + logits
     budget = max(0, int(KV_FREE_FRACTION * (headroom - allowance)))
     needed = kv_per_token * profile.max_batch_size * profile.max_seq_len
@@ -308,7 +312,13 @@ def plan_memory(
             value=format_bytes(allowance),
             how=(
                 f"{format_bytes(RUNTIME_RESERVE_BYTES)} runtime reserve + {tokens} x (3 x {f} + 2 x {h}) x "
-                f"{ACTIVATION_BYTES} B MLP activations + {tokens} x {v} x {LOGITS_BYTES} B context logits"
+                f"{ACTIVATION_BYTES} B MLP activations"
+                + (
+                    f" + ({tokens} + {profile.max_batch_size} x {profile.max_input_len}) x {v} x {LOGITS_BYTES} B "
+                    "context logits (the engine's, and the runner's padded copy)"
+                    if gather_context_logits
+                    else " (no context logits: a served engine does not gather them)"
+                )
             ),
         ),
         PlanLine(
@@ -344,6 +354,7 @@ def plan_memory(
         max_input_len=profile.max_input_len,
         max_seq_len=profile.max_seq_len,
         max_num_tokens=tokens,
+        gather_context_logits=gather_context_logits,
         params=arch.params,
         weight_bytes=weights,
         kv_bytes_per_token=kv_per_token,
@@ -361,20 +372,28 @@ def plan_memory(
     )
 
 
+def _plan(
+    config: PipelineConfig, arch: ModelArch, target: Target, precision: Precision, name: str
+) -> ProfilePlan:
+    return plan_memory(
+        arch,
+        precision,
+        config.quantization.kv_cache_dtype,
+        target,
+        config.profile(name),
+        paged_context_fmha=config.build.use_paged_context_fmha,
+        # Only the gate's own engine gathers context logits (they cost memory and copying per response).
+        gather_context_logits=name == GATE_PROFILE,
+    )
+
+
 def plan_config(config: PipelineConfig, arch: ModelArch, targets: tuple[str, ...] = ()) -> list[ProfilePlan]:
-    """Every (target, precision, profile) plan; targets default to the config's own."""
+    """Every (target, precision, profile) plan, the gate engine's included; targets default to the config's own."""
     return [
-        plan_memory(
-            arch,
-            precision,
-            config.quantization.kv_cache_dtype,
-            TARGETS[name],
-            profile,
-            paged_context_fmha=config.build.use_paged_context_fmha,
-        )
+        _plan(config, arch, TARGETS[name], precision, profile)
         for name in targets or (config.target.gpu,)
         for precision in config.quantization.precisions
-        for profile in config.profiles
+        for profile in (*(p.name for p in config.profiles), GATE_PROFILE)
     ]
 
 
@@ -382,20 +401,16 @@ def plan_profile(
     config: PipelineConfig, arch: ModelArch, precision: Precision, profile_name: str
 ) -> ProfilePlan:
     """The plan of one build task on the config's target, refusing a profile that does not fit."""
-    index = next(i for i, p in enumerate(config.profiles) if p.name == profile_name)
-    plan = plan_memory(
-        arch,
-        precision,
-        config.quantization.kv_cache_dtype,
-        TARGETS[config.target.gpu],
-        config.profiles[index],
-        paged_context_fmha=config.build.use_paged_context_fmha,
-    )
+    plan = _plan(config, arch, TARGETS[config.target.gpu], precision, profile_name)
     if not plan.fits:
+        names = [p.name for p in config.profiles]
+        field = f"profiles[{names.index(profile_name)}]" if profile_name in names else "gate.batch_size"
         raise ConfigError(
             "the config",
-            f"profiles[{index}]",
+            field,
             f"'{profile_name}' does not fit {config.target.gpu} with {precision.value}: {plan.problem}",
-            hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target",
+            hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target"
+            if profile_name in names
+            else "lower gate.batch_size or gate.eval_seq_len (see `trtllm-pipeline plan`)",
         )
     return plan

@@ -33,6 +33,9 @@ def fake_modules(gate_ok=lambda ctx: True, crash_env: str | None = "FAKE_STAGE_C
         "build": make_stage(
             "build", lambda c, t: c.profile(t.profile).model_dump(mode="json"), crash_env=crash_env
         ),
+        "gate_engine": make_stage(
+            "gate_engine", lambda c, t: c.profile(t.profile).model_dump(mode="json"), crash_env=crash_env
+        ),
         "gate": make_stage(
             "gate", lambda c, t: c.gate.model_dump(mode="json"), ok=gate_ok, crash_env=crash_env
         ),

@@ -137,6 +137,7 @@ class Upstream:
             "fetch": stage("fetch", self._fetch),
             "calibrate": stage("calibrate", None),
             "build": stage("build", self._build),
+            "gate_engine": stage("gate_engine", None),
             "gate": stage("gate", self._gate, ok=lambda: self.gate_ok),
             "publish": publish,
         }

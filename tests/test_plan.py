@@ -41,13 +41,13 @@ def test_mistral_int8_on_a100_40gb_reproduces_the_published_estimate():
     assert round(plan.headroom_bytes / GIB) == 33  # "33 GB headroom"
     assert plan.kv_bytes_per_token == KV_PER_TOKEN_FP16 == 128 * 1024
     # max_num_tokens = min(8192, 1 x 7168); allowance = 1 GiB + 7168 x (3 x 14336 + 2 x 4096) x 2 B
-    # MLP activations + 7168 x 32768 x 4 B context logits = 2,747,269,120 B
-    assert plan.max_num_tokens == 7168
-    assert plan.allowance_bytes == GIB + 7168 * 51_200 * 2 + 7168 * 32_768 * 4 == 2_747_269_120
-    # KV budget = 0.9 x (35,427,442,688 - 2,747,269,120) = 29,412,156,211 B; 1 GiB per 8192-token sequence
-    assert plan.kv_budget_bytes == int(0.9 * (plan.headroom_bytes - 2_747_269_120)) == 29_412_156_211
-    assert plan.largest_batch == 27
-    assert plan.largest_seq_len == 29_412_156_211 // KV_PER_TOKEN_FP16 == 224_396
+    # MLP activations = 1,807,745,024 B; a served engine gathers no context logits
+    assert plan.max_num_tokens == 7168 and not plan.gather_context_logits
+    assert plan.allowance_bytes == GIB + 7168 * 51_200 * 2 == 1_807_745_024
+    # KV budget = 0.9 x (35,427,442,688 - 1,807,745,024) = 30,257,727,897 B; 1 GiB per 8192-token sequence
+    assert plan.kv_budget_bytes == int(0.9 * (plan.headroom_bytes - 1_807_745_024)) == 30_257_727_897
+    assert plan.largest_batch == 28
+    assert plan.largest_seq_len == 30_257_727_897 // KV_PER_TOKEN_FP16 == 230_848
     # 1555 GB/s over 7,522,230,272 - 268,435,456 (embedding table) + 8192 (one row) B per token
     assert plan.decode_ceiling_tok_s == round(1555e9 / 7_253_803_008, 1) == 214.4
     assert plan.decode_ceiling_at_max_seq_tok_s == round(
@@ -66,12 +66,13 @@ def test_mistral_on_a100_80gb_throughput_profile():
     )
     assert plan.weight_bytes == INT8_WEIGHTS
     assert plan.headroom_bytes == 80 * GIB - INT8_WEIGHTS == 78_377_115_648
-    # max_num_tokens = min(8192, 64 x 1536); allowance = 1 GiB + 8192 x 51,200 x 2 + 8192 x 32768 x 4
+    # max_num_tokens = min(8192, 64 x 1536); allowance = 1 GiB + 8192 x 51,200 x 2 (no context logits:
+    # gathered, they would add 8192 x 32768 x 4 B in the engine and 64 x 1536 x 32768 x 4 B in the runner)
     assert plan.max_num_tokens == 8192
-    assert plan.allowance_bytes == 2_986_344_448
-    assert plan.kv_budget_bytes == int(0.9 * (78_377_115_648 - 2_986_344_448)) == 67_851_694_080
+    assert plan.allowance_bytes == GIB + 8192 * 51_200 * 2 == 1_912_602_624
+    assert plan.kv_budget_bytes == int(0.9 * (78_377_115_648 - 1_912_602_624)) == 68_818_061_721
     # 256 MiB per 2048-token sequence
-    assert plan.largest_batch == 67_851_694_080 // (KV_PER_TOKEN_FP16 * 2048) == 252
+    assert plan.largest_batch == 68_818_061_721 // (KV_PER_TOKEN_FP16 * 2048) == 256
     assert plan.kv_needed_bytes == 64 * 2048 * KV_PER_TOKEN_FP16 == 16 * GIB
     assert plan.decode_ceiling_tok_s == round(2039e9 / 7_253_803_008, 1) == 281.1
 
@@ -106,8 +107,8 @@ def test_profile_that_does_not_fit_is_refused_with_what_would():
         plan_profile(config, MISTRAL, Precision.int8_sq, "huge")
     assert info.value.field == "profiles[0]"
     # budget 0.9 x (32.99 - 2.99) GiB = 27.19 GiB; 4 GiB per 32768-token sequence -> 6
-    assert "largest batch at max_seq_len 32768: 6" in info.value.message
-    assert "largest max_seq_len at batch 64: 3480" in info.value.message
+    assert "largest batch at max_seq_len 32768: 7" in info.value.message
+    assert "largest max_seq_len at batch 64: 3595" in info.value.message
 
 
 def test_fp8_on_sm80_and_oversized_weights_do_not_fit():
@@ -146,8 +147,28 @@ def test_architecture_sources(tmp_path, repo_root):
 def test_plan_config_covers_every_target_precision_and_profile(repo_root):
     real = load_config(repo_root / "pipeline.toml")
     plans = plan_config(real, MISTRAL, ("a100-40gb", "a100-80gb"))
-    assert len(plans) == 2 * 2 * 3
+    assert len(plans) == 2 * 2 * (3 + 1)  # each precision's gate engine too
     assert all(p.fits for p in plans)
+    assert [p.gather_context_logits for p in plans] == [p.profile == "gate" for p in plans]
+
+
+def test_the_gate_engine_plan_states_the_gates_own_memory_need(repo_root):
+    """The gate's engine: gate.batch_size windows of eval_seq_len tokens, with the context logits it
+    returns (the engine's FP32 output rows and ModelRunnerCpp's padded (batch, max_input_len, vocab) copy)."""
+    real = load_config(repo_root / "pipeline.toml")
+    gate = plan_profile(real, MISTRAL, Precision.int8_sq, "gate")
+    assert (gate.max_batch_size, gate.max_input_len, gate.max_seq_len) == (8, 1024, 1024 + 64)
+    assert gate.gather_context_logits and gate.max_num_tokens == 8192
+    logits = (8192 + 8 * 1024) * 32_768 * 4  # 2 GiB
+    assert gate.allowance_bytes == GIB + 8192 * 51_200 * 2 + logits
+    assert gate.kv_needed_bytes == 8 * 1088 * KV_PER_TOKEN_FP16
+    allowance = {line.figure: line for line in gate.derivation}["activation/workspace allowance"]
+    assert "context logits (the engine's, and the runner's padded copy)" in allowance.how
+    served = plan_profile(real, MISTRAL, Precision.int8_sq, "throughput")
+    assert (
+        "no context logits"
+        in {line.figure: line for line in served.derivation}["activation/workspace allowance"].how
+    )
 
 
 def test_plan_command_prints_the_derivation(repo_root, tmp_path, capsys):
@@ -173,7 +194,7 @@ def test_plan_command_exits_2_on_a_profile_that_does_not_fit(repo_root, tmp_path
     path.write_text(text)
     assert main(["plan", "--config", str(path), "--work-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "profiles[2]" in err and "largest batch at max_seq_len 32768: 6" in err
+    assert "profiles[2]" in err and "largest batch at max_seq_len 32768: 7" in err
 
 
 def test_plan_command_refuses_an_unknown_target(tmp_path, in_repo_root, capsys):

@@ -49,7 +49,7 @@ def test_first_run_builds_everything_with_manifests(tmp_path):
     report = run_all(config, store)
     assert report.error is None
     assert {r.state for r in report.results} == {TaskState.ran}
-    assert len(RUNS) == len(plan_tasks(config)) == 1 + 2 + 3 * 2 * 2
+    assert len(RUNS) == len(plan_tasks(config)) == 1 + 2 * 2 + 3 * 2 * 2  # gate engines included
     for result in report.results:
         manifest = json.loads((result.path / MANIFEST_NAME).read_text())
         paths = {f["path"] for f in manifest["files"]}
@@ -93,7 +93,7 @@ def test_changed_calibration_data_reruns_downstream_only(tmp_path):
     run_all(config_with(tmp_path, **{"samples = 64": "samples = 32"}), store)
     assert not any(r.startswith("fetch") for r in RUNS)
     assert sum(r.startswith("calibrate") for r in RUNS) == 2
-    assert len(RUNS) == 2 + 3 * 4
+    assert len(RUNS) == 2 + 2 + 3 * 4  # calibrate, gate engine, and build, gate, publish per profile
 
 
 def test_force_reruns_only_the_named_stage(tmp_path):
@@ -243,7 +243,7 @@ def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
     body = json.loads(write_run_report(tmp_path / "run.json", report).read_text())
     assert body["ok"] is False and body["exit_code"] == 1
     suite = ET.parse(write_run_junit(tmp_path / "run.junit.xml", report)).getroot()
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("15", "1", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("17", "1", "1")
     failed = [c.get("name") for c in suite if c.find("failure") is not None]
     skipped = [c.get("name") for c in suite if c.find("skipped") is not None]
     assert failed == [bad] and skipped == ["publish[int8_wo/throughput]"]

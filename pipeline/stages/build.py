@@ -16,7 +16,8 @@ the reference runtime, and enforces the profile's limits at run time, so every
 later stage runs the same way on both targets.
 
 After a build, engines/<model>/<precision>/<target>/<profile> (next to the
-work dir) is a relative symlink to the artifact.
+work dir) is a relative symlink to the artifact. A gate engine (pipeline.stages.gate_engine,
+built here too, with --gather_context_logits) gets no link: it is never served.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from pipeline.trtllm.environment import (
 from pipeline.trtllm.network import network_files
 
 NAME = "build"
-VERSION = 2
+VERSION = 3
 TOOLS = ("tensorrt-llm", "tensorrt")
 ENGINE_DIR = "engine"
 NETWORK_DIR = "network"
@@ -107,7 +108,8 @@ def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
                 f"{ctx.task.id}: build.visualize: cpu-reference has no TensorRT network to export"
             )
         record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
-    record.engine_link = str(_link_engine(ctx))
+    if not plan.gather_context_logits:
+        record.engine_link = str(_link_engine(ctx))
     summary = (
         f"{record.engine.runtime} engine: batch {plan.max_batch_size} x {plan.max_seq_len} tokens "
         f"(plan fits {plan.largest_batch}), max_num_tokens {plan.max_num_tokens}"
@@ -165,8 +167,10 @@ def _build_trtllm_engine(
     )
     ctx.log.info("$ %s", shlex.join(argv))
     ctx.reporter.info(f"{ctx.task.id}: trtllm-build (log: {build_log})")
-    run_tool(argv, stage=NAME, log_path=build_log, runner=runner)
-    check_built_engine(engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan))
+    run_tool(argv, stage=ctx.task.stage, log_path=build_log, runner=runner)
+    check_built_engine(
+        engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan), stage=ctx.task.stage
+    )
     graph = network_files(visualize_dir) if visualize_dir is not None else []
     gpu = env.gpus[0]
     info = EngineInfo(
@@ -219,7 +223,7 @@ def preflight(
     seconds rather than after calibration. run() checks both again with the fetched config.json."""
     from pipeline.executor import fingerprints, key_of
 
-    builds = [t for t in tasks if t.stage == NAME]
+    builds = [t for t in tasks if t.stage in (NAME, "gate_engine")]
     if not builds:
         return
     try:
@@ -296,12 +300,11 @@ def _pack_reference_engine(
     runner = load_runner(engine_dir)
     length = min(8, ctx.profile.max_input_len)
     vocab = int(checkpoint_config["vocab_size"])
-    ids = torch.arange(length, dtype=torch.long).remainder(vocab)[None, :]
-    logits = runner.logits(ids)
-    if tuple(logits.shape) != (1, length, vocab) or not bool(torch.isfinite(logits).all()):
+    (logits,) = runner.context_logits([[i % vocab for i in range(length)]])
+    if tuple(logits.shape) != (length, vocab) or not bool(torch.isfinite(logits).all()):
         raise StageError(
-            NAME,
-            f"the packed checkpoint's forward pass gave logits {tuple(logits.shape)}, not finite {(1, length, vocab)}",
+            ctx.task.stage,
+            f"the packed checkpoint's forward pass gave logits {tuple(logits.shape)}, not finite {(length, vocab)}",
         )
     ctx.log.info("verified: logits %s, finite", tuple(logits.shape))
     return BuildRecord(

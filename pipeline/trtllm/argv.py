@@ -54,13 +54,14 @@ def trtllm_build_argv(
         "--use_paged_context_fmha", _switch(build.use_paged_context_fmha),
         "--remove_input_padding", "enable",
         "--multiple_profiles", _switch(build.multiple_profiles),
-        # The gate scores the engine's own context logits (perplexity, top-1 agreement).
-        "--gather_context_logits",
         "--workers", str(workers),
         "--input_timing_cache", str(timing_cache),
         "--output_timing_cache", str(timing_cache),
         "--log_level", "info",
     ]  # fmt: skip
+    if plan.gather_context_logits:
+        # Only a gate engine: every response of an engine built so carries the prompt's full logits.
+        argv += ["--gather_context_logits"]
     if visualize_dir is not None:
         argv += ["--visualize_network", str(visualize_dir)]
     return argv

@@ -48,7 +48,7 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
         "max_num_tokens": plan.max_num_tokens,
         "opt_num_tokens": profile.opt_num_tokens,
         "max_beam_width": 1,
-        "gather_context_logits": True,
+        "gather_context_logits": plan.gather_context_logits,
         "plugin_config": {
             "gemm_plugin": build.gemm_plugin,
             "gpt_attention_plugin": "auto",
@@ -63,7 +63,7 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
 
 # What a trtllm-build engine's config.json must agree on; plugin dtypes are resolved by TensorRT-LLM
 # ("auto" -> "float16"), so only the switches are compared.
-_CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
+_CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "gather_context_logits")
 _CHECKED_PLUGIN_KEYS = ("use_paged_context_fmha", "remove_input_padding", "multiple_profiles")
 
 
