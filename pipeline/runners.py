@@ -199,7 +199,8 @@ class TensorRTRunner:
         steps = [outputs] if on_token is None else outputs
         new: list[list[int]] = [[] for _ in prompts]
         for step in steps:
-            ids, lengths = step["output_ids"], step["sequence_lengths"]
+            # Both tensors live on the GPU: one copy each per step, not two small ones per request.
+            ids, lengths = step["output_ids"].cpu(), step["sequence_lengths"].cpu()
             for i, prompt in enumerate(prompts):
                 tokens = ids[i, 0, len(prompt) : int(lengths[i, 0])].tolist()
                 if stop in tokens:
