@@ -48,6 +48,7 @@ DEFAULT_WORK_DIR = Path("work")
 
 class _State:
     debug = False
+    argv: list[str] = []  # this invocation's arguments (bench --nsys runs them again under nsys)
 
 
 def _console(stderr: bool = False):
@@ -290,6 +291,13 @@ def bench_command(
             "--concurrency", min=1, help="Served: concurrent clients (repeatable). Default: 1, 2, 4... max."
         ),
     ] = None,
+    nsys: Annotated[
+        bool,
+        typer.Option(
+            "--nsys",
+            help="Record the run with Nsight Systems (`nsys profile`, on PATH) into OUT/bench.nsys-rep.",
+        ),
+    ] = False,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
     no_wait: NoWaitOpt = False,
@@ -305,6 +313,9 @@ def bench_command(
     _State.debug = debug
     cfg = load_config(config)
     _check_filters(cfg, precision, profile)
+    out_dir = out or work_dir / "reports" / "bench"
+    if nsys:
+        _profile_bench(out_dir)
     settings = BenchSettings(
         input_len=input_len,
         output_len=output_len,
@@ -325,7 +336,7 @@ def bench_command(
             cfg,
             store,
             settings=settings,
-            out_dir=out or work_dir / "reports" / "bench",
+            out_dir=out_dir,
             reporter=reporter,
             precisions=set(precision or ()),
             profiles=set(profile or ()),
@@ -335,6 +346,28 @@ def bench_command(
     else:
         console.print(summary_table(report))
         console.print(f"report: {paths['markdown']} (bench.json, plots beside it)")
+
+
+def _profile_bench(out_dir: Path) -> None:
+    """Run this bench again under `nsys profile`; exits with the child's code."""
+    import shlex
+    import subprocess
+
+    from pipeline.bench.nsys import REPORT_NAME, find_nsys, profiled_argv
+    from pipeline.errors import StageError
+
+    argv = profiled_argv(find_nsys(), out_dir, _State.argv)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    err = _console(stderr=True)
+    err.print(f"recording with Nsight Systems: {shlex.join(argv)}", soft_wrap=True)
+    # Not proc.run_tool: the child is this command, whose progress, summary and one-line errors
+    # belong on this terminal, and whose exit code is the answer.
+    code = subprocess.run(argv, check=False).returncode
+    if code == 0:
+        if not (out_dir / REPORT_NAME).is_file():
+            raise StageError("bench", f"nsys exited 0 but wrote no {out_dir / REPORT_NAME}")
+        err.print(f"profile: {out_dir / REPORT_NAME}", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 calib_data_app = typer.Typer(
@@ -455,9 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import ExitCode, PipelineError
 
     _State.debug = False
+    _State.argv = list(argv if argv is not None else sys.argv[1:])
     try:
-        app(
-            args=argv if argv is not None else sys.argv[1:],
+        # Without standalone mode click returns a typer.Exit's code (bench --nsys: the child's).
+        code = app(
+            args=_State.argv,
             prog_name="trtllm-pipeline",
             standalone_mode=False,
         )
@@ -486,4 +521,4 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return int(ExitCode.INTERNAL)
-    return int(ExitCode.OK)
+    return code if isinstance(code, int) else int(ExitCode.OK)

@@ -957,3 +957,93 @@ def test_server_error_events_and_an_unreachable_server_are_stage_errors():
             "http://127.0.0.1:9", ["hi"], output_len=2, concurrency=1, clock=FakeClock(), timeout_s=5
         )
     assert "is the server up" in info.value.hint
+
+
+# ---------------------------------------------------------------- --nsys
+
+
+def test_nsys_records_the_same_bench_command_less_the_flag():
+    import sys
+
+    from pipeline.bench.nsys import profiled_argv
+
+    argv = profiled_argv(
+        "/opt/nsys/bin/nsys", Path("/r/out"), ["bench", "--nsys", "--work-dir", "w", "--batch-size", "2"]
+    )
+    # Long options take `=VALUE` (Nsight Systems user guide, "Command Line Options").
+    assert argv == [
+        "/opt/nsys/bin/nsys",
+        "profile",
+        "--output=/r/out/bench",
+        "--force-overwrite=true",
+        "--trace=cuda,nvtx,osrt",
+        sys.executable,
+        "-m",
+        "pipeline",
+        "bench",
+        "--work-dir",
+        "w",
+        "--batch-size",
+        "2",
+    ]
+
+
+def test_bench_nsys_without_nsys_on_path_is_one_line_and_exit_3(tmp_path, in_repo_root, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["bench", "--nsys", "--work-dir", str(tmp_path / "work")]) == 3
+    err = capsys.readouterr().err
+    assert "ERROR --nsys records the run with Nsight Systems, and no `nsys` is on PATH" in err
+    assert "Traceback" not in err and not (tmp_path / "work").exists()
+
+
+def test_bench_nsys_runs_this_bench_under_nsys_profile(tmp_path, in_repo_root, capsys, monkeypatch):
+    """A stand-in `nsys` that records its arguments, writes the report file nsys would, and exits as
+    told: the child is not launched."""
+    import sys
+
+    from pipeline.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nsys = bin_dir / "nsys"
+    nsys.write_text(
+        "#!/bin/sh\n"
+        'printf "%s\\n" "$@" > "$NSYS_ARGS"\n'
+        'for a in "$@"; do case "$a" in --output=*) touch "${a#--output=}.nsys-rep";; esac; done\n'
+        'exit "$NSYS_EXIT"\n'
+    )
+    nsys.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("NSYS_ARGS", str(tmp_path / "args"))
+    monkeypatch.setenv("NSYS_EXIT", "0")
+    out = tmp_path / "out"
+    args = ["bench", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--nsys", "--latency-runs", "2"]
+    assert main(args) == 0
+    recorded = (tmp_path / "args").read_text().splitlines()
+    child = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "bench",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
+    assert recorded == [
+        "profile",
+        f"--output={out}/bench",
+        "--force-overwrite=true",
+        "--trace=cuda,nvtx,osrt",
+        *child,
+        "--latency-runs",
+        "2",
+    ]
+    assert f"profile: {out}/bench.nsys-rep" in capsys.readouterr().err
+    # The child is an ordinary bench run (no --nsys, so no recursion): here it finds no engine.
+    assert main(recorded[7:]) == 2
+    assert "no engine of tiny-mistral" in capsys.readouterr().err
+    monkeypatch.setenv("NSYS_EXIT", "5")  # the child's exit code is the command's
+    assert main(args) == 5
