@@ -366,7 +366,12 @@ def plot_formats(report: BenchReport, path: Path) -> None:
         width,
         label="batch 1",
     )
-    speed.bar([x + width / 2 for x in xs], [best_point(v)[0] for v in report.variants], width, label="best")
+    speed.bar(
+        [x + width / 2 for x in xs],
+        [best_point(v)[0] for v in report.variants],
+        width,
+        label="best of the batches",
+    )
     speed.scatter(
         xs,
         [v.plan.decode_ceiling_tokens_per_s for v in report.variants],
