@@ -87,7 +87,7 @@ def formats_table(report: BenchReport) -> list[str]:
         "batch-1 tokens/s",
         "plan ceiling",
         "measured / ceiling",
-        "best tokens/s",
+        "best batch tokens/s",
         "peak memory",
         "plan memory",
         "peak / plan",
