@@ -193,7 +193,7 @@ def status_command(
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show each stage as up to date, stale (and why) or missing."""
+    """Show each stage as up to date, modified (which file), stale (and why) or missing."""
     from pipeline.config import load_config
     from pipeline.console import results_table
     from pipeline.executor import status
@@ -208,6 +208,42 @@ def status_command(
         print(json.dumps([task_row(r) for r in results], indent=2))
     else:
         _console().print(results_table(f"status of {work_dir}", results))
+
+
+@app.command("verify")
+def verify_command(
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every artifact and every published version against its manifest; exit 2 if any differs."""
+    from pipeline.audit import audit
+    from pipeline.config import load_config
+    from pipeline.errors import IntegrityError
+    from pipeline.store import ArtifactStore
+
+    _State.debug = debug
+    cfg = load_config(config)
+    report = audit(ArtifactStore(work_dir), cfg.publish.destination)
+    if as_json:
+        print(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
+    else:
+        from rich.markup import escape
+
+        console = _console()
+        for finding in report.findings:
+            console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}")
+        console.print(
+            f"{report.artifacts} artifacts in {work_dir}, {report.published} published versions in "
+            f"{cfg.publish.destination}: {'all intact' if report.ok else f'{len(report.findings)} problems'}"
+        )
+    if not report.ok:
+        first = report.findings[0]
+        raise IntegrityError(
+            f"verify found {len(report.findings)} problem(s); first: {first.path}: {first.problem}",
+            hint="`trtllm-pipeline run` sets a modified artifact aside, rebuilds it and publishes a fresh version",
+        )
 
 
 @app.command("plan")

@@ -143,3 +143,9 @@ class DiskSpaceError(FetchError):
             f"{path}: the download needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free; "
             "free some space or use --work-dir on a larger disk"
         )
+
+
+class IntegrityError(PipelineError):
+    """Files differ from the manifest that lists them: modified, missing, or not listed."""
+
+    exit_code = ExitCode.BAD_INPUT

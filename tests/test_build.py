@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,14 +26,15 @@ from pipeline.cli import main
 from pipeline.config import BuildSection, Precision, load_config, parse_config
 from pipeline.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
 from pipeline.executor import TaskState, execute
+from pipeline.hashing import sha256_file
 from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory
 from pipeline.reporting import RecordingReporter
 from pipeline.runners import ReferenceRunner, load_runner, runtime_mismatches
 from pipeline.stages import build
-from pipeline.stages.base import RunOptions, StageOutcome
+from pipeline.stages.base import RunOptions, StageContext, StageOutcome
 from pipeline.store import ArtifactStore
 from pipeline.targets import TARGETS
-from pipeline.tasks import plan_tasks, select_tasks
+from pipeline.tasks import Task, plan_tasks, select_tasks
 from pipeline.trtllm.argv import trtllm_build_argv
 from pipeline.trtllm.engine import EngineInfo
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, preflight_problems, probe_environment
@@ -536,7 +538,7 @@ def int8_wo_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
     return tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
 
 
-def _reference_build(tmp_path, tiny_model_dir, checkpoint):
+def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset()):
     def fetch(ctx):
         shutil.copytree(tiny_model_dir, ctx.out_dir / "model")
         return StageOutcome(summary="tiny model")
@@ -551,7 +553,14 @@ def _reference_build(tmp_path, tiny_model_dir, checkpoint):
     )
     store = ArtifactStore(tmp_path / "work")
     tasks = select_tasks(plan_tasks(config), {"build"})
-    report = execute(config, store, tasks, reporter=RecordingReporter(), modules=_modules(fetch, calibrate))
+    report = execute(
+        config,
+        store,
+        tasks,
+        reporter=RecordingReporter(),
+        modules=_modules(fetch, calibrate),
+        force_stages=force,
+    )
     return config, store, report
 
 
@@ -599,6 +608,60 @@ def test_cpu_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkp
 
     _, _, again = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint)
     assert [r.state for r in _builds(again)] == [TaskState.up_to_date] * 2
+
+
+def test_the_build_manifest_hashes_the_bytes_it_wrote(tmp_path, tiny_model_dir, int8_wo_checkpoint):
+    """A checkpoint replaced after calibrate is found and recalibrated; the engine's manifest names the
+    sha256 of the file the engine holds, never one copied from the checkpoint's manifest."""
+    _, _, first = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint)
+    calibrated = next(r for r in first.results if r.task.stage == "calibrate")
+    weights = calibrated.path / "checkpoint" / "rank0.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.unlink()
+    weights.write_bytes(bytes(data))
+
+    _, store, report = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint, force={"build"})
+    assert report.error is None, report.error
+    assert next(r for r in report.results if r.task.stage == "calibrate").reason == (
+        "modified: checkpoint/rank0.safetensors"
+    )
+    for result in _builds(report):
+        manifest = store.get("build", result.task.variant, result.key).manifest
+        for entry in manifest.files:
+            assert sha256_file(result.path / entry.path) == entry.sha256, entry.path
+
+
+def _link_context(work: Path, key: str) -> StageContext:
+    task = Task("build", "int8_sq", "latency")
+    return StageContext(
+        config=load_config(None),
+        task=task,
+        inputs={},
+        out_dir=work / "out",
+        final_path=ArtifactStore(work).slot("build", task.variant) / key,
+        work_dir=work,
+        log=logging.getLogger("test"),
+        log_path=work / "log",
+        reporter=RecordingReporter(),
+    )
+
+
+def test_an_engines_link_belongs_to_one_work_dir(tmp_path):
+    mine = _link_context(tmp_path / "work-a", "a" * 20)
+    link = build._link_engine(mine)
+    assert link == tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "cpu-reference" / "latency"
+    assert link.resolve() == mine.final_path.resolve()
+
+    other = _link_context(tmp_path / "work-b", "b" * 20)
+    assert build._link_engine(other) is None  # refused: never silently repointed
+    assert link.resolve() == mine.final_path.resolve()
+    assert f"{link} points into {tmp_path / 'work-a' / 'store' / 'build' / 'int8_sq' / 'latency'}" in (
+        other.reporter.text()
+    )
+
+    rebuilt = _link_context(tmp_path / "work-a", "c" * 20)  # its own work dir moves it on
+    assert build._link_engine(rebuilt) == link and link.resolve() == rebuilt.final_path.resolve()
 
 
 # --- runners ----------------------------------------------------------------------------------------

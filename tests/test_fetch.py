@@ -88,7 +88,12 @@ def artifact(report: RunReport) -> tuple[Path, dict]:
 
 
 def model_files(manifest: dict) -> list[dict]:
-    return [f for f in manifest["files"] if f["path"].startswith("model/")]
+    """Path, sha256 and size of each model file (the stat record differs from one copy to another)."""
+    return [
+        {k: v for k, v in f.items() if k != "stat"}
+        for f in manifest["files"]
+        if f["path"].startswith("model/")
+    ]
 
 
 def hub_fetch(hub_dir: Path, **kwargs):

@@ -15,7 +15,7 @@ from tiny_checkpoints import tiny_checkpoint
 from pipeline.cli import main
 from pipeline.datasets.jsonl import load_texts
 from pipeline.errors import StageError
-from pipeline.serving import smoke
+from pipeline.serving import release, smoke
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.server import TritonServer
 from pipeline.serving.smoke import ROUTES, SmokeCheck, SmokeReport, ask_server, reference_answers
@@ -123,6 +123,22 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
     assert code == 0, out.err
     assert out.out.count("ok ") == 4  # two prompts through the ensemble, two streams
     assert "generated answer:" in out.out
+    # The server wrote nothing into the version it served (the Python backend's __pycache__ included).
+    version = published[2].resolve()
+    assert not list(version.rglob("__pycache__"))
+    assert release.check_version(version).ok
+
+
+def test_smoke_refuses_a_version_that_differs_from_its_manifest(tmp_path, capsys):
+    config = config_with(tmp_path, **CONFIG_CHANGES)
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    engine = config.publish.destination / "tiny-mistral/int8_sq/latency/1/tensorrt_llm/1/engine"
+    (engine / "rank0.safetensors").unlink()
+    (engine / "rank0.safetensors").write_bytes(b"engine bytes " * 64 + b"!")
+    code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "modified: tensorrt_llm/1/engine/rank0.safetensors" in err and "refusing to serve it" in err
 
 
 def test_cli_smoke_exits_non_zero_when_an_answer_differs(tmp_path, monkeypatch, capsys):

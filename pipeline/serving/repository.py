@@ -17,8 +17,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from pipeline.atomic import link_or_copy
 from pipeline.errors import InputError
-from pipeline.serving.placement import place_file
 from pipeline.serving.render import CONFIG_NAME, MODEL_NAMES, RepositoryValues, render_config
 
 ENGINE_SUBDIR = "tensorrt_llm/1/engine"
@@ -90,6 +90,6 @@ def write_repository(
     placed = {}
     for rel, sha256 in sorted(engine_sha256.items()):
         target = f"{ENGINE_SUBDIR}/{rel}"
-        place_file(engine_dir / rel, root / target, sha256)
+        link_or_copy(engine_dir / rel, root / target, sha256)
         placed[target] = sha256
     return placed

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, MissingDependencyError, StageError
+from pipeline.errors import InputError, IntegrityError, MissingDependencyError, StageError
 from pipeline.reporting import Reporter
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.render import CONFIG_NAME, parse_model_config
@@ -168,6 +168,7 @@ def smoke_published(
             ):
                 continue
             repository = published_repository(config, precision.value, profile.name)
+            require_intact(repository, "refusing to serve it")
             reporter.info(f"smoke {precision.value}/{profile.name}: serving {repository.resolve()}")
             reports.append(
                 run_smoke(
@@ -178,4 +179,19 @@ def smoke_published(
                     reporter=reporter,
                 )
             )
+            require_intact(repository, "the server wrote into it")
     return reports
+
+
+def require_intact(repository: Path, consequence: str) -> None:
+    """A published version must match its publish-manifest.json file by file (and hold nothing else)."""
+    from pipeline.serving.release import check_version
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST
+
+    version = repository.resolve()
+    check = check_version(version)
+    if not check.ok:
+        raise IntegrityError(
+            f"{version}: differs from its {RELEASE_MANIFEST} ({check.summary()}); {consequence}",
+            hint="`trtllm-pipeline publish` publishes a fresh version; serve versions read-only",
+        )

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.atomic import link_or_copy
 from pipeline.config import ModelSection, PipelineConfig
 from pipeline.errors import FetchError, InputError
 from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
@@ -137,7 +136,9 @@ def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
             "reproducible builds: this artifact is reused until fetch runs with --force"
         )
     for name, verified in fetched.files.items():
-        _link_or_copy(verified.path.resolve(), out / name)
+        # A hard link from the download cache (its blobs are never written in place); a copy across
+        # filesystems is checked against the verified sha256.
+        link_or_copy(verified.path.resolve(), out / name, verified.sha256)
     return FetchRecord(
         source="hub",
         repo_id=model.repo_id,
@@ -146,15 +147,6 @@ def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
         revision_is_branch=not model.revision_is_commit,
         files=tuple(FetchedFile(path=n, size=v.size, sha256=v.sha256) for n, v in fetched.files.items()),
     )
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link from the download cache (its blobs are never written in place); copy across filesystems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def _copy_local(ctx: StageContext, out: Path) -> FetchRecord:

@@ -10,14 +10,17 @@ would need renamed copies of all five models; one per variant is also the unit
 a deployment rolls out and back.
 
 Every check runs before anything is written at the destination: a failed gate,
-an engine folder without config.json, engine files that differ from the build
-manifest, an engine built for another target or TensorRT(-LLM) version, a
-destination that is a file.
+an input artifact whose files differ from its manifest, an engine folder
+without config.json, an engine built for another target or TensorRT(-LLM)
+version, a destination that is a file. Once published, `check_outputs` lets
+the executor verify the version against its publish-manifest.json on every
+run, so a tampered version is republished rather than taken as up to date.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,10 +30,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailedError, InputError
 from pipeline.hashing import fingerprint_key, sha256_file
-from pipeline.manifest import list_files, verify_files
+from pipeline.integrity import check_tree
+from pipeline.manifest import MANIFEST_NAME, StatKey, list_files
 from pipeline.plan import KV_FREE_FRACTION
 from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
-from pipeline.serving.release import check_destination, publish_release
+from pipeline.serving.release import check_destination, check_version, publish_release
 from pipeline.serving.release_manifest import (
     RELEASE_MANIFEST,
     EngineRef,
@@ -106,6 +110,8 @@ def run(ctx: StageContext) -> StageOutcome:
     fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
     slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
     check_destination(slot)
+    for artifact in (fetch, build, gate):
+        _require_intact(artifact)
     gate_report = _check_gate(gate, ctx.task)
     engine_dir = build.path / ENGINE_DIR
     engine_config = read_engine_config(engine_dir)
@@ -116,7 +122,7 @@ def run(ctx: StageContext) -> StageOutcome:
         prefix="build_config.",
         stage="the build",
     )
-    engine_sha256 = _verified_engine_files(build, engine_dir)
+    engine_sha256 = _engine_files(build)
     built = read_engine_info(engine_dir)
     target = TARGETS[config.target.gpu]
     container = serving_container(config.publish.container) if target.is_gpu else None
@@ -186,10 +192,17 @@ def run(ctx: StageContext) -> StageOutcome:
             gpt_model_path=values.engine_dir,
         ),
         gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
-        files=list_files(repository, placed),
+        files=[f.entry() for f in list_files(repository, placed)],
     )
     (repository / RELEASE_MANIFEST).write_text(release.model_dump_json(indent=2) + "\n")
-    published = publish_release(repository, slot, release.files, RELEASE_MANIFEST)
+    published = publish_release(
+        repository, slot, release.files, lock_root=config.publish.destination, trusted=ctx.trusted
+    )
+    if published.tampered:
+        ctx.reporter.warn(
+            f"{ctx.task.id}: the version that was current at {slot} fails its {RELEASE_MANIFEST} "
+            f"({published.tampered[0]}); published a fresh version"
+        )
     state = "new" if published.created else "unchanged, already current"
     ctx.reporter.info(f"{ctx.task.id}: version {published.version} at {published.path} ({state})")
     return StageOutcome(
@@ -227,30 +240,40 @@ def _versions(info: EngineInfo) -> dict[str, str]:
     return {name: version for name, version in found.items() if version is not None}
 
 
-def _verified_engine_files(build: Artifact, engine_dir: Path) -> dict[str, str]:
-    """sha256 of every engine file (relative to engine_dir), after checking each against the build manifest."""
+def _require_intact(artifact: Artifact) -> None:
+    """Refuse an input whose files differ from its manifest. The executor checks (and rebuilds) inputs
+    before a stage runs; this holds without it, and against a change made since."""
+    check = check_tree(artifact.path, artifact.manifest.files, ignore=frozenset({MANIFEST_NAME}))
+    if not check.ok:
+        raise InputError(
+            f"the {artifact.manifest.stage} artifact differs from its manifest: {check.summary()}",
+            path=artifact.path,
+            hint=f"`trtllm-pipeline run` sets it aside and rebuilds it (or rerun {artifact.manifest.stage} --force)",
+        )
+
+
+def _engine_files(build: Artifact) -> dict[str, str]:
+    """sha256 of every engine file (relative to engine/), from the (verified) build manifest."""
     prefix = f"{ENGINE_DIR}/"
-    entries = [e for e in build.manifest.files if e.path.startswith(prefix)]
-    problems = verify_files(build.path, entries)
-    if problems:
-        raise InputError(
-            f"engine differs from its build manifest: {problems[0]}",
-            path=build.path,
-            hint="the build artifact was modified or corrupted: rerun the build (--force)",
-        )
-    listed = {e.path for e in entries}
-    extra = sorted(
-        p.relative_to(build.path).as_posix()
-        for p in engine_dir.rglob("*")
-        if p.is_file() and p.relative_to(build.path).as_posix() not in listed
-    )
-    if extra:
-        raise InputError(
-            f"{extra[0]} is not in the build manifest",
-            path=build.path,
-            hint="the build artifact was modified: rerun the build (--force)",
-        )
-    return {e.path[len(prefix) :]: e.sha256 for e in entries}
+    return {e.path[len(prefix) :]: e.sha256 for e in build.manifest.files if e.path.startswith(prefix)}
+
+
+def check_outputs(artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
+    """The version this artifact published, against its publish-manifest.json (and that manifest
+    against the artifact's own copy): what is wrong, one line each."""
+    try:
+        record = PublishRecord.model_validate(artifact.manifest.record)
+    except ValidationError:
+        return [f"{artifact.path / MANIFEST_NAME}: record is not a publish record"]
+    version = Path(record.path)
+    where = f"published version {record.version} at {version}"
+    check = check_version(version, trusted)
+    if not check.ok:
+        return [f"{where}: {p}" for p in check.problems]
+    ours = artifact.path / REPOSITORY_DIR / RELEASE_MANIFEST
+    if not ours.is_file() or ours.read_bytes() != (version / RELEASE_MANIFEST).read_bytes():
+        return [f"{where}: modified: {RELEASE_MANIFEST}"]
+    return []
 
 
 def _validated(model: type[M], data: Any, *, source: Path, prefix: str, stage: str) -> M:
