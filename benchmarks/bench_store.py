@@ -91,6 +91,7 @@ def _modules(model_bytes: int):
             path=str(done.path),
             created=done.created,
             release=release,
+            version_stats=done.stats,
         )
 
     works = {"fetch": fetch, "calibrate": calibrate, "build": build, "gate": gate, "publish": publish_run}

@@ -552,3 +552,18 @@ def test_two_publishes_at_once_to_one_destination_make_one_version(tmp_path):
     slot = slot_of(config)
     assert release.versions(slot) == [1] and os.readlink(slot / "current") == "1"
     assert "(new)" in summaries[0] and "unchanged, already current" in summaries[1], summaries
+
+
+def test_a_copied_release_is_verified_by_stat_on_later_runs(tmp_path, monkeypatch):
+    """Another filesystem (or another mount of one, as in a container) gets copies: each is hashed
+    when placed, and later runs check it by its recorded stat, not by hashing it again."""
+    from pipeline import integrity
+
+    monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+    config = config_with(tmp_path)
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    hashed = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda p: hashed.append(p) or real(p))
+    again = run_publish(config, tmp_path / "work", Upstream())
+    assert result_of(again, "publish").state is TaskState.up_to_date and hashed == []

@@ -26,7 +26,7 @@ from pipeline.atomic import link_or_copy, protect, remove_staged, staged_dir, sw
 from pipeline.errors import InputError
 from pipeline.integrity import Problem, TreeCheck, check_tree
 from pipeline.locks import hold_lock
-from pipeline.manifest import FileEntry, StatKey
+from pipeline.manifest import FileEntry, StatKey, StatRecord, StoredFile
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
 CURRENT = "current"
@@ -37,6 +37,7 @@ class Release:
     version: int
     path: Path
     created: bool  # False: the same release was already current (and intact)
+    stats: dict[str, StatRecord]  # each file's stat once verified: later checks need no hashing
     tampered: tuple[str, ...] = ()  # what was wrong with the version that was current, if anything
 
 
@@ -65,16 +66,27 @@ def current_version(slot: Path) -> int | None:
     return found[-1] if found else None
 
 
-def check_version(version_dir: Path, trusted: Mapping[StatKey, str] | None = None) -> TreeCheck:
+def check_version(
+    version_dir: Path,
+    trusted: Mapping[StatKey, str] | None = None,
+    stats: Mapping[str, StatRecord] | None = None,
+) -> TreeCheck:
     """A published version against its publish-manifest.json: every file, its bytes, nothing else
-    (a `__pycache__` a server wrote counts). `trusted`: verified files by stat, e.g. the store's."""
+    (a `__pycache__` a server wrote counts). `trusted`: verified files by stat, e.g. the store's;
+    `stats`: each file's stat when it was last verified (Release.stats). Either spares a hash."""
     try:
         manifest = ReleaseManifest.model_validate_json((version_dir / RELEASE_MANIFEST).read_text())
     except FileNotFoundError:
         return TreeCheck(problems=[Problem(RELEASE_MANIFEST, "missing")])
     except (OSError, ValidationError, ValueError):
         return TreeCheck(problems=[Problem(RELEASE_MANIFEST, "modified")])
-    return check_tree(version_dir, manifest.files, trusted=trusted, ignore=frozenset({RELEASE_MANIFEST}))
+    stats = stats or {}
+    entries = [StoredFile(**f.model_dump(), stat=stats.get(f.path)) for f in manifest.files]
+    return check_tree(version_dir, entries, trusted=trusted, ignore=frozenset({RELEASE_MANIFEST}))
+
+
+def _stats(version_dir: Path, files: list[FileEntry]) -> dict[str, StatRecord]:
+    return {f.path: StatRecord.of(os.stat(version_dir / f.path)) for f in files}
 
 
 def publish_release(
@@ -99,7 +111,8 @@ def publish_release(
             tampered = tuple(str(p) for p in check.problems)
             if check.ok and (slot / str(current) / RELEASE_MANIFEST).read_bytes() == manifest:
                 swap_symlink(slot / CURRENT, str(current))
-                return Release(current, slot / str(current), created=False)
+                stats = _stats(slot / str(current), files)
+                return Release(current, slot / str(current), created=False, stats=stats)
         try:
             with staged_dir(slot) as tmp:
                 for entry in files:
@@ -111,7 +124,8 @@ def publish_release(
             _remove_empty(created)  # a failed first publish leaves only the destination's lock
             raise
         swap_symlink(slot / CURRENT, str(version))
-    return Release(version, slot / str(version), created=True, tampered=tampered)
+        stats = _stats(slot / str(version), files)
+    return Release(version, slot / str(version), created=True, stats=stats, tampered=tampered)
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -31,7 +31,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailedError, InputError
 from pipeline.hashing import fingerprint_key, sha256_file
 from pipeline.integrity import check_tree
-from pipeline.manifest import MANIFEST_NAME, StatKey, list_files
+from pipeline.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
 from pipeline.plan import KV_FREE_FRACTION
 from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
 from pipeline.serving.release import check_destination, check_version, publish_release
@@ -77,6 +77,9 @@ class PublishRecord(BaseModel):
     path: str
     created: bool  # False: the same release was already current (a no-op)
     release: ReleaseManifest
+    # Each released file's stat once verified: checking the version later needs no hashing, even of
+    # a copy (a destination on another filesystem, or another mount of the same one).
+    version_stats: dict[str, StatRecord] = {}
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
@@ -213,6 +216,7 @@ def run(ctx: StageContext) -> StageOutcome:
             path=str(published.path),
             created=published.created,
             release=release,
+            version_stats=published.stats,
         ),
     )
 
@@ -267,7 +271,7 @@ def check_outputs(artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[st
         return [f"{artifact.path / MANIFEST_NAME}: record is not a publish record"]
     version = Path(record.path)
     where = f"published version {record.version} at {version}"
-    check = check_version(version, trusted)
+    check = check_version(version, trusted, record.version_stats)
     if not check.ok:
         return [f"{where}: {p}" for p in check.problems]
     ours = artifact.path / REPOSITORY_DIR / RELEASE_MANIFEST
