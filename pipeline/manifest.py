@@ -99,14 +99,14 @@ def list_files(
     known_sha256: Mapping[str, str] | None = None,
     trusted: Mapping[StatKey, str] | None = None,
 ) -> list[StoredFile]:
-    """Hash every regular file under root (manifest.json excluded), sorted by path, with its stat record.
+    """Hash every regular file under root (but root's manifest.json), sorted by path, with its stat record.
 
     known_sha256: digests the stage computed from the bytes it wrote, by path. trusted: digests of
     verified files by stat key; a hard link to one of them is the same bytes and needs no hashing.
     """
     known, trusted = known_sha256 or {}, trusted or {}
     entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST_NAME):
         rel = path.relative_to(root).as_posix()
         st = path.stat()  # before hashing: a change while hashing leaves a record that no longer matches
         sha = known.get(rel) or trusted.get(stat_key(st)) or sha256_file(path)

@@ -85,7 +85,8 @@ class ArtifactStore:
             return None
         return self.get(stage, variant, pointer.read_text().strip())
 
-    def check(self, artifact: Artifact) -> TreeCheck:
+    @staticmethod
+    def check(artifact: Artifact) -> TreeCheck:
         """Verify artifact against its manifest: every file present with its bytes, and nothing else."""
         return check_tree(artifact.path, artifact.manifest.files, ignore=frozenset({MANIFEST_NAME}))
 

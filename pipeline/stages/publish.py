@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailedError, InputError
 from pipeline.hashing import fingerprint_key, sha256_file
-from pipeline.integrity import check_tree
 from pipeline.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
 from pipeline.plan import KV_FREE_FRACTION
 from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
@@ -47,7 +46,7 @@ from pipeline.serving.render import RepositoryValues
 from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
-from pipeline.store import Artifact
+from pipeline.store import Artifact, ArtifactStore
 from pipeline.targets import TARGETS
 from pipeline.tasks import Task
 from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info
@@ -247,7 +246,7 @@ def _versions(info: EngineInfo) -> dict[str, str]:
 def _require_intact(artifact: Artifact) -> None:
     """Refuse an input whose files differ from its manifest. The executor checks (and rebuilds) inputs
     before a stage runs; this holds without it, and against a change made since."""
-    check = check_tree(artifact.path, artifact.manifest.files, ignore=frozenset({MANIFEST_NAME}))
+    check = ArtifactStore.check(artifact)
     if not check.ok:
         raise InputError(
             f"the {artifact.manifest.stage} artifact differs from its manifest: {check.summary()}",
