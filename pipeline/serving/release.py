@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,13 +96,14 @@ def publish_release(
     *,
     lock_root: Path,
     trusted: Mapping[StatKey, str] | None = None,
+    on_wait: Callable[[Path], None] | None = None,
 ) -> Release:
     """Place `files` of `source` (plus its publish-manifest.json) as the next version of `slot`, unless
     the current version is the same release and intact. Holds `lock_root`'s lock throughout."""
     check_destination(slot)
     manifest = (source / RELEASE_MANIFEST).read_bytes()
     created = [p for p in (slot, *slot.parents) if not p.exists()]  # deepest first
-    with hold_lock(lock_root, wait=True):
+    with hold_lock(lock_root, wait=True, on_wait=on_wait):
         remove_staged(slot)  # what a publish killed mid-way left (we hold the lock: nobody writes there)
         tampered: tuple[str, ...] = ()
         current = current_version(slot)

@@ -198,7 +198,12 @@ def run(ctx: StageContext) -> StageOutcome:
     )
     (repository / RELEASE_MANIFEST).write_text(release.model_dump_json(indent=2) + "\n")
     published = publish_release(
-        repository, slot, release.files, lock_root=config.publish.destination, trusted=ctx.trusted
+        repository,
+        slot,
+        release.files,
+        lock_root=config.publish.destination,
+        trusted=ctx.trusted,
+        on_wait=lambda lock: ctx.reporter.info(f"{ctx.task.id}: waiting for another publish holding {lock}"),
     )
     if published.tampered:
         ctx.reporter.warn(
