@@ -58,7 +58,8 @@ def expected(published, prompts):
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
     before = shm_regions()
-    triton = TritonServer(published[2], work_dir=tmp_path_factory.mktemp("server"))
+    work = tmp_path_factory.mktemp("server")
+    triton = TritonServer(smoke.serving_view(published[2], work / "repository"), work_dir=work)
     triton.start()
     try:
         triton.wait_ready()
@@ -123,10 +124,17 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
     assert code == 0, out.err
     assert out.out.count("ok ") == 4  # two prompts through the ensemble, two streams
     assert "generated answer:" in out.out
-    # The server wrote nothing into the version it served (the Python backend's __pycache__ included).
+    # The server wrote nothing into the version (the Python backend's __pycache__ went to its view).
     version = published[2].resolve()
     assert not list(version.rglob("__pycache__"))
     assert release.check_version(version).ok
+    view = config_path.parent / "work" / "smoke" / "int8_sq" / "latency" / "repository"
+    assert list(view.rglob("__pycache__"))  # it does write one where it may
+    served = view / "tensorrt_llm" / "1" / "engine" / "rank0.safetensors"
+    assert (
+        served.stat().st_ino
+        == (version / "tensorrt_llm" / "1" / "engine" / "rank0.safetensors").stat().st_ino
+    )
 
 
 def test_smoke_refuses_a_version_that_differs_from_its_manifest(tmp_path, capsys):

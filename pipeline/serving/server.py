@@ -131,8 +131,6 @@ class TritonServer:
         libs = [str(self.install.libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
         env["LD_LIBRARY_PATH"] = ":".join(libs)
         env["PATH"] = os.pathsep.join([str(self.install.python_bin), env.get("PATH", "")])
-        # The Python backend's stub imports each model.py: no __pycache__ may land in a published version.
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
     def start(self) -> None:

@@ -8,6 +8,7 @@ same engine, tokenized and detokenized as the serving models do.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,7 +109,8 @@ def run_smoke(
     expected = reference_answers(repository, prompts, max_tokens)
     report = SmokeReport(repository)
     started = time.perf_counter()
-    with TritonServer(repository, work_dir=work_dir, install=install) as server:
+    served = serving_view(repository, work_dir / "repository")
+    with TritonServer(served, work_dir=work_dir, install=install) as server:
         report.startup_s = time.perf_counter() - started
         reporter.info(
             f"tritonserver ready at {server.url} in {report.startup_s:.1f}s (log: {server.log_path})"
@@ -181,6 +183,21 @@ def smoke_published(
             )
             require_intact(repository, "the server wrote into it")
     return reports
+
+
+def serving_view(repository: Path, folder: Path) -> Path:
+    """`folder`, made afresh: hard links to (or verified copies of) every file of the published version,
+    in folders of its own. The Python backend writes `__pycache__` beside each model.py it imports (its
+    stub runs an isolated interpreter: PYTHONDONTWRITEBYTECODE is ignored), here and never into the
+    version."""
+    from pipeline.atomic import link_or_copy
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    for entry in manifest.files:
+        link_or_copy(repository / entry.path, folder / entry.path, entry.sha256)
+    return folder
 
 
 def require_intact(repository: Path, consequence: str) -> None:
