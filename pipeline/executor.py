@@ -94,22 +94,6 @@ def fingerprint(
     )
 
 
-def fingerprints(
-    config: PipelineConfig,
-    tasks: list[Task],
-    modules: StageLookup = stage_module,
-    digests: Mapping[Task, str] | None = None,
-) -> dict[Task, Fingerprint]:
-    """Fingerprint every task whose inputs' content digests are known (all of them, for tasks without
-    inputs such as fetch)."""
-    digests = digests or {}
-    return {
-        task: fingerprint(config, task, modules(task.stage), {t.stage: digests[t] for t in task.inputs})
-        for task in tasks
-        if all(t in digests for t in task.inputs)
-    }
-
-
 def key_of(fingerprint: Fingerprint) -> str:
     return fingerprint_key(fingerprint.model_dump())
 

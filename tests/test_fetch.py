@@ -22,11 +22,12 @@ from hub_server import HubServer
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ChecksumError, DiskSpaceError, FetchError, InputError, PickleRefusedError
-from pipeline.executor import RunReport, TaskState, execute, fingerprints
+from pipeline.executor import RunReport, TaskState, execute, fingerprint
 from pipeline.hub import fetch_repo
 from pipeline.hub.selection import select_files
 from pipeline.reporting import RecordingReporter
 from pipeline.stages import fetch as fetch_stage
+from pipeline.stages import stage_module
 from pipeline.store import ArtifactStore
 from pipeline.tasks import plan_tasks, select_tasks
 
@@ -395,13 +396,13 @@ def test_a_changed_local_folder_changes_the_key(tiny_model_dir, tmp_path):
     folder = tmp_path / "local-model"
     shutil.copytree(tiny_model_dir, folder)
     config = make_config(tmp_path, source="local", local_path=str(folder))
-    task = select_tasks(plan_tasks(config), {"fetch"})
-    before = fingerprints(config, task)[task[0]]
+    (task,) = select_tasks(plan_tasks(config), {"fetch"})
+    before = fingerprint(config, task, stage_module("fetch"), {})
     (folder / "generation_config.json").write_text('{"changed": true}')
-    after = fingerprints(config, task)[task[0]]
+    after = fingerprint(config, task, stage_module("fetch"), {})
     assert before != after
     (folder / "notes.txt").write_text("not matched by allow_patterns")
-    assert fingerprints(config, task)[task[0]] == after
+    assert fingerprint(config, task, stage_module("fetch"), {}) == after
 
 
 def test_a_local_folder_with_pickled_weights_is_refused(tiny_model_dir, tmp_path):

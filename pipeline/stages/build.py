@@ -198,12 +198,14 @@ def _build_trtllm_engine(
 
 def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | None:
     """The model/ folder of the fetch artifact this config would use, if it is in the store already."""
-    from pipeline.executor import fingerprints, key_of
+    from pipeline.executor import fingerprint, key_of
+    from pipeline.stages import stage_module
 
     fetch = Task("fetch")
     if not store.slot(fetch.stage, fetch.variant).is_dir():
         return None  # nothing fetched yet: no need to key the fetch task (and import its module)
-    artifact = store.get(fetch.stage, fetch.variant, key_of(fingerprints(config, [fetch])[fetch]))
+    key = key_of(fingerprint(config, fetch, stage_module(fetch.stage), {}))
+    artifact = store.get(fetch.stage, fetch.variant, key)
     return artifact.path / "model" if artifact is not None else None
 
 
