@@ -6,8 +6,13 @@ models, stages) are imported inside commands so `--help` stays instant.
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +53,7 @@ DEFAULT_WORK_DIR = Path("work")
 
 class _State:
     debug = False
+    work_dir: Path | None = None  # where a failed write that names no file was writing
 
 
 def _console(stderr: bool = False):
@@ -70,10 +76,11 @@ def _run_stages(
     allow_arch_mismatch: bool = False,
     visualize: bool = False,
 ) -> None:
-    from pipeline.config import load_config, missing_input_files
+    from pipeline.config import input_file_problems, load_config
     from pipeline.console import RichReporter, results_table
-    from pipeline.errors import ConfigError, GateFailedError
+    from pipeline.errors import ConfigError, GateFailedError, InputError
     from pipeline.executor import execute
+    from pipeline.paths import dir_problem
     from pipeline.report import write_run_junit, write_run_report
     from pipeline.stages.base import RunOptions
     from pipeline.stages.build import preflight as build_preflight
@@ -81,6 +88,7 @@ def _run_stages(
     from pipeline.tasks import plan_tasks, select_tasks
 
     _State.debug = debug
+    _State.work_dir = work_dir
     config = load_config(config_path)
     if visualize:
         config = config.model_copy(update={"build": config.build.model_copy(update={"visualize": True})})
@@ -88,8 +96,11 @@ def _run_stages(
         plan_tasks(config), stages, precisions=set(precisions or ()), profiles=set(profiles or ())
     )
     _check_filters(config, precisions, profiles)
-    for field, path in missing_input_files(config, {t.stage for t in tasks}):
-        raise ConfigError(config_path or "<embedded default>", field, f"file not found: {path}")
+    for field, problem in input_file_problems(config, {t.stage for t in tasks}):
+        raise ConfigError(config.source, field, problem)
+    problem = dir_problem(work_dir)
+    if problem is not None:
+        raise InputError(f"--work-dir {work_dir}: {problem}", hint="point --work-dir at a writable folder")
     console = _console()
     # With --json, stdout carries only the report; progress and messages go to stderr.
     reporter = RichReporter(_console(stderr=as_json))
@@ -110,8 +121,15 @@ def _run_stages(
             force_stages=frozenset(stages) if force else frozenset(),
             options=options,
         )
-    report_path = write_run_report(work_dir / "reports" / "run.json", report)
-    write_run_junit(work_dir / "reports" / "run.junit.xml", report)
+    report_path = work_dir / "reports" / "run.json"
+    try:
+        write_run_report(report_path, report)
+        write_run_junit(work_dir / "reports" / "run.junit.xml", report)
+    except OSError as exc:  # a full disk: the run's own error, if any, is the one to show
+        if report.error is None:
+            raise
+        reporter.warn(f"could not write the run report {report_path}: {exc.strerror}")
+        raise report.error from None
     if as_json:
         print(report_path.read_text())
     else:
@@ -248,9 +266,8 @@ def plan_command(
     unfit = next((p for p in plans if p.target == cfg.target.gpu and not p.fits), None)
     if unfit is not None:  # the build would refuse it: so does the plan, for CI
         index = [p.name for p in cfg.profiles].index(unfit.profile)
-        where = config or "<embedded default>"
         raise ConfigError(
-            where, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
+            cfg.source, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
         )
 
 
@@ -450,22 +467,68 @@ def _print_error(exc: BaseException) -> None:
         err.print(f"[cyan]TIP[/] {escape(hint)}", soft_wrap=True)
 
 
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, once: the stack unwinds (temp folders
+    removed, the lock released, the run report written) and `main` returns 128 + the signal. A second
+    signal while that cleanup runs is ignored, so the cleanup finishes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from pipeline.errors import Interrupted
+
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _machine_error(exc: OSError):
+    """A write the machine refused (a full disk, a read-only or forbidden path) as a typed error; None
+    for any other OSError, which stays a bug."""
+    from pipeline.errors import DiskSpaceError, InputError
+
+    full = DiskSpaceError.from_error(exc, where=_State.work_dir)
+    if full is not None:
+        return full
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and exc.filename:
+        return InputError(f"cannot write here: {exc.strerror}", path=exc.filename, hint="use a writable path")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (see README, "Exit codes")."""
-    from pipeline.errors import ExitCode, PipelineError
+    from pipeline.errors import ExitCode, Interrupted, PipelineError
 
     _State.debug = False
+    _State.work_dir = None
     try:
-        app(
-            args=argv if argv is not None else sys.argv[1:],
-            prog_name="trtllm-pipeline",
-            standalone_mode=False,
-        )
+        with _signals_interrupt():
+            code = app(
+                args=argv if argv is not None else sys.argv[1:],
+                prog_name="trtllm-pipeline",
+                standalone_mode=False,
+            )
+        # typer turns a KeyboardInterrupt it sees into the return value 130
+        return code if isinstance(code, int) else int(ExitCode.OK)
     except PipelineError as exc:
         if _State.debug:
             import traceback
 
             traceback.print_exc()
+        _print_error(exc)
+        return int(exc.exit_code)
+    except Interrupted as exc:
         _print_error(exc)
         return int(exc.exit_code)
     except typer.Exit as exc:
@@ -480,10 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line, traceback with --debug
         if _State.debug:
             raise
+        typed = _machine_error(exc) if isinstance(exc, OSError) else None
+        if typed is not None:
+            _print_error(typed)
+            return int(typed.exit_code)
         _print_error(
             RuntimeError(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
             )
         )
         return int(ExitCode.INTERNAL)
-    return int(ExitCode.OK)

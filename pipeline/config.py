@@ -14,7 +14,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 from pipeline.targets import TARGETS
@@ -187,6 +195,14 @@ class PublishSection(Strict):
     # the TensorRT-LLM backend reads the engine from an absolute gpt_model_path.
     mount_path: Annotated[str, Field(pattern=r"^/")] = "/models"
 
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # Path("") is ".": an empty value would publish into the config's own folder.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name the folder the model repository is written to")
+        return value
+
 
 class PipelineConfig(Strict):
     model: ModelSection
@@ -197,6 +213,12 @@ class PipelineConfig(Strict):
     build: BuildSection = BuildSection()
     gate: GateSection = GateSection()
     publish: PublishSection = PublishSection()
+    # The file it was read from, for errors found after loading (a profile that does not fit).
+    _source: str = PrivateAttr(default="<config>")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @model_validator(mode="after")
     def _combinations(self) -> PipelineConfig:
@@ -289,7 +311,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> PipelineConfig:
         elif err["type"] == "missing":
             problem = "required but missing"
         raise ConfigError(source, _loc(err["loc"]), problem) from None
-    return _resolve_paths(config, base_dir)
+    config = _resolve_paths(config, base_dir)
+    config._source = source
+    return config
 
 
 def load_config(path: Path | None) -> PipelineConfig:
@@ -298,7 +322,18 @@ def load_config(path: Path | None) -> PipelineConfig:
         text = resources.files("pipeline.defaults").joinpath(DEFAULT_CONFIG_NAME).read_text()
         return parse_config(text, f"<embedded default {DEFAULT_CONFIG_NAME}>", Path.cwd())
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path,
+            "",
+            f"not UTF-8 text (byte {exc.start}): is it a TOML file?",
+            hint="pass --config PATH to a TOML file",
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            path, "", "is a folder, not a TOML file", hint="pass --config PATH to a TOML file"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(
             path, "", "config file not found", hint="pass --config PATH to a TOML file"
@@ -308,11 +343,13 @@ def load_config(path: Path | None) -> PipelineConfig:
     return parse_config(text, str(path), path.resolve().parent)
 
 
-def missing_input_files(config: PipelineConfig, stages: set[str]) -> list[tuple[str, Path]]:
-    """(field, path) of each data file the given stages will read that does not exist.
+def input_file_problems(config: PipelineConfig, stages: set[str]) -> list[tuple[str, str]]:
+    """(field, problem) for each data file the given stages will read that is not a readable file.
 
     Checked before any stage runs, so a typo fails in a second rather than after a download.
     """
+    from pipeline.paths import dir_problem, file_problem
+
     needed: list[tuple[str, Path | None]] = []
     if "calibrate" in stages:
         needed.append(("calibration.dataset", config.calibration.dataset))
@@ -322,6 +359,10 @@ def missing_input_files(config: PipelineConfig, stages: set[str]) -> list[tuple[
             ("gate.prompts", config.gate.prompts),
             ("gate.multiple_choice", config.gate.multiple_choice),
         ]
-    if "fetch" in stages and config.model.source == "local":
-        needed.append(("model.local_path", config.model.local_path))
-    return [(field, path) for field, path in needed if path is not None and not path.exists()]
+    problems = [(field, file_problem(path)) for field, path in needed if path is not None]
+    if "fetch" in stages and config.model.source == "local" and config.model.local_path is not None:
+        path = config.model.local_path
+        problems.append(("model.local_path", None if path.is_dir() else f"not a folder: {path}"))
+    if "publish" in stages:
+        problems.append(("publish.destination", dir_problem(config.publish.destination)))
+    return [(field, problem) for field, problem in problems if problem is not None]

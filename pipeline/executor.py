@@ -21,8 +21,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import DiskSpaceError, Interrupted, PipelineError
 from pipeline.hashing import fingerprint_key
+from pipeline.logfile import StageLogHandler
 from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, list_files
 from pipeline.reporting import Reporter
 from pipeline.stages import stage_module
@@ -55,7 +56,7 @@ class TaskResult:
 @dataclass
 class RunReport:
     results: list[TaskResult] = field(default_factory=list)
-    error: PipelineError | None = None
+    error: PipelineError | Interrupted | None = None  # Interrupted: SIGINT/SIGTERM ended the task
 
     @property
     def rejected(self) -> list[TaskResult]:
@@ -140,7 +141,7 @@ def _task_logger(task: Task, log_path: Path) -> tuple[logging.Logger, logging.Ha
     logger = logging.getLogger(f"pipeline.task.{task.id}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    handler = logging.FileHandler(log_path, mode="w")
+    handler = StageLogHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     return logger, handler
@@ -176,7 +177,15 @@ def _run_one(
                 options=options,
             )
             logger.info("running %s (key %s)", task.id, key)
-            outcome = module.run(ctx)
+            try:
+                outcome = module.run(ctx)
+            except Exception as exc:  # a full disk, whichever writer hit it (safetensors has its own type)
+                written = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+                slot = store.slot(task.stage, task.variant)
+                full = DiskSpaceError.from_error(exc, where=slot, written=written)
+                if full is None or isinstance(exc, PipelineError):
+                    raise
+                raise full from exc
             handler.flush()
             shutil.copyfile(log_path, out_dir / "stage.log")
             record = (
@@ -252,7 +261,7 @@ def execute(
                     reporter,
                     options,
                 )
-            except PipelineError as exc:
+            except (PipelineError, Interrupted) as exc:
                 report.results.append(
                     TaskResult(
                         task,

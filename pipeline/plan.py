@@ -393,7 +393,7 @@ def plan_profile(
     )
     if not plan.fits:
         raise ConfigError(
-            "the config",
+            config.source,
             f"profiles[{index}]",
             f"'{profile_name}' does not fit {config.target.gpu} with {precision.value}: {plan.problem}",
             hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target",
