@@ -6,6 +6,8 @@ One server serves the module's repository; the CLI test starts its own, as
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,50 @@ def test_a_model_that_does_not_load_is_named_in_one_line(tmp_path):
     message = info.value.message
     assert "engine_model" in message and "CudaDriverHelper" not in message and "\n" not in message
     assert server.process.returncode == 1
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of each TCP socket process `pid` listens on, read from /proc (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                packed = bytes.fromhex(address)
+                if table == "tcp":
+                    host = socket.inet_ntop(socket.AF_INET, packed[::-1])
+                else:  # four little-endian 32-bit words
+                    words = b"".join(packed[i : i + 4][::-1] for i in range(0, 16, 4))
+                    host = socket.inet_ntop(socket.AF_INET6, words)
+                found.add((host, int(port, 16)))
+    return found
+
+
+@pytest.mark.triton
+def test_the_server_listens_on_loopback_only(server):
+    """tritonserver 2.51 binds HTTP, gRPC and metrics to 0.0.0.0 unless told (its --help: --http-address,
+    --grpc-address, --metrics-address; --allow-grpc, --allow-metrics)."""
+    assert listening_addresses(server.process.pid) == {("127.0.0.1", server.http_port)}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", ["end_id", "pad_id"])
+def test_a_token_id_outside_the_vocabulary_is_a_400(server, prompts, name):
+    for route in ("ensemble", "tensorrt_llm_bls"):
+        with pytest.raises(
+            StageError, match=rf"HTTP 400: .*input '{name}' is 1000000, outside the vocabulary"
+        ):
+            generate(server.url, route, {"text_input": prompts[0], "max_tokens": 2, name: 1_000_000})
+    generate(
+        server.url, "ensemble", {"text_input": prompts[0], "max_tokens": 2, "end_id": -1}
+    )  # no end token
 
 
 @pytest.mark.triton

@@ -47,7 +47,7 @@ class TritonPythonModel:
     def initialize(self, args):
         import torch
 
-        from pipeline.runners import load_runner
+        from pipeline.runners import NO_END_ID, load_runner
 
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = model_config(args)
@@ -55,6 +55,8 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.exclude_input = params["exclude_input_in_output"] == "true"
         self.runner = load_runner(Path(repository_path(args, params["gpt_model_path"])))
+        self.vocab_size = int(self.runner.engine_config["pretrained_config"]["vocab_size"])
+        self.no_end_id = NO_END_ID
 
     def execute(self, requests):
         return answer(requests, decoupled=self.decoupled, serve=self._serve, pb_utils=pb_utils)
@@ -77,6 +79,8 @@ class TritonPythonModel:
         if stops is not None:
             stop_words = [from_word_list(row) for row in stops.reshape(batch, 2, -1)]
         end_id = _scalar(request, "end_id", None)
+        self._check_token_id("end_id", end_id, sentinel=self.no_end_id)
+        self._check_token_id("pad_id", _scalar(request, "pad_id", None))
         options = dict(
             max_new_tokens=int(output_lens.max()),
             end_id=None if end_id is None else int(end_id),
@@ -100,6 +104,14 @@ class TritonPythonModel:
             tokens = tokens[:end] if end is not None else tokens
             outputs.append(tokens if self.exclude_input else prompts[b] + tokens)
         return self._response(outputs, pad=options["end_id"] or 0)
+
+    def _check_token_id(self, name, value, sentinel=None):
+        """A token id the engine cannot produce is a bad request, not a silent never-stop or garbage padding."""
+        if value is not None and value != sentinel and not 0 <= int(value) < self.vocab_size:
+            allowed = f"[0, {self.vocab_size})" + (
+                f" or {sentinel} (no end token)" if sentinel is not None else ""
+            )
+            raise ValueError(f"input '{name}' is {int(value)}, outside the vocabulary: expected {allowed}")
 
     def _stream(self, prompt, stop_words, limit, options, sender):
         sent: list[int] = []
