@@ -245,8 +245,9 @@ def translate(
         limit = settings.download_timeout_s if reading else settings.metadata_timeout_s
         env = DOWNLOAD_TIMEOUT_ENV if reading else METADATA_TIMEOUT_ENV
         return FetchError(
-            f"{where}the hub at {settings.endpoint} did not answer within {limit:g} s (after retries) for "
-            f"{what}: check the network or the hub's status, or raise {env}",
+            f"{where}the hub at {settings.endpoint} did not answer within {limit:g} s"
+            + (" (each of 6 tries)" if file else "")
+            + f" for {what}: check the network or the hub's status, or raise {env}",
             file=file,
         )
     if isinstance(exc, requests.ConnectionError):
