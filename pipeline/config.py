@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import sys
-from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.formats import FORMATS, SELECTABLE_KV_CACHES, Precision, unsupported_on
 from pipeline.targets import TARGETS
 
 if sys.version_info >= (3, 11):
@@ -31,18 +31,6 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Precision(str, Enum):
-    fp16 = "fp16"
-    bf16 = "bf16"
-    int8_wo = "int8_wo"  # W8A16, per-channel weights quantized by TensorRT-LLM at build
-    int8_sq = "int8_sq"  # W8A8 SmoothQuant, per-channel weights, per-tensor activations
-    fp8 = "fp8"
-
-    @property
-    def is_int8(self) -> bool:
-        return self in (Precision.int8_wo, Precision.int8_sq)
 
 
 class ModelSection(Strict):
@@ -96,7 +84,8 @@ class TargetSection(Strict):
 
 class QuantizationSection(Strict):
     precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] = (Precision.int8_sq,)
-    kv_cache_dtype: Literal["fp16", "int8"] = "fp16"
+    # The fp8 precision always has an FP8 KV cache (pipeline.formats); this sets the others'.
+    kv_cache_dtype: Literal[SELECTABLE_KV_CACHES] = "fp16"
 
 
 class CalibrationSection(Strict):
@@ -143,24 +132,14 @@ class GateThresholds(Strict):
 
 
 def _default_thresholds() -> dict[Precision, GateThresholds]:
-    # SmoothQuant W8A8 moves Mistral-7B's wikitext-2 perplexity 5.253 -> 5.277 (+0.5%);
-    # the defaults leave room for calibration noise yet catch a collapse.
+    # Each format's defaults and the reason for them sit in its row of pipeline.formats.
     return {
-        Precision.fp16: GateThresholds(
-            max_perplexity_increase_pct=0.5, min_top1_agreement=0.98, min_greedy_match=0.9
-        ),
-        Precision.bf16: GateThresholds(
-            max_perplexity_increase_pct=1.0, min_top1_agreement=0.97, min_greedy_match=0.8
-        ),
-        Precision.int8_wo: GateThresholds(
-            max_perplexity_increase_pct=2.0, min_top1_agreement=0.93, min_greedy_match=0.6
-        ),
-        Precision.int8_sq: GateThresholds(
-            max_perplexity_increase_pct=3.0, min_top1_agreement=0.90, min_greedy_match=0.5
-        ),
-        Precision.fp8: GateThresholds(
-            max_perplexity_increase_pct=2.0, min_top1_agreement=0.93, min_greedy_match=0.6
-        ),
+        precision: GateThresholds(
+            max_perplexity_increase_pct=fmt.gate.max_perplexity_increase_pct,
+            min_top1_agreement=fmt.gate.min_top1_agreement,
+            min_greedy_match=fmt.gate.min_greedy_match,
+        )
+        for precision, fmt in FORMATS.items()
     }
 
 
@@ -202,15 +181,12 @@ class PipelineConfig(Strict):
     def _combinations(self) -> PipelineConfig:
         target = TARGETS[self.target.gpu]
         for i, precision in enumerate(self.quantization.precisions):
-            if precision is Precision.fp8 and not target.supports_fp8:
+            problem = unsupported_on(precision, self.quantization.kv_cache_dtype, target.sm)
+            if problem is not None:
                 raise _FieldError(
                     f"quantization.precisions[{i}]",
-                    f"fp8 needs sm89 or newer; target '{target.name}' is sm{target.sm}",
-                    "use int8_sq or int8_wo on this target",
-                )
-            if precision.is_int8 and not target.supports_int8:
-                raise _FieldError(
-                    f"quantization.precisions[{i}]", f"target '{target.name}' has no INT8 support"
+                    f"{problem}; target '{target.name}' is sm{target.sm}",
+                    "use int8_sq, int8_wo or int4_awq on this target",
                 )
         if len(set(self.quantization.precisions)) != len(self.quantization.precisions):
             raise _FieldError("quantization.precisions", "lists a precision twice")

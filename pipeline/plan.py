@@ -3,10 +3,12 @@
 Every figure carries the formula that produced it (`PlanLine.how`), so
 `trtllm-pipeline plan` can show its working. The formulas:
 
-- weights = quantized linear params x bytes per weight (1 for INT8/FP8, 2 for FP16/BF16)
-  + one FP32 scale per output channel of each quantized linear
+- weights = linear params x bits per weight / 8 (16 FP16/BF16, 8 INT8/FP8, 4 INT4)
+  + the format's scales (one FP32 per output channel for INT8; one FP16 per group of 128
+  inputs per output channel plus one FP16 pre-quant scale per input channel for INT4 AWQ;
+  two FP32 per linear for FP8)
   + embedding, lm_head and norms in FP16 (ModelOpt keeps them unquantized);
-- KV cache per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (2 FP16, 1 INT8);
+- KV cache per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (2 FP16, 1 INT8/FP8);
 - headroom = GPU memory - weights;
 - allowance (activations and workspace) = a fixed runtime reserve (CUDA context, cuBLAS and
   TensorRT-LLM runtime buffers) + the gated MLP's live activations at max_num_tokens
@@ -19,7 +21,9 @@ Every figure carries the formula that produced it (`PlanLine.how`), so
   reads every weight once (the embedding table only one row) plus the KV cache of its context.
 
 For Mistral 7B v0.3 in INT8 on an A100 40GB this gives 7.0 GiB of weights and 33.0 GiB of
-headroom, as the published estimate does (its "about 7 GB", "33 GB").
+headroom, as the published estimate does (its "about 7 GB", "33 GB"). Each format's bits, group
+size and scale bytes come from its row in pipeline.formats; so does the builder's rule that an
+INT8 KV cache turns paged context FMHA (and with it chunked context) off.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import PipelineConfig, Precision, Profile
 from pipeline.errors import ConfigError, InputError
+from pipeline.formats import (
+    WeightFormat,
+    builds_paged_context_fmha,
+    kv_cache_format,
+    unsupported_on,
+    weight_format,
+)
 from pipeline.targets import TARGETS, Target
 
 if TYPE_CHECKING:
@@ -43,16 +54,8 @@ RUNTIME_RESERVE_BYTES = 1 * GIB  # CUDA context, cuBLAS workspaces, TensorRT-LLM
 DEFAULT_MAX_NUM_TOKENS = 8192  # TensorRT-LLM BuildConfig.max_num_tokens's default
 ACTIVATION_BYTES = 2  # FP16 activations
 LOGITS_BYTES = 4  # context logits are FP32 (PretrainedConfig.logits_dtype)
-SCALE_BYTES = 4  # one FP32 scale per output channel of a quantized linear
 UNQUANTIZED_BYTES = 2  # embedding, lm_head, norms stay FP16
-WEIGHT_BYTES = {
-    Precision.fp16: 2,
-    Precision.bf16: 2,
-    Precision.int8_wo: 1,
-    Precision.int8_sq: 1,
-    Precision.fp8: 1,
-}
-KV_BYTES = {"fp16": 2, "int8": 1}
+LINEARS_PER_LAYER = 5  # qkv, dense, fc, gate, proj
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ class ModelArch:
         # qkv + dense + fc and gate (both ffn wide) + proj
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         return (q + 2 * kv) + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
+
+    @property
+    def linear_in_channels_per_layer(self) -> int:
+        # qkv, fc and gate read the hidden state; dense reads the attention output; proj the FFN
+        return 3 * self.hidden_size + self.num_heads * self.head_dim + self.intermediate_size
 
     @property
     def linear_params(self) -> int:
@@ -179,6 +187,7 @@ class ProfilePlan(BaseModel):
     params: int
     weight_bytes: int
     kv_bytes_per_token: int
+    paged_context_fmha: bool  # what trtllm-build builds (off with an INT8 KV cache): chunked context
     headroom_bytes: int
     allowance_bytes: int
     kv_budget_bytes: int
@@ -208,6 +217,26 @@ def derive_max_num_tokens(profile: Profile, *, paged_context_fmha: bool) -> tupl
     return value, how
 
 
+def scale_bytes(arch: ModelArch, fmt: WeightFormat) -> tuple[int, str]:
+    """Bytes of the quantized linears' scales in the engine, and how."""
+    if not fmt.quantized:
+        return 0, ""
+    layers, size = arch.num_layers, fmt.scale_bytes
+    if fmt.group_size is not None:
+        groups = arch.linear_params // fmt.group_size
+        prequant = arch.linear_in_channels_per_layer * layers
+        total = (groups + prequant) * size
+        return total, (
+            f"{arch.linear_params:,} / {fmt.group_size} x {size} B group scales + {prequant:,} x {size} B "
+            "pre-quant scales"
+        )
+    if fmt.layout is not None and fmt.layout.weight_scale == "tensor":
+        count = LINEARS_PER_LAYER * layers * (2 if fmt.layout.activation_scale else 1)
+        return count * size, f"{count} x {size} B per-tensor scales"
+    channels = arch.linear_out_channels_per_layer * layers
+    return channels * size, f"{channels:,} x {size} B per-channel scales"
+
+
 def format_bytes(n: float) -> str:
     """GiB with two decimals; MiB below a tenth of a GiB (the tiny model's figures)."""
     return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024**2:.2f} MiB"
@@ -222,13 +251,17 @@ def plan_memory(
     *,
     paged_context_fmha: bool = True,
 ) -> ProfilePlan:
-    """The plan of one profile. Pure: no IO, no refusal (see `require_fit`)."""
-    wbytes = WEIGHT_BYTES[precision]
-    quantized = wbytes == 1
-    scales = arch.linear_out_channels_per_layer * arch.num_layers * SCALE_BYTES if quantized else 0
-    weights = arch.linear_params * wbytes + scales + arch.unquantized_params * UNQUANTIZED_BYTES
-    kv_bytes = KV_BYTES[kv_cache_dtype]
-    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * kv_bytes
+    """The plan of one profile. Pure: no IO, no refusal (see `require_fit`).
+
+    paged_context_fmha is what the config asks for; the plan applies the builder's rules to it.
+    """
+    fmt = weight_format(precision)
+    kv = kv_cache_format(precision, kv_cache_dtype)
+    paged_context_fmha = builds_paged_context_fmha(paged_context_fmha, kv)
+    scales, scales_how = scale_bytes(arch, fmt)
+    linear_bytes = arch.linear_params * fmt.weight_bits // 8
+    weights = linear_bytes + scales + arch.unquantized_params * UNQUANTIZED_BYTES
+    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * kv.bytes_per_value
     memory = int(target.memory_gib * GIB)
     headroom = memory - weights
     tokens, tokens_how = derive_max_num_tokens(profile, paged_context_fmha=paged_context_fmha)
@@ -247,11 +280,9 @@ def plan_memory(
     ceiling = bandwidth / read_per_token
     ceiling_long = bandwidth / (read_per_token + kv_per_token * profile.max_seq_len)
 
-    problem = None
-    if precision is Precision.fp8 and not target.supports_fp8:
-        problem = f"fp8 needs sm89 or newer; {target.name} is sm{target.sm}"
-    elif precision.is_int8 and not target.supports_int8:
-        problem = f"{target.name} has no INT8 support"
+    problem = unsupported_on(precision, kv_cache_dtype, target.sm)
+    if problem is not None:
+        problem = f"{problem}; {target.name} is sm{target.sm}"
     elif headroom <= allowance:
         problem = (
             f"weights ({format_bytes(weights)}) and the activation allowance ({format_bytes(allowance)}) "
@@ -266,7 +297,11 @@ def plan_memory(
     elif not paged_context_fmha and tokens < profile.max_input_len:
         problem = (
             f"max_num_tokens ({tokens}) < max_input_len ({profile.max_input_len}) needs chunked context, "
-            "which needs build.use_paged_context_fmha = true"
+            + (
+                "which needs build.use_paged_context_fmha = true"
+                if kv.keeps_paged_context_fmha
+                else f"which trtllm-build turns off with a {kv.name} KV cache: set max_num_tokens >= max_input_len"
+            )
         )
 
     h, f, v, layers = arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_layers
@@ -283,8 +318,8 @@ def plan_memory(
             figure="weights",
             value=format_bytes(weights),
             how=(
-                f"{arch.linear_params:,} x {wbytes} B ({precision.value} linears)"
-                + (f" + {scales:,} B per-channel scales" if scales else "")
+                f"{arch.linear_params:,} x {fmt.weight_bits} bits ({precision.value} linears)"
+                + (f" + {scales_how} ({scales:,} B)" if scales else "")
                 + f" + {arch.unquantized_params:,} x {UNQUANTIZED_BYTES} B (FP16 embedding, lm_head, norms)"
                 + f" = {weights:,} B"
             ),
@@ -294,13 +329,23 @@ def plan_memory(
             value=f"{kv_per_token / 1024:g} KiB",
             how=(
                 f"2 x {layers} layers x {arch.num_kv_heads} kv_heads x {arch.head_dim} head_dim x "
-                f"{kv_bytes} B ({kv_cache_dtype}) = {kv_per_token:,} B"
+                f"{kv.bytes_per_value} B ({kv.name}) = {kv_per_token:,} B"
             ),
         ),
         PlanLine(
             figure="headroom",
             value=format_bytes(headroom),
             how=f"{target.memory_gib:g} GiB ({target.name}) - {format_bytes(weights)} weights",
+        ),
+        PlanLine(
+            figure="chunked context (paged context FMHA)",
+            value="on" if paged_context_fmha else "off",
+            how=(
+                "build.use_paged_context_fmha"
+                if kv.keeps_paged_context_fmha
+                else f"off with a {kv.name} KV cache: trtllm-build switches paged context FMHA off, so a "
+                "prompt must fit max_num_tokens and Triton's enable_chunked_context is false"
+            ),
         ),
         PlanLine(figure="max_num_tokens", value=str(tokens), how=tokens_how),
         PlanLine(
@@ -338,7 +383,7 @@ def plan_memory(
     return ProfilePlan(
         target=target.name,
         precision=precision.value,
-        kv_cache_dtype=kv_cache_dtype,
+        kv_cache_dtype=kv.name,
         profile=profile.name,
         max_batch_size=profile.max_batch_size,
         max_input_len=profile.max_input_len,
@@ -347,6 +392,7 @@ def plan_memory(
         params=arch.params,
         weight_bytes=weights,
         kv_bytes_per_token=kv_per_token,
+        paged_context_fmha=paged_context_fmha,
         headroom_bytes=headroom,
         allowance_bytes=allowance,
         kv_budget_bytes=budget,

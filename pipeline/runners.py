@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pipeline.errors import InputError, MissingDependencyError
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.trtllm import CONTAINER
-from pipeline.trtllm.engine import BUILD_INFO, ENGINE_CONFIG, EngineInfo, read_engine_config, read_engine_info
+from pipeline.trtllm.engine import (
+    BUILD_INFO,
+    ENGINE_CONFIG,
+    EngineInfo,
+    read_engine_config,
+    read_engine_info,
+    supports_chunked_context,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -150,9 +157,7 @@ class TensorRTRunner:
             max_batch_size=limits.max_batch_size,
             max_input_len=limits.max_input_len,
             # Prompts longer than max_num_tokens are split into chunks (needs paged context FMHA).
-            enable_chunked_context=engine_config["build_config"]
-            .get("plugin_config", {})
-            .get("use_paged_context_fmha", False),
+            enable_chunked_context=supports_chunked_context(engine_config),
         )
         return cls(runner, engine_config, limits)
 

@@ -24,12 +24,15 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyMistralSpec:
+    # Shapes every format and TensorRT-LLM's kernels accept: each linear's inputs (hidden,
+    # heads x head_dim, intermediate) are multiples of the AWQ group of 128 (ModelOpt's INT4
+    # export refuses others), head_dim is 64, and two query heads share one KV head (GQA).
     vocab_size: int = 512
-    hidden_size: int = 64
-    intermediate_size: int = 176
+    hidden_size: int = 128
+    intermediate_size: int = 256
     num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
     max_position_embeddings: int = 512
     rope_theta: float = 1_000_000.0
     train_steps: int = 300

@@ -20,7 +20,7 @@ from pipeline.calibration.verify import (
     verify_checkpoint,
 )
 from pipeline.config import CalibrationSection, parse_config
-from pipeline.errors import InputError, MissingDependencyError, StageError
+from pipeline.errors import InputError, StageError
 from pipeline.executor import TaskState, execute, status
 from pipeline.hashing import sha256_file
 from pipeline.reporting import RecordingReporter
@@ -74,15 +74,15 @@ def test_int8_sq_exports_int8_linears_with_smoothquant_scales(exported, offline_
     config = trt_config(directory)
     assert config["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
     assert config["rotary_base"] == 1_000_000.0
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]) == (4, 2, 16)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]) == (2, 1, 64)
     tensors = read_safetensors_header(directory / "rank0.safetensors")
     qkv = "transformer.layers.1.attention.qkv"
-    assert tensors[qkv + ".weight"] == ("I8", ((4 + 2 * 2) * 16, 64))  # GQA: q 4 heads, k and v 2 each
-    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (128,))
+    assert tensors[qkv + ".weight"] == ("I8", ((2 + 2 * 1) * 64, 128))  # GQA: q 2 heads, k and v 1 each
+    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (256,))
     assert tensors[qkv + ".activation_scaling_factor"] == ("F32", (1,))
-    assert tensors[qkv + ".prequant_scaling_factor"] == ("F16", (64,))
-    assert tensors["lm_head.weight"] == ("F16", (512, 64))
-    assert tensors["transformer.vocab_embedding.weight"] == ("F16", (512, 64))
+    assert tensors[qkv + ".prequant_scaling_factor"] == ("F16", (128,))
+    assert tensors["lm_head.weight"] == ("F16", (512, 128))
+    assert tensors["transformer.vocab_embedding.weight"] == ("F16", (512, 128))
     # The record says what was calibrated on, how, and what the activations looked like.
     run = record.calibration
     assert run is not None and run.samples == 16 and run.seq_len == 64 and run.tokens > 16
@@ -117,11 +117,72 @@ def test_fp16_precision_exports_unquantized(tiny_model_dir, offline_mix, tmp_pat
     assert trt_config(tmp_path)["dtype"] == "bfloat16" and record.export_dtype == "bfloat16"
 
 
-def test_fp8_without_a_gpu_is_refused(tiny_model_dir, offline_mix, tmp_path):
-    with pytest.raises(MissingDependencyError, match="fp8 needs a CUDA GPU"):
+def test_int4_awq_exports_packed_int4_with_group_and_prequant_scales(tiny_model_dir, offline_mix, tmp_path):
+    record = export_checkpoint(
+        tiny_model_dir,
+        "int4_awq",
+        settings(offline_mix, samples=4, seq_len=32),
+        tmp_path,
+        reporter=RecordingReporter(),
+        log=LOG,
+    )
+    config = trt_config(tmp_path)["quantization"]
+    assert (config["quant_algo"], config["group_size"], config["kv_cache_quant_algo"]) == (
+        "W4A16_AWQ",
+        128,
+        None,
+    )
+    tensors = read_safetensors_header(tmp_path / "rank0.safetensors")
+    proj = "transformer.layers.0.mlp.proj"  # [hidden 128, intermediate 256]
+    assert tensors[proj + ".weight"] == ("I8", (64, 256))  # two int4 values per byte along the outputs
+    assert tensors[proj + ".weights_scaling_factor"] == ("F32", (128, 2))  # one per 128 inputs
+    assert tensors[proj + ".prequant_scaling_factor"] == ("F16", (256,))
+    assert tensors["lm_head.weight"] == ("F16", (512, 128))
+    assert record.calibration is not None and record.quant_algo == "W4A16_AWQ"
+
+
+def test_fp8_exports_e4m3_weights_per_tensor_scales_and_an_fp8_kv_cache_on_the_cpu(
+    tiny_model_dir, offline_mix, tmp_path
+):
+    record = export_checkpoint(
+        tiny_model_dir,
+        "fp8",
+        settings(offline_mix, samples=4),
+        tmp_path,
+        reporter=RecordingReporter(),
+        log=LOG,
+    )
+    config = trt_config(tmp_path)["quantization"]
+    assert (config["quant_algo"], config["kv_cache_quant_algo"]) == ("FP8", "FP8")
+    tensors = read_safetensors_header(tmp_path / "rank0.safetensors")
+    qkv = "transformer.layers.1.attention.qkv"
+    assert tensors[qkv + ".weight"] == ("F8_E4M3", (256, 128))
+    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (1,))
+    assert tensors[qkv + ".activation_scaling_factor"] == ("F32", (1,))
+    assert tensors["transformer.layers.1.attention.kv_cache_scaling_factor"] == ("F32", (1,))
+    assert record.device == "cpu" and record.kv_cache_quant_algo == "FP8"
+
+
+def test_a_model_whose_linears_do_not_split_into_awq_groups_is_refused_before_loading(
+    tiny_model_dir, tmp_path
+):
+    hf = json.loads((tiny_model_dir / "config.json").read_text())
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps(hf | {"intermediate_size": 176})
+    )  # no weights: never loaded
+    with pytest.raises(InputError) as err:
         export_checkpoint(
-            tiny_model_dir, "fp8", settings(offline_mix), tmp_path, reporter=RecordingReporter(), log=LOG
+            model,
+            "int4_awq",
+            settings(tmp_path / "absent.jsonl"),
+            tmp_path / "out",
+            reporter=RecordingReporter(),
+            log=LOG,
         )
+    assert "intermediate_size 176 is not a multiple of int4_awq's group size 128" in err.value.message
+    assert str(model / "config.json") in str(err.value)
 
 
 def test_int8_kv_cache_adds_kv_scales(tiny_model_dir, offline_mix, tmp_path):
@@ -205,7 +266,7 @@ def test_verifier_fails_on_a_wrong_head_count(sq_copy, tiny_arch):
     edit_config(sq_copy, lambda c: c.update(num_attention_heads=8))
     with pytest.raises(CheckpointMismatchError) as err:
         verify_sq(sq_copy, tiny_arch)
-    assert err.value.problems == ["num_attention_heads is 8, the Hugging Face config says 4"]
+    assert err.value.problems == ["num_attention_heads is 8, the Hugging Face config says 2"]
     assert trt_config(sq_copy)["num_attention_heads"] == 8  # nothing is rewritten on failure
 
 
@@ -219,8 +280,8 @@ def check_sq(trt: dict, arch: HfArchitecture):
     ("field", "bad"),
     [
         ("vocab_size", 1024),
-        ("hidden_size", 128),
-        ("num_key_value_heads", 4),
+        ("hidden_size", 256),
+        ("num_key_value_heads", 2),
         ("head_size", 32),
         ("dtype", "bfloat16"),
     ],

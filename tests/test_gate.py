@@ -122,12 +122,26 @@ def swap_q_and_k(tensors: dict) -> None:
         if n.endswith("attention.qkv.weight") or n.endswith("attention.qkv.weights_scaling_factor")
     ]:
         t = tensors[name].clone()
-        q_rows, kv_rows = 64, 32  # tiny model: 4 heads x 16, 2 KV heads x 16
+        # tiny model: q 2 heads x 64, k and v 1 head each: q is half the rows, k a quarter (packed or not)
+        q_rows, kv_rows = t.shape[0] // 2, t.shape[0] // 4
         t[:kv_rows], t[q_rows : q_rows + kv_rows] = (
             tensors[name][q_rows : q_rows + kv_rows],
             tensors[name][:kv_rows],
         )
         tensors[name] = t
+
+
+def swap_int4_nibbles(tensors: dict) -> None:
+    """Read each packed int4 byte the wrong way round (output rows 2j and 2j+1 exchanged)."""
+    for name in [n for n in tensors if n.endswith(".weight") and tensors[n].dtype == torch.int8]:
+        byte = tensors[name].to(torch.int16) & 0xFF
+        tensors[name] = (((byte & 0x0F) << 4) | (byte >> 4)).to(torch.uint8).view(torch.int8)
+
+
+def shrink_kv_scales(tensors: dict) -> None:
+    """KV scales 1000x too small: every cached key and value saturates."""
+    for name in [n for n in tensors if n.endswith("cache_scaling_factor")]:
+        tensors[name] = tensors[name] / 1000
 
 
 def scale_by_4(tensors: dict) -> None:
@@ -149,9 +163,13 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.parametrize("precision", ["int8_sq", "int8_wo"])
-def test_gate_passes_a_good_checkpoint(tmp_path_factory, tiny_model_dir, gate, precision):
-    record = gate(tiny_checkpoint(tmp_path_factory, tiny_model_dir, precision), precision)
+@pytest.mark.parametrize(
+    ("precision", "kv_cache_dtype"),
+    [("int8_sq", "fp16"), ("int8_wo", "fp16"), ("int4_awq", "fp16"), ("fp8", "fp16"), ("int8_wo", "int8")],
+)
+def test_gate_passes_a_good_checkpoint(tmp_path_factory, tiny_model_dir, gate, precision, kv_cache_dtype):
+    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, precision, kv_cache_dtype=kv_cache_dtype)
+    record = gate(checkpoint, precision)
     assert record.verdict, record.summary
     assert [c.name for c in record.checks] == ["perplexity_increase_pct", "top1_agreement", "greedy_match"]
     assert record.windows == 8 and record.window_len == 64 and record.prompts == 8
@@ -175,6 +193,26 @@ def test_gate_fails_a_corrupted_int8_wo_checkpoint(
     good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
     record = gate(_corrupt(good, tmp_path / "bad", **CORRUPTIONS[corruption]), "int8_wo")
     assert not record.verdict
+
+
+# Each new format, broken where it can break: the gate must fail it with its own default thresholds.
+NEW_FORMAT_CORRUPTIONS = {
+    ("int4_awq", "fp16", "int4 nibbles swapped"): {"tensors": swap_int4_nibbles},
+    ("int4_awq", "fp16", "q and k swapped"): CORRUPTIONS["q and k swapped"],
+    ("fp8", "fp16", "scales x4"): CORRUPTIONS["scales x4"],
+    ("fp8", "fp16", "rotary base dropped"): CORRUPTIONS["rotary base dropped"],
+    ("int8_wo", "int8", "KV scales 1000x too small"): {"tensors": shrink_kv_scales},
+}
+
+
+@pytest.mark.parametrize("case", NEW_FORMAT_CORRUPTIONS, ids=lambda c: f"{c[0]}-kv{c[1]}-{c[2]}")
+def test_gate_fails_a_broken_checkpoint_of_each_new_format(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir, gate, case
+):
+    precision, kv_cache_dtype, _ = case
+    good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, precision, kv_cache_dtype=kv_cache_dtype)
+    record = gate(_corrupt(good, tmp_path / "bad", **NEW_FORMAT_CORRUPTIONS[case]), precision)
+    assert not record.verdict, record.summary
 
 
 # --- the measures, the verdict and the reports (pure) ------------------------------------------------

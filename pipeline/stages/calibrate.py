@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import PipelineConfig, Precision
+from pipeline.formats import kv_cache_format, reads_calibration_data
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
@@ -20,12 +21,14 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    from pipeline.calibration.recipes import needs_calibration
-
     precision = Precision(task.precision)
     kv = config.quantization.kv_cache_dtype
-    section: dict[str, Any] = {"precision": precision.value, "kv_cache_dtype": kv}
-    if needs_calibration(precision, kv):
+    # The KV cache this precision really gets (fp8 always has its own).
+    section: dict[str, Any] = {
+        "precision": precision.value,
+        "kv_cache_dtype": kv_cache_format(precision, kv).name,
+    }
+    if reads_calibration_data(precision, kv):
         calibration = config.calibration
         section["calibration"] = calibration.model_dump(mode="json")
         section["instruct"] = config.model.instruct

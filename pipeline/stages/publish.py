@@ -46,7 +46,7 @@ from pipeline.stages.fetch import FetchRecord
 from pipeline.store import Artifact
 from pipeline.targets import TARGETS
 from pipeline.tasks import Task
-from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info
+from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info, supports_chunked_context
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -136,7 +136,9 @@ def run(ctx: StageContext) -> StageOutcome:
         kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
         max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
         enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
-        enable_chunked_context=config.publish.enable_chunked_context,
+        # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
+        enable_chunked_context=config.publish.enable_chunked_context
+        and supports_chunked_context(engine_config),
         preprocessing_instance_count=config.publish.preprocessing_instances,
         postprocessing_instance_count=config.publish.postprocessing_instances,
     )

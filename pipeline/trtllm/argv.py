@@ -51,7 +51,8 @@ def trtllm_build_argv(
         "--gemm_plugin", build.gemm_plugin,
         "--gpt_attention_plugin", "auto",
         "--context_fmha", "enable",
-        "--use_paged_context_fmha", _switch(build.use_paged_context_fmha),
+        # The plan's value: the config's, off with an INT8 KV cache (as trtllm-build would switch it).
+        "--use_paged_context_fmha", _switch(plan.paged_context_fmha),
         "--remove_input_padding", "enable",
         "--multiple_profiles", _switch(build.multiple_profiles),
         # The gate scores the engine's own context logits (perplexity, top-1 agreement).

@@ -53,7 +53,8 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
             "gemm_plugin": build.gemm_plugin,
             "gpt_attention_plugin": "auto",
             "context_fmha": True,
-            "use_paged_context_fmha": build.use_paged_context_fmha,
+            # trtllm-build writes False with an INT8 KV cache whatever was asked (builder.py build()).
+            "use_paged_context_fmha": plan.paged_context_fmha,
             "remove_input_padding": True,
             "multiple_profiles": build.multiple_profiles,
             "paged_kv_cache": build.kv_cache_type == "paged",
@@ -65,6 +66,13 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
 # ("auto" -> "float16"), so only the switches are compared.
 _CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
 _CHECKED_PLUGIN_KEYS = ("use_paged_context_fmha", "remove_input_padding", "multiple_profiles")
+
+
+def supports_chunked_context(engine_config: dict[str, Any]) -> bool:
+    """Chunked context needs paged context FMHA, which the engine's own build_config records
+    (trtllm-build switches it off with an INT8 KV cache): what runtimes and Triton may enable."""
+    plugins = engine_config.get("build_config", {}).get("plugin_config") or {}
+    return bool(plugins.get("use_paged_context_fmha", False))
 
 
 def read_engine_config(engine_dir: Path) -> dict[str, Any]:
