@@ -182,8 +182,11 @@ def test_gate_fails_a_corrupted_int8_sq_checkpoint(
     good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq")
     record = gate(_corrupt(good, tmp_path / "bad", **CORRUPTIONS[corruption]), "int8_sq")
     assert not record.verdict
-    # Each breaks the model outright: perplexity and top-1 agreement both see it, not one by luck.
-    assert {"perplexity_increase_pct", "top1_agreement"} <= {c.name for c in record.failed}
+    # Each breaks the model outright: perplexity sees it, not one check by luck; all but the rotary base
+    # (the 128-wide tiny model still agrees on the top token at most positions without it) break top-1 too.
+    failed = {c.name for c in record.failed}
+    assert "perplexity_increase_pct" in failed
+    assert corruption == "rotary base dropped" or "top1_agreement" in failed
 
 
 @pytest.mark.parametrize("corruption", ["rotary base dropped", "q and k swapped"])

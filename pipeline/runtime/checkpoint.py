@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import InputError
 from pipeline.formats import FORMATS, KV_CACHE_FORMATS
@@ -45,22 +45,12 @@ class QuantizationConfig(BaseModel):
     group_size: int = 128  # QuantConfig's default (per-group formats)
     exclude_modules: tuple[str, ...] | None = None
 
-    @field_validator("quant_algo")
+    @field_validator("quant_algo", "kv_cache_quant_algo")
     @classmethod
-    def _known_algo(cls, value: str | None) -> str | None:
-        if value is not None and value not in QUANT_ALGOS:
-            raise ValueError(
-                f"the reference runtime supports {', '.join(QUANT_ALGOS)} or null, not {value!r}"
-            )
-        return value
-
-    @field_validator("kv_cache_quant_algo")
-    @classmethod
-    def _known_kv_algo(cls, value: str | None) -> str | None:
-        if value is not None and value not in KV_CACHE_QUANT_ALGOS:
-            raise ValueError(
-                f"the reference runtime supports {', '.join(KV_CACHE_QUANT_ALGOS)} or null, not {value!r}"
-            )
+    def _known_algo(cls, value: str | None, info: ValidationInfo) -> str | None:
+        known = QUANT_ALGOS if info.field_name == "quant_algo" else KV_CACHE_QUANT_ALGOS
+        if value is not None and value not in known:
+            raise ValueError(f"the reference runtime supports {', '.join(known)} or null, not {value!r}")
         return value
 
     @property
