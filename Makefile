@@ -1,15 +1,26 @@
 # Every target sets up what it needs on a fresh machine (Python 3.10+ with venv).
 PYTHON ?= python3
 VENV ?= .venv
+CONFIG ?= pipeline.toml
+ifdef TRTLLM_PIPELINE_IMAGE
+# Inside docker/Dockerfile's image: its Python, with the project installed at image build time.
+PY := python3
+CLI := trtllm-pipeline
+STAMP := $(TRTLLM_PIPELINE_IMAGE)/.installed-stamp
+else
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/trtllm-pipeline
 STAMP := $(VENV)/.installed-stamp
-CONFIG ?= pipeline.toml
+endif
 
-.PHONY: setup test demo build-engine bench lint lock clean
+.PHONY: setup test demo build-engine gpu-selftest bench lint lock clean
 
 setup: $(STAMP)
 
+ifdef TRTLLM_PIPELINE_IMAGE
+$(STAMP):
+	@echo "$(STAMP) is missing: build the image with docker/Dockerfile, which installs the project" >&2 && false
+else
 # Idempotent: reinstalls only when the dependency spec or the lock changes.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) -m pip check
 	touch $(STAMP)
+endif
 
 test: setup
 	$(PY) -m pytest -q --junitxml=reports/junit-tests.xml
@@ -30,6 +42,11 @@ demo: setup
 # The real job (pipeline.toml: Mistral-7B-Instruct-v0.3, A100 40GB) on a GPU host.
 build-engine: setup
 	$(CLI) run --config $(CONFIG)
+
+# Inside the serving container on a GPU host: a small model through a real trtllm-build, the gate,
+# publish and the image's tritonserver; a pass/fail table and work/gpu-selftest/report.json.
+gpu-selftest: setup
+	$(CLI) gpu-selftest
 
 bench: setup
 	$(PY) -m benchmarks

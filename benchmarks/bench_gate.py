@@ -51,17 +51,23 @@ def _gate_seconds(model_dir: Path, checkpoint: Path, limits: RuntimeLimits) -> t
     from pipeline.config import Precision
     from pipeline.gate import HuggingFaceModel, run_gate
     from pipeline.reporting import RecordingReporter
+    from pipeline.runners import ReferenceRunner
     from pipeline.runtime import ReferenceModel
+
+    def engine() -> ReferenceRunner:
+        return ReferenceRunner(ReferenceModel.load(checkpoint, limits=limits), engine_config={})
 
     config = load_config(None)
     t0 = time.perf_counter()
     record = run_gate(
         reference=lambda: HuggingFaceModel.load(model_dir),
-        candidate=lambda: ReferenceModel.load(checkpoint, limits=limits),
+        candidate=engine,  # the gate engine
+        served=engine,  # a served engine of the same checkpoint
         tokenizer=AutoTokenizer.from_pretrained(model_dir),
         settings=config.gate,
         thresholds=config.gate.thresholds[Precision.int8_sq],
         limits=limits,
+        served_limits=limits,
         precision="int8_sq",
         profile="throughput",
         reporter=RecordingReporter(),

@@ -6,8 +6,13 @@ models, stages) are imported inside commands so `--help` stays instant.
 
 from __future__ import annotations
 
+import errno
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -42,12 +47,29 @@ ArchOpt = Annotated[
 VisualizeOpt = Annotated[
     bool, typer.Option("--visualize", help="Also export each engine's network as ONNX (build.visualize).")
 ]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Print each task that would run and each external command's argv; run nothing."
+    ),
+]
+MountPathOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mount-path",
+        help="Where the serving container mounts a published version, or its absolute path on the host "
+        "(publish.mount_path): the engine's gpt_model_path is written under it.",
+        show_default=False,
+    ),
+]
 
 DEFAULT_WORK_DIR = Path("work")
 
 
 class _State:
     debug = False
+    argv: list[str] = []  # this invocation's arguments (bench --nsys runs them again under nsys)
+    work_dir: Path | None = None  # where a failed write that names no file was writing
 
 
 def _console(stderr: bool = False):
@@ -69,27 +91,41 @@ def _run_stages(
     profiles: list[str] | None,
     allow_arch_mismatch: bool = False,
     visualize: bool = False,
+    dry_run: bool = False,
+    mount_path: str | None = None,
 ) -> None:
-    from pipeline.config import load_config, missing_input_files
+    from pipeline.config import input_file_problems, load_config
     from pipeline.console import RichReporter, results_table
-    from pipeline.errors import ConfigError, GateFailedError
+    from pipeline.errors import ConfigError, GateFailedError, InputError
     from pipeline.executor import execute
+    from pipeline.paths import dir_problem
     from pipeline.report import write_run_junit, write_run_report
     from pipeline.stages.base import RunOptions
     from pipeline.stages.build import preflight as build_preflight
     from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks, select_tasks
+    from pipeline.tasks import ENGINE_STAGES, plan_tasks, select_tasks
 
     _State.debug = debug
+    _State.work_dir = work_dir
     config = load_config(config_path)
     if visualize:
         config = config.model_copy(update={"build": config.build.model_copy(update={"visualize": True})})
+    if mount_path is not None:
+        config = _with_mount_path(config, mount_path)
     tasks = select_tasks(
         plan_tasks(config), stages, precisions=set(precisions or ()), profiles=set(profiles or ())
     )
     _check_filters(config, precisions, profiles)
-    for field, path in missing_input_files(config, {t.stage for t in tasks}):
-        raise ConfigError(config_path or "<embedded default>", field, f"file not found: {path}")
+    for field, problem in input_file_problems(config, {t.stage for t in tasks}):
+        raise ConfigError(config.source, field, problem)
+    problem = dir_problem(work_dir)
+    if problem is not None:
+        raise InputError(f"--work-dir {work_dir}: {problem}", hint="point --work-dir at a writable folder")
+    if dry_run:
+        _print_dry_run(
+            config, ArtifactStore(work_dir), tasks, frozenset(stages) if force else frozenset(), as_json
+        )
+        return
     console = _console()
     # With --json, stdout carries only the report; progress and messages go to stderr.
     reporter = RichReporter(_console(stderr=as_json))
@@ -101,7 +137,7 @@ def _run_stages(
             reporter.warn(action)
         options = RunOptions(allow_arch_mismatch=allow_arch_mismatch, debug=debug)
         # A GPU build this host cannot do fails here, before any stage runs (not after calibration).
-        build_preflight(config, store, tasks, options, force=force and "build" in stages)
+        build_preflight(config, store, tasks, options, force=force and bool(ENGINE_STAGES & stages))
         report = execute(
             config,
             store,
@@ -110,8 +146,15 @@ def _run_stages(
             force_stages=frozenset(stages) if force else frozenset(),
             options=options,
         )
-    report_path = write_run_report(work_dir / "reports" / "run.json", report)
-    write_run_junit(work_dir / "reports" / "run.junit.xml", report)
+    report_path = work_dir / "reports" / "run.json"
+    try:
+        write_run_report(report_path, report)
+        write_run_junit(work_dir / "reports" / "run.junit.xml", report)
+    except OSError as exc:  # a full disk: the run's own error, if any, is the one to show
+        if report.error is None:
+            raise
+        reporter.warn(f"could not write the run report {report_path}: {exc.strerror}")
+        raise report.error from None
     if as_json:
         print(report_path.read_text())
     else:
@@ -124,6 +167,57 @@ def _run_stages(
     if report.rejected:
         ids = ", ".join(r.task.id for r in report.rejected)
         raise GateFailedError(f"accuracy gate failed for {ids}", hint="see gate.md in each gate artifact")
+
+
+def _print_dry_run(config, store, tasks, force_stages: frozenset[str], as_json: bool) -> None:
+    import shlex
+
+    from rich.markup import escape
+
+    from pipeline.dryrun import plan_run
+    from pipeline.errors import InputError
+    from pipeline.plan import find_architecture
+    from pipeline.stages.build import fetched_model_dir
+
+    try:
+        arch = find_architecture(config, fetched_model_dir(config, store))
+    except InputError:
+        arch = None  # an unknown hub model before its fetch: the plan says the argv needs it
+    dry = plan_run(config, store, tasks, arch, force_stages=force_stages)
+    if as_json:
+        print(dry.model_dump_json(indent=2))
+        return
+    console = _console()
+    console.print(f"dry run: {escape(config.model.name)} on {config.target.gpu}; nothing runs")
+    for task in dry.tasks:
+        mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"
+        console.print(f"{mark} {escape(task.id)}: {escape(task.reason)}")
+        for command in task.commands:
+            console.print(f"    $ {escape(shlex.join(command.argv))}", soft_wrap=True)
+            for note in command.notes:
+                console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
+    for command in dry.serve:
+        console.print(
+            f"then, to {escape(command.purpose)}:\n    $ {escape(shlex.join(command.argv))}", soft_wrap=True
+        )
+
+
+def _with_mount_path(config, mount_path: str):
+    """config with publish.mount_path replaced, validated by the config's own rule for that field."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import InputError
+
+    try:
+        publish = type(config.publish).model_validate(
+            {**config.publish.model_dump(), "mount_path": mount_path}
+        )
+    except ValidationError as exc:
+        raise InputError(
+            f"--mount-path {mount_path}: {exc.errors()[0]['msg']}",
+            hint="give the absolute path where the container (or the host) sees the published version",
+        ) from None
+    return config.model_copy(update={"publish": publish})
 
 
 def _check_filters(config, precisions: list[str] | None, profiles: list[str] | None) -> None:
@@ -155,6 +249,8 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
         profile: ProfileOpt = None,
         allow_arch_mismatch: ArchOpt = False,
         visualize: VisualizeOpt = False,
+        dry_run: DryRunOpt = False,
+        mount_path: MountPathOpt = None,
     ) -> None:
         _run_stages(
             stage_names,
@@ -168,6 +264,8 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
             profiles=profile,
             allow_arch_mismatch=allow_arch_mismatch,
             visualize=visualize,
+            dry_run=dry_run,
+            mount_path=mount_path,
         )
 
     command.__doc__ = help_text
@@ -182,7 +280,9 @@ _stage_command({"build"}, "build", "Build one engine per precision x profile (af
 _stage_command({"gate"}, "gate", "Measure accuracy against the unquantized model; exit 1 below thresholds.")
 _stage_command({"publish"}, "publish", "Write the Triton model repository (requires a passing gate).")
 _stage_command(
-    {"fetch", "calibrate", "build", "gate", "publish"}, "run", "Run every stage that is not up to date."
+    {"fetch", "calibrate", "build", "gate_engine", "gate", "publish"},
+    "run",
+    "Run every stage that is not up to date.",
 )
 
 
@@ -193,7 +293,7 @@ def status_command(
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show each stage as up to date, stale (and why) or missing."""
+    """Show each stage as up to date, modified (which file), stale (and why) or missing."""
     from pipeline.config import load_config
     from pipeline.console import results_table
     from pipeline.executor import status
@@ -208,6 +308,42 @@ def status_command(
         print(json.dumps([task_row(r) for r in results], indent=2))
     else:
         _console().print(results_table(f"status of {work_dir}", results))
+
+
+@app.command("verify")
+def verify_command(
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every artifact and every published version against its manifest; exit 2 if any differs."""
+    from pipeline.audit import audit
+    from pipeline.config import load_config
+    from pipeline.errors import IntegrityError
+    from pipeline.store import ArtifactStore
+
+    _State.debug = debug
+    cfg = load_config(config)
+    report = audit(ArtifactStore(work_dir), cfg.publish.destination)
+    if as_json:
+        print(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
+    else:
+        from rich.markup import escape
+
+        console = _console()
+        for finding in report.findings:
+            console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}")
+        console.print(
+            f"{report.artifacts} artifacts in {work_dir}, {report.published} published versions in "
+            f"{cfg.publish.destination}: {'all intact' if report.ok else f'{len(report.findings)} problems'}"
+        )
+    if not report.ok:
+        first = report.findings[0]
+        raise IntegrityError(
+            f"verify found {len(report.findings)} problem(s); first: {first.path}: {first.problem}",
+            hint="`trtllm-pipeline run` sets a modified artifact aside, rebuilds it and publishes a fresh version",
+        )
 
 
 @app.command("plan")
@@ -248,9 +384,8 @@ def plan_command(
     unfit = next((p for p in plans if p.target == cfg.target.gpu and not p.fits), None)
     if unfit is not None:  # the build would refuse it: so does the plan, for CI
         index = [p.name for p in cfg.profiles].index(unfit.profile)
-        where = config or "<embedded default>"
         raise ConfigError(
-            where, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
+            cfg.source, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
         )
 
 
@@ -290,6 +425,13 @@ def bench_command(
             "--concurrency", min=1, help="Served: concurrent clients (repeatable). Default: 1, 2, 4... max."
         ),
     ] = None,
+    nsys: Annotated[
+        bool,
+        typer.Option(
+            "--nsys",
+            help="Record the run with Nsight Systems (`nsys profile`, on PATH) into OUT/bench.nsys-rep.",
+        ),
+    ] = False,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
     no_wait: NoWaitOpt = False,
@@ -305,6 +447,9 @@ def bench_command(
     _State.debug = debug
     cfg = load_config(config)
     _check_filters(cfg, precision, profile)
+    out_dir = out or work_dir / "reports" / "bench"
+    if nsys:
+        _profile_bench(out_dir)
     settings = BenchSettings(
         input_len=input_len,
         output_len=output_len,
@@ -325,7 +470,7 @@ def bench_command(
             cfg,
             store,
             settings=settings,
-            out_dir=out or work_dir / "reports" / "bench",
+            out_dir=out_dir,
             reporter=reporter,
             precisions=set(precision or ()),
             profiles=set(profile or ()),
@@ -335,6 +480,28 @@ def bench_command(
     else:
         console.print(summary_table(report))
         console.print(f"report: {paths['markdown']} (bench.json, plots beside it)")
+
+
+def _profile_bench(out_dir: Path) -> None:
+    """Run this bench again under `nsys profile`; exits with the child's code."""
+    import shlex
+    import subprocess
+
+    from pipeline.bench.nsys import REPORT_NAME, find_nsys, profiled_argv
+    from pipeline.errors import StageError
+
+    argv = profiled_argv(find_nsys(), out_dir, _State.argv)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    err = _console(stderr=True)
+    err.print(f"recording with Nsight Systems: {shlex.join(argv)}", soft_wrap=True)
+    # Not proc.run_tool: the child is this command, whose progress, summary and one-line errors
+    # belong on this terminal, and whose exit code is the answer.
+    code = subprocess.run(argv, check=False).returncode
+    if code == 0:
+        if not (out_dir / REPORT_NAME).is_file():
+            raise StageError("bench", f"nsys exited 0 but wrote no {out_dir / REPORT_NAME}")
+        err.print(f"profile: {out_dir / REPORT_NAME}", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 calib_data_app = typer.Typer(
@@ -438,6 +605,51 @@ def smoke_command(
         )
 
 
+@app.command("gpu-selftest")
+def gpu_selftest_command(
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="Its own store, published repository and report.json.")
+    ] = Path("work/gpu-selftest"),
+    data_dir: Annotated[
+        Path, typer.Option("--data", help="The calibration, evaluation and prompt sets.")
+    ] = Path("calib_data"),
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inside the serving container on a GPU host: a small model through trtllm-build, gate, publish, tritonserver."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pipeline.console import RichReporter
+    from pipeline.errors import StageError
+    from pipeline.selftest import REPORT_NAME, STAGE, run_selftest
+
+    _State.debug = debug
+    console = _console()
+    report = run_selftest(work_dir, data_dir.absolute(), reporter=RichReporter(_console(stderr=as_json)))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        table = Table(
+            title=f"gpu-selftest: {report.gpu or 'no GPU'} -> {report.target or '-'}", title_justify="left"
+        )
+        for column in ("check", "result", "time", "detail"):
+            table.add_column(column, overflow="fold")
+        for check in report.checks:
+            result = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skipped[/]"}[
+                check.ok
+            ]
+            time_s = f"{check.duration_s:.1f}s" if check.duration_s else ""
+            table.add_row(escape(check.name), result, time_s, escape(check.detail))
+        console.print(table)
+        console.print(f"report: {work_dir / REPORT_NAME}")
+    if report.error is not None:
+        raise report.error
+    if not report.ok:
+        failed = [c for c in report.checks if c.ok is False]
+        raise StageError(STAGE, f"{len(failed)} check(s) failed; first, {failed[0].name}: {failed[0].detail}")
+
+
 def _print_error(exc: BaseException) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -450,22 +662,66 @@ def _print_error(exc: BaseException) -> None:
         err.print(f"[cyan]TIP[/] {escape(hint)}", soft_wrap=True)
 
 
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, once: the stack unwinds (temp folders
+    removed, the lock released, the run report written) and `main` returns 128 + the signal. A second
+    signal while that cleanup runs is ignored, so the cleanup finishes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from pipeline.errors import Interrupted
+
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _machine_error(exc: OSError):
+    """A write the machine refused (a full disk, a read-only or forbidden path) as a typed error; None
+    for any other OSError, which stays a bug."""
+    from pipeline.errors import DiskSpaceError, InputError
+
+    full = DiskSpaceError.from_error(exc, where=_State.work_dir)
+    if full is not None:
+        return full
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and exc.filename:
+        return InputError(f"cannot write here: {exc.strerror}", path=exc.filename, hint="use a writable path")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (see README, "Exit codes")."""
-    from pipeline.errors import ExitCode, PipelineError
+    from pipeline.errors import ExitCode, Interrupted, PipelineError
 
     _State.debug = False
+    _State.work_dir = None
+    _State.argv = list(argv if argv is not None else sys.argv[1:])
     try:
-        app(
-            args=argv if argv is not None else sys.argv[1:],
-            prog_name="trtllm-pipeline",
-            standalone_mode=False,
-        )
+        with _signals_interrupt():
+            # Without standalone mode click returns a typer.Exit's code (bench --nsys: the child's), and
+            # typer turns a KeyboardInterrupt it sees into the return value 130.
+            code = app(args=_State.argv, prog_name="trtllm-pipeline", standalone_mode=False)
+        return code if isinstance(code, int) else int(ExitCode.OK)
     except PipelineError as exc:
         if _State.debug:
             import traceback
 
             traceback.print_exc()
+        _print_error(exc)
+        return int(exc.exit_code)
+    except Interrupted as exc:
         _print_error(exc)
         return int(exc.exit_code)
     except typer.Exit as exc:
@@ -480,10 +736,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line, traceback with --debug
         if _State.debug:
             raise
+        typed = _machine_error(exc) if isinstance(exc, OSError) else None
+        if typed is not None:
+            _print_error(typed)
+            return int(typed.exit_code)
         _print_error(
             RuntimeError(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
             )
         )
         return int(ExitCode.INTERNAL)
-    return int(ExitCode.OK)

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import re
 import sys
-from enum import Enum
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import ConfigError
+from pipeline.formats import FORMATS, SELECTABLE_KV_CACHES, Precision, unsupported_on
 from pipeline.targets import TARGETS
 
 if sys.version_info >= (3, 11):
@@ -25,24 +35,21 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULT_CONFIG_NAME = "tiny.toml"
+# The profile of each precision's gate engine: built with --gather_context_logits for the gate to
+# score, never published (see PipelineConfig.gate_profile).
+GATE_PROFILE = "gate"
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
+def _one_of(value: str, known: Mapping[str, object], what: str) -> str:
+    if value not in known:
+        raise ValueError(f"unknown {what} '{value}'; known: {', '.join(known)}")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Precision(str, Enum):
-    fp16 = "fp16"
-    bf16 = "bf16"
-    int8_wo = "int8_wo"  # W8A16, per-channel weights quantized by TensorRT-LLM at build
-    int8_sq = "int8_sq"  # W8A8 SmoothQuant, per-channel weights, per-tensor activations
-    fp8 = "fp8"
-
-    @property
-    def is_int8(self) -> bool:
-        return self in (Precision.int8_wo, Precision.int8_sq)
 
 
 class ModelSection(Strict):
@@ -69,6 +76,7 @@ class ModelSection(Strict):
     instruct: bool = False  # apply the tokenizer's chat template to calibration/eval prompts
     tiny_seed: int = 0
     tiny_train_steps: Annotated[int, Field(ge=0)] = 300
+    tiny_size: str = "demo"  # a name in pipeline.tiny_model.TINY_SIZES
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSection:
@@ -77,6 +85,13 @@ class ModelSection(Strict):
         if self.source == "local" and self.local_path is None:
             raise ValueError("source 'local' needs local_path (a Hugging Face model folder)")
         return self
+
+    @field_validator("tiny_size")
+    @classmethod
+    def _known_tiny_size(cls, value: str) -> str:
+        from pipeline.tiny_model import TINY_SIZES
+
+        return _one_of(value, TINY_SIZES, "tiny size")
 
     @property
     def revision_is_commit(self) -> bool:
@@ -89,14 +104,13 @@ class TargetSection(Strict):
     @field_validator("gpu")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in TARGETS:
-            raise ValueError(f"unknown target '{value}'; known: {', '.join(TARGETS)}")
-        return value
+        return _one_of(value, TARGETS, "target")
 
 
 class QuantizationSection(Strict):
     precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] = (Precision.int8_sq,)
-    kv_cache_dtype: Literal["fp16", "int8"] = "fp16"
+    # The fp8 precision always has an FP8 KV cache (pipeline.formats); this sets the others'.
+    kv_cache_dtype: Literal[SELECTABLE_KV_CACHES] = "fp16"
 
 
 class CalibrationSection(Strict):
@@ -143,24 +157,14 @@ class GateThresholds(Strict):
 
 
 def _default_thresholds() -> dict[Precision, GateThresholds]:
-    # SmoothQuant W8A8 moves Mistral-7B's wikitext-2 perplexity 5.253 -> 5.277 (+0.5%);
-    # the defaults leave room for calibration noise yet catch a collapse.
+    # Each format's defaults and the reason for them sit in its row of pipeline.formats.
     return {
-        Precision.fp16: GateThresholds(
-            max_perplexity_increase_pct=0.5, min_top1_agreement=0.98, min_greedy_match=0.9
-        ),
-        Precision.bf16: GateThresholds(
-            max_perplexity_increase_pct=1.0, min_top1_agreement=0.97, min_greedy_match=0.8
-        ),
-        Precision.int8_wo: GateThresholds(
-            max_perplexity_increase_pct=2.0, min_top1_agreement=0.93, min_greedy_match=0.6
-        ),
-        Precision.int8_sq: GateThresholds(
-            max_perplexity_increase_pct=3.0, min_top1_agreement=0.90, min_greedy_match=0.5
-        ),
-        Precision.fp8: GateThresholds(
-            max_perplexity_increase_pct=2.0, min_top1_agreement=0.93, min_greedy_match=0.6
-        ),
+        precision: GateThresholds(
+            max_perplexity_increase_pct=fmt.gate.max_perplexity_increase_pct,
+            min_top1_agreement=fmt.gate.min_top1_agreement,
+            min_greedy_match=fmt.gate.min_greedy_match,
+        )
+        for precision, fmt in FORMATS.items()
     }
 
 
@@ -172,11 +176,15 @@ class GateSection(Strict):
     max_new_tokens: Annotated[int, Field(ge=1)] = 32
     multiple_choice: Path | None = None
     thresholds: dict[Precision, GateThresholds] = Field(default_factory=_default_thresholds)
+    # Sequences scored at once, whatever the served engines' max_batch_size: the gate engine's batch.
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    # Each served engine against its precision's gate engine (same checkpoint): greedy agreement.
+    min_served_greedy_match: Annotated[float, Field(ge=0, le=1)] = 0.9
 
 
 class PublishSection(Strict):
     destination: Path = Path("model_repository")
-    container: str = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    container: str = SERVING_CONTAINER.tag
     decoupled: bool = True
     max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
     preprocessing_instances: Annotated[int, Field(ge=1)] = 1
@@ -186,6 +194,14 @@ class PublishSection(Strict):
     # Where the serving container sees a published version (`-v <slot>/current:/models`):
     # the TensorRT-LLM backend reads the engine from an absolute gpt_model_path.
     mount_path: Annotated[str, Field(pattern=r"^/")] = "/models"
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # Path("") is ".": an empty value would publish into the config's own folder.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name the folder the model repository is written to")
+        return value
 
 
 class PipelineConfig(Strict):
@@ -197,20 +213,23 @@ class PipelineConfig(Strict):
     build: BuildSection = BuildSection()
     gate: GateSection = GateSection()
     publish: PublishSection = PublishSection()
+    # The file it was read from, for errors found after loading (a profile that does not fit).
+    _source: str = PrivateAttr(default="<config>")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @model_validator(mode="after")
     def _combinations(self) -> PipelineConfig:
         target = TARGETS[self.target.gpu]
         for i, precision in enumerate(self.quantization.precisions):
-            if precision is Precision.fp8 and not target.supports_fp8:
+            problem = unsupported_on(precision, self.quantization.kv_cache_dtype, target.sm)
+            if problem is not None:
                 raise _FieldError(
                     f"quantization.precisions[{i}]",
-                    f"fp8 needs sm89 or newer; target '{target.name}' is sm{target.sm}",
-                    "use int8_sq or int8_wo on this target",
-                )
-            if precision.is_int8 and not target.supports_int8:
-                raise _FieldError(
-                    f"quantization.precisions[{i}]", f"target '{target.name}' has no INT8 support"
+                    f"{problem}; target '{target.name}' is sm{target.sm}",
+                    "use int8_sq, int8_wo or int4_awq on this target",
                 )
         if len(set(self.quantization.precisions)) != len(self.quantization.precisions):
             raise _FieldError("quantization.precisions", "lists a precision twice")
@@ -218,6 +237,12 @@ class PipelineConfig(Strict):
         for i, name in enumerate(names):
             if names.index(name) != i:
                 raise _FieldError(f"profiles[{i}].name", f"profile name '{name}' is used twice")
+            if name == GATE_PROFILE:
+                raise _FieldError(
+                    f"profiles[{i}].name",
+                    f"'{GATE_PROFILE}' names the gate's own engine",
+                    "rename the profile",
+                )
         for i, profile in enumerate(self.profiles):
             if profile.opt_num_tokens is not None and self.build.multiple_profiles:
                 # trtllm-build raises on --multiple_profiles enable with --opt_num_tokens.
@@ -231,7 +256,21 @@ class PipelineConfig(Strict):
         return self
 
     def profile(self, name: str) -> Profile:
+        if name == GATE_PROFILE:
+            return self.gate_profile
         return next(p for p in self.profiles if p.name == name)
+
+    @property
+    def gate_profile(self) -> Profile:
+        """The gate engine's shape: gate.batch_size windows of eval_seq_len tokens, prompts continued
+        by max_new_tokens."""
+        gate = self.gate
+        return Profile(
+            name=GATE_PROFILE,
+            max_batch_size=gate.batch_size,
+            max_input_len=gate.eval_seq_len,
+            max_seq_len=gate.eval_seq_len + gate.max_new_tokens,
+        )
 
 
 class _FieldError(ValueError):
@@ -289,7 +328,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> PipelineConfig:
         elif err["type"] == "missing":
             problem = "required but missing"
         raise ConfigError(source, _loc(err["loc"]), problem) from None
-    return _resolve_paths(config, base_dir)
+    config = _resolve_paths(config, base_dir)
+    config._source = source
+    return config
 
 
 def load_config(path: Path | None) -> PipelineConfig:
@@ -298,7 +339,18 @@ def load_config(path: Path | None) -> PipelineConfig:
         text = resources.files("pipeline.defaults").joinpath(DEFAULT_CONFIG_NAME).read_text()
         return parse_config(text, f"<embedded default {DEFAULT_CONFIG_NAME}>", Path.cwd())
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path,
+            "",
+            f"not UTF-8 text (byte {exc.start}): is it a TOML file?",
+            hint="pass --config PATH to a TOML file",
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            path, "", "is a folder, not a TOML file", hint="pass --config PATH to a TOML file"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(
             path, "", "config file not found", hint="pass --config PATH to a TOML file"
@@ -308,11 +360,13 @@ def load_config(path: Path | None) -> PipelineConfig:
     return parse_config(text, str(path), path.resolve().parent)
 
 
-def missing_input_files(config: PipelineConfig, stages: set[str]) -> list[tuple[str, Path]]:
-    """(field, path) of each data file the given stages will read that does not exist.
+def input_file_problems(config: PipelineConfig, stages: set[str]) -> list[tuple[str, str]]:
+    """(field, problem) for each data file the given stages will read that is not a readable file.
 
     Checked before any stage runs, so a typo fails in a second rather than after a download.
     """
+    from pipeline.paths import dir_problem, file_problem
+
     needed: list[tuple[str, Path | None]] = []
     if "calibrate" in stages:
         needed.append(("calibration.dataset", config.calibration.dataset))
@@ -322,6 +376,10 @@ def missing_input_files(config: PipelineConfig, stages: set[str]) -> list[tuple[
             ("gate.prompts", config.gate.prompts),
             ("gate.multiple_choice", config.gate.multiple_choice),
         ]
-    if "fetch" in stages and config.model.source == "local":
-        needed.append(("model.local_path", config.model.local_path))
-    return [(field, path) for field, path in needed if path is not None and not path.exists()]
+    problems = [(field, file_problem(path)) for field, path in needed if path is not None]
+    if "fetch" in stages and config.model.source == "local" and config.model.local_path is not None:
+        path = config.model.local_path
+        problems.append(("model.local_path", None if path.is_dir() else f"not a folder: {path}"))
+    if "publish" in stages:
+        problems.append(("publish.destination", dir_problem(config.publish.destination)))
+    return [(field, problem) for field, problem in problems if problem is not None]

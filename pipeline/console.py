@@ -25,6 +25,7 @@ STATE_STYLE = {
     TaskState.ran: "bold green",
     TaskState.stale: "yellow",
     TaskState.missing: "yellow",
+    TaskState.modified: "bold yellow",
     TaskState.failed: "bold red",
     TaskState.rejected: "bold red",
     TaskState.blocked: "red",
@@ -63,7 +64,7 @@ def results_table(title: str, results: list[TaskResult]) -> Table:
         table.add_column(column, overflow="fold")
     for r in results:
         detail = r.summary if r.state in (TaskState.up_to_date, TaskState.ran) else (r.summary or r.reason)
-        if r.state is TaskState.stale:
+        if r.state in (TaskState.stale, TaskState.modified):
             detail = r.reason
         table.add_row(
             escape(r.task.id),

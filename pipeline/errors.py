@@ -7,8 +7,14 @@ assembled at the raise site, so tests can assert on fields.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import signal
 from enum import IntEnum
 from pathlib import Path
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class ExitCode(IntEnum):
@@ -19,7 +25,8 @@ class ExitCode(IntEnum):
     BUSY = 4
     STAGE_FAILED = 5
     INTERNAL = 70
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a job ended by Ctrl-C
+    TERMINATED = 143  # 128 + SIGTERM
 
 
 class PipelineError(Exception):
@@ -58,6 +65,62 @@ class MissingDependencyError(PipelineError, ImportError):
     """A package, tool or piece of hardware the requested work needs is absent."""
 
     exit_code = ExitCode.MISSING_DEPENDENCY
+
+
+class DiskSpaceError(PipelineError):
+    """Too little disk: found before a download, or the disk filled while a step wrote (ENOSPC, EDQUOT).
+
+    Names the path, the space free there, and what the step needed or had written when it ran out."""
+
+    exit_code = ExitCode.STAGE_FAILED
+
+    def __init__(
+        self, path: str | Path, *, free: int, needed: int | None = None, written: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.free = free
+        self.needed = needed
+        self.written = written
+        if needed is not None:
+            what = f"the step needs {_size(needed)} but only {_size(free)} is free there"
+        elif written is not None:
+            what = f"no space left: the step needed more than the {_size(written)} it wrote there"
+            what += f", and {_size(free)} is free"
+        else:
+            what = f"no space left on the device ({_size(free)} free there)"
+        super().__init__(f"{path}: {what}", hint="free some space, or point --work-dir at a larger disk")
+
+    @classmethod
+    def from_error(
+        cls, exc: BaseException, *, where: Path | None = None, written: int | None = None
+    ) -> DiskSpaceError | None:
+        """The error for a write that failed because the disk is full; None for anything else.
+
+        Writers in native code (safetensors) raise their own types, naming the OS error in the message.
+        `where`: the folder being written, for a failed write() that names no file."""
+        full = getattr(exc, "errno", None) in DISK_FULL or any(os.strerror(e) in str(exc) for e in DISK_FULL)
+        if not full:
+            return None
+        filename = getattr(exc, "filename", None)
+        path = Path(filename) if filename else (where or Path.cwd())
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        return cls(path, free=shutil.disk_usage(existing).free, written=written)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException, as KeyboardInterrupt is, so no `except Exception` in a
+    stage swallows it; the CLI raises it from its signal handler and maps it to 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+        self.message = f"interrupted by {signal.Signals(signum).name}"
+        self.hint = "the store keeps only complete artifacts: rerun to continue where it stopped"
+        super().__init__(self.message)
 
 
 class GateFailedError(PipelineError):
@@ -108,10 +171,14 @@ class HubAccessError(FetchError):
 
     exit_code = ExitCode.BAD_INPUT
 
-    def __init__(self, repo_id: str, status: int | None, message: str) -> None:
+    def __init__(self, repo_id: str, status: int | None, message: str, *, file: str | None = None) -> None:
         self.repo_id = repo_id
         self.status = status
-        super().__init__(message)
+        super().__init__(message, file=file)
+
+
+class HubListingError(FetchError):
+    """What the hub answered is not a listing fetch can trust (a bad file name, not JSON, no commit)."""
 
 
 class PickleRefusedError(FetchError):
@@ -134,12 +201,7 @@ class ChecksumError(FetchError):
         )
 
 
-class DiskSpaceError(FetchError):
-    def __init__(self, path: Path, needed: int, free: int) -> None:
-        self.path = path
-        self.needed = needed
-        self.free = free
-        super().__init__(
-            f"{path}: the download needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free; "
-            "free some space or use --work-dir on a larger disk"
-        )
+class IntegrityError(PipelineError):
+    """Files differ from the manifest that lists them: modified, missing, or not listed."""
+
+    exit_code = ExitCode.BAD_INPUT

@@ -1,8 +1,13 @@
-"""Run tasks in order: skip what is up to date, run the rest into the store.
+"""Run tasks in order: skip what is up to date and intact, run the rest into the store.
 
 A task's key is the hash of its Fingerprint (stage, stage version, variant,
-config section, input keys, tool versions). Keys are computed before anything
-runs, so `status` can say what would run, and why, without running it.
+config section, the content digest of each input artifact, tool versions). A
+key chains on content: a task's key is known once its inputs exist, and a
+rebuild that writes different bytes makes every task below it stale. Every
+artifact is verified against its manifest (one stat per file, a hash where the
+stat changed) before it counts as up to date or is used as an input; a
+modified one is set aside and rebuilt. `status` walks the same chain without
+running or moving anything.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -21,9 +26,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import DiskSpaceError, Interrupted, PipelineError
 from pipeline.hashing import fingerprint_key
-from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, list_files
+from pipeline.integrity import TreeCheck
+from pipeline.logfile import StageLogHandler
+from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
 from pipeline.reporting import Reporter
 from pipeline.stages import stage_module
 from pipeline.stages.base import RunOptions, StageContext, StageModule
@@ -35,6 +42,7 @@ class TaskState(str, Enum):
     up_to_date = "up to date"
     stale = "stale"
     missing = "missing"
+    modified = "modified"  # in the store, but its files differ from its manifest (or a published copy does)
     ran = "ran"
     failed = "failed"
     rejected = "rejected"  # ran or cached, but its verdict is not ok (a failed gate)
@@ -55,7 +63,7 @@ class TaskResult:
 @dataclass
 class RunReport:
     results: list[TaskResult] = field(default_factory=list)
-    error: PipelineError | None = None
+    error: PipelineError | Interrupted | None = None  # Interrupted: SIGINT/SIGTERM ended the task
 
     @property
     def rejected(self) -> list[TaskResult]:
@@ -73,22 +81,18 @@ def tool_version(distribution: str) -> str:
 StageLookup = Callable[[str], StageModule]
 
 
-def fingerprints(
-    config: PipelineConfig, tasks: list[Task], modules: StageLookup = stage_module
-) -> dict[Task, Fingerprint]:
-    """Fingerprint every task; tasks must be in topological order."""
-    out: dict[Task, Fingerprint] = {}
-    for task in tasks:
-        module = modules(task.stage)
-        out[task] = Fingerprint(
-            stage=task.stage,
-            stage_version=module.VERSION,
-            variant=task.variant_dict,
-            config=module.config_section(config, task),
-            inputs={t.stage: fingerprint_key(out[t].model_dump()) for t in task.inputs},
-            tools={d: tool_version(d) for d in module.TOOLS},
-        )
-    return out
+def fingerprint(
+    config: PipelineConfig, task: Task, module: StageModule, inputs: Mapping[str, str]
+) -> Fingerprint:
+    """The task's fingerprint, given the content digest of each input artifact by stage. Pure."""
+    return Fingerprint(
+        stage=task.stage,
+        stage_version=module.VERSION,
+        variant=task.variant_dict,
+        config=module.config_section(config, task),
+        inputs={t.stage: inputs[t.stage] for t in task.inputs},
+        tools={d: tool_version(d) for d in module.TOOLS},
+    )
 
 
 def key_of(fingerprint: Fingerprint) -> str:
@@ -111,16 +115,52 @@ def why_stale(old: Fingerprint, new: Fingerprint) -> str:
     return "fingerprint changed"
 
 
+def _waiting_reason(waiting: list[Task]) -> str:
+    return "input changed: " + ", ".join(sorted({t.stage for t in waiting}))
+
+
+def _outside_problems(module: StageModule, artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
+    """For a stage whose outputs also live outside the store (publish): those outputs against their
+    manifest; `trusted` holds verified files by stat (their hard links need no hashing)."""
+    check_outputs = getattr(module, "check_outputs", None)
+    return check_outputs(artifact, trusted) if check_outputs is not None else []
+
+
+def _verified(
+    module: StageModule, store: ArtifactStore, artifact: Artifact, trusted: Mapping[StatKey, str]
+) -> tuple[TreeCheck, list[str]]:
+    """The artifact against its manifest, then (if it holds) its outside outputs against theirs."""
+    check = store.check(artifact)
+    outside = _outside_problems(module, artifact, {**trusted, **check.trusted}) if check.ok else []
+    return check, outside
+
+
 def status(
     config: PipelineConfig, store: ArtifactStore, tasks: list[Task], modules: StageLookup = stage_module
 ) -> list[TaskResult]:
-    """Each task as up to date / stale (and why) / missing, without running anything."""
+    """Each task as up to date / modified / stale (and why) / missing, without running or moving anything."""
     results = []
-    prints = fingerprints(config, tasks, modules)
+    digests: dict[Task, str] = {}
+    trusted: dict[StatKey, str] = {}
     for task in tasks:
-        key = key_of(prints[task])
+        module = modules(task.stage)
+        waiting = [t for t in task.inputs if t not in digests]
+        if waiting:  # its key depends on bytes not built yet
+            latest = store.latest(task.stage, task.variant)
+            state, reason = (TaskState.missing, "never built") if latest is None else (TaskState.stale, "")
+            results.append(TaskResult(task, "", state, reason=reason or _waiting_reason(waiting)))
+            continue
+        prints = fingerprint(config, task, module, {t.stage: digests[t] for t in task.inputs})
+        key = key_of(prints)
         artifact = store.get(task.stage, task.variant, key)
         if artifact is not None:
+            check, outside = _verified(module, store, artifact, trusted)
+            if not check.ok or outside:
+                reason = check.summary() or outside[0]
+                results.append(TaskResult(task, key, TaskState.modified, reason=reason, path=artifact.path))
+                continue
+            trusted.update(check.trusted)
+            digests[task] = artifact.manifest.content_digest
             state = TaskState.up_to_date if artifact.manifest.ok else TaskState.rejected
             results.append(
                 TaskResult(task, key, state, summary=artifact.manifest.summary, path=artifact.path)
@@ -130,7 +170,7 @@ def status(
         if latest is None:
             results.append(TaskResult(task, key, TaskState.missing, reason="never built"))
         else:
-            reason = why_stale(latest.manifest.fingerprint, prints[task])
+            reason = why_stale(latest.manifest.fingerprint, prints)
             results.append(TaskResult(task, key, TaskState.stale, reason=reason, path=latest.path))
     return results
 
@@ -140,7 +180,7 @@ def _task_logger(task: Task, log_path: Path) -> tuple[logging.Logger, logging.Ha
     logger = logging.getLogger(f"pipeline.task.{task.id}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    handler = logging.FileHandler(log_path, mode="w")
+    handler = StageLogHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     return logger, handler
@@ -153,6 +193,7 @@ def _run_one(
     task: Task,
     fingerprint: Fingerprint,
     inputs: dict[str, Artifact],
+    trusted: Mapping[StatKey, str],
     reporter: Reporter,
     options: RunOptions,
 ) -> Artifact:
@@ -174,9 +215,18 @@ def _run_one(
                 log_path=log_path,
                 reporter=reporter,
                 options=options,
+                trusted=trusted,
             )
             logger.info("running %s (key %s)", task.id, key)
-            outcome = module.run(ctx)
+            try:
+                outcome = module.run(ctx)
+            except Exception as exc:  # a full disk, whichever writer hit it (safetensors has its own type)
+                written = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+                slot = store.slot(task.stage, task.variant)
+                full = DiskSpaceError.from_error(exc, where=slot, written=written)
+                if full is None or isinstance(exc, PipelineError):
+                    raise
+                raise full from exc
             handler.flush()
             shutil.copyfile(log_path, out_dir / "stage.log")
             record = (
@@ -190,7 +240,7 @@ def _run_one(
                 ok=outcome.ok,
                 summary=outcome.summary,
                 record=record,
-                files=list_files(out_dir, ctx.known_sha256),
+                files=list_files(out_dir, ctx.known_sha256, ctx.trusted),
                 started_at=started,
                 finished_at=datetime.now(timezone.utc),
                 duration_s=round(time.perf_counter() - t0, 3),
@@ -202,6 +252,35 @@ def _run_one(
     artifact = store.get(task.stage, task.variant, key)
     assert artifact is not None
     return artifact
+
+
+def _reusable(
+    module: StageModule,
+    store: ArtifactStore,
+    task: Task,
+    key: str,
+    trusted: dict[StatKey, str],
+    reporter: Reporter,
+    *,
+    forced: bool,
+) -> tuple[Artifact | None, str]:
+    """The stored artifact for key if it can be used as it is; else None and why it must run ("" when
+    there is none: the caller says why). A modified artifact is set aside (kept, named in a warning)."""
+    existing = store.get(task.stage, task.variant, key)
+    if existing is None:
+        return None, ""
+    if forced:
+        return None, "forced"
+    check, outside = _verified(module, store, existing, trusted)
+    if not check.ok:
+        aside = store.set_aside(existing)
+        reporter.warn(f"{task.id}: {check.summary()}; the modified artifact is kept at {aside}")
+        return None, check.summary()
+    if outside:
+        reporter.warn(f"{task.id}: {outside[0]}")
+        return None, outside[0]
+    trusted.update(check.trusted)
+    return store.refresh_stats(existing, check.restat), ""
 
 
 def execute(
@@ -217,42 +296,45 @@ def execute(
     """Bring `tasks` up to date, in order. Stops at the first error; a rejected
     artifact (failed gate) blocks only its own dependents."""
     report = RunReport()
-    prints = fingerprints(config, tasks, modules)
     done: dict[Task, Artifact] = {}
+    trusted: dict[StatKey, str] = {}  # every verified file by stat: a hard link to one needs no rehash
     for task in tasks:
-        key = key_of(prints[task])
+        module = modules(task.stage)
         bad_inputs = [t for t in task.inputs if t not in done]
         if bad_inputs:
             report.results.append(
-                TaskResult(task, key, TaskState.blocked, reason=f"{bad_inputs[0].id} did not pass")
+                TaskResult(task, "", TaskState.blocked, reason=f"{bad_inputs[0].id} did not pass")
             )
             continue
-        existing = store.get(task.stage, task.variant, key)
-        if existing is not None and task.stage not in force_stages:
+        prints = fingerprint(
+            config, task, module, {t.stage: done[t].manifest.content_digest for t in task.inputs}
+        )
+        key = key_of(prints)
+        existing, reason = _reusable(
+            module, store, task, key, trusted, reporter, forced=task.stage in force_stages
+        )
+        if existing is not None:
             state = TaskState.up_to_date if existing.manifest.ok else TaskState.rejected
             result = TaskResult(task, key, state, summary=existing.manifest.summary, path=existing.path)
         else:
-            latest = store.latest(task.stage, task.variant)
-            if existing is not None:
-                reason = "forced"
-            elif latest is None:
-                reason = "never built"
-            else:
-                reason = why_stale(latest.manifest.fingerprint, prints[task])
+            if not reason:
+                latest = store.latest(task.stage, task.variant)
+                reason = "never built" if latest is None else why_stale(latest.manifest.fingerprint, prints)
             reporter.info(f"{task.id}: running ({reason})")
             t0 = time.perf_counter()
             try:
-                artifact = _run_one(
-                    modules(task.stage),
+                existing = _run_one(
+                    module,
                     config,
                     store,
                     task,
-                    prints[task],
+                    prints,
                     {t.stage: done[t] for t in task.inputs},
+                    trusted,
                     reporter,
                     options,
                 )
-            except PipelineError as exc:
+            except (PipelineError, Interrupted) as exc:
                 report.results.append(
                     TaskResult(
                         task,
@@ -265,17 +347,17 @@ def execute(
                 )
                 report.error = exc
                 return report
-            state = TaskState.ran if artifact.manifest.ok else TaskState.rejected
+            trusted.update(store.check(existing).trusted)
+            state = TaskState.ran if existing.manifest.ok else TaskState.rejected
             result = TaskResult(
                 task,
                 key,
                 state,
                 reason=reason,
-                summary=artifact.manifest.summary,
+                summary=existing.manifest.summary,
                 duration_s=time.perf_counter() - t0,
-                path=artifact.path,
+                path=existing.path,
             )
-            existing = artifact
         report.results.append(result)
         if result.state is not TaskState.rejected:
             done[task] = existing

@@ -3,15 +3,18 @@
 Every figure carries the formula that produced it (`PlanLine.how`), so
 `trtllm-pipeline plan` can show its working. The formulas:
 
-- weights = quantized linear params x bytes per weight (1 for INT8/FP8, 2 for FP16/BF16)
-  + one FP32 scale per output channel of each quantized linear
+- weights = linear params x bits per weight / 8 (16 FP16/BF16, 8 INT8/FP8, 4 INT4)
+  + the format's scales (one FP32 per output channel for INT8; one FP16 per group of 128
+  inputs per output channel plus one FP16 pre-quant scale per input channel for INT4 AWQ;
+  two FP32 per linear for FP8)
   + embedding, lm_head and norms in FP16 (ModelOpt keeps them unquantized);
-- KV cache per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (2 FP16, 1 INT8);
+- KV cache per token = 2 (K and V) x layers x kv_heads x head_dim x bytes (2 FP16, 1 INT8/FP8);
 - headroom = GPU memory - weights;
 - allowance (activations and workspace) = a fixed runtime reserve (CUDA context, cuBLAS and
   TensorRT-LLM runtime buffers) + the gated MLP's live activations at max_num_tokens
-  (T x (3 x ffn + 2 x hidden) x 2 B) + the gathered context logits (T x vocab x 4 B, FP32;
-  the gate reads them, so engines are built with --gather_context_logits);
+  (T x (3 x ffn + 2 x hidden) x 2 B); a gate engine (built with --gather_context_logits, never
+  served) adds its context logits: the engine's output (T x vocab x 4 B, FP32) and the runner's
+  padded copy (batch x max_input_len x vocab x 4 B). Served engines gather none;
 - KV budget = 0.9 x (headroom - allowance): TensorRT-LLM's runtime gives the KV cache
   `free_gpu_memory_fraction` = 0.9 of what is free after loading the engine;
 - largest batch at max_seq_len = floor(KV budget / (KV per token x max_seq_len));
@@ -19,7 +22,9 @@ Every figure carries the formula that produced it (`PlanLine.how`), so
   reads every weight once (the embedding table only one row) plus the KV cache of its context.
 
 For Mistral 7B v0.3 in INT8 on an A100 40GB this gives 7.0 GiB of weights and 33.0 GiB of
-headroom, as the published estimate does (its "about 7 GB", "33 GB").
+headroom, as the published estimate does (its "about 7 GB", "33 GB"). Each format's bits, group
+size and scale bytes come from its row in pipeline.formats; so does the builder's rule that an
+INT8 KV cache turns paged context FMHA (and with it chunked context) off.
 """
 
 from __future__ import annotations
@@ -30,8 +35,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.config import PipelineConfig, Precision, Profile
+from pipeline.config import GATE_PROFILE, PipelineConfig, Precision, Profile
 from pipeline.errors import ConfigError, InputError
+from pipeline.formats import (
+    WeightFormat,
+    builds_paged_context_fmha,
+    kv_cache_format,
+    unsupported_on,
+    weight_format,
+)
 from pipeline.targets import TARGETS, Target
 
 if TYPE_CHECKING:
@@ -43,16 +55,8 @@ RUNTIME_RESERVE_BYTES = 1 * GIB  # CUDA context, cuBLAS workspaces, TensorRT-LLM
 DEFAULT_MAX_NUM_TOKENS = 8192  # TensorRT-LLM BuildConfig.max_num_tokens's default
 ACTIVATION_BYTES = 2  # FP16 activations
 LOGITS_BYTES = 4  # context logits are FP32 (PretrainedConfig.logits_dtype)
-SCALE_BYTES = 4  # one FP32 scale per output channel of a quantized linear
 UNQUANTIZED_BYTES = 2  # embedding, lm_head, norms stay FP16
-WEIGHT_BYTES = {
-    Precision.fp16: 2,
-    Precision.bf16: 2,
-    Precision.int8_wo: 1,
-    Precision.int8_sq: 1,
-    Precision.fp8: 1,
-}
-KV_BYTES = {"fp16": 2, "int8": 1}
+LINEARS_PER_LAYER = 5  # qkv, dense, fc, gate, proj
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,11 @@ class ModelArch:
         # qkv + dense + fc and gate (both ffn wide) + proj
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         return (q + 2 * kv) + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
+
+    @property
+    def linear_in_channels_per_layer(self) -> int:
+        # qkv, fc and gate read the hidden state; dense reads the attention output; proj the FFN
+        return 3 * self.hidden_size + self.num_heads * self.head_dim + self.intermediate_size
 
     @property
     def linear_params(self) -> int:
@@ -136,9 +145,9 @@ def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = N
 
             return ModelArch.from_hf(HfArchitecture.load(folder), str(folder / "config.json"))
     if model.source == "tiny":
-        from pipeline.tiny_model import TinyMistralSpec
+        from pipeline.tiny_model import tiny_spec
 
-        spec = TinyMistralSpec()
+        spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)
         return ModelArch(
             source="TinyMistralSpec",
             hidden_size=spec.hidden_size,
@@ -176,9 +185,11 @@ class ProfilePlan(BaseModel):
     max_input_len: int
     max_seq_len: int
     max_num_tokens: int
+    gather_context_logits: bool  # a gate engine: the gate reads its context logits
     params: int
     weight_bytes: int
     kv_bytes_per_token: int
+    paged_context_fmha: bool  # what trtllm-build builds (off with an INT8 KV cache): chunked context
     headroom_bytes: int
     allowance_bytes: int
     kv_budget_bytes: int
@@ -208,6 +219,26 @@ def derive_max_num_tokens(profile: Profile, *, paged_context_fmha: bool) -> tupl
     return value, how
 
 
+def scale_bytes(arch: ModelArch, fmt: WeightFormat) -> tuple[int, str]:
+    """Bytes of the quantized linears' scales in the engine, and how."""
+    if not fmt.quantized:
+        return 0, ""
+    layers, size = arch.num_layers, fmt.scale_bytes
+    if fmt.group_size is not None:
+        groups = arch.linear_params // fmt.group_size
+        prequant = arch.linear_in_channels_per_layer * layers
+        total = (groups + prequant) * size
+        return total, (
+            f"{arch.linear_params:,} / {fmt.group_size} x {size} B group scales + {prequant:,} x {size} B "
+            "pre-quant scales"
+        )
+    if fmt.layout is not None and fmt.layout.weight_scale == "tensor":
+        count = LINEARS_PER_LAYER * layers * (2 if fmt.layout.activation_scale else 1)
+        return count * size, f"{count} x {size} B per-tensor scales"
+    channels = arch.linear_out_channels_per_layer * layers
+    return channels * size, f"{channels:,} x {size} B per-channel scales"
+
+
 def format_bytes(n: float) -> str:
     """GiB with two decimals; MiB below a tenth of a GiB (the tiny model's figures)."""
     return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024**2:.2f} MiB"
@@ -221,19 +252,25 @@ def plan_memory(
     profile: Profile,
     *,
     paged_context_fmha: bool = True,
+    gather_context_logits: bool = False,
 ) -> ProfilePlan:
-    """The plan of one profile. Pure: no IO, no refusal (see `require_fit`)."""
-    wbytes = WEIGHT_BYTES[precision]
-    quantized = wbytes == 1
-    scales = arch.linear_out_channels_per_layer * arch.num_layers * SCALE_BYTES if quantized else 0
-    weights = arch.linear_params * wbytes + scales + arch.unquantized_params * UNQUANTIZED_BYTES
-    kv_bytes = KV_BYTES[kv_cache_dtype]
-    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * kv_bytes
+    """The plan of one profile. Pure: no IO, no refusal (see `require_fit`).
+
+    paged_context_fmha is what the config asks for; the plan applies the builder's rules to it.
+    """
+    fmt = weight_format(precision)
+    kv = kv_cache_format(precision, kv_cache_dtype)
+    paged_context_fmha = builds_paged_context_fmha(paged_context_fmha, kv)
+    scales, scales_how = scale_bytes(arch, fmt)
+    linear_bytes = arch.linear_params * fmt.weight_bits // 8
+    weights = linear_bytes + scales + arch.unquantized_params * UNQUANTIZED_BYTES
+    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * kv.bytes_per_value
     memory = int(target.memory_gib * GIB)
     headroom = memory - weights
     tokens, tokens_how = derive_max_num_tokens(profile, paged_context_fmha=paged_context_fmha)
     activations = tokens * (3 * arch.intermediate_size + 2 * arch.hidden_size) * ACTIVATION_BYTES
-    logits = tokens * arch.vocab_size * LOGITS_BYTES
+    logits_rows = tokens + profile.max_batch_size * profile.max_input_len if gather_context_logits else 0
+    logits = logits_rows * arch.vocab_size * LOGITS_BYTES
     allowance = RUNTIME_RESERVE_BYTES + activations + logits
     budget = max(0, int(KV_FREE_FRACTION * (headroom - allowance)))
     needed = kv_per_token * profile.max_batch_size * profile.max_seq_len
@@ -247,11 +284,9 @@ def plan_memory(
     ceiling = bandwidth / read_per_token
     ceiling_long = bandwidth / (read_per_token + kv_per_token * profile.max_seq_len)
 
-    problem = None
-    if precision is Precision.fp8 and not target.supports_fp8:
-        problem = f"fp8 needs sm89 or newer; {target.name} is sm{target.sm}"
-    elif precision.is_int8 and not target.supports_int8:
-        problem = f"{target.name} has no INT8 support"
+    problem = unsupported_on(precision, kv_cache_dtype, target.sm)
+    if problem is not None:
+        problem = f"{problem}; {target.name} is sm{target.sm}"
     elif headroom <= allowance:
         problem = (
             f"weights ({format_bytes(weights)}) and the activation allowance ({format_bytes(allowance)}) "
@@ -266,7 +301,11 @@ def plan_memory(
     elif not paged_context_fmha and tokens < profile.max_input_len:
         problem = (
             f"max_num_tokens ({tokens}) < max_input_len ({profile.max_input_len}) needs chunked context, "
-            "which needs build.use_paged_context_fmha = true"
+            + (
+                "which needs build.use_paged_context_fmha = true"
+                if kv.keeps_paged_context_fmha
+                else f"which trtllm-build turns off with a {kv.name} KV cache: set max_num_tokens >= max_input_len"
+            )
         )
 
     h, f, v, layers = arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_layers
@@ -283,8 +322,8 @@ def plan_memory(
             figure="weights",
             value=format_bytes(weights),
             how=(
-                f"{arch.linear_params:,} x {wbytes} B ({precision.value} linears)"
-                + (f" + {scales:,} B per-channel scales" if scales else "")
+                f"{arch.linear_params:,} x {fmt.weight_bits} bits ({precision.value} linears)"
+                + (f" + {scales_how} ({scales:,} B)" if scales else "")
                 + f" + {arch.unquantized_params:,} x {UNQUANTIZED_BYTES} B (FP16 embedding, lm_head, norms)"
                 + f" = {weights:,} B"
             ),
@@ -294,7 +333,7 @@ def plan_memory(
             value=f"{kv_per_token / 1024:g} KiB",
             how=(
                 f"2 x {layers} layers x {arch.num_kv_heads} kv_heads x {arch.head_dim} head_dim x "
-                f"{kv_bytes} B ({kv_cache_dtype}) = {kv_per_token:,} B"
+                f"{kv.bytes_per_value} B ({kv.name}) = {kv_per_token:,} B"
             ),
         ),
         PlanLine(
@@ -302,13 +341,29 @@ def plan_memory(
             value=format_bytes(headroom),
             how=f"{target.memory_gib:g} GiB ({target.name}) - {format_bytes(weights)} weights",
         ),
+        PlanLine(
+            figure="chunked context (paged context FMHA)",
+            value="on" if paged_context_fmha else "off",
+            how=(
+                "build.use_paged_context_fmha"
+                if kv.keeps_paged_context_fmha
+                else f"off with a {kv.name} KV cache: trtllm-build switches paged context FMHA off, so a "
+                "prompt must fit max_num_tokens and Triton's enable_chunked_context is false"
+            ),
+        ),
         PlanLine(figure="max_num_tokens", value=str(tokens), how=tokens_how),
         PlanLine(
             figure="activation/workspace allowance",
             value=format_bytes(allowance),
             how=(
                 f"{format_bytes(RUNTIME_RESERVE_BYTES)} runtime reserve + {tokens} x (3 x {f} + 2 x {h}) x "
-                f"{ACTIVATION_BYTES} B MLP activations + {tokens} x {v} x {LOGITS_BYTES} B context logits"
+                f"{ACTIVATION_BYTES} B MLP activations"
+                + (
+                    f" + ({tokens} + {profile.max_batch_size} x {profile.max_input_len}) x {v} x {LOGITS_BYTES} B "
+                    "context logits (the engine's, and the runner's padded copy)"
+                    if gather_context_logits
+                    else " (no context logits: a served engine does not gather them)"
+                )
             ),
         ),
         PlanLine(
@@ -338,15 +393,17 @@ def plan_memory(
     return ProfilePlan(
         target=target.name,
         precision=precision.value,
-        kv_cache_dtype=kv_cache_dtype,
+        kv_cache_dtype=kv.name,
         profile=profile.name,
         max_batch_size=profile.max_batch_size,
         max_input_len=profile.max_input_len,
         max_seq_len=profile.max_seq_len,
         max_num_tokens=tokens,
+        gather_context_logits=gather_context_logits,
         params=arch.params,
         weight_bytes=weights,
         kv_bytes_per_token=kv_per_token,
+        paged_context_fmha=paged_context_fmha,
         headroom_bytes=headroom,
         allowance_bytes=allowance,
         kv_budget_bytes=budget,
@@ -361,20 +418,28 @@ def plan_memory(
     )
 
 
+def _plan(
+    config: PipelineConfig, arch: ModelArch, target: Target, precision: Precision, name: str
+) -> ProfilePlan:
+    return plan_memory(
+        arch,
+        precision,
+        config.quantization.kv_cache_dtype,
+        target,
+        config.profile(name),
+        paged_context_fmha=config.build.use_paged_context_fmha,
+        # Only the gate's own engine gathers context logits (they cost memory and copying per response).
+        gather_context_logits=name == GATE_PROFILE,
+    )
+
+
 def plan_config(config: PipelineConfig, arch: ModelArch, targets: tuple[str, ...] = ()) -> list[ProfilePlan]:
-    """Every (target, precision, profile) plan; targets default to the config's own."""
+    """Every (target, precision, profile) plan, the gate engine's included; targets default to the config's own."""
     return [
-        plan_memory(
-            arch,
-            precision,
-            config.quantization.kv_cache_dtype,
-            TARGETS[name],
-            profile,
-            paged_context_fmha=config.build.use_paged_context_fmha,
-        )
+        _plan(config, arch, TARGETS[name], precision, profile)
         for name in targets or (config.target.gpu,)
         for precision in config.quantization.precisions
-        for profile in config.profiles
+        for profile in (*(p.name for p in config.profiles), GATE_PROFILE)
     ]
 
 
@@ -382,20 +447,16 @@ def plan_profile(
     config: PipelineConfig, arch: ModelArch, precision: Precision, profile_name: str
 ) -> ProfilePlan:
     """The plan of one build task on the config's target, refusing a profile that does not fit."""
-    index = next(i for i, p in enumerate(config.profiles) if p.name == profile_name)
-    plan = plan_memory(
-        arch,
-        precision,
-        config.quantization.kv_cache_dtype,
-        TARGETS[config.target.gpu],
-        config.profiles[index],
-        paged_context_fmha=config.build.use_paged_context_fmha,
-    )
+    plan = _plan(config, arch, TARGETS[config.target.gpu], precision, profile_name)
     if not plan.fits:
+        names = [p.name for p in config.profiles]
+        field = f"profiles[{names.index(profile_name)}]" if profile_name in names else "gate.batch_size"
         raise ConfigError(
-            "the config",
-            f"profiles[{index}]",
+            config.source,
+            field,
             f"'{profile_name}' does not fit {config.target.gpu} with {precision.value}: {plan.problem}",
-            hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target",
+            hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target"
+            if profile_name in names
+            else "lower gate.batch_size or gate.eval_seq_len (see `trtllm-pipeline plan`)",
         )
     return plan

@@ -5,18 +5,31 @@ a cpu-reference engine runs on `pipeline.runtime.ReferenceModel` with the
 profile's limits; a TensorRT-LLM engine runs on TensorRT-LLM 1.2.1's
 `ModelRunnerCpp` (imported on first use), after refusing a GPU architecture
 or a TensorRT version other than the ones that built it.
+
+Context logits come back as TensorRT-LLM returns them: one `[len_i, vocab]`
+tensor per sequence, on the host and still in the engine's logits dtype, so
+whoever widens them to float32 does it on the CPU, a slice at a time.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.errors import InputError, MissingDependencyError
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.trtllm import CONTAINER
-from pipeline.trtllm.engine import BUILD_INFO, ENGINE_CONFIG, EngineInfo, read_engine_config, read_engine_info
+from pipeline.trtllm.engine import (
+    BUILD_INFO,
+    ENGINE_CONFIG,
+    EngineInfo,
+    read_engine_config,
+    read_engine_info,
+    supports_chunked_context,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +42,13 @@ class Runner(Protocol):
     limits: RuntimeLimits
     engine_config: dict[str, Any]
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """One [len(sequence), vocab] tensor per sequence, on the CPU, in the runtime's logits dtype."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's device memory now (before the next model loads)."""
+        ...
 
     def generate(
         self,
@@ -57,14 +76,22 @@ def limits_of(engine_config: dict[str, Any], engine_dir: Path) -> RuntimeLimits:
         raise InputError(f"build_config lacks a valid {exc}", path=engine_dir / ENGINE_CONFIG) from None
 
 
-def load_runner(engine_dir: Path) -> Runner:
-    """A runner for a build artifact's engine/ directory, enforcing the profile's limits."""
+def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> Runner:
+    """A runner for a build artifact's engine/ directory, enforcing the profile's limits.
+
+    max_batch_size lowers the batch the runtime takes (the gate scores in small batches); on a
+    TensorRT-LLM engine it also sizes the KV cache to that batch instead of 0.9 of free memory.
+    """
     engine_config = read_engine_config(engine_dir)
     info = read_engine_info(engine_dir)
     limits = limits_of(engine_config, engine_dir)
+    if max_batch_size is not None:
+        limits = replace(limits, max_batch_size=min(max_batch_size, limits.max_batch_size))
     if info.runtime == "cpu-reference":
         return ReferenceRunner.load(engine_dir, engine_config, limits)
-    return TensorRTRunner.load(engine_dir, engine_config, info, limits)
+    return TensorRTRunner.load(
+        engine_dir, engine_config, info, limits, size_kv_cache_to_batch=max_batch_size is not None
+    )
 
 
 class ReferenceRunner:
@@ -90,11 +117,56 @@ class ReferenceRunner:
     def limits(self) -> RuntimeLimits:
         return self.model.limits
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(input_ids)
+    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        import torch
+
+        self.limits.check([len(s) for s in sequences])
+        return by_length(
+            sequences, lambda batch: list(self.model.logits(torch.tensor(batch, dtype=torch.long)))
+        )
 
     def generate(self, prompts: list[list[int]], **options: Any) -> list[list[int]]:
         return self.model.generate(prompts, **options)
+
+    def close(self) -> None:
+        """Nothing outside Python's own memory to release."""
+
+
+def by_length(
+    sequences: list[list[int]], run: Callable[[list[list[int]]], list[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """run() over the sequences grouped by length, results back in the sequences' order.
+
+    TensorRT-LLM's ModelRunnerMixin._prepare_outputs cuts the padded (batch, max_len, vocab) context
+    logits into per-request tensors by cumulative input lengths after flattening them (with packed
+    input): right only when every sequence in a call has the same length.
+    """
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, sequence in enumerate(sequences):
+        groups[len(sequence)].append(i)
+    out: list[Any] = [None] * len(sequences)
+    for indices in groups.values():
+        for i, logits in zip(indices, run([sequences[i] for i in indices]), strict=True):
+            out[i] = logits
+    return out
+
+
+def runner_options(
+    engine_config: dict[str, Any], limits: RuntimeLimits, *, size_kv_cache_to_batch: bool
+) -> dict[str, Any]:
+    """Keyword arguments of ModelRunnerCpp.from_dir (TensorRT-LLM 1.2.x) for this engine and these limits."""
+    options: dict[str, Any] = {
+        "max_batch_size": limits.max_batch_size,
+        "max_input_len": limits.max_input_len,
+        # Prompts longer than max_num_tokens are split into chunks (needs paged context FMHA).
+        "enable_chunked_context": supports_chunked_context(engine_config),
+    }
+    if size_kv_cache_to_batch:
+        # Left alone the KV cache takes 0.9 of the free memory, and the context logits the gate asks
+        # for ((batch, max_input_len, vocab) on the GPU) find none. With max_tokens the executor takes
+        # the smaller of the two (executor.h, KvCacheConfig::mMaxTokens): exactly what this batch needs.
+        options["max_tokens_in_paged_kv_cache"] = limits.max_batch_size * limits.max_seq_len
+    return options
 
 
 def runtime_mismatches(info: EngineInfo, tensorrt_version: str, gpu_sms: list[int]) -> list[str]:
@@ -115,14 +187,23 @@ def runtime_mismatches(info: EngineInfo, tensorrt_version: str, gpu_sms: list[in
 class TensorRTRunner:
     """A TensorRT-LLM 1.2.1 engine through ModelRunnerCpp, with the reference runner's API."""
 
-    def __init__(self, runner: Any, engine_config: dict[str, Any], limits: RuntimeLimits) -> None:
+    def __init__(
+        self, runner: Any, engine_config: dict[str, Any], limits: RuntimeLimits, *, engine_dir: Path
+    ) -> None:
         self._runner = runner
         self.engine_config = engine_config
         self.limits = limits
+        self.engine_dir = engine_dir
 
     @classmethod
     def load(
-        cls, engine_dir: Path, engine_config: dict[str, Any], info: EngineInfo, limits: RuntimeLimits
+        cls,
+        engine_dir: Path,
+        engine_config: dict[str, Any],
+        info: EngineInfo,
+        limits: RuntimeLimits,
+        *,
+        size_kv_cache_to_batch: bool = False,
     ) -> TensorRTRunner:
         try:
             import tensorrt
@@ -147,22 +228,40 @@ class TensorRTRunner:
         runner = ModelRunnerCpp.from_dir(
             engine_dir=str(engine_dir),
             rank=0,
-            max_batch_size=limits.max_batch_size,
-            max_input_len=limits.max_input_len,
-            # Prompts longer than max_num_tokens are split into chunks (needs paged context FMHA).
-            enable_chunked_context=engine_config["build_config"]
-            .get("plugin_config", {})
-            .get("use_paged_context_fmha", False),
+            **runner_options(engine_config, limits, size_kv_cache_to_batch=size_kv_cache_to_batch),
         )
-        return cls(runner, engine_config, limits)
+        return cls(runner, engine_config, limits, engine_dir=engine_dir)
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Context logits [batch, seq, vocab] (float32); the engine is built with --gather_context_logits."""
-        self.limits.check([input_ids.shape[1]] * input_ids.shape[0])
-        out = self._runner.generate(
-            list(input_ids.int()), max_new_tokens=1, end_id=NO_END_ID, pad_id=0, return_dict=True
-        )
-        return out["context_logits"].float().cpu()
+    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Per-sequence context logits; the engine is built with --gather_context_logits (a gate engine)."""
+        import torch
+
+        self.limits.check([len(s) for s in sequences])
+
+        def run(batch: list[list[int]]) -> list[torch.Tensor]:
+            out = self._runner.generate(
+                [torch.tensor(s, dtype=torch.int32) for s in batch],
+                max_new_tokens=1,
+                end_id=NO_END_ID,
+                pad_id=0,
+                return_dict=True,
+            )
+            if "context_logits" not in out:
+                raise InputError(
+                    "the engine returns no context logits: it was built without --gather_context_logits",
+                    path=self.engine_dir / ENGINE_CONFIG,
+                    hint="score the precision's gate engine (build[<precision>/gate]), not a served one",
+                )
+            # A list of [len_i, vocab] GPU tensors: each goes to the host as it is, before anything
+            # widens it (a float32 copy on the GPU would double the largest allocation of the gate).
+            return [logits.to("cpu") for logits in out.pop("context_logits")]
+
+        return by_length(sequences, run)
+
+    def close(self) -> None:
+        # The executor holds the engine and the KV cache outside torch; shutdown() frees them
+        # (ModelRunnerCpp.executor, a bindings.executor.Executor: pybind/executor/executor.cpp).
+        self._runner.executor.shutdown()
 
     def generate(
         self,
@@ -199,7 +298,8 @@ class TensorRTRunner:
         steps = [outputs] if on_token is None else outputs
         new: list[list[int]] = [[] for _ in prompts]
         for step in steps:
-            ids, lengths = step["output_ids"], step["sequence_lengths"]
+            # Both tensors live on the GPU: one copy each per step, not two small ones per request.
+            ids, lengths = step["output_ids"].cpu(), step["sequence_lengths"].cpu()
             for i, prompt in enumerate(prompts):
                 tokens = ids[i, 0, len(prompt) : int(lengths[i, 0])].tolist()
                 if stop in tokens:

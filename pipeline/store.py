@@ -5,32 +5,42 @@ Layout under the work dir:
     store/<stage>/<variant...>/<key>/manifest.json   a complete artifact
     store/<stage>/<variant...>/LATEST                 key of the newest one (to say why a stage is stale)
     store/<stage>/<variant...>/.tmp-<key>-<nonce>/    being written; never read
+    store/<stage>/<variant...>/<key>.modified-<time>/  an artifact that failed its manifest, kept aside
     logs/<stage>/<variant...>/<key>.log               the stage's log, kept on failure too
 
-A stage writes into a fresh `.tmp-*` directory; the manifest is written last and
-the directory is renamed into place, so a final name always holds a whole
-artifact. Replacing an artifact (--force) moves the old one aside first and
-restores it if the process dies before the new one is in place.
+A stage writes into a fresh `.tmp-*` directory; the manifest is written last,
+every file is made read-only, and the directory is renamed into place, so a
+final name always holds a whole artifact. Replacing an artifact (--force)
+moves the old one aside first and restores it if the process dies before the
+new one is in place. Each manifest records every file's sha256 and stat, so
+`check` verifies an artifact in one stat per file (pipeline.integrity).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from pipeline.errors import InputError, LockBusyError
-from pipeline.manifest import MANIFEST_NAME, Manifest
+from pipeline.atomic import (
+    FILE_MODE,
+    protect,
+    recover_aside,
+    replace_dir,
+    set_aside,
+    staged_dir,
+    write_text_atomic,
+)
+from pipeline.errors import InputError
+from pipeline.integrity import TreeCheck, check_tree
+from pipeline.locks import hold_lock
+from pipeline.manifest import MANIFEST_NAME, Manifest, StatRecord
 
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
+__all__ = ["Artifact", "ArtifactStore", "write_text_atomic"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +51,6 @@ class Artifact:
     @property
     def key(self) -> str:
         return self.manifest.key
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a unique temp file in the same folder, fsync, then os.replace."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ArtifactStore:
@@ -88,72 +85,46 @@ class ArtifactStore:
             return None
         return self.get(stage, variant, pointer.read_text().strip())
 
+    @staticmethod
+    def check(artifact: Artifact) -> TreeCheck:
+        """Verify artifact against its manifest: every file present with its bytes, and nothing else."""
+        return check_tree(artifact.path, artifact.manifest.files, ignore=frozenset({MANIFEST_NAME}))
+
+    def refresh_stats(self, artifact: Artifact, restat: dict[str, StatRecord]) -> Artifact:
+        """Record the new stat of files whose bytes were found unchanged (so they are not hashed again).
+        Call with the lock held."""
+        if not restat:
+            return artifact
+        files = [f.model_copy(update={"stat": restat.get(f.path, f.stat)}) for f in artifact.manifest.files]
+        manifest = artifact.manifest.model_copy(update={"files": files})
+        path = artifact.path / MANIFEST_NAME
+        write_text_atomic(path, manifest.model_dump_json(indent=2))
+        path.chmod(FILE_MODE)
+        return Artifact(path=artifact.path, manifest=manifest)
+
+    def set_aside(self, artifact: Artifact) -> Path:
+        """Move a modified artifact out of the way (kept for inspection); return where it now is."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return set_aside(artifact.path, f"modified-{stamp}")
+
     @contextmanager
     def writer(self, stage: str, variant: tuple[str, ...], key: str) -> Iterator[Path]:
-        """Yield a fresh temp dir; on normal exit it must hold manifest.json and is committed."""
+        """Yield a fresh temp dir; on normal exit it must hold manifest.json and is committed, read-only."""
         slot = self.slot(stage, variant)
-        slot.mkdir(parents=True, exist_ok=True)
-        tmp = slot / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with staged_dir(slot, key) as tmp:
             yield tmp
             if not (tmp / MANIFEST_NAME).is_file():
                 raise RuntimeError(f"refusing to commit {tmp}: no {MANIFEST_NAME}")
-            self._commit(tmp, slot / key)
+            protect(tmp)
+            replace_dir(tmp, slot / key)
             write_text_atomic(slot / "LATEST", key + "\n")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    @staticmethod
-    def _commit(tmp: Path, final: Path) -> None:
-        if not final.exists():
-            os.rename(tmp, final)
-            return
-        trash = final.with_name(f"{TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(final, trash)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            os.rename(trash, final)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
 
     def recover(self) -> list[str]:
         """Undo what an interrupted run left behind. Call with the lock held."""
-        actions = []
-        if not self.root.is_dir():
-            return actions
-        for path in sorted(self.root.rglob(f"{TRASH_PREFIX}*")):
-            key = path.name[len(TRASH_PREFIX) :].rsplit("-", 1)[0]
-            final = path.with_name(key)
-            if final.exists():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.rename(path, final)
-                actions.append(f"restored {final} after an interrupted replace")
-        for path in sorted(self.root.rglob(f"{TMP_PREFIX}*")):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            actions.append(f"removed partial {path}")
-        return actions
+        return recover_aside(self.root)
 
     @contextmanager
     def lock(self, *, wait: bool, on_wait: Callable[[Path], None] | None = None) -> Iterator[None]:
         """Hold the work dir's lock: two runs never interleave their writes."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self.work_dir / ".lock"
-        lock = FileLock(lock_path)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if not wait:
-                raise LockBusyError(lock_path) from None
-            if on_wait:
-                on_wait(lock_path)
-            lock.acquire()
-        try:
+        with hold_lock(self.work_dir, wait=wait, on_wait=on_wait):
             yield
-        finally:
-            lock.release()

@@ -20,9 +20,7 @@ class Target:
     bandwidth_gb_s: float  # GB/s, 1e9 bytes
     fp16_tflops: float
     int8_tops: float
-    supports_int8: bool
-    supports_fp8: bool
-    supports_int4: bool
+    # Which precisions a target runs follows from `sm` and each format's row (pipeline.formats).
 
     @property
     def is_gpu(self) -> bool:
@@ -32,12 +30,12 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("a100-40gb", "NVIDIA A100 40GB (SXM4)", 80, 40.0, 1555.0, 312.0, 624.0, True, False, True),
-        Target("a100-80gb", "NVIDIA A100 80GB (SXM4)", 80, 80.0, 2039.0, 312.0, 624.0, True, False, True),
-        Target("h100-80gb", "NVIDIA H100 80GB (SXM5)", 90, 80.0, 3350.0, 989.0, 1979.0, True, True, True),
-        Target("h200", "NVIDIA H200 141GB (SXM)", 90, 141.0, 4800.0, 989.0, 1979.0, True, True, True),
-        Target("l4", "NVIDIA L4 24GB", 89, 24.0, 300.0, 121.0, 242.0, True, True, True),
-        Target("a10g", "NVIDIA A10G 24GB", 86, 24.0, 600.0, 70.0, 140.0, True, False, True),
+        Target("a100-40gb", "NVIDIA A100 40GB (SXM4)", 80, 40.0, 1555.0, 312.0, 624.0),
+        Target("a100-80gb", "NVIDIA A100 80GB (SXM4)", 80, 80.0, 2039.0, 312.0, 624.0),
+        Target("h100-80gb", "NVIDIA H100 80GB (SXM5)", 90, 80.0, 3350.0, 989.0, 1979.0),
+        Target("h200", "NVIDIA H200 141GB (SXM)", 90, 141.0, 4800.0, 989.0, 1979.0),
+        Target("l4", "NVIDIA L4 24GB", 89, 24.0, 300.0, 121.0, 242.0),
+        Target("a10g", "NVIDIA A10G 24GB", 86, 24.0, 600.0, 70.0, 140.0),
         Target(
             "cpu-reference",
             "PyTorch CPU reference runtime (runs the exported checkpoint; CI and demo)",
@@ -46,9 +44,6 @@ TARGETS: dict[str, Target] = {
             20.0,
             0.5,
             0.5,
-            True,
-            False,
-            False,
         ),
     )
 }

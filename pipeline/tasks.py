@@ -2,15 +2,22 @@
 
 fetch -> calibrate[precision] -> build[precision/profile] -> gate[precision/profile]
                                                         \\-> publish[precision/profile] (needs gate too)
+                              \\-> gate_engine[precision/gate] -> gate[precision/*]
+
+A gate engine is the precision's checkpoint built with --gather_context_logits (served
+engines are not): the gate scores it against the reference, then each served engine against
+it by greedy agreement. It is never published.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import PipelineConfig
+from pipeline.config import GATE_PROFILE, PipelineConfig
 
-STAGE_ORDER = ("fetch", "calibrate", "build", "gate", "publish")
+STAGE_ORDER = ("fetch", "calibrate", "build", "gate_engine", "gate", "publish")
+# The stages that run trtllm-build (served engines, and the gate's own engine).
+ENGINE_STAGES = frozenset({"build", "gate_engine"})
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,11 @@ def plan_tasks(config: PipelineConfig) -> list[Task]:
     tasks = [fetch]
     for precision in config.quantization.precisions:
         calibrate = Task("calibrate", precision.value, inputs=(fetch,))
-        tasks.append(calibrate)
+        gate_engine = Task("gate_engine", precision.value, GATE_PROFILE, inputs=(fetch, calibrate))
+        tasks += [calibrate, gate_engine]
         for profile in config.profiles:
             build = Task("build", precision.value, profile.name, inputs=(fetch, calibrate))
-            gate = Task("gate", precision.value, profile.name, inputs=(fetch, build))
+            gate = Task("gate", precision.value, profile.name, inputs=(fetch, gate_engine, build))
             publish = Task("publish", precision.value, profile.name, inputs=(fetch, build, gate))
             tasks += [build, gate, publish]
     return sorted(tasks, key=lambda t: STAGE_ORDER.index(t.stage))

@@ -10,7 +10,7 @@ Deterministic for a seed on one machine.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.datasets.offline import offline_texts
@@ -24,18 +24,39 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyMistralSpec:
+    # Shapes every format and TensorRT-LLM's kernels accept: each linear's inputs (hidden,
+    # heads x head_dim, intermediate) are multiples of the AWQ group of 128 (ModelOpt's INT4
+    # export refuses others), head_dim is 64, and two query heads share one KV head (GQA).
     vocab_size: int = 512
-    hidden_size: int = 64
-    intermediate_size: int = 176
+    hidden_size: int = 128
+    intermediate_size: int = 256
     num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
     max_position_embeddings: int = 512
     rope_theta: float = 1_000_000.0
     train_steps: int = 300
     train_seq_len: int = 64
     train_batch: int = 16
     seed: int = 0
+
+
+# Named sizes a config picks (model.tiny_size). "gpu": shapes TensorRT-LLM's kernels accept
+# (head_dim 64, hidden a multiple of 128), for `make gpu-selftest`.
+TINY_SIZES = {
+    "demo": TinyMistralSpec(),
+    "gpu": replace(
+        TinyMistralSpec(),
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+
+
+def tiny_spec(size: str, *, seed: int, train_steps: int) -> TinyMistralSpec:
+    return replace(TINY_SIZES[size], seed=seed, train_steps=train_steps)
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):

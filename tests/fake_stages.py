@@ -11,10 +11,13 @@ from pipeline.stages.base import StageOutcome
 RUNS: list[str] = []
 
 
-def make_stage(name: str, section, *, ok=lambda ctx: True, crash_env: str | None = None):
+def make_stage(
+    name: str, section, *, ok=lambda ctx: True, crash_env: str | None = None, varying: bool = False
+):
     def run(ctx):
         RUNS.append(ctx.task.id)
-        (ctx.out_dir / "part-1.bin").write_bytes(b"x" * 1000)
+        # varying: every run writes other bytes (as a non-deterministic build would)
+        (ctx.out_dir / "part-1.bin").write_bytes(b"x" * 1000 + (str(len(RUNS)).encode() if varying else b""))
         if crash_env and os.environ.get(crash_env) == ctx.task.id:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-stage, after some output exists
         upstream = ",".join(sorted(a.key for a in ctx.inputs.values()))
@@ -24,14 +27,24 @@ def make_stage(name: str, section, *, ok=lambda ctx: True, crash_env: str | None
     return SimpleNamespace(NAME=name, VERSION=1, TOOLS=("pydantic",), config_section=section, run=run)
 
 
-def fake_modules(gate_ok=lambda ctx: True, crash_env: str | None = "FAKE_STAGE_CRASH"):
+def fake_modules(
+    gate_ok=lambda ctx: True,
+    crash_env: str | None = "FAKE_STAGE_CRASH",
+    varying: frozenset[str] = frozenset(),
+):
     modules = {
         "fetch": make_stage("fetch", lambda c, t: c.model.model_dump(mode="json"), crash_env=crash_env),
         "calibrate": make_stage(
             "calibrate", lambda c, t: c.calibration.model_dump(mode="json"), crash_env=crash_env
         ),
         "build": make_stage(
-            "build", lambda c, t: c.profile(t.profile).model_dump(mode="json"), crash_env=crash_env
+            "build",
+            lambda c, t: c.profile(t.profile).model_dump(mode="json"),
+            crash_env=crash_env,
+            varying="build" in varying,
+        ),
+        "gate_engine": make_stage(
+            "gate_engine", lambda c, t: c.profile(t.profile).model_dump(mode="json"), crash_env=crash_env
         ),
         "gate": make_stage(
             "gate", lambda c, t: c.gate.model_dump(mode="json"), ok=gate_ok, crash_env=crash_env

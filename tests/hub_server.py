@@ -8,6 +8,9 @@ X-Linked-Etag, X-Linked-Size, X-Repo-Commit, Range). Errors carry the hub's
 
 Fault hooks: drop a connection after N bytes of a file, serve a file with one
 byte flipped, private and gated repos, tokens that are invalid or forbidden.
+Hostile ones: list a file under any name (`list_as`: absolute, `..`), answer
+a status with no X-Error-Code, hang the listing or stall a file's body until
+the server stops, answer the listing with a body that is not JSON.
 
     python tests/hub_server.py org/name FOLDER     # serve FOLDER until killed; prints the URL
 """
@@ -19,6 +22,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model", ".pkl")
 CHUNK = 1 << 20
+LISTING = "<listing>"  # the fault-hook key of the metadata call (`GET /api/models/...`)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ class HubServer:
         self.valid_tokens: set[str] = set()
         self.drops: dict[str, list[int]] = {}  # file -> bytes to send before dropping, one entry per GET
         self.corrupt: dict[str, int] = {}  # file -> offset of the byte flipped in every GET
+        self.statuses: dict[str, int] = {}  # file or LISTING -> status answered, with no X-Error-Code
+        self.hangs: set[str] = set()  # LISTING: never answer; a file: send its headers, then stall
+        self.listing_body: bytes | None = None  # answer the metadata call with this instead
+        self.released = threading.Event()  # set when the server stops: every hang ends
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -97,8 +106,23 @@ class HubServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def list_as(self, repo_id: str, name: str, disk: Path) -> None:
+        """List (and serve) the file at `disk` under `name`, whatever that name is."""
+        self.repos[repo_id].files[name] = describe_file(name, disk)
+
+    def wait_for(self, path: str, timeout_s: float = 30.0) -> None:
+        """Block until a request for `path` (a file, or the listing's URL path prefix) has arrived."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if any(r.path == path or r.path.startswith(path) for r in self.requests):
+                    return
+            time.sleep(0.01)
+        raise TimeoutError(f"no request for {path} within {timeout_s} s")
 
     def add_repo(self, repo_id: str, folder: Path, **options: object) -> Repo:
         files = {
@@ -142,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path.startswith("/api/models/"):
             self.hub.record(Request(self.command, url.path, None, self.headers.get("Authorization")))
+            if self._fault(LISTING):
+                return None
             return self._model_info(url.path.removeprefix("/api/models/"), parse_qs(url.query))
         if "/resolve/" in url.path:
             repo_id, rest = url.path.lstrip("/").split("/resolve/", 1)
@@ -149,8 +175,28 @@ class _Handler(BaseHTTPRequestHandler):
             filename = unquote(filename)
             auth = self.headers.get("Authorization")
             self.hub.record(Request(self.command, filename, self.headers.get("Range"), auth))
+            if filename in self.hub.statuses:
+                return self._error(self.hub.statuses[filename], None, "Something went wrong")
             return self._resolve(repo_id, unquote(revision), filename, body=body)
         self._error(404, None, "Not Found")
+
+    def _fault(self, key: str) -> bool:
+        """Apply a fault hook of the metadata call; True when it answered (or never will)."""
+        if key in self.hub.hangs:
+            self.hub.released.wait()
+            self.close_connection = True
+            return True
+        if key in self.hub.statuses:
+            self._error(self.hub.statuses[key], None, "Something went wrong")
+            return True
+        if self.hub.listing_body is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(self.hub.listing_body)))
+            self.end_headers()
+            self.wfile.write(self.hub.listing_body)
+            return True
+        return False
 
     def _access_error(self, repo: Repo | None) -> tuple[int, str | None, str] | None:
         auth = self.headers.get("Authorization")
@@ -237,6 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_body(f, start, end)
 
     def _send_body(self, f: RepoFile, start: int, end: int) -> None:
+        if f.path in self.hub.hangs:  # headers sent, then not a byte more
+            self.hub.released.wait()
+            self.close_connection = True
+            return
         drops = self.hub.drops.get(f.path)
         drop_after = drops.pop(0) if drops else None
         flip_at = self.hub.corrupt.get(f.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,6 +85,7 @@ class Upstream:
     checkpoint_dir: Path | None = None  # None: placeholder weights (publish never loads them)
     engine_info: EngineInfo = field(default_factory=cpu_engine_info)
     gate_ok: bool = True
+    engine_edit: Callable[[Path], None] | None = None  # makes the built engine folder bad, as a build might
     runs: list[str] = field(default_factory=list)
 
     def _fetch(self, ctx) -> dict:
@@ -115,6 +117,8 @@ class Upstream:
             info=self.engine_info,
             weights=weights,
         )
+        if self.engine_edit is not None:
+            self.engine_edit(ctx.out_dir / "engine")
         return {"target": self.engine_info.target}
 
     def _gate(self, ctx) -> dict:
@@ -137,6 +141,7 @@ class Upstream:
             "fetch": stage("fetch", self._fetch),
             "calibrate": stage("calibrate", None),
             "build": stage("build", self._build),
+            "gate_engine": stage("gate_engine", None),
             "gate": stage("gate", self._gate, ok=lambda: self.gate_ok),
             "publish": publish,
         }

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench.harness import measure_engine, run_batch
+from pipeline.bench.harness import LATENCY_SOURCE, THROUGHPUT_SOURCE, measure_engine, run_batch, stream_one
 from pipeline.bench.memory import MemoryReading, ProcessRssProbe
 from pipeline.bench.reference import published_estimate, ratios
 from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
     BENCH_REPORT_VERSION,
     BenchReport,
+    GateFigures,
     PlanFigures,
     ThroughputPoint,
     VariantResult,
@@ -23,6 +24,7 @@ from pipeline.bench.results import (
 from pipeline.bench.stats import Percentiles, RequestTimeline, percentile
 from pipeline.bench.workload import BenchSettings, default_batch_sizes, plan_workload, synthetic_prompts
 from pipeline.errors import InputError, StageError
+from pipeline.gate.verdict import GateCheck
 from pipeline.reporting import RecordingReporter
 from pipeline.runtime.limits import RuntimeLimits
 
@@ -142,12 +144,14 @@ class FakeRunner:
         self.clock = clock
         self.stream = stream
         self.calls: list[tuple[list[int], int]] = []  # (prompt lengths, max_new_tokens)
+        self.streamed: list[bool] = []  # per call: was on_token given
 
     def generate(
         self, prompts, *, max_new_tokens, end_id=None, temperature=0.0, top_k=0, seed=0, on_token=None
     ):
         assert end_id is None, "bench must not stop early"
         self.calls.append(([len(p) for p in prompts], max_new_tokens))
+        self.streamed.append(on_token is not None)
         self.clock.now += 0.010 * len(prompts)
         for step in range(max_new_tokens):
             if step:
@@ -158,7 +162,7 @@ class FakeRunner:
         return [[300 + s for s in range(max_new_tokens)] for _ in prompts]
 
 
-def test_harness_derives_exact_figures_from_streamed_tokens():
+def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
     clock = FakeClock()
     limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=96)
     runner = FakeRunner(limits, clock)
@@ -176,7 +180,7 @@ def test_harness_derives_exact_figures_from_streamed_tokens():
     assert four.output_tokens == 44
     assert four.wall_s == pytest.approx(0.040 + 10 * 0.004)
     assert four.output_tokens_per_s == pytest.approx(44 / 0.080)
-    assert four.ttft.p90_ms == pytest.approx(40.0)
+    assert (lat.source, four.source) == (LATENCY_SOURCE, THROUGHPUT_SOURCE)
     # warmup (2 tokens), 3 latency runs, then batches 1, 2, 4
     assert [(lens, n) for lens, n in runner.calls] == [
         ([32], 2),
@@ -187,6 +191,9 @@ def test_harness_derives_exact_figures_from_streamed_tokens():
         ([32, 32], 11),
         ([32] * 4, 11),
     ]
+    # Only batch-1 requests stream: streaming a batch through ModelRunnerCpp times its per-request
+    # host work (tensorrt_llm/runtime/model_runner_cpp.py, `_stream` -> `_fill_output`).
+    assert runner.streamed == [True, True, True, True, False, False, False]
 
 
 def test_harness_never_sends_a_prompt_beyond_max_input_len():
@@ -210,11 +217,118 @@ def test_run_batch_checks_limits_before_sending():
     assert runner.calls == []
 
 
-def test_run_batch_refuses_a_runner_that_does_not_stream():
+def test_latency_refuses_a_runner_that_does_not_stream():
     clock = FakeClock()
     runner = FakeRunner(RuntimeLimits(2, 8, 16), clock, stream=False)
     with pytest.raises(StageError, match="streamed 0 tokens"):
-        run_batch(runner, [[300] * 4], 4, clock)
+        stream_one(runner, [300] * 4, 4, clock)
+    assert run_batch(runner, [[300] * 4] * 2, 4, clock).output_tokens == 8  # batches need no streaming
+
+
+# ---------------------------------------------------------------- the TensorRT-LLM runner's output loop
+
+
+class DeviceTensor:
+    """A CUDA tensor as Python sees it: indexing gives another device tensor, reading values out
+    (.tolist(), int()) is a device-to-host copy and a sync; .cpu() copies the whole tensor once."""
+
+    def __init__(self, data, copies: list[str]) -> None:
+        self._data, self._copies = data, copies
+
+    def __getitem__(self, key):
+        return DeviceTensor(self._data[key], self._copies)
+
+    def cpu(self):
+        self._copies.append("cpu")
+        return self._data.clone()
+
+    def tolist(self):
+        self._copies.append("tolist")
+        return self._data.tolist()
+
+    def __int__(self) -> int:
+        self._copies.append("int")
+        return int(self._data)
+
+
+class FakeModelRunnerCpp:
+    """TensorRT-LLM 1.2's ModelRunnerCpp.generate as far as the runner uses it, returning what upstream
+    returns (tensorrt_llm/runtime/model_runner_cpp.py, NVIDIA/TensorRT-LLM@03832911f05d, the newest 1.x
+    stored: `generate`, `_stream`, `_fill_output`): with return_dict and output_sequence_lengths a dict
+    whose `output_ids` is an int32 CUDA tensor (batch, num_sequences, max_seq_len) holding prompt + new
+    tokens padded with end_id, and `sequence_lengths` an int32 CUDA tensor (batch, num_sequences);
+    streaming=True returns a generator of such dicts, one per `await_responses`, each re-padded to
+    max_seq_len. Input checks as `_check_inputs` (RuntimeError). Each step every request gains one
+    token (a static batch), token = (last token + 1) % 512."""
+
+    def __init__(self, max_batch_size: int, max_input_len: int, max_seq_len: int) -> None:
+        self.max_batch_size, self.max_input_len, self.max_seq_len = max_batch_size, max_input_len, max_seq_len
+        self.copies: list[str] = []
+        self.calls: list[dict] = []
+
+    def generate(
+        self, batch_input_ids, *, max_new_tokens=1, end_id=None, pad_id=None, streaming=False, **kwargs
+    ):
+        import torch
+
+        assert kwargs.get("return_dict") and kwargs.get("output_sequence_lengths")
+        self.calls.append({"streaming": streaming, "end_id": end_id, **kwargs})
+        lists = [a.tolist() for a in batch_input_ids]
+        if len(lists) > self.max_batch_size:
+            raise RuntimeError(f"Input batch size ({len(lists)}) exceeds the engine or specified limit")
+        longest = max(len(x) for x in lists)
+        if longest > self.max_input_len or longest + max_new_tokens > self.max_seq_len:
+            raise RuntimeError("Maximum input length exceeds the engine or specified limit")
+        sequences = [list(x) for x in lists]
+
+        def step_dict():
+            ids = torch.tensor(
+                [[seq + [end_id] * (self.max_seq_len - len(seq))] for seq in sequences], dtype=torch.int32
+            )
+            lengths = torch.tensor([[len(seq)] for seq in sequences], dtype=torch.int32)
+            return {
+                "output_ids": DeviceTensor(ids, self.copies),
+                "sequence_lengths": DeviceTensor(lengths, self.copies),
+            }
+
+        def advance():
+            for seq in sequences:
+                seq.append((seq[-1] + 1) % 512)
+
+        if not streaming:
+            for _ in range(max_new_tokens):
+                advance()
+            return step_dict()
+
+        def stream():
+            for _ in range(max_new_tokens):
+                advance()
+                yield step_dict()
+
+        return stream()
+
+
+def test_tensorrt_runner_copies_outputs_to_the_host_once_per_step():
+    from pipeline.runners import NO_END_ID, TensorRTRunner
+
+    fake = FakeModelRunnerCpp(max_batch_size=4, max_input_len=16, max_seq_len=64)
+    runner = TensorRTRunner(
+        fake, {"pretrained_config": {"vocab_size": 512}}, RuntimeLimits(4, 16, 64), engine_dir=Path("engine")
+    )
+    prompts = [[5] * 4, [7] * 3, [9] * 2]
+    expected = [[6, 7, 8, 9, 10], [8, 9, 10, 11, 12], [10, 11, 12, 13, 14]]
+    streamed: list[tuple[int, int]] = []
+    assert (
+        runner.generate(prompts, max_new_tokens=5, on_token=lambda i, t: streamed.append((i, t))) == expected
+    )
+    assert sorted(streamed) == sorted((i, t) for i, tokens in enumerate(expected) for t in tokens)
+    # One copy of output_ids and one of sequence_lengths per step, whatever the batch: not two per request.
+    assert fake.copies == ["cpu", "cpu"] * 5
+    fake.copies.clear()
+    assert runner.generate(prompts, max_new_tokens=5) == expected
+    assert fake.copies == ["cpu", "cpu"]
+    assert [c["streaming"] for c in fake.calls] == [True, False]
+    assert {c["end_id"] for c in fake.calls} == {NO_END_ID}
 
 
 # ---------------------------------------------------------------- memory
@@ -238,20 +352,20 @@ def test_rss_probe_sees_only_its_own_span():
     assert reading.measure == "process_peak_rss"
     assert reading.peak_bytes - resident >= 60 << 20
     assert reading.peak_bytes < lifetime_peak  # the earlier spike is not this span's peak
-    assert "since process start" not in reading.note
+    assert "since process start" not in reading.source
 
 
 def test_rss_probe_says_when_it_could_not_reset(tmp_path):
     (tmp_path / "status").write_text("Name:\tpython\nVmHWM:\t  2048 kB\n")
     probe = ProcessRssProbe(proc_self=str(tmp_path / "missing"))
     probe.start()
-    assert "since process start" in probe.stop().note
+    assert "since process start" in probe.stop().source
     probe = ProcessRssProbe(proc_self=str(tmp_path))
     (tmp_path / "clear_refs").mkdir()  # not writable as a file: the reset fails
     probe.start()
     reading = probe.stop()
     assert reading.peak_bytes == 2048 * 1024
-    assert "since process start" in reading.note
+    assert "since process start" in reading.source
 
 
 def test_gpu_probe_without_a_gpu_is_a_missing_dependency():
@@ -266,6 +380,64 @@ def test_gpu_probe_without_a_gpu_is_a_missing_dependency():
     else:  # a GPU host: the probe reads the device
         probe.start()
         assert probe.stop().peak_bytes > 0
+
+
+class FakeNvml:
+    """pynvml (nvidia-ml-py) as the probe calls it: nvmlDeviceGetMemoryInfo(h).used in bytes and
+    nvmlDeviceGetUtilizationRates(h).gpu in percent of the last sample period (nvmlUtilization_t, NVML
+    API reference, docs.nvidia.com/deploy/nvml-api/structnvmlUtilization__t.html); a device without
+    utilization counters raises NVMLError (NVML_ERROR_NOT_SUPPORTED)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, utilization: list[int] | None) -> None:
+        self.utilization = utilization
+        self.calls = 0
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(used=(1 << 30) + self.calls * 4096, total=80 << 30, free=0)
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        from types import SimpleNamespace
+
+        if self.utilization is None:
+            raise self.NVMLError("Not Supported")
+        self.calls += 1
+        return SimpleNamespace(gpu=self.utilization[self.calls % len(self.utilization)], memory=10)
+
+
+def _probe_with(monkeypatch, nvml: FakeNvml) -> MemoryReading:
+    import sys
+    import time
+
+    from pipeline.bench import memory
+
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(memory, "_visible_device_handle", lambda _nvml: "device-0")
+    probe = memory.NvmlDeviceProbe(interval_s=0.001)
+    probe.start()
+    deadline = time.monotonic() + 10
+    while nvml.calls < 6 and nvml.utilization is not None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.01)  # the memory samples go on either way
+    return probe.stop()
+
+
+def test_gpu_probe_samples_utilization_beside_memory(monkeypatch):
+    reading = _probe_with(monkeypatch, FakeNvml([20, 80]))
+    assert reading.measure == "gpu_device_used" and reading.peak_bytes > 1 << 30
+    u = reading.gpu_utilization
+    assert u is not None and u.samples >= 6 and u.max_percent == 80
+    assert 20 < u.mean_percent < 80 and "nvmlDeviceGetUtilizationRates" in u.source
+    # A device whose NVML has no utilization counters still gets its memory measured.
+    reading = _probe_with(monkeypatch, FakeNvml(None))
+    assert reading.gpu_utilization is None and reading.peak_bytes >= 1 << 30
 
 
 # ---------------------------------------------------------------- comparison and report
@@ -286,7 +458,7 @@ def _plan(ceiling: float = 200.0) -> PlanFigures:
         bandwidth_bytes_per_s=1e9,
         memory_estimate_bytes=10 << 30,
         largest_batch_at_max_seq_len=8,
-        basis="test plan",
+        source="test plan",
     )
 
 
@@ -315,8 +487,8 @@ def test_plan_figures_come_from_the_plan_module(in_repo_root):
 
 def test_ratios_are_taken_only_against_comparable_figures():
     plan = _plan()
-    gpu = MemoryReading(measure="gpu_device_used", peak_bytes=5 << 30)
-    rss = MemoryReading(measure="process_peak_rss", peak_bytes=5 << 30)
+    gpu = MemoryReading(measure="gpu_device_used", peak_bytes=5 << 30, source="nvml")
+    rss = MemoryReading(measure="process_peak_rss", peak_bytes=5 << 30, source="rss")
     applies = published_estimate(pretrained_config=MISTRAL_7B, target="a100-40gb")
     point = ThroughputPoint(
         batch_size=4,
@@ -326,8 +498,7 @@ def test_ratios_are_taken_only_against_comparable_figures():
         output_tokens=80,
         wall_s=1.0,
         output_tokens_per_s=80.0,
-        ttft=Percentiles.of_seconds([0.1]),
-        itl=None,
+        source="test",
     )
     r = ratios(
         decode_tokens_per_s=100.0,
@@ -360,7 +531,7 @@ def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
         label=precision,
         clock=clock,
     )
-    memory = MemoryReading(measure="process_peak_rss", peak_bytes=3 << 30, note="peak RSS")
+    memory = MemoryReading(measure="process_peak_rss", peak_bytes=3 << 30, source="peak RSS")
     published = published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference")
     return VariantResult(
         precision=precision,
@@ -383,8 +554,33 @@ def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
     )
 
 
+def _gate(*checks: tuple[str, float, float, str]) -> GateFigures:
+    made = [
+        GateCheck(
+            name=name,
+            value=value,
+            threshold=threshold,
+            direction=direction,
+            passed=value <= threshold if direction == "max" else value >= threshold,
+        )
+        for name, value, threshold, direction in checks
+    ]
+    return GateFigures(verdict=all(c.passed for c in made), checks=tuple(made), source="gate.json here")
+
+
 def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     plan = _plan(800.0)
+    sq = _variant("int8_sq", "throughput", plan).model_copy(
+        update={
+            "gate": _gate(("perplexity_increase_pct", 1.5, 5.0, "max"), ("top1_agreement", 0.97, 0.9, "min"))
+        }
+    )
+    # A format with a check the others lack, and its own threshold: the table grows a column, no edit.
+    awq = _variant("int4_awq", "throughput", _plan(1500.0)).model_copy(
+        update={
+            "gate": _gate(("perplexity_increase_pct", 9.0, 8.0, "max"), ("kv_scale_error", 0.01, 0.05, "max"))
+        }
+    )
     report = BenchReport(
         created_at=datetime(2026, 11, 26, tzinfo=timezone.utc),
         model="tiny-mistral",
@@ -392,7 +588,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
         runtime="cpu-reference (PyTorch)",
         host={"cpu": "test"},
         settings=BenchSettings(),
-        variants=(_variant("int8_sq", "throughput", plan), _variant("int8_wo", "latency", _plan(1e6))),
+        variants=(sq, _variant("int8_wo", "latency", _plan(1e6)), awq),
         published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference"),
     )
     paths = write_bench_report(report, tmp_path / "out")
@@ -408,19 +604,58 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     wo = report.variants[1]
     assert f"| 1000000.0 | {wo.ratios.decode_vs_ceiling:.1e}x |" in md  # far below a ceiling: still a figure
     wo_rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
-    assert len(wo_rows) == 1 + 3 + 1  # latency, a throughput row per batch size (1, 2, 4), memory
-    assert "| int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a |" in md  # RSS: no ratio
+    # latency, a throughput row per batch size (1, 2, 4), memory, formats
+    assert len(wo_rows) == 1 + 3 + 1 + 1
+    assert (
+        "| int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a | n/a |" in md
+    )  # RSS: no ratio
+    # The formats table: one row per engine, a column per gate check any engine has.
+    formats = md[md.index("## Formats side by side") :].splitlines()
+    header = next(line for line in formats if line.startswith("| engine |"))
+    assert header.endswith("| perplexity_increase_pct | top1_agreement | kv_scale_error | gate |")
+    best_sq = max(p.output_tokens_per_s for p in sq.throughput)
+    assert (
+        f"| int8_sq/throughput | {sq.latency.decode_tokens_per_s:.1f} | 800.0 | "
+        f"{sq.ratios.decode_vs_ceiling:.2f}x | {best_sq:.1f} (batch 4) | 3.00 GiB | 10.00 GiB | n/a | 1,000 | 8 "
+        "| 1.5 (<= 5) pass | 0.97 (>= 0.9) pass | n/a | pass |"
+    ) in formats
+    assert any(
+        line.startswith("| int4_awq/throughput |")
+        and line.endswith("| 9 (<= 8) FAIL | n/a | 0.01 (<= 0.05) pass | FAIL |")
+        for line in formats
+    )
+    assert any(
+        line.startswith("| int8_wo/latency |") and line.endswith("| n/a | n/a | n/a | not run |")
+        for line in formats
+    )
+    # Every figure says where it comes from, in bench.json and in bench.md.
+    assert data["variants"][0]["latency"]["source"] == sq.latency.source
+    assert {p["source"] for p in data["variants"][0]["throughput"]} == {sq.throughput[0].source}
+    assert data["variants"][0]["memory"]["source"] == "peak RSS" and data["variants"][0]["gate"]["source"]
+    sources = md[md.index("## Where each figure comes from") :]
+    for line in (
+        f"- latency (TTFT, inter-token, batch-1 tokens/s): {sq.latency.source}",
+        f"- throughput (in process): {sq.throughput[0].source}",
+        "- peak memory: peak RSS",
+        "- plan figures: test plan",
+        "- gate figures: gate.json here",
+    ):
+        assert line in sources
     assert "applies only to Mistral 7B INT8 on a100-40gb" in md
     assert "- int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
     from matplotlib.image import imread
 
-    for kind in ("throughput_plot", "latency_plot"):
+    for kind in ("throughput_plot", "latency_plot", "formats_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         height, width, _ = imread(paths[kind]).shape
         assert width > 500 and height > 300
+    # speed, memory and one panel per gate check (three): wider than the two-panel latency plot
+    assert imread(paths["formats_plot"]).shape[1] > 2 * imread(paths["latency_plot"]).shape[1]
+    assert "![formats](formats.png)" in md
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "bench.json",
         "bench.md",
+        "formats.png",
         "latency.png",
         "throughput.png",
     ]
@@ -488,7 +723,8 @@ def test_bench_command_without_engines_exits_2_and_says_to_build(tmp_path, in_re
 
 @pytest.fixture(scope="module")
 def reference_engines(tmp_path_factory, tiny_model_dir):
-    """A store holding real cpu-reference engines (int8_wo, both profiles) built by the build stage.
+    """A store holding real cpu-reference engines (int8_wo, both profiles) built by the build stage,
+    and the real gate's verdict on the throughput one.
 
     fetch and calibrate are stand-ins that copy the tiny model and its checkpoint
     (exported by the pipeline's own export, shared with the other tests).
@@ -500,7 +736,7 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
 
     from pipeline.config import Precision, load_config
     from pipeline.executor import execute
-    from pipeline.stages import build
+    from pipeline.stages import build, gate, gate_engine
     from pipeline.stages.base import StageOutcome
     from pipeline.store import ArtifactStore
     from pipeline.tasks import plan_tasks, select_tasks
@@ -522,15 +758,18 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
         "fetch": stand_in("fetch", fetch),
         "calibrate": stand_in("calibrate", calibrate),
         "build": build,
+        "gate_engine": gate_engine,
+        "gate": gate,
     }
     config = load_config(None)
     config = config.model_copy(
         update={"quantization": config.quantization.model_copy(update={"precisions": (Precision.int8_wo,)})}
     )
     store = ArtifactStore(tmp_path_factory.mktemp("bench-work"))
-    tasks = select_tasks(plan_tasks(config), {"build"})
-    report = execute(config, store, tasks, reporter=RecordingReporter(), modules=modules.__getitem__)
-    assert report.error is None, report.error
+    for stages, profiles in (({"build"}, None), ({"gate"}, {"throughput"})):
+        tasks = select_tasks(plan_tasks(config), stages, profiles=profiles)
+        report = execute(config, store, tasks, reporter=RecordingReporter(), modules=modules.__getitem__)
+        assert report.error is None, report.error
     return config, store, modules.__getitem__
 
 
@@ -582,14 +821,34 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
         )
         assert [r.batch_size for r in v.ratios.throughput_vs_ceiling] == [p.batch_size for p in v.throughput]
         assert v.ratios.peak_memory_vs_estimate is None  # RSS is not comparable with a GPU estimate
+        assert v.latency.source == LATENCY_SOURCE and {p.source for p in v.throughput} == {THROUGHPUT_SOURCE}
+    # The gate that judged the throughput engine stands beside its figures; the latency one has none.
+    assert latency.gate is None
+    assert throughput.gate is not None and throughput.gate.checks
+    assert "gate.json" in throughput.gate.source
+    assert {c.name for c in throughput.gate.checks} >= {"perplexity_increase_pct", "top1_agreement"}
     assert not report.published.applies and report.variants[0].ratios.decode_vs_published is None
     assert report.runtime.startswith("cpu-reference") and report.host["torch_threads"] == "1"
 
     assert BenchReport.model_validate_json(paths["json"].read_text()) == report
     md = paths["markdown"].read_text()
-    for section in ("## Latency (batch 1)", "## Throughput", "## Peak memory", "## Reference: a published"):
+    for section in (
+        "## Latency (batch 1)",
+        "## Throughput",
+        "## Peak memory",
+        "## Formats side by side",
+        "## Where each figure comes from",
+        "## Reference: a published",
+    ):
         assert section in md
-    for kind in ("throughput_plot", "latency_plot"):
+    formats = md[md.index("## Formats side by side") :]
+    assert "| int8_wo/latency |" in formats and "| not run |" in formats
+    verdict = "pass" if throughput.gate.verdict else "FAIL"
+    assert any(
+        line.startswith("| int8_wo/throughput |") and line.endswith(f"| {verdict} |")
+        for line in formats.splitlines()
+    )
+    for kind in ("throughput_plot", "latency_plot", "formats_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "int8_wo/throughput: input_len 4096 -> 96 (max_input_len)" in reporter.text()
 
@@ -701,3 +960,135 @@ def test_server_error_events_and_an_unreachable_server_are_stage_errors():
             "http://127.0.0.1:9", ["hi"], output_len=2, concurrency=1, clock=FakeClock(), timeout_s=5
         )
     assert "is the server up" in info.value.hint
+
+
+# --- which GPU the NVML probe reads ---------------------------------------------------------------
+# CUDA numbers GPUs fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML by PCI bus, and
+# CUDA_VISIBLE_DEVICES may hold indices, UUIDs or UUID prefixes (torch/cuda/__init__.py, torch 2.13:
+# _parse_visible_devices, _transform_uuid_to_ordinals; _raw_device_uuid_nvml reads NVML's "GPU-..." UUIDs).
+
+
+class BusOrderNvml:
+    """NVML's lookups over GPUs in PCI bus order."""
+
+    def __init__(self, uuids: list[str]) -> None:
+        self.uuids = uuids
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return self.uuids[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        assert uuid in self.uuids, f"NVML has no GPU {uuid}"
+        return uuid
+
+
+BUS_ORDER = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-1111-1111-1111-111111111111"]
+
+
+def test_gpu_probe_reads_the_gpu_cuda_uses_not_the_nvml_index():
+    from pipeline.bench.memory import _visible_device_handle
+    from pipeline.errors import MissingDependencyError
+
+    nvml = BusOrderNvml(BUS_ORDER)
+    # Two GPUs, the faster one second on the bus: CUDA's default order makes it device 0, so
+    # CUDA_VISIBLE_DEVICES=1 is the first one on the bus, while NVML's index 1 is the second.
+    env = {"CUDA_VISIBLE_DEVICES": "1"}
+    assert _visible_device_handle(nvml, env, cuda_uuid=lambda: BUS_ORDER[0]) == BUS_ORDER[0]
+    # Without CUDA to ask: a full UUID names the GPU, and PCI_BUS_ID order makes indices agree.
+    no_cuda = lambda: None  # noqa: E731
+    assert _visible_device_handle(nvml, {"CUDA_VISIBLE_DEVICES": BUS_ORDER[1]}, no_cuda) == BUS_ORDER[1]
+    ordered = {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert _visible_device_handle(nvml, ordered, no_cuda) == BUS_ORDER[1]
+    for ambiguous in ({"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "GPU-bbbbbbbb"}):
+        with pytest.raises(MissingDependencyError, match="cannot tell which GPU"):
+            _visible_device_handle(nvml, ambiguous, no_cuda)
+
+
+# ---------------------------------------------------------------- --nsys
+
+
+def test_nsys_records_the_same_bench_command_less_the_flag():
+    import sys
+
+    from pipeline.bench.nsys import profiled_argv
+
+    argv = profiled_argv(
+        "/opt/nsys/bin/nsys", Path("/r/out"), ["bench", "--nsys", "--work-dir", "w", "--batch-size", "2"]
+    )
+    # Long options take `=VALUE` (Nsight Systems user guide, "Command Line Options").
+    assert argv == [
+        "/opt/nsys/bin/nsys",
+        "profile",
+        "--output=/r/out/bench",
+        "--force-overwrite=true",
+        "--trace=cuda,nvtx,osrt",
+        sys.executable,
+        "-m",
+        "pipeline",
+        "bench",
+        "--work-dir",
+        "w",
+        "--batch-size",
+        "2",
+    ]
+
+
+def test_bench_nsys_without_nsys_on_path_is_one_line_and_exit_3(tmp_path, in_repo_root, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["bench", "--nsys", "--work-dir", str(tmp_path / "work")]) == 3
+    err = capsys.readouterr().err
+    assert "ERROR --nsys records the run with Nsight Systems, and no `nsys` is on PATH" in err
+    assert "Traceback" not in err and not (tmp_path / "work").exists()
+
+
+def test_bench_nsys_runs_this_bench_under_nsys_profile(tmp_path, in_repo_root, capsys, monkeypatch):
+    """A stand-in `nsys` that records its arguments, writes the report file nsys would, and exits as
+    told: the child is not launched."""
+    import sys
+
+    from pipeline.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nsys = bin_dir / "nsys"
+    nsys.write_text(
+        "#!/bin/sh\n"
+        'printf "%s\\n" "$@" > "$NSYS_ARGS"\n'
+        'for a in "$@"; do case "$a" in --output=*) touch "${a#--output=}.nsys-rep";; esac; done\n'
+        'exit "$NSYS_EXIT"\n'
+    )
+    nsys.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("NSYS_ARGS", str(tmp_path / "args"))
+    monkeypatch.setenv("NSYS_EXIT", "0")
+    out = tmp_path / "out"
+    args = ["bench", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--nsys", "--latency-runs", "2"]
+    assert main(args) == 0
+    recorded = (tmp_path / "args").read_text().splitlines()
+    child = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "bench",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
+    assert recorded == [
+        "profile",
+        f"--output={out}/bench",
+        "--force-overwrite=true",
+        "--trace=cuda,nvtx,osrt",
+        *child,
+        "--latency-runs",
+        "2",
+    ]
+    assert f"profile: {out}/bench.nsys-rep" in capsys.readouterr().err
+    # The child is an ordinary bench run (no --nsys, so no recursion): here it finds no engine.
+    assert main(recorded[7:]) == 2
+    assert "no engine of tiny-mistral" in capsys.readouterr().err
+    monkeypatch.setenv("NSYS_EXIT", "5")  # the child's exit code is the command's
+    assert main(args) == 5

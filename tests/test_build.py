@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,20 +24,22 @@ from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
 from pipeline.config import BuildSection, Precision, load_config, parse_config
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
 from pipeline.executor import TaskState, execute
-from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory
+from pipeline.hashing import sha256_file
+from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory, plan_profile
 from pipeline.reporting import RecordingReporter
 from pipeline.runners import ReferenceRunner, load_runner, runtime_mismatches
-from pipeline.stages import build
-from pipeline.stages.base import RunOptions, StageOutcome
+from pipeline.stages import build, gate_engine
+from pipeline.stages.base import RunOptions, StageContext, StageOutcome
 from pipeline.store import ArtifactStore
 from pipeline.targets import TARGETS
-from pipeline.tasks import plan_tasks, select_tasks
+from pipeline.tasks import Task, plan_tasks, select_tasks
 from pipeline.trtllm.argv import trtllm_build_argv
-from pipeline.trtllm.engine import EngineInfo
+from pipeline.trtllm.engine import EngineInfo, supports_chunked_context
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, preflight_problems, probe_environment
-from pipeline.trtllm.network import check_onnx_files
+from pipeline.trtllm.network import network_files
 
 MISTRAL = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
 GIB = 1024**3
@@ -94,7 +97,6 @@ TAIL = [
     "--use_paged_context_fmha", "enable",
     "--remove_input_padding", "enable",
     "--multiple_profiles", "enable",
-    "--gather_context_logits",
     "--workers", "1",
     "--input_timing_cache", "/w/timing.cache",
     "--output_timing_cache", "/w/timing.cache",
@@ -138,7 +140,17 @@ def test_contract_default_profile_argv(repo_root, name, batch, input_len, seq_le
         seq_len,
         tokens,
     )
-    assert args.kv_cache_type == "PAGED" and args.gather_context_logits and args.opt_num_tokens is None
+    # A served engine never gathers context logits: each response would carry the prompt's full logits.
+    assert args.kv_cache_type == "PAGED" and not args.gather_context_logits and args.opt_num_tokens is None
+
+
+def test_contract_only_the_gate_engine_gathers_context_logits(repo_root):
+    config = load_config(repo_root / "pipeline.toml")
+    plan = plan_profile(config, MISTRAL, Precision.int8_sq, "gate")
+    argv = trtllm_build_argv(Path("/c"), Path("/o"), config.gate_profile, config.build, plan, Path("/t"))
+    args = trtllm_build_parser().parse_args(argv[1:])
+    assert args.gather_context_logits
+    assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (8, 1024, 1088)
 
 
 def test_contract_parser_rejects_a_renamed_flag():
@@ -264,7 +276,7 @@ def test_build_without_tensorrt_llm_is_one_line_exit_3_before_any_work(repo_root
     err = capsys.readouterr().err
     error = err.splitlines()[0]  # one line: what is missing and the container to use
     assert error.startswith("ERROR TensorRT-LLM is not installed: GPU builds run inside")
-    assert "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3" in error
+    assert SERVING_CONTAINER.tag in error
     assert err.count("ERROR") == 1 and "Traceback" not in err
     assert not (tmp_path / "work" / "store").exists()  # not even fetch ran
 
@@ -277,7 +289,7 @@ def test_build_refuses_a_profile_that_does_not_fit_before_any_work(repo_root, tm
     assert main(["build", "--config", str(config), "--work-dir", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
     assert "profiles[2]" in err and "'long-context' does not fit a100-40gb" in err
-    assert "largest batch at max_seq_len 32768: 6" in err
+    assert "largest batch at max_seq_len 32768: 7" in err
     assert not (tmp_path / "work" / "store").exists()
 
 
@@ -298,10 +310,10 @@ def test_cpu_reference_build_refuses_a_profile_that_does_not_fit(repo_root, tmp_
 class FakeTensorRTLLM:
     """The TensorRT-LLM process: the probe's child Python and trtllm-build, parsed with 1.2.1's flags."""
 
-    def __init__(self, *, gpu: GpuInfo = A100, exit_code: int = 0, onnx: str | None = "valid", seq_len=None):
+    def __init__(self, *, gpu: GpuInfo = A100, exit_code: int = 0, graph: bool = True, seq_len=None):
         self.gpu = gpu
         self.exit_code = exit_code
-        self.onnx = onnx
+        self.graph = graph  # whether --visualize_network writes its graph
         self.seq_len = seq_len  # what the engine config claims (None: what was asked)
         self.probes = 0
         self.builds: list[list[str]] = []
@@ -325,8 +337,15 @@ class FakeTensorRTLLM:
         (out / "rank0.engine").write_bytes(b"engine")
         plugin = {k: getattr(args, k) == "enable" for k in ("use_paged_context_fmha", "remove_input_padding")}
         plugin["multiple_profiles"] = args.multiple_profiles == "enable"
+        # builder.py build() @ 008b2b8d: "Paged Context FMHA is disabled because it doesn't work with
+        # int8 kv cache currently" (a warning; the engine's plugin_config records False).
+        checkpoint = json.loads((Path(args.checkpoint_dir) / "config.json").read_text())
+        if (checkpoint.get("quantization") or {}).get("kv_cache_quant_algo") == "INT8":
+            plugin["use_paged_context_fmha"] = False
         plugin["gemm_plugin"] = "float16"  # "auto" resolved to the checkpoint dtype
         build_config = {
+            # BuildConfig's fields (tensorrt_llm/builder.py@008b2b8d), as the engine's config.json carries them
+            "gather_context_logits": args.gather_context_logits,
             "max_batch_size": args.max_batch_size,
             "max_input_len": args.max_input_len,
             "max_seq_len": self.seq_len or args.max_seq_len,
@@ -335,21 +354,32 @@ class FakeTensorRTLLM:
         }
         config = {"version": "1.2.1", "pretrained_config": {"architecture": "MistralForCausalLM"}}
         (out / "config.json").write_text(json.dumps({**config, "build_config": build_config}))
-        if args.visualize_network:
-            _write_onnx(Path(args.visualize_network) / "rank0.onnx", valid=self.onnx == "valid")
+        if args.visualize_network and self.graph:
+            _write_network_graph(Path(args.visualize_network) / "rank0.onnx")
         return subprocess.CompletedProcess(argv, 0)
 
 
-def _write_onnx(path: Path, *, valid: bool) -> None:
+def _write_network_graph(path: Path) -> None:
+    """What --visualize_network writes, as TensorRT-LLM does it: tensorrt_llm/tools/onnx_utils.py to_onnx
+    (NVIDIA/TensorRT-LLM@20709ce96a6b1df903ed5d28d041661167b86baa), called by builder.py's build() through
+    Network.to_onnx: one node per TensorRT layer, op type str(layer.type), domain "com.nvidia", and no
+    opset import for that domain."""
     import onnx
     from onnx import TensorProto, helper
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    node = helper.make_node("Relu", ["x" if valid else "undefined_input"], ["y"])
-    model = helper.make_model(helper.make_graph([node], "network", [x], [y]))
-    onnx.save(model, path)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT32, [-1])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT16, [-1, 512])
+    nodes = [
+        helper.make_node(
+            "LayerType.GATHER", ["input_ids"], ["hidden"], name="embedding", domain="com.nvidia"
+        ),
+        helper.make_node(
+            "LayerType.MATRIX_MULTIPLY", ["hidden"], ["logits"], name="lm_head", domain="com.nvidia"
+        ),
+    ]
+    graph = helper.make_graph(nodes, "debug_graph", [ids], [logits], initializer=None)
+    onnx.save(helper.make_model(graph, producer_name="NVIDIA"), path)
 
 
 TINY_HF_CONFIG = {
@@ -387,29 +417,30 @@ def _write_dummy_checkpoint(ctx):
 
 
 def _modules(fetch_run, calibrate_run, runner=None):
-    real_build = (
-        build
-        if runner is None
-        else SimpleNamespace(
-            NAME=build.NAME,
-            VERSION=build.VERSION,
-            TOOLS=build.TOOLS,
-            config_section=build.config_section,
-            run=functools.partial(build.run, runner=runner),
+    def with_runner(module):
+        if runner is None:
+            return module
+        return SimpleNamespace(
+            NAME=module.NAME,
+            VERSION=module.VERSION,
+            TOOLS=module.TOOLS,
+            config_section=module.config_section,
+            run=functools.partial(module.run, runner=runner),
         )
-    )
+
     modules = {
         "fetch": _stage("fetch", fetch_run),
         "calibrate": _stage("calibrate", calibrate_run),
-        "build": real_build,
+        "build": with_runner(build),
+        "gate_engine": with_runner(gate_engine),
     }
     return modules.__getitem__
 
 
-def _gpu_build(tmp_path, fake, text=TINY_ON_A100, options=RunOptions()):
+def _gpu_build(tmp_path, fake, text=TINY_ON_A100, options=RunOptions(), stages=("build",)):
     config = parse_config(text, "tiny-a100.toml", tmp_path)
     store = ArtifactStore(tmp_path / "work")
-    tasks = select_tasks(plan_tasks(config), {"build"})
+    tasks = select_tasks(plan_tasks(config), set(stages))
     report = execute(
         config,
         store,
@@ -466,6 +497,69 @@ def test_contract_gpu_build_runs_trtllm_build_and_records_it(tmp_path):
         assert link.resolve() == result.path.resolve()
 
 
+def test_contract_int8_kv_engine_is_planned_and_checked_without_paged_context_fmha(tmp_path):
+    def int8_kv_checkpoint(ctx):
+        (ctx.out_dir / "checkpoint").mkdir()
+        config = {"architecture": "MistralForCausalLM", "quantization": {"kv_cache_quant_algo": "INT8"}}
+        (ctx.out_dir / "checkpoint" / "config.json").write_text(json.dumps(config))
+        (ctx.out_dir / "checkpoint" / "rank0.safetensors").write_bytes(b"weights")
+        return StageOutcome(summary="checkpoint")
+
+    text = TINY_ON_A100.replace(
+        'precisions = ["int8_sq"]', 'precisions = ["int8_sq"]\nkv_cache_dtype = "int8"'
+    )
+    text = text.replace("max_input_len = 96\n", "max_input_len = 96\nmax_num_tokens = 96\n")
+    config = parse_config(text, "tiny-a100.toml", tmp_path)
+    fake = FakeTensorRTLLM()
+    report = execute(
+        config,
+        ArtifactStore(tmp_path / "work"),
+        select_tasks(plan_tasks(config), {"build"}),
+        reporter=RecordingReporter(),
+        modules=_modules(_write_hf_config, int8_kv_checkpoint, fake),
+    )
+    assert report.error is None, report.error  # the engine check expects what the builder writes
+    for argv in fake.builds:
+        args = trtllm_build_parser().parse_args(argv[1:])
+        assert args.use_paged_context_fmha == "disable"
+        assert args.max_num_tokens >= args.max_input_len  # no chunked context: a whole prompt per step
+    for result in _builds(report):
+        engine = json.loads((result.path / "engine" / "config.json").read_text())
+        assert not supports_chunked_context(engine)  # so Triton's enable_chunked_context is false
+
+
+def test_contract_gate_engine_is_built_with_context_logits_and_never_linked(tmp_path):
+    fake = FakeTensorRTLLM()
+    config, store, report = _gpu_build(tmp_path, fake, stages=("build", "gate_engine"))
+    assert report.error is None, report.error
+    shapes = sorted(
+        (
+            int(argv[argv.index("--max_batch_size") + 1]),
+            int(argv[argv.index("--max_input_len") + 1]),
+            "--gather_context_logits" in argv,
+        )
+        for argv in fake.builds
+    )
+    # latency, throughput, and the gate engine: gate.batch_size windows of gate.eval_seq_len tokens
+    assert shapes == [
+        (1, 192, False),
+        (8, 96, False),
+        (config.gate.batch_size, config.gate.eval_seq_len, True),
+    ]
+    (result,) = [r for r in report.results if r.task.stage == "gate_engine"]
+    assert result.state is TaskState.ran and result.task.profile == "gate"
+    record = store.get("gate_engine", result.task.variant, result.key).manifest.record
+    assert record["plan"]["gather_context_logits"] and "--gather_context_logits" in record["command"]
+    assert record["engine_link"] is None
+    served = [r for r in report.results if r.task.stage == "build"]
+    for r in served:
+        assert (
+            "--gather_context_logits"
+            not in store.get("build", r.task.variant, r.key).manifest.record["command"]
+        )
+    assert not (tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / "gate").exists()
+
+
 def test_unchanged_gpu_build_rerun_does_no_work(tmp_path):
     fake = FakeTensorRTLLM()
     _gpu_build(tmp_path, fake)
@@ -501,31 +595,33 @@ def test_wrong_gpu_architecture_is_refused_unless_allowed(tmp_path):
     assert store.get("build", result.task.variant, result.key).manifest.record["engine"]["sm"] == 86
 
 
-def test_contract_visualize_writes_a_checked_onnx_network(tmp_path):
+def test_contract_visualize_records_the_network_graph_without_checking_it_as_onnx(tmp_path):
+    import onnx
+
     text = TINY_ON_A100 + "\n[build]\nvisualize = true\n"
     fake = FakeTensorRTLLM()
     _, store, report = _gpu_build(tmp_path / "a", fake, text)
-    assert report.error is None
+    assert report.error is None, report.error
     result = _builds(report)[0]
     assert fake.builds[0][-2:] == [
         "--visualize_network",
         str(Path(fake.builds[0][fake.builds[0].index("--output_dir") + 1]).parent / "network"),
     ]
-    assert store.get("build", result.task.variant, result.key).manifest.record["onnx_files"] == [
-        "network/rank0.onnx"
-    ]
-    _, _, bad = _gpu_build(tmp_path / "b", FakeTensorRTLLM(onnx="invalid"), text)
-    assert isinstance(bad.error, StageError) and "rank0.onnx is not a valid ONNX model" in bad.error.message
+    manifest = store.get("build", result.task.variant, result.key).manifest
+    assert manifest.record["network_files"] == ["network/rank0.onnx"]
+    assert "network/rank0.onnx" in {f.path for f in manifest.files}  # hashed like every output
+    # The graph is for viewing: onnx.checker rejects what TensorRT-LLM writes, so checking it failed every build.
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(str(result.path / "network" / "rank0.onnx"))
+    _, _, bad = _gpu_build(tmp_path / "b", FakeTensorRTLLM(graph=False), text)
+    assert isinstance(bad.error, StageError) and "--visualize_network wrote nothing" in bad.error.message
 
 
-def test_onnx_check_refuses_an_empty_or_broken_export(tmp_path):
-    with pytest.raises(StageError, match="wrote no .onnx file"):
-        check_onnx_files(tmp_path)
-    _write_onnx(tmp_path / "good.onnx", valid=True)
-    assert check_onnx_files(tmp_path) == [tmp_path / "good.onnx"]
-    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
-    with pytest.raises(StageError, match="junk.onnx is not a valid ONNX model"):
-        check_onnx_files(tmp_path)
+def test_network_files_lists_what_was_written_and_refuses_nothing(tmp_path):
+    with pytest.raises(StageError, match="wrote nothing"):
+        network_files(tmp_path / "network")
+    _write_network_graph(tmp_path / "network" / "rank0.onnx")
+    assert network_files(tmp_path / "network") == [tmp_path / "network" / "rank0.onnx"]
 
 
 # --- cpu-reference: the tiny model end to end ------------------------------------------------------
@@ -536,7 +632,7 @@ def int8_wo_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
     return tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
 
 
-def _reference_build(tmp_path, tiny_model_dir, checkpoint):
+def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset()):
     def fetch(ctx):
         shutil.copytree(tiny_model_dir, ctx.out_dir / "model")
         return StageOutcome(summary="tiny model")
@@ -551,7 +647,14 @@ def _reference_build(tmp_path, tiny_model_dir, checkpoint):
     )
     store = ArtifactStore(tmp_path / "work")
     tasks = select_tasks(plan_tasks(config), {"build"})
-    report = execute(config, store, tasks, reporter=RecordingReporter(), modules=_modules(fetch, calibrate))
+    report = execute(
+        config,
+        store,
+        tasks,
+        reporter=RecordingReporter(),
+        modules=_modules(fetch, calibrate),
+        force_stages=force,
+    )
     return config, store, report
 
 
@@ -577,12 +680,14 @@ def test_cpu_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkp
     runner = load_runner(engine)
     assert isinstance(runner, ReferenceRunner) and runner.engine_config == engine_config
     vocab = checkpoint_config["vocab_size"]
-    assert runner.logits(torch.arange(12)[None, :] % vocab).shape == (1, 12, vocab)
+    assert [t.shape for t in runner.context_logits([[1] * 12])] == [(12, vocab)]
     with pytest.raises(InputError, match="max_batch_size=1"):
         runner.generate([[1, 2], [3, 4]], max_new_tokens=2)
     with pytest.raises(InputError, match="max_input_len=192"):
-        runner.logits(torch.ones(1, 193, dtype=torch.long))
+        runner.context_logits([[1] * 193])
     wide = load_runner(throughput.path / "engine")
+    assert [t.shape for t in wide.context_logits([[1] * 12, [2] * 5])] == [(12, vocab), (5, vocab)]
+    assert load_runner(throughput.path / "engine", max_batch_size=2).limits.max_batch_size == 2  # the gate's
     outputs = wide.generate([[5, 6, 7], [8, 9]], max_new_tokens=3)
     assert [len(o) for o in outputs] == [3, 3]
     with pytest.raises(InputError, match="max_seq_len=128"):
@@ -599,6 +704,60 @@ def test_cpu_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkp
 
     _, _, again = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint)
     assert [r.state for r in _builds(again)] == [TaskState.up_to_date] * 2
+
+
+def test_the_build_manifest_hashes_the_bytes_it_wrote(tmp_path, tiny_model_dir, int8_wo_checkpoint):
+    """A checkpoint replaced after calibrate is found and recalibrated; the engine's manifest names the
+    sha256 of the file the engine holds, never one copied from the checkpoint's manifest."""
+    _, _, first = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint)
+    calibrated = next(r for r in first.results if r.task.stage == "calibrate")
+    weights = calibrated.path / "checkpoint" / "rank0.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.unlink()
+    weights.write_bytes(bytes(data))
+
+    _, store, report = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint, force={"build"})
+    assert report.error is None, report.error
+    assert next(r for r in report.results if r.task.stage == "calibrate").reason == (
+        "modified: checkpoint/rank0.safetensors"
+    )
+    for result in _builds(report):
+        manifest = store.get("build", result.task.variant, result.key).manifest
+        for entry in manifest.files:
+            assert sha256_file(result.path / entry.path) == entry.sha256, entry.path
+
+
+def _link_context(work: Path, key: str) -> StageContext:
+    task = Task("build", "int8_sq", "latency")
+    return StageContext(
+        config=load_config(None),
+        task=task,
+        inputs={},
+        out_dir=work / "out",
+        final_path=ArtifactStore(work).slot("build", task.variant) / key,
+        work_dir=work,
+        log=logging.getLogger("test"),
+        log_path=work / "log",
+        reporter=RecordingReporter(),
+    )
+
+
+def test_an_engines_link_belongs_to_one_work_dir(tmp_path):
+    mine = _link_context(tmp_path / "work-a", "a" * 20)
+    link = build._link_engine(mine)
+    assert link == tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "cpu-reference" / "latency"
+    assert link.resolve() == mine.final_path.resolve()
+
+    other = _link_context(tmp_path / "work-b", "b" * 20)
+    assert build._link_engine(other) is None  # refused: never silently repointed
+    assert link.resolve() == mine.final_path.resolve()
+    assert f"{link} points into {tmp_path / 'work-a' / 'store' / 'build' / 'int8_sq' / 'latency'}" in (
+        other.reporter.text()
+    )
+
+    rebuilt = _link_context(tmp_path / "work-a", "c" * 20)  # its own work dir moves it on
+    assert build._link_engine(rebuilt) == link and link.resolve() == rebuilt.final_path.resolve()
 
 
 # --- runners ----------------------------------------------------------------------------------------
@@ -639,3 +798,153 @@ def test_load_runner_needs_an_engine_dir(tmp_path):
     )
     with pytest.raises(MissingDependencyError, match="needs TensorRT-LLM 1.2.1"):
         load_runner(tmp_path)
+
+
+# --- the TensorRT-LLM runner against a stand-in ModelRunnerCpp ---------------------------------------
+# Upstream behaviour (TensorRT-LLM 1.x): tensorrt_llm/runtime/model_runner_cpp.py
+# (NVIDIA/TensorRT-LLM@03832911f05dbe10232949eb3c56aac45578e30a): from_dir's keyword parameters;
+# generate(return_dict=True) -> _fill_output allocates the context logits as one zero-filled
+# (batch, max_input_len, vocab) tensor on the GPU in the engine's logits dtype, fills each request's
+# rows, then ModelRunnerMixin._prepare_outputs (runtime/model_runner.py,
+# NVIDIA/TensorRT-LLM@0243026ffeb359ec54dba338fd6545692a5a722d) returns a *list*: with packed input it
+# flattens that tensor and cuts it at the cumulative input lengths. The executor's KV cache takes the
+# smaller of max_tokens and free_gpu_memory_fraction (cpp/include/tensorrt_llm/executor/executor.h,
+# KvCacheConfig::mMaxTokens, NVIDIA/TensorRT-LLM@879039f6d58336c8208f082550757686ece29ae7).
+
+
+class OnGpu:
+    """A CUDA tensor: it can be copied to the host; anything else (a .float() widening) allocates on the GPU."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._tensor = tensor
+        self.shape, self.dtype = tensor.shape, tensor.dtype
+
+    def to(self, device):
+        assert str(device) == "cpu", f"moved to {device}"
+        return self._tensor.clone()
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def __getattr__(self, name):
+        raise AssertionError(f"{name}() on the GPU copy of the context logits")
+
+
+VOCAB = 11
+
+
+def expected_logits(ids: list[int]) -> torch.Tensor:
+    """What the stand-in engine computes for one sequence: distinct rows per (token, position)."""
+    rows = torch.tensor(
+        [[(7 * token + 3 * position + v) % VOCAB for v in range(VOCAB)] for position, token in enumerate(ids)]
+    )
+    return rows.half()
+
+
+class FakeModelRunnerCpp:
+    """ModelRunnerCpp.from_dir(...).generate as the engine's gather_context_logits makes it answer."""
+
+    def __init__(self, *, gather_context_logits: bool = True, max_batch_size: int = 8) -> None:
+        self.gather_context_logits = gather_context_logits
+        self.max_batch_size, self.max_input_len, self.max_seq_len = max_batch_size, 64, 96
+        self.calls: list[list[int]] = []
+        self.shut_down = False
+        self.executor = SimpleNamespace(shutdown=self._shutdown)
+
+    def _shutdown(self) -> None:
+        self.shut_down = True
+
+    @classmethod
+    def from_dir(
+        cls,
+        engine_dir: str,
+        *,
+        lora_dir=None,
+        rank: int = 0,
+        max_batch_size=None,
+        max_input_len=None,
+        max_output_len=None,
+        max_beam_width=None,
+        max_attention_window_size=None,
+        sink_token_length=None,
+        kv_cache_free_gpu_memory_fraction=None,
+        cross_kv_cache_fraction=None,
+        debug_mode: bool = False,
+        max_tokens_in_paged_kv_cache=None,
+        kv_cache_enable_block_reuse: bool = False,
+        enable_chunked_context: bool = False,
+        gather_generation_logits: bool = False,
+    ):
+        """The from_dir parameters the pipeline may pass (a subset of upstream's, same names)."""
+
+    def generate(
+        self, batch_input_ids, *, max_new_tokens=1, end_id=None, pad_id=None, return_dict=False, **kw
+    ):
+        lengths = [len(ids) for ids in batch_input_ids]
+        self.calls.append(lengths)
+        if len(lengths) > self.max_batch_size:  # _check_inputs
+            raise RuntimeError(f"Input batch size ({len(lengths)}) exceeds the engine or specified limit")
+        outputs = {"output_ids": torch.zeros(len(lengths), 1, self.max_seq_len, dtype=torch.int32)}
+        if self.gather_context_logits:
+            padded = torch.zeros(len(lengths), max(lengths), VOCAB, dtype=torch.float16)
+            for i, ids in enumerate(batch_input_ids):
+                padded[i, : lengths[i]] = expected_logits(ids.tolist())
+            flat = padded.flatten(end_dim=-2)
+            cuts = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+            outputs["context_logits"] = [OnGpu(flat[s:e]) for s, e in zip(cuts[:-1], cuts[1:], strict=True)]
+        return outputs
+
+
+def _trt_runner(fake: FakeModelRunnerCpp, tmp_path: Path):
+    from pipeline.runners import TensorRTRunner
+    from pipeline.runtime.limits import RuntimeLimits
+
+    limits = RuntimeLimits(max_batch_size=fake.max_batch_size, max_input_len=64, max_seq_len=96)
+    return TensorRTRunner(fake, {"build_config": {}}, limits, engine_dir=tmp_path)
+
+
+def test_contract_tensorrt_runner_returns_each_sequences_context_logits_uneven_lengths_included(tmp_path):
+    import torch
+
+    fake = FakeModelRunnerCpp()
+    # The stand-in is as upstream: in one call with uneven lengths, a sequence after a shorter one
+    # gets the padding of the one before it.
+    ids = [torch.tensor(s, dtype=torch.int32) for s in ([4, 5], [1, 2, 3])]
+    misplaced = fake.generate(ids, return_dict=True)["context_logits"][1].cpu()
+    assert not torch.equal(misplaced, expected_logits([1, 2, 3]))
+    fake.calls.clear()
+
+    runner = _trt_runner(fake, tmp_path)
+    sequences = [[4, 5], [1, 2, 3], [9], [6, 7, 8]]
+    logits = runner.context_logits(sequences)
+    assert [tuple(t.shape) for t in logits] == [(2, VOCAB), (3, VOCAB), (1, VOCAB), (3, VOCAB)]
+    for sequence, got in zip(sequences, logits, strict=True):
+        assert got.dtype == torch.float16 and torch.equal(
+            got, expected_logits(sequence)
+        )  # on the host, not widened
+    assert sorted(fake.calls) == [[1], [2], [3, 3]]  # one call per length
+
+
+def test_tensorrt_runner_refuses_an_engine_without_context_logits_and_frees_its_executor(tmp_path):
+    fake = FakeModelRunnerCpp(gather_context_logits=False)
+    runner = _trt_runner(fake, tmp_path)
+    with pytest.raises(InputError, match="built without --gather_context_logits"):
+        runner.context_logits([[1, 2]])
+    runner.close()
+    assert fake.shut_down
+
+
+def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory():
+    import inspect
+
+    from pipeline.runners import runner_options
+    from pipeline.runtime.limits import RuntimeLimits
+
+    limits = RuntimeLimits(max_batch_size=8, max_input_len=1024, max_seq_len=1088)
+    config = {"build_config": {"plugin_config": {"use_paged_context_fmha": True}}}
+    gate = runner_options(config, limits, size_kv_cache_to_batch=True)
+    inspect.signature(FakeModelRunnerCpp.from_dir).bind("engine", rank=0, **gate)  # names upstream takes
+    assert gate["max_tokens_in_paged_kv_cache"] == 8 * 1088 and gate["max_batch_size"] == 8
+    assert gate["enable_chunked_context"] is True
+    served = runner_options(config, limits, size_kv_cache_to_batch=False)
+    assert "max_tokens_in_paged_kv_cache" not in served  # bench and smoke: TensorRT-LLM's 0.9 of free memory

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from hub_server import HubServer, _Handler
+from hub_server import LISTING, HubServer, _Handler
 
 from pipeline.cli import main
 from pipeline.datasets.hub import (
@@ -234,6 +235,20 @@ def test_fetch_errors_are_clear(dataset_hub, tmp_path):
         )
     with pytest.raises(StageError, match="cannot reach the hub"):
         fetch_hub_dataset(HubDatasetSpec(), tmp_path, reporter=reporter, endpoint="http://127.0.0.1:9")
+
+
+def test_a_hub_that_never_answers_fails_in_bounded_time(dataset_hub, tmp_path, monkeypatch):
+    dataset_hub.hangs.add(LISTING)
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    t0 = time.monotonic()
+    with pytest.raises(StageError, match=r"the hub did not answer within 1 s for org/news@main"):
+        fetch_hub_dataset(
+            HubDatasetSpec(repo_id="org/news"),
+            tmp_path,
+            reporter=RecordingReporter(),
+            endpoint=dataset_hub.url,
+        )
+    assert time.monotonic() - t0 < 10
 
 
 def test_cli_fetch_and_write_offline(dataset_hub, tmp_path, capsys):

@@ -20,7 +20,7 @@ from pipeline.calibration.verify import (
     verify_checkpoint,
 )
 from pipeline.config import CalibrationSection, parse_config
-from pipeline.errors import InputError, MissingDependencyError, StageError
+from pipeline.errors import InputError, StageError
 from pipeline.executor import TaskState, execute, status
 from pipeline.hashing import sha256_file
 from pipeline.reporting import RecordingReporter
@@ -74,15 +74,15 @@ def test_int8_sq_exports_int8_linears_with_smoothquant_scales(exported, offline_
     config = trt_config(directory)
     assert config["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
     assert config["rotary_base"] == 1_000_000.0
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]) == (4, 2, 16)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]) == (2, 1, 64)
     tensors = read_safetensors_header(directory / "rank0.safetensors")
     qkv = "transformer.layers.1.attention.qkv"
-    assert tensors[qkv + ".weight"] == ("I8", ((4 + 2 * 2) * 16, 64))  # GQA: q 4 heads, k and v 2 each
-    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (128,))
+    assert tensors[qkv + ".weight"] == ("I8", ((2 + 2 * 1) * 64, 128))  # GQA: q 2 heads, k and v 1 each
+    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (256,))
     assert tensors[qkv + ".activation_scaling_factor"] == ("F32", (1,))
-    assert tensors[qkv + ".prequant_scaling_factor"] == ("F16", (64,))
-    assert tensors["lm_head.weight"] == ("F16", (512, 64))
-    assert tensors["transformer.vocab_embedding.weight"] == ("F16", (512, 64))
+    assert tensors[qkv + ".prequant_scaling_factor"] == ("F16", (128,))
+    assert tensors["lm_head.weight"] == ("F16", (512, 128))
+    assert tensors["transformer.vocab_embedding.weight"] == ("F16", (512, 128))
     # The record says what was calibrated on, how, and what the activations looked like.
     run = record.calibration
     assert run is not None and run.samples == 16 and run.seq_len == 64 and run.tokens > 16
@@ -117,11 +117,72 @@ def test_fp16_precision_exports_unquantized(tiny_model_dir, offline_mix, tmp_pat
     assert trt_config(tmp_path)["dtype"] == "bfloat16" and record.export_dtype == "bfloat16"
 
 
-def test_fp8_without_a_gpu_is_refused(tiny_model_dir, offline_mix, tmp_path):
-    with pytest.raises(MissingDependencyError, match="fp8 needs a CUDA GPU"):
+def test_int4_awq_exports_packed_int4_with_group_and_prequant_scales(tiny_model_dir, offline_mix, tmp_path):
+    record = export_checkpoint(
+        tiny_model_dir,
+        "int4_awq",
+        settings(offline_mix, samples=4, seq_len=32),
+        tmp_path,
+        reporter=RecordingReporter(),
+        log=LOG,
+    )
+    config = trt_config(tmp_path)["quantization"]
+    assert (config["quant_algo"], config["group_size"], config["kv_cache_quant_algo"]) == (
+        "W4A16_AWQ",
+        128,
+        None,
+    )
+    tensors = read_safetensors_header(tmp_path / "rank0.safetensors")
+    proj = "transformer.layers.0.mlp.proj"  # [hidden 128, intermediate 256]
+    assert tensors[proj + ".weight"] == ("I8", (64, 256))  # two int4 values per byte along the outputs
+    assert tensors[proj + ".weights_scaling_factor"] == ("F32", (128, 2))  # one per 128 inputs
+    assert tensors[proj + ".prequant_scaling_factor"] == ("F16", (256,))
+    assert tensors["lm_head.weight"] == ("F16", (512, 128))
+    assert record.calibration is not None and record.quant_algo == "W4A16_AWQ"
+
+
+def test_fp8_exports_e4m3_weights_per_tensor_scales_and_an_fp8_kv_cache_on_the_cpu(
+    tiny_model_dir, offline_mix, tmp_path
+):
+    record = export_checkpoint(
+        tiny_model_dir,
+        "fp8",
+        settings(offline_mix, samples=4),
+        tmp_path,
+        reporter=RecordingReporter(),
+        log=LOG,
+    )
+    config = trt_config(tmp_path)["quantization"]
+    assert (config["quant_algo"], config["kv_cache_quant_algo"]) == ("FP8", "FP8")
+    tensors = read_safetensors_header(tmp_path / "rank0.safetensors")
+    qkv = "transformer.layers.1.attention.qkv"
+    assert tensors[qkv + ".weight"] == ("F8_E4M3", (256, 128))
+    assert tensors[qkv + ".weights_scaling_factor"] == ("F32", (1,))
+    assert tensors[qkv + ".activation_scaling_factor"] == ("F32", (1,))
+    assert tensors["transformer.layers.1.attention.kv_cache_scaling_factor"] == ("F32", (1,))
+    assert record.device == "cpu" and record.kv_cache_quant_algo == "FP8"
+
+
+def test_a_model_whose_linears_do_not_split_into_awq_groups_is_refused_before_loading(
+    tiny_model_dir, tmp_path
+):
+    hf = json.loads((tiny_model_dir / "config.json").read_text())
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps(hf | {"intermediate_size": 176})
+    )  # no weights: never loaded
+    with pytest.raises(InputError) as err:
         export_checkpoint(
-            tiny_model_dir, "fp8", settings(offline_mix), tmp_path, reporter=RecordingReporter(), log=LOG
+            model,
+            "int4_awq",
+            settings(tmp_path / "absent.jsonl"),
+            tmp_path / "out",
+            reporter=RecordingReporter(),
+            log=LOG,
         )
+    assert "intermediate_size 176 is not a multiple of int4_awq's group size 128" in err.value.message
+    assert str(model / "config.json") in str(err.value)
 
 
 def test_int8_kv_cache_adds_kv_scales(tiny_model_dir, offline_mix, tmp_path):
@@ -187,6 +248,100 @@ def test_verifier_repairs_rotary_base_from_rope_theta_and_records_it(sq_copy, ti
     assert verify_sq(sq_copy, tiny_arch) == []  # repaired for good
 
 
+def trtllm_from_hugging_face_config(hf: dict, handmade: dict) -> dict:
+    """config.json as ModelOpt 0.37 writes it when tensorrt_llm is importable.
+
+    modelopt/torch/export/tensorrt_llm_utils.py (nvidia-modelopt 0.37.0) convert_to_tensorrt_llm_config:
+    with hf_config it updates its hand-built config with
+    MODEL_MAP[architecture].config_class.from_hugging_face(...).to_dict() (LLaMAConfig for Mistral),
+    then sets use_parallel_embedding, embedding_sharding_dim and logits_dtype, and skips its own
+    rotary_base, mapping and quantization. The TensorRT-LLM side, field by field:
+    tensorrt_llm/models/llama/config.py LLaMAConfig.from_hugging_face and to_dict
+    (NVIDIA/TensorRT-LLM@04100fd0a70976e86e0ac117f34942d06c21545d) and
+    tensorrt_llm/models/modeling_utils.py PretrainedConfig.__init__/to_dict and QuantConfig
+    (NVIDIA/TensorRT-LLM@01ea6d79d454bb3ab10c7510a6f706ba039090c2).
+    """
+    heads = hf["num_attention_heads"]
+    head_size = hf.get("head_dim", hf["hidden_size"] // heads)
+    quantization = {
+        # QuantConfig.to_dict is dataclasses.asdict; QuantAlgo is a StrEnum, so JSON holds its name
+        "quant_algo": handmade["quantization"]["quant_algo"],
+        "kv_cache_quant_algo": handmade["quantization"]["kv_cache_quant_algo"],
+        "group_size": 128,
+        "smoothquant_val": 0.5,
+        "clamp_val": None,
+        "use_meta_recipe": False,
+        "has_zero_point": False,
+        "pre_quant_scale": False,
+        "exclude_modules": handmade["quantization"].get("exclude_modules"),
+    }
+    trtllm = {
+        "architecture": hf["architectures"][0],
+        "dtype": handmade["dtype"],
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "num_hidden_layers": hf["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "hidden_act": hf["hidden_act"],
+        "logits_dtype": "float32",
+        "norm_epsilon": hf["rms_norm_eps"],
+        "runtime_defaults": None,
+        "position_embedding_type": "rope_gpt_neox",
+        "num_key_value_heads": hf.get("num_key_value_heads", heads),
+        "intermediate_size": hf["intermediate_size"],
+        "max_position_embeddings": hf["max_position_embeddings"],
+        "mapping": {"world_size": 1, "gpus_per_node": 8, "cp_size": 1, "tp_size": 1, "pp_size": 1},
+        "quantization": quantization,
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "head_size": head_size,
+        "qk_layernorm": False,
+        "rotary_embedding_dim": head_size,
+        "tie_word_embeddings": hf.get("tie_word_embeddings", False),
+        # LLaMAConfig: getattr(hf_config, "rope_theta", 10000.0) -- 10000 when transformers 5 moved it
+        "mlp_bias": False,
+        "attn_bias": False,
+        "rotary_base": hf.get("rope_theta", 10000.0),
+        "rotary_scaling": hf.get("rope_scaling"),
+        "residual_mlp": False,
+        "disable_weight_only_quant_plugin": False,
+        "fc_after_embed": False,
+        "use_input_layernorm_in_first_layer": True,
+        "use_last_layernorm": True,
+        "layer_idx_offset": 0,
+        "moe": {"num_experts": 0, "shared_expert_intermediate_size": 0, "top_k": 0},
+        "remove_duplicated_kv_heads": False,
+        "embedding_multiplier": 1.0,
+        "attention_multiplier": 1.0,
+        "residual_multiplier": 1.0,
+        "output_multiplier_scale": 1.0,
+    }
+    merged = {k: v for k, v in handmade.items() if k not in ("rotary_base", "mapping", "quantization")}
+    merged.update(trtllm)
+    merged.update(use_parallel_embedding=True, embedding_sharding_dim=0, logits_dtype=handmade["dtype"])
+    return merged
+
+
+@pytest.mark.parametrize("transformers_major", [4, 5])
+def test_verifier_accepts_the_config_modelopt_writes_through_tensorrt_llm(
+    sq_copy, tiny_arch, tiny_model_dir, transformers_major
+):
+    """In the container tensorrt_llm is importable, so ModelOpt's export takes TensorRT-LLM's own
+    from_hugging_face path: same checked fields, many more around them; the weights are the same."""
+    hf = json.loads((tiny_model_dir / "config.json").read_text())
+    if transformers_major == 5:
+        hf["rope_parameters"] = {"rope_type": "default", "rope_theta": hf.pop("rope_theta")}
+    edit_config(sq_copy, lambda c: c.update(trtllm_from_hugging_face_config(hf, dict(c))) or None)
+    written = trt_config(sq_copy)
+    assert written["quantization"]["group_size"] == 128 and written["moe"]["num_experts"] == 0
+    repairs = verify_sq(sq_copy, tiny_arch)
+    if transformers_major == 4:
+        assert repairs == []  # accepted as it is
+    else:  # from_hugging_face found no rope_theta attribute and wrote its default
+        assert [(r.field, r.found, r.fixed) for r in repairs] == [("rotary_base", 10000.0, 1_000_000.0)]
+    assert trt_config(sq_copy)["rotary_base"] == 1_000_000.0
+
+
 def test_rope_theta_is_read_from_transformers5_rope_parameters(tiny_model_dir):
     hf = json.loads((tiny_model_dir / "config.json").read_text())
     theta = hf.pop("rope_theta")
@@ -205,7 +360,7 @@ def test_verifier_fails_on_a_wrong_head_count(sq_copy, tiny_arch):
     edit_config(sq_copy, lambda c: c.update(num_attention_heads=8))
     with pytest.raises(CheckpointMismatchError) as err:
         verify_sq(sq_copy, tiny_arch)
-    assert err.value.problems == ["num_attention_heads is 8, the Hugging Face config says 4"]
+    assert err.value.problems == ["num_attention_heads is 8, the Hugging Face config says 2"]
     assert trt_config(sq_copy)["num_attention_heads"] == 8  # nothing is rewritten on failure
 
 
@@ -219,8 +374,8 @@ def check_sq(trt: dict, arch: HfArchitecture):
     ("field", "bad"),
     [
         ("vocab_size", 1024),
-        ("hidden_size", 128),
-        ("num_key_value_heads", 4),
+        ("hidden_size", 256),
+        ("num_key_value_heads", 2),
         ("head_size", 32),
         ("dtype", "bfloat16"),
     ],
@@ -289,6 +444,18 @@ def test_instruct_samples_use_the_chat_template(tiny_model_dir):
         token_samples(["x"], tokenizer, seq_len=8, instruct=True)
 
 
+def loop_over(samples: list[list[int]], *, batch_size: int, forward) -> CalibrationLoop:
+    return CalibrationLoop(
+        samples,
+        batch_size=batch_size,
+        pad_id=0,
+        device="cpu",
+        reporter=RecordingReporter(),
+        log=LOG,
+        forward=forward,
+    )
+
+
 def oom_above_batch_one(seen: list[int]):
     """A forward that runs out of memory for any batch of more than one sequence."""
     import torch
@@ -337,15 +504,7 @@ def test_loop_gives_up_at_batch_one_and_passes_other_errors_through():
     def always_oom(model, input_ids, attention_mask):
         raise torch.OutOfMemoryError("out of memory")
 
-    loop = CalibrationLoop(
-        [[1, 2]],
-        batch_size=2,
-        pad_id=0,
-        device="cpu",
-        reporter=RecordingReporter(),
-        log=LOG,
-        forward=always_oom,
-    )
+    loop = loop_over([[1, 2]], batch_size=2, forward=always_oom)
     with pytest.raises(StageError, match="out of memory at calibration batch size 1"):
         loop(None)
 
@@ -366,8 +525,46 @@ def test_cpu_and_cuda_allocation_failures_count_as_out_of_memory():
     assert is_out_of_memory(
         RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
     )
+    for make in CUDA_ALLOCATION_FAILURES.values():
+        assert is_out_of_memory(make())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+# How CUDA reports running out of memory outside the caching allocator (torch's C10_CUDA_CHECK and
+# TORCH_CUDABLAS_CHECK: "CUDA error: <cudaGetErrorString | cublas status> when calling ...").
+CUDA_ALLOCATION_FAILURES = {
+    "cuda runtime": lambda: __import__("torch").AcceleratorError("CUDA error: out of memory"),
+    "cublas workspace": lambda: RuntimeError(
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", CUDA_ALLOCATION_FAILURES)
+def test_loop_backs_off_on_cuda_allocation_failures_and_frees_the_step_first(monkeypatch, failure):
+    """The failed step's activations are gone when the cache is emptied: not pinned by the traceback."""
+    import weakref
+
+    import torch
+
+    alive: list[weakref.ref] = []
+    freed_at_empty_cache: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "empty_cache", lambda: freed_at_empty_cache.append(all(r() is None for r in alive))
+    )
+
+    def forward(model, input_ids, attention_mask):
+        activations = torch.ones(input_ids.shape[0], 1024)  # what the step holds when it fails
+        alive.append(weakref.ref(activations))
+        if input_ids.shape[0] > 1:
+            raise CUDA_ALLOCATION_FAILURES[failure]()
+
+    loop = loop_over([[1, 2]] * 4, batch_size=4, forward=forward)
+    loop(None)
+    assert [(b.from_batch, b.to_batch) for b in loop.result.backoffs] == [(4, 2), (2, 1)]
+    assert freed_at_empty_cache == [True, True]
 
 
 def test_export_backs_off_on_injected_oom_and_still_exports(tiny_model_dir, offline_mix, tmp_path):
@@ -462,6 +659,8 @@ def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path,
     assert artifact is not None and (artifact.path / "checkpoint" / "rank0.safetensors").is_file()
     assert artifact.manifest.record["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
     assert artifact.manifest.record["calibration"]["dataset"]["sha256"] == sha256_file(dataset)
+    # The step's GPU memory (none on this host), proven released before the build (tests/test_gpu_memory.py).
+    assert [m["step"] for m in artifact.manifest.record["gpu_memory"]] == ["calibration"]
     assert by_id["calibrate[int8_wo]"].summary.startswith("W8A16, no calibration")
 
     # Edited data: SmoothQuant reruns, weight-only (which reads no data) stays up to date.

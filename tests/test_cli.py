@@ -24,7 +24,7 @@ def test_unknown_option_is_exit_2(capsys):
 def test_status_json_lists_every_task(tmp_path, in_repo_root, capsys):
     assert main(["status", "--json", "--work-dir", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["stage"] for r in rows} == {"fetch", "calibrate", "build", "gate", "publish"}
+    assert {r["stage"] for r in rows} == {"fetch", "calibrate", "build", "gate_engine", "gate", "publish"}
     assert all(r["state"] == "missing" for r in rows)
 
 

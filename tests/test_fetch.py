@@ -22,11 +22,12 @@ from hub_server import HubServer
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ChecksumError, DiskSpaceError, FetchError, InputError, PickleRefusedError
-from pipeline.executor import RunReport, TaskState, execute, fingerprints
+from pipeline.executor import RunReport, TaskState, execute, fingerprint
 from pipeline.hub import fetch_repo
 from pipeline.hub.selection import select_files
 from pipeline.reporting import RecordingReporter
 from pipeline.stages import fetch as fetch_stage
+from pipeline.stages import stage_module
 from pipeline.store import ArtifactStore
 from pipeline.tasks import plan_tasks, select_tasks
 
@@ -88,7 +89,12 @@ def artifact(report: RunReport) -> tuple[Path, dict]:
 
 
 def model_files(manifest: dict) -> list[dict]:
-    return [f for f in manifest["files"] if f["path"].startswith("model/")]
+    """Path, sha256 and size of each model file (the stat record differs from one copy to another)."""
+    return [
+        {k: v for k, v in f.items() if k != "stat"}
+        for f in manifest["files"]
+        if f["path"].startswith("model/")
+    ]
 
 
 def hub_fetch(hub_dir: Path, **kwargs):
@@ -341,7 +347,9 @@ def test_selection_rules():
 
 
 def test_disk_space_is_checked_before_the_first_byte(hub, tmp_path):
-    with pytest.raises(DiskSpaceError, match=r"needs 0\.00 GB but only 0\.00 GB is free") as exc:
+    with pytest.raises(
+        DiskSpaceError, match=r"hf-cache: the step needs \d+\.\d kB but only 1\.0 kB is free there"
+    ) as exc:
         hub_fetch(tmp_path / "hub", free=lambda path: 1000)
     assert exc.value.needed == sum(f.size for f in hub.repos[REPO].files.values())
     assert exc.value.free == 1000
@@ -390,13 +398,13 @@ def test_a_changed_local_folder_changes_the_key(tiny_model_dir, tmp_path):
     folder = tmp_path / "local-model"
     shutil.copytree(tiny_model_dir, folder)
     config = make_config(tmp_path, source="local", local_path=str(folder))
-    task = select_tasks(plan_tasks(config), {"fetch"})
-    before = fingerprints(config, task)[task[0]]
+    (task,) = select_tasks(plan_tasks(config), {"fetch"})
+    before = fingerprint(config, task, stage_module("fetch"), {})
     (folder / "generation_config.json").write_text('{"changed": true}')
-    after = fingerprints(config, task)[task[0]]
+    after = fingerprint(config, task, stage_module("fetch"), {})
     assert before != after
     (folder / "notes.txt").write_text("not matched by allow_patterns")
-    assert fingerprints(config, task)[task[0]] == after
+    assert fingerprint(config, task, stage_module("fetch"), {}) == after
 
 
 def test_a_local_folder_with_pickled_weights_is_refused(tiny_model_dir, tmp_path):
@@ -438,6 +446,7 @@ def test_the_tiny_source_generates_the_model_folder(tmp_path):
         "source": "tiny",
         "tiny_seed": 0,
         "tiny_train_steps": 2,
+        "tiny_size": "demo",
     }
 
 

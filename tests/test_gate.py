@@ -20,9 +20,16 @@ from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.config import GateSection, Precision, _default_thresholds
 from pipeline.gate import GateRecord, HuggingFaceModel, run_gate, write_reports
-from pipeline.gate.metrics import greedy_match, perplexity_increase_pct, top1_agreement, window_stats
+from pipeline.gate.metrics import (
+    greedy_match,
+    perplexity_increase_pct,
+    token_scores,
+    top1_agreement,
+    window_stats,
+)
 from pipeline.gate.verdict import GateCheck
 from pipeline.reporting import RecordingReporter
+from pipeline.runners import ReferenceRunner
 from pipeline.runtime import ReferenceModel, RuntimeLimits
 
 torch.set_num_threads(2)
@@ -59,10 +66,10 @@ class MemoizedReference:
         self.model = model
         self.memo: dict[tuple, object] = {}
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        key = ("logits", tuple(map(tuple, input_ids.tolist())))
+    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        key = ("logits", tuple(map(tuple, sequences)))
         if key not in self.memo:
-            self.memo[key] = self.model.logits(input_ids)
+            self.memo[key] = self.model.context_logits(sequences)
         return self.memo[key]
 
     def generate(self, prompts, *, max_new_tokens, end_id=None):
@@ -77,20 +84,43 @@ def reference(tiny_model_dir: Path) -> MemoizedReference:
     return MemoizedReference(HuggingFaceModel.load(tiny_model_dir))
 
 
+def engine(checkpoint: Path, limits: RuntimeLimits = LIMITS) -> ReferenceRunner:
+    """A checkpoint behind the runner API, as the build stage packs it for cpu-reference."""
+    return ReferenceRunner(ReferenceModel.load(checkpoint, limits=limits), engine_config={})
+
+
+def gate_models(
+    reference,
+    candidate,
+    served,
+    tokenizer,
+    settings: GateSection,
+    *,
+    precision: str,
+    thresholds=None,
+    limits=LIMITS,
+) -> GateRecord:
+    """run_gate over models already loaded, both engines with the same limits."""
+    return run_gate(
+        reference=lambda: reference,
+        candidate=lambda: candidate,
+        served=lambda: served,
+        tokenizer=tokenizer,
+        settings=settings,
+        thresholds=thresholds or _default_thresholds()[Precision(precision)],
+        limits=limits,
+        served_limits=limits,
+        precision=precision,
+        profile="test",
+        reporter=RecordingReporter(),
+    )
+
+
 @pytest.fixture(scope="module")
 def gate(reference, tokenizer, gate_settings):
-    def run(checkpoint: Path, precision: str) -> GateRecord:
-        return run_gate(
-            reference=lambda: reference,
-            candidate=lambda: ReferenceModel.load(checkpoint, limits=LIMITS),
-            tokenizer=tokenizer,
-            settings=gate_settings,
-            thresholds=_default_thresholds()[Precision(precision)],
-            limits=LIMITS,
-            precision=precision,
-            profile="test",
-            reporter=RecordingReporter(),
-        )
+    def run(checkpoint: Path, precision: str, served: Path | None = None) -> GateRecord:
+        candidate, served_engine = engine(checkpoint), engine(served or checkpoint)
+        return gate_models(reference, candidate, served_engine, tokenizer, gate_settings, precision=precision)
 
     return run
 
@@ -122,12 +152,26 @@ def swap_q_and_k(tensors: dict) -> None:
         if n.endswith("attention.qkv.weight") or n.endswith("attention.qkv.weights_scaling_factor")
     ]:
         t = tensors[name].clone()
-        q_rows, kv_rows = 64, 32  # tiny model: 4 heads x 16, 2 KV heads x 16
+        # tiny model: q 2 heads x 64, k and v 1 head each: q is half the rows, k a quarter (packed or not)
+        q_rows, kv_rows = t.shape[0] // 2, t.shape[0] // 4
         t[:kv_rows], t[q_rows : q_rows + kv_rows] = (
             tensors[name][q_rows : q_rows + kv_rows],
             tensors[name][:kv_rows],
         )
         tensors[name] = t
+
+
+def swap_int4_nibbles(tensors: dict) -> None:
+    """Read each packed int4 byte the wrong way round (output rows 2j and 2j+1 exchanged)."""
+    for name in [n for n in tensors if n.endswith(".weight") and tensors[n].dtype == torch.int8]:
+        byte = tensors[name].to(torch.int16) & 0xFF
+        tensors[name] = (((byte & 0x0F) << 4) | (byte >> 4)).to(torch.uint8).view(torch.int8)
+
+
+def shrink_kv_scales(tensors: dict) -> None:
+    """KV scales 1000x too small: every cached key and value saturates."""
+    for name in [n for n in tensors if n.endswith("cache_scaling_factor")]:
+        tensors[name] = tensors[name] / 1000
 
 
 def scale_by_4(tensors: dict) -> None:
@@ -149,12 +193,22 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.parametrize("precision", ["int8_sq", "int8_wo"])
-def test_gate_passes_a_good_checkpoint(tmp_path_factory, tiny_model_dir, gate, precision):
-    record = gate(tiny_checkpoint(tmp_path_factory, tiny_model_dir, precision), precision)
+@pytest.mark.parametrize(
+    ("precision", "kv_cache_dtype"),
+    [("int8_sq", "fp16"), ("int8_wo", "fp16"), ("int4_awq", "fp16"), ("fp8", "fp16"), ("int8_wo", "int8")],
+)
+def test_gate_passes_a_good_checkpoint(tmp_path_factory, tiny_model_dir, gate, precision, kv_cache_dtype):
+    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, precision, kv_cache_dtype=kv_cache_dtype)
+    record = gate(checkpoint, precision)
     assert record.verdict, record.summary
-    assert [c.name for c in record.checks] == ["perplexity_increase_pct", "top1_agreement", "greedy_match"]
+    assert [c.name for c in record.checks] == [
+        "perplexity_increase_pct",
+        "top1_agreement",
+        "greedy_match",
+        "served_greedy_match",
+    ]
     assert record.windows == 8 and record.window_len == 64 and record.prompts == 8
+    assert record.served_exact_greedy_matches == 8  # the same checkpoint, served: the same continuations
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
@@ -164,8 +218,11 @@ def test_gate_fails_a_corrupted_int8_sq_checkpoint(
     good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq")
     record = gate(_corrupt(good, tmp_path / "bad", **CORRUPTIONS[corruption]), "int8_sq")
     assert not record.verdict
-    # Each breaks the model outright: perplexity and top-1 agreement both see it, not one by luck.
-    assert {"perplexity_increase_pct", "top1_agreement"} <= {c.name for c in record.failed}
+    # Each breaks the model outright: perplexity sees it, not one check by luck; all but the rotary base
+    # (the 128-wide tiny model still agrees on the top token at most positions without it) break top-1 too.
+    failed = {c.name for c in record.failed}
+    assert "perplexity_increase_pct" in failed
+    assert corruption == "rotary base dropped" or "top1_agreement" in failed
 
 
 @pytest.mark.parametrize("corruption", ["rotary base dropped", "q and k swapped"])
@@ -177,13 +234,109 @@ def test_gate_fails_a_corrupted_int8_wo_checkpoint(
     assert not record.verdict
 
 
+# Each new format, broken where it can break: the gate must fail it with its own default thresholds.
+NEW_FORMAT_CORRUPTIONS = {
+    ("int4_awq", "fp16", "int4 nibbles swapped"): {"tensors": swap_int4_nibbles},
+    ("int4_awq", "fp16", "q and k swapped"): CORRUPTIONS["q and k swapped"],
+    ("fp8", "fp16", "scales x4"): CORRUPTIONS["scales x4"],
+    ("fp8", "fp16", "rotary base dropped"): CORRUPTIONS["rotary base dropped"],
+    ("int8_wo", "int8", "KV scales 1000x too small"): {"tensors": shrink_kv_scales},
+}
+
+
+@pytest.mark.parametrize("case", NEW_FORMAT_CORRUPTIONS, ids=lambda c: f"{c[0]}-kv{c[1]}-{c[2]}")
+def test_gate_fails_a_broken_checkpoint_of_each_new_format(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir, gate, case
+):
+    precision, kv_cache_dtype, _ = case
+    good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, precision, kv_cache_dtype=kv_cache_dtype)
+    record = gate(_corrupt(good, tmp_path / "bad", **NEW_FORMAT_CORRUPTIONS[case]), precision)
+    assert not record.verdict, record.summary
+
+
+def test_gate_fails_a_served_engine_that_disagrees_with_the_gate_engine(
+    tmp_path: Path, tmp_path_factory, tiny_model_dir, gate
+):
+    """Served engines carry no context logits: the gate engine is scored, and each served engine must
+    continue the prompts as it does. A served engine that went wrong fails only that check."""
+    good = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq")
+    bad = _corrupt(good, tmp_path / "bad", **CORRUPTIONS["q and k swapped"])
+    record = gate(good, "int8_sq", served=bad)
+    assert not record.verdict
+    assert [c.name for c in record.failed] == ["served_greedy_match"]
+    assert record.served_exact_greedy_matches < record.prompts
+
+
+class Counting:
+    """A model that records how many sequences each call carries."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.calls: list[int] = []
+
+    def context_logits(self, sequences):
+        self.calls.append(len(sequences))
+        return self.model.context_logits(sequences)
+
+    def generate(self, prompts, **options):
+        self.calls.append(len(prompts))
+        return self.model.generate(prompts, **options)
+
+
+def test_gate_scores_in_its_own_small_batch_whatever_the_engines_allow(
+    tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings
+):
+    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
+    wide = RuntimeLimits(max_batch_size=64, max_input_len=64, max_seq_len=96)  # a throughput engine
+    models = {role: Counting(engine(checkpoint, wide)) for role in ("candidate", "served")}
+    counted_reference = Counting(reference)
+    settings = gate_settings.model_copy(update={"batch_size": 3})
+    record = gate_models(
+        counted_reference,
+        models["candidate"],
+        models["served"],
+        tokenizer,
+        settings,
+        precision="int8_wo",
+        limits=wide,
+    )
+    assert record.batch_size == 3
+    for model in (counted_reference, *models.values()):
+        assert model.calls and max(model.calls) == 3
+
+
+def test_token_scores_widen_a_slice_at_a_time_and_match_a_whole_log_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(50, 33).half()  # an engine's FP16 logits
+    ids = torch.randint(0, 33, (50,)).tolist()
+    widened: list[int] = []
+
+    class Spy(torch.Tensor):
+        def float(self):
+            widened.append(self.shape[0])
+            return super().float()
+
+    scores = token_scores(logits.as_subclass(Spy), ids, chunk=16)
+    assert widened == [16, 16, 16, 1]  # 49 scored positions, never more than one slice in float32
+    whole = torch.log_softmax(logits[:-1].float(), dim=-1)
+    expected = -whole.gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+    assert torch.allclose(scores.nll, expected, atol=1e-5)
+    assert torch.equal(scores.top1, whole.argmax(-1))
+
+
+def test_token_scores_refuse_logits_that_do_not_match_their_sequence():
+    from pipeline.errors import StageError
+
+    with pytest.raises(StageError, match=r"logits of shape \(4, 8\) for a 5-token sequence"):
+        token_scores(torch.zeros(4, 8), [1, 2, 3, 4, 5])
+
+
 # --- the measures, the verdict and the reports (pure) ------------------------------------------------
 
 
 def test_perplexity_and_top1_from_logits():
-    ids = torch.tensor([[0, 1, 2]])
-    logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [1.0, 0.0, 0.0]]]) + 1e-30)
-    stats = window_stats(logits, ids)
+    logits = torch.log(torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5], [1.0, 0.0, 0.0]]) + 1e-30)
+    stats = window_stats([token_scores(logits, [0, 1, 2])])
     assert stats.tokens == 2
     assert stats.perplexity == pytest.approx((1 / (0.5 * 0.5)) ** 0.5)  # exp(mean NLL) of p=0.5, p=0.5
     assert stats.top1.tolist() == [[0, 2]]
@@ -214,6 +367,7 @@ def _record(**changes) -> GateRecord:
         reference_perplexity=5.253,
         candidate_perplexity=5.274,
         exact_greedy_matches=3,
+        served_exact_greedy_matches=8,
         reference_choice_accuracy=None,
         candidate_choice_accuracy=None,
         windows=8,
@@ -221,9 +375,11 @@ def _record(**changes) -> GateRecord:
         prompts=8,
         max_new_tokens=12,
         choice_items=0,
+        batch_size=8,
         data={"eval.jsonl": "ab" * 32},
         reference_s=1.0,
         candidate_s=2.0,
+        served_s=0.5,
     )
     return GateRecord(**{**fields, **changes})
 
@@ -262,16 +418,20 @@ def test_checks_compare_each_measure_in_its_direction():
         exact_greedy_matches=1,
         reference_choice_accuracy=0.8,
         candidate_choice_accuracy=0.59,
+        served_greedy_match=0.85,
+        served_exact_greedy_matches=6,
     )
-    checks = {c.name: c.passed for c in checks_for(measures, thresholds)}
+    checks = {c.name: c.passed for c in checks_for(measures, thresholds, min_served_greedy_match=0.9)}
     assert checks == {
         "perplexity_increase_pct": True,  # at the limit passes
         "top1_agreement": False,
         "greedy_match": True,
+        "served_greedy_match": False,
         "multiple_choice_accuracy": False,
     }
     no_choices = measures.__class__(**{**measures.__dict__, "candidate_choice_accuracy": None})
-    assert "multiple_choice_accuracy" not in {c.name for c in checks_for(no_choices, thresholds)}
+    names = {c.name for c in checks_for(no_choices, thresholds, min_served_greedy_match=0.9)}
+    assert "multiple_choice_accuracy" not in names
 
 
 def test_multiple_choice_accuracy_is_measured_and_judged(
@@ -296,18 +456,16 @@ def test_multiple_choice_accuracy_is_measured_and_judged(
     thresholds = _default_thresholds()[Precision.int8_wo].model_copy(
         update={"min_multiple_choice_accuracy": 0.99}
     )
-    record = run_gate(
-        reference=lambda: reference,
-        candidate=lambda: ReferenceModel.load(
-            tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo"), limits=LIMITS
-        ),
-        tokenizer=tokenizer,
-        settings=gate_settings.model_copy(update={"multiple_choice": path}),
-        thresholds=thresholds,
-        limits=LIMITS,
+    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
+    settings = gate_settings.model_copy(update={"multiple_choice": path})
+    record = gate_models(
+        reference,
+        engine(checkpoint),
+        engine(checkpoint),
+        tokenizer,
+        settings,
         precision="int8_wo",
-        profile="test",
-        reporter=RecordingReporter(),
+        thresholds=thresholds,
     )
     assert record.choice_items == 3
     assert record.reference_choice_accuracy == 1.0
@@ -398,6 +556,16 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
     manifest = Manifest.model_validate_json(artifact.read_text())
     assert manifest.ok and manifest.record["verdict"] is True
     assert {"gate.json", "gate.md", "junit.xml"} <= {f.path for f in manifest.files}
+    # Each model is one GPU step, released before the next loads (tests/test_gpu_memory.py).
+    assert [m["step"] for m in manifest.record["gpu_memory"]] == [
+        "gate: reference",
+        "gate: gate engine",
+        "gate: served engine",
+    ]
+    # The gate engine is built per precision for the gate and never linked for serving.
+    (gate_engine,) = (work / "store" / "gate_engine" / "int8_sq" / "gate").glob("*/manifest.json")
+    record = Manifest.model_validate_json(gate_engine.read_text()).record
+    assert record["plan"]["gather_context_logits"] and record["engine_link"] is None
 
     # Thresholds no int8 model can meet: the stage runs, records the failure, and the CLI exits 1.
     strict = "[gate.thresholds.int8_sq]\nmax_perplexity_increase_pct = 0.0\nmin_top1_agreement = 1.0\nmin_greedy_match = 1.0"

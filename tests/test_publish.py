@@ -7,22 +7,27 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from string import Template
 
 import pytest
 from google.protobuf import text_format
-from publish_upstream import Upstream, a100_engine_info, config_with, run_publish
+from publish_upstream import REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
 from tritonclient.grpc import model_config_pb2
 
-from pipeline.errors import GateFailedError, InputError, StageError
+from pipeline import atomic
+from pipeline.atomic import link_or_copy
+from pipeline.container import SERVING_CONTAINER
+from pipeline.errors import DiskSpaceError, GateFailedError, InputError, StageError
 from pipeline.executor import TaskState
 from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry, verify_files
+from pipeline.manifest import FileEntry
 from pipeline.plan import KV_FREE_FRACTION
 from pipeline.reporting import RecordingReporter
-from pipeline.serving import placement, release
-from pipeline.serving.placement import place_file
+from pipeline.serving import release
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 from pipeline.serving.render import MODEL_NAMES, RepositoryValues, render_config, template_text
 from pipeline.stages import publish
@@ -99,7 +104,7 @@ def test_publishes_an_inflight_batching_repository_for_the_variant(tmp_path, pro
         if p.is_file() and p.name != RELEASE_MANIFEST
     )
     assert [f.path for f in manifest.files] == on_disk  # every file, and only those
-    assert verify_files(version, manifest.files) == []  # with its sha256 and size
+    assert release.check_version(version).ok  # with its sha256 and size, and nothing else
 
     record = result_of(report, "publish")
     stored = ArtifactStore(tmp_path / "work").get("publish", ("int8_sq", profile), record.key)
@@ -118,7 +123,7 @@ def test_engine_is_copied_and_verified_across_filesystems(tmp_path, monkeypatch)
     def cross_device(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(placement.os, "link", cross_device)
+    monkeypatch.setattr(atomic.os, "link", cross_device)
     config = config_with(tmp_path)
     report = run_publish(config, tmp_path / "work", Upstream())
     assert report.error is None, report.error
@@ -129,11 +134,11 @@ def test_engine_is_copied_and_verified_across_filesystems(tmp_path, monkeypatch)
 
 
 def test_a_copy_that_differs_from_its_checksum_is_refused_and_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(placement.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+    monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
     src = tmp_path / "src.bin"
     src.write_bytes(b"abc")
     with pytest.raises(InputError, match="expected 000000000000"):
-        place_file(src, tmp_path / "out" / "dst.bin", "0" * 64)
+        link_or_copy(src, tmp_path / "out" / "dst.bin", "0" * 64)
     assert not (tmp_path / "out" / "dst.bin").exists()
 
 
@@ -169,61 +174,98 @@ def test_an_interrupted_release_adds_no_version_and_leaves_current(tmp_path, mon
         calls.append(dst)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return place_file(src, dst, sha256)
+        return link_or_copy(src, dst, sha256)
 
-    monkeypatch.setattr(release, "place_file", failing_place)
+    monkeypatch.setattr(release, "link_or_copy", failing_place)
     changed = config_with(
         tmp_path, **{'destination = "': 'max_queue_delay_microseconds = 7\ndestination = "'}
     )
-    with pytest.raises(OSError, match="No space"):
-        run_publish(changed, work, Upstream())
+    failed = run_publish(changed, work, Upstream())  # a full disk is the step's typed error (exit 5)
+    assert isinstance(failed.error, DiskSpaceError) and "no space left" in failed.error.message
     slot = slot_of(config)
     assert release.versions(slot) == [1]
     assert os.readlink(slot / "current") == "1"
     assert sorted(p.name for p in slot.iterdir()) == ["1", "current"]  # no half version left behind
 
 
-def _break_engine_config(report):
-    (result_of(report, "build").path / "engine" / "config.json").unlink()
+def _drop_engine_config(engine: Path) -> None:
+    (engine / "config.json").unlink()
 
 
-def _drop_max_batch_size(report):
-    path = result_of(report, "build").path / "engine" / "config.json"
+def _drop_max_batch_size(engine: Path) -> None:
+    path = engine / "config.json"
     config = json.loads(path.read_text())
     del config["build_config"]["max_batch_size"]
-    os.unlink(path)
     path.write_text(json.dumps(config))
 
 
-def _corrupt_engine(report):
-    weights = result_of(report, "build").path / "engine" / "rank0.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[10] ^= 0xFF
-    os.unlink(weights)  # a fresh inode: do not alter the store's other links
-    weights.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize(
-    "breakage, message",
+    "edit, message",
     [
-        (_break_engine_config, "no engine config.json"),
+        (_drop_engine_config, "no engine config.json"),
         (_drop_max_batch_size, "config.json: build_config.max_batch_size: Field required"),
-        (_corrupt_engine, "engine/rank0.safetensors: sha256 differs from the manifest"),
     ],
-    ids=["engine-without-config-json", "engine-config-without-limit", "checksum-mismatch"],
+    ids=["engine-without-config-json", "engine-config-without-limit"],
 )
-def test_a_bad_build_artifact_is_refused_in_one_line_and_nothing_is_published(tmp_path, breakage, message):
+def test_a_bad_build_artifact_is_refused_in_one_line_and_nothing_is_published(tmp_path, edit, message):
     config = config_with(tmp_path)
-    work = tmp_path / "work"
-    upstream = Upstream()
-    first = run_publish(config, work, upstream)
-    assert first.error is None
-    # Break the build artifact, drop what was published, and publish again.
-    breakage(first)
-    shutil.rmtree(config.publish.destination)
-    report = run_publish(config, work, upstream, force=True)
+    report = run_publish(config, tmp_path / "work", Upstream(engine_edit=edit))
     assert isinstance(report.error, InputError)
     assert message in report.error.message and "\n" not in report.error.message
+    assert not config.publish.destination.exists()
+
+
+def publish_context(config, work: Path, report, out: Path) -> StageContext:
+    """The publish stage's context for a report's inputs, to call the stage without the executor."""
+    store = ArtifactStore(work)
+    inputs = {
+        r.task.stage: store.get(r.task.stage, r.task.variant, r.key)
+        for r in report.results
+        if r.task.stage in ("fetch", "build", "gate")
+    }
+    out.mkdir()
+    return StageContext(
+        config=config,
+        task=result_of(report, "publish").task,
+        inputs=inputs,
+        out_dir=out,
+        final_path=out.with_name("final"),
+        work_dir=work,
+        log=logging.getLogger("test"),
+        log_path=out.with_name("log"),
+        reporter=RecordingReporter(),
+    )
+
+
+def _rewrite_weights(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    os.unlink(path)  # a fresh inode, as an editor that saves by rename does
+    path.write_bytes(bytes(data))
+
+
+def _edit_weights_in_place(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(10)
+        byte = f.read(1)
+        f.seek(10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("tamper", [_rewrite_weights, _edit_weights_in_place], ids=["replaced", "in-place"])
+@pytest.mark.parametrize(
+    "stage, file", [("build", "engine/rank0.safetensors"), ("gate", "gate.json")], ids=["engine", "verdict"]
+)
+def test_publish_refuses_an_input_that_fails_its_manifest(tmp_path, tamper, stage, file):
+    """The executor rebuilds a modified input first; the stage holds the line without it."""
+    config = config_with(tmp_path)
+    work = tmp_path / "work"
+    report = run_publish(config, work, Upstream())
+    shutil.rmtree(config.publish.destination)
+    tamper(result_of(report, stage).path / file)
+    with pytest.raises(InputError) as info:
+        publish.run(publish_context(config, work, report, tmp_path / "out"))
+    assert f"the {stage} artifact differs from its manifest: modified: {file}" in str(info.value)
     assert not config.publish.destination.exists()
 
 
@@ -248,26 +290,7 @@ def test_publish_itself_refuses_a_failed_gate(tmp_path):
     """The executor blocks a rejected gate; the stage holds the line even when called directly."""
     config = config_with(tmp_path)
     report = run_publish(config, tmp_path / "work", Upstream(gate_ok=False))
-    store = ArtifactStore(tmp_path / "work")
-    inputs = {
-        r.task.stage: store.get(r.task.stage, r.task.variant, r.key)
-        for r in report.results
-        if r.task.stage in ("fetch", "build", "gate")
-    }
-    task = result_of(report, "publish").task
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(
-        config=config,
-        task=task,
-        inputs=inputs,
-        out_dir=out,
-        final_path=tmp_path / "final",
-        work_dir=tmp_path / "work",
-        log=logging.getLogger("test"),
-        log_path=tmp_path / "log",
-        reporter=RecordingReporter(),
-    )
+    ctx = publish_context(config, tmp_path / "work", report, tmp_path / "out")
     with pytest.raises(GateFailedError, match="accuracy gate did not pass"):
         publish.run(ctx)
     assert not config.publish.destination.exists()
@@ -304,7 +327,7 @@ def test_gpu_repository_serves_the_engine_with_the_tensorrtllm_backend(tmp_path)
     assert not (version / "tensorrt_llm/1/model.py").exists()  # the C++ backend, not the CPU stand-in
     assert (version / "tensorrt_llm/1/engine/rank0.engine").is_file()
     manifest = ReleaseManifest.model_validate_json((version / RELEASE_MANIFEST).read_text())
-    assert manifest.serving.serve_with == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    assert manifest.serving.serve_with == SERVING_CONTAINER.tag
     assert manifest.engine.sm == 80
     assert manifest.versions["tensorrt_llm"] == "1.2.1" and manifest.versions["tensorrt"] == "10.14.1.48"
 
@@ -391,19 +414,303 @@ def test_release_manifest_files_match_what_is_released(tmp_path):
     (source / "a" / "x.txt").write_text("x")
     (source / RELEASE_MANIFEST).write_text("{}")
     files = [FileEntry(path="a/x.txt", sha256=sha256_file(source / "a" / "x.txt"), size=1)]
-    first = release.publish_release(source, tmp_path / "slot", files, RELEASE_MANIFEST)
+    first = release.publish_release(source, tmp_path / "slot", files, lock_root=tmp_path)
     assert (first.version, first.created) == (1, True)
     assert json.loads((first.path / RELEASE_MANIFEST).read_text()) == {}
     assert (first.path / "a" / "x.txt").read_text() == "x"
 
 
 def test_a_copy_to_the_destination_that_fails_verification_leaves_nothing_there(tmp_path, monkeypatch):
-    monkeypatch.setattr(placement.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
-    real_sha256 = placement.sha256_file
+    monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+    real_sha256 = atomic.sha256_file
     monkeypatch.setattr(
-        placement, "sha256_file", lambda p: "f" * 64 if "published" in str(p) else real_sha256(p)
+        atomic, "sha256_file", lambda p: "f" * 64 if "published" in str(p) else real_sha256(p)
     )
     config = config_with(tmp_path)
     report = run_publish(config, tmp_path / "work", Upstream())
     assert isinstance(report.error, InputError) and "expected" in report.error.message
-    assert not config.publish.destination.exists()
+    # Only the destination's lock (it coordinates publishers; removing it would race a waiting one).
+    assert [p.name for p in config.publish.destination.iterdir()] == [".lock"]
+
+
+# --- the contract with the TensorRT-LLM 1.2 Triton backend (read in its source; cited per fact) ---
+
+# Read with ModelState::GetParameter and no try/catch, so a config without one fails the model load
+# ("Cannot find parameter with name: ..."): getBatchingTypeFromParams (gpt_model_type) and
+# getGuidedDecodingConfigFromParams (the other three), in
+# triton_backend/inflight_batcher_llm/src/model_instance_state.cc at NVIDIA/TensorRT-LLM 0c8de69a1ca6
+# (tensorrt_llm/version.py there: 1.2.0rc8). Every other parameter it reads, and every one model_state.cc
+# reads (at 5cdd69218f88), sits in a try/catch with a default. The lookahead_* parameters are required
+# only with decoding_mode "lookahead", which the templates never set.
+BACKEND_REQUIRED_PARAMETERS = (
+    "gpt_model_type",
+    "tokenizer_dir",
+    "xgrammar_tokenizer_info_path",
+    "guided_decoding_backend",
+)
+# The tensor names the backend reads and writes: InputFieldsNames, OutputFieldsNames,
+# kStopInputTensorName and kStreamingInputTensorName in triton_backend/inflight_batcher_llm/src/utils.h at
+# NVIDIA/TensorRT-LLM 14c3afecc065 (read by utils.cc at 192908136e53: an input under any other name is
+# never looked up, so it is ignored). Only the names these templates could use are listed.
+BACKEND_INPUTS = {
+    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "bad_words_list",
+    "stop_words_list", "encoder_input_features", "embedding_bias", "num_return_sequences",
+    "return_log_probs", "return_generation_logits", "return_context_logits", "exclude_input_in_output",
+    "return_perf_metrics", "beam_width", "runtime_top_k", "runtime_top_p", "temperature", "len_penalty",
+    "early_stopping", "repetition_penalty", "min_tokens", "beam_search_diversity_rate",
+    "presence_penalty", "frequency_penalty", "seed", "no_repeat_ngram_size", "stop", "streaming",
+}  # fmt: skip
+BACKEND_OUTPUTS = {
+    "output_ids", "sequence_length", "context_logits", "generation_logits", "output_log_probs",
+    "cum_log_probs", "batch_index", "sequence_index",
+}  # fmt: skip
+# What clients of the backend's own ensemble and BLS model send (docs/model_config.md, "Common Inputs"
+# and "Unique Inputs for tensorrt_llm_bls model", triton-inference-server/tensorrtllm_backend 98bfe1d,
+# the commit that moved the backend to TensorRT-LLM 2fdb9e6 in April 2026): a client written for
+# those models works with ours.
+UPSTREAM_CLIENT_INPUTS = {
+    "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p",
+    "temperature", "length_penalty", "repetition_penalty", "min_tokens", "presence_penalty",
+    "frequency_penalty", "seed", "beam_width", "stream", "return_log_probs",
+}  # fmt: skip
+GPU_VALUES = {"triton_backend": "tensorrtllm", "engine_dir": "/models/tensorrt_llm/1/engine"}
+
+
+def parsed(model: str, **changes) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(render_config(model, values(**changes)), config)
+    return config
+
+
+def test_the_engine_model_carries_every_parameter_the_backend_reads_without_a_default():
+    engine = parsed("tensorrt_llm", **GPU_VALUES)
+    assert [key for key in BACKEND_REQUIRED_PARAMETERS if key not in engine.parameters] == []
+    for key in ("tokenizer_dir", "xgrammar_tokenizer_info_path", "guided_decoding_backend"):
+        assert param(engine, key) == ""  # guided decoding off: the backend returns no config for ""
+    assert param(engine, "gpt_model_type") == "inflight_fused_batching"
+
+
+def test_the_engine_model_uses_only_tensor_names_the_backend_reads():
+    engine = parsed("tensorrt_llm", **GPU_VALUES)
+    assert {i.name for i in engine.input} - BACKEND_INPUTS == set()
+    assert {o.name for o in engine.output} - BACKEND_OUTPUTS == set()
+    # the ensemble feeds the engine model by those names, and reads only what it declares
+    (step,) = [s for s in parsed("ensemble").ensemble_scheduling.step if s.model_name == "tensorrt_llm"]
+    assert set(step.input_map) - {i.name for i in engine.input} == set()
+    assert set(step.output_map) - {o.name for o in engine.output} == set()
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_client_inputs_are_the_upstream_models_names(model):
+    assert {i.name for i in parsed(model).input} - UPSTREAM_CLIENT_INPUTS == set()
+
+
+def test_a_new_mount_path_is_a_new_version_that_differs_only_in_gpt_model_path(tmp_path):
+    """gpt_model_path is absolute (the backend reports a wrong one only as "paths are empty"): the
+    manifest names the mount point, and a different one republishes that one parameter."""
+    work, upstream = tmp_path / "work", Upstream(engine_info=a100_engine_info())
+    assert run_publish(config_with(tmp_path, **A100), work, upstream).error is None
+    moved = config_with(
+        tmp_path, **A100, **{'destination = "': 'mount_path = "/srv/triton"\ndestination = "'}
+    )
+    report = run_publish(moved, work, upstream)
+    assert report.error is None, report.error
+    assert result_of(report, "build").state is TaskState.up_to_date  # nothing but publish reruns
+    slot = slot_of(moved)
+    assert release.versions(slot) == [1, 2]
+    old, new = (ReleaseManifest.model_validate_json((slot / v / RELEASE_MANIFEST).read_text()) for v in "12")
+    assert (old.serving.mount_path, new.serving.mount_path) == ("/models", "/srv/triton")
+    before, after = ({f.path: f.sha256 for f in m.files} for m in (old, new))
+    assert [path for path in after if after[path] != before.get(path)] == ["tensorrt_llm/config.pbtxt"]
+    first, second = ((slot / v / "tensorrt_llm/config.pbtxt").read_text().splitlines() for v in "12")
+    assert [(a, b) for a, b in zip(first, second, strict=True) if a != b] == [
+        (
+            'parameters { key: "gpt_model_path", value: { string_value: "/models/tensorrt_llm/1/engine" } }',
+            'parameters { key: "gpt_model_path", value: { string_value: "/srv/triton/tensorrt_llm/1/engine" } }',
+        )
+    ]
+
+
+def test_cli_publish_mount_path_replaces_the_configs(tmp_path, monkeypatch):
+    from pipeline import executor
+    from pipeline.cli import main
+
+    config_with(tmp_path)
+    (tmp_path / "calib_data").symlink_to(REPO_ROOT / "calib_data")  # the stages' input files
+    seen = []
+
+    def stop_here(config, *args, **kwargs):
+        seen.append(config.publish.mount_path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executor, "execute", stop_here)
+    argv = ["publish", "--config", str(tmp_path / "pipeline.toml"), "--work-dir", str(tmp_path / "work")]
+    main([*argv, "--mount-path", "/srv/triton"])
+    assert seen == ["/srv/triton"]
+
+
+def test_cli_publish_refuses_a_relative_mount_path_in_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    config_with(tmp_path, **A100)
+    argv = ["publish", "--config", str(tmp_path / "pipeline.toml"), "--mount-path", "models"]
+    assert main([*argv, "--work-dir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert "--mount-path models: String should match pattern" in err and "Traceback" not in err
+
+
+def test_without_decoupled_mode_clients_send_one_prompt_and_bls_gets_an_instance_per_slot(tmp_path):
+    """The backend refuses a batch above 1 unless decoupled ("Batch size > 1 requires the tensorrt_llm
+    backend to be using decoupled transaction policy", utils.cc createRequestsFromInputTensors at
+    NVIDIA/TensorRT-LLM 192908136e53); a BLS execute then blocks per generation, so it gets one
+    instance per engine batch slot (docs/model_config.md, bls_instance_count, tensorrtllm_backend 98bfe1d)."""
+    config = config_with(tmp_path, **{'destination = "': 'decoupled = false\ndestination = "'})
+    report = run_publish(config, tmp_path / "work", Upstream(), profile="throughput")
+    assert report.error is None, report.error
+    version = slot_of(config, "throughput") / "1"
+    configs = {name: parse(version / name / "config.pbtxt") for name in MODEL_NAMES}
+    assert {name: c.max_batch_size for name, c in configs.items()} == dict.fromkeys(MODEL_NAMES, 1)
+    assert configs["tensorrt_llm"].model_transaction_policy.decoupled is False
+    assert [g.count for g in configs["tensorrt_llm_bls"].instance_group] == [8]
+    (tmp_path / "d").mkdir()
+    decoupled = config_with(tmp_path / "d")
+    assert run_publish(decoupled, tmp_path / "work-d", Upstream(), profile="throughput").error is None
+    bls = parse(slot_of(decoupled, "throughput") / "1" / "tensorrt_llm_bls" / "config.pbtxt")
+    assert (bls.max_batch_size, [g.count for g in bls.instance_group]) == (8, [1])  # worker threads
+
+
+# --- trust: published versions are immutable and verified --------------------------------------------
+
+
+def _edit_config_in_place(path: Path) -> None:
+    os.chmod(path, 0o644)  # published files are read-only: an in-place write takes a chmod (or root)
+    with open(path, "a") as f:
+        f.write("# edited\n")
+
+
+def _replace_config(path: Path) -> None:
+    text = path.read_text()
+    path.unlink()
+    path.write_text(text.replace("max_queue_delay_microseconds: 100", "max_queue_delay_microseconds: 101"))
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["run", "publish-force"])
+@pytest.mark.parametrize("tamper", [_edit_config_in_place, _replace_config], ids=["in-place", "replaced"])
+def test_a_published_file_edited_is_found_and_a_fresh_version_published(tmp_path, tamper, force):
+    config = config_with(tmp_path)
+    work = tmp_path / "work"
+    assert run_publish(config, work, Upstream()).error is None
+    slot = slot_of(config)
+    edited = slot / "1" / "tensorrt_llm" / "config.pbtxt"
+    pristine = edited.read_text()
+    tamper(edited)
+
+    report = run_publish(config, work, Upstream(), force=force)
+    assert report.error is None, report.error
+    published = result_of(report, "publish")
+    assert published.state is TaskState.ran and "unchanged" not in published.summary
+    assert release.versions(slot) == [1, 2] and os.readlink(slot / "current") == "2"
+    assert [str(p) for p in release.check_version(slot / "1").problems] == [
+        "modified: tensorrt_llm/config.pbtxt"
+    ]
+    assert (slot / "2" / "tensorrt_llm" / "config.pbtxt").read_text() == pristine
+    assert release.check_version(slot / "2").ok
+    # And now it is current and intact: nothing more to do.
+    again = run_publish(config, work, Upstream())
+    assert result_of(again, "publish").state is TaskState.up_to_date and release.versions(slot) == [1, 2]
+
+
+def test_published_files_are_read_only_and_world_readable(tmp_path):
+    config = config_with(tmp_path)
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    version = slot_of(config) / "1"
+    for path in [version, *version.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o444), path
+
+
+CHILD_PUBLISH = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from publish_upstream import Upstream, run_publish
+    from pipeline.config import load_config
+
+    real_link, links = os.link, []
+
+    def slow_link(src, dst, **kwargs):  # every file placed takes a while, so two publishes overlap
+        links.append(dst)
+        if "/published/" in str(dst):
+            if os.environ.get("KILL_AFTER") and len(links) > int(os.environ["KILL_AFTER"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.05)
+        return real_link(src, dst, **kwargs)
+
+    config = load_config(Path({cfg!r}))
+    os.link = slow_link
+    ready = Path({ready!r})
+    ready.joinpath(str(os.getpid())).touch()
+    while len(list(ready.iterdir())) < int(os.environ.get("PARTIES", "1")):
+        time.sleep(0.01)
+    report = run_publish(config, Path(sys.argv[1]), Upstream())
+    print(report.error or next(r for r in report.results if r.task.stage == "publish").summary)
+    """
+)
+
+
+def _child_publish(tmp_path: Path, work: Path, **env: str) -> subprocess.Popen:
+    ready = tmp_path / "ready"
+    ready.mkdir(exist_ok=True)
+    script = CHILD_PUBLISH.format(
+        tests=str(Path(__file__).parent), cfg=str(tmp_path / "pipeline.toml"), ready=str(ready)
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(work)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_publish_killed_midway_leaves_nothing_a_later_publish_does_not_clean(tmp_path):
+    config = config_with(tmp_path)
+    work = tmp_path / "work"
+    child = _child_publish(tmp_path, work, KILL_AFTER="3")
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == -9, err
+    slot = slot_of(config)
+    assert [p.name for p in slot.iterdir() if p.name.startswith(".tmp-")], "the kill left a staged version"
+    assert release.versions(slot) == []
+
+    report = run_publish(config, work, Upstream())
+    assert report.error is None, report.error
+    assert sorted(p.name for p in slot.iterdir()) == ["1", "current"]
+    assert release.check_version(slot / "1").ok
+
+
+def test_two_publishes_at_once_to_one_destination_make_one_version(tmp_path):
+    config = config_with(tmp_path)
+    children = [_child_publish(tmp_path, tmp_path / f"work-{n}", PARTIES="2") for n in (1, 2)]
+    outputs = [c.communicate(timeout=300) for c in children]
+    assert [c.returncode for c in children] == [0, 0], outputs
+    summaries = sorted(out.strip() for out, _ in outputs)
+    slot = slot_of(config)
+    assert release.versions(slot) == [1] and os.readlink(slot / "current") == "1"
+    assert "(new)" in summaries[0] and "unchanged, already current" in summaries[1], summaries
+
+
+def test_a_copied_release_is_verified_by_stat_on_later_runs(tmp_path, monkeypatch):
+    """Another filesystem (or another mount of one, as in a container) gets copies: each is hashed
+    when placed, and later runs check it by its recorded stat, not by hashing it again."""
+    from pipeline import integrity
+
+    monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
+    config = config_with(tmp_path)
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    hashed = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda p: hashed.append(p) or real(p))
+    again = run_publish(config, tmp_path / "work", Upstream())
+    assert result_of(again, "publish").state is TaskState.up_to_date and hashed == []

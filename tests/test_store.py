@@ -15,7 +15,7 @@ from fake_stages import RUNS, fake_modules
 from pipeline.config import load_config
 from pipeline.errors import LockBusyError
 from pipeline.executor import TaskState, execute, status
-from pipeline.manifest import MANIFEST_NAME, verify_files
+from pipeline.manifest import MANIFEST_NAME
 from pipeline.reporting import RecordingReporter
 from pipeline.store import ArtifactStore
 from pipeline.tasks import plan_tasks, select_tasks
@@ -38,9 +38,11 @@ def config_with(tmp_path: Path, **replacements: str):
     return load_config(path)
 
 
-def run_all(config, store, **kwargs):
-    tasks = plan_tasks(config)
-    return execute(config, store, tasks, reporter=RecordingReporter(), modules=fake_modules(), **kwargs)
+def run_all(config, store, *, tasks=None, modules=None, **kwargs):
+    tasks = plan_tasks(config) if tasks is None else tasks
+    return execute(
+        config, store, tasks, reporter=RecordingReporter(), modules=modules or fake_modules(), **kwargs
+    )
 
 
 def test_first_run_builds_everything_with_manifests(tmp_path):
@@ -49,7 +51,7 @@ def test_first_run_builds_everything_with_manifests(tmp_path):
     report = run_all(config, store)
     assert report.error is None
     assert {r.state for r in report.results} == {TaskState.ran}
-    assert len(RUNS) == len(plan_tasks(config)) == 1 + 2 + 3 * 2 * 2
+    assert len(RUNS) == len(plan_tasks(config)) == 1 + 2 * 2 + 3 * 2 * 2  # gate engines included
     for result in report.results:
         manifest = json.loads((result.path / MANIFEST_NAME).read_text())
         paths = {f["path"] for f in manifest["files"]}
@@ -57,7 +59,7 @@ def test_first_run_builds_everything_with_manifests(tmp_path):
         assert manifest["fingerprint"]["tools"] == {"pydantic": manifest["fingerprint"]["tools"]["pydantic"]}
         assert manifest["duration_s"] >= 0
         artifact = store.get(result.task.stage, result.task.variant, result.key)
-        assert verify_files(artifact.path, artifact.manifest.files) == []
+        assert store.check(artifact).ok
 
 
 def test_unchanged_rerun_does_no_work(tmp_path):
@@ -93,7 +95,7 @@ def test_changed_calibration_data_reruns_downstream_only(tmp_path):
     run_all(config_with(tmp_path, **{"samples = 64": "samples = 32"}), store)
     assert not any(r.startswith("fetch") for r in RUNS)
     assert sum(r.startswith("calibrate") for r in RUNS) == 2
-    assert len(RUNS) == 2 + 3 * 4
+    assert len(RUNS) == 2 + 2 + 3 * 4  # calibrate, gate engine, and build, gate, publish per profile
 
 
 def test_force_reruns_only_the_named_stage(tmp_path):
@@ -243,7 +245,149 @@ def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
     body = json.loads(write_run_report(tmp_path / "run.json", report).read_text())
     assert body["ok"] is False and body["exit_code"] == 1
     suite = ET.parse(write_run_junit(tmp_path / "run.junit.xml", report)).getroot()
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("15", "1", "1")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("17", "1", "1")
     failed = [c.get("name") for c in suite if c.find("failure") is not None]
     skipped = [c.get("name") for c in suite if c.find("skipped") is not None]
     assert failed == [bad] and skipped == ["publish[int8_wo/throughput]"]
+
+
+# --- trust: artifacts verified by their content -----------------------------------------------------
+
+
+def _edit_in_place(path: Path) -> None:
+    os.chmod(path, 0o644)  # store files are read-only: an in-place write takes a deliberate chmod (or root)
+    with open(path, "r+b") as f:
+        f.write(b"y")
+
+
+def _replace_file(path: Path) -> None:
+    data = path.read_bytes()
+    path.unlink()  # a fresh inode of the same size, as an editor that saves by rename writes
+    path.write_bytes(b"y" + data[1:])
+
+
+def _states(config, store, modules=None):
+    return {r.task.id: r for r in status(config, store, plan_tasks(config), modules or fake_modules())}
+
+
+@pytest.mark.parametrize("tamper", [_edit_in_place, _replace_file], ids=["in-place", "replaced"])
+@pytest.mark.parametrize("stage", ["fetch", "calibrate", "build", "gate", "publish"])
+def test_a_tampered_artifact_is_modified_in_status_and_run_rebuilds_it(tmp_path, stage, tamper):
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    victim = next(r for r in run_all(config, store).results if r.task.stage == stage)
+    original = (victim.path / "part-1.bin").read_bytes()
+    tamper(victim.path / "part-1.bin")
+
+    states = _states(config, store)
+    assert (states[victim.task.id].state, states[victim.task.id].reason) == (
+        TaskState.modified,
+        "modified: part-1.bin",
+    )
+    below = [t for t, r in states.items() if r.state is not TaskState.up_to_date and t != victim.task.id]
+    assert all(states[t].reason.startswith("input changed") for t in below)  # nothing used the bad bytes
+    assert victim.path.is_dir()  # status moves nothing
+
+    RUNS.clear()
+    reporter = RecordingReporter()
+    report = execute(config, store, plan_tasks(config), reporter=reporter, modules=fake_modules())
+    assert report.error is None
+    rebuilt = next(r for r in report.results if r.task.id == victim.task.id)
+    assert (rebuilt.state, rebuilt.reason) == (TaskState.ran, "modified: part-1.bin")
+    assert (rebuilt.path / "part-1.bin").read_bytes() == original
+    # The rebuild wrote the very bytes the tasks below were made from: they stay up to date.
+    assert RUNS == [victim.task.id]
+    aside = [p for p in victim.path.parent.iterdir() if p.name.startswith(f"{victim.key}.modified-")]
+    assert len(aside) == 1 and (aside[0] / "part-1.bin").read_bytes() != original
+    assert (
+        f"{victim.task.id}: modified: part-1.bin; the modified artifact is kept at {aside[0]}"
+        in reporter.text()
+    )
+    assert {r.state for r in _states(config, store).values()} == {TaskState.up_to_date}
+
+
+def test_a_rebuild_that_writes_other_bytes_reruns_every_task_below_it(tmp_path):
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    modules = fake_modules(varying=frozenset({"build"}))
+    run_all(config, store, modules=modules)
+    RUNS.clear()
+    builds = select_tasks(plan_tasks(config), {"build"})
+    run_all(config, store, tasks=builds, modules=modules, force_stages=frozenset({"build"}))
+    assert sorted(RUNS) == sorted(t.id for t in builds if t.stage == "build")
+    states = _states(config, store, modules)
+    assert states["gate[int8_sq/latency]"].state is TaskState.stale
+    assert states["gate[int8_sq/latency]"].reason == "input changed: build"
+
+    RUNS.clear()
+    report = run_all(config, store, modules=modules)
+    assert sorted(RUNS) == sorted(r.task.id for r in report.results if r.task.stage in ("gate", "publish"))
+    assert len(RUNS) == 2 * 2 * 2  # gate and publish of each precision x profile
+    gate = next(r for r in report.results if r.task.id == "gate[int8_sq/latency]")
+    build = next(r for r in report.results if r.task.id == "build[int8_sq/latency]")
+    judged = store.get("gate", gate.task.variant, gate.key).manifest.fingerprint.inputs["build"]
+    assert judged == store.get("build", build.task.variant, build.key).manifest.content_digest
+
+
+def test_a_forced_rebuild_with_the_same_bytes_keeps_the_verdict(tmp_path):
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    run_all(config, store)
+    RUNS.clear()
+    run_all(config, store, force_stages=frozenset({"build"}))
+    assert all(r.startswith("build") for r in RUNS)  # the gate judged these very bytes already
+
+
+def test_a_touched_file_is_hashed_once_then_known_by_its_stat(tmp_path, monkeypatch):
+    from pipeline import integrity
+
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    build = next(r for r in run_all(config, store).results if r.task.stage == "build")
+    st = (build.path / "part-1.bin").stat()
+    os.utime(build.path / "part-1.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    hashed = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda p: hashed.append(p) or real(p))
+    RUNS.clear()
+    assert {r.state for r in run_all(config, store).results} == {TaskState.up_to_date}
+    assert hashed == [build.path / "part-1.bin"] and RUNS == []
+    hashed.clear()
+    assert {r.state for r in run_all(config, store).results} == {TaskState.up_to_date}
+    assert hashed == []  # the manifest's stat record was refreshed
+
+
+def test_a_file_added_to_an_artifact_is_reported(tmp_path):
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    calibrate = next(r for r in run_all(config, store).results if r.task.stage == "calibrate")
+    (calibrate.path / "extra.bin").write_bytes(b"?")
+    result = _states(config, store)[calibrate.task.id]
+    assert (result.state, result.reason) == (TaskState.modified, "not in the manifest: extra.bin")
+
+
+def test_store_files_are_read_only_and_world_readable(tmp_path):
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    run_all(config, store)
+    for path in store.root.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o755, path
+        elif path.name != "LATEST":
+            assert mode == 0o444, path
+
+
+def test_status_table_names_the_modified_file(tmp_path):
+    from rich.console import Console
+
+    from pipeline.console import results_table
+
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    gate = next(r for r in run_all(config, store).results if r.task.id == "gate[int8_wo/latency]")
+    _replace_file(gate.path / "result.txt")
+    console = Console(record=True, width=200)
+    console.print(results_table("status", list(_states(config, store).values())))
+    row = next(line for line in console.export_text().splitlines() if "gate[int8_wo/latency]" in line)
+    assert "modified" in row and "modified: result.txt" in row

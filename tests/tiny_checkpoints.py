@@ -14,13 +14,20 @@ import pytest
 from pipeline.config import CalibrationSection
 
 TINY_CALIBRATION = CalibrationSection(samples=64, seq_len=128, batch_size=8)
-_EXPORTED: dict[tuple[Path, str], Path] = {}
+# AWQ's scale search runs a forward per candidate scale: a quarter of the data keeps it to seconds.
+SMALL_CALIBRATION = {"int4_awq": {"samples": 16, "seq_len": 64}}
+_EXPORTED: dict[tuple[Path, str, str], Path] = {}
 
 
 def tiny_checkpoint(
-    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, precision: str, *, forward: Any = None
+    tmp_path_factory: pytest.TempPathFactory,
+    model_dir: Path,
+    precision: str,
+    *,
+    kv_cache_dtype: str = "fp16",
+    forward: Any = None,
 ) -> Path:
-    """The checkpoint/ folder for `precision` (fp16, int8_wo, int8_sq), exported with export_checkpoint.
+    """The checkpoint/ folder for `precision` (any row of pipeline.formats), exported with export_checkpoint.
 
     `forward` (ModelOpt's calibration call) lets a test keep a handle on the calibrated model;
     passing one always exports afresh.
@@ -28,18 +35,24 @@ def tiny_checkpoint(
     from pipeline.calibration import export_checkpoint
     from pipeline.reporting import RecordingReporter
 
-    key = (model_dir, precision)
+    key = (model_dir, precision, kv_cache_dtype)
     if forward is None and key in _EXPORTED:
         return _EXPORTED[key]
-    out = tmp_path_factory.mktemp(f"checkpoint-{precision}")
+    out = tmp_path_factory.mktemp(f"checkpoint-{precision}-kv{kv_cache_dtype}")
     extra = {} if forward is None else {"forward": forward}
     export_checkpoint(
         model_dir,
         precision,
-        TINY_CALIBRATION.model_copy(update={"dataset": _repo_root() / "calib_data" / "offline-mix.jsonl"}),
+        TINY_CALIBRATION.model_copy(
+            update={
+                "dataset": _repo_root() / "calib_data" / "offline-mix.jsonl",
+                **SMALL_CALIBRATION.get(precision, {}),
+            }
+        ),
         out,
         reporter=RecordingReporter(),
         log=logging.getLogger("tests.tiny_checkpoints"),
+        kv_cache_dtype=kv_cache_dtype,
         **extra,
     )
     if forward is None:

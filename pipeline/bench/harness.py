@@ -1,8 +1,13 @@
-"""Drive a Runner through a Workload and time every token it streams.
+"""Drive a Runner through a Workload: batch-1 latency from streamed tokens, throughput without streaming.
 
-Timestamps come from the runner's `on_token(request_index, token)` callback,
-read on an injectable clock (tests pass a fake one). Every request is checked
-against the runner's own limits before it is sent.
+Why two ways: streaming through TensorRT-LLM 1.2's ModelRunnerCpp costs host
+work per step for every request in the batch (its `_stream` -> `_fill_output`
+deep-copies each request's tokens, pads them to max_seq_len and builds new
+device tensors at every step), so token times at batch > 1 would time Python.
+At batch 1 that work is one request's, and the token times are the engine's
+to within it; a batch is timed as one non-streamed generate call (tokens /
+wall time). Times come from an injectable clock (tests pass a fake one), and
+every request is checked against the runner's own limits before it is sent.
 """
 
 from __future__ import annotations
@@ -27,37 +32,50 @@ from pipeline.runners import Runner
 
 Clock = Callable[[], float]
 
+LATENCY_SOURCE = (
+    "batch 1, streamed: each token timed on this process's monotonic clock when the runtime hands it "
+    "over (on_token); includes the runtime's per-step host work for that one request"
+)
+THROUGHPUT_SOURCE = (
+    "one non-streamed generate call per run: output tokens / wall time from sending the batch to the "
+    "return of generate, on this process's monotonic clock; no per-token times (streaming a batch "
+    "would time the runtime's per-request host work)"
+)
 
-@dataclass(frozen=True)
-class BatchRun:
-    timelines: tuple[RequestTimeline, ...]
-    wall_s: float  # from sending the batch to the return of generate
 
-    @property
-    def output_tokens(self) -> int:
-        return sum(t.output_tokens for t in self.timelines)
+def stream_one(runner: Runner, prompt: list[int], output_len: int, clock: Clock) -> RequestTimeline:
+    """Send one request, streamed, and record when each of its tokens arrives."""
+    runner.limits.check([len(prompt)], output_len)
+    arrivals: list[float] = []
 
-
-def run_batch(runner: Runner, prompts: list[list[int]], output_len: int, clock: Clock) -> BatchRun:
-    """Send one batch (every request at the same instant) and record when each token arrives."""
-    runner.limits.check([len(p) for p in prompts], output_len)
-    arrivals: list[list[float]] = [[] for _ in prompts]
-
-    def on_token(index: int, _token: int) -> None:
-        arrivals[index].append(clock())
+    def on_token(_index: int, _token: int) -> None:
+        arrivals.append(clock())
 
     sent = clock()
     # end_id None: no early stop, so every request yields output_len tokens and runs are comparable.
-    outputs = runner.generate(prompts, max_new_tokens=output_len, end_id=None, on_token=on_token)
+    (returned,) = runner.generate([prompt], max_new_tokens=output_len, end_id=None, on_token=on_token)
+    if len(arrivals) != len(returned):
+        raise StageError(
+            "bench",
+            f"the runner streamed {len(arrivals)} tokens through on_token but returned {len(returned)}; "
+            "token timings need every token streamed",
+        )
+    return RequestTimeline(sent, tuple(arrivals))
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    output_tokens: int
+    wall_s: float  # from sending the batch to the return of generate
+
+
+def run_batch(runner: Runner, prompts: list[list[int]], output_len: int, clock: Clock) -> BatchRun:
+    """Send one batch (every request at the same instant), not streamed, and time the whole call."""
+    runner.limits.check([len(p) for p in prompts], output_len)
+    sent = clock()
+    outputs = runner.generate(prompts, max_new_tokens=output_len, end_id=None)
     done = clock()
-    for index, (streamed, returned) in enumerate(zip(arrivals, outputs, strict=True)):
-        if len(streamed) != len(returned):
-            raise StageError(
-                "bench",
-                f"request {index}: the runner streamed {len(streamed)} tokens through on_token "
-                f"but returned {len(returned)}; token timings need every token streamed",
-            )
-    return BatchRun(tuple(RequestTimeline(sent, tuple(a)) for a in arrivals), done - sent)
+    return BatchRun(sum(len(o) for o in outputs), done - sent)
 
 
 def vocab_size_of(runner: Runner) -> int:
@@ -87,26 +105,35 @@ def measure_engine(
     calls = (workload.warmup.runs if workload.warmup else 0) + workload.latency.runs
     calls += sum(c.runs for c in workload.throughput)
 
-    def runs_of(case: Case, advance: Callable[[float], None]) -> list[BatchRun]:
+    def prompts_of(case: Case, run: int) -> list[list[int]]:
+        return synthetic_prompts(case.batch_size, case.input_len, vocab_size, seed + run)
+
+    def streamed(case: Case, advance: Callable[[float], None]) -> list[RequestTimeline]:
         out = []
         for run in range(case.runs):
-            prompts = synthetic_prompts(case.batch_size, case.input_len, vocab_size, seed + run)
-            out.append(run_batch(runner, prompts, case.output_len, clock))
+            (prompt,) = prompts_of(case, run)
+            out.append(stream_one(runner, prompt, case.output_len, clock))
+            advance(1)
+        return out
+
+    def batched(case: Case, advance: Callable[[float], None]) -> list[BatchRun]:
+        out = []
+        for run in range(case.runs):
+            out.append(run_batch(runner, prompts_of(case, run), case.output_len, clock))
             advance(1)
         return out
 
     with reporter.progress(f"bench {label}", total=calls, unit="run") as advance:
         if workload.warmup is not None:
-            runs_of(workload.warmup, advance)
-        latency_runs = runs_of(workload.latency, advance)
-        points = tuple(_throughput_point(case, runs_of(case, advance)) for case in workload.throughput)
-    return EngineTimings(
-        latency=latency_result(workload.latency, [t for r in latency_runs for t in r.timelines]),
-        throughput=points,
-    )
+            streamed(workload.warmup, advance)
+        timelines = streamed(workload.latency, advance)
+        points = tuple(_throughput_point(case, batched(case, advance)) for case in workload.throughput)
+    return EngineTimings(latency=latency_result(workload.latency, timelines), throughput=points)
 
 
-def latency_result(case: Case, timelines: Sequence[RequestTimeline]) -> LatencyResult:
+def latency_result(
+    case: Case, timelines: Sequence[RequestTimeline], source: str = LATENCY_SOURCE
+) -> LatencyResult:
     """Batch-1 figures from the timelines of requests sent one at a time."""
     itl = itl_percentiles(timelines)
     decode = median_decode_tokens_per_s(timelines)
@@ -119,11 +146,11 @@ def latency_result(case: Case, timelines: Sequence[RequestTimeline]) -> LatencyR
         ttft=ttft_percentiles(timelines),
         itl=itl,
         decode_tokens_per_s=decode,
+        source=source,
     )
 
 
 def _throughput_point(case: Case, runs: list[BatchRun]) -> ThroughputPoint:
-    timelines = [t for r in runs for t in r.timelines]
     return ThroughputPoint(
         batch_size=case.batch_size,
         input_len=case.input_len,
@@ -132,6 +159,5 @@ def _throughput_point(case: Case, runs: list[BatchRun]) -> ThroughputPoint:
         output_tokens=runs[0].output_tokens,
         wall_s=statistics.median(r.wall_s for r in runs),
         output_tokens_per_s=statistics.median(tokens_per_second(r.output_tokens, r.wall_s) for r in runs),
-        ttft=ttft_percentiles(timelines),
-        itl=itl_percentiles(timelines),
+        source=THROUGHPUT_SOURCE,
     )

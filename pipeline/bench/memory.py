@@ -15,13 +15,23 @@ import re
 import resource
 import sys
 import threading
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import MissingDependencyError
 
-CONTAINER = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+
+class UtilizationReading(BaseModel):
+    """GPU utilization over the probed span, from NVML samples taken beside the memory samples."""
+
+    model_config = ConfigDict(frozen=True)
+    mean_percent: float
+    max_percent: int
+    samples: int
+    source: str
 
 
 class MemoryReading(BaseModel):
@@ -30,7 +40,8 @@ class MemoryReading(BaseModel):
     peak_bytes: int
     baseline_bytes: int | None = None  # device memory already used when the probe started (GPU)
     torch_max_allocated_bytes: int | None = None  # torch's allocator only (GPU)
-    note: str = ""
+    source: str  # what was read, and how
+    gpu_utilization: UtilizationReading | None = None  # GPU only, where NVML reports it
 
 
 class MemoryProbe(Protocol):
@@ -70,10 +81,12 @@ class ProcessRssProbe:
             maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             peak = maxrss if sys.platform == "darwin" else maxrss * 1024
             self._since_start_of_process = True
-        note = "peak RSS of the benchmarking process (CPU target; includes the interpreter and torch)"
+        source = (
+            "peak RSS (VmHWM) of the benchmarking process (CPU target; includes the interpreter and torch)"
+        )
         if self._since_start_of_process:
-            note += "; since process start (the counter could not be reset)"
-        return MemoryReading(measure="process_peak_rss", peak_bytes=peak, note=note)
+            source += "; since process start (the counter could not be reset)"
+        return MemoryReading(measure="process_peak_rss", peak_bytes=peak, source=source)
 
 
 class NvmlDeviceProbe:
@@ -85,7 +98,7 @@ class NvmlDeviceProbe:
         except ImportError as exc:
             raise MissingDependencyError(
                 "GPU memory measurement needs nvidia-ml-py (import pynvml)",
-                hint=f"pip install nvidia-ml-py, or run inside {CONTAINER}",
+                hint=f"pip install nvidia-ml-py, or run inside {SERVING_CONTAINER.tag}",
             ) from exc
         self._nvml = pynvml
         self._interval_s = interval_s
@@ -93,13 +106,14 @@ class NvmlDeviceProbe:
         self._thread: threading.Thread | None = None
         self._peak = 0
         self._baseline = 0
+        self._utilization: list[int] = []
         try:
             pynvml.nvmlInit()
             self._handle = _visible_device_handle(pynvml)
         except pynvml.NVMLError as exc:
             raise MissingDependencyError(
                 f"GPU memory measurement needs a visible NVIDIA GPU and driver (NVML: {exc})",
-                hint=f"run on the GPU host, inside {CONTAINER} started with --gpus",
+                hint=f"run on the GPU host, inside {SERVING_CONTAINER.tag} started with --gpus",
             ) from None
 
     def _used(self) -> int:
@@ -108,10 +122,14 @@ class NvmlDeviceProbe:
     def _sample(self) -> None:
         while not self._stop.wait(self._interval_s):
             self._peak = max(self._peak, self._used())
+            percent = gpu_utilization_percent(self._nvml, self._handle)
+            if percent is not None:
+                self._utilization.append(percent)
 
     def start(self) -> None:
         _reset_torch_peak()
         self._baseline = self._peak = self._used()
+        self._utilization = []
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, name="nvml-memory-probe", daemon=True)
         self._thread.start()
@@ -126,19 +144,69 @@ class NvmlDeviceProbe:
             peak_bytes=self._peak,
             baseline_bytes=self._baseline,
             torch_max_allocated_bytes=_torch_peak(),
-            note=(
-                "device memory used (NVML, sampled), all processes; TensorRT-LLM reserves a fraction of "
-                "the free memory for the paged KV cache when it loads, so this includes that reservation"
+            source=(
+                f"device memory used (NVML, sampled every {self._interval_s * 1000:g} ms in a thread), "
+                "all processes; TensorRT-LLM reserves a fraction of the free memory for the paged KV "
+                "cache when it loads, so this includes that reservation"
             ),
+            gpu_utilization=utilization_reading(self._utilization),
         )
 
 
-def _visible_device_handle(pynvml):
-    """NVML ignores CUDA_VISIBLE_DEVICES: map its first entry (an index or a UUID) to a handle."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
-    if first.isdigit():
-        return pynvml.nvmlDeviceGetHandleByIndex(int(first))
-    return pynvml.nvmlDeviceGetHandleByUUID(first)
+def gpu_utilization_percent(nvml: Any, handle: Any) -> int | None:
+    """NVML's `gpu` utilization: the percent of its last sample period (1/6 s to 1 s, by product) in
+    which a kernel ran on the device (nvmlUtilization_t, NVML API reference); None where unsupported."""
+    try:
+        return int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except nvml.NVMLError:
+        return None
+
+
+def utilization_reading(samples: Sequence[int]) -> UtilizationReading | None:
+    if not samples:
+        return None
+    return UtilizationReading(
+        mean_percent=sum(samples) / len(samples),
+        max_percent=max(samples),
+        samples=len(samples),
+        source=(
+            "NVML nvmlDeviceGetUtilizationRates().gpu, sampled with the memory: percent of each sample "
+            "period (1/6 s to 1 s by product) in which a kernel ran, any process"
+        ),
+    )
+
+
+def _visible_device_handle(pynvml, environ=os.environ, cuda_uuid=None):
+    """The NVML handle of the GPU CUDA calls device 0 here.
+
+    NVML numbers GPUs by PCI bus and ignores CUDA_VISIBLE_DEVICES; CUDA numbers them fastest first
+    unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and CUDA_VISIBLE_DEVICES may list indices, UUIDs or UUID
+    prefixes. So the device is looked up by the UUID CUDA reports for it.
+    """
+    uuid = (cuda_uuid or _cuda_device_uuid)()
+    if uuid is not None:
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    first = environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    if first.startswith(("GPU-", "MIG-")) and first.count("-") >= 5:  # a full UUID, not a prefix
+        return pynvml.nvmlDeviceGetHandleByUUID(first)
+    if first.isdigit() and environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID":
+        return pynvml.nvmlDeviceGetHandleByIndex(int(first))  # both count by bus then
+    raise MissingDependencyError(
+        f"cannot tell which GPU CUDA_VISIBLE_DEVICES={first!r} is to NVML without asking CUDA (torch)",
+        hint="give CUDA_VISIBLE_DEVICES a full GPU UUID (nvidia-smi -L), or set CUDA_DEVICE_ORDER=PCI_BUS_ID",
+    )
+
+
+def _cuda_device_uuid() -> str | None:
+    """NVML's spelling ("GPU-<uuid>") of the UUID of CUDA's current device, or None without torch/CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
 def _reset_torch_peak() -> None:

@@ -60,7 +60,7 @@ def plan_figures(config: PipelineConfig, arch: ModelArch, precision: str, profil
         bandwidth_bytes_per_s=bandwidth,
         memory_estimate_bytes=plan.weight_bytes + plan.allowance_bytes + plan.kv_budget_bytes,
         largest_batch_at_max_seq_len=plan.largest_batch,
-        basis=(
+        source=(
             f"pipeline.plan on {target.name} ({target.bandwidth_gb_s:g} GB/s, {target.memory_gib:g} GiB): "
             "memory = weights + activation allowance + KV budget"
         ),

@@ -12,6 +12,7 @@ JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"
 THROUGHPUT_PLOT = "throughput.png"
 LATENCY_PLOT = "latency.png"
+FORMATS_PLOT = "formats.png"
 
 
 def write_bench_report(report: BenchReport, out_dir: Path) -> dict[str, Path]:
@@ -22,11 +23,13 @@ def write_bench_report(report: BenchReport, out_dir: Path) -> dict[str, Path]:
         "markdown": out_dir / MARKDOWN_NAME,
         "throughput_plot": out_dir / THROUGHPUT_PLOT,
         "latency_plot": out_dir / LATENCY_PLOT,
+        "formats_plot": out_dir / FORMATS_PLOT,
     }
     write_text_atomic(paths["json"], report.model_dump_json(indent=2) + "\n")
     write_text_atomic(paths["markdown"], render_markdown(report))
     plot_throughput(report, paths["throughput_plot"])
     plot_latency(report, paths["latency_plot"])
+    plot_formats(report, paths["formats_plot"])
     return paths
 
 
@@ -47,6 +50,95 @@ def ratio_text(value: float | None) -> str:
 
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def best_point(v: VariantResult) -> tuple[float, str]:
+    points = [(p.output_tokens_per_s, f"batch {p.batch_size}") for p in v.throughput]
+    points += [(p.output_tokens_per_s, f"{p.concurrency} clients") for p in v.served]
+    return max(points, default=(v.latency.decode_tokens_per_s, "batch 1"))
+
+
+def _utilization(v: VariantResult) -> str:
+    u = v.memory.gpu_utilization if v.memory else None
+    return "n/a" if u is None else f"{u.mean_percent:.0f}% mean, {u.max_percent}% max"
+
+
+def gate_verdict(v: VariantResult) -> str:
+    return "not run" if v.gate is None else ("pass" if v.gate.verdict else "FAIL")
+
+
+def _check_names(report: BenchReport) -> list[str]:
+    """Every gate check any engine reports, in first-seen order: new formats' checks need no edit here."""
+    return list(dict.fromkeys(c.name for v in report.variants if v.gate for c in v.gate.checks))
+
+
+def _check_cell(v: VariantResult, name: str) -> str:
+    check = next((c for c in v.gate.checks if c.name == name), None) if v.gate else None
+    if check is None:
+        return "n/a"
+    return f"{check.value:.4g} ({check.rule}) {'pass' if check.passed else 'FAIL'}"
+
+
+def formats_table(report: BenchReport) -> list[str]:
+    """One row per engine: measured speed and memory beside the plan's figures, then the gate's."""
+    checks = _check_names(report)
+    header = [
+        "engine",
+        "batch-1 tokens/s",
+        "plan ceiling",
+        "measured / ceiling",
+        "best batch tokens/s",
+        "peak memory",
+        "plan memory",
+        "peak / plan",
+        "KV bytes/token (plan)",
+        "largest batch (plan)",
+        *checks,
+        "gate",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for v in report.variants:
+        best, at = best_point(v)
+        cells = [
+            variant_label(v),
+            f"{v.latency.decode_tokens_per_s:.1f}",
+            f"{v.plan.decode_ceiling_tokens_per_s:.1f}",
+            ratio_text(v.ratios.decode_vs_ceiling),
+            f"{best:.1f} ({at})",
+            _gib(v.memory.peak_bytes) if v.memory else "n/a",
+            _gib(v.plan.memory_estimate_bytes),
+            ratio_text(v.ratios.peak_memory_vs_estimate),
+            f"{v.plan.kv_bytes_per_token:,}",
+            str(v.plan.largest_batch_at_max_seq_len),
+            *(_check_cell(v, name) for name in checks),
+            gate_verdict(v),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure_sources(report: BenchReport) -> dict[str, list[str]]:
+    """Where each kind of figure comes from (distinct texts), as bench.json's `source` fields say."""
+    kinds: dict[str, list[str]] = {}
+
+    def add(kind: str, source: str) -> None:
+        if source not in kinds.setdefault(kind, []):
+            kinds[kind].append(source)
+
+    for v in report.variants:
+        add("latency (TTFT, inter-token, batch-1 tokens/s)", v.latency.source)
+        for p in v.throughput:
+            add("throughput (in process)", p.source)
+        for p in v.served:
+            add("served", p.source)
+        if v.memory is not None:
+            add("peak memory", v.memory.source)
+            if v.memory.gpu_utilization is not None:
+                add("GPU utilization", v.memory.gpu_utilization.source)
+        add("plan figures", v.plan.source)
+        if v.gate is not None:
+            add("gate figures", v.gate.source)
+    return kinds
 
 
 def render_markdown(report: BenchReport) -> str:
@@ -74,18 +166,17 @@ def render_markdown(report: BenchReport) -> str:
         )
     lines += [
         "",
-        "## Throughput (static batches, in process)",
+        "## Throughput (static batches, in process, not streamed)",
         "",
     ]
     if any(v.throughput for v in report.variants):
         lines += [
-            "| engine | batch | output tokens/s | wall (s) | TTFT p50 / p90 / p99 (ms) "
-            "| inter-token p50 / p90 / p99 (ms) | bandwidth ceiling tokens/s | measured / ceiling |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| engine | batch | output tokens/s | wall (s) | bandwidth ceiling tokens/s | measured / ceiling |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
             f"| {variant_label(v)} | {p.batch_size} | {p.output_tokens_per_s:.1f} | {p.wall_s:.3f} "
-            f"| {_pct(p.ttft)} | {_pct(p.itl)} | {c.ceiling_tokens_per_s:.1f} | {ratio_text(c.measured_vs_ceiling)} |"
+            f"| {c.ceiling_tokens_per_s:.1f} | {ratio_text(c.measured_vs_ceiling)} |"
             for v in report.variants
             for p, c in zip(v.throughput, v.ratios.throughput_vs_ceiling, strict=True)
         ]
@@ -115,21 +206,29 @@ def render_markdown(report: BenchReport) -> str:
         "",
         "## Peak memory",
         "",
-        "| engine | measure | peak | plan estimate | peak / estimate |",
-        "| --- | --- | --- | --- | --- |",
+        "| engine | measure | peak | plan estimate | peak / estimate | GPU utilization |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for v in report.variants:
         measure, peak = (
             (v.memory.measure, _gib(v.memory.peak_bytes)) if v.memory else ("not observable", "n/a")
         )
         lines.append(
-            f"| {variant_label(v)} | {measure} | {peak} | {_gib(v.plan.memory_estimate_bytes)} | {ratio_text(v.ratios.peak_memory_vs_estimate)} |"
+            f"| {variant_label(v)} | {measure} | {peak} | {_gib(v.plan.memory_estimate_bytes)} "
+            f"| {ratio_text(v.ratios.peak_memory_vs_estimate)} | {_utilization(v)} |"
         )
-    notes = sorted({v.memory.note for v in report.variants if v.memory and v.memory.note})
     if any(v.memory is None for v in report.variants):
-        notes.append("not observable: the engine ran in a CPU server process this client cannot measure")
-    notes += sorted({v.plan.basis for v in report.variants})
-    lines += [""] + [f"- {n}" for n in notes]
+        lines += ["", "- not observable: the engine ran in a CPU server process this client cannot measure"]
+    lines += [
+        "",
+        "## Formats side by side",
+        "",
+        "Each engine's measured speed and peak memory beside its plan's figures, and its gate's checks.",
+        "",
+        *formats_table(report),
+        "",
+        f"![formats]({FORMATS_PLOT})",
+    ]
     lines += [
         "",
         "## Reference: a published estimate",
@@ -157,6 +256,9 @@ def render_markdown(report: BenchReport) -> str:
     if adjusted:
         lines += ["", "## Shape adjusted to the profiles", ""]
         lines += [f"- {variant_label(v)}: {a}" for v, a in adjusted]
+    lines += ["", "## Where each figure comes from", ""]
+    for kind, sources in figure_sources(report).items():
+        lines += [f"- {kind}: {source}" for source in sources]
     lines += ["", f"![throughput]({THROUGHPUT_PLOT})", "", f"![latency]({LATENCY_PLOT})", ""]
     return "\n".join(lines)
 
@@ -246,5 +348,81 @@ def plot_latency(report: BenchReport, path: Path) -> None:
         ax.set_title(f"{title} (batch 1)")
         ax.legend(fontsize="small")
     fig.suptitle(f"{report.model} on {report.target}: latency percentiles")
+    fig.tight_layout()
+    _save(plt, fig, path)
+
+
+def plot_formats(report: BenchReport, path: Path) -> None:
+    """Per engine: tokens/s against the plan's ceiling, peak memory against the plan's, each gate check."""
+    checks = _check_names(report)
+    plt, fig, axes = _figure(4.2 * (2 + len(checks)), 4.5, ncols=2 + len(checks))
+    labels = [variant_label(v) for v in report.variants]
+    xs = range(len(labels))
+    speed, memory = axes[0], axes[1]
+    width = 0.4
+    speed.bar(
+        [x - width / 2 for x in xs],
+        [v.latency.decode_tokens_per_s for v in report.variants],
+        width,
+        label="batch 1",
+    )
+    speed.bar(
+        [x + width / 2 for x in xs],
+        [best_point(v)[0] for v in report.variants],
+        width,
+        label="best of the batches",
+    )
+    speed.scatter(
+        xs,
+        [v.plan.decode_ceiling_tokens_per_s for v in report.variants],
+        marker="x",
+        color="black",
+        zorder=3,
+        label="plan ceiling (batch 1)",
+    )
+    if _spans_decades(report):
+        speed.set_yscale("log")
+    speed.set_title("output tokens/s")
+    memory.bar(
+        [x - width / 2 for x in xs],
+        [(v.memory.peak_bytes if v.memory else 0) / 2**30 for v in report.variants],
+        width,
+        label=f"peak ({report.variants[0].memory.measure if report.variants[0].memory else 'n/a'})",
+    )
+    memory.bar(
+        [x + width / 2 for x in xs],
+        [v.plan.memory_estimate_bytes / 2**30 for v in report.variants],
+        width,
+        label="plan estimate",
+    )
+    memory.set_title("memory (GiB)")
+    for ax, name in zip(axes[2:], checks, strict=True):
+        found = [
+            next((c for c in v.gate.checks if c.name == name), None) if v.gate else None
+            for v in report.variants
+        ]
+        ax.bar(
+            xs,
+            [c.value if c else 0 for c in found],
+            0.6,
+            color=["tab:green" if c and c.passed else "tab:red" for c in found],
+        )
+        # Thresholds are per format: each bar gets its own.
+        ax.scatter(
+            [x for x, c in zip(xs, found, strict=True) if c],
+            [c.threshold for c in found if c],
+            marker="_",
+            s=400,
+            color="black",
+            zorder=3,
+            label="threshold",
+        )
+        ax.set_title(f"gate: {name}")
+    for ax in axes:
+        ax.set_xticks(list(xs), labels, rotation=20, ha="right")
+        ax.grid(True, axis="y", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{report.model} on {report.target}: formats side by side")
     fig.tight_layout()
     _save(plt, fig, path)

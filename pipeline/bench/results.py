@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.bench.memory import MemoryReading
 from pipeline.bench.stats import Percentiles
 from pipeline.bench.workload import BenchSettings
+from pipeline.gate.verdict import GateCheck
 
-BENCH_REPORT_VERSION = 1
+# 2: every figure names its source; in-process batches are timed without streaming; gate figures.
+BENCH_REPORT_VERSION = 2
 
 
 class Frozen(BaseModel):
@@ -26,20 +28,20 @@ class LatencyResult(Frozen):
     ttft: Percentiles
     itl: Percentiles
     decode_tokens_per_s: float  # median over runs of (tokens after the first) / (their span)
+    source: str  # how the times were taken, in words
 
 
 class ThroughputPoint(Frozen):
-    """One batch of `batch_size` requests sent together (static batch), in this process."""
+    """One batch of `batch_size` requests sent together (static batch), in this process, not streamed."""
 
     batch_size: int
     input_len: int
     output_len: int
     runs: int
     output_tokens: int  # per run, all requests
-    wall_s: float  # median over runs, from sending to the last token
+    wall_s: float  # median over runs, from sending the batch to the return of generate
     output_tokens_per_s: float  # median over runs
-    ttft: Percentiles
-    itl: Percentiles | None
+    source: str
 
 
 class ServedPoint(Frozen):
@@ -54,6 +56,7 @@ class ServedPoint(Frozen):
     output_tokens_per_s: float
     ttft: Percentiles
     itl: Percentiles | None
+    source: str
 
 
 class PlanFigures(Frozen):
@@ -65,7 +68,7 @@ class PlanFigures(Frozen):
     bandwidth_bytes_per_s: float
     memory_estimate_bytes: int  # weights + activation allowance + the KV cache budget the runtime reserves
     largest_batch_at_max_seq_len: int
-    basis: str  # how the estimate was obtained, in words
+    source: str  # how the estimate was obtained, in words
 
     def batch_ceiling_tokens_per_s(self, batch_size: int, context_len: float) -> float:
         """Bandwidth ceiling of a decode step for `batch_size` requests of `context_len` tokens each.
@@ -95,6 +98,14 @@ class Ratios(Frozen):
     )  # only where the published estimate applies (Mistral 7B INT8, A100 40GB)
 
 
+class GateFigures(Frozen):
+    """The gate's checks for this engine, read from its up-to-date gate artifact."""
+
+    verdict: bool
+    checks: tuple[GateCheck, ...]
+    source: str
+
+
 class VariantResult(Frozen):
     precision: str
     profile: str
@@ -107,6 +118,7 @@ class VariantResult(Frozen):
     memory: MemoryReading | None  # None: not observable from here (a CPU server's process)
     plan: PlanFigures
     ratios: Ratios
+    gate: GateFigures | None = None  # None: no gate of this engine has run on these inputs
 
 
 class PublishedEstimate(Frozen):

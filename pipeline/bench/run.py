@@ -24,6 +24,7 @@ from pipeline.bench.reference import plan_figures, published_estimate, ratios
 from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
     BenchReport,
+    GateFigures,
     LatencyResult,
     PlanFigures,
     PublishedEstimate,
@@ -36,6 +37,7 @@ from pipeline.bench.workload import BenchSettings, Workload, plan_workload
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.executor import StageLookup, TaskState, status, tool_version
+from pipeline.gate.report import GATE_JSON, GateRecord
 from pipeline.plan import find_architecture
 from pipeline.reporting import Reporter
 from pipeline.runners import limits_of, load_runner
@@ -55,6 +57,7 @@ class BuiltEngine:
     precision: str
     profile: str
     engine_dir: Path
+    gate_dir: Path | None = None  # the gate artifact that judged this very engine, if one did
 
     @property
     def label(self) -> str:
@@ -76,11 +79,18 @@ def find_engines(
     profiles: set[str] | None = None,
     modules: StageLookup = stage_module,
 ) -> BenchInputs:
-    """The build artifacts that are up to date for `config`; warns about the ones that are not."""
-    tasks = select_tasks(plan_tasks(config), {"build"}, precisions=precisions, profiles=profiles)
+    """The build artifacts that are up to date for `config`, each with the gate that judged it (passed
+    or not) when that gate is current too; warns about the engines that are not up to date."""
+    tasks = select_tasks(plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles)
+    results = status(config, store, tasks, modules)
+    gates = {
+        (r.task.precision, r.task.profile): r.path
+        for r in results
+        if r.task.stage == "gate" and r.state in (TaskState.up_to_date, TaskState.rejected)
+    }
     engines, skipped = [], []
     model_dir = None
-    for result in status(config, store, tasks, modules):
+    for result in results:
         task = result.task
         if task.stage == "fetch" and result.state is TaskState.up_to_date and result.path is not None:
             model_dir = result.path / MODEL_SUBDIR
@@ -88,7 +98,8 @@ def find_engines(
             continue
         assert task.precision is not None and task.profile is not None
         if result.state is TaskState.up_to_date and result.path is not None:
-            engines.append(BuiltEngine(task.precision, task.profile, result.path / ENGINE_SUBDIR))
+            gate_dir = gates.get((task.precision, task.profile))
+            engines.append(BuiltEngine(task.precision, task.profile, result.path / ENGINE_SUBDIR, gate_dir))
         else:
             why = f" ({result.reason})" if result.reason else ""
             skipped.append(f"the {task.precision}/{task.profile} engine is {result.state.value}{why}")
@@ -113,6 +124,21 @@ class EngineFacts:
 def read_engine_facts(engine_dir: Path) -> EngineFacts:
     engine_config = read_engine_config(engine_dir)
     return EngineFacts(engine_config["pretrained_config"], limits_of(engine_config, engine_dir))
+
+
+def gate_figures(gate_dir: Path | None) -> GateFigures | None:
+    if gate_dir is None:
+        return None
+    path = gate_dir / GATE_JSON
+    try:
+        record = GateRecord.model_validate_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the gate's record: {exc}", path=path) from None
+    return GateFigures(
+        verdict=record.verdict,
+        checks=tuple(record.checks),
+        source=f"{path}: the gate of this engine (current for its config and inputs)",
+    )
 
 
 def runtime_label(target_is_gpu: bool) -> str:
@@ -237,6 +263,7 @@ def variant_result(
         served=measured.served,
         memory=measured.memory,
         plan=plan,
+        gate=gate_figures(engine.gate_dir),
         ratios=ratios(
             decode_tokens_per_s=measured.latency.decode_tokens_per_s,
             throughput=measured.throughput,

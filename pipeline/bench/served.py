@@ -25,6 +25,10 @@ from pipeline.reporting import Reporter
 from pipeline.runners import NO_END_ID
 
 ENSEMBLE = "ensemble"
+SERVED_SOURCE = (
+    "client side: each server-sent event of /v2/models/ensemble/generate_stream timed on this "
+    "process's monotonic clock as it arrives (HTTP, JSON and the server's tokenization included)"
+)
 
 
 class Tokenizer(Protocol):
@@ -160,6 +164,7 @@ def served_point(case: ServedCase, timelines: Sequence[RequestTimeline], wall_s:
         output_tokens_per_s=tokens_per_second(tokens, wall_s),
         ttft=ttft_percentiles(timelines),
         itl=itl_percentiles(timelines),
+        source=SERVED_SOURCE,
     )
 
 
@@ -210,4 +215,4 @@ def measure_server(
             )
             points.append(served_point(case, done, wall))
             advance(1)
-    return latency_result(latency, timelines), tuple(points)
+    return latency_result(latency, timelines, SERVED_SOURCE), tuple(points)

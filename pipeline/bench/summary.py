@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from pipeline.bench.report import ratio_text, variant_label
+from pipeline.bench.report import best_point, gate_verdict, ratio_text, variant_label
 from pipeline.bench.results import BenchReport
 
 
@@ -18,12 +18,11 @@ def summary_table(report: BenchReport) -> Table:
         "vs ceiling",
         "best tok/s",
         "peak memory",
+        "gate",
     ):
         table.add_column(column, overflow="fold")
     for v in report.variants:
-        points = [(p.output_tokens_per_s, f"batch {p.batch_size}") for p in v.throughput]
-        points += [(p.output_tokens_per_s, f"{p.concurrency} clients") for p in v.served]
-        best_rate, best_at = max(points)
+        best_rate, best_at = best_point(v)
         ratio = v.ratios.decode_vs_ceiling
         table.add_row(
             variant_label(v),
@@ -33,5 +32,6 @@ def summary_table(report: BenchReport) -> Table:
             ratio_text(ratio),
             f"{best_rate:.1f} ({best_at})",
             f"{v.memory.peak_bytes / 2**30:.2f} GiB ({v.memory.measure})" if v.memory else "n/a",
+            gate_verdict(v),
         )
     return table

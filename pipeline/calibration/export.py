@@ -22,18 +22,19 @@ from pipeline.calibration.data import token_samples
 from pipeline.calibration.loop import CalibrationLoop, Forward, model_forward
 from pipeline.calibration.quiet import output_to_log
 from pipeline.calibration.ranges import linear_input_ranges, summarize_layers
-from pipeline.calibration.recipes import Recipe, export_dtype_name, recipe_for
+from pipeline.calibration.recipes import Recipe, recipe_for
 from pipeline.calibration.records import CalibrationRecord, CalibrationRun, DatasetRef
 from pipeline.calibration.verify import (
     CHECKPOINT_CONFIG,
     RANK0_WEIGHTS,
     HfArchitecture,
+    block_problems,
     read_safetensors_header,
     verify_checkpoint,
 )
 from pipeline.config import CalibrationSection, Precision
 from pipeline.datasets.jsonl import LoadedTexts, load_texts
-from pipeline.errors import MissingDependencyError, StageError
+from pipeline.errors import InputError, StageError
 from pipeline.reporting import Reporter
 from pipeline.store import write_text_atomic
 
@@ -67,13 +68,14 @@ def export_checkpoint(
     """Write a verified TensorRT-LLM checkpoint (config.json + rank0.safetensors) into out_dir.
 
     model_dir: a Hugging Face model folder (config, tokenizer, *.safetensors).
-    precision: fp16 / bf16 (unquantized), int8_wo (W8A16), int8_sq (W8A8 SmoothQuant), fp8 (GPU only).
+    precision: a row of pipeline.formats: fp16 / bf16 (unquantized), int8_wo (W8A16), int8_sq (W8A8
+        SmoothQuant), int4_awq (W4A16 AWQ), fp8 (W8A8 FP8; ModelOpt calibrates it on the CPU too:
+        the target's SM decides where it runs, not where it is calibrated).
     settings: the config's calibration section (dataset, samples, seq_len, batch_size, alpha, seed).
     instruct: wrap each calibration text in the tokenizer's chat template.
     kv_cache_dtype: "int8" adds an INT8 KV cache (calibrated K/V scales).
     forward: the call that runs one calibration batch (tests inject out-of-memory here).
-    Raises InputError (bad data), MissingDependencyError (fp8 without a GPU) or
-    CheckpointMismatchError (the export disagrees with the Hugging Face config).
+    Raises InputError (bad data) or CheckpointMismatchError (the export disagrees with the Hugging Face config).
     """
     import torch
 
@@ -83,12 +85,14 @@ def export_checkpoint(
         recipe = recipe_for(
             precision, smoothquant_alpha=settings.smoothquant_alpha, kv_cache_dtype=kv_cache_dtype
         )
-    if recipe.needs_gpu and placement.device != "cuda":
-        raise MissingDependencyError(
-            f"precision {precision.value} needs a CUDA GPU (sm89 or newer) to calibrate; none is visible",
-            hint="use int8_sq or int8_wo here, or run on an H100/L4 host",
-        )
     arch = HfArchitecture.load(model_dir)
+    unfit = block_problems(arch, recipe.format)
+    if unfit:
+        raise InputError(
+            f"cannot quantize this model to {precision.value}: {'; '.join(unfit)}",
+            path=model_dir / "config.json",
+            hint="choose int8_sq or int8_wo for this model",
+        )
     # Bad data fails here, before minutes of model loading.
     data = load_texts(settings.dataset, limit=settings.samples) if recipe.calibrates else None
     torch.manual_seed(settings.seed)
@@ -109,7 +113,7 @@ def export_checkpoint(
     calibration_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    export_dtype = export_dtype_name(precision)
+    export_dtype = recipe.format.export_dtype
     _export(model, recipe, out_dir, export_dtype, log)
     repairs = verify_checkpoint(
         out_dir,

@@ -3,11 +3,16 @@
 Max calibration takes the running maximum of what it sees, so re-running a
 batch that failed half-way through (some layers already observed it) leaves the
 statistics exactly as one clean pass would.
+
+The failed step's memory is released only after the `except` block is left:
+inside it the exception's traceback still references the frames that hold the
+step's activations, so `torch.cuda.empty_cache()` there returns nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -26,15 +31,27 @@ def model_forward(model: Any, input_ids: Any, attention_mask: Any) -> None:
     model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
 
+# What an allocation failure says when it is not torch.OutOfMemoryError: the CPU allocator's
+# RuntimeError, a CUDA runtime error outside the caching allocator (torch.AcceleratorError,
+# "CUDA error: out of memory"), and cuBLAS failing to get its workspace (cublasCreate).
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    # The CPU allocator raises a plain RuntimeError.
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc) or "can't allocate memory" in str(exc)
-    )
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OUT_OF_MEMORY_MESSAGES)
+
+
+def release_memory() -> None:
+    """Free what a failed step left: collect its now unreferenced tensors, return cached blocks to CUDA."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -97,33 +114,34 @@ class CalibrationLoop:
             while start < len(self.samples):
                 batch = self.samples[start : start + result.final_batch_size]
                 ids, mask = collate(batch, self.pad_id, self.device)
+                failure: str | None = None
                 try:
                     self.forward(model, ids, mask)
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
+                    # Keep only its text: the exception's traceback pins the step's activations.
+                    failure = f"{type(exc).__name__}: {exc}"
+                if failure is not None:
                     del ids, mask
-                    self._back_off(start, exc)
+                    release_memory()
+                    self._back_off(start, failure)
                     continue
                 start += len(batch)
                 result.tokens += sum(len(s) for s in batch)
                 advance(len(batch))
 
-    def _back_off(self, start: int, exc: BaseException) -> None:
-        import torch
-
+    def _back_off(self, start: int, failure: str) -> None:
         old = self.result.final_batch_size
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         if old == 1:
             raise StageError(
                 "calibrate",
-                f"out of memory at calibration batch size 1 ({exc.__class__.__name__})",
+                f"out of memory at calibration batch size 1 ({failure.split(':')[0]})",
                 hint="lower calibration.seq_len, or calibrate on a GPU with more memory",
-            ) from exc
+            )
         new = old // 2
         self.result.final_batch_size = new
         self.result.backoffs.append(BatchBackoff(at_sample=start, from_batch=old, to_batch=new))
         message = f"out of memory at calibration batch size {old}: retrying with batch size {new}"
         self.reporter.warn(message)
-        self.log.warning("%s (%s)", message, exc)
+        self.log.warning("%s (%s)", message, failure)

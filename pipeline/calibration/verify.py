@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.calibration.records import Repair
 from pipeline.errors import InputError, StageError
+from pipeline.formats import WeightFormat, format_for_quant_algo
 from pipeline.store import write_text_atomic
 
 CHECKPOINT_CONFIG = "config.json"
@@ -28,6 +29,7 @@ DTYPE_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 
 # TensorRT-LLM linear name -> (rows, cols) as functions of the architecture.
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+SCALE_CODE = "F32"  # ModelOpt exports every scaling factor in float32
 
 
 class CheckpointMismatchError(StageError):
@@ -90,6 +92,15 @@ class HfArchitecture:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         )
 
+    @property
+    def linear_inputs(self) -> dict[str, int]:
+        """Input features of each linear: what a per-group format's block must divide."""
+        return {
+            "hidden_size": self.hidden_size,
+            "num_attention_heads x head_dim": self.num_attention_heads * self.head_dim,
+            "intermediate_size": self.intermediate_size,
+        }
+
     @classmethod
     def load(cls, model_dir: Path) -> HfArchitecture:
         path = model_dir / "config.json"
@@ -142,6 +153,11 @@ def check_config(
             reason = "missing" if field not in trt else "differs from the Hugging Face config"
             repairs.append(Repair(field=field, found=found, fixed=expected, reason=f"{reason} ({hf_name})"))
     quantization = trt.get("quantization") or {}
+    group_size = format_for_quant_algo(quant_algo).group_size
+    if group_size is not None and quantization.get("group_size") != group_size:
+        problems.append(
+            f"quantization.group_size is {quantization.get('group_size')!r}, expected {group_size}"
+        )
     if quantization.get("quant_algo") != quant_algo:
         problems.append(
             f"quantization.quant_algo is {quantization.get('quant_algo')!r}, expected {quant_algo!r}"
@@ -189,22 +205,43 @@ def expected_tensors(
         out[prefix + "input_layernorm.weight"] = (act, (h,))
         out[prefix + "post_layernorm.weight"] = (act, (h,))
         for linear, (rows, cols) in shapes.items():
-            name = prefix + linear
-            if quant_algo == "W8A8_SQ_PER_CHANNEL":
-                out[name + ".weight"] = ("I8", (rows, cols))
-                out[name + ".weights_scaling_factor"] = ("F32", (rows,))
-                out[name + ".activation_scaling_factor"] = ("F32", (1,))
-                out[name + ".prequant_scaling_factor"] = (act, (cols,))
-            elif quant_algo == "FP8":
-                out[name + ".weight"] = ("F8_E4M3", (rows, cols))
-                out[name + ".weights_scaling_factor"] = ("F32", None)
-                out[name + ".activation_scaling_factor"] = ("F32", None)
-            else:  # unquantized, or W8A16: TensorRT-LLM quantizes these fp16 weights when it builds
-                out[name + ".weight"] = (act, (rows, cols))
+            out |= _linear_tensors(prefix + linear, rows, cols, format_for_quant_algo(quant_algo), act)
         if kv_cache_quant_algo is not None:
             for scale in ("kv_cache_scaling_factor", "k_cache_scaling_factor", "v_cache_scaling_factor"):
-                out[prefix + "attention." + scale] = ("F32", (1,))
+                out[prefix + "attention." + scale] = (SCALE_CODE, (1,))
     return out
+
+
+def _linear_tensors(name: str, rows: int, cols: int, fmt: WeightFormat, act: str) -> dict[str, TensorSpec]:
+    """The tensors of one linear as the format's layout lays them out."""
+    layout = fmt.layout
+    if layout is None:  # unquantized, or W8A16: TensorRT-LLM quantizes these fp16 weights when it builds
+        return {name + ".weight": (act, (rows, cols))}
+    scale_shape = {
+        "channel": (rows,),
+        "group": (rows, cols // (fmt.group_size or 1)),
+        "tensor": (1,),
+    }[layout.weight_scale]
+    out: dict[str, TensorSpec] = {
+        name + ".weight": (layout.weight_dtype, (rows // layout.values_per_element, cols)),
+        name + ".weights_scaling_factor": (SCALE_CODE, scale_shape),
+    }
+    if layout.activation_scale:
+        out[name + ".activation_scaling_factor"] = (SCALE_CODE, (1,))
+    if layout.prequant_scale:
+        out[name + ".prequant_scaling_factor"] = (act, (cols,))
+    return out
+
+
+def block_problems(arch: HfArchitecture, fmt: WeightFormat) -> list[str]:
+    """Why a per-group format cannot quantize this model (ModelOpt's export refuses such shapes)."""
+    if fmt.group_size is None:
+        return []
+    return [
+        f"{field} {value} is not a multiple of {fmt.precision.value}'s group size {fmt.group_size}"
+        for field, value in arch.linear_inputs.items()
+        if value % fmt.group_size
+    ]
 
 
 def check_tensors(found: dict[str, TensorSpec], expected: dict[str, TensorSpec]) -> list[str]:

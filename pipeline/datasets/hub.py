@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.datasets.jsonl import parse_jsonl_texts, write_jsonl_dataset
 from pipeline.errors import InputError, MissingDependencyError, StageError
 from pipeline.reporting import Reporter
@@ -77,7 +78,7 @@ def read_shard_texts(path: Path, field: str) -> list[str]:
         except ImportError:
             raise MissingDependencyError(
                 f"{path.name} is parquet, which needs pyarrow",
-                hint="pip install pyarrow, or run inside nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3",
+                hint=f"pip install pyarrow, or run inside {SERVING_CONTAINER.tag}",
             ) from None
         table = pq.read_table(path)
         if field not in table.column_names:
@@ -107,9 +108,13 @@ def fetch_hub_dataset(
     """Download, sample and write calib_dir/<spec.file_name> with its manifest; returns its path."""
     from huggingface_hub import HfApi, hf_hub_download
 
+    from pipeline.hub.client import HubSettings, apply_read_timeout
+
+    settings = HubSettings.from_env()  # the timeouts: every call has a bounded time
+    apply_read_timeout(settings)
     api = HfApi(endpoint=endpoint, token=token)
-    with _hub_errors(spec):
-        info = api.dataset_info(spec.repo_id, revision=spec.revision)
+    with _hub_errors(spec, settings.metadata_timeout_s):
+        info = api.dataset_info(spec.repo_id, revision=spec.revision, timeout=settings.metadata_timeout_s)
         siblings = [s.rfilename for s in info.siblings or []]
         files = select_data_files(siblings, config_name=spec.config_name, split=spec.split)
         if not files:
@@ -121,7 +126,13 @@ def fetch_hub_dataset(
             )
         reporter.info(f"{spec.repo_id}@{info.sha[:12]}: downloading {files[0]} (1 of {len(files)} shards)")
         local = hf_hub_download(
-            spec.repo_id, files[0], repo_type="dataset", revision=info.sha, endpoint=endpoint, token=token
+            spec.repo_id,
+            files[0],
+            repo_type="dataset",
+            revision=info.sha,
+            endpoint=endpoint,
+            token=token,
+            etag_timeout=settings.metadata_timeout_s,
         )
     texts = read_shard_texts(Path(local), spec.text_field)
     chosen = sample_rows(texts, spec.samples, spec.seed)
@@ -141,7 +152,7 @@ def fetch_hub_dataset(
 
 
 @contextmanager
-def _hub_errors(spec: HubDatasetSpec) -> Iterator[None]:
+def _hub_errors(spec: HubDatasetSpec, timeout_s: float) -> Iterator[None]:
     """Translate huggingface_hub and network errors into one clear pipeline error."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -167,7 +178,13 @@ def _hub_errors(spec: HubDatasetSpec) -> Iterator[None]:
         raise InputError(f"data set {repo}: no such revision", hint="check --revision") from exc
     except EntryNotFoundError as exc:
         raise InputError(f"data set {repo}: a listed file is missing on the hub") from exc
-    except (RequestsConnectionError, Timeout, ConnectionError) as exc:  # the last: HF_HUB_OFFLINE=1
+    except Timeout as exc:
+        raise StageError(
+            "calib-data",
+            f"the hub did not answer within {timeout_s:g} s for {repo} ({exc.__class__.__name__})",
+            hint=f"check the network, or raise HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT; {offline_tip}",
+        ) from exc
+    except (RequestsConnectionError, ConnectionError) as exc:  # the last: HF_HUB_OFFLINE=1
         raise StageError(
             "calib-data", f"cannot reach the hub for {repo} ({exc.__class__.__name__})", hint=offline_tip
         ) from exc

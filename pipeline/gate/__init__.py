@@ -1,7 +1,13 @@
-"""The accuracy gate: the built candidate against the unquantized Hugging Face reference.
+"""The accuracy gate: the precision's gate engine against the unquantized Hugging Face reference,
+then the served engine against the gate engine.
 
-    record = run_gate(reference=..., candidate=..., tokenizer=..., settings=config.gate,
-                      thresholds=config.gate.thresholds[precision], limits=..., ...)
+    record = run_gate(reference=..., candidate=..., served=..., tokenizer=..., settings=config.gate,
+                      thresholds=config.gate.thresholds[precision], limits=..., served_limits=..., ...)
+
+Served engines are built without --gather_context_logits (every response would carry the
+prompt's full logits), so the logits the measures need come from the gate engine: the same
+checkpoint built with them. The served engine must then continue the gate prompts as the gate
+engine does (served_greedy_match).
 
 Modules: data (tokenized eval windows, prompts, multiple-choice items), metrics
 (pure measures), evaluate (one pass per model, then the comparison), verdict
@@ -13,42 +19,69 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.config import GateSection, GateThresholds
-from pipeline.gate.data import GateInputs, prepare_inputs
-from pipeline.gate.evaluate import HuggingFaceModel, LanguageModel, Observation, compare, observe
+from pipeline.gate.data import prepare_inputs
+from pipeline.gate.evaluate import (
+    HuggingFaceModel,
+    LanguageModel,
+    Observation,
+    compare,
+    continue_prompts,
+    observe,
+)
 from pipeline.gate.report import GateRecord, write_reports
 from pipeline.gate.verdict import checks_for
+from pipeline.gpu_memory import GpuStepMemory, gpu_step
 from pipeline.reporting import Reporter
 from pipeline.runtime.limits import RuntimeLimits
 
 __all__ = ["GateRecord", "HuggingFaceModel", "run_gate", "write_reports"]
+
+T = TypeVar("T")
 
 
 def run_gate(
     *,
     reference: Callable[[], LanguageModel],
     candidate: Callable[[], LanguageModel],
+    served: Callable[[], LanguageModel],
     tokenizer: Any,
     settings: GateSection,
     thresholds: GateThresholds,
     limits: RuntimeLimits,
+    served_limits: RuntimeLimits,
     precision: str,
     profile: str,
     reporter: Reporter,
 ) -> GateRecord:
-    """Measure the candidate against the reference on the configured sets and judge it.
+    """Measure the candidate (gate engine) against the reference, the served engine against the candidate.
 
-    reference/candidate are loaders: each model is loaded, observed and released in
-    turn, so a GPU host never holds the Hugging Face model and the engine at once.
-    limits are the candidate's (its engine profile): windows, prompts and batches fit them.
+    reference/candidate/served are loaders: each model is loaded, observed and released in
+    turn, so a GPU host never holds two of them at once. limits are the candidate's, served_limits
+    the served engine's: windows and choices fit the first, prompts both. At most
+    settings.batch_size sequences are in flight at once, whatever the engines' max_batch_size.
     """
-    inputs = prepare_inputs(settings, tokenizer, limits)
-    reference_obs, reference_s = _observe_timed("reference", reference, inputs, limits, reporter)
-    candidate_obs, candidate_s = _observe_timed("candidate", candidate, inputs, limits, reporter)
-    measures = compare(reference_obs, candidate_obs, inputs)
-    checks = checks_for(measures, thresholds)
+    inputs = prepare_inputs(settings, tokenizer, limits, served=served_limits)
+    batch = min(settings.batch_size, limits.max_batch_size)
+    served_batch = min(settings.batch_size, served_limits.max_batch_size)
+    total = len(inputs.windows) + len(inputs.prompts) + len(inputs.choices)
+
+    def full(model: LanguageModel, advance: Callable[[float], None]) -> Observation:
+        return observe(model, inputs, batch_size=batch, advance=advance)
+
+    def prompts_only(model: LanguageModel, advance: Callable[[float], None]) -> list[list[int]]:
+        return continue_prompts(model, inputs, batch_size=served_batch, advance=advance)
+
+    memory: list[GpuStepMemory] = []
+    reference_obs, reference_s = _timed("reference", reference, full, total, reporter, memory)
+    candidate_obs, candidate_s = _timed("gate engine", candidate, full, total, reporter, memory)
+    served_out, served_s = _timed(
+        "served engine", served, prompts_only, len(inputs.prompts), reporter, memory
+    )
+    measures = compare(reference_obs, candidate_obs, served_out, inputs)
+    checks = checks_for(measures, thresholds, min_served_greedy_match=settings.min_served_greedy_match)
     return GateRecord(
         verdict=all(c.passed for c in checks),
         precision=precision,
@@ -57,6 +90,7 @@ def run_gate(
         reference_perplexity=measures.reference_perplexity,
         candidate_perplexity=measures.candidate_perplexity,
         exact_greedy_matches=measures.exact_greedy_matches,
+        served_exact_greedy_matches=measures.served_exact_greedy_matches,
         reference_choice_accuracy=measures.reference_choice_accuracy,
         candidate_choice_accuracy=measures.candidate_choice_accuracy,
         windows=len(inputs.windows),
@@ -64,24 +98,34 @@ def run_gate(
         prompts=len(inputs.prompts),
         max_new_tokens=inputs.max_new_tokens,
         choice_items=len(inputs.choices),
+        batch_size=batch,
         data=inputs.sources,
         reference_s=round(reference_s, 3),
         candidate_s=round(candidate_s, 3),
+        served_s=round(served_s, 3),
+        gpu_memory=memory,
     )
 
 
-def _observe_timed(
+def _timed(
     role: str,
     load: Callable[[], LanguageModel],
-    inputs: GateInputs,
-    limits: RuntimeLimits,
+    work: Callable[[LanguageModel, Callable[[float], None]], T],
+    total: int,
     reporter: Reporter,
-) -> tuple[Observation, float]:
+    memory: list[GpuStepMemory],
+) -> tuple[T, float]:
+    """Load, use and release one model as one GPU step: the next one loads into the memory it gave back."""
     t0 = time.perf_counter()
-    model = load()
-    total = len(inputs.windows) + len(inputs.prompts) + len(inputs.choices)
-    with reporter.progress(f"gate: {role}", total=total) as advance:
-        observation = observe(model, inputs, batch_size=limits.max_batch_size, advance=advance)
-    del model
-    gc.collect()  # the next model may need the memory this one held
-    return observation, time.perf_counter() - t0
+    with gpu_step(f"gate: {role}", memory, stage="gate"):
+        model = load()
+        try:
+            with reporter.progress(f"gate: {role}", total=total) as advance:
+                result = work(model, advance)
+        finally:
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()  # an engine's device memory goes now, not when Python collects the runner
+            del model
+            gc.collect()
+    return result, time.perf_counter() - t0

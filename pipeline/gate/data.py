@@ -41,8 +41,11 @@ class GateInputs:
     sources: dict[str, str]  # data file -> sha256
 
 
-def prepare_inputs(settings: GateSection, tokenizer: Any, limits: RuntimeLimits) -> GateInputs:
-    """Tokenize the configured sets; windows, prompts and choices are cut to fit `limits`."""
+def prepare_inputs(
+    settings: GateSection, tokenizer: Any, limits: RuntimeLimits, *, served: RuntimeLimits | None = None
+) -> GateInputs:
+    """Tokenize the configured sets; windows, prompts and choices are cut to fit `limits` (the scored
+    engine's), prompts and their continuations the `served` engine's too."""
     evaluation = load_texts(settings.eval_dataset)
     prompts = load_texts(settings.prompts, text_field="prompt")
     sources = {str(evaluation.path): evaluation.sha256, str(prompts.path): prompts.sha256}
@@ -56,9 +59,11 @@ def prepare_inputs(settings: GateSection, tokenizer: Any, limits: RuntimeLimits)
             hint="use a larger evaluation set or a smaller gate.eval_seq_len",
         )
     windows = [stream[i * window_len : (i + 1) * window_len] for i in range(count)]
+    both = [limits] if served is None else [limits, served]
+    prompt_len = min(lim.max_input_len for lim in both)
     # A prompt keeps its end (what the model continues) when it is longer than the engine takes.
-    prompt_ids = [tokenizer(text)["input_ids"][-limits.max_input_len :] for text in prompts.texts]
-    room = limits.max_seq_len - max(len(p) for p in prompt_ids)
+    prompt_ids = [tokenizer(text)["input_ids"][-prompt_len:] for text in prompts.texts]
+    room = min(lim.max_seq_len for lim in both) - max(len(p) for p in prompt_ids)
     choices: list[ChoiceItem] = []
     if settings.multiple_choice is not None:
         choices = _choice_items(settings.multiple_choice, tokenizer, limits.max_input_len)

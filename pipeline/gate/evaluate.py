@@ -21,15 +21,16 @@ from pipeline.gate.metrics import (
     choice_logprob,
     exact_matches,
     greedy_match,
-    merge_stats,
     perplexity_increase_pct,
+    token_scores,
     top1_agreement,
     window_stats,
 )
+from pipeline.runners import by_length
 
 
 class LanguageModel(Protocol):
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]: ...
 
     def generate(
         self, prompts: list[list[int]], *, max_new_tokens: int, end_id: int | None = None
@@ -55,37 +56,62 @@ class Measures:
     exact_greedy_matches: int
     reference_choice_accuracy: float | None
     candidate_choice_accuracy: float | None
+    served_greedy_match: float
+    served_exact_greedy_matches: int
 
 
 Progress = Callable[[float], None]
 
 
-def observe(
+def continue_prompts(
     model: LanguageModel, inputs: GateInputs, *, batch_size: int, advance: Progress = lambda _: None
-) -> Observation:
-    """Score the windows, continue the prompts greedily and pick an answer per choice item."""
-    parts = []
-    for start in range(0, len(inputs.windows), batch_size):
-        ids = torch.tensor(inputs.windows[start : start + batch_size], dtype=torch.long)
-        parts.append(window_stats(model.logits(ids).float(), ids))
-        advance(len(ids))
+) -> list[list[int]]:
+    """The model's greedy continuation of each prompt."""
     continuations = []
     for start in range(0, len(inputs.prompts), batch_size):
         batch = inputs.prompts[start : start + batch_size]
         continuations += model.generate(batch, max_new_tokens=inputs.max_new_tokens, end_id=inputs.end_id)
         advance(len(batch))
+    return continuations
+
+
+def observe(
+    model: LanguageModel, inputs: GateInputs, *, batch_size: int, advance: Progress = lambda _: None
+) -> Observation:
+    """Score the windows, continue the prompts greedily and pick an answer per choice item.
+
+    At most batch_size sequences are in flight at once; each sequence's logits are reduced to
+    per-token NLL and top-1 as soon as they arrive.
+    """
+    scores = []
+    for start in range(0, len(inputs.windows), batch_size):
+        batch = inputs.windows[start : start + batch_size]
+        scores += [
+            token_scores(logits, ids) for ids, logits in zip(batch, model.context_logits(batch), strict=True)
+        ]
+        advance(len(batch))
+    continuations = continue_prompts(model, inputs, batch_size=batch_size, advance=advance)
     picks = []
     for item in inputs.choices:
-        scores = []
-        for continuation in item.continuations:
-            ids = torch.tensor([item.context + continuation], dtype=torch.long)
-            scores.append(choice_logprob(model.logits(ids), ids, len(continuation)))
-        picks.append(max(range(len(scores)), key=scores.__getitem__))
+        sequences = [item.context + continuation for continuation in item.continuations]
+        logprobs = []
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size]
+            logprobs += [
+                choice_logprob(token_scores(logits, ids), len(continuation))
+                for ids, logits, continuation in zip(
+                    batch, model.context_logits(batch), item.continuations[start:], strict=False
+                )
+            ]
+        picks.append(max(range(len(logprobs)), key=logprobs.__getitem__))
         advance(1)
-    return Observation(windows=merge_stats(parts), continuations=continuations, choices=picks)
+    return Observation(windows=window_stats(scores), continuations=continuations, choices=picks)
 
 
-def compare(reference: Observation, candidate: Observation, inputs: GateInputs) -> Measures:
+def compare(
+    reference: Observation, candidate: Observation, served: list[list[int]], inputs: GateInputs
+) -> Measures:
+    """The candidate (the gate engine) against the reference; the served engine against the candidate."""
     answers = [item.answer for item in inputs.choices]
 
     def accuracy(picks: list[int]) -> float | None:
@@ -102,6 +128,8 @@ def compare(reference: Observation, candidate: Observation, inputs: GateInputs) 
         exact_greedy_matches=exact_matches(reference.continuations, candidate.continuations),
         reference_choice_accuracy=accuracy(reference.choices),
         candidate_choice_accuracy=accuracy(candidate.choices),
+        served_greedy_match=greedy_match(candidate.continuations, served),
+        served_exact_greedy_matches=exact_matches(candidate.continuations, served),
     )
 
 
@@ -123,8 +151,16 @@ class HuggingFaceModel:
         return cls(model.to("cuda" if on_gpu else "cpu").eval())
 
     @torch.inference_mode()
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids.to(self.device), use_cache=False).logits.float().cpu()
+    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        def run(batch: list[list[int]]) -> list[torch.Tensor]:
+            ids = torch.tensor(batch, device=self.device)
+            # To the host in the model's dtype: widening happens there, a slice at a time.
+            return list(self.model(input_ids=ids, use_cache=False).logits.cpu())
+
+        return by_length(sequences, run)
+
+    def close(self) -> None:
+        del self.model
 
     @torch.inference_mode()
     def generate(

@@ -1,4 +1,9 @@
-"""The gate's measures, pure functions of token ids and log-probabilities (no models, no IO)."""
+"""The gate's measures, pure functions of token ids and logits (no models, no IO).
+
+Logits are scored a slice of positions at a time: each slice is widened to
+float32, reduced to its next-token NLL and argmax, and dropped, so a batch of
+long windows over a 32k vocabulary never needs a float32 copy of all of it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,37 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from pipeline.errors import StageError
+
+# Positions widened to float32 at once: 256 x 32768 x 4 B = 32 MiB for Mistral's vocabulary.
+SCORE_CHUNK_POSITIONS = 256
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """What one sequence's logits come to: per next token, its NLL and the top-1 prediction."""
+
+    nll: torch.Tensor  # [len - 1] float32
+    top1: torch.Tensor  # [len - 1] int64
+
+
+def token_scores(logits: torch.Tensor, ids: list[int], *, chunk: int = SCORE_CHUNK_POSITIONS) -> TokenScores:
+    """Score logits [len, vocab] (any float dtype, on the CPU) of the sequence ids."""
+    if logits.dim() != 2 or logits.shape[0] != len(ids):
+        raise StageError(
+            "gate",
+            f"the model returned logits of shape {tuple(logits.shape)} for a {len(ids)}-token sequence",
+        )
+    targets = torch.tensor(ids[1:], dtype=torch.long)
+    nll, top1 = [], []
+    for start in range(0, len(ids) - 1, chunk):
+        part = logits[start : min(start + chunk, len(ids) - 1)].float()
+        picked = part.gather(-1, targets[start : start + len(part), None]).squeeze(-1)
+        nll.append(torch.logsumexp(part, dim=-1) - picked)
+        top1.append(part.argmax(-1))
+    empty = torch.empty(0)
+    return TokenScores(nll=torch.cat(nll) if nll else empty, top1=torch.cat(top1) if top1 else empty.long())
 
 
 @dataclass(frozen=True)
@@ -21,19 +57,12 @@ class WindowStats:
         return math.exp(self.nll_sum / self.tokens)
 
 
-def window_stats(logits: torch.Tensor, input_ids: torch.Tensor) -> WindowStats:
-    """Next-token NLL and top-1 predictions of logits [batch, seq, vocab] for input_ids [batch, seq]."""
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:]
-    nll = -logprobs.gather(-1, targets[..., None]).squeeze(-1)
-    return WindowStats(nll_sum=float(nll.sum()), tokens=targets.numel(), top1=logits[:, :-1].argmax(-1))
-
-
-def merge_stats(parts: list[WindowStats]) -> WindowStats:
+def window_stats(scores: list[TokenScores]) -> WindowStats:
+    """The evaluation windows' scores (equal lengths) as one set of statistics."""
     return WindowStats(
-        nll_sum=sum(p.nll_sum for p in parts),
-        tokens=sum(p.tokens for p in parts),
-        top1=torch.cat([p.top1 for p in parts]),
+        nll_sum=float(sum(float(s.nll.sum()) for s in scores)),
+        tokens=sum(len(s.nll) for s in scores),
+        top1=torch.stack([s.top1 for s in scores]),
     )
 
 
@@ -72,9 +101,6 @@ def exact_matches(reference: list[list[int]], candidate: list[list[int]]) -> int
     return sum(ref == cand for ref, cand in zip(reference, candidate, strict=True))
 
 
-def choice_logprob(logits: torch.Tensor, input_ids: torch.Tensor, continuation_len: int) -> float:
-    """Summed log-probability of the last `continuation_len` tokens of one sequence [1, seq]."""
-    logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-    targets = input_ids[0, 1:]
-    picked = logprobs.gather(-1, targets[:, None]).squeeze(-1)
-    return float(picked[-continuation_len:].sum())
+def choice_logprob(scores: TokenScores, continuation_len: int) -> float:
+    """Summed log-probability of the last `continuation_len` tokens of one scored sequence."""
+    return -float(scores.nll[-continuation_len:].sum())

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.gate.verdict import GateCheck
+from pipeline.gpu_memory import GpuStepMemory
 from pipeline.store import write_text_atomic
 
 GATE_JSON, GATE_MD, JUNIT_XML = "gate.json", "gate.md", "junit.xml"
@@ -23,6 +24,7 @@ class GateRecord(BaseModel):
     reference_perplexity: float
     candidate_perplexity: float
     exact_greedy_matches: int
+    served_exact_greedy_matches: int  # prompts the served engine continues exactly as the gate engine
     reference_choice_accuracy: float | None
     candidate_choice_accuracy: float | None
     windows: int
@@ -30,9 +32,12 @@ class GateRecord(BaseModel):
     prompts: int
     max_new_tokens: int
     choice_items: int
+    batch_size: int  # sequences scored at once (gate.batch_size, capped by each engine)
     data: dict[str, str]  # data file -> sha256
     reference_s: float
     candidate_s: float
+    served_s: float
+    gpu_memory: list[GpuStepMemory] = []  # each model's step: its peak, and what it left behind
 
     @property
     def failed(self) -> list[GateCheck]:
@@ -62,6 +67,8 @@ def render_markdown(record: GateRecord) -> str:
         f"over {record.windows} windows of {record.window_len} tokens.",
         f"Greedy continuations: {record.exact_greedy_matches} of {record.prompts} prompts identical "
         f"({record.max_new_tokens} new tokens).",
+        f"Served engine against the gate engine (same checkpoint, with context logits): "
+        f"{record.served_exact_greedy_matches} of {record.prompts} continuations identical.",
     ]
     if record.candidate_choice_accuracy is not None:
         lines.append(
@@ -98,4 +105,6 @@ def render_junit(record: GateRecord, elapsed_s: float) -> str:
 def write_reports(out_dir: Path, record: GateRecord) -> None:
     write_text_atomic(out_dir / GATE_JSON, record.model_dump_json(indent=2) + "\n")
     write_text_atomic(out_dir / GATE_MD, render_markdown(record))
-    write_text_atomic(out_dir / JUNIT_XML, render_junit(record, record.reference_s + record.candidate_s))
+    write_text_atomic(
+        out_dir / JUNIT_XML, render_junit(record, record.reference_s + record.candidate_s + record.served_s)
+    )

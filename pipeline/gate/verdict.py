@@ -27,7 +27,9 @@ def _check(name: str, value: float, threshold: float, direction: Literal["max", 
     return GateCheck(name=name, value=value, threshold=threshold, direction=direction, passed=passed)
 
 
-def checks_for(measures: Measures, thresholds: GateThresholds) -> list[GateCheck]:
+def checks_for(
+    measures: Measures, thresholds: GateThresholds, *, min_served_greedy_match: float
+) -> list[GateCheck]:
     checks = [
         _check(
             "perplexity_increase_pct",
@@ -37,6 +39,7 @@ def checks_for(measures: Measures, thresholds: GateThresholds) -> list[GateCheck
         ),
         _check("top1_agreement", measures.top1_agreement, thresholds.min_top1_agreement, "min"),
         _check("greedy_match", measures.greedy_match, thresholds.min_greedy_match, "min"),
+        _check("served_greedy_match", measures.served_greedy_match, min_served_greedy_match, "min"),
     ]
     if measures.candidate_choice_accuracy is not None and thresholds.min_multiple_choice_accuracy is not None:
         checks.append(

@@ -10,11 +10,12 @@ only when a fetch runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import FetchError
+from pipeline.errors import DiskSpaceError, FetchError
 from pipeline.hub.client import HubSettings, list_repo
 from pipeline.hub.download import (
     RETRY_DELAYS_S,
@@ -58,28 +59,45 @@ def fetch_repo(
         settings.offline,
         "set" if settings.token else "none",
     )
-    cache_dir = hub_dir / "hf-cache"
-    listing = _listing(settings, ListingCache(hub_dir / "listings"), repo_id, revision)
-    log.info("%s@%s is commit %s (%d files)", repo_id, revision, listing.commit, len(listing.files))
-    downloader = Downloader(settings, cache_dir, listing, log=log, retry_delays=retry_delays)
-    fetched: dict[str, VerifiedFile] = {}
+    with _library_log_into(log):
+        cache_dir = hub_dir / "hf-cache"
+        listing = _listing(settings, ListingCache(hub_dir / "listings"), repo_id, revision)
+        log.info("%s@%s is commit %s (%d files)", repo_id, revision, listing.commit, len(listing.files))
+        downloader = Downloader(settings, cache_dir, listing, log=log, retry_delays=retry_delays)
+        fetched: dict[str, VerifiedFile] = {}
 
-    def read_index() -> str:  # a few KB, fetched first: it decides which shards are needed
-        fetched.update(downloader.fetch([listing.file(SAFETENSORS_INDEX)], on_bytes=lambda n: None))
-        return fetched[SAFETENSORS_INDEX].path.read_text()
+        def read_index() -> str:  # a few KB, fetched first: it decides which shards are needed
+            fetched.update(downloader.fetch([listing.file(SAFETENSORS_INDEX)], on_bytes=lambda n: None))
+            return fetched[SAFETENSORS_INDEX].path.read_text()
 
-    selected = select_model_files(
-        [f.path for f in listing.files],
-        patterns=patterns,
-        allow_pickle=allow_pickle,
-        source=f"{repo_id}@{listing.commit[:12]}",
-        read_index=read_index,
-    )
-    files = [listing.file(name) for name in selected if name not in fetched]
-    check_disk_space(cache_dir, bytes_missing(cache_dir, repo_id, files), free)
-    with reporter.progress(f"fetch {repo_id}", sum(f.size for f in files), unit="B") as advance:
-        fetched |= downloader.fetch(files, advance)
-    return FetchedRepo(listing, {name: fetched[name] for name in selected}, settings.offline)
+        selected = select_model_files(
+            [f.path for f in listing.files],
+            patterns=patterns,
+            allow_pickle=allow_pickle,
+            source=f"{repo_id}@{listing.commit[:12]}",
+            read_index=read_index,
+        )
+        files = [listing.file(name) for name in selected if name not in fetched]
+        missing = bytes_missing(cache_dir, repo_id, files)
+        check_disk_space(cache_dir, missing, free)
+        try:
+            with reporter.progress(f"fetch {repo_id}", sum(f.size for f in files), unit="B") as advance:
+                fetched |= downloader.fetch(files, advance)
+        except DiskSpaceError as exc:  # something else filled the disk since the check
+            raise DiskSpaceError(exc.path, free=exc.free, needed=missing) from None
+        return FetchedRepo(listing, {name: fetched[name] for name in selected}, settings.offline)
+
+
+@contextmanager
+def _library_log_into(log: logging.Logger) -> Iterator[None]:
+    """huggingface_hub's warnings (each retry, each resume) go to the stage log, not the terminal."""
+    library = logging.getLogger("huggingface_hub")
+    saved = library.handlers[:]
+    library.handlers = list(log.handlers)
+    try:
+        yield
+    finally:
+        library.handlers = saved
 
 
 def _listing(settings: HubSettings, cache: ListingCache, repo_id: str, revision: str) -> RepoListing:

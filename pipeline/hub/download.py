@@ -65,7 +65,7 @@ def check_disk_space(path: Path, needed: int, free: FreeBytes = free_bytes) -> N
     path.mkdir(parents=True, exist_ok=True)
     available = free(path)
     if needed > available:
-        raise DiskSpaceError(path, needed, available)
+        raise DiskSpaceError(path, needed=needed, free=available)
 
 
 class _GrowingFileHasher:
@@ -266,7 +266,9 @@ class Downloader:
                 return client.download_file(self.settings, self.cache_dir, repo_id, commit, file.path)
             except Exception as exc:
                 if self.settings.offline or attempt > len(self.retry_delays) or not client.is_transient(exc):
-                    raise client.translate(exc, self.settings, repo_id, commit, file.path) from None
+                    raise client.translate(
+                        exc, self.settings, repo_id, commit, file.path, cache_dir=self.cache_dir
+                    ) from None
                 delay = self.retry_delays[attempt - 1]
                 self.log.warning(
                     "%s: attempt %d failed (%s); resuming in %.0f s",

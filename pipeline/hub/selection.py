@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
+from pathlib import PurePosixPath
 
-from pipeline.errors import FetchError, PickleRefusedError
+from pipeline.errors import FetchError, HubListingError, PickleRefusedError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -32,16 +33,38 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch(name, p) for p in patterns)
 
 
+def check_repo_path(name: object, source: str, listed_in: str) -> str:
+    """`name` if it is a plain relative POSIX path inside the repo; the hub's word never decides where a
+    file lands, so an absolute path, a `..`, a backslash or an odd spelling (`a//b`, `./a`) is refused."""
+    path = PurePosixPath(name) if isinstance(name, str) else None
+    if (
+        path is None
+        or not name
+        or path.is_absolute()
+        or path.as_posix() != name
+        or any(part in ("..", ".") for part in path.parts)
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise HubListingError(
+            f"{source}: {listed_in} is malformed: it names {name!r}, which is not a relative path inside "
+            "the repo; nothing was written. Check HF_ENDPOINT points at a hub you trust",
+            file=str(name),
+        )
+    return name
+
+
 def indexed_shards(index_text: str, source: str) -> frozenset[str]:
     """The shard files a `model.safetensors.index.json` names (its weight_map's values)."""
     try:
         weight_map = json.loads(index_text)["weight_map"]
-        return frozenset(str(shard) for shard in weight_map.values())
+        shards = frozenset(weight_map.values())
     except (ValueError, KeyError, TypeError, AttributeError):
         raise FetchError(
             f"{source}: {SAFETENSORS_INDEX} has no readable weight_map; the repo looks broken",
             file=SAFETENSORS_INDEX,
         ) from None
+    return frozenset(check_repo_path(shard, source, SAFETENSORS_INDEX) for shard in shards)
 
 
 def select_files(

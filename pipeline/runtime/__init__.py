@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.runtime.checkpoint import CheckpointConfig, QuantAlgo
+from pipeline.runtime.checkpoint import CheckpointConfig
 from pipeline.runtime.limits import RuntimeLimits
 
 if TYPE_CHECKING:
     from pipeline.runtime.model import ReferenceModel
 
-__all__ = ["CheckpointConfig", "QuantAlgo", "ReferenceModel", "RuntimeLimits"]
+__all__ = ["CheckpointConfig", "ReferenceModel", "RuntimeLimits"]
 
 
 def __getattr__(name: str) -> Any:

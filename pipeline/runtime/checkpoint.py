@@ -10,13 +10,13 @@ does not implement are refused, never ignored.
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import InputError
+from pipeline.formats import FORMATS, KV_CACHE_FORMATS
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "rank0.safetensors"
@@ -33,16 +33,25 @@ DEFAULT_EXCLUDE_MODULES = (
 )
 
 
-class QuantAlgo(str, Enum):
-    W8A16 = "W8A16"
-    W8A8_SQ_PER_CHANNEL = "W8A8_SQ_PER_CHANNEL"
+# The runtime runs every format of the table (each quant_algo has a kernel in runtime.weights).
+QUANT_ALGOS = tuple(f.quant_algo for f in FORMATS.values() if f.quant_algo is not None)
+KV_CACHE_QUANT_ALGOS = tuple(k.quant_algo for k in KV_CACHE_FORMATS.values() if k.quant_algo is not None)
 
 
 class QuantizationConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
-    quant_algo: QuantAlgo | None = None
+    quant_algo: str | None = None
     kv_cache_quant_algo: str | None = None
+    group_size: int = 128  # QuantConfig's default (per-group formats)
     exclude_modules: tuple[str, ...] | None = None
+
+    @field_validator("quant_algo", "kv_cache_quant_algo")
+    @classmethod
+    def _known_algo(cls, value: str | None, info: ValidationInfo) -> str | None:
+        known = QUANT_ALGOS if info.field_name == "quant_algo" else KV_CACHE_QUANT_ALGOS
+        if value is not None and value not in known:
+            raise ValueError(f"the reference runtime supports {', '.join(known)} or null, not {value!r}")
+        return value
 
     @property
     def excluded_patterns(self) -> tuple[str, ...]:
@@ -93,10 +102,6 @@ class CheckpointConfig(BaseModel):
                 self.mapping.world_size == self.mapping.tp_size == self.mapping.pp_size == 1,
                 "a single rank (tp_size = pp_size = 1)",
             ),
-            "quantization.kv_cache_quant_algo": (
-                self.quantization.kv_cache_quant_algo is None,
-                "null (a quantized KV cache is not implemented)",
-            ),
         }
         for field, (ok, expected) in problems.items():
             if not ok:
@@ -118,7 +123,7 @@ class CheckpointConfig(BaseModel):
         return self.intermediate_size or 4 * self.hidden_size
 
     @property
-    def quant_algo(self) -> QuantAlgo | None:
+    def quant_algo(self) -> str | None:
         return self.quantization.quant_algo
 
 

@@ -12,13 +12,13 @@ depend on what it is batched with.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import InputError
 from pipeline.runtime.checkpoint import CheckpointConfig, load_tensors, read_checkpoint_config
+from pipeline.runtime.kvcache import KV_CODECS, KVCache
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.runtime.sampling import TokenSampler
 from pipeline.runtime.weights import DecoderLayer, ModelWeights, build_weights
@@ -28,27 +28,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-@dataclass
-class KVCache:
-    """Keys and values per layer, [batch, kv_heads, positions, head_dim], grown one step at a time."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @classmethod
-    def empty(cls, layers: int) -> KVCache:
-        return cls(keys=[torch.empty(0)] * layers, values=[torch.empty(0)] * layers)
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer].numel():
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-
 class ReferenceModel:
-    """Runs a TensorRT-LLM checkpoint (fp16, W8A16, W8A8_SQ_PER_CHANNEL) with TensorRT-LLM's semantics."""
+    """Runs a TensorRT-LLM checkpoint (every format of pipeline.formats: fp16/bf16, W8A16,
+    W8A8_SQ_PER_CHANNEL, W4A16_AWQ, FP8; INT8 and FP8 KV caches) with TensorRT-LLM's semantics."""
 
     def __init__(self, config: CheckpointConfig, weights: ModelWeights, limits: RuntimeLimits | None) -> None:
         self._config = config
@@ -57,6 +39,9 @@ class ReferenceModel:
         head_dim = config.head_dim
         exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
         self._inv_freq = (1.0 / (config.rotary_base**exponents)).float()
+        kv_algo = config.quantization.kv_cache_quant_algo
+        self._kv_codec = None if kv_algo is None else KV_CODECS[kv_algo]
+        self._kv_scales = tuple(layer.kv_cache_scale for layer in weights.layers)
 
     @classmethod
     def load(cls, checkpoint_dir: Path, *, limits: RuntimeLimits | None = None) -> ReferenceModel:
@@ -83,7 +68,7 @@ class ReferenceModel:
         batch, seq = input_ids.shape
         positions = torch.arange(seq).expand(batch, seq)
         valid = torch.ones(batch, seq, dtype=torch.bool)
-        return self._forward(input_ids, positions, valid, KVCache.empty(len(self._weights.layers)))
+        return self._forward(input_ids, positions, valid, self._new_cache())
 
     @torch.inference_mode()
     def generate(
@@ -114,7 +99,7 @@ class ReferenceModel:
         self._check_ids(ids)
         lengths = torch.tensor([len(p) for p in prompts])
         positions = (torch.arange(longest) - (longest - lengths)[:, None]).clamp(min=0)
-        cache = KVCache.empty(len(self._weights.layers))
+        cache = self._new_cache()
         logits = self._forward(ids, positions, valid, cache)[:, -1]
         outputs: list[list[int]] = [[] for _ in prompts]
         running = [True] * batch
@@ -137,6 +122,9 @@ class ReferenceModel:
         return outputs
 
     # --- the forward pass ---------------------------------------------------------------------
+
+    def _new_cache(self) -> KVCache:
+        return KVCache.empty(len(self._weights.layers), self._kv_codec, self._kv_scales)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._config.vocab_size):

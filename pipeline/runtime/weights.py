@@ -8,19 +8,23 @@ match an exclude_modules pattern (fnmatch on the module's dotted name).
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import InputError
-from pipeline.runtime.checkpoint import WEIGHTS_NAME, CheckpointConfig, QuantAlgo
+from pipeline.runtime.checkpoint import WEIGHTS_NAME, CheckpointConfig
 from pipeline.runtime.linear import (
     DenseLinear,
+    Fp8Linear,
+    GroupwiseLinear,
     Linear,
     SmoothQuantLinear,
     WeightOnlyLinear,
     quantize_weight_per_channel,
+    unpack_int4,
 )
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -35,6 +39,8 @@ class DecoderLayer:
     fc: Linear  # Hugging Face gate_proj: the activation applies to its output
     gate: Linear  # Hugging Face up_proj
     proj: Linear  # Hugging Face down_proj
+    # The K/V cache scale (kv_cache_scaling_factor; None: the cache is not quantized).
+    kv_cache_scale: float | None = None
 
 
 @dataclass
@@ -82,44 +88,107 @@ class _TensorReader:
         algo = None if self.is_excluded(module) else self.config.quant_algo
         bias = self.optional(f"{module}.bias", (out_features,))
         bias = None if bias is None else bias.float()
-        weight = self.take(f"{module}.weight", (out_features, in_features))
         if algo is None:
+            weight = self.take(f"{module}.weight", (out_features, in_features))
             if not weight.is_floating_point():
                 raise InputError(
                     f"tensor '{module}.weight' is {weight.dtype} but the module is not quantized "
-                    f"(quant_algo {self.config.quant_algo and self.config.quant_algo.value}, "
+                    f"(quant_algo {self.config.quant_algo}, "
                     f"exclude_modules {list(self.config.quantization.excluded_patterns)})",
                     path=self.path,
                 )
             return DenseLinear(weight.float(), bias)
-        if algo is QuantAlgo.W8A16:
-            if weight.is_floating_point():
-                # TensorRT-LLM quantizes floating-point W8A16 weights when it loads them to build.
-                qweight, scale = quantize_weight_per_channel(weight, self.dtype)
-            else:
-                qweight = self._int8(f"{module}.weight", weight)
-                scale = self.floating(f"{module}.weights_scaling_factor", (out_features,))
-            return WeightOnlyLinear(qweight, scale, bias)
-        qweight = self._int8(f"{module}.weight", weight)
-        return SmoothQuantLinear(
-            qweight=qweight,
-            weight_scale=self.floating(f"{module}.weights_scaling_factor", (out_features,)),
-            activation_scale=self.floating(f"{module}.activation_scaling_factor", (1,)),
-            prequant_scale=self._optional_float(f"{module}.prequant_scaling_factor", (in_features,)),
-            bias=bias,
-        )
+        return KERNELS[algo](self, module, out_features, in_features, bias)
 
-    def _optional_float(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+    def optional_float(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
         return self.floating(name, shape) if name in self.tensors else None
 
-    def _int8(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if weight.dtype != torch.int8:
+    def quantized_weight(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.require_dtype(name, self.take(name, shape), dtype)
+
+    def require_dtype(self, name: str, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if weight.dtype != dtype:
             raise InputError(
-                f"tensor '{name}' is {weight.dtype}, but quant_algo {self.config.quant_algo.value} needs int8 "
+                f"tensor '{name}' is {weight.dtype}, but quant_algo {self.config.quant_algo} needs {dtype} "
                 "weights (a mislabelled export?)",
                 path=self.path,
             )
         return weight
+
+    def kv_cache_scale(self, attention: str) -> float | None:
+        """The layer's K/V scale as TensorRT-LLM 1.2.x loads it (modeling_utils.py
+        process_kv_scaling_factor @ 27712aa7): separate k and v scales become one,
+        kv_cache_scaling_factor = max(k, v); the cache stores x / scale."""
+        if self.config.quantization.kv_cache_quant_algo is None:
+            return None
+        k = self.optional_float(f"{attention}.k_cache_scaling_factor", (1,))
+        v = self.optional_float(f"{attention}.v_cache_scaling_factor", (1,))
+        if (k is None) != (v is None):
+            raise InputError(f"'{attention}' has only one of k_cache/v_cache_scaling_factor", path=self.path)
+        if k is not None and v is not None:
+            self.tensors.pop(f"{attention}.kv_cache_scaling_factor", None)
+            scale = torch.maximum(k, v)
+        else:
+            scale = self.floating(f"{attention}.kv_cache_scaling_factor", (1,))
+        if not float(scale) > 0:
+            raise InputError(f"'{attention}' has a KV cache scale of {float(scale)}", path=self.path)
+        return float(scale)
+
+
+# quant_algo -> how its linear is read (TensorRT-LLM 1.2.x semantics: see runtime.linear).
+Kernel = Callable[[_TensorReader, str, int, int, "torch.Tensor | None"], Linear]
+
+
+def _w8a16(r: _TensorReader, module: str, rows: int, cols: int, bias: torch.Tensor | None) -> Linear:
+    weight = r.take(f"{module}.weight", (rows, cols))
+    if weight.is_floating_point():
+        # TensorRT-LLM quantizes floating-point W8A16 weights when it loads them to build.
+        qweight, scale = quantize_weight_per_channel(weight, r.dtype)
+    else:
+        qweight = r.require_dtype(f"{module}.weight", weight, torch.int8)
+        scale = r.floating(f"{module}.weights_scaling_factor", (rows,))
+    return WeightOnlyLinear(qweight, scale, bias)
+
+
+def _w8a8_sq(r: _TensorReader, module: str, rows: int, cols: int, bias: torch.Tensor | None) -> Linear:
+    return SmoothQuantLinear(
+        qweight=r.quantized_weight(f"{module}.weight", torch.int8, (rows, cols)),
+        weight_scale=r.floating(f"{module}.weights_scaling_factor", (rows,)),
+        activation_scale=r.floating(f"{module}.activation_scaling_factor", (1,)),
+        prequant_scale=r.optional_float(f"{module}.prequant_scaling_factor", (cols,)),
+        bias=bias,
+    )
+
+
+def _w4a16_awq(r: _TensorReader, module: str, rows: int, cols: int, bias: torch.Tensor | None) -> Linear:
+    group = r.config.quantization.group_size
+    if rows % 2 or cols % group:
+        raise InputError(
+            f"'{module}' is [{rows}, {cols}]: W4A16_AWQ needs an even output size and inputs in groups of {group}",
+            path=r.path,
+        )
+    packed = r.quantized_weight(f"{module}.weight", torch.int8, (rows // 2, cols))
+    # TensorRT-LLM casts the group scales to the model dtype before building.
+    scale = r.floating(f"{module}.weights_scaling_factor", (rows, cols // group)).to(r.dtype)
+    prequant = r.floating(f"{module}.prequant_scaling_factor", (cols,))
+    return GroupwiseLinear(unpack_int4(packed), scale, prequant, group, bias)
+
+
+def _fp8(r: _TensorReader, module: str, rows: int, cols: int, bias: torch.Tensor | None) -> Linear:
+    return Fp8Linear(
+        qweight=r.quantized_weight(f"{module}.weight", torch.float8_e4m3fn, (rows, cols)),
+        weight_scale=r.floating(f"{module}.weights_scaling_factor", (1,)),
+        activation_scale=r.floating(f"{module}.activation_scaling_factor", (1,)),
+        bias=bias,
+    )
+
+
+KERNELS: dict[str, Kernel] = {
+    "W8A16": _w8a16,
+    "W8A8_SQ_PER_CHANNEL": _w8a8_sq,
+    "W4A16_AWQ": _w4a16_awq,
+    "FP8": _fp8,
+}
 
 
 def build_weights(
@@ -140,9 +209,10 @@ def build_weights(
                 fc=reader.linear(f"{p}.mlp.fc", ffn, hidden),
                 gate=reader.linear(f"{p}.mlp.gate", ffn, hidden),
                 proj=reader.linear(f"{p}.mlp.proj", hidden, ffn),
+                kv_cache_scale=reader.kv_cache_scale(f"{p}.attention"),
             )
         )
-    if config.quant_algo is QuantAlgo.W8A16 and not reader.is_excluded("transformer.vocab_embedding"):
+    if config.quant_algo == "W8A16" and not reader.is_excluded("transformer.vocab_embedding"):
         raise InputError(
             "quantization.exclude_modules leaves transformer.vocab_embedding quantized: TensorRT-LLM would build "
             "an int8 embedding, which the reference runtime does not implement",

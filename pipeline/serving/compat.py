@@ -8,26 +8,13 @@ time, on the serving host). Publish refuses a mismatch instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from pipeline.container import SERVING_CONTAINER, ServingContainer
 from pipeline.errors import InputError
 from pipeline.targets import Target
 from pipeline.trtllm.engine import EngineInfo
 
-
-@dataclass(frozen=True)
-class ServingContainer:
-    tag: str
-    tensorrt_llm: str
-    tensorrt: str
-
-
-# The Triton TensorRT-LLM containers the pipeline knows the contents of
-# (tensorrtllm_backend's Dockerfile pins for the 1.2.1 release).
-CONTAINERS = {
-    c.tag: c
-    for c in (ServingContainer("nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3", "1.2.1", "10.14.1.48"),)
-}
+# The Triton TensorRT-LLM containers the pipeline knows the contents of.
+CONTAINERS = {c.tag: c for c in (SERVING_CONTAINER,)}
 # The cpu-reference repository runs on the tritonserver bundled with nvidia-pytriton.
 CPU_SERVER = "nvidia-pytriton==0.7.0 (tritonserver 2.51.0, Python backend)"
 

@@ -1,35 +1,44 @@
 """Versioned releases of a model repository at a destination folder.
 
-    <slot>/1/, <slot>/2/ ...   complete repositories, never changed once in place
+    <destination>/.lock        held while publishing: one publisher at a time, whatever its work dir
+    <slot>/1/, <slot>/2/ ...   complete repositories, read-only, never changed once in place
     <slot>/current -> 2        the newest; point Triton (or a container mount) at it
-    <slot>/.tmp-<nonce>/       being written; removed on failure
+    <slot>/.tmp-<nonce>/       being written; removed on failure, and by the next publish after a kill
 
 A version appears by one rename, only once every file is in place and
 verified; the previous one stays. Republishing a repository whose release
-manifest is byte-identical to the current one's adds nothing.
+manifest is byte-identical to the current one's adds nothing, provided the
+current version still verifies file by file against its publish-manifest.json:
+a tampered version is reported and a fresh one published.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from pipeline.atomic import link_or_copy, protect, remove_staged, staged_dir, swap_symlink
 from pipeline.errors import InputError
-from pipeline.manifest import FileEntry
-from pipeline.serving.placement import place_file
+from pipeline.integrity import Problem, TreeCheck, check_tree
+from pipeline.locks import hold_lock
+from pipeline.manifest import FileEntry, StatKey, StatRecord, StoredFile
+from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
 CURRENT = "current"
-TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
 class Release:
     version: int
     path: Path
-    created: bool  # False: the same release was already current
+    created: bool  # False: the same release was already current (and intact)
+    stats: dict[str, StatRecord]  # each file's stat once verified: later checks need no hashing
+    tampered: tuple[str, ...] = ()  # what was wrong with the version that was current, if anything
 
 
 def check_destination(path: Path) -> None:
@@ -57,30 +66,67 @@ def current_version(slot: Path) -> int | None:
     return found[-1] if found else None
 
 
-def publish_release(source: Path, slot: Path, files: list[FileEntry], manifest_name: str) -> Release:
-    """Place `files` of `source` (plus its manifest) as the next version of `slot`, unless already current."""
-    check_destination(slot)
-    manifest = (source / manifest_name).read_bytes()
-    current = current_version(slot)
-    if current is not None and (slot / str(current) / manifest_name).is_file():
-        if (slot / str(current) / manifest_name).read_bytes() == manifest:
-            _point_current(slot, current)
-            return Release(current, slot / str(current), created=False)
-    created = [p for p in (slot, *slot.parents) if not p.exists()]  # deepest first
-    slot.mkdir(parents=True, exist_ok=True)
-    tmp = slot / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+def check_version(
+    version_dir: Path,
+    trusted: Mapping[StatKey, str] | None = None,
+    stats: Mapping[str, StatRecord] | None = None,
+) -> TreeCheck:
+    """A published version against its publish-manifest.json: every file, its bytes, nothing else
+    (a `__pycache__` a server wrote counts). `trusted`: verified files by stat, e.g. the store's;
+    `stats`: each file's stat when it was last verified (Release.stats). Either spares a hash."""
     try:
-        for entry in files:
-            place_file(source / entry.path, tmp / entry.path, entry.sha256)
-        shutil.copyfile(source / manifest_name, tmp / manifest_name)
-        version = _commit(tmp, slot)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)  # a failed first publish leaves no trace at the destination
-        raise
-    _point_current(slot, version)
-    return Release(version, slot / str(version), created=True)
+        manifest = ReleaseManifest.model_validate_json((version_dir / RELEASE_MANIFEST).read_text())
+    except FileNotFoundError:
+        return TreeCheck(problems=[Problem(RELEASE_MANIFEST, "missing")])
+    except (OSError, ValidationError, ValueError):
+        return TreeCheck(problems=[Problem(RELEASE_MANIFEST, "modified")])
+    stats = stats or {}
+    entries = [StoredFile(**f.model_dump(), stat=stats.get(f.path)) for f in manifest.files]
+    return check_tree(version_dir, entries, trusted=trusted, ignore=frozenset({RELEASE_MANIFEST}))
+
+
+def _stats(version_dir: Path, files: list[FileEntry]) -> dict[str, StatRecord]:
+    return {f.path: StatRecord.of(os.stat(version_dir / f.path)) for f in files}
+
+
+def publish_release(
+    source: Path,
+    slot: Path,
+    files: list[FileEntry],
+    *,
+    lock_root: Path,
+    trusted: Mapping[StatKey, str] | None = None,
+    on_wait: Callable[[Path], None] | None = None,
+) -> Release:
+    """Place `files` of `source` (plus its publish-manifest.json) as the next version of `slot`, unless
+    the current version is the same release and intact. Holds `lock_root`'s lock throughout."""
+    check_destination(slot)
+    manifest = (source / RELEASE_MANIFEST).read_bytes()
+    created = [p for p in (slot, *slot.parents) if not p.exists()]  # deepest first
+    with hold_lock(lock_root, wait=True, on_wait=on_wait):
+        remove_staged(slot)  # what a publish killed mid-way left (we hold the lock: nobody writes there)
+        tampered: tuple[str, ...] = ()
+        current = current_version(slot)
+        if current is not None:
+            check = check_version(slot / str(current), trusted)
+            tampered = tuple(str(p) for p in check.problems)
+            if check.ok and (slot / str(current) / RELEASE_MANIFEST).read_bytes() == manifest:
+                swap_symlink(slot / CURRENT, str(current))
+                stats = _stats(slot / str(current), files)
+                return Release(current, slot / str(current), created=False, stats=stats)
+        try:
+            with staged_dir(slot) as tmp:
+                for entry in files:
+                    link_or_copy(source / entry.path, tmp / entry.path, entry.sha256)
+                shutil.copyfile(source / RELEASE_MANIFEST, tmp / RELEASE_MANIFEST)
+                protect(tmp)
+                version = _commit(tmp, slot)
+        except BaseException:
+            _remove_empty(created)  # a failed first publish leaves only the destination's lock
+            raise
+        swap_symlink(slot / CURRENT, str(version))
+        stats = _stats(slot / str(version), files)
+    return Release(version, slot / str(version), created=True, stats=stats, tampered=tampered)
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -92,7 +138,7 @@ def _remove_empty(folders: list[Path]) -> None:
 
 
 def _commit(tmp: Path, slot: Path) -> int:
-    """Rename tmp to the next free version number (a concurrent publisher takes the one after)."""
+    """Rename tmp to the next free version number (one made meanwhile, lock or not, is skipped)."""
     version = (versions(slot) or [0])[-1] + 1
     while True:
         try:
@@ -102,16 +148,3 @@ def _commit(tmp: Path, slot: Path) -> int:
             if not (slot / str(version)).exists():
                 raise
             version += 1
-
-
-def _point_current(slot: Path, version: int) -> None:
-    link = slot / CURRENT
-    if link.is_symlink() and os.readlink(link) == str(version):
-        return
-    tmp = slot / f"{TMP_PREFIX}{CURRENT}-{uuid.uuid4().hex[:8]}"
-    os.symlink(str(version), tmp)
-    try:
-        os.replace(tmp, link)
-    finally:
-        if tmp.is_symlink():
-            tmp.unlink()

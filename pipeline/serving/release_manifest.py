@@ -42,6 +42,9 @@ class ServingRef(_Frozen):
     kv_cache_free_gpu_mem_fraction: float
     triton_max_batch_size: int
     gpt_model_path: str
+    # The one place the TensorRT-LLM backend finds the engine: gpt_model_path is absolute, so this
+    # version serves only when mounted (or lying) here. None: a relative path (cpu-reference).
+    mount_path: str | None = None
 
 
 class GateRef(_Frozen):

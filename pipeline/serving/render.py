@@ -25,7 +25,7 @@ class RepositoryValues(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    triton_max_batch_size: Annotated[int, Field(ge=1)]  # = the engine's build-time max_batch_size
+    triton_max_batch_size: Annotated[int, Field(ge=1)]  # repository.client_batch_size
     triton_backend: Literal["tensorrtllm", "python"]  # python: the cpu-reference runtime
     engine_dir: str  # -> gpt_model_path; relative paths resolve against the repository root
     tokenizer_dir: str
@@ -44,7 +44,7 @@ class RepositoryValues(BaseModel):
     add_special_tokens: bool = True  # the prompt gets the tokenizer's BOS, as the reference does
     preprocessing_instance_count: Annotated[int, Field(ge=1)]
     postprocessing_instance_count: Annotated[int, Field(ge=1)]
-    bls_instance_count: Annotated[int, Field(ge=1)] = 1
+    bls_instance_count: Annotated[int, Field(ge=1)] = 1  # repository.bls_instance_count
     accumulate_tokens: bool = True
     tensorrt_llm_model_name: str = "tensorrt_llm"
 

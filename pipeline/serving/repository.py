@@ -17,8 +17,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from pipeline.atomic import link_or_copy
 from pipeline.errors import InputError
-from pipeline.serving.placement import place_file
 from pipeline.serving.render import CONFIG_NAME, MODEL_NAMES, RepositoryValues, render_config
 
 ENGINE_SUBDIR = "tensorrt_llm/1/engine"
@@ -42,6 +42,19 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
+
+
+def client_batch_size(engine_max_batch_size: int, *, decoupled: bool) -> int:
+    """The max_batch_size clients may send: the backend answers a request of batch B > 1 with B
+    responses, which only a decoupled model may send, and refuses it otherwise (utils.cc
+    createRequestsFromInputTensors). Concurrent requests fill the engine's batch either way."""
+    return engine_max_batch_size if decoupled else 1
+
+
+def bls_instance_count(engine_max_batch_size: int, *, decoupled: bool) -> int:
+    """Decoupled, the BLS model serves each request on a worker thread of one instance; otherwise
+    execute blocks for a whole generation, so one instance per engine batch slot (the backend's docs)."""
+    return 1 if decoupled else engine_max_batch_size
 
 
 def tokenizer_files(model_dir: Path) -> list[Path]:
@@ -90,6 +103,6 @@ def write_repository(
     placed = {}
     for rel, sha256 in sorted(engine_sha256.items()):
         target = f"{ENGINE_SUBDIR}/{rel}"
-        place_file(engine_dir / rel, root / target, sha256)
+        link_or_copy(engine_dir / rel, root / target, sha256)
         placed[target] = sha256
     return placed

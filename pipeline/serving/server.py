@@ -119,6 +119,9 @@ class TritonServer:
             str(self.install.tritonserver),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
+            # Loopback only; smoke speaks HTTP alone, so gRPC and metrics stay off (their default address
+            # is 0.0.0.0 too). Flags as tritonserver 2.51's --help lists them.
+            "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
             "--allow-grpc=false",
             "--allow-metrics=false",

@@ -2,18 +2,24 @@
 
 Every prompt goes through the ensemble (POST /generate); the first also
 streams through the ensemble and through the BLS model (/generate_stream).
+Where a request may hold several prompts (a decoupled repository whose engine
+batches more than one), the prompts also go in one request to each, with a
+different token limit each: the answers arrive one per prompt in completion
+order, and each, placed by its `batch_index`, is checked against its own prompt.
 Each answer must equal the greedy answer the reference runtime gives for the
 same engine, tokenized and detokenized as the serving models do.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, MissingDependencyError, StageError
+from pipeline.errors import InputError, IntegrityError, MissingDependencyError, StageError
 from pipeline.reporting import Reporter
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.render import CONFIG_NAME, parse_model_config
@@ -21,6 +27,8 @@ from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR
 from pipeline.serving.server import TritonInstall, TritonServer
 
 ROUTES = ("ensemble/generate", "ensemble/generate_stream", "tensorrt_llm_bls/generate_stream")
+BATCH_ROUTES = ("ensemble/generate_stream (batch)", "tensorrt_llm_bls/generate_stream (batch)")
+BATCH_INDEX = "batch_index"
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,11 @@ def _config(repository: Path, model: str):
     return parse_model_config(path.read_text(), str(path), expected_name=model)
 
 
-def reference_answers(repository: Path, prompts: list[str], max_tokens: int) -> list[str]:
-    """The reference runtime's greedy answers, tokenized and decoded exactly as the serving models do."""
+def reference_answers(
+    repository: Path, prompts: list[str], max_tokens: int | Sequence[int], **sampling
+) -> list[str]:
+    """The reference runtime's answers (greedy unless `sampling` says otherwise: temperature, top_k,
+    seed; max_tokens for all or per prompt), tokenized and decoded exactly as the serving models do."""
     from transformers import AutoTokenizer
 
     from pipeline.runners import load_runner
@@ -79,11 +90,12 @@ def reference_answers(repository: Path, prompts: list[str], max_tokens: int) -> 
     tokenizer = AutoTokenizer.from_pretrained(repository / TOKENIZER_SUBDIR)
     runner = load_runner(repository / ENGINE_SUBDIR)
     decoder = PieceDecoder(tokenizer)
+    limits = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
     answers = []
-    for prompt in prompts:  # one at a time, as the server runs each request
+    for prompt, limit in zip(prompts, limits, strict=True):  # one at a time, as the server runs each
         ids = tokenizer.encode(prompt, add_special_tokens=add_special)
-        (tokens,) = runner.generate([ids], max_new_tokens=max_tokens, end_id=tokenizer.eos_token_id)
-        answers.append(decoder.decode(list(tokens)[:max_tokens]))
+        (tokens,) = runner.generate([ids], max_new_tokens=limit, end_id=tokenizer.eos_token_id, **sampling)
+        answers.append(decoder.decode(list(tokens)[:limit]))
     return answers
 
 
@@ -106,15 +118,66 @@ def run_smoke(
         )
     reporter.info(f"reference answers from {repository / ENGINE_SUBDIR}")
     expected = reference_answers(repository, prompts, max_tokens)
+    batch = batched_request(repository, prompts, max_tokens)
+    batch_expected = reference_answers(repository, batch.prompts, batch.limits) if batch else []
     report = SmokeReport(repository)
     started = time.perf_counter()
-    with TritonServer(repository, work_dir=work_dir, install=install) as server:
+    served = serving_view(repository, work_dir / "repository")
+    with TritonServer(served, work_dir=work_dir, install=install) as server:
         report.startup_s = time.perf_counter() - started
         reporter.info(
             f"tritonserver ready at {server.url} in {report.startup_s:.1f}s (log: {server.log_path})"
         )
         report.checks = ask_server(server.url, prompts, expected, max_tokens=max_tokens)
+        if batch:
+            report.checks += ask_batched(server.url, batch, batch_expected)
     return report
+
+
+@dataclass(frozen=True)
+class BatchedRequest:
+    prompts: list[str]
+    limits: list[int]  # max_tokens per prompt: different, so completion order differs from the batch's
+
+
+def batched_request(repository: Path, prompts: list[str], max_tokens: int) -> BatchedRequest | None:
+    """Several prompts in one request, if the repository takes them (None: it serves one at a time)."""
+    size = min(len(prompts), _config(repository, "ensemble").max_batch_size)
+    if size < 2:
+        return None
+    # The first prompt may generate the most tokens, so it tends to finish last.
+    return BatchedRequest(prompts[:size], [max(1, max_tokens - 2 * i) for i in range(size)])
+
+
+def ask_batched(url: str, batch: BatchedRequest, expected: list[str]) -> list[SmokeCheck]:
+    """The batch in one request to the ensemble and to the BLS model; each answer placed by batch_index."""
+    checks = []
+    for route in BATCH_ROUTES:
+        model = route.split("/")[0]
+        payload = {"text_input": batch.prompts, "max_tokens": batch.limits}
+        got = [""] * len(batch.prompts)
+        for event in generate_stream(url, model, payload):
+            if "text_output" not in event:
+                continue  # an empty final response
+            index = _one(event.get(BATCH_INDEX), route, BATCH_INDEX)
+            if not isinstance(index, int) or not 0 <= index < len(got):
+                raise StageError(
+                    "smoke", f"{route}: {BATCH_INDEX} {index!r} names no prompt of the {len(got)} sent"
+                )
+            got[index] += _one(event["text_output"], route, "text_output")
+        checks += [
+            SmokeCheck(route, p, want, g) for p, want, g in zip(batch.prompts, expected, got, strict=True)
+        ]
+    return checks
+
+
+def _one(value, route: str, name: str):
+    """A one-element JSON output (the generate extension writes [x] or x) as x."""
+    while isinstance(value, list):
+        if len(value) != 1:
+            raise StageError("smoke", f"{route}: {name} holds {len(value)} values in one answer, not 1")
+        (value,) = value
+    return value
 
 
 def ask_server(url: str, prompts: list[str], expected: list[str], *, max_tokens: int) -> list[SmokeCheck]:
@@ -168,6 +231,7 @@ def smoke_published(
             ):
                 continue
             repository = published_repository(config, precision.value, profile.name)
+            require_intact(repository, "refusing to serve it")
             reporter.info(f"smoke {precision.value}/{profile.name}: serving {repository.resolve()}")
             reports.append(
                 run_smoke(
@@ -178,4 +242,34 @@ def smoke_published(
                     reporter=reporter,
                 )
             )
+            require_intact(repository, "the server wrote into it")
     return reports
+
+
+def serving_view(repository: Path, folder: Path) -> Path:
+    """`folder`, made afresh: hard links to (or verified copies of) every file of the published version,
+    in folders of its own. The Python backend writes `__pycache__` beside each model.py it imports (its
+    stub runs an isolated interpreter: PYTHONDONTWRITEBYTECODE is ignored), here and never into the
+    version."""
+    from pipeline.atomic import link_or_copy
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    for entry in manifest.files:
+        link_or_copy(repository / entry.path, folder / entry.path, entry.sha256)
+    return folder
+
+
+def require_intact(repository: Path, consequence: str) -> None:
+    """A published version must match its publish-manifest.json file by file (and hold nothing else)."""
+    from pipeline.serving.release import check_version
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST
+
+    version = repository.resolve()
+    check = check_version(version)
+    if not check.ok:
+        raise IntegrityError(
+            f"{version}: differs from its {RELEASE_MANIFEST} ({check.summary()}); {consequence}",
+            hint="`trtllm-pipeline publish` publishes a fresh version; serve versions read-only",
+        )

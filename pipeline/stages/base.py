@@ -8,12 +8,17 @@ A stage module defines:
     def config_section(config, task) -> dict   the config (and input-file digests) the output depends on
     def run(ctx: StageContext) -> StageOutcome writes the artifact into ctx.out_dir
 
-The executor does the rest: keys, skipping, the manifest, the atomic rename.
+and, when its outputs also live outside the store (publish), optionally
+
+    def check_outputs(artifact, trusted) -> list[str]   what is wrong with them (empty: intact)
+
+The executor does the rest: keys, verification, skipping, the manifest, the atomic rename.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +26,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig, Precision, Profile
+from pipeline.manifest import StatKey
 from pipeline.reporting import Reporter
 from pipeline.store import Artifact
 from pipeline.tasks import Task
@@ -46,8 +52,10 @@ class StageContext:
     log_path: Path
     reporter: Reporter
     options: RunOptions = field(default_factory=RunOptions)
-    # sha256 of files the stage already verified, so the manifest need not hash them again
+    # sha256 the stage computed from the bytes it wrote, by path, so the manifest need not hash them again
     known_sha256: dict[str, str] = field(default_factory=dict)
+    # sha256 of the verified input files by stat key: a hard link to one of them is those bytes
+    trusted: Mapping[StatKey, str] = field(default_factory=dict)
 
     @property
     def precision(self) -> Precision:

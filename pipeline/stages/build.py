@@ -16,7 +16,10 @@ the reference runtime, and enforces the profile's limits at run time, so every
 later stage runs the same way on both targets.
 
 After a build, engines/<model>/<precision>/<target>/<profile> (next to the
-work dir) is a relative symlink to the artifact.
+work dir) is a relative symlink to the artifact; a link that points into
+another work dir's store is left alone, with a warning. A gate engine
+(pipeline.stages.gate_engine, built here too, with --gather_context_logits) gets no link:
+it is never served.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ import os
 import shlex
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from pipeline import __version__
+from pipeline.atomic import link_or_copy, swap_symlink
 from pipeline.config import PipelineConfig, Precision
 from pipeline.errors import InputError, StageError
 from pipeline.plan import ProfilePlan, find_architecture, plan_profile
@@ -40,7 +43,7 @@ from pipeline.proc import Runner, run_tool
 from pipeline.stages.base import RunOptions, StageContext, StageOutcome
 from pipeline.store import ArtifactStore
 from pipeline.targets import TARGETS, Target
-from pipeline.tasks import Task
+from pipeline.tasks import ENGINE_STAGES, Task
 from pipeline.trtllm.argv import trtllm_build_argv
 from pipeline.trtllm.engine import (
     ENGINE_CONFIG,
@@ -58,10 +61,10 @@ from pipeline.trtllm.environment import (
     probe_environment,
     require_build_host,
 )
-from pipeline.trtllm.network import check_onnx_files
+from pipeline.trtllm.network import network_files
 
 NAME = "build"
-VERSION = 2
+VERSION = 3
 TOOLS = ("tensorrt-llm", "tensorrt")
 ENGINE_DIR = "engine"
 NETWORK_DIR = "network"
@@ -78,7 +81,7 @@ class BuildRecord(BaseModel):
     engine: EngineInfo
     command: list[str]  # the full trtllm-build argv (empty for cpu-reference: nothing external ran)
     timing_cache: str | None = None
-    onnx_files: list[str] = []
+    network_files: list[str] = []  # --visualize_network's graph, for viewing (not checkable ONNX)
     engine_link: str | None = None
     plan: ProfilePlan
 
@@ -107,7 +110,9 @@ def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
                 f"{ctx.task.id}: build.visualize: cpu-reference has no TensorRT network to export"
             )
         record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
-    record.engine_link = str(_link_engine(ctx))
+    if not plan.gather_context_logits:
+        link = _link_engine(ctx)
+        record.engine_link = str(link) if link is not None else None
     summary = (
         f"{record.engine.runtime} engine: batch {plan.max_batch_size} x {plan.max_seq_len} tokens "
         f"(plan fits {plan.largest_batch}), max_num_tokens {plan.max_num_tokens}"
@@ -118,11 +123,9 @@ def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
 # --- GPU targets: trtllm-build ----------------------------------------------------------------
 
 
-def _timing_cache(work_dir: Path, model: str, target: Target, env: BuildEnvironment) -> Path:
+def timing_cache_path(work_dir: Path, model: str, target: Target, tensorrt_version: str | None) -> Path:
     # TensorRT refuses a timing cache from another GPU or TensorRT version: key it by both.
-    path = work_dir / "timing-cache" / model / f"{target.name}-trt{env.tensorrt}.cache"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return work_dir / "timing-cache" / model / f"{target.name}-trt{tensorrt_version}.cache"
 
 
 def _check_host(
@@ -152,22 +155,26 @@ def _build_trtllm_engine(
     _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
     visualize_dir = ctx.out_dir / NETWORK_DIR if ctx.config.build.visualize else None
     gpus = len(env.gpus)
+    timing_cache = timing_cache_path(ctx.work_dir, ctx.config.model.name, target, env.tensorrt)
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
     argv = trtllm_build_argv(
         checkpoint,
         engine_dir,
         ctx.profile,
         ctx.config.build,
         plan,
-        _timing_cache(ctx.work_dir, ctx.config.model.name, target, env),
+        timing_cache,
         workers=min(ctx.config.build.workers or gpus, gpus),  # trtllm-build caps it at the GPU count too
         visualize_dir=visualize_dir,
         executable=env.trtllm_build or "trtllm-build",
     )
     ctx.log.info("$ %s", shlex.join(argv))
     ctx.reporter.info(f"{ctx.task.id}: trtllm-build (log: {build_log})")
-    run_tool(argv, stage=NAME, log_path=build_log, runner=runner)
-    check_built_engine(engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan))
-    onnx_files = check_onnx_files(visualize_dir) if visualize_dir is not None else []
+    run_tool(argv, stage=ctx.task.stage, log_path=build_log, runner=runner)
+    check_built_engine(
+        engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan), stage=ctx.task.stage
+    )
+    graph = network_files(visualize_dir) if visualize_dir is not None else []
     gpu = env.gpus[0]
     info = EngineInfo(
         runtime="tensorrt-llm",
@@ -189,19 +196,21 @@ def _build_trtllm_engine(
         engine=info,
         command=argv,
         timing_cache=argv[argv.index("--output_timing_cache") + 1],
-        onnx_files=[p.relative_to(ctx.out_dir).as_posix() for p in onnx_files],
+        network_files=[p.relative_to(ctx.out_dir).as_posix() for p in graph],
         plan=plan,
     )
 
 
 def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | None:
     """The model/ folder of the fetch artifact this config would use, if it is in the store already."""
-    from pipeline.executor import fingerprints, key_of
+    from pipeline.executor import fingerprint, key_of
+    from pipeline.stages import stage_module
 
     fetch = Task("fetch")
     if not store.slot(fetch.stage, fetch.variant).is_dir():
         return None  # nothing fetched yet: no need to key the fetch task (and import its module)
-    artifact = store.get(fetch.stage, fetch.variant, key_of(fingerprints(config, [fetch])[fetch]))
+    key = key_of(fingerprint(config, fetch, stage_module(fetch.stage), {}))
+    artifact = store.get(fetch.stage, fetch.variant, key)
     return artifact.path / "model" if artifact is not None else None
 
 
@@ -217,9 +226,9 @@ def preflight(
     """Before any stage runs: refuse a profile that cannot fit, and a GPU build this host cannot do
     (no TensorRT-LLM 1.2.1, no GPU of the target's SM, too little RAM or disk), so a run fails in
     seconds rather than after calibration. run() checks both again with the fetched config.json."""
-    from pipeline.executor import fingerprints, key_of
+    from pipeline.executor import TaskState, status
 
-    builds = [t for t in tasks if t.stage == NAME]
+    builds = [t for t in tasks if t.stage in ENGINE_STAGES]
     if not builds:
         return
     try:
@@ -230,9 +239,9 @@ def preflight(
     target = TARGETS[config.target.gpu]
     if not target.is_gpu:
         return
-    prints = fingerprints(config, tasks)
-    if not force and all(store.get(t.stage, t.variant, key_of(prints[t])) is not None for t in builds):
-        return  # every engine is built already: this host need not be able to build
+    built = {r.task for r in status(config, store, tasks) if r.state is TaskState.up_to_date}
+    if not force and all(t in built for t in builds):
+        return  # every engine is built already and intact: this host need not be able to build
     env = probe_environment(store.work_dir / "logs" / NAME / "preflight.log", runner=runner)
     needs = build_needs(max(plans, key=lambda p: p.weight_bytes)) if plans else (0, 0)
     store.work_dir.mkdir(parents=True, exist_ok=True)
@@ -253,17 +262,14 @@ def reference_engine_config(
     }
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
-    # A hard link costs no space; both artifacts are immutable once committed.
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
-
-
-def _checkpoint_sha256(ctx: StageContext, name: str) -> str | None:
+def _checkpoint_sha256(ctx: StageContext, name: str) -> str:
     rel = f"checkpoint/{name}"
-    return next((f.sha256 for f in ctx.inputs["calibrate"].manifest.files if f.path == rel), None)
+    entry = next((f for f in ctx.inputs["calibrate"].manifest.files if f.path == rel), None)
+    if entry is None:
+        raise InputError(
+            "not in the calibrate manifest", path=ctx.inputs["calibrate"].path / rel, hint="rerun calibrate"
+        )
+    return entry.sha256
 
 
 def _pack_reference_engine(
@@ -282,10 +288,9 @@ def _pack_reference_engine(
     if not weights.is_file():
         raise InputError("checkpoint weights missing", path=weights, hint="rerun calibrate with --force")
     engine_dir.mkdir()
-    _link_or_copy(weights, engine_dir / REFERENCE_WEIGHTS)
-    sha = _checkpoint_sha256(ctx, REFERENCE_WEIGHTS)
-    if sha is not None:
-        ctx.known_sha256[f"{ENGINE_DIR}/{REFERENCE_WEIGHTS}"] = sha
+    # A hard link costs no space (the executor verified the checkpoint; the manifest then knows these
+    # bytes by their stat); a copy is checked against the checkpoint's sha256 before it counts.
+    link_or_copy(weights, engine_dir / REFERENCE_WEIGHTS, _checkpoint_sha256(ctx, REFERENCE_WEIGHTS))
     build_config = expected_build_config(ctx.profile, ctx.config.build, plan)
     engine_config = reference_engine_config(checkpoint_config, build_config)
     (engine_dir / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n")
@@ -296,12 +301,11 @@ def _pack_reference_engine(
     runner = load_runner(engine_dir)
     length = min(8, ctx.profile.max_input_len)
     vocab = int(checkpoint_config["vocab_size"])
-    ids = torch.arange(length, dtype=torch.long).remainder(vocab)[None, :]
-    logits = runner.logits(ids)
-    if tuple(logits.shape) != (1, length, vocab) or not bool(torch.isfinite(logits).all()):
+    (logits,) = runner.context_logits([[i % vocab for i in range(length)]])
+    if tuple(logits.shape) != (length, vocab) or not bool(torch.isfinite(logits).all()):
         raise StageError(
-            NAME,
-            f"the packed checkpoint's forward pass gave logits {tuple(logits.shape)}, not finite {(1, length, vocab)}",
+            ctx.task.stage,
+            f"the packed checkpoint's forward pass gave logits {tuple(logits.shape)}, not finite {(length, vocab)}",
         )
     ctx.log.info("verified: logits %s, finite", tuple(logits.shape))
     return BuildRecord(
@@ -318,21 +322,36 @@ def _pack_reference_engine(
 # --- engines/ ----------------------------------------------------------------------------------
 
 
-def _link_engine(ctx: StageContext) -> Path:
+def engine_link_owner(link: Path, build_slots: Path) -> Path | None:
+    """The folder an existing engines/ link points into, when that is not this work dir's build
+    slots (another work dir's store, or anywhere else); None when it is ours or absent."""
+    if not link.is_symlink():
+        return None
+    target = Path(os.path.normpath(link.parent / os.readlink(link)))
+    return None if target.is_relative_to(build_slots) else target.parent
+
+
+def _link_engine(ctx: StageContext) -> Path | None:
     """engines/<model>/<precision>/<target>/<profile> -> the artifact's final path, replaced atomically.
 
-    The link is made just before the executor commits the artifact (it renames ctx.out_dir to
-    <slot>/<key>); should the commit fail, the link dangles rather than pointing at a partial artifact.
+    The link belongs to one work dir: one pointing into another work dir's store is left as it is,
+    with a warning (None is returned). The link is made just before the executor commits the artifact
+    (it renames ctx.out_dir to <slot>/<key>); should the commit fail, the link dangles rather than
+    pointing at a partial artifact.
     """
     final = ctx.final_path.resolve()
     config = ctx.config
     link = (ctx.work_dir.resolve().parent / ENGINES_ROOT).joinpath(
         config.model.name, ctx.precision.value, config.target.gpu, ctx.profile.name
     )
-    link.parent.mkdir(parents=True, exist_ok=True)
     if link.exists() and not link.is_symlink():
         raise StageError(NAME, f"{link} exists and is not a link; move it away")
-    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}")
-    os.symlink(os.path.relpath(final, link.parent), tmp)
-    os.replace(tmp, link)
+    owner = engine_link_owner(link, ArtifactStore(ctx.work_dir.resolve()).slot(NAME, ()))
+    if owner is not None:
+        ctx.reporter.warn(
+            f"{ctx.task.id}: {link} points into {owner}, another work dir's store; not repointed "
+            "(remove the link to hand it to this work dir)"
+        )
+        return None
+    swap_symlink(link, os.path.relpath(final, link.parent))
     return link

@@ -2,14 +2,18 @@
 
 Writes ctx.out_dir/checkpoint (config.json + rank0.safetensors); the record is a
 CalibrationRecord (precision, versions, data set and sha256, timings, per-layer
-activation ranges, config repairs).
+activation ranges, config repairs) and the step's GPU memory: calibration runs in
+this process, so it must give its GPU memory back before the build (pipeline.gpu_memory).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.calibration.records import CalibrationRecord
 from pipeline.config import PipelineConfig, Precision
+from pipeline.formats import kv_cache_format, reads_calibration_data
+from pipeline.gpu_memory import GpuStepMemory, gpu_step
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
@@ -19,13 +23,21 @@ TOOLS = ("nvidia-modelopt", "torch", "transformers", "safetensors")
 CHECKPOINT_DIR = "checkpoint"
 
 
-def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    from pipeline.calibration.recipes import needs_calibration
+class CalibrateRecord(CalibrationRecord):
+    """manifest.record of a calibrate artifact."""
 
+    gpu_memory: list[GpuStepMemory]
+
+
+def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
     precision = Precision(task.precision)
     kv = config.quantization.kv_cache_dtype
-    section: dict[str, Any] = {"precision": precision.value, "kv_cache_dtype": kv}
-    if needs_calibration(precision, kv):
+    # The KV cache this precision really gets (fp8 always has its own).
+    section: dict[str, Any] = {
+        "precision": precision.value,
+        "kv_cache_dtype": kv_cache_format(precision, kv).name,
+    }
+    if reads_calibration_data(precision, kv):
         calibration = config.calibration
         section["calibration"] = calibration.model_dump(mode="json")
         section["instruct"] = config.model.instruct
@@ -46,16 +58,19 @@ def _sha256_or_none(path) -> str | None:
 def run(ctx: StageContext) -> StageOutcome:
     from pipeline.calibration import export_checkpoint
 
-    record = export_checkpoint(
-        ctx.inputs["fetch"].path / "model",
-        ctx.precision,
-        ctx.config.calibration,
-        ctx.out_dir / CHECKPOINT_DIR,
-        reporter=ctx.reporter,
-        log=ctx.log,
-        instruct=ctx.config.model.instruct,
-        kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
-    )
+    memory: list[GpuStepMemory] = []
+    with gpu_step("calibration", memory, stage=NAME):
+        exported = export_checkpoint(
+            ctx.inputs["fetch"].path / "model",
+            ctx.precision,
+            ctx.config.calibration,
+            ctx.out_dir / CHECKPOINT_DIR,
+            reporter=ctx.reporter,
+            log=ctx.log,
+            instruct=ctx.config.model.instruct,
+            kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
+        )
+    record = CalibrateRecord(**exported.model_dump(), gpu_memory=memory)
     run = record.calibration
     data = f"{run.samples} samples x {run.seq_len} tokens" if run else "no calibration"
     repaired = f", repaired {', '.join(r.field for r in record.repairs)}" if record.repairs else ""

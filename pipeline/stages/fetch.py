@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.atomic import link_or_copy
 from pipeline.config import ModelSection, PipelineConfig
 from pipeline.errors import FetchError, InputError
 from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
@@ -73,7 +72,12 @@ def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
             "allow_pickle": model.allow_pickle,
             "files": _stat_fingerprint(model.local_path, model),
         }
-    return {"source": "tiny", "tiny_seed": model.tiny_seed, "tiny_train_steps": model.tiny_train_steps}
+    return {
+        "source": "tiny",
+        "tiny_seed": model.tiny_seed,
+        "tiny_train_steps": model.tiny_train_steps,
+        "tiny_size": model.tiny_size,
+    }
 
 
 def run(ctx: StageContext) -> StageOutcome:
@@ -137,7 +141,9 @@ def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
             "reproducible builds: this artifact is reused until fetch runs with --force"
         )
     for name, verified in fetched.files.items():
-        _link_or_copy(verified.path.resolve(), out / name)
+        # A hard link from the download cache (its blobs are never written in place); a copy across
+        # filesystems is checked against the verified sha256.
+        link_or_copy(verified.path.resolve(), out / name, verified.sha256)
     return FetchRecord(
         source="hub",
         repo_id=model.repo_id,
@@ -146,15 +152,6 @@ def _fetch_hub(ctx: StageContext, out: Path) -> FetchRecord:
         revision_is_branch=not model.revision_is_commit,
         files=tuple(FetchedFile(path=n, size=v.size, sha256=v.sha256) for n, v in fetched.files.items()),
     )
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link from the download cache (its blobs are never written in place); copy across filesystems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def _copy_local(ctx: StageContext, out: Path) -> FetchRecord:
@@ -197,10 +194,10 @@ def _copy_hashing(src: Path, dst: Path, name: str, advance: Callable[[float], No
 
 def _generate_tiny(ctx: StageContext, out: Path) -> FetchRecord:
     from pipeline.hashing import sha256_file
-    from pipeline.tiny_model import TinyMistralSpec, generate_tiny_mistral
+    from pipeline.tiny_model import generate_tiny_mistral, tiny_spec
 
     model = ctx.config.model
-    spec = TinyMistralSpec(seed=model.tiny_seed, train_steps=model.tiny_train_steps)
+    spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)
     with ctx.reporter.progress("train the tiny Mistral", spec.train_steps, unit="step") as advance:
         generate_tiny_mistral(out, spec, on_step=lambda _step: advance(1))
     files = tuple(

@@ -1,7 +1,10 @@
-"""The gate stage: the built candidate against the unquantized Hugging Face model.
+"""The gate stage: the precision's gate engine against the unquantized Hugging Face model, then the
+served engine against the gate engine.
 
-Inputs: fetch (model/: the reference and its tokenizer) and build (engine/: the
-candidate, run through pipeline.runners on either target). Writes gate.json,
+Inputs: fetch (model/: the reference and its tokenizer), gate_engine (engine/: the
+checkpoint built with --gather_context_logits, whose logits are scored) and build
+(engine/: the served engine, checked by greedy agreement), both run through
+pipeline.runners on either target, gate.batch_size sequences at a time. Writes gate.json,
 gate.md and junit.xml; the outcome's ok is the verdict, so the executor keeps a
 failed gate's artifact but blocks publish behind it, and the CLI exits 1.
 """
@@ -16,7 +19,7 @@ from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
 NAME = "gate"
-VERSION = 1
+VERSION = 2
 TOOLS = ("torch", "transformers", "tensorrt-llm")
 MODEL_DIR = "model"
 ENGINE_DIR = "engine"
@@ -49,15 +52,19 @@ def run(ctx: StageContext) -> StageOutcome:
     from pipeline.trtllm.engine import read_engine_config
 
     model_dir = ctx.inputs["fetch"].path / MODEL_DIR
-    engine_dir = ctx.inputs["build"].path / ENGINE_DIR
-    limits = limits_of(read_engine_config(engine_dir), engine_dir)
+    gate_engine = ctx.inputs["gate_engine"].path / ENGINE_DIR
+    served = ctx.inputs["build"].path / ENGINE_DIR
+    batch = ctx.config.gate.batch_size
     record = run_gate(
         reference=lambda: HuggingFaceModel.load(model_dir),
-        candidate=lambda: load_runner(engine_dir),
+        # The runtime's batch (and on a GPU its KV cache) sized to the gate's batch, not the engine's.
+        candidate=lambda: load_runner(gate_engine, max_batch_size=batch),
+        served=lambda: load_runner(served, max_batch_size=batch),
         tokenizer=AutoTokenizer.from_pretrained(model_dir),
         settings=ctx.config.gate,
         thresholds=ctx.config.gate.thresholds[ctx.precision],
-        limits=limits,
+        limits=limits_of(read_engine_config(gate_engine), gate_engine),
+        served_limits=limits_of(read_engine_config(served), served),
         precision=ctx.precision.value,
         profile=ctx.profile.name,
         reporter=ctx.reporter,

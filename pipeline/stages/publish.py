@@ -10,14 +10,17 @@ would need renamed copies of all five models; one per variant is also the unit
 a deployment rolls out and back.
 
 Every check runs before anything is written at the destination: a failed gate,
-an engine folder without config.json, engine files that differ from the build
-manifest, an engine built for another target or TensorRT(-LLM) version, a
-destination that is a file.
+an input artifact whose files differ from its manifest, an engine folder
+without config.json, an engine built for another target or TensorRT(-LLM)
+version, a destination that is a file. Once published, `check_outputs` lets
+the executor verify the version against its publish-manifest.json on every
+run, so a tampered version is republished rather than taken as up to date.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailedError, InputError
 from pipeline.hashing import fingerprint_key, sha256_file
-from pipeline.manifest import list_files, verify_files
+from pipeline.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
 from pipeline.plan import KV_FREE_FRACTION
 from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
-from pipeline.serving.release import check_destination, publish_release
+from pipeline.serving.release import check_destination, check_version, publish_release
 from pipeline.serving.release_manifest import (
     RELEASE_MANIFEST,
     EngineRef,
@@ -40,13 +43,19 @@ from pipeline.serving.release_manifest import (
     ServingRef,
 )
 from pipeline.serving.render import RepositoryValues
-from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
+from pipeline.serving.repository import (
+    ENGINE_SUBDIR,
+    TOKENIZER_SUBDIR,
+    bls_instance_count,
+    client_batch_size,
+    write_repository,
+)
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
-from pipeline.store import Artifact
+from pipeline.store import Artifact, ArtifactStore
 from pipeline.targets import TARGETS
 from pipeline.tasks import Task
-from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info
+from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info, supports_chunked_context
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -73,6 +82,9 @@ class PublishRecord(BaseModel):
     path: str
     created: bool  # False: the same release was already current (a no-op)
     release: ReleaseManifest
+    # Each released file's stat once verified: checking the version later needs no hashing, even of
+    # a copy (a destination on another filesystem, or another mount of the same one).
+    version_stats: dict[str, StatRecord] = {}
 
 
 def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
@@ -106,6 +118,8 @@ def run(ctx: StageContext) -> StageOutcome:
     fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
     slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
     check_destination(slot)
+    for artifact in (fetch, build, gate):
+        _require_intact(artifact)
     gate_report = _check_gate(gate, ctx.task)
     engine_dir = build.path / ENGINE_DIR
     engine_config = read_engine_config(engine_dir)
@@ -116,7 +130,7 @@ def run(ctx: StageContext) -> StageOutcome:
         prefix="build_config.",
         stage="the build",
     )
-    engine_sha256 = _verified_engine_files(build, engine_dir)
+    engine_sha256 = _engine_files(build)
     built = read_engine_info(engine_dir)
     target = TARGETS[config.target.gpu]
     container = serving_container(config.publish.container) if target.is_gpu else None
@@ -124,21 +138,25 @@ def run(ctx: StageContext) -> StageOutcome:
         str(engine_dir), built, engine_config.get("version"), target=target, container=container
     )
 
+    decoupled = config.publish.decoupled
     values = RepositoryValues(
-        triton_max_batch_size=limits.max_batch_size,
+        triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
         triton_backend="tensorrtllm" if target.is_gpu else "python",
         # The C++ backend needs an absolute path (where the container mounts the release);
         # the cpu-reference Python model resolves a relative one against the repository.
         engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
         tokenizer_dir=TOKENIZER_SUBDIR,
-        decoupled_mode=config.publish.decoupled,
+        decoupled_mode=decoupled,
         # The plan's KV budget assumes this fraction; serving with another voids its proof.
         kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
         max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
         enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
-        enable_chunked_context=config.publish.enable_chunked_context,
+        # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
+        enable_chunked_context=config.publish.enable_chunked_context
+        and supports_chunked_context(engine_config),
         preprocessing_instance_count=config.publish.preprocessing_instances,
         postprocessing_instance_count=config.publish.postprocessing_instances,
+        bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
     )
     repository = ctx.out_dir / REPOSITORY_DIR
     placed = write_repository(
@@ -184,12 +202,25 @@ def run(ctx: StageContext) -> StageOutcome:
             kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
             triton_max_batch_size=values.triton_max_batch_size,
             gpt_model_path=values.engine_dir,
+            mount_path=config.publish.mount_path if target.is_gpu else None,
         ),
         gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
-        files=list_files(repository, placed),
+        files=[f.entry() for f in list_files(repository, placed)],
     )
     (repository / RELEASE_MANIFEST).write_text(release.model_dump_json(indent=2) + "\n")
-    published = publish_release(repository, slot, release.files, RELEASE_MANIFEST)
+    published = publish_release(
+        repository,
+        slot,
+        release.files,
+        lock_root=config.publish.destination,
+        trusted=ctx.trusted,
+        on_wait=lambda lock: ctx.reporter.info(f"{ctx.task.id}: waiting for another publish holding {lock}"),
+    )
+    if published.tampered:
+        ctx.reporter.warn(
+            f"{ctx.task.id}: the version that was current at {slot} fails its {RELEASE_MANIFEST} "
+            f"({published.tampered[0]}); published a fresh version"
+        )
     state = "new" if published.created else "unchanged, already current"
     ctx.reporter.info(f"{ctx.task.id}: version {published.version} at {published.path} ({state})")
     return StageOutcome(
@@ -200,6 +231,7 @@ def run(ctx: StageContext) -> StageOutcome:
             path=str(published.path),
             created=published.created,
             release=release,
+            version_stats=published.stats,
         ),
     )
 
@@ -227,30 +259,40 @@ def _versions(info: EngineInfo) -> dict[str, str]:
     return {name: version for name, version in found.items() if version is not None}
 
 
-def _verified_engine_files(build: Artifact, engine_dir: Path) -> dict[str, str]:
-    """sha256 of every engine file (relative to engine_dir), after checking each against the build manifest."""
+def _require_intact(artifact: Artifact) -> None:
+    """Refuse an input whose files differ from its manifest. The executor checks (and rebuilds) inputs
+    before a stage runs; this holds without it, and against a change made since."""
+    check = ArtifactStore.check(artifact)
+    if not check.ok:
+        raise InputError(
+            f"the {artifact.manifest.stage} artifact differs from its manifest: {check.summary()}",
+            path=artifact.path,
+            hint=f"`trtllm-pipeline run` sets it aside and rebuilds it (or rerun {artifact.manifest.stage} --force)",
+        )
+
+
+def _engine_files(build: Artifact) -> dict[str, str]:
+    """sha256 of every engine file (relative to engine/), from the (verified) build manifest."""
     prefix = f"{ENGINE_DIR}/"
-    entries = [e for e in build.manifest.files if e.path.startswith(prefix)]
-    problems = verify_files(build.path, entries)
-    if problems:
-        raise InputError(
-            f"engine differs from its build manifest: {problems[0]}",
-            path=build.path,
-            hint="the build artifact was modified or corrupted: rerun the build (--force)",
-        )
-    listed = {e.path for e in entries}
-    extra = sorted(
-        p.relative_to(build.path).as_posix()
-        for p in engine_dir.rglob("*")
-        if p.is_file() and p.relative_to(build.path).as_posix() not in listed
-    )
-    if extra:
-        raise InputError(
-            f"{extra[0]} is not in the build manifest",
-            path=build.path,
-            hint="the build artifact was modified: rerun the build (--force)",
-        )
-    return {e.path[len(prefix) :]: e.sha256 for e in entries}
+    return {e.path[len(prefix) :]: e.sha256 for e in build.manifest.files if e.path.startswith(prefix)}
+
+
+def check_outputs(artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
+    """The version this artifact published, against its publish-manifest.json (and that manifest
+    against the artifact's own copy): what is wrong, one line each."""
+    try:
+        record = PublishRecord.model_validate(artifact.manifest.record)
+    except ValidationError:
+        return [f"{artifact.path / MANIFEST_NAME}: record is not a publish record"]
+    version = Path(record.path)
+    where = f"published version {record.version} at {version}"
+    check = check_version(version, trusted, record.version_stats)
+    if not check.ok:
+        return [f"{where}: {p}" for p in check.problems]
+    ours = artifact.path / REPOSITORY_DIR / RELEASE_MANIFEST
+    if not ours.is_file() or ours.read_bytes() != (version / RELEASE_MANIFEST).read_bytes():
+        return [f"{where}: modified: {RELEASE_MANIFEST}"]
+    return []
 
 
 def _validated(model: type[M], data: Any, *, source: Path, prefix: str, stage: str) -> M:

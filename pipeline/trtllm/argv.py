@@ -51,16 +51,18 @@ def trtllm_build_argv(
         "--gemm_plugin", build.gemm_plugin,
         "--gpt_attention_plugin", "auto",
         "--context_fmha", "enable",
-        "--use_paged_context_fmha", _switch(build.use_paged_context_fmha),
+        # The plan's value: the config's, off with an INT8 KV cache (as trtllm-build would switch it).
+        "--use_paged_context_fmha", _switch(plan.paged_context_fmha),
         "--remove_input_padding", "enable",
         "--multiple_profiles", _switch(build.multiple_profiles),
-        # The gate scores the engine's own context logits (perplexity, top-1 agreement).
-        "--gather_context_logits",
         "--workers", str(workers),
         "--input_timing_cache", str(timing_cache),
         "--output_timing_cache", str(timing_cache),
         "--log_level", "info",
     ]  # fmt: skip
+    if plan.gather_context_logits:
+        # Only a gate engine: every response of an engine built so carries the prompt's full logits.
+        argv += ["--gather_context_logits"]
     if visualize_dir is not None:
         argv += ["--visualize_network", str(visualize_dir)]
     return argv

@@ -48,12 +48,13 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
         "max_num_tokens": plan.max_num_tokens,
         "opt_num_tokens": profile.opt_num_tokens,
         "max_beam_width": 1,
-        "gather_context_logits": True,
+        "gather_context_logits": plan.gather_context_logits,
         "plugin_config": {
             "gemm_plugin": build.gemm_plugin,
             "gpt_attention_plugin": "auto",
             "context_fmha": True,
-            "use_paged_context_fmha": build.use_paged_context_fmha,
+            # trtllm-build writes False with an INT8 KV cache whatever was asked (builder.py build()).
+            "use_paged_context_fmha": plan.paged_context_fmha,
             "remove_input_padding": True,
             "multiple_profiles": build.multiple_profiles,
             "paged_kv_cache": build.kv_cache_type == "paged",
@@ -63,8 +64,15 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
 
 # What a trtllm-build engine's config.json must agree on; plugin dtypes are resolved by TensorRT-LLM
 # ("auto" -> "float16"), so only the switches are compared.
-_CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")
+_CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "gather_context_logits")
 _CHECKED_PLUGIN_KEYS = ("use_paged_context_fmha", "remove_input_padding", "multiple_profiles")
+
+
+def supports_chunked_context(engine_config: dict[str, Any]) -> bool:
+    """Chunked context needs paged context FMHA, which the engine's own build_config records
+    (trtllm-build switches it off with an INT8 KV cache): what runtimes and Triton may enable."""
+    plugins = engine_config.get("build_config", {}).get("plugin_config") or {}
+    return bool(plugins.get("use_paged_context_fmha", False))
 
 
 def read_engine_config(engine_dir: Path) -> dict[str, Any]:

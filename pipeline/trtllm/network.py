@@ -1,4 +1,10 @@
-"""Check the network trtllm-build exports with --visualize_network (ONNX, for inspection in Netron)."""
+"""Record the network graph trtllm-build writes with --visualize_network (for viewing in Netron).
+
+The graph is not a model ONNX tools can check or run: TensorRT-LLM writes one
+node per TensorRT layer, its op type the layer type's name ("LayerType.MATRIX_MULTIPLY")
+in the "com.nvidia" domain that no opset import declares, so `onnx.checker` rejects it.
+It is recorded (listed, hashed by the manifest), never validated as ONNX.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,11 @@ from pathlib import Path
 from pipeline.errors import StageError
 
 
-def check_onnx_files(directory: Path, *, stage: str = "build") -> list[Path]:
-    """Every .onnx file under directory, each passing onnx.checker; refuses an empty export."""
-    import onnx
-
-    files = sorted(directory.rglob("*.onnx"))
+def network_files(directory: Path, *, stage: str = "build") -> list[Path]:
+    """Every file --visualize_network wrote under directory; refuses an export that wrote nothing."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
     if not files:
-        raise StageError(stage, f"--visualize_network wrote no .onnx file under {directory}")
-    for path in files:
-        try:
-            # By path, so a graph over 2 GiB (external data) is checked too.
-            onnx.checker.check_model(str(path))
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StageError(stage, f"{path.name} is not a valid ONNX model: {first}") from None
+        raise StageError(
+            stage, f"trtllm-build exited 0 but --visualize_network wrote nothing under {directory}"
+        )
     return files

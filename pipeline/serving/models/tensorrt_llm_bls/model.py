@@ -3,11 +3,16 @@
 Calls `preprocessing` and the engine model through business logic scripting.
 Streamed text arrives as whole characters (TextStream), and with
 accumulate_tokens the text is decoded from every token so far rather than
-from each piece alone.
+from each piece alone. A request of several prompts is answered as the engine
+answers it: one response per prompt (or per streamed piece), in completion
+order, each with `batch_index`. Decoupled, every request is served on its own
+worker thread, so streams do not queue behind each other, and a stream whose
+client has gone is stopped in the engine too (a `stop` request naming its id).
 """
 
 import os
 import sys
+import uuid
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -15,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
-from responding import answer  # noqa: E402
+from responding import BATCH_INDEX, Responder, batch_index_tensor  # noqa: E402
 from textcodec import PieceDecoder, TextStream  # noqa: E402
 
 # bls input -> preprocessing input
@@ -42,7 +47,7 @@ SAMPLING_INPUTS = {
     "top_k": "runtime_top_k",
     "top_p": "runtime_top_p",
     "temperature": "temperature",
-    "random_seed": "random_seed",
+    "seed": "seed",
 }
 
 
@@ -63,18 +68,27 @@ class TritonPythonModel:
         self.accumulate = params["accumulate_tokens"] == "true"
         tokenizer = AutoTokenizer.from_pretrained(repository_path(args, params["tokenizer_dir"]))
         self.decoder = PieceDecoder(tokenizer)
+        # As many at once as the engine batches (max_batch_size is the engine's when decoupled).
+        self.responder = Responder(
+            decoupled=self.decoupled,
+            serve=self._serve,
+            pb_utils=pb_utils,
+            workers=int(config.get("max_batch_size", 1)),
+        )
+
+    def finalize(self):
+        self.responder.close()
 
     def execute(self, requests):
-        return answer(requests, decoupled=self.decoupled, serve=self._respond, pb_utils=pb_utils)
-
-    def _respond(self, request, sender):
-        text = self._serve(request, sender)
-        return None if text is None else self._text_response(text)
+        return self.responder.execute(requests)
 
     @staticmethod
-    def _text_response(text):
+    def _text_response(text, index=None):
         out = np.array([[text.encode("utf-8")]], dtype=np.object_)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text_output", out)])
+        tensors = [pb_utils.Tensor("text_output", out)]
+        if index is not None:
+            tensors.append(batch_index_tensor(pb_utils, index))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _serve(self, request, sender):
         stream_in = pb_utils.get_input_tensor_by_name(request, "stream")
@@ -91,42 +105,71 @@ class TritonPythonModel:
                 model_name="preprocessing", inputs=pre_inputs, requested_output_names=list(ENGINE_INPUTS)
             ).exec()
         )
-        if pre.output_tensors()[0].as_numpy().shape[0] != 1:
-            raise ValueError("tensorrt_llm_bls serves one prompt per request")
         engine_inputs = {}
         for pre_name, name in ENGINE_INPUTS.items():
             engine_inputs[name] = pb_utils.get_output_tensor_by_name(pre, pre_name).as_numpy()
+        batch = engine_inputs["input_ids"].shape[0]
         for name, engine_name in SAMPLING_INPUTS.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 engine_inputs[engine_name] = tensor.as_numpy()
-        engine_inputs["streaming"] = np.array([[streaming]], dtype=bool)
-        # Shapes as the config declares them, batch first ([1, 1] for a dims [1] input): a BLS
+        # Shapes as the config declares them, batch first ([B, 1] for a dims [1] input): a BLS
         # request is checked against the config before its reshape applies.
-        tensors = [pb_utils.Tensor(name, value) for name, value in engine_inputs.items()]
+        engine_inputs["streaming"] = np.full((batch, 1), streaming, dtype=bool)
+        request_id = f"bls-{uuid.uuid4().hex}"
         engine_request = pb_utils.InferenceRequest(
             model_name=self.engine_model,
-            inputs=tensors,
-            requested_output_names=["output_ids", "sequence_length"],
+            inputs=[pb_utils.Tensor(name, value) for name, value in engine_inputs.items()],
+            requested_output_names=["output_ids", "sequence_length", BATCH_INDEX],
+            request_id=request_id,
         )
-        stream = TextStream(self.decoder)
-        pieces = []
+        indexed = batch > 1  # one response per prompt, each naming it, as the engine answers
+        streams = [TextStream(self.decoder) for _ in range(batch)]
+        pieces = [[] for _ in range(batch)]
         for response in engine_request.exec(decoupled=True):
+            if sender is not None and sender.is_cancelled():
+                self._stop(request_id)  # the client has gone: free the engine's slot
+                return None
             _raise_on_error(response)
             if not response.output_tensors():
                 continue  # the final, empty response of a decoupled model
+            index_out = pb_utils.get_output_tensor_by_name(response, BATCH_INDEX)
+            b = 0 if index_out is None else int(index_out.as_numpy().reshape(-1)[0])
             ids = pb_utils.get_output_tensor_by_name(response, "output_ids").as_numpy()
             length = int(
                 pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy().reshape(-1)[0]
             )
             tokens = ids[0, 0, :length].tolist()
-            if not self.accumulate:
-                pieces.append(self.decoder.decode(tokens))
-            else:
-                pieces.append(stream.push(tokens))
-            if streaming and pieces[-1]:
-                sender.send(self._text_response(pieces[-1]))
-        tail = stream.flush() if self.accumulate else ""
-        if streaming:
-            return tail or None
-        return "".join(pieces) + tail
+            pieces[b].append(streams[b].push(tokens) if self.accumulate else self.decoder.decode(tokens))
+            if streaming and pieces[b][-1]:
+                sender.send(self._text_response(pieces[b][-1], b if indexed else None))
+            elif not streaming and indexed:  # this prompt's whole answer
+                sender.send(self._text_response(self._whole(pieces[b], streams[b]), b))
+        if not indexed:
+            if not streaming:
+                return self._text_response(self._whole(pieces[0], streams[0]))
+            tail = streams[0].flush() if self.accumulate else ""
+            return self._text_response(tail) if tail else None
+        if streaming and self.accumulate:
+            for b, stream in enumerate(streams):
+                tail = stream.flush()
+                if tail:
+                    sender.send(self._text_response(tail, b))
+        return None
+
+    def _whole(self, pieces, stream):
+        return "".join(pieces) + (stream.flush() if self.accumulate else "")
+
+    def _stop(self, request_id):
+        """Ask the engine to end the generation with this request id (the backend's `stop` input)."""
+        one = np.ones((1, 1), dtype=np.int32)
+        inputs = {"input_ids": one, "input_lengths": one, "request_output_len": one}
+        stop = pb_utils.InferenceRequest(
+            model_name=self.engine_model,
+            inputs=[pb_utils.Tensor(n, v) for n, v in inputs.items()]
+            + [pb_utils.Tensor("stop", np.ones((1, 1), dtype=bool))],
+            requested_output_names=["output_ids"],
+            request_id=request_id,
+        )
+        for response in stop.exec(decoupled=True):
+            _raise_on_error(response)

@@ -3,10 +3,20 @@
 Same inputs and outputs as the C++ backend (config.pbtxt is the same template),
 so the ensemble and the BLS model are the ones a GPU repository ships. Sampling
 options the reference runtime lacks are refused by name rather than ignored.
+
+It answers as the backend does (triton_backend/inflight_batcher_llm/src,
+TensorRT-LLM 1.2): a request of batch B becomes B generations and B responses
+of batch 1 in completion order, each with `batch_index` when B > 1 and it is
+requested (model_instance_state.cc fillTritonResponse); B > 1 or streaming
+without decoupled mode is refused (utils.cc createRequestsFromInputTensors);
+execute only hands requests on, so many run at once; and a generation stops
+when its client has gone or a `stop` request names its request id
+(handleStopRequest, WaitForCancel).
 """
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +25,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
-from responding import answer  # noqa: E402
+from responding import BATCH_INDEX, Responder, batch_index_tensor  # noqa: E402
 from textcodec import from_word_list, stop_position  # noqa: E402
 
 # input -> the value that means "off"; anything else is refused on this target
@@ -26,11 +36,20 @@ UNSUPPORTED_UNLESS = {
     "repetition_penalty": 1.0,
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
-    "min_length": None,
+    "min_tokens": None,
     "return_log_probs": False,
     "encoder_input_features": None,
-    "stop": False,  # cancelling a running request
 }
+
+
+# The TensorRT-LLM backend reads these with no fallback, so a config without one fails to load
+# (model_instance_state.cc: getBatchingTypeFromParams, getGuidedDecodingConfigFromParams); so does this.
+REQUIRED_PARAMETERS = (
+    "gpt_model_type",
+    "tokenizer_dir",
+    "xgrammar_tokenizer_info_path",
+    "guided_decoding_backend",
+)
 
 
 def _optional(request, name):
@@ -43,23 +62,55 @@ def _scalar(request, name, default):
     return default if value is None else value.reshape(-1)[0].item()
 
 
+class _Cancelled(Exception):
+    """Raised from the token callback to end a generation nobody waits for."""
+
+
+class _Answered(Exception):
+    """Raised from the token callback once every prompt of a stream has its answer."""
+
+
 class TritonPythonModel:
     def initialize(self, args):
         import torch
 
-        from pipeline.runners import load_runner
+        from pipeline.runners import NO_END_ID, load_runner
 
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = model_config(args)
         params = parameters(config)
+        for name in REQUIRED_PARAMETERS:
+            if name not in params:
+                raise pb_utils.TritonModelException(f"Cannot find parameter with name: {name}")
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.exclude_input = params["exclude_input_in_output"] == "true"
         self.runner = load_runner(Path(repository_path(args, params["gpt_model_path"])))
+        self.stopped: dict[str, threading.Event] = {}  # request id -> set by a `stop` request
+        self.lock = threading.Lock()
+        # In flight at once: as many requests as the engine's batch (the backend batches them in flight).
+        self.responder = Responder(
+            decoupled=self.decoupled,
+            serve=self._serve,
+            pb_utils=pb_utils,
+            workers=self.runner.limits.max_batch_size,
+        )
+        self.vocab_size = int(self.runner.engine_config["pretrained_config"]["vocab_size"])
+        self.no_end_id = NO_END_ID
+
+    def finalize(self):
+        self.responder.close()
 
     def execute(self, requests):
-        return answer(requests, decoupled=self.decoupled, serve=self._serve, pb_utils=pb_utils)
+        return self.responder.execute(requests)
 
     def _serve(self, request, sender):
+        if bool(_scalar(request, "stop", False)):
+            with self.lock:
+                event = self.stopped.get(request.request_id())
+            if event is not None:
+                event.set()
+            # the backend answers a stop with an empty (final) response
+            return None if sender is not None else pb_utils.InferenceResponse(output_tensors=[])
         for name, off in UNSUPPORTED_UNLESS.items():
             value = _optional(request, name)
             if value is not None and (off is None or value.reshape(-1)[0].item() != off):
@@ -71,59 +122,122 @@ class TritonPythonModel:
         lengths = pb_utils.get_input_tensor_by_name(request, "input_lengths").as_numpy().reshape(-1)
         output_lens = pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)
         batch = ids.shape[0]
+        streaming = bool(_scalar(request, "streaming", False))
+        if sender is None and batch > 1:
+            raise ValueError(
+                "Batch size > 1 requires the tensorrt_llm backend to be using decoupled transaction policy"
+            )
+        if sender is None and streaming:
+            raise ValueError("Streaming is only supported if model is deployed using decoupled mode.")
         prompts = [ids[b, : lengths[b]].tolist() for b in range(batch)]
         stops = _optional(request, "stop_words_list")
         stop_words = [[] for _ in range(batch)]
         if stops is not None:
             stop_words = [from_word_list(row) for row in stops.reshape(batch, 2, -1)]
         end_id = _scalar(request, "end_id", None)
+        self._check_token_id("end_id", end_id, sentinel=self.no_end_id)
+        self._check_token_id("pad_id", _scalar(request, "pad_id", None))
         options = dict(
             max_new_tokens=int(output_lens.max()),
             end_id=None if end_id is None else int(end_id),
             temperature=float(_scalar(request, "temperature", 0.0)),
             top_k=int(_scalar(request, "runtime_top_k", 0)),
-            seed=int(_scalar(request, "random_seed", 0)),
+            seed=int(_scalar(request, "seed", 0)),
         )
-        streaming = bool(_scalar(request, "streaming", False))
-        if streaming:
+        # batch_index only when the request asked for it and holds several prompts (fillTritonResponse)
+        indexed = batch > 1 and BATCH_INDEX in request.requested_output_names()
+        generation = _Generation(self, request, sender)
+        try:
+            if streaming:
+                return self._stream(prompts, stop_words, output_lens, options, generation, indexed)
+            return self._whole(prompts, stop_words, output_lens, options, generation, indexed)
+        except _Cancelled:
+            pb_utils.Logger.log_info(f"tensorrt_llm: request '{request.request_id()}' cancelled")
             if sender is None:
-                raise ValueError("streaming needs the model deployed in decoupled mode (publish.decoupled)")
-            if batch != 1:
-                raise ValueError("streaming serves one prompt per request")
-            self._stream(prompts[0], stop_words[0], int(output_lens[0]), options, sender)
+                raise ValueError(f"request '{request.request_id()}' was stopped") from None
             return None
-        generated = self.runner.generate(prompts, **options)
-        outputs = []
-        for b in range(batch):
-            tokens = list(generated[b][: int(output_lens[b])])
+        finally:
+            generation.close()
+
+    def _whole(self, prompts, stop_words, output_lens, options, generation, indexed):
+        generated = self.runner.generate(prompts, on_token=generation.check, **options)
+        answers = []
+        for b, tokens in enumerate(generated):
+            limit = int(output_lens[b])
+            ended = len(tokens) < limit  # by end_id, which is not returned
+            tokens = list(tokens[:limit])
             end = stop_position(tokens, stop_words[b])
             tokens = tokens[:end] if end is not None else tokens
-            outputs.append(tokens if self.exclude_input else prompts[b] + tokens)
-        return self._response(outputs, pad=options["end_id"] or 0)
+            steps = len(tokens) + int(ended)  # the decoding step at which this prompt finished
+            answers.append((steps, b, tokens if self.exclude_input else prompts[b] + tokens))
+        pad = options["end_id"] or 0
+        *first, last = sorted(answers)  # completion order; the last one travels with the final flag
+        for _, b, tokens in first:
+            generation.sender.send(self._response(tokens, pad=pad, index=b if indexed else None))
+        _, b, tokens = last
+        return self._response(tokens, pad=pad, index=b if indexed else None)
 
-    def _stream(self, prompt, stop_words, limit, options, sender):
-        sent: list[int] = []
-        done = [False]
+    def _check_token_id(self, name, value, sentinel=None):
+        """A token id the engine cannot produce is a bad request, not a silent never-stop or garbage padding."""
+        if value is not None and value != sentinel and not 0 <= int(value) < self.vocab_size:
+            allowed = f"[0, {self.vocab_size})" + (
+                f" or {sentinel} (no end token)" if sentinel is not None else ""
+            )
+            raise ValueError(f"input '{name}' is {int(value)}, outside the vocabulary: expected {allowed}")
 
-        def on_token(_index, token):
-            if done[0]:
-                return  # the reference runtime has no early exit; later tokens are dropped
-            sent.append(int(token))
-            sender.send(self._response([[int(token)]], pad=0))
-            done[0] = len(sent) >= limit or stop_position(sent, stop_words) is not None
+    def _stream(self, prompts, stop_words, output_lens, options, generation, indexed):
+        sent: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
 
-        self.runner.generate([prompt], on_token=on_token, **options)
+        def on_token(index, token):
+            generation.check(index, token)
+            if done[index]:
+                return  # the reference runtime has no early exit for one prompt; its tokens are dropped
+            sent[index].append(int(token))
+            generation.sender.send(self._response([int(token)], pad=0, index=index if indexed else None))
+            done[index] = (
+                len(sent[index]) >= int(output_lens[index])
+                or stop_position(sent[index], stop_words[index]) is not None
+            )
+            if all(done):
+                raise _Answered
+
+        try:
+            self.runner.generate(prompts, on_token=on_token, **options)
+        except _Answered:
+            pass
+        return None
 
     @staticmethod
-    def _response(outputs, *, pad):
-        width = max(1, max(len(o) for o in outputs))
-        output_ids = np.full((len(outputs), 1, width), pad, dtype=np.int32)
-        for b, tokens in enumerate(outputs):
-            output_ids[b, 0, : len(tokens)] = tokens
-        lengths = np.array([[len(o)] for o in outputs], dtype=np.int32)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("output_ids", output_ids),
-                pb_utils.Tensor("sequence_length", lengths),
-            ]
-        )
+    def _response(tokens, *, pad, index):
+        output_ids = np.full((1, 1, max(1, len(tokens))), pad, dtype=np.int32)
+        output_ids[0, 0, : len(tokens)] = tokens
+        tensors = [
+            pb_utils.Tensor("output_ids", output_ids),
+            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+        ]
+        if index is not None:
+            tensors.append(batch_index_tensor(pb_utils, index))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class _Generation:
+    """One request's generation: its sender, and whether anyone still waits for it."""
+
+    def __init__(self, model, request, sender):
+        self.model, self.sender = model, sender
+        self.request_id = request.request_id()
+        self.stop = threading.Event()
+        if self.request_id:
+            with model.lock:
+                model.stopped[self.request_id] = self.stop
+
+    def check(self, _index, _token):
+        """Per generated token: end the generation once its client has gone or a stop names it."""
+        if self.stop.is_set() or (self.sender is not None and self.sender.is_cancelled()):
+            raise _Cancelled
+
+    def close(self):
+        if self.request_id:
+            with self.model.lock:
+                self.model.stopped.pop(self.request_id, None)

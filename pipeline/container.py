@@ -1,0 +1,140 @@
+"""The serving container: its name and what it carries. The one home of these facts.
+
+Engines are built inside this image and served by it: a TensorRT engine runs
+only under the TensorRT (and TensorRT-LLM) version that built it. The versions
+are the image's row of triton-inference-server/server
+docs/introduction/compatibility.md (commit 0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8d2a):
+26.04 is the first release with TensorRT-LLM 1.2.1 (26.03 has 1.2.0; 26.02 and
+earlier 1.1.0 with TensorRT 10.13.3.9). docker/Dockerfile's FROM is held equal
+to `tag` by a test.
+
+`python -m pipeline.container freeze|verify` is what docker/Dockerfile runs
+around its one pip install (stdlib only: it runs before the project is installed).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServingContainer:
+    tag: str
+    tensorrt_llm: str
+    tensorrt: str
+    # The public part of the image's NGC torch build (its local label names the NGC build): a
+    # pre-release, so a requirement must admit pre-releases to accept it.
+    torch: str
+    python: str
+
+    @property
+    def release(self) -> str:
+        """The Triton release ('26.04'), as NGC tags it."""
+        return self.tag.rsplit(":", 1)[1].split("-", 1)[0]
+
+
+SERVING_CONTAINER = ServingContainer(
+    tag="nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3",
+    tensorrt_llm="1.2.1",
+    tensorrt="10.14.1.48",
+    torch="2.10.0a0",
+    python="3.12.3",
+)
+# Where the image keeps Triton (the Triton images' layout; tritonserver is also on PATH).
+TRITON_HOME = Path("/opt/tritonserver")
+DEFAULT_HTTP_PORT = 8000
+
+
+def serve_argv(repository: Path, mount_path: str, *, http_port: int = DEFAULT_HTTP_PORT) -> list[str]:
+    """`docker run` serving one published version: mounted where its gpt_model_path points, read-only
+    (the Python backend writes __pycache__ beside each model.py, and its stub's isolated interpreter
+    ignores PYTHONDONTWRITEBYTECODE, so only the mount keeps the verified version as it is)."""
+    return [
+        "docker", "run", "--rm", "--gpus", "all", "--ipc=host",
+        "-p", f"{http_port}:8000",
+        "-v", f"{repository}:{mount_path}:ro",
+        SERVING_CONTAINER.tag,
+        "tritonserver", f"--model-repository={mount_path}",
+    ]  # fmt: skip
+
+
+# --- what the Dockerfile runs -------------------------------------------------------------------
+
+
+def installed() -> dict[str, str]:
+    """name -> version of every installed distribution (names normalized as pip compares them)."""
+    out = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out.setdefault(_normalize(name), dist.version)
+    return out
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def freeze_lines(dists: dict[str, str]) -> list[str]:
+    """Constraint lines pinning every distribution to the version it has (pip's -c format).
+
+    A version that is not PEP 440 (some distro-installed packages) cannot be a constraint and
+    pip will not touch such a package anyway: it is left out rather than failing the parse.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    lines = []
+    for name, version in sorted(dists.items()):
+        try:
+            Version(version)
+        except InvalidVersion:
+            continue
+        lines.append(f"{name}=={version}")
+    return lines
+
+
+def read_frozen(text: str) -> dict[str, str]:
+    pairs = (line.split("==", 1) for line in text.splitlines() if "==" in line)
+    return {name.strip(): version.strip() for name, version in pairs}
+
+
+def image_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What the project's install changed in the image, and where the image is not the pinned one."""
+    problems = [
+        f"{name} {version} was {'replaced by ' + after[name] if name in after else 'removed'}"
+        for name, version in sorted(before.items())
+        if after.get(name) != version
+    ]
+    wanted = {"tensorrt-llm": SERVING_CONTAINER.tensorrt_llm, "tensorrt": SERVING_CONTAINER.tensorrt}
+    for name, version in wanted.items():
+        have = after.get(name)
+        if have != version and not (name == "tensorrt" and have is None):
+            # TensorRT may be installed without pip metadata; the build probe reads it by import.
+            problems.append(f"{name} is {have or 'not installed'}, pipeline.container pins {version}")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["freeze"] and len(argv) == 1:
+        print("\n".join(freeze_lines(installed())))
+        return 0
+    if argv[:1] == ["verify"] and len(argv) == 2:
+        problems = image_problems(read_frozen(Path(argv[1]).read_text()), installed())
+        for problem in problems:
+            print(f"ERROR {problem}", file=sys.stderr)
+        if problems:
+            print(
+                f"TIP the image must be {SERVING_CONTAINER.tag} as pipeline/container.py describes it, "
+                "and the project's requirements must accept what it carries",
+                file=sys.stderr,
+            )
+        return 1 if problems else 0
+    print("usage: python -m pipeline.container freeze | verify FROZEN_FILE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

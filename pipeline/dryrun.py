@@ -1,0 +1,146 @@
+"""What `run` would do, running nothing: every task, whether it would run and why, and the argv of
+each external command (each `trtllm-build`; the server for each published version).
+
+It reads the task graph, the store (which artifacts exist) and the argv planners the stages use
+(`pipeline.trtllm.argv`, `pipeline.container.serve_argv`), so what it shows is what the run would
+execute. It starts no process, probes no GPU and imports nothing heavy: it works on any host.
+Two things only the build host knows are shown as the run would choose them there, with a note:
+`--workers` (capped at the visible GPU count) and the TensorRT version in the timing cache's name
+(the serving container's).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from pipeline.config import PipelineConfig, Precision
+from pipeline.container import SERVING_CONTAINER, serve_argv
+from pipeline.executor import StageLookup, TaskResult, TaskState, status
+from pipeline.plan import ModelArch, plan_profile
+from pipeline.stages import stage_module
+from pipeline.store import ArtifactStore
+from pipeline.targets import TARGETS
+from pipeline.tasks import ENGINE_STAGES, Task
+
+
+class PlannedCommand(BaseModel):
+    purpose: str
+    argv: list[str]
+    notes: list[str] = []
+
+
+class PlannedTask(BaseModel):
+    id: str
+    stage: str
+    would_run: bool
+    reason: str  # why it would run, or why not
+    commands: list[PlannedCommand] = []
+
+
+class DryRun(BaseModel):
+    model: str
+    target: str
+    container: str | None  # the image builds run in and serving uses (GPU targets)
+    tasks: list[PlannedTask]
+    serve: list[PlannedCommand]  # after the run: serving each published version
+
+    @property
+    def commands(self) -> list[PlannedCommand]:
+        return [c for t in self.tasks for c in t.commands]
+
+
+def _decision(result: TaskResult, failed_input: Task | None, forced: bool) -> tuple[bool, str]:
+    """Whether the executor would run the task, and why (its rules, applied without running)."""
+    if failed_input is not None:
+        return False, f"blocked: {failed_input.id} did not pass"
+    if result.state in (TaskState.up_to_date, TaskState.rejected) and not forced:
+        return False, result.state.value + (f" ({result.summary})" if result.summary else "")
+    return True, "forced" if forced else result.reason or result.state.value
+
+
+def _build_command(
+    config: PipelineConfig, store: ArtifactStore, task: Task, keys: dict[Task, str], arch: ModelArch
+) -> PlannedCommand:
+    from pipeline.stages.build import ENGINE_DIR, NETWORK_DIR, timing_cache_path
+    from pipeline.stages.calibrate import CHECKPOINT_DIR
+    from pipeline.trtllm.argv import trtllm_build_argv
+
+    calibrate = task.input("calibrate")
+    out_dir = store.slot(task.stage, task.variant) / keys[task]
+    plan = plan_profile(config, arch, Precision(task.precision), task.profile)
+    target = TARGETS[config.target.gpu]
+    argv = trtllm_build_argv(
+        store.slot(calibrate.stage, calibrate.variant) / keys[calibrate] / CHECKPOINT_DIR,
+        out_dir / ENGINE_DIR,
+        config.profile(task.profile),
+        config.build,
+        plan,
+        timing_cache_path(store.work_dir, config.model.name, target, SERVING_CONTAINER.tensorrt),
+        workers=config.build.workers or 1,
+        visualize_dir=out_dir / NETWORK_DIR if config.build.visualize else None,
+    )
+    notes = [
+        f"--output_dir: the run writes {out_dir.parent}/.tmp-{out_dir.name}-*/, renamed to {out_dir.name}/ when whole"
+    ]
+    if config.build.workers is None:
+        notes.append("--workers: one per visible GPU on the build host (1 shown)")
+    return PlannedCommand(purpose=f"build the {task.precision}/{task.profile} engine", argv=argv, notes=notes)
+
+
+def _serve_command(config: PipelineConfig, task: Task) -> PlannedCommand:
+    from pipeline.serving.release import CURRENT
+    from pipeline.stages.publish import variant_destination
+
+    variant = f"{task.precision}/{task.profile}"
+    if not TARGETS[config.target.gpu].is_gpu:
+        return PlannedCommand(
+            purpose=f"serve and check {variant} on the bundled tritonserver",
+            argv=["trtllm-pipeline", "smoke", "--precision", task.precision, "--profile", task.profile],
+        )
+    repository = (variant_destination(config, task.precision, task.profile) / CURRENT).absolute()
+    return PlannedCommand(purpose=f"serve {variant}", argv=serve_argv(repository, config.publish.mount_path))
+
+
+def plan_run(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    tasks: list[Task],
+    arch: ModelArch | None,
+    *,
+    force_stages: frozenset[str] = frozenset(),
+    modules: StageLookup = stage_module,
+) -> DryRun:
+    """The dry run of `tasks` (topological order). arch is None when the model's shape is not known
+    before its fetch: the build argv then cannot be planned, and a note says so."""
+    results = status(config, store, tasks, modules)
+    keys = {r.task: r.key for r in results}
+    planned: dict[Task, PlannedTask] = {}
+    failed: set[Task] = set()  # kept artifacts that did not pass (a failed gate), and what they block
+    for result in results:
+        task = result.task
+        forced = task.stage in force_stages
+        failed_input = next((t for t in task.inputs if t in failed), None)
+        would_run, reason = _decision(result, failed_input, forced)
+        if failed_input is not None or (result.state is TaskState.rejected and not forced):
+            failed.add(task)
+        item = PlannedTask(id=task.id, stage=task.stage, would_run=would_run, reason=reason)
+        if would_run and task.stage in ENGINE_STAGES and TARGETS[config.target.gpu].is_gpu:
+            if arch is None:
+                item.commands.append(
+                    PlannedCommand(
+                        purpose=f"build the {task.precision}/{task.profile} engine",
+                        argv=[],
+                        notes=["the argv needs the model's config.json: run `trtllm-pipeline fetch` first"],
+                    )
+                )
+            else:
+                item.commands.append(_build_command(config, store, task, keys, arch))
+        planned[task] = item
+    gpu = TARGETS[config.target.gpu].is_gpu
+    return DryRun(
+        model=config.model.name,
+        target=config.target.gpu,
+        container=config.publish.container if gpu else None,
+        tasks=list(planned.values()),
+        serve=[_serve_command(config, t) for t in tasks if t.stage == "publish"],
+    )

@@ -1,0 +1,218 @@
+"""Every precision and KV cache format the pipeline builds: one row each, read by everything else.
+
+Config validation (which target may build it), the memory plan (bytes per
+weight and per scale), the calibration recipes (which ModelOpt 0.37 preset),
+the export verifier (which tensors the checkpoint must hold) and the reference
+runtime (which kernel runs it) all read these rows. Adding a format is one
+row here plus its runtime kernel (`pipeline.runtime.linear`, keyed by
+`quant_algo`). Pure: no imports beyond the standard library.
+
+Sources of the facts:
+- checkpoint tensors: what ModelOpt 0.37's export_tensorrt_llm_checkpoint writes (checked by running
+  it on the CPU: W8A8_SQ_PER_CHANNEL, W4A16_AWQ with group_size 128 and pre_quant_scale, FP8);
+- TensorRT-LLM 1.2.x (NVIDIA/TensorRT-LLM builder.py @ 008b2b8d, build(): "Paged Context FMHA is
+  disabled because it doesn't work with int8 kv cache currently"; modeling_utils.py @ 27712aa7,
+  preprocess_perlayer_weights and process_kv_scaling_factor) for how each is built and read;
+- the gate defaults' published figures, cited beside each row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+
+class Precision(str, Enum):
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8_wo = "int8_wo"  # W8A16, per-channel weights quantized by TensorRT-LLM at build
+    int8_sq = "int8_sq"  # W8A8 SmoothQuant, per-channel weights, per-tensor activations
+    int4_awq = "int4_awq"  # W4A16 AWQ, one scale per 128 inputs of each output channel
+    fp8 = "fp8"  # W8A8 FP8 (E4M3), per-tensor scales, FP8 KV cache
+
+
+@dataclass(frozen=True)
+class GateDefaults:
+    """Default accuracy thresholds of a format, and why they are what they are."""
+
+    max_perplexity_increase_pct: float
+    min_top1_agreement: float
+    min_greedy_match: float
+    reason: str
+
+
+# How a quantized linear's tensors look in the exported checkpoint (per TensorRT-LLM linear module).
+ScaleKind = Literal["channel", "group", "tensor"]
+
+
+@dataclass(frozen=True)
+class LinearLayout:
+    weight_dtype: str  # safetensors dtype code of `.weight`
+    values_per_element: int  # int4: two values per int8 byte, along the output dimension
+    weight_scale: ScaleKind  # `.weights_scaling_factor`: per output channel, per group, per tensor
+    activation_scale: bool  # `.activation_scaling_factor`, one per tensor
+    prequant_scale: bool  # `.prequant_scaling_factor`, one per input channel (x' = x * s)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    precision: Precision
+    description: str
+    weight_bits: int  # bits per linear weight in the engine
+    group_size: int | None  # inputs per scale (per-group formats)
+    scale_bytes: int  # bytes per weight scale in the engine (FP32 per channel/tensor, FP16 per group)
+    quant_algo: str | None  # the checkpoint's quantization.quant_algo
+    modelopt_config: str | None  # the ModelOpt 0.37 preset (mtq.<name>); None: ModelOpt leaves weights alone
+    # Who turns the weights into the engine's: ModelOpt at export, or trtllm-build from fp16 (W8A16).
+    weights_quantized_by: Literal["modelopt", "trtllm-build", "none"]
+    layout: LinearLayout | None  # None: floating-point weights in the checkpoint
+    min_sm: int | None  # oldest GPU architecture that runs it (None: every target's)
+    reads_calibration_data: bool  # activation statistics (SmoothQuant, AWQ search, FP8 amax)
+    kv_cache: str | None  # the KV cache format it always uses; None: quantization.kv_cache_dtype
+    export_dtype: Literal["float16", "bfloat16"]  # dtype of the unquantized tensors
+    gate: GateDefaults
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits < 16
+
+
+@dataclass(frozen=True)
+class KvCacheFormat:
+    name: str
+    bytes_per_value: int
+    quant_algo: str | None  # the checkpoint's quantization.kv_cache_quant_algo
+    # ModelOpt quantizer settings for K and V ("*[kv]_bmm_quantizer"); None: not quantized.
+    modelopt_num_bits: int | tuple[int, int] | None
+    min_sm: int | None
+    # TensorRT-LLM's builder switches paged context FMHA (so chunked context) off for an INT8 KV cache.
+    keeps_paged_context_fmha: bool
+
+    @property
+    def reads_calibration_data(self) -> bool:
+        return self.quant_algo is not None
+
+
+_UNQUANTIZED = GateDefaults(
+    0.5, 0.98, 0.9, "fp16 engine vs the model: only kernel rounding differs; anything more is a defect"
+)
+_INT8 = LinearLayout("I8", 1, "channel", activation_scale=True, prequant_scale=True)
+_INT4_AWQ = LinearLayout("I8", 2, "group", activation_scale=False, prequant_scale=True)
+_FP8 = LinearLayout("F8_E4M3", 1, "tensor", activation_scale=True, prequant_scale=False)
+
+FORMATS: dict[Precision, WeightFormat] = {
+    f.precision: f
+    for f in (
+        WeightFormat(
+            precision=Precision.fp16, description="FP16, unquantized",
+            weight_bits=16, group_size=None, scale_bytes=0, quant_algo=None, modelopt_config=None,
+            weights_quantized_by="none", layout=None, min_sm=None, reads_calibration_data=False,
+            kv_cache=None, export_dtype="float16", gate=_UNQUANTIZED,
+        ),
+        WeightFormat(
+            precision=Precision.bf16, description="BF16, unquantized",
+            weight_bits=16, group_size=None, scale_bytes=0, quant_algo=None, modelopt_config=None,
+            weights_quantized_by="none", layout=None, min_sm=None, reads_calibration_data=False,
+            kv_cache=None, export_dtype="bfloat16",
+            gate=GateDefaults(1.0, 0.97, 0.8, "bf16 keeps 8 mantissa bits: more rounding than fp16, still lossless"),
+        ),
+        WeightFormat(
+            precision=Precision.int8_wo, description="W8A16: INT8 weights per channel, FP16 activations",
+            weight_bits=8, group_size=None, scale_bytes=4, quant_algo="W8A16", modelopt_config=None,
+            weights_quantized_by="trtllm-build", layout=None, min_sm=None, reads_calibration_data=False,
+            kv_cache=None, export_dtype="float16",
+            gate=GateDefaults(
+                2.0, 0.93, 0.6,
+                "INT8 weight-only typically loses under 0.5 points on averaged 7B benchmarks; 2% leaves "
+                "room for calibration noise and still catches a collapse",
+            ),
+        ),
+        WeightFormat(
+            precision=Precision.int8_sq,
+            description="W8A8 SmoothQuant: INT8 weights per channel, INT8 activations per tensor",
+            weight_bits=8, group_size=None, scale_bytes=4, quant_algo="W8A8_SQ_PER_CHANNEL",
+            modelopt_config="INT8_SMOOTHQUANT_CFG", weights_quantized_by="modelopt", layout=_INT8,
+            min_sm=None, reads_calibration_data=True, kv_cache=None, export_dtype="float16",
+            gate=GateDefaults(
+                3.0, 0.90, 0.5,
+                "SmoothQuant W8A8 moves Mistral-7B's wikitext-2 perplexity 5.253 -> 5.277 (+0.5%, the "
+                "SmoothQuant authors' table); per-tensor SmoothQuant can collapse, which 3% catches",
+            ),
+        ),
+        WeightFormat(
+            precision=Precision.int4_awq,
+            description="W4A16 AWQ: INT4 weights, one FP16 scale per 128 inputs per output",
+            weight_bits=4, group_size=128, scale_bytes=2, quant_algo="W4A16_AWQ",
+            modelopt_config="INT4_AWQ_CFG", weights_quantized_by="modelopt", layout=_INT4_AWQ,
+            min_sm=None, reads_calibration_data=True, kv_cache=None, export_dtype="float16",
+            gate=GateDefaults(
+                6.0, 0.85, 0.4,
+                "AWQ INT4 g128 moves Llama-2-7B's wikitext-2 perplexity 5.47 -> 5.60 (+2.4%, the AWQ "
+                "paper's table; round-to-nearest 5.73, +4.8%): 6% allows that loss and calibration noise",
+            ),
+        ),
+        WeightFormat(
+            precision=Precision.fp8,
+            description="W8A8 FP8 (E4M3): per-tensor weight and activation scales, FP8 KV cache",
+            weight_bits=8, group_size=None, scale_bytes=4, quant_algo="FP8",
+            modelopt_config="FP8_DEFAULT_CFG", weights_quantized_by="modelopt", layout=_FP8,
+            min_sm=89, reads_calibration_data=True, kv_cache="fp8", export_dtype="float16",
+            gate=GateDefaults(
+                2.0, 0.93, 0.6,
+                "FP8 E4M3 W8A8 with per-tensor scales is reported near-lossless on 7B models (within ~1% "
+                "of FP16 accuracy; Intel's 'Efficient Post-training Quantization with FP8 Formats', 2023)",
+            ),
+        ),
+    )
+}  # fmt: skip
+
+KV_CACHE_FORMATS: dict[str, KvCacheFormat] = {
+    k.name: k
+    for k in (
+        KvCacheFormat("fp16", 2, None, None, None, keeps_paged_context_fmha=True),
+        KvCacheFormat("int8", 1, "INT8", 8, None, keeps_paged_context_fmha=False),
+        KvCacheFormat("fp8", 1, "FP8", (4, 3), 89, keeps_paged_context_fmha=True),
+    )
+}
+# The KV cache formats a user may choose (fp8 comes with the fp8 precision, whose attention is FP8 too).
+SELECTABLE_KV_CACHES = ("fp16", "int8")
+
+
+def weight_format(precision: Precision | str) -> WeightFormat:
+    return FORMATS[Precision(precision)]
+
+
+def kv_cache_format(precision: Precision | str, kv_cache_dtype: str) -> KvCacheFormat:
+    """The KV cache a precision's engine has: its own (fp8), else the configured one."""
+    return KV_CACHE_FORMATS[weight_format(precision).kv_cache or kv_cache_dtype]
+
+
+def reads_calibration_data(precision: Precision | str, kv_cache_dtype: str) -> bool:
+    """Whether the export depends on calibration data (activation statistics or K/V scales)."""
+    return (
+        weight_format(precision).reads_calibration_data
+        or kv_cache_format(precision, kv_cache_dtype).reads_calibration_data
+    )
+
+
+def builds_paged_context_fmha(requested: bool, kv: KvCacheFormat) -> bool:
+    """What trtllm-build really builds: it turns paged context FMHA off for an INT8 KV cache."""
+    return requested and kv.keeps_paged_context_fmha
+
+
+def unsupported_on(precision: Precision | str, kv_cache_dtype: str, sm: int | None) -> str | None:
+    """Why a GPU of architecture `sm` cannot run the format, or None. The CPU reference runtime
+    (sm None) emulates every format, so no SM limit applies to it."""
+    if sm is None:
+        return None
+    fmt, kv = weight_format(precision), kv_cache_format(precision, kv_cache_dtype)
+    for name, min_sm in ((fmt.precision.value, fmt.min_sm), (f"a {kv.name} KV cache", kv.min_sm)):
+        if min_sm is not None and sm < min_sm:
+            return f"{name} needs sm{min_sm} or newer"
+    return None
+
+
+def format_for_quant_algo(quant_algo: str | None) -> WeightFormat:
+    """The row of a checkpoint's quant_algo (None: unquantized fp16/bf16 share the fp16 row's layout)."""
+    return next(f for f in FORMATS.values() if f.quant_algo == quant_algo)

@@ -1,0 +1,270 @@
+"""`make gpu-selftest`: the whole GPU path on a small model, on this host's own GPU, in a few minutes.
+
+Inside the serving container on a GPU host: the tiny Mistral at its "gpu" size (hidden 256,
+head_dim 64: shapes TensorRT-LLM's kernels accept) goes through the real pipeline for the target
+that matches the visible GPU (a real `trtllm-build`, the gate on that engine, publish), then the
+container's own `tritonserver` with the `tensorrtllm` backend serves the published repository:
+one generate and two streamed requests (ensemble, BLS) must equal the engine's greedy answer.
+That reference runs in a child process, so its GPU memory is released before the server starts.
+
+Every step is a row of the pass/fail table and of report.json. The process edges (the probe's
+child Python, the stages, the server) are parameters, so the plan and the report are tested with
+stand-ins on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, PrivateAttr
+
+from pipeline.config import PipelineConfig, Precision
+from pipeline.container import SERVING_CONTAINER, TRITON_HOME
+from pipeline.errors import MissingDependencyError, PipelineError
+from pipeline.executor import StageLookup, TaskState, execute
+from pipeline.plan import GIB
+from pipeline.proc import Runner, run_tool
+from pipeline.reporting import Reporter
+from pipeline.serving.server import TritonInstall, TritonServer
+from pipeline.stages import stage_module
+from pipeline.store import ArtifactStore, write_text_atomic
+from pipeline.targets import TARGETS, Target
+from pipeline.tasks import plan_tasks
+from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, probe_environment
+
+if TYPE_CHECKING:
+    from pipeline.serving.smoke import SmokeCheck
+
+STAGE = "gpu-selftest"
+PRECISION = Precision.int8_sq  # the real job's first precision: SmoothQuant kernels on this GPU
+PROFILE = {"name": "selftest", "max_batch_size": 2, "max_input_len": 96, "max_seq_len": 128}
+MAX_TOKENS = 16
+# Every run really builds, gates and publishes; the generated model is deterministic, so kept.
+FORCED = frozenset({"calibrate", "build", "gate_engine", "gate", "publish"})
+REPORT_NAME = "report.json"
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool | None  # None: skipped, an earlier step failed
+    detail: str = ""
+    duration_s: float = 0.0
+
+
+class SelftestReport(BaseModel):
+    ok: bool
+    container: str
+    gpu: str | None = None
+    target: str | None = None
+    repository: str | None = None
+    checks: list[Check]
+    # The first error a step raised (its exit code is the run's), not part of report.json.
+    _error: PipelineError | None = PrivateAttr(default=None)
+
+    @property
+    def error(self) -> PipelineError | None:
+        return self._error
+
+
+def target_for(gpu: GpuInfo) -> Target:
+    """The target row for a visible GPU: its SM, and the nearest memory size among that SM's rows."""
+    rows = [t for t in TARGETS.values() if t.sm == gpu.sm]
+    if not rows:
+        known = ", ".join(sorted({f"sm{t.sm}" for t in TARGETS.values() if t.is_gpu}))
+        raise MissingDependencyError(
+            f"GPU {gpu.name} is sm{gpu.sm}: pipeline/targets.py has targets for {known}"
+        )
+    return min(rows, key=lambda t: abs(t.memory_gib - gpu.memory_bytes / GIB))
+
+
+def host_target(env: BuildEnvironment) -> tuple[GpuInfo, Target]:
+    if env.tensorrt_llm is None:
+        raise MissingDependencyError(
+            f"TensorRT-LLM is not installed: run the self-test inside {SERVING_CONTAINER.tag} on a GPU host",
+            hint="docker/Dockerfile builds that image with this project; then `make gpu-selftest` in it",
+        )
+    if not env.gpus:
+        raise MissingDependencyError("no CUDA GPU is visible", hint="start the container with --gpus all")
+    return env.gpus[0], target_for(env.gpus[0])
+
+
+def selftest_config(target: str, work_dir: Path, data_dir: Path) -> PipelineConfig:
+    """The real pipeline's config for the small model on `target`, published under work_dir.
+
+    The published version is served where it lies, so the engine's absolute gpt_model_path
+    (publish.mount_path) is that version's own path.
+    """
+    from pipeline.serving.release import CURRENT
+    from pipeline.stages.publish import variant_destination
+
+    data = {
+        "model": {"name": "gpu-selftest", "source": "tiny", "tiny_size": "gpu", "instruct": True},
+        "target": {"gpu": target},
+        "quantization": {"precisions": [PRECISION.value]},
+        "calibration": {
+            "dataset": data_dir / "offline-mix.jsonl",
+            "samples": 64,
+            "seq_len": 128,
+            "batch_size": 8,
+        },
+        "profiles": [PROFILE],
+        "gate": {
+            "eval_dataset": data_dir / "offline-eval.jsonl",
+            "eval_samples": 32,
+            "eval_seq_len": 128,
+            "prompts": data_dir / "prompts.jsonl",
+            "max_new_tokens": MAX_TOKENS,
+        },
+        "publish": {"destination": work_dir.absolute() / "model_repository"},
+    }
+    config = PipelineConfig.model_validate(data)
+    current = variant_destination(config, PRECISION.value, PROFILE["name"]) / CURRENT
+    publish = config.publish.model_copy(update={"mount_path": str(current)})
+    return config.model_copy(update={"publish": publish})
+
+
+# (published repository, prompts, max_tokens, work dir) -> one check per route
+Serve = Callable[[Path, list[str], int, Path], list["SmokeCheck"]]
+
+
+def run_selftest(
+    work_dir: Path,
+    data_dir: Path,
+    *,
+    reporter: Reporter,
+    runner: Runner = subprocess.run,
+    modules: StageLookup = stage_module,
+    serve: Serve | None = None,
+) -> SelftestReport:
+    """Run every step, record each as a check, write work_dir/report.json; never raises for a failed step."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    report = SelftestReport(ok=False, container=SERVING_CONTAINER.tag, checks=[])
+    checks = report.checks
+    t0 = time.perf_counter()
+    try:
+        env = probe_environment(work_dir / "probe.log", runner=runner)
+        gpu, target = host_target(env)
+    except PipelineError as exc:
+        checks.append(Check(name="environment", ok=False, detail=exc.message))
+        report._error = exc
+        return _finish(report, work_dir)
+    report.gpu, report.target = gpu.name, target.name
+    checks.append(
+        Check(
+            name="environment",
+            ok=True,
+            detail=f"TensorRT-LLM {env.tensorrt_llm}, TensorRT {env.tensorrt}, {gpu.name} (sm{gpu.sm}) -> {target.name}",
+            duration_s=time.perf_counter() - t0,
+        )
+    )
+    config = selftest_config(target.name, work_dir, data_dir)
+    store = ArtifactStore(work_dir)
+    reporter.info(f"{STAGE}: the pipeline on a {config.model.tiny_size}-size tiny Mistral for {target.name}")
+    with store.lock(wait=False):
+        run = execute(
+            config, store, plan_tasks(config), reporter=reporter, force_stages=FORCED, modules=modules
+        )
+    report._error = run.error
+    for r in run.results:
+        passed = r.state in (TaskState.ran, TaskState.up_to_date)
+        checks.append(Check(name=r.task.id, ok=passed, detail=r.summary or r.reason, duration_s=r.duration_s))
+    if not all(c.ok for c in checks):
+        checks.append(Check(name="serve", ok=None, detail="skipped: an earlier step failed"))
+        return _finish(report, work_dir)
+
+    from pipeline.datasets.jsonl import load_texts
+    from pipeline.serving.smoke import published_repository
+
+    t0 = time.perf_counter()
+    try:
+        repository = published_repository(config, PRECISION.value, PROFILE["name"])
+        report.repository = str(repository.resolve())
+        prompts = load_texts(config.gate.prompts, limit=1).texts
+        answers = (serve or serve_in_container)(repository, prompts, MAX_TOKENS, work_dir / "serve")
+    except PipelineError as exc:
+        checks.append(Check(name="serve", ok=False, detail=exc.message, duration_s=time.perf_counter() - t0))
+        report._error = exc
+        return _finish(report, work_dir)
+    for a in answers:
+        detail = repr(a.got) if a.ok else f"expected {a.expected!r}, got {a.got!r}"
+        checks.append(
+            Check(name=f"serve {a.route}", ok=a.ok, detail=detail, duration_s=time.perf_counter() - t0)
+        )
+    return _finish(report, work_dir)
+
+
+def _finish(report: SelftestReport, work_dir: Path) -> SelftestReport:
+    report.ok = bool(report.checks) and all(c.ok for c in report.checks)
+    write_text_atomic(work_dir / REPORT_NAME, report.model_dump_json(indent=2) + "\n")
+    return report
+
+
+# --- the container's tritonserver -----------------------------------------------------------------
+
+
+class ContainerTritonServer(TritonServer):
+    """The image's own tritonserver, with its backends folder as it is (tensorrtllm and python)."""
+
+    def _backends(self) -> Path:
+        return TRITON_HOME / "backends"
+
+
+def container_install() -> TritonInstall:
+    server = shutil.which("tritonserver") or str(TRITON_HOME / "bin" / "tritonserver")
+    python = TRITON_HOME / "backends" / "python"
+    install = TritonInstall(
+        tritonserver=Path(server),
+        python_backend=python,
+        stub=python / "triton_python_backend_stub",
+        libs=TRITON_HOME / "lib",
+        python_bin=Path(sys.executable).parent,
+    )
+    install.check()
+    if not (TRITON_HOME / "backends" / "tensorrtllm").is_dir():
+        raise MissingDependencyError(
+            f"{TRITON_HOME}/backends has no tensorrtllm backend", hint=f"run inside {SERVING_CONTAINER.tag}"
+        )
+    return install
+
+
+def serve_in_container(
+    repository: Path, prompts: list[str], max_tokens: int, work_dir: Path
+) -> list[SmokeCheck]:
+    from pipeline.serving.smoke import ask_server
+
+    install = container_install()
+    expected = reference_in_child(repository, prompts, max_tokens, work_dir)
+    with ContainerTritonServer(repository, work_dir=work_dir, install=install) as server:
+        return ask_server(server.url, prompts, expected, max_tokens=max_tokens)
+
+
+def reference_in_child(
+    repository: Path, prompts: list[str], max_tokens: int, work_dir: Path, *, runner: Runner = subprocess.run
+) -> list[str]:
+    """The engine's greedy answers, from a child process that takes its GPU memory with it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    request, answers = work_dir / "reference-prompts.json", work_dir / "reference-answers.json"
+    request.write_text(json.dumps(prompts))
+    argv = [sys.executable, "-m", "pipeline.selftest", "reference", repository, max_tokens, request, answers]
+    run_tool(argv, stage=STAGE, log_path=work_dir / "reference.log", runner=runner)
+    return json.loads(answers.read_text())
+
+
+def _reference_main(repository: str, max_tokens: str, request: str, answers: str) -> None:
+    from pipeline.serving.smoke import reference_answers
+
+    prompts = json.loads(Path(request).read_text())
+    Path(answers).write_text(json.dumps(reference_answers(Path(repository), prompts, int(max_tokens))))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["reference"] or len(sys.argv) != 6:
+        sys.exit("usage: python -m pipeline.selftest reference REPOSITORY MAX_TOKENS PROMPTS_JSON OUT_JSON")
+    _reference_main(*sys.argv[2:])

@@ -1,0 +1,178 @@
+"""`run --dry-run`: every task that would run and each external command's argv, running nothing, anywhere.
+
+The decisions are checked against what the executor then really does (stand-in stages); the argv
+against trtllm-build 1.2.1's parser as tests/test_build.py pins it (tensorrt_llm/commands/build.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from fake_stages import RUNS, fake_modules
+from test_build import trtllm_build_parser
+from test_store import config_with
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.container import SERVING_CONTAINER
+from pipeline.dryrun import DryRun, plan_run
+from pipeline.executor import execute
+from pipeline.plan import find_architecture
+from pipeline.reporting import RecordingReporter
+from pipeline.serving.release import CURRENT
+from pipeline.stages.publish import variant_destination
+from pipeline.store import ArtifactStore
+from pipeline.tasks import plan_tasks
+
+
+@pytest.fixture(autouse=True)
+def _clear_runs():
+    RUNS.clear()
+
+
+@pytest.fixture
+def no_processes(monkeypatch):
+    """A dry run starts nothing: any process it tried to start fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a dry run started a process: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+def dry_run_json(capsys, *args: str) -> DryRun:
+    assert main(["run", "--dry-run", "--json", *args]) == 0
+    return DryRun.model_validate_json(capsys.readouterr().out)
+
+
+def test_the_real_job_dry_runs_here_without_a_gpu_or_the_model(repo_root, tmp_path, capsys, no_processes):
+    work = tmp_path / "work"
+    dry = dry_run_json(capsys, "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(work))
+    config = load_config(repo_root / "pipeline.toml")
+    assert [t.id for t in dry.tasks] == [t.id for t in plan_tasks(config)]
+    assert all(t.would_run and t.reason == "never built" for t in dry.tasks)
+    assert dry.container == SERVING_CONTAINER.tag
+    assert not work.exists()  # no store, lock, log or report written
+
+    builds = {t.id: t.commands for t in dry.tasks if t.stage == "build"}
+    assert len(builds) == 6 and all(len(c) == 1 for c in builds.values())
+    for task_id, (command,) in builds.items():
+        args = trtllm_build_parser().parse_args(command.argv[1:])  # every flag is one 1.2.1 accepts
+        assert command.argv[0] == "trtllm-build"
+        profile = config.profile(task_id.split("/")[1].rstrip("]"))
+        assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (
+            profile.max_batch_size,
+            profile.max_input_len,
+            profile.max_seq_len,
+        )
+        assert args.checkpoint_dir.startswith(str(work / "store" / "calibrate"))
+        assert args.output_dir.startswith(str(work / "store" / "build")) and args.output_dir.endswith(
+            "/engine"
+        )
+        assert args.input_timing_cache.endswith(f"a100-40gb-trt{SERVING_CONTAINER.tensorrt}.cache")
+    # Only engine builds run an external command; afterwards each published version is served by the container.
+    assert all(not t.commands for t in dry.tasks if t.stage not in ("build", "gate_engine"))
+    assert len(dry.serve) == 6
+    first = dry.serve[0].argv
+    slot = variant_destination(config, "int8_sq", "latency") / CURRENT
+    assert first[first.index("-v") + 1] == f"{slot.absolute()}:{config.publish.mount_path}:ro"
+    assert SERVING_CONTAINER.tag in first and first[-2] == "tritonserver"
+
+
+def test_no_published_engine_is_built_with_context_logits(repo_root, tmp_path, capsys):
+    dry = dry_run_json(capsys, "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path))
+    published = {t.id.replace("publish", "build", 1) for t in dry.tasks if t.stage == "publish"}
+    argvs = [c.argv for t in dry.tasks if t.id in published for c in t.commands]
+    assert argvs and not any("--gather_context_logits" in argv for argv in argvs)
+    # The gate's own engine (one per precision, never published) is the one that gathers them.
+    gate_engines = [c.argv for t in dry.tasks if t.stage == "gate_engine" for c in t.commands]
+    assert len(gate_engines) == 2 and all("--gather_context_logits" in argv for argv in gate_engines)
+
+
+def test_the_text_dry_run_prints_each_command_as_a_shell_line(repo_root, tmp_path, capsys, no_processes):
+    args = ["run", "--dry-run", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
+    assert main([*args, "--precision", "int8_wo", "--profile", "throughput"]) == 0
+    out = capsys.readouterr().out
+    assert "would run build[int8_wo/throughput]" in out and "int8_sq" not in out
+    assert out.count("$ trtllm-build --checkpoint_dir ") == 2  # the served engine and the gate engine
+    assert "tritonserver --model-repository=/models" in out
+
+
+def run_fake(config, store, **kwargs):
+    return execute(config, store, plan_tasks(config), reporter=RecordingReporter(), **kwargs)
+
+
+def predicted(dry: DryRun) -> list[str]:
+    return [t.id for t in dry.tasks if t.would_run]
+
+
+def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
+    bad = "gate[int8_sq/latency]"
+    modules = fake_modules(gate_ok=lambda ctx: ctx.task.id != bad)
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    run_fake(config, store, modules=modules)
+
+    arch = find_architecture(config)
+    dry = plan_run(config, store, plan_tasks(config), arch, modules=modules)
+    assert predicted(dry) == []  # all up to date; the failed gate keeps its publish blocked
+    states = {t.id: t.reason for t in dry.tasks}
+    assert (
+        states[bad].startswith("rejected")
+        and states["publish[int8_sq/latency]"] == f"blocked: {bad} did not pass"
+    )
+
+    changed = config_with(tmp_path, **{"max_batch_size = 8": "max_batch_size = 4"})
+    dry = plan_run(changed, store, plan_tasks(changed), arch, modules=modules)
+    assert {t.id: t.reason for t in dry.tasks if t.would_run}["build[int8_wo/throughput]"] == (
+        "config changed: max_batch_size"
+    )
+    RUNS.clear()
+    run_fake(changed, store, modules=modules)
+    assert RUNS == predicted(dry) and len(RUNS) == 2 * 3  # build, gate, publish of each precision
+
+    forced = plan_run(
+        changed, store, plan_tasks(changed), arch, modules=modules, force_stages=frozenset({"gate"})
+    )
+    gates = [t.id for t in plan_tasks(changed) if t.stage == "gate"]
+    # The failed gate reruns, so its publish (never built) is planned: it runs only if the gate passes.
+    assert predicted(forced) == [*gates, "publish[int8_sq/latency]"]
+    assert {t.reason for t in forced.tasks if t.stage == "gate"} == {"forced"}
+    RUNS.clear()
+    run_fake(changed, store, modules=modules, force_stages=frozenset({"gate"}))
+    assert RUNS == gates  # the gate failed again: its publish stayed blocked
+
+
+def test_a_gpu_build_that_would_run_gets_the_argv_of_its_real_inputs(tmp_path):
+    """Stand-in stages filled the store; the planned trtllm-build reads the calibrate artifact that exists."""
+    modules = fake_modules()
+    gpu = config_with(tmp_path, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"'})
+    store = ArtifactStore(tmp_path / "work")
+    report = run_fake(gpu, store, modules=modules)
+    calibrated = next(r.path for r in report.results if r.task.id == "calibrate[int8_sq]")
+
+    changed = config_with(
+        tmp_path, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"', "max_input_len = 96": "max_input_len = 64"}
+    )
+    dry = plan_run(changed, store, plan_tasks(changed), find_architecture(changed), modules=modules)
+    (command,) = next(t for t in dry.tasks if t.id == "build[int8_sq/throughput]").commands
+    args = trtllm_build_parser().parse_args(command.argv[1:])
+    assert args.checkpoint_dir == str(calibrated / "checkpoint")
+    assert args.max_input_len == 64
+    assert not [t for t in dry.tasks if t.stage == "build" and "latency" in t.id and t.would_run]
+
+
+def test_a_dry_run_refuses_what_the_run_would_refuse(tmp_path, capsys):
+    config = tmp_path / "bad.toml"  # its data files resolve against tmp_path, where there are none
+    config.write_text(
+        '[model]\nname = "m"\nsource = "tiny"\n[target]\ngpu = "cpu-reference"\n'
+        '[[profiles]]\nname = "p"\nmax_batch_size = 1\nmax_input_len = 8\nmax_seq_len = 16\n'
+    )
+    assert (
+        main(["run", "--dry-run", "--json", "--config", str(config), "--work-dir", str(tmp_path / "w")]) == 2
+    )
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "calibration.dataset" in captured.err and "file not found" in captured.err

@@ -1,0 +1,233 @@
+"""`make gpu-selftest`: its plan (model shapes, target, argv, mount path) and its report, with stand-ins.
+
+It cannot run without a GPU: the TensorRT-LLM process is tests/test_build.py's stand-in (the probe's
+child Python answering as on an A100), the stages are tests/fake_stages.py's, and the serving step
+is a stand-in returning the smoke checks the container's tritonserver would produce.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from fake_stages import RUNS, fake_modules, make_stage
+from test_build import A100, GIB, FakeTensorRTLLM, trtllm_build_parser
+
+from pipeline.cli import main
+from pipeline.config import parse_config
+from pipeline.container import SERVING_CONTAINER, TRITON_HOME
+from pipeline.dryrun import plan_run
+from pipeline.errors import ConfigError, MissingDependencyError
+from pipeline.plan import find_architecture
+from pipeline.reporting import RecordingReporter
+from pipeline.selftest import (
+    REPORT_NAME,
+    ContainerTritonServer,
+    SelftestReport,
+    reference_in_child,
+    run_selftest,
+    selftest_config,
+    target_for,
+)
+from pipeline.serving.release import CURRENT
+from pipeline.serving.server import TritonInstall
+from pipeline.serving.smoke import ROUTES, SmokeCheck
+from pipeline.stages.publish import variant_destination
+from pipeline.store import ArtifactStore
+from pipeline.tasks import plan_tasks
+from pipeline.tiny_model import generate_tiny_mistral, tiny_spec
+from pipeline.trtllm.environment import GpuInfo
+
+
+@pytest.fixture(autouse=True)
+def _clear_runs():
+    RUNS.clear()
+
+
+@pytest.mark.parametrize(
+    "name, sm, gib, target",
+    [
+        ("NVIDIA A100-SXM4-40GB", 80, 39.4, "a100-40gb"),
+        ("NVIDIA A100-SXM4-80GB", 80, 79.1, "a100-80gb"),
+        ("NVIDIA H100 80GB HBM3", 90, 79.2, "h100-80gb"),
+        ("NVIDIA H200", 90, 139.8, "h200"),
+        ("NVIDIA L4", 89, 22.0, "l4"),
+        ("NVIDIA A10G", 86, 22.5, "a10g"),
+    ],
+)
+def test_the_hosts_gpu_picks_its_target(name, sm, gib, target):
+    assert target_for(GpuInfo(name=name, sm=sm, memory_bytes=int(gib * GIB))).name == target
+
+
+def test_a_gpu_without_a_target_is_one_line():
+    with pytest.raises(
+        MissingDependencyError, match=r"^GPU Tesla T4 is sm75: pipeline/targets.py has targets for "
+    ):
+        target_for(GpuInfo(name="Tesla T4", sm=75, memory_bytes=15 * GIB))
+
+
+def test_the_selftest_model_has_shapes_tensorrt_llm_kernels_accept(repo_root, tmp_path):
+    config = selftest_config("a100-40gb", tmp_path, repo_root / "calib_data")
+    arch = find_architecture(config)
+    assert arch.head_dim in (64, 128) and arch.hidden_size % 128 == 0
+    assert arch.num_heads % arch.num_kv_heads == 0
+    # The one tiny-model generator writes those shapes (no training needed to check them).
+    spec = tiny_spec(config.model.tiny_size, seed=0, train_steps=0)
+    written = json.loads((generate_tiny_mistral(tmp_path / "m", spec) / "config.json").read_text())
+    assert (written["hidden_size"], written["head_dim"]) == (arch.hidden_size, arch.head_dim)
+    assert written["intermediate_size"] % 128 == 0
+
+
+def test_an_unknown_tiny_size_names_the_field(tmp_path):
+    text = '[model]\nname = "m"\nsource = "tiny"\ntiny_size = "huge"\n[[profiles]]\nname = "p"\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text + "max_batch_size = 1\nmax_input_len = 8\nmax_seq_len = 16\n", "c.toml", tmp_path)
+    assert caught.value.field == "model.tiny_size" and "known: demo, gpu" in caught.value.message
+
+
+def test_the_selftest_plan_builds_one_engine_and_serves_it_where_it_lies(repo_root, tmp_path):
+    config = selftest_config("h100-80gb", tmp_path / "st", repo_root / "calib_data")
+    store = ArtifactStore(tmp_path / "st")
+    dry = plan_run(config, store, plan_tasks(config), find_architecture(config))
+    assert [t.id for t in dry.tasks if t.would_run] == [t.id for t in plan_tasks(config)]
+    (command,) = [c for t in dry.tasks if t.stage == "build" for c in t.commands]
+    (gate_engine,) = [c for t in dry.tasks if t.stage == "gate_engine" for c in t.commands]
+    assert "--gather_context_logits" in gate_engine.argv and "--gather_context_logits" not in command.argv
+    args = trtllm_build_parser().parse_args(command.argv[1:])
+    assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (2, 96, 128)
+    assert "h100-80gb" in args.input_timing_cache
+    # gpt_model_path (= mount_path + /tensorrt_llm/1/engine) is the published version's own path.
+    current = variant_destination(config, "int8_sq", "selftest") / CURRENT
+    assert config.publish.mount_path == str(current) and current.is_absolute()
+    assert not (tmp_path / "st").exists()
+
+
+def publishing_modules(config, gate_ok=lambda ctx: True):
+    """Stand-in stages; publish also makes the `current` folder a real publish leaves."""
+    modules = fake_modules(gate_ok=gate_ok)
+    fake_publish = modules("publish")
+
+    def run(ctx):
+        (variant_destination(config, ctx.task.precision, ctx.task.profile) / CURRENT).mkdir(
+            parents=True, exist_ok=True
+        )
+        return fake_publish.run(ctx)
+
+    publish = make_stage("publish", fake_publish.config_section)
+    publish.run = run
+    return lambda name: publish if name == "publish" else modules(name)
+
+
+class StandInServer:
+    """What the container's tritonserver step returns: one smoke check per route."""
+
+    def __init__(self, got: str = "the answer") -> None:
+        self.got = got
+        self.calls: list[tuple[Path, list[str], int]] = []
+
+    def __call__(self, repository, prompts, max_tokens, work_dir):
+        self.calls.append((repository, prompts, max_tokens))
+        return [SmokeCheck(route, prompts[0], "the answer", self.got) for route in ROUTES]
+
+
+def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A100):
+    work = tmp_path / "st"
+    config = selftest_config("a100-40gb", work, repo_root / "calib_data")
+    return run_selftest(
+        work,
+        repo_root / "calib_data",
+        reporter=RecordingReporter(),
+        runner=FakeTensorRTLLM(gpu=gpu),
+        modules=publishing_modules(config, gate_ok),
+        serve=serve or StandInServer(),
+    )
+
+
+def test_a_passing_selftest_reports_every_step_and_writes_its_json(repo_root, tmp_path):
+    serve = StandInServer()
+    report = selftest(tmp_path, repo_root, serve=serve)
+    names = [c.name for c in report.checks]
+    assert names == [
+        "environment",
+        "fetch",
+        "calibrate[int8_sq]",
+        "build[int8_sq/selftest]",
+        "gate_engine[int8_sq/gate]",
+        "gate[int8_sq/selftest]",
+        "publish[int8_sq/selftest]",
+        *(f"serve {route}" for route in ROUTES),
+    ]
+    assert report.ok and all(c.ok for c in report.checks)
+    assert report.target == "a100-40gb" and report.container == SERVING_CONTAINER.tag
+    assert "TensorRT-LLM 1.2.1" in report.checks[0].detail
+    ((repository, prompts, max_tokens),) = serve.calls
+    assert repository.name == CURRENT and len(prompts) == 1 and max_tokens == 16
+    saved = SelftestReport.model_validate_json((tmp_path / "st" / REPORT_NAME).read_text())
+    assert saved == report
+
+
+def test_every_selftest_really_builds_again(repo_root, tmp_path):
+    selftest(tmp_path, repo_root)
+    RUNS.clear()
+    assert selftest(tmp_path, repo_root).ok
+    assert RUNS == [
+        t.id for t in plan_tasks(selftest_config("a100-40gb", tmp_path, Path())) if t.stage != "fetch"
+    ]
+
+
+def test_a_failed_gate_fails_the_selftest_and_skips_serving(repo_root, tmp_path):
+    serve = StandInServer()
+    report = selftest(tmp_path, repo_root, serve=serve, gate_ok=lambda ctx: False)
+    result = {c.name: c.ok for c in report.checks}
+    assert result["gate[int8_sq/selftest]"] is False and result["publish[int8_sq/selftest]"] is False
+    assert result["serve"] is None and not serve.calls and not report.ok
+
+
+def test_an_answer_that_differs_from_the_engines_fails_its_row(repo_root, tmp_path):
+    report = selftest(tmp_path, repo_root, serve=StandInServer(got="something else"))
+    row = next(c for c in report.checks if c.name == "serve ensemble/generate")
+    assert row.ok is False and row.detail == "expected 'the answer', got 'something else'"
+    assert not report.ok
+
+
+def test_a_host_without_tensorrt_llm_fails_in_one_line_exit_3_with_a_report(tmp_path, capsys, in_repo_root):
+    if subprocess.run(["python3", "-c", "import tensorrt_llm"], capture_output=True).returncode == 0:
+        pytest.skip("this machine has TensorRT-LLM")
+    assert main(["gpu-selftest", "--work-dir", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"ERROR TensorRT-LLM is not installed: run the self-test inside {SERVING_CONTAINER.tag}"
+    )
+    report = json.loads((tmp_path / REPORT_NAME).read_text())
+    assert report["ok"] is False and [c["name"] for c in report["checks"]] == ["environment"]
+
+
+def test_the_container_server_uses_the_images_own_backends(tmp_path):
+    install = TritonInstall(
+        tritonserver=Path("/opt/tritonserver/bin/tritonserver"),
+        python_backend=TRITON_HOME / "backends" / "python",
+        stub=TRITON_HOME / "backends" / "python" / "triton_python_backend_stub",
+        libs=TRITON_HOME / "lib",
+        python_bin=Path("/usr/bin"),
+    )
+    server = ContainerTritonServer(tmp_path / "repo", work_dir=tmp_path / "serve", install=install)
+    argv = server.argv(server._backends())
+    assert f"--backend-directory={TRITON_HOME / 'backends'}" in argv
+    assert f"--model-repository={tmp_path / 'repo'}" in argv
+    assert not (tmp_path / "serve").exists()  # nothing copied: the tensorrtllm backend stays where it is
+
+
+def test_the_reference_answers_come_from_a_child_process(tmp_path):
+    seen = []
+
+    def child(argv, **kwargs):
+        seen.append(argv)
+        Path(argv[-1]).write_text(json.dumps(["greedy"]))
+        return subprocess.CompletedProcess(argv, 0)
+
+    assert reference_in_child(tmp_path / "repo", ["hi"], 16, tmp_path, runner=child) == ["greedy"]
+    (argv,) = seen
+    assert argv[1:5] == ["-m", "pipeline.selftest", "reference", str(tmp_path / "repo")]
+    assert json.loads(Path(argv[6]).read_text()) == ["hi"]
