@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import DiskSpaceError, Interrupted, PipelineError
 from pipeline.hashing import fingerprint_key
@@ -34,7 +35,7 @@ from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, lis
 from pipeline.reporting import Reporter
 from pipeline.stages import stage_module
 from pipeline.stages.base import RunOptions, StageContext, StageModule
-from pipeline.store import Artifact, ArtifactStore, write_text_atomic
+from pipeline.store import Artifact, ArtifactStore
 from pipeline.tasks import Task
 
 

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_text_atomic
 from pipeline.executor import RunReport, TaskResult, TaskState
-from pipeline.store import write_text_atomic
 
 REPORT_VERSION = 1
 

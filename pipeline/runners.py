@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import InputError, MissingDependencyError
 from pipeline.runtime.limits import RuntimeLimits
-from pipeline.trtllm import CONTAINER
 from pipeline.trtllm.engine import (
     BUILD_INFO,
     ENGINE_CONFIG,
@@ -211,8 +211,9 @@ class TensorRTRunner:
             from tensorrt_llm.runtime import ModelRunnerCpp
         except ImportError as exc:
             raise MissingDependencyError(
-                f"running a TensorRT-LLM engine needs TensorRT-LLM 1.2.1 ({exc.name} is missing)",
-                hint=f"run inside {CONTAINER}",
+                f"running a TensorRT-LLM engine needs TensorRT-LLM {SERVING_CONTAINER.tensorrt_llm} "
+                f"({exc.name} is missing)",
+                hint=f"run inside {SERVING_CONTAINER.tag}",
             ) from None
         sms = [
             major * 10 + minor

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, PrivateAttr
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, Precision
 from pipeline.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.errors import MissingDependencyError, PipelineError
@@ -34,7 +35,7 @@ from pipeline.proc import Runner, run_tool
 from pipeline.reporting import Reporter
 from pipeline.serving.server import TritonInstall, TritonServer
 from pipeline.stages import stage_module
-from pipeline.store import ArtifactStore, write_text_atomic
+from pipeline.store import ArtifactStore
 from pipeline.targets import TARGETS, Target
 from pipeline.tasks import plan_tasks
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, probe_environment

@@ -40,8 +40,6 @@ from pipeline.integrity import TreeCheck, check_tree
 from pipeline.locks import hold_lock
 from pipeline.manifest import MANIFEST_NAME, Manifest, StatRecord
 
-__all__ = ["Artifact", "ArtifactStore", "write_text_atomic"]
-
 
 @dataclass(frozen=True)
 class Artifact:

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_text_atomic
 from pipeline.calibration.data import token_samples
 from pipeline.calibration.loop import CalibrationLoop, Forward, model_forward
 from pipeline.calibration.quiet import output_to_log
@@ -36,7 +37,6 @@ from pipeline.config import CalibrationSection, Precision
 from pipeline.datasets.jsonl import LoadedTexts, load_texts
 from pipeline.errors import InputError, StageError
 from pipeline.reporting import Reporter
-from pipeline.store import write_text_atomic
 
 VERSIONED = ("nvidia-modelopt", "torch", "transformers")
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_text_atomic
 from pipeline.calibration.records import Repair
 from pipeline.errors import InputError, StageError
 from pipeline.formats import WeightFormat, format_for_quant_algo
-from pipeline.store import write_text_atomic
 
 CHECKPOINT_CONFIG = "config.json"
 RANK0_WEIGHTS = "rank0.safetensors"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.atomic import write_text_atomic
 from pipeline.gate.verdict import GateCheck
 from pipeline.gpu_memory import GpuStepMemory
-from pipeline.store import write_text_atomic
 
 GATE_JSON, GATE_MD, JUNIT_XML = "gate.json", "gate.md", "junit.xml"
 

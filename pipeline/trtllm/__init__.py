@@ -6,9 +6,3 @@ with it), and the probe asks a child Python what is installed.
 """
 
 from __future__ import annotations
-
-from pipeline.container import SERVING_CONTAINER
-
-# The build runs in the serving container: its TensorRT-LLM is the one the pipeline is written for.
-REQUIRED_VERSION = SERVING_CONTAINER.tensorrt_llm
-CONTAINER = SERVING_CONTAINER.tag

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.container import SERVING_CONTAINER
 from pipeline.errors import MissingDependencyError, ToolFailedError
 from pipeline.plan import GIB, ProfilePlan
 from pipeline.proc import Runner, run_tool
 from pipeline.targets import Target
-from pipeline.trtllm import CONTAINER, REQUIRED_VERSION
 
 # The probe writes its report to the file named by argv[1]: tensorrt_llm prints a banner on import,
 # so stdout is not a clean channel.
@@ -75,7 +75,7 @@ class BuildEnvironment(BaseModel):
 
 def _missing(what: str) -> MissingDependencyError:
     return MissingDependencyError(
-        f"{what}: GPU builds run inside {CONTAINER} (TensorRT-LLM {REQUIRED_VERSION}) on a GPU host",
+        f"{what}: GPU builds run inside {SERVING_CONTAINER.tag} (TensorRT-LLM {SERVING_CONTAINER.tensorrt_llm}) on a GPU host",
         hint="build that image with docker/Dockerfile, or set target.gpu = 'cpu-reference' to build for the CPU",
     )
 
@@ -133,9 +133,9 @@ def preflight_problems(
     if env.tensorrt_llm is None:
         return ["TensorRT-LLM is not installed"]
     problems = []
-    if env.tensorrt_llm != REQUIRED_VERSION:
+    if env.tensorrt_llm != SERVING_CONTAINER.tensorrt_llm:
         problems.append(
-            f"TensorRT-LLM {env.tensorrt_llm} is installed, the pipeline is pinned to {REQUIRED_VERSION}"
+            f"TensorRT-LLM {env.tensorrt_llm} is installed, the pipeline is pinned to {SERVING_CONTAINER.tensorrt_llm}"
         )
     if env.trtllm_build is None:
         problems.append("the trtllm-build command is not on PATH")
