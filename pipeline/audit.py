@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.atomic import TMP_PREFIX
 from pipeline.manifest import MANIFEST_NAME, Manifest, StatKey
-from pipeline.serving.release import CURRENT, check_version, current_version
+from pipeline.serving.release import CURRENT, check_version, current_version, versions
 from pipeline.store import Artifact, ArtifactStore
 
 KEY = re.compile(r"[0-9a-f]{20}")
@@ -49,17 +49,18 @@ def audit(store: ArtifactStore, destination: Path) -> AuditReport:
         check = store.check(Artifact(path=path, manifest=manifest))
         trusted.update(check.trusted)
         findings += [Finding(path=str(path), problem=str(p)) for p in check.problems]
-    versions = 0
+    published = 0
     for slot in _slots(destination):
         for leftover in sorted(slot.glob(f"{TMP_PREFIX}*")):
             findings.append(Finding(path=str(slot), problem=f"partial publish: {leftover.name}"))
         if (slot / CURRENT).is_symlink() and current_version(slot) is None:
             findings.append(Finding(path=str(slot), problem=f"missing: the version {CURRENT} points to"))
-        for version in sorted(p for p in slot.iterdir() if p.name.isdigit() and p.is_dir()):
-            versions += 1
+        for number in versions(slot):
+            version = slot / str(number)
+            published += 1
             check = check_version(version, trusted)
             findings += [Finding(path=str(version), problem=str(p)) for p in check.problems]
-    return AuditReport(artifacts=len(artifacts), published=versions, findings=findings)
+    return AuditReport(artifacts=len(artifacts), published=published, findings=findings)
 
 
 def _artifact_dirs(root: Path) -> list[Path]:
