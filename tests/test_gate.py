@@ -27,6 +27,7 @@ from pipeline.gate.metrics import (
     top1_agreement,
     window_stats,
 )
+from pipeline.gate.report import GATE_JSON, GateResult
 from pipeline.gate.verdict import GateCheck
 from pipeline.reporting import RecordingReporter
 from pipeline.runners import ReferenceRunner
@@ -387,7 +388,15 @@ def _record(**changes) -> GateRecord:
 def test_reports_name_each_failed_check(tmp_path: Path):
     record = _record()
     write_reports(tmp_path, record)
-    assert GateRecord.model_validate_json((tmp_path / "gate.json").read_text()) == record
+    assert GateResult.model_validate_json((tmp_path / "gate.json").read_text()) == record.result
+    # What the machine spent stays out of the files: a gate that judges alike writes the same bytes.
+    assert "reference_s" not in (tmp_path / "gate.json").read_text()
+    again = tmp_path / "again"
+    again.mkdir()
+    write_reports(again, _record(reference_s=9.0, candidate_s=8.0, served_s=7.0))
+    assert all(
+        (again / name).read_bytes() == (tmp_path / name).read_bytes() for name in (GATE_JSON, "junit.xml")
+    )
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]

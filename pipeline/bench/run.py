@@ -36,8 +36,9 @@ from pipeline.bench.served import measure_server, text_prompts
 from pipeline.bench.workload import BenchSettings, Workload, plan_workload
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
-from pipeline.executor import StageLookup, TaskState, status, tool_version
-from pipeline.gate.report import GATE_JSON, GateRecord
+from pipeline.execution.spec import StageLookup
+from pipeline.executor import TaskState, status, tool_version
+from pipeline.gate.report import GATE_JSON, GateResult
 from pipeline.plan import find_architecture
 from pipeline.reporting import Reporter
 from pipeline.runners import limits_of, load_runner
@@ -131,7 +132,7 @@ def gate_figures(gate_dir: Path | None) -> GateFigures | None:
         return None
     path = gate_dir / GATE_JSON
     try:
-        record = GateRecord.model_validate_json(path.read_text())
+        record = GateResult.model_validate_json(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the gate's record: {exc}", path=path) from None
     return GateFigures(

@@ -1,4 +1,9 @@
-"""What the gate writes: gate.json (the record), gate.md (a table for people), junit.xml (for CI)."""
+"""What the gate writes: gate.json (the result), gate.md (a table for people), junit.xml (for CI).
+
+The files hold only what the gate judged, never how long it took or what memory it used: two runs that
+judge alike (on another node, by another executor) write the same bytes, so what is keyed on the gate's
+content (publish) stays up to date. Timings and memory go in the manifest's record (GateRecord).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ from pipeline.gpu_memory import GpuStepMemory
 GATE_JSON, GATE_MD, JUNIT_XML = "gate.json", "gate.md", "junit.xml"
 
 
-class GateRecord(BaseModel):
-    """The gate's verdict and everything it rests on (also the manifest's record)."""
+class GateResult(BaseModel):
+    """The gate's verdict and everything it rests on (gate.json)."""
 
     verdict: bool
     precision: str
@@ -34,10 +39,6 @@ class GateRecord(BaseModel):
     choice_items: int
     batch_size: int  # sequences scored at once (gate.batch_size, capped by each engine)
     data: dict[str, str]  # data file -> sha256
-    reference_s: float
-    candidate_s: float
-    served_s: float
-    gpu_memory: list[GpuStepMemory] = []  # each model's step: its peak, and what it left behind
 
     @property
     def failed(self) -> list[GateCheck]:
@@ -50,7 +51,20 @@ class GateRecord(BaseModel):
         return "FAILED " + ", ".join(f"{c.name} {c.value:.4g} (needs {c.rule})" for c in self.failed)
 
 
-def render_markdown(record: GateRecord) -> str:
+class GateRecord(GateResult):
+    """The manifest's record: the result, and what the machine spent on it."""
+
+    reference_s: float
+    candidate_s: float
+    served_s: float
+    gpu_memory: list[GpuStepMemory] = []  # each model's step: its peak, and what it left behind
+
+    @property
+    def result(self) -> GateResult:
+        return GateResult.model_validate(self.model_dump(include=set(GateResult.model_fields)))
+
+
+def render_markdown(record: GateResult) -> str:
     lines = [
         f"# Accuracy gate: {record.precision} / {record.profile}: {'PASSED' if record.verdict else 'FAILED'}",
         "",
@@ -78,14 +92,13 @@ def render_markdown(record: GateRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_junit(record: GateRecord, elapsed_s: float) -> str:
+def render_junit(record: GateResult) -> str:
     suite = ET.Element(
         "testsuite",
         name=f"gate[{record.precision}/{record.profile}]",
         tests=str(len(record.checks)),
         failures=str(len(record.failed)),
         errors="0",
-        time=f"{elapsed_s:.3f}",
     )
     for check in record.checks:
         case = ET.SubElement(
@@ -103,8 +116,7 @@ def render_junit(record: GateRecord, elapsed_s: float) -> str:
 
 
 def write_reports(out_dir: Path, record: GateRecord) -> None:
-    write_text_atomic(out_dir / GATE_JSON, record.model_dump_json(indent=2) + "\n")
-    write_text_atomic(out_dir / GATE_MD, render_markdown(record))
-    write_text_atomic(
-        out_dir / JUNIT_XML, render_junit(record, record.reference_s + record.candidate_s + record.served_s)
-    )
+    result = record.result
+    write_text_atomic(out_dir / GATE_JSON, result.model_dump_json(indent=2) + "\n")
+    write_text_atomic(out_dir / GATE_MD, render_markdown(result))
+    write_text_atomic(out_dir / JUNIT_XML, render_junit(result))

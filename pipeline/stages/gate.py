@@ -19,7 +19,7 @@ from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
 
 NAME = "gate"
-VERSION = 2
+VERSION = 3
 TOOLS = ("torch", "transformers", "tensorrt-llm")
 MODEL_DIR = "model"
 ENGINE_DIR = "engine"
