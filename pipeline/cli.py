@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +63,25 @@ MountPathOpt = Annotated[
     ),
 ]
 
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="local: one task at a time here; ray: every ready task at once on a Ray cluster "
+        "(execution.executor).",
+        show_default=False,
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="The Ray cluster to run on: auto, <head>:6379 or ray://<head>:10001 (execution.ray_address; "
+        "default auto).",
+        show_default=False,
+    ),
+]
+
 DEFAULT_WORK_DIR = Path("work")
 
 
@@ -93,11 +112,13 @@ def _run_stages(
     visualize: bool = False,
     dry_run: bool = False,
     mount_path: str | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
     from pipeline.config import input_file_problems, load_config
     from pipeline.console import RichReporter, results_table
     from pipeline.errors import ConfigError, GateFailedError, InputError
-    from pipeline.executor import execute
+    from pipeline.executor import execute, to_run
     from pipeline.paths import dir_problem
     from pipeline.report import write_run_junit, write_run_report
     from pipeline.stages.base import RunOptions
@@ -110,8 +131,17 @@ def _run_stages(
     config = load_config(config_path)
     if visualize:
         config = config.model_copy(update={"build": config.build.model_copy(update={"visualize": True})})
-    if mount_path is not None:
-        config = _with_mount_path(config, mount_path)
+    config = _overridden(
+        config,
+        "publish",
+        {"mount_path": ("--mount-path", mount_path)},
+        hint="give the absolute path where the container (or the host) sees the published version",
+    )
+    config = _overridden(
+        config,
+        "execution",
+        {"executor": ("--executor", executor), "ray_address": ("--ray-address", ray_address)},
+    )
     tasks = select_tasks(
         plan_tasks(config), stages, precisions=set(precisions or ()), profiles=set(profiles or ())
     )
@@ -136,16 +166,32 @@ def _run_stages(
         for action in store.recover():
             reporter.warn(action)
         options = RunOptions(allow_arch_mismatch=allow_arch_mismatch, debug=debug)
-        # A GPU build this host cannot do fails here, before any stage runs (not after calibration).
-        build_preflight(config, store, tasks, options, force=force and bool(ENGINE_STAGES & stages))
-        report = execute(
-            config,
-            store,
-            tasks,
-            reporter=reporter,
-            force_stages=frozenset(stages) if force else frozenset(),
-            options=options,
+        force_stages = frozenset(stages) if force else frozenset()
+        on_ray = config.execution.executor == "ray"
+        # A GPU build this host cannot do fails here, before any stage runs (not after calibration);
+        # on Ray the builds run on other hosts, which check themselves.
+        build_preflight(
+            config, store, tasks, options, force=force and bool(ENGINE_STAGES & stages), check_host=not on_ray
         )
+        with ExitStack() as stack:
+            runner = None
+            if on_ray:
+                from pipeline.execution.ray_cluster import ray_runner
+
+                runner = stack.enter_context(
+                    ray_runner(config, store, to_run(config, store, tasks, force_stages))
+                )
+            report = execute(
+                config,
+                store,
+                tasks,
+                reporter=reporter,
+                force_stages=force_stages,
+                options=options,
+                runner=runner,
+            )
+        for action in store.recover():  # what a worker killed mid-task left (never read, now removed)
+            reporter.warn(action)
     report_path = work_dir / "reports" / "run.json"
     try:
         write_run_report(report_path, report)
@@ -202,22 +248,24 @@ def _print_dry_run(config, store, tasks, force_stages: frozenset[str], as_json: 
         )
 
 
-def _with_mount_path(config, mount_path: str):
-    """config with publish.mount_path replaced, validated by the config's own rule for that field."""
+def _overridden(config, section: str, options: dict[str, tuple[str, object]], hint: str | None = None):
+    """config with fields of one section replaced by command-line options, validated by the config's
+    own rules; `options`: field -> (option name, value), None values left out."""
     from pydantic import ValidationError
 
     from pipeline.errors import InputError
 
+    changes = {field: value for field, (_, value) in options.items() if value is not None}
+    if not changes:
+        return config
+    current = getattr(config, section)
     try:
-        publish = type(config.publish).model_validate(
-            {**config.publish.model_dump(), "mount_path": mount_path}
-        )
+        replaced = type(current).model_validate({**current.model_dump(), **changes})
     except ValidationError as exc:
-        raise InputError(
-            f"--mount-path {mount_path}: {exc.errors()[0]['msg']}",
-            hint="give the absolute path where the container (or the host) sees the published version",
-        ) from None
-    return config.model_copy(update={"publish": publish})
+        field = str(exc.errors()[0]["loc"][0])
+        option, value = options[field]
+        raise InputError(f"{option} {value}: {exc.errors()[0]['msg']}", hint=hint) from None
+    return config.model_copy(update={section: replaced})
 
 
 def _check_filters(config, precisions: list[str] | None, profiles: list[str] | None) -> None:
@@ -251,6 +299,8 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
         visualize: VisualizeOpt = False,
         dry_run: DryRunOpt = False,
         mount_path: MountPathOpt = None,
+        executor: ExecutorOpt = None,
+        ray_address: RayAddressOpt = None,
     ) -> None:
         _run_stages(
             stage_names,
@@ -266,6 +316,8 @@ def _stage_command(stage_names: set[str], name: str, help_text: str) -> None:
             visualize=visualize,
             dry_run=dry_run,
             mount_path=mount_path,
+            executor=executor,
+            ray_address=ray_address,
         )
 
     command.__doc__ = help_text

@@ -204,6 +204,17 @@ class PublishSection(Strict):
         return value
 
 
+class ExecutionSection(Strict):
+    """Where the tasks run; never part of an artifact's key (both executors make the same bytes)."""
+
+    # local: one task at a time in this process. ray: every ready task at once on a Ray cluster,
+    # each on a node with what it needs (pipeline.execution.resources).
+    executor: Literal["local", "ray"] = "local"
+    # ray.init's address: "auto" (the cluster this host belongs to, or RAY_ADDRESS), "<head>:6379",
+    # or "ray://<head>:10001" (Ray Client).
+    ray_address: Annotated[str, Field(min_length=1)] = "auto"
+
+
 class PipelineConfig(Strict):
     model: ModelSection
     target: TargetSection = TargetSection()
@@ -213,6 +224,7 @@ class PipelineConfig(Strict):
     build: BuildSection = BuildSection()
     gate: GateSection = GateSection()
     publish: PublishSection = PublishSection()
+    execution: ExecutionSection = ExecutionSection()
     # The file it was read from, for errors found after loading (a profile that does not fit).
     _source: str = PrivateAttr(default="<config>")
 

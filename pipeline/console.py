@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -32,9 +34,24 @@ STATE_STYLE = {
 }
 
 
+class _Amount(ProgressColumn):
+    """Bytes for a download, a count for anything else (bars of both kinds share one display)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes, self._count = DownloadColumn(), MofNCompleteColumn()
+
+    def render(self, task: Task) -> RenderableType:
+        return (self._bytes if task.fields.get("unit") == "B" else self._count).render(task)
+
+
 class RichReporter:
+    """Messages, and every open progress bar in one live display (tasks of a Ray run report at once)."""
+
     def __init__(self, console: Console) -> None:
         self.console = console
+        self._bars: Progress | None = None
+        self._open = 0
 
     def info(self, message: str) -> None:
         self.console.print(f"[cyan]•[/] {escape(message)}", highlight=False)
@@ -44,17 +61,26 @@ class RichReporter:
 
     @contextmanager
     def progress(self, description: str, total: float | None, unit: str = "it") -> Iterator[ProgressUpdate]:
-        amount = DownloadColumn() if unit == "B" else MofNCompleteColumn()
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            amount,
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=not self.console.is_terminal,
-        ) as bar:
-            task_id = bar.add_task(escape(description), total=total)
-            yield lambda n: bar.advance(task_id, n)
+        if self._bars is None:
+            self._bars = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                _Amount(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=not self.console.is_terminal,
+            )
+            self._bars.start()
+        bars = self._bars
+        self._open += 1
+        task_id = bars.add_task(escape(description), total=total, unit=unit)
+        try:
+            yield lambda n: bars.advance(task_id, n)
+        finally:
+            self._open -= 1
+            if self._open == 0:
+                bars.stop()
+                self._bars = None
 
 
 def results_table(title: str, results: list[TaskResult]) -> Table:

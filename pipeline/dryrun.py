@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig, Precision
 from pipeline.container import SERVING_CONTAINER, serve_argv
-from pipeline.executor import StageLookup, TaskResult, TaskState, status
+from pipeline.execution.spec import StageLookup
+from pipeline.executor import TaskResult, TaskState, status
 from pipeline.plan import ModelArch, plan_profile
 from pipeline.stages import stage_module
 from pipeline.store import ArtifactStore

@@ -205,3 +205,18 @@ class IntegrityError(PipelineError):
     """Files differ from the manifest that lists them: modified, missing, or not listed."""
 
     exit_code = ExitCode.BAD_INPUT
+
+
+class RemoteTaskError(PipelineError):
+    """A task's error on a Ray worker, as the driver gets it: the same line, hint and exit code (the
+    original class does not cross processes: its constructor takes other arguments than it pickles)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, exit_code: int = ExitCode.STAGE_FAILED
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = ExitCode(exit_code)
+
+    @classmethod
+    def of(cls, exc: PipelineError | Interrupted) -> RemoteTaskError:
+        return cls(exc.message, hint=exc.hint, exit_code=exc.exit_code)

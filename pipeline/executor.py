@@ -12,29 +12,26 @@ running or moving anything.
 
 from __future__ import annotations
 
-import logging
-import shutil
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from enum import Enum
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig
-from pipeline.errors import DiskSpaceError, Interrupted, PipelineError
+from pipeline.errors import Interrupted, PipelineError
+from pipeline.execution.events import EventPrinter
+from pipeline.execution.inprocess import InProcessTaskRunner
+from pipeline.execution.runner import TaskRunner
+from pipeline.execution.scheduler import Schedule
+from pipeline.execution.spec import StageLookup, TaskOutcome, TaskSpec
 from pipeline.hashing import fingerprint_key
 from pipeline.integrity import TreeCheck
-from pipeline.logfile import StageLogHandler
-from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
+from pipeline.manifest import Fingerprint, StatKey
 from pipeline.reporting import Reporter
 from pipeline.stages import stage_module
-from pipeline.stages.base import RunOptions, StageContext, StageModule
+from pipeline.stages.base import RunOptions, StageModule
 from pipeline.store import Artifact, ArtifactStore
 from pipeline.tasks import Task
 
@@ -59,6 +56,9 @@ class TaskResult:
     summary: str = ""
     duration_s: float = 0.0
     path: Path | None = None
+    node: str = ""  # where it ran: "local", or the Ray node's address ("" when it did not run)
+    warnings: list[str] = field(default_factory=list)  # what the task warned of while it ran
+    log: Path | None = None  # the task's log (kept when it failed)
 
 
 @dataclass
@@ -77,9 +77,6 @@ def tool_version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "absent"
-
-
-StageLookup = Callable[[str], StageModule]
 
 
 def fingerprint(
@@ -176,83 +173,20 @@ def status(
     return results
 
 
-def _task_logger(task: Task, log_path: Path) -> tuple[logging.Logger, logging.Handler]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger(f"pipeline.task.{task.id}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    handler = StageLogHandler(log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    return logger, handler
-
-
-def _run_one(
-    module: StageModule,
+def to_run(
     config: PipelineConfig,
     store: ArtifactStore,
-    task: Task,
-    fingerprint: Fingerprint,
-    inputs: dict[str, Artifact],
-    trusted: Mapping[StatKey, str],
-    reporter: Reporter,
-    options: RunOptions,
-) -> Artifact:
-    key = key_of(fingerprint)
-    log_path = store.log_path(task.stage, task.variant, key)
-    logger, handler = _task_logger(task, log_path)
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    try:
-        with store.writer(task.stage, task.variant, key) as out_dir:
-            ctx = StageContext(
-                config=config,
-                task=task,
-                inputs=inputs,
-                out_dir=out_dir,
-                final_path=store.slot(task.stage, task.variant) / key,
-                work_dir=store.work_dir,
-                log=logger,
-                log_path=log_path,
-                reporter=reporter,
-                options=options,
-                trusted=trusted,
-            )
-            logger.info("running %s (key %s)", task.id, key)
-            try:
-                outcome = module.run(ctx)
-            except Exception as exc:  # a full disk, whichever writer hit it (safetensors has its own type)
-                written = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-                slot = store.slot(task.stage, task.variant)
-                full = DiskSpaceError.from_error(exc, where=slot, written=written)
-                if full is None or isinstance(exc, PipelineError):
-                    raise
-                raise full from exc
-            handler.flush()
-            shutil.copyfile(log_path, out_dir / "stage.log")
-            record = (
-                outcome.record.model_dump(mode="json")
-                if isinstance(outcome.record, BaseModel)
-                else outcome.record
-            )
-            manifest = Manifest(
-                key=key,
-                fingerprint=fingerprint,
-                ok=outcome.ok,
-                summary=outcome.summary,
-                record=record,
-                files=list_files(out_dir, ctx.known_sha256, ctx.trusted),
-                started_at=started,
-                finished_at=datetime.now(timezone.utc),
-                duration_s=round(time.perf_counter() - t0, 3),
-            )
-            write_text_atomic(out_dir / MANIFEST_NAME, manifest.model_dump_json(indent=2))
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    artifact = store.get(task.stage, task.variant, key)
-    assert artifact is not None
-    return artifact
+    tasks: list[Task],
+    force_stages: frozenset[str] = frozenset(),
+    modules: StageLookup = stage_module,
+) -> list[Task]:
+    """The tasks a run would start (not up to date, or forced), as far as the store tells now."""
+    kept = (TaskState.up_to_date, TaskState.rejected)
+    return [
+        r.task
+        for r in status(config, store, tasks, modules)
+        if r.state not in kept or r.task.stage in force_stages
+    ]
 
 
 def _reusable(
@@ -293,73 +227,120 @@ def execute(
     force_stages: frozenset[str] = frozenset(),
     options: RunOptions = RunOptions(),
     modules: StageLookup = stage_module,
+    runner: TaskRunner | None = None,
 ) -> RunReport:
-    """Bring `tasks` up to date, in order. Stops at the first error; a rejected
-    artifact (failed gate) blocks only its own dependents."""
+    """Bring `tasks` up to date: each starts on `runner` (default: in this process, one at a time)
+    once its inputs have passed. A failed task starts nothing more (what runs may finish); a rejected
+    artifact (failed gate) blocks only its own dependents. Results come in the graph's order."""
+    runner = runner if runner is not None else InProcessTaskRunner(modules)
+    schedule = Schedule(tasks)
+    printer = EventPrinter(reporter)
     report = RunReport()
     done: dict[Task, Artifact] = {}
     trusted: dict[StatKey, str] = {}  # every verified file by stat: a hard link to one needs no rehash
-    for task in tasks:
-        module = modules(task.stage)
-        bad_inputs = [t for t in task.inputs if t not in done]
-        if bad_inputs:
-            report.results.append(
-                TaskResult(task, "", TaskState.blocked, reason=f"{bad_inputs[0].id} did not pass")
-            )
-            continue
-        prints = fingerprint(
-            config, task, module, {t.stage: done[t].manifest.content_digest for t in task.inputs}
-        )
-        key = key_of(prints)
-        existing, reason = _reusable(
-            module, store, task, key, trusted, reporter, forced=task.stage in force_stages
-        )
-        if existing is not None:
-            state = TaskState.up_to_date if existing.manifest.ok else TaskState.rejected
-            result = TaskResult(task, key, state, summary=existing.manifest.summary, path=existing.path)
+    why: dict[Task, str] = {}
+
+    def settle(result: TaskResult, artifact: Artifact | None) -> None:
+        report.results.append(result)
+        if result.state in (TaskState.ran, TaskState.up_to_date):
+            assert artifact is not None
+            done[result.task] = artifact
+            schedule.passed(result.task)
         else:
-            if not reason:
-                latest = store.latest(task.stage, task.variant)
-                reason = "never built" if latest is None else why_stale(latest.manifest.fingerprint, prints)
-            reporter.info(f"{task.id}: running ({reason})")
-            t0 = time.perf_counter()
-            try:
-                existing = _run_one(
-                    module,
-                    config,
-                    store,
-                    task,
-                    prints,
-                    {t.stage: done[t] for t in task.inputs},
-                    trusted,
-                    reporter,
-                    options,
+            schedule.stopped(result.task)
+
+    try:
+        while True:
+            reused = False  # a task found up to date may make others ready: look again before waiting
+            for task in schedule.ready():
+                if not runner.has_room():
+                    break
+                schedule.start(task)
+                module = modules(task.stage)
+                prints = fingerprint(
+                    config, task, module, {t.stage: done[t].manifest.content_digest for t in task.inputs}
                 )
-            except (PipelineError, Interrupted) as exc:
-                report.results.append(
-                    TaskResult(
-                        task,
-                        key,
-                        TaskState.failed,
-                        reason=reason,
-                        summary=exc.message,
-                        duration_s=time.perf_counter() - t0,
+                key = key_of(prints)
+                existing, reason = _reusable(
+                    module, store, task, key, trusted, reporter, forced=task.stage in force_stages
+                )
+                if existing is not None:
+                    state = TaskState.up_to_date if existing.manifest.ok else TaskState.rejected
+                    summary = existing.manifest.summary
+                    settle(TaskResult(task, key, state, summary=summary, path=existing.path), existing)
+                    reused = True
+                    continue
+                if not reason:
+                    latest = store.latest(task.stage, task.variant)
+                    reason = (
+                        "never built" if latest is None else why_stale(latest.manifest.fingerprint, prints)
+                    )
+                why[task] = reason
+                reporter.info(f"{task.id}: running ({reason})")
+                runner.start(
+                    TaskSpec(
+                        config=config,
+                        task=task,
+                        key=key,
+                        fingerprint=prints,
+                        inputs={t.stage: done[t] for t in task.inputs},
+                        work_dir=store.work_dir.absolute(),
+                        options=options,
+                        trusted=dict(trusted),
                     )
                 )
-                report.error = exc
-                return report
-            trusted.update(store.check(existing).trusted)
-            state = TaskState.ran if existing.manifest.ok else TaskState.rejected
-            result = TaskResult(
-                task,
-                key,
-                state,
-                reason=reason,
-                summary=existing.manifest.summary,
-                duration_s=time.perf_counter() - t0,
-                path=existing.path,
+            if reused:
+                continue
+            if not runner.running():
+                break
+            for outcome in runner.wait(printer):
+                printer.close_bars(outcome.task.id)
+                settle(_result_of(outcome, why[outcome.task], store, trusted, printer), outcome.artifact)
+                if outcome.error is not None:
+                    report.error = report.error or outcome.error
+                    schedule.halt()
+    except Interrupted as exc:  # a signal while the driver waited on other processes' tasks
+        for spec in runner.cancel():
+            log = store.log_path(spec.task.stage, spec.task.variant, spec.key)
+            interrupted = TaskResult(
+                spec.task, spec.key, TaskState.failed, reason=why[spec.task], summary=exc.message
             )
-        report.results.append(result)
-        if result.state is not TaskState.rejected:
-            done[task] = existing
+            interrupted.log = log if log.is_file() else None
+            report.results.append(interrupted)
+        report.error = exc
+    for task, cause in schedule.blocked():
+        report.results.append(TaskResult(task, "", TaskState.blocked, reason=f"{cause.id} did not pass"))
+    order = {task: i for i, task in enumerate(tasks)}
+    report.results.sort(key=lambda r: order[r.task])
     return report
+
+
+def _result_of(
+    outcome: TaskOutcome,
+    reason: str,
+    store: ArtifactStore,
+    trusted: dict[StatKey, str],
+    printer: EventPrinter,
+) -> TaskResult:
+    """The result of a task a runner ran; its committed artifact is verified before anything uses it."""
+    task = outcome.task
+    common = dict(
+        reason=reason,
+        duration_s=outcome.duration_s,
+        node=outcome.node,
+        warnings=printer.warnings.get(task.id, []),
+        log=outcome.log,
+    )
+    if outcome.error is not None:
+        return TaskResult(task, outcome.key, TaskState.failed, summary=outcome.error.message, **common)
+    artifact = outcome.artifact
+    assert artifact is not None
+    check = store.check(artifact)
+    if not check.ok:
+        message = f"{task.id}: committed artifact fails its manifest ({check.summary()})"
+        return TaskResult(task, outcome.key, TaskState.failed, summary=message, **common)
+    trusted.update(check.trusted)
+    state = TaskState.ran if artifact.manifest.ok else TaskState.rejected
+    return TaskResult(
+        task, outcome.key, state, summary=artifact.manifest.summary, path=artifact.path, **common
+    )

@@ -11,6 +11,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.executor import RunReport, TaskResult, TaskState
 
 REPORT_VERSION = 1
+LOG_TAIL_LINES = 40
 
 
 def task_row(result: TaskResult) -> dict[str, Any]:
@@ -24,6 +25,9 @@ def task_row(result: TaskResult) -> dict[str, Any]:
         "summary": result.summary,
         "duration_s": round(result.duration_s, 3),
         "path": str(result.path) if result.path else None,
+        "node": result.node or None,
+        "warnings": result.warnings,
+        "log": str(result.log) if result.log else None,
     }
 
 
@@ -57,6 +61,10 @@ def write_run_junit(path: Path, report: RunReport) -> Path:
         if kind:
             counts[kind] += 1
             ET.SubElement(case, kind, message=result.summary or result.reason)
+        if result.state is TaskState.failed and result.log is not None and result.log.is_file():
+            # The failed task's log (written on whichever node ran it), so CI shows why.
+            lines = result.log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            ET.SubElement(case, "system-out").text = "\n".join([f"log: {result.log}", *lines])
     suite.set("failures", str(counts["failure"]))
     suite.set("errors", str(counts["error"]))
     suite.set("skipped", str(counts["skipped"]))

@@ -29,7 +29,8 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import PipelineConfig, Precision
 from pipeline.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.errors import MissingDependencyError, PipelineError
-from pipeline.executor import StageLookup, TaskState, execute
+from pipeline.execution.spec import StageLookup
+from pipeline.executor import TaskState, execute
 from pipeline.plan import GIB
 from pipeline.proc import Runner, run_tool
 from pipeline.reporting import Reporter

@@ -20,6 +20,11 @@ class Target:
     bandwidth_gb_s: float  # GB/s, 1e9 bytes
     fp16_tflops: float
     int8_tops: float
+    # The label Ray gives nodes with this GPU (`accelerator_type:<label>`), which the Ray executor asks
+    # for: Ray reads it off the NVML name of a node's first GPU ("NVIDIA A100-SXM4-40GB" -> "A100";
+    # ray/_private/accelerators/nvidia_gpu.py, Ray 2.60.0). Ray does not tell the A100 sizes apart:
+    # "A100-80G" (ray.util.accelerators) is a label a node must be started with by hand.
+    accelerator_type: str | None
     # Which precisions a target runs follows from `sm` and each format's row (pipeline.formats).
 
     @property
@@ -30,12 +35,12 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("a100-40gb", "NVIDIA A100 40GB (SXM4)", 80, 40.0, 1555.0, 312.0, 624.0),
-        Target("a100-80gb", "NVIDIA A100 80GB (SXM4)", 80, 80.0, 2039.0, 312.0, 624.0),
-        Target("h100-80gb", "NVIDIA H100 80GB (SXM5)", 90, 80.0, 3350.0, 989.0, 1979.0),
-        Target("h200", "NVIDIA H200 141GB (SXM)", 90, 141.0, 4800.0, 989.0, 1979.0),
-        Target("l4", "NVIDIA L4 24GB", 89, 24.0, 300.0, 121.0, 242.0),
-        Target("a10g", "NVIDIA A10G 24GB", 86, 24.0, 600.0, 70.0, 140.0),
+        Target("a100-40gb", "NVIDIA A100 40GB (SXM4)", 80, 40.0, 1555.0, 312.0, 624.0, "A100"),
+        Target("a100-80gb", "NVIDIA A100 80GB (SXM4)", 80, 80.0, 2039.0, 312.0, 624.0, "A100-80G"),
+        Target("h100-80gb", "NVIDIA H100 80GB (SXM5)", 90, 80.0, 3350.0, 989.0, 1979.0, "H100"),
+        Target("h200", "NVIDIA H200 141GB (SXM)", 90, 141.0, 4800.0, 989.0, 1979.0, "H200"),
+        Target("l4", "NVIDIA L4 24GB", 89, 24.0, 300.0, 121.0, 242.0, "L4"),
+        Target("a10g", "NVIDIA A10G 24GB", 86, 24.0, 600.0, 70.0, 140.0, "A10G"),
         Target(
             "cpu-reference",
             "PyTorch CPU reference runtime (runs the exported checkpoint; CI and demo)",
@@ -44,6 +49,7 @@ TARGETS: dict[str, Target] = {
             20.0,
             0.5,
             0.5,
+            None,
         ),
     )
 }

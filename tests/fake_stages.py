@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 from pipeline.stages.base import StageOutcome
 
 RUNS: list[str] = []
+CRASH_ONCE_ENV = "FAKE_STAGE_CRASH_ONCE"
 
 
 def make_stage(
@@ -20,6 +22,12 @@ def make_stage(
         (ctx.out_dir / "part-1.bin").write_bytes(b"x" * 1000 + (str(len(RUNS)).encode() if varying else b""))
         if crash_env and os.environ.get(crash_env) == ctx.task.id:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-stage, after some output exists
+        once = os.environ.get(CRASH_ONCE_ENV, "")
+        if once.startswith(f"{ctx.task.id}="):  # <task id>=<marker>: crash the first time only
+            marker = Path(once.split("=", 1)[1])
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
         upstream = ",".join(sorted(a.key for a in ctx.inputs.values()))
         (ctx.out_dir / "result.txt").write_text(f"{ctx.task.id} from {upstream}\n")
         return StageOutcome(summary=f"made {ctx.task.id}", record={"n": len(RUNS)}, ok=ok(ctx))

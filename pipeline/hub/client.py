@@ -27,6 +27,9 @@ TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 # so a hub that stops answering fails a file after about 6 x the timeout + 23 s.
 METADATA_TIMEOUT_ENV, DOWNLOAD_TIMEOUT_ENV = "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 10.0
+ENDPOINT_ENV, OFFLINE_ENVS = "HF_ENDPOINT", ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# What from_env reads but the token: what another process (a Ray worker) must see to reach the same hub.
+SETTINGS_ENV = (ENDPOINT_ENV, *OFFLINE_ENVS, METADATA_TIMEOUT_ENV, DOWNLOAD_TIMEOUT_ENV)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ class HubSettings:
     def from_env(cls) -> HubSettings:
         from huggingface_hub import constants, get_token
 
-        offline_env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-        endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+        offline_env = next((v for v in map(os.environ.get, OFFLINE_ENVS) if v), "")
+        endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
         return cls(
             endpoint=endpoint.rstrip("/"),
             # constants.HF_HUB_OFFLINE: set at import, huggingface_hub then refuses every request anyway

@@ -221,11 +221,13 @@ def preflight(
     options: RunOptions,
     *,
     force: bool = False,
+    check_host: bool = True,
     runner: Runner = subprocess.run,
 ) -> None:
     """Before any stage runs: refuse a profile that cannot fit, and a GPU build this host cannot do
     (no TensorRT-LLM 1.2.1, no GPU of the target's SM, too little RAM or disk), so a run fails in
-    seconds rather than after calibration. run() checks both again with the fetched config.json."""
+    seconds rather than after calibration. run() checks both again with the fetched config.json.
+    check_host=False: the builds run on other hosts (a Ray cluster), which run() checks."""
     from pipeline.executor import TaskState, status
 
     builds = [t for t in tasks if t.stage in ENGINE_STAGES]
@@ -237,7 +239,7 @@ def preflight(
         arch = None  # not known before the fetch
     plans = [plan_profile(config, arch, Precision(t.precision), t.profile) for t in builds] if arch else []
     target = TARGETS[config.target.gpu]
-    if not target.is_gpu:
+    if not target.is_gpu or not check_host:
         return
     built = {r.task for r in status(config, store, tasks) if r.state is TaskState.up_to_date}
     if not force and all(t in built for t in builds):

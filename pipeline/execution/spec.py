@@ -1,0 +1,143 @@
+"""One task, as a worker runs it: a serialisable spec in, the committed artifact (or the error) out.
+
+The spec holds everything the task needs, so it runs the same in this process or on a Ray node: the
+config, the task, its key and fingerprint, its input artifacts (paths and manifests, verified by the
+driver), the work dir (absolute, on storage every node mounts) and the run's options. The worker
+writes only into its staged folder under the store; the rename into place is the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.atomic import write_text_atomic
+from pipeline.config import PipelineConfig
+from pipeline.errors import DiskSpaceError, Interrupted, PipelineError
+from pipeline.execution.events import Emit, EventReporter
+from pipeline.logfile import StageLogHandler
+from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
+from pipeline.stages.base import RunOptions, StageContext, StageModule
+from pipeline.store import Artifact, ArtifactStore
+from pipeline.tasks import Task
+
+StageLookup = Callable[[str], StageModule]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    config: PipelineConfig
+    task: Task
+    key: str
+    fingerprint: Fingerprint
+    inputs: dict[str, Artifact]  # by input stage name
+    work_dir: Path  # absolute
+    options: RunOptions = RunOptions()
+    # sha256 of verified files by stat key: a hard link to one of them needs no hashing
+    trusted: Mapping[StatKey, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task: Task
+    key: str
+    artifact: Artifact | None  # None when it failed
+    error: PipelineError | Interrupted | None
+    started: float  # time.time(), on the worker
+    finished: float
+    node: str  # where it ran ("local", or the Ray node's address)
+    log: Path | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.finished - self.started
+
+
+def _task_logger(task: Task, log_path: Path) -> tuple[logging.Logger, logging.Handler]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"pipeline.task.{task.id}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = StageLogHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def run_task(spec: TaskSpec, emit: Emit, modules: StageLookup, *, node: str = "local") -> TaskOutcome:
+    """Run the spec's stage into a staged folder and commit it. A PipelineError (or an interrupt)
+    comes back in the outcome; anything else is a bug and raises."""
+    started = time.time()
+    store = ArtifactStore(spec.work_dir)
+    log_path = store.log_path(spec.task.stage, spec.task.variant, spec.key)
+    try:
+        artifact = _run(spec, store, log_path, EventReporter(spec.task.id, emit), modules(spec.task.stage))
+    except (PipelineError, Interrupted) as exc:
+        return TaskOutcome(spec.task, spec.key, None, exc, started, time.time(), node, log_path)
+    return TaskOutcome(spec.task, spec.key, artifact, None, started, time.time(), node, log_path)
+
+
+def _run(
+    spec: TaskSpec, store: ArtifactStore, log_path: Path, reporter: EventReporter, module: StageModule
+) -> Artifact:
+    task, key = spec.task, spec.key
+    logger, handler = _task_logger(task, log_path)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    try:
+        with store.writer(task.stage, task.variant, key) as out_dir:
+            ctx = StageContext(
+                config=spec.config,
+                task=task,
+                inputs=dict(spec.inputs),
+                out_dir=out_dir,
+                final_path=store.slot(task.stage, task.variant) / key,
+                work_dir=store.work_dir,
+                log=logger,
+                log_path=log_path,
+                reporter=reporter,
+                options=spec.options,
+                trusted=spec.trusted,
+            )
+            logger.info("running %s (key %s)", task.id, key)
+            try:
+                outcome = module.run(ctx)
+            except Exception as exc:  # a full disk, whichever writer hit it (safetensors has its own type)
+                written = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+                slot = store.slot(task.stage, task.variant)
+                full = DiskSpaceError.from_error(exc, where=slot, written=written)
+                if full is None or isinstance(exc, PipelineError):
+                    raise
+                raise full from exc
+            handler.flush()
+            shutil.copyfile(log_path, out_dir / "stage.log")
+            record = (
+                outcome.record.model_dump(mode="json")
+                if isinstance(outcome.record, BaseModel)
+                else outcome.record
+            )
+            manifest = Manifest(
+                key=key,
+                fingerprint=spec.fingerprint,
+                ok=outcome.ok,
+                summary=outcome.summary,
+                record=record,
+                files=list_files(out_dir, ctx.known_sha256, ctx.trusted),
+                started_at=started,
+                finished_at=datetime.now(timezone.utc),
+                duration_s=round(time.perf_counter() - t0, 3),
+            )
+            write_text_atomic(out_dir / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    artifact = store.get(task.stage, task.variant, key)
+    assert artifact is not None
+    return artifact
