@@ -136,6 +136,21 @@ def _verified(
     return check, outside
 
 
+def _after_commit(
+    module: StageModule,
+    config: PipelineConfig,
+    store: ArtifactStore,
+    task: Task,
+    artifact: Artifact,
+    reporter: Reporter,
+) -> None:
+    """The driver's step after a task's artifact is committed or up to date: what the stage shares
+    with other tasks (pipeline.stages.base, after_commit)."""
+    after_commit = getattr(module, "after_commit", None)
+    if after_commit is not None:
+        after_commit(config, store, task, artifact, reporter)
+
+
 def status(
     config: PipelineConfig, store: ArtifactStore, tasks: list[Task], modules: StageLookup = stage_module
 ) -> list[TaskResult]:
@@ -359,7 +374,14 @@ def execute(
                 duration_s=time.perf_counter() - t0,
                 path=existing.path,
             )
-        report.results.append(result)
         if result.state is not TaskState.rejected:
+            try:
+                _after_commit(module, config, store, task, existing, reporter)
+            except (PipelineError, Interrupted) as exc:  # the artifact stays; what it shares did not land
+                result.state, result.summary = TaskState.failed, exc.message
+                report.results.append(result)
+                report.error = exc
+                return report
             done[task] = existing
+        report.results.append(result)
     return report
