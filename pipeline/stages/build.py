@@ -334,9 +334,8 @@ def after_commit(
     if not record.plan.gather_context_logits:
         _link_engine(config, store, task, artifact.path, reporter)
     if record.timing_cache is not None:
-        shared = timing_cache_path(
-            store.work_dir, config.model.name, TARGETS[record.target], record.engine.tensorrt_version
-        )
+        target = TARGETS[config.target.gpu]
+        shared = timing_cache_path(store.work_dir, config.model.name, target, record.engine.tensorrt_version)
         _share_timing_cache(artifact.path / record.timing_cache, shared)
 
 
