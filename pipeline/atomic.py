@@ -2,6 +2,7 @@
 
 One home for the moves the store, the release and the build links make:
 - `write_text_atomic`: a unique temp file in the same folder, fsync, `os.replace`;
+- `copy_file_atomic`: the same for a copy of a file (a reader sees the old copy or the new, whole);
 - `staged_dir`: a fresh `.tmp-*` folder that is removed unless it was renamed into place;
 - `replace_dir`: rename a staged folder over a final name, the old one moved aside first and put
   back should the rename fail (`recover_aside` finishes the job after a kill);
@@ -37,17 +38,34 @@ def _nonce() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a unique temp file in the same folder, fsync, then os.replace."""
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A unique temp name beside path for the caller to write; os.replace'd over path on normal exit."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{_nonce()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a unique temp file in the same folder, fsync, then os.replace."""
+    with _replacing(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def copy_file_atomic(src: Path, dst: Path) -> None:
+    """Copy src over dst via a temp file in dst's folder (fsync, os.replace), keeping src's mtime."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        st = os.stat(src)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @contextmanager

@@ -62,7 +62,7 @@ def _decision(result: TaskResult, failed_input: Task | None, forced: bool) -> tu
 def _build_command(
     config: PipelineConfig, store: ArtifactStore, task: Task, keys: dict[Task, str], arch: ModelArch
 ) -> PlannedCommand:
-    from pipeline.stages.build import ENGINE_DIR, NETWORK_DIR, timing_cache_path
+    from pipeline.stages.build import ENGINE_DIR, NETWORK_DIR, TIMING_CACHE, timing_cache_path
     from pipeline.stages.calibrate import CHECKPOINT_DIR
     from pipeline.trtllm.argv import trtllm_build_argv
 
@@ -77,6 +77,7 @@ def _build_command(
         config.build,
         plan,
         timing_cache_path(store.work_dir, config.model.name, target, SERVING_CONTAINER.tensorrt),
+        out_dir / TIMING_CACHE,
         workers=config.build.workers or 1,
         visualize_dir=out_dir / NETWORK_DIR if config.build.visualize else None,
     )

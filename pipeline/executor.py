@@ -133,6 +133,21 @@ def _verified(
     return check, outside
 
 
+def _after_commit(
+    module: StageModule,
+    config: PipelineConfig,
+    store: ArtifactStore,
+    task: Task,
+    artifact: Artifact,
+    reporter: Reporter,
+) -> None:
+    """The driver's step after a task's artifact is committed or up to date: what the stage shares
+    with other tasks (pipeline.stages.base, after_commit)."""
+    after_commit = getattr(module, "after_commit", None)
+    if after_commit is not None:
+        after_commit(config, store, task, artifact, reporter)
+
+
 def status(
     config: PipelineConfig, store: ArtifactStore, tasks: list[Task], modules: StageLookup = stage_module
 ) -> list[TaskResult]:
@@ -244,6 +259,14 @@ def execute(
         report.results.append(result)
         if result.state in (TaskState.ran, TaskState.up_to_date):
             assert artifact is not None
+            try:
+                _after_commit(modules(result.task.stage), config, store, result.task, artifact, reporter)
+            except PipelineError as exc:  # the artifact stays; what it shares did not land
+                result.state, result.summary = TaskState.failed, exc.message
+                report.error = report.error or exc
+                schedule.stopped(result.task)
+                schedule.halt()
+                return
             done[result.task] = artifact
             schedule.passed(result.task)
         else:
@@ -302,11 +325,16 @@ def execute(
     except Interrupted as exc:  # a signal while the driver waited on other processes' tasks
         for spec in runner.cancel():
             log = store.log_path(spec.task.stage, spec.task.variant, spec.key)
-            interrupted = TaskResult(
-                spec.task, spec.key, TaskState.failed, reason=why[spec.task], summary=exc.message
+            report.results.append(
+                TaskResult(
+                    spec.task,
+                    spec.key,
+                    TaskState.failed,
+                    reason=why[spec.task],
+                    summary=exc.message,
+                    log=log if log.is_file() else None,
+                )
             )
-            interrupted.log = log if log.is_file() else None
-            report.results.append(interrupted)
         report.error = exc
     for task, cause in schedule.blocked():
         report.results.append(TaskResult(task, "", TaskState.blocked, reason=f"{cause.id} did not pass"))

@@ -156,13 +156,55 @@ def run_publish(
     precision: str = "int8_sq",
     profile: str = "latency",
     force: bool = False,
+    reporter: RecordingReporter | None = None,
 ):
     tasks = select_tasks(plan_tasks(config), {"publish"}, precisions={precision}, profiles={profile})
     return execute(
         config,
         ArtifactStore(work_dir),
         tasks,
-        reporter=RecordingReporter(),
+        reporter=reporter or RecordingReporter(),
         modules=upstream.modules(),
         force_stages=frozenset({"publish"}) if force else frozenset(),
     )
+
+
+class _SignalsWaiting(RecordingReporter):
+    """Sets `waiting` when publish reports that it waits for another publish's lock."""
+
+    def __init__(self, waiting) -> None:
+        super().__init__()
+        self.waiting = waiting
+
+    def info(self, message: str) -> None:
+        super().info(message)
+        if "waiting for another publish" in message:
+            self.waiting.set()
+
+
+def publish_in_process(config_path: str, work_dir: str, profile: str, waiting, results) -> None:
+    """One variant's pipeline up to publish in its own work dir, for tests that start several of these
+    processes at once (multiprocessing, spawn) against one destination. A publish places its first
+    file only once another is waiting for the destination's lock (5 s at most), so they surely
+    contend; puts (work_dir, error, version, created, messages) on `results`."""
+    from pipeline.serving import release
+
+    place, placed = release.link_or_copy, []
+
+    def place_once_contended(src, dst, sha256):
+        if not placed:
+            waiting.wait(timeout=5)
+        placed.append(dst)
+        return place(src, dst, sha256)
+
+    release.link_or_copy = place_once_contended
+    reporter = _SignalsWaiting(waiting)
+    report = run_publish(
+        load_config(Path(config_path)), Path(work_dir), Upstream(), profile=profile, reporter=reporter
+    )
+    published = next(r for r in report.results if r.task.stage == "publish")
+    record = ArtifactStore(Path(work_dir)).get("publish", published.task.variant, published.key)
+    version = record.manifest.record["version"] if record is not None else None
+    created = record.manifest.record["created"] if record is not None else None
+    error = report.error.message if report.error is not None else None
+    results.put((work_dir, error, version, created, reporter.text()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,8 +98,8 @@ TAIL = [
     "--remove_input_padding", "enable",
     "--multiple_profiles", "enable",
     "--workers", "1",
-    "--input_timing_cache", "/w/timing.cache",
-    "--output_timing_cache", "/w/timing.cache",
+    "--input_timing_cache", "/w/shared.cache",
+    "--output_timing_cache", "/out/timing.cache",
     "--log_level", "info",
 ]  # fmt: skip
 
@@ -109,7 +109,14 @@ def _real_job_argv(repo_root: Path, profile_name: str, **extra) -> list[str]:
     profile = config.profile(profile_name)
     plan = plan_memory(MISTRAL, Precision.int8_sq, "fp16", TARGETS["a100-40gb"], profile)
     return trtllm_build_argv(
-        Path("/ckpt"), Path("/out/engine"), profile, config.build, plan, Path("/w/timing.cache"), **extra
+        Path("/ckpt"),
+        Path("/out/engine"),
+        profile,
+        config.build,
+        plan,
+        Path("/w/shared.cache"),
+        Path("/out/timing.cache"),
+        **extra,
     )
 
 
@@ -147,7 +154,9 @@ def test_contract_default_profile_argv(repo_root, name, batch, input_len, seq_le
 def test_contract_only_the_gate_engine_gathers_context_logits(repo_root):
     config = load_config(repo_root / "pipeline.toml")
     plan = plan_profile(config, MISTRAL, Precision.int8_sq, "gate")
-    argv = trtllm_build_argv(Path("/c"), Path("/o"), config.gate_profile, config.build, plan, Path("/t"))
+    argv = trtllm_build_argv(
+        Path("/c"), Path("/o"), config.gate_profile, config.build, plan, Path("/t"), Path("/u")
+    )
     args = trtllm_build_parser().parse_args(argv[1:])
     assert args.gather_context_logits
     assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (8, 1024, 1088)
@@ -169,7 +178,7 @@ def test_contract_visualize_and_opt_num_tokens(repo_root):
     )
     plan = plan_memory(MISTRAL, Precision.int8_sq, "fp16", TARGETS["a100-40gb"], profile)
     single = BuildSection(multiple_profiles=False)
-    argv = trtllm_build_argv(Path("/c"), Path("/o"), profile, single, plan, Path("/t"))
+    argv = trtllm_build_argv(Path("/c"), Path("/o"), profile, single, plan, Path("/t"), Path("/u"))
     args = trtllm_build_parser().parse_args(argv[1:])
     assert args.opt_num_tokens == 256 and args.multiple_profiles == "disable"
 
@@ -308,7 +317,17 @@ def test_cpu_reference_build_refuses_a_profile_that_does_not_fit(repo_root, tmp_
 
 
 class FakeTensorRTLLM:
-    """The TensorRT-LLM process: the probe's child Python and trtllm-build, parsed with 1.2.1's flags."""
+    """The TensorRT-LLM process: the probe's child Python and trtllm-build, parsed with 1.2.1's flags.
+
+    Timing caches as TensorRT-LLM 1.2.x handles them (NVIDIA/TensorRT-LLM@008b2b8d23af95e4e19fa6f354f9c5f6349b2bfc):
+    commands/build.py passes --input_timing_cache and --output_timing_cache to two BuildConfig fields
+    (they may differ; "This option is ignored if the file does not exist"); builder.py
+    Builder.create_builder_config reads the input file whole if it exists, else warns "Invalid timing
+    cache, using freshly created one" and starts empty; build() then, after the engine is built and
+    before it is saved (build_and_save -> Engine.save), has rank 0 write the builder's cache (the
+    input's entries plus the new ones) with a plain open(path, "wb") (save_timing_cache: in place,
+    not atomic; a missing folder fails the build) and asserts it did.
+    """
 
     def __init__(self, *, gpu: GpuInfo = A100, exit_code: int = 0, graph: bool = True, seq_len=None):
         self.gpu = gpu
@@ -317,6 +336,7 @@ class FakeTensorRTLLM:
         self.seq_len = seq_len  # what the engine config claims (None: what was asked)
         self.probes = 0
         self.builds: list[list[str]] = []
+        self.caches_read: list[bytes | None] = []  # per build: the input timing cache's bytes (None: absent)
 
     def __call__(self, argv, *, stdout, stderr, env, cwd, check):
         if argv[1] == "-c":
@@ -334,6 +354,14 @@ class FakeTensorRTLLM:
             return subprocess.CompletedProcess(argv, self.exit_code)
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        cache_in = Path(args.input_timing_cache) if args.input_timing_cache else None
+        tactics = cache_in.read_bytes() if cache_in is not None and cache_in.exists() else None
+        self.caches_read.append(tactics)
+        if tactics is None:
+            stdout.write("[W] Invalid timing cache, using freshly created one\n")
+        tactics = (tactics or b"") + f"tactics {args.max_batch_size}x{args.max_input_len}\n".encode()
+        with open(args.output_timing_cache, "wb") as f:
+            f.write(tactics)
         (out / "rank0.engine").write_bytes(b"engine")
         plugin = {k: getattr(args, k) == "enable" for k in ("use_paged_context_fmha", "remove_input_padding")}
         plugin["multiple_profiles"] = args.multiple_profiles == "enable"
@@ -416,16 +444,21 @@ def _write_dummy_checkpoint(ctx):
     return StageOutcome(summary="checkpoint")
 
 
-def _modules(fetch_run, calibrate_run, runner=None):
+def _modules(fetch_run, calibrate_run, runner=None, wrap=lambda module: module):
+    """Stand-in fetch and calibrate, the real build and gate_engine (with runner, then wrapped)."""
+
     def with_runner(module):
         if runner is None:
-            return module
-        return SimpleNamespace(
-            NAME=module.NAME,
-            VERSION=module.VERSION,
-            TOOLS=module.TOOLS,
-            config_section=module.config_section,
-            run=functools.partial(module.run, runner=runner),
+            return wrap(module)
+        return wrap(
+            SimpleNamespace(
+                NAME=module.NAME,
+                VERSION=module.VERSION,
+                TOOLS=module.TOOLS,
+                config_section=module.config_section,
+                run=functools.partial(module.run, runner=runner),
+                after_commit=module.after_commit,
+            )
         )
 
     modules = {
@@ -437,7 +470,9 @@ def _modules(fetch_run, calibrate_run, runner=None):
     return modules.__getitem__
 
 
-def _gpu_build(tmp_path, fake, text=TINY_ON_A100, options=RunOptions(), stages=("build",)):
+def _gpu_build(
+    tmp_path, fake, text=TINY_ON_A100, options=RunOptions(), stages=("build",), wrap=lambda module: module
+):
     config = parse_config(text, "tiny-a100.toml", tmp_path)
     store = ArtifactStore(tmp_path / "work")
     tasks = select_tasks(plan_tasks(config), set(stages))
@@ -447,7 +482,7 @@ def _gpu_build(tmp_path, fake, text=TINY_ON_A100, options=RunOptions(), stages=(
         tasks,
         reporter=RecordingReporter(),
         options=options,
-        modules=_modules(_write_hf_config, _write_dummy_checkpoint, fake),
+        modules=_modules(_write_hf_config, _write_dummy_checkpoint, fake, wrap=wrap),
     )
     return config, store, report
 
@@ -462,15 +497,19 @@ def test_contract_gpu_build_runs_trtllm_build_and_records_it(tmp_path):
     assert report.error is None, report.error
     assert [r.state for r in _builds(report)] == [TaskState.ran, TaskState.ran]
     assert len(fake.builds) == 2
-    # One timing cache shared by both profiles of the model, keyed by target and TensorRT version.
-    caches = {argv[argv.index("--input_timing_cache") + 1] for argv in fake.builds}
-    caches |= {argv[argv.index("--output_timing_cache") + 1] for argv in fake.builds}
-    assert caches == {
-        str(tmp_path / "work" / "timing-cache" / "tiny-mistral" / "a100-40gb-trt10.14.1.48.cache")
-    }
+    # Both profiles read one timing cache of the model, keyed by target and TensorRT version; each
+    # writes its own into its artifact, which the driver then shares: the second build read the first's.
+    shared = tmp_path / "work" / "timing-cache" / "tiny-mistral" / "a100-40gb-trt10.14.1.48.cache"
+    assert {argv[argv.index("--input_timing_cache") + 1] for argv in fake.builds} == {str(shared)}
+    assert fake.caches_read == [None, b"tactics 1x192\n"]
+    assert shared.read_bytes() == b"tactics 1x192\ntactics 8x96\n"
     for result, argv in zip(_builds(report), fake.builds, strict=True):
-        record = store.get("build", result.task.variant, result.key).manifest.record
+        manifest = store.get("build", result.task.variant, result.key).manifest
+        record = manifest.record
         assert record["command"] == argv
+        own = Path(argv[argv.index("--output_timing_cache") + 1])
+        assert own.parent.name.startswith(f".tmp-{result.key}-") and own.name == "timing.cache"
+        assert record["timing_cache"] == "timing.cache" and "timing.cache" in {f.path for f in manifest.files}
         assert record["engine"] == {
             "runtime": "tensorrt-llm",
             "target": "a100-40gb",
@@ -550,7 +589,6 @@ def test_contract_gate_engine_is_built_with_context_logits_and_never_linked(tmp_
     assert result.state is TaskState.ran and result.task.profile == "gate"
     record = store.get("gate_engine", result.task.variant, result.key).manifest.record
     assert record["plan"]["gather_context_logits"] and "--gather_context_logits" in record["command"]
-    assert record["engine_link"] is None
     served = [r for r in report.results if r.task.stage == "build"]
     for r in served:
         assert (
@@ -566,6 +604,131 @@ def test_unchanged_gpu_build_rerun_does_no_work(tmp_path):
     _, _, again = _gpu_build(tmp_path, fake)
     assert [r.state for r in _builds(again)] == [TaskState.up_to_date] * 2
     assert len(fake.builds) == 2 and fake.probes == 2  # nothing ran the second time
+
+
+def _tree(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple]:
+    """Every entry under root (none under skip) with what changes when it is written: a link's target,
+    a file's size and mtime; a folder is only there."""
+    entries = {}
+    for path in root.rglob("*"):
+        if any(path == s or path.is_relative_to(s) for s in skip):
+            continue
+        if path.is_symlink():
+            entries[str(path.relative_to(root))] = ("link", os.readlink(path))
+        elif path.is_file():
+            st = path.stat()
+            entries[str(path.relative_to(root))] = ("file", st.st_size, st.st_mtime_ns)
+        else:
+            entries[str(path.relative_to(root))] = ("dir",)
+    return entries
+
+
+def _written(before: dict[str, tuple], after: dict[str, tuple], *, folders: bool = True) -> set[str]:
+    """What appeared, changed or went (new folders only if `folders`)."""
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    return {p for p in changed if folders or after.get(p) != ("dir",)}
+
+
+class Watched:
+    """A stage module whose run and after_commit are watched: what each wrote under root, besides the
+    task's own out_dir and the work dir's logs/ (run) or besides logs/ (after_commit)."""
+
+    def __init__(self, module, root: Path) -> None:
+        self.module, self.root = module, root
+        self.NAME, self.VERSION, self.TOOLS = module.NAME, module.VERSION, module.TOOLS
+        self.config_section = module.config_section
+        self.by_run: list[set[str]] = []
+        self.by_after_commit: dict[str, set[str]] = {}
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        skip = (ctx.out_dir, ctx.work_dir / "logs")
+        before = _tree(self.root, skip=skip)
+        outcome = self.module.run(ctx)
+        self.by_run.append(_written(before, _tree(self.root, skip=skip)))
+        return outcome
+
+    def after_commit(self, config, store, task, artifact, reporter) -> None:
+        before = _tree(self.root, skip=(store.work_dir / "logs",))
+        self.module.after_commit(config, store, task, artifact, reporter)
+        after = _tree(self.root, skip=(store.work_dir / "logs",))
+        self.by_after_commit[task.id] = _written(before, after, folders=False)  # the leaves' folders too
+
+
+def test_a_gpu_build_writes_only_its_artifact_and_shares_through_after_commit(tmp_path):
+    watched: dict[str, Watched] = {}
+
+    def watch(module):
+        watched[module.NAME] = Watched(module, tmp_path)
+        return watched[module.NAME]
+
+    _, _, report = _gpu_build(tmp_path, FakeTensorRTLLM(), stages=("build", "gate_engine"), wrap=watch)
+    assert report.error is None, report.error
+    assert watched["build"].by_run == [set(), set()] and watched["gate_engine"].by_run == [set()]
+    cache = "work/timing-cache/tiny-mistral/a100-40gb-trt10.14.1.48.cache"
+    link = "engines/tiny-mistral/int8_sq/a100-40gb/{}"
+    assert watched["gate_engine"].by_after_commit == {"gate_engine[int8_sq/gate]": {cache}}  # no link
+    assert watched["build"].by_after_commit == {
+        "build[int8_sq/latency]": {cache, link.format("latency")},
+        "build[int8_sq/throughput]": {cache, link.format("throughput")},
+    }
+
+
+def test_a_cpu_reference_build_writes_only_its_artifact_and_links_through_after_commit(
+    tmp_path, tiny_model_dir, int8_wo_checkpoint
+):
+    watched = []
+    _, _, report = _reference_build(
+        tmp_path,
+        tiny_model_dir,
+        int8_wo_checkpoint,
+        wrap=lambda module: watched.append(Watched(module, tmp_path)) or watched[-1],
+    )
+    assert report.error is None, report.error
+    build_watch = next(w for w in watched if w.NAME == "build")
+    assert build_watch.by_run == [set(), set()]
+    assert build_watch.by_after_commit == {
+        f"build[int8_wo/{p}]": {f"engines/tiny-mistral/int8_wo/cpu-reference/{p}"}
+        for p in ("latency", "throughput")
+    }
+
+
+def test_up_to_date_builds_restore_their_links_and_the_shared_cache_never_an_older_cache(tmp_path):
+    fake = FakeTensorRTLLM()
+    _, _, first = _gpu_build(tmp_path, fake)
+    links = [
+        tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / p for p in ("latency", "throughput")
+    ]
+    shared = tmp_path / "work" / "timing-cache" / "tiny-mistral" / "a100-40gb-trt10.14.1.48.cache"
+    newest = shared.read_bytes()
+    links[0].unlink()
+    shared.unlink()
+
+    _, _, again = _gpu_build(tmp_path, fake)
+    assert [r.state for r in _builds(again)] == [TaskState.up_to_date] * 2 and len(fake.builds) == 2
+    assert [link.resolve() for link in links] == [r.path.resolve() for r in _builds(first)]
+    assert shared.read_bytes() == newest  # each build's cache was offered; the newer one stays
+
+    shared.write_bytes(b"a later build's cache\n")  # e.g. another profile, built since
+    _, _, third = _gpu_build(tmp_path, fake)
+    assert [r.state for r in _builds(third)] == [TaskState.up_to_date] * 2
+    assert shared.read_bytes() == b"a later build's cache\n"
+
+
+def test_a_file_where_the_engines_link_goes_fails_the_task_after_its_commit(tmp_path):
+    blocker = tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / "latency"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a link")
+    _, store, report = _gpu_build(tmp_path, FakeTensorRTLLM())
+    assert isinstance(report.error, StageError)
+    assert report.error.message.endswith(f"{blocker} exists and is not a link; move it away")
+    (failed,) = _builds(report)
+    assert failed.state is TaskState.failed and failed.summary == report.error.message
+    # The engine itself is whole and committed: once the file is moved, the next run only links it.
+    assert store.get("build", failed.task.variant, failed.key) is not None
+    blocker.unlink()
+    _, _, again = _gpu_build(tmp_path, FakeTensorRTLLM())
+    assert [r.state for r in _builds(again)] == [TaskState.up_to_date, TaskState.ran]
+    assert blocker.resolve() == _builds(again)[0].path.resolve()
 
 
 def test_failed_trtllm_build_keeps_its_log_and_no_artifact(tmp_path):
@@ -632,7 +795,7 @@ def int8_wo_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
     return tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
 
 
-def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset()):
+def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset(), wrap=lambda module: module):
     def fetch(ctx):
         shutil.copytree(tiny_model_dir, ctx.out_dir / "model")
         return StageOutcome(summary="tiny model")
@@ -652,7 +815,7 @@ def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset()):
         store,
         tasks,
         reporter=RecordingReporter(),
-        modules=_modules(fetch, calibrate),
+        modules=_modules(fetch, calibrate, wrap=wrap),
         force_stages=force,
     )
     return config, store, report
@@ -728,36 +891,26 @@ def test_the_build_manifest_hashes_the_bytes_it_wrote(tmp_path, tiny_model_dir, 
             assert sha256_file(result.path / entry.path) == entry.sha256, entry.path
 
 
-def _link_context(work: Path, key: str) -> StageContext:
-    task = Task("build", "int8_sq", "latency")
-    return StageContext(
-        config=load_config(None),
-        task=task,
-        inputs={},
-        out_dir=work / "out",
-        final_path=ArtifactStore(work).slot("build", task.variant) / key,
-        work_dir=work,
-        log=logging.getLogger("test"),
-        log_path=work / "log",
-        reporter=RecordingReporter(),
-    )
+def _link(work: Path, key: str, reporter: RecordingReporter) -> Path | None:
+    """build's engines/ link for the artifact <key> of build[int8_sq/latency] in work's store."""
+    store, task = ArtifactStore(work), Task("build", "int8_sq", "latency")
+    final = store.slot("build", task.variant) / key
+    return build._link_engine(load_config(None), store, task, final, reporter)
 
 
 def test_an_engines_link_belongs_to_one_work_dir(tmp_path):
-    mine = _link_context(tmp_path / "work-a", "a" * 20)
-    link = build._link_engine(mine)
+    mine = tmp_path / "work-a" / "store" / "build" / "int8_sq" / "latency"
+    link = _link(tmp_path / "work-a", "a" * 20, RecordingReporter())
     assert link == tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "cpu-reference" / "latency"
-    assert link.resolve() == mine.final_path.resolve()
+    assert link.resolve() == mine / ("a" * 20)
 
-    other = _link_context(tmp_path / "work-b", "b" * 20)
-    assert build._link_engine(other) is None  # refused: never silently repointed
-    assert link.resolve() == mine.final_path.resolve()
-    assert f"{link} points into {tmp_path / 'work-a' / 'store' / 'build' / 'int8_sq' / 'latency'}" in (
-        other.reporter.text()
-    )
+    other = RecordingReporter()
+    assert _link(tmp_path / "work-b", "b" * 20, other) is None  # refused: never silently repointed
+    assert link.resolve() == mine / ("a" * 20)
+    assert f"{link} points into {mine}" in other.text()
 
-    rebuilt = _link_context(tmp_path / "work-a", "c" * 20)  # its own work dir moves it on
-    assert build._link_engine(rebuilt) == link and link.resolve() == rebuilt.final_path.resolve()
+    assert _link(tmp_path / "work-a", "c" * 20, RecordingReporter()) == link  # its own work dir moves it on
+    assert link.resolve() == mine / ("c" * 20)
 
 
 # --- runners ----------------------------------------------------------------------------------------

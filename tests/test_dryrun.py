@@ -7,6 +7,7 @@ against trtllm-build 1.2.1's parser as tests/test_build.py pins it (tensorrt_llm
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from fake_stages import RUNS, fake_modules
@@ -72,6 +73,7 @@ def test_the_real_job_dry_runs_here_without_a_gpu_or_the_model(repo_root, tmp_pa
             "/engine"
         )
         assert args.input_timing_cache.endswith(f"a100-40gb-trt{SERVING_CONTAINER.tensorrt}.cache")
+        assert args.output_timing_cache == str(Path(args.output_dir).parent / "timing.cache")  # its own
     # Only engine builds run an external command; afterwards each published version is served by the container.
     assert all(not t.commands for t in dry.tasks if t.stage not in ("build", "gate_engine"))
     assert len(dry.serve) == 6

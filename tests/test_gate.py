@@ -574,7 +574,10 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
     # The gate engine is built per precision for the gate and never linked for serving.
     (gate_engine,) = (work / "store" / "gate_engine" / "int8_sq" / "gate").glob("*/manifest.json")
     record = Manifest.model_validate_json(gate_engine.read_text()).record
-    assert record["plan"]["gather_context_logits"] and record["engine_link"] is None
+    assert record["plan"]["gather_context_logits"]
+    engines = tmp_path / "engines" / "tiny" / "int8_sq" / "cpu-reference"
+    assert [p.name for p in engines.iterdir()] == ["small"] and (engines / "small").is_symlink()
+    assert (engines / "small").resolve().parent == (work / "store" / "build" / "int8_sq" / "small").resolve()
 
     # Thresholds no int8 model can meet: the stage runs, records the failure, and the CLI exits 1.
     strict = "[gate.thresholds.int8_sq]\nmax_perplexity_increase_pct = 0.0\nmin_top1_agreement = 1.0\nmin_greedy_match = 1.0"

@@ -15,7 +15,14 @@ from string import Template
 
 import pytest
 from google.protobuf import text_format
-from publish_upstream import REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
+from publish_upstream import (
+    REPO_ROOT,
+    Upstream,
+    a100_engine_info,
+    config_with,
+    publish_in_process,
+    run_publish,
+)
 from tritonclient.grpc import model_config_pb2
 
 from pipeline import atomic
@@ -229,7 +236,6 @@ def publish_context(config, work: Path, report, out: Path) -> StageContext:
         task=result_of(report, "publish").task,
         inputs=inputs,
         out_dir=out,
-        final_path=out.with_name("final"),
         work_dir=work,
         log=logging.getLogger("test"),
         log_path=out.with_name("log"),
@@ -431,6 +437,77 @@ def test_a_copy_to_the_destination_that_fails_verification_leaves_nothing_there(
     assert isinstance(report.error, InputError) and "expected" in report.error.message
     # Only the destination's lock (it coordinates publishers; removing it would race a waiting one).
     assert [p.name for p in config.publish.destination.iterdir()] == [".lock"]
+
+
+# --- publishes at once (several executors, or the Ray executor's workers, publishing to one place) ---
+
+
+def _publish_at_once(jobs: list[tuple[Path, Path, str]]) -> dict[str, tuple]:
+    """Each (config file, work dir, profile) published up to publish in a process of its own, all at
+    once (tests/publish_upstream.py publish_in_process); each one's (error, version, created, messages)."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    waiting, results = mp.Event(), mp.Queue()
+    processes = [
+        mp.Process(target=publish_in_process, args=(str(config), str(work), profile, waiting, results))
+        for config, work, profile in jobs
+    ]
+    try:
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+            assert process.exitcode == 0
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+    return {work: tuple(rest) for work, *rest in outcomes}
+
+
+def test_two_variants_published_at_once_from_two_processes_both_land_whole(tmp_path):
+    config = config_with(tmp_path)
+    jobs = [(tmp_path / "pipeline.toml", tmp_path / f"work-{p}", p) for p in ("latency", "throughput")]
+    outcomes = _publish_at_once(jobs)
+    assert [o[:3] for o in outcomes.values()] == [(None, 1, True), (None, 1, True)]
+    assert sum("waiting for another publish" in o[3] for o in outcomes.values()) == 1  # they contended
+    for profile in ("latency", "throughput"):
+        slot = slot_of(config, profile)
+        assert release.versions(slot) == [1] and os.readlink(slot / "current") == "1"
+        assert release.check_version(slot / "1").ok
+        assert (
+            ReleaseManifest.model_validate_json((slot / "1" / RELEASE_MANIFEST).read_text()).profile
+            == profile
+        )
+    assert not list(config.publish.destination.rglob(".tmp-*"))
+
+
+def test_one_variant_published_at_once_from_three_processes_gets_one_whole_version_per_release(tmp_path):
+    """Two processes publish the same release, a third another one, all at once: whatever the order,
+    an unchanged release adds no version, every version is whole, `current` is the newest, and each
+    publish's record names a version that holds its own release."""
+    config = config_with(tmp_path)
+    same = tmp_path / "pipeline.toml"
+    other = tmp_path / "other.toml"
+    other.write_text(
+        same.read_text().replace('destination = "', 'max_queue_delay_microseconds = 500\ndestination = "')
+    )
+    jobs = [(same, tmp_path / "work-a", "latency"), (same, tmp_path / "work-b", "latency")]
+    outcomes = _publish_at_once([*jobs, (other, tmp_path / "work-c", "latency")])
+    assert [o[0] for o in outcomes.values()] == [None] * 3
+    slot = slot_of(config)
+    found = release.versions(slot)
+    assert found == sorted(o[1] for o in outcomes.values() if o[2]) == list(range(1, len(found) + 1))
+    assert len(found) in (2, 3) and os.readlink(slot / "current") == str(found[-1])
+    assert all(release.check_version(slot / str(v)).ok for v in found)
+    manifests = [(slot / str(v) / RELEASE_MANIFEST).read_bytes() for v in found]
+    assert all(a != b for a, b in zip(manifests, manifests[1:], strict=False))
+    for work in outcomes:
+        artifact = ArtifactStore(Path(work)).latest("publish", ("int8_sq", "latency"))
+        assert artifact is not None and publish.check_outputs(artifact, {}) == []
+    assert sum("waiting for another publish" in o[3] for o in outcomes.values()) >= 1  # they contended
 
 
 # --- the contract with the TensorRT-LLM 1.2 Triton backend (read in its source; cited per fact) ---

@@ -98,7 +98,6 @@ def _run(
                 task=task,
                 inputs=dict(spec.inputs),
                 out_dir=out_dir,
-                final_path=store.slot(task.stage, task.variant) / key,
                 work_dir=store.work_dir,
                 log=logger,
                 log_path=log_path,

@@ -12,6 +12,17 @@ and, when its outputs also live outside the store (publish), optionally
 
     def check_outputs(artifact, trusted) -> list[str]   what is wrong with them (empty: intact)
 
+and, when it updates something many tasks share (build: the engines/ link, the shared timing
+cache), optionally
+
+    def after_commit(config: PipelineConfig, store: ArtifactStore, task: Task, artifact: Artifact,
+                     reporter: Reporter) -> None
+
+run by the driver only (never a worker), after the task's artifact was committed or found up to
+date (never after a failed or rejected one); it is the only place a stage may write something many
+tasks share. `run` writes only into ctx.out_dir (and its log): tasks may run at once, elsewhere.
+A PipelineError it raises fails the task; the artifact stays committed.
+
 The executor does the rest: keys, verification, skipping, the manifest, the atomic rename.
 """
 
@@ -46,8 +57,7 @@ class StageContext:
     task: Task
     inputs: dict[str, Artifact]  # by input stage name
     out_dir: Path  # the artifact being written (a temp dir until committed)
-    final_path: Path  # where the artifact will live once committed (does not exist while the stage runs)
-    work_dir: Path  # for caches shared across artifacts (e.g. the HF download cache, timing caches)
+    work_dir: Path  # where caches shared across artifacts live (the HF download cache, timing caches)
     log: logging.Logger  # goes to the stage's log file
     log_path: Path
     reporter: Reporter

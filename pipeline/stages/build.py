@@ -6,8 +6,14 @@ from `pipeline.trtllm.argv`), after a preflight of the host: TensorRT-LLM
 child process was chosen over the 1.2.1 LLM API because the build then frees
 its GPU and host memory for sure, its output lands in a log of its own, the
 exact command is recorded and can be rerun by hand, and the pipeline's process
-never imports tensorrt_llm. All profiles of a model on a target share one
-TensorRT timing cache under the work dir.
+never imports tensorrt_llm.
+
+The profiles of a model on a target share a TensorRT timing cache under the
+work dir (timing-cache/<model>/<target>-trt<version>.cache), which builds only
+read: each writes its own (timing.cache in its artifact), and `after_commit`,
+run by the driver, copies it over the shared one in one rename, unless that is
+newer. Concurrent builds thus never write one file, a reader sees an old or a
+new cache whole, and the newest cache wins (a cache only saves build time).
 
 The cpu-reference target packs the calibrated checkpoint into engine/ in the
 same layout (config.json in TensorRT-LLM's engine shape, with the profile's
@@ -15,11 +21,11 @@ build_config; rank0.safetensors), verifies it by running a forward pass on
 the reference runtime, and enforces the profile's limits at run time, so every
 later stage runs the same way on both targets.
 
-After a build, engines/<model>/<precision>/<target>/<profile> (next to the
-work dir) is a relative symlink to the artifact; a link that points into
-another work dir's store is left alone, with a warning. A gate engine
-(pipeline.stages.gate_engine, built here too, with --gather_context_logits) gets no link:
-it is never served.
+After each run of a build, up to date or not, `after_commit` makes
+engines/<model>/<precision>/<target>/<profile> (next to the work dir) a
+relative symlink to the artifact; a link that points into another work dir's
+store is left alone, with a warning. A gate engine (pipeline.stages.gate_engine,
+built here too, with --gather_context_logits) gets no link: it is never served.
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.atomic import link_or_copy, swap_symlink
+from pipeline.atomic import copy_file_atomic, link_or_copy, swap_symlink
 from pipeline.config import PipelineConfig, Precision
 from pipeline.errors import InputError, StageError
 from pipeline.plan import ProfilePlan, find_architecture, plan_profile
 from pipeline.proc import Runner, run_tool
+from pipeline.reporting import Reporter
 from pipeline.stages.base import RunOptions, StageContext, StageOutcome
-from pipeline.store import ArtifactStore
+from pipeline.store import Artifact, ArtifactStore
 from pipeline.targets import TARGETS, Target
 from pipeline.tasks import ENGINE_STAGES, Task
 from pipeline.trtllm.argv import trtllm_build_argv
@@ -64,10 +71,11 @@ from pipeline.trtllm.environment import (
 from pipeline.trtllm.network import network_files
 
 NAME = "build"
-VERSION = 3
+VERSION = 4
 TOOLS = ("tensorrt-llm", "tensorrt")
 ENGINE_DIR = "engine"
 NETWORK_DIR = "network"
+TIMING_CACHE = "timing.cache"  # the build's own output timing cache, in its artifact
 ENGINES_ROOT = "engines"
 
 
@@ -80,9 +88,8 @@ class BuildRecord(BaseModel):
     max_num_tokens: int
     engine: EngineInfo
     command: list[str]  # the full trtllm-build argv (empty for cpu-reference: nothing external ran)
-    timing_cache: str | None = None
+    timing_cache: str | None = None  # the output timing cache, relative to the artifact (GPU targets)
     network_files: list[str] = []  # --visualize_network's graph, for viewing (not checkable ONNX)
-    engine_link: str | None = None
     plan: ProfilePlan
 
 
@@ -110,9 +117,6 @@ def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
                 f"{ctx.task.id}: build.visualize: cpu-reference has no TensorRT network to export"
             )
         record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
-    if not plan.gather_context_logits:
-        link = _link_engine(ctx)
-        record.engine_link = str(link) if link is not None else None
     summary = (
         f"{record.engine.runtime} engine: batch {plan.max_batch_size} x {plan.max_seq_len} tokens "
         f"(plan fits {plan.largest_batch}), max_num_tokens {plan.max_num_tokens}"
@@ -155,15 +159,14 @@ def _build_trtllm_engine(
     _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
     visualize_dir = ctx.out_dir / NETWORK_DIR if ctx.config.build.visualize else None
     gpus = len(env.gpus)
-    timing_cache = timing_cache_path(ctx.work_dir, ctx.config.model.name, target, env.tensorrt)
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
     argv = trtllm_build_argv(
         checkpoint,
         engine_dir,
         ctx.profile,
         ctx.config.build,
         plan,
-        timing_cache,
+        timing_cache_path(ctx.work_dir, ctx.config.model.name, target, env.tensorrt),
+        ctx.out_dir / TIMING_CACHE,
         workers=min(ctx.config.build.workers or gpus, gpus),  # trtllm-build caps it at the GPU count too
         visualize_dir=visualize_dir,
         executable=env.trtllm_build or "trtllm-build",
@@ -195,7 +198,8 @@ def _build_trtllm_engine(
         max_num_tokens=plan.max_num_tokens,
         engine=info,
         command=argv,
-        timing_cache=argv[argv.index("--output_timing_cache") + 1],
+        # trtllm-build asserts it wrote the cache (builder.py build()); without it there is none to share
+        timing_cache=TIMING_CACHE if (ctx.out_dir / TIMING_CACHE).is_file() else None,
         network_files=[p.relative_to(ctx.out_dir).as_posix() for p in graph],
         plan=plan,
     )
@@ -321,7 +325,28 @@ def _pack_reference_engine(
     )
 
 
-# --- engines/ ----------------------------------------------------------------------------------
+# --- after the commit (the driver): what builds share -------------------------------------------
+
+
+def after_commit(
+    config: PipelineConfig, store: ArtifactStore, task: Task, artifact: Artifact, reporter: Reporter
+) -> None:
+    """Link a served engine under engines/ and share the build's timing cache (see the module doc)."""
+    record = BuildRecord.model_validate(artifact.manifest.record)
+    if not record.plan.gather_context_logits:
+        _link_engine(config, store, task, artifact.path, reporter)
+    if record.timing_cache is not None:
+        target = TARGETS[config.target.gpu]
+        shared = timing_cache_path(store.work_dir, config.model.name, target, record.engine.tensorrt_version)
+        _share_timing_cache(artifact.path / record.timing_cache, shared)
+
+
+def _share_timing_cache(built: Path, shared: Path) -> None:
+    """Copy a build's timing cache over the shared one (mtime kept), unless the shared one is as new:
+    an up-to-date build's older cache never replaces what a later build wrote."""
+    if shared.is_file() and shared.stat().st_mtime_ns >= built.stat().st_mtime_ns:
+        return
+    copy_file_atomic(built, shared)
 
 
 def engine_link_owner(link: Path, build_slots: Path) -> Path | None:
@@ -333,27 +358,27 @@ def engine_link_owner(link: Path, build_slots: Path) -> Path | None:
     return None if target.is_relative_to(build_slots) else target.parent
 
 
-def _link_engine(ctx: StageContext) -> Path | None:
-    """engines/<model>/<precision>/<target>/<profile> -> the artifact's final path, replaced atomically.
+def _link_engine(
+    config: PipelineConfig, store: ArtifactStore, task: Task, artifact_path: Path, reporter: Reporter
+) -> Path | None:
+    """engines/<model>/<precision>/<target>/<profile> -> the committed artifact, replaced atomically.
 
     The link belongs to one work dir: one pointing into another work dir's store is left as it is,
-    with a warning (None is returned). The link is made just before the executor commits the artifact
-    (it renames ctx.out_dir to <slot>/<key>); should the commit fail, the link dangles rather than
-    pointing at a partial artifact.
+    with a warning (None is returned).
     """
-    final = ctx.final_path.resolve()
-    config = ctx.config
-    link = (ctx.work_dir.resolve().parent / ENGINES_ROOT).joinpath(
-        config.model.name, ctx.precision.value, config.target.gpu, ctx.profile.name
+    work_dir = store.work_dir.resolve()
+    assert task.precision is not None and task.profile is not None, f"{task.id} is not a build"
+    link = (work_dir.parent / ENGINES_ROOT).joinpath(
+        config.model.name, task.precision, config.target.gpu, task.profile
     )
     if link.exists() and not link.is_symlink():
         raise StageError(NAME, f"{link} exists and is not a link; move it away")
-    owner = engine_link_owner(link, ArtifactStore(ctx.work_dir.resolve()).slot(NAME, ()))
+    owner = engine_link_owner(link, ArtifactStore(work_dir).slot(NAME, ()))
     if owner is not None:
-        ctx.reporter.warn(
-            f"{ctx.task.id}: {link} points into {owner}, another work dir's store; not repointed "
+        reporter.warn(
+            f"{task.id}: {link} points into {owner}, another work dir's store; not repointed "
             "(remove the link to hand it to this work dir)"
         )
         return None
-    swap_symlink(link, os.path.relpath(final, link.parent))
+    swap_symlink(link, os.path.relpath(artifact_path.resolve(), link.parent))
     return link

@@ -26,7 +26,8 @@ def trtllm_build_argv(
     profile: Profile,
     build: BuildSection,
     plan: ProfilePlan,
-    timing_cache: Path,
+    input_timing_cache: Path,
+    output_timing_cache: Path,
     *,
     workers: int = 1,
     visualize_dir: Path | None = None,
@@ -56,8 +57,10 @@ def trtllm_build_argv(
         "--remove_input_padding", "enable",
         "--multiple_profiles", _switch(build.multiple_profiles),
         "--workers", str(workers),
-        "--input_timing_cache", str(timing_cache),
-        "--output_timing_cache", str(timing_cache),
+        # Two files: the shared cache is only read (a missing one is skipped); the build's own
+        # cache is written into its artifact, and shared by the driver after the commit.
+        "--input_timing_cache", str(input_timing_cache),
+        "--output_timing_cache", str(output_timing_cache),
         "--log_level", "info",
     ]  # fmt: skip
     if plan.gather_context_logits:
