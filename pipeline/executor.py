@@ -1,4 +1,4 @@
-"""Run tasks in order: skip what is up to date and intact, run the rest into the store.
+"""The driver: skip what is up to date and intact, start the rest on a task runner, settle results.
 
 A task's key is the hash of its Fingerprint (stage, stage version, variant,
 config section, the content digest of each input artifact, tool versions). A
@@ -8,6 +8,10 @@ artifact is verified against its manifest (one stat per file, a hash where the
 stat changed) before it counts as up to date or is used as an input; a
 modified one is set aside and rebuilt. `status` walks the same chain without
 running or moving anything.
+
+Which task may start is pipeline.execution.scheduler's (pure); where it runs is the runner's
+(in this process, or on a Ray cluster); the driver keys and verifies every artifact, holds what
+tasks share (a stage's after_commit), and reports in the graph's order whatever ran where.
 """
 
 from __future__ import annotations

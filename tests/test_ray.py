@@ -274,6 +274,23 @@ def test_a_worker_killed_on_each_try_fails_its_task_with_its_log_and_keeps_the_s
     connect()  # the fixture disconnects once more
 
 
+def test_workers_reach_the_drivers_hub_but_never_get_its_token(connect, monkeypatch):
+    import os
+
+    import ray
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:7/hub")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "7")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    connect()
+    seen = ray.get(
+        ray.remote(
+            lambda: {n: os.environ.get(n) for n in ("HF_ENDPOINT", "HF_HUB_DOWNLOAD_TIMEOUT", "HF_TOKEN")}
+        ).remote()
+    )
+    assert seen == {"HF_ENDPOINT": "http://127.0.0.1:7/hub", "HF_HUB_DOWNLOAD_TIMEOUT": "7", "HF_TOKEN": None}
+
+
 def test_a_work_dir_a_node_does_not_share_is_refused_naming_the_node(tmp_path, connect):
     connect()
     elsewhere = tmp_path / "node-local-disk"

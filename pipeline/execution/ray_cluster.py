@@ -287,8 +287,8 @@ class RayTaskRunner:
             if problem is not None:
                 _ray().cancel(ref, force=True)
                 del self._running[ref]
-                error = RemoteTaskError(f"{spec.task.id} cannot run on this Ray cluster: {problem}")
-                error.exit_code = ExitCode.MISSING_DEPENDENCY
+                message = f"{spec.task.id} cannot run on this Ray cluster: {problem}"
+                error = RemoteTaskError(message, exit_code=ExitCode.MISSING_DEPENDENCY)
                 out.append(self._failed(spec, started, error))
         return out
 
