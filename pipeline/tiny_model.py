@@ -82,6 +82,11 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
+# Backward's reductions, split by thread count, give other weights with 2 threads than with 1 (a Ray
+# task gets one per CPU it asks for): training on a fixed count makes the model the same bytes anywhere.
+TRAIN_THREADS = 1
+
+
 def generate_tiny_mistral(
     out_dir: Path, spec: TinyMistralSpec = TinyMistralSpec(), on_step: Callable[[int], None] | None = None
 ) -> Path:
@@ -114,14 +119,19 @@ def generate_tiny_mistral(
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(spec.seed)
     model.train()
-    for step in range(spec.train_steps):
-        batch = windows[torch.randint(len(windows), (spec.train_batch,), generator=generator)]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if on_step:
-            on_step(step)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        for step in range(spec.train_steps):
+            batch = windows[torch.randint(len(windows), (spec.train_batch,), generator=generator)]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step:
+                on_step(step)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)

@@ -447,6 +447,7 @@ def test_the_tiny_source_generates_the_model_folder(tmp_path):
         "tiny_seed": 0,
         "tiny_train_steps": 2,
         "tiny_size": "demo",
+        "tiny_train_threads": 1,  # the weights depend on it (tests/test_ray.py)
     }
 
 

@@ -31,7 +31,7 @@ from pipeline.executor import TaskState, execute
 from pipeline.report import write_run_junit, write_run_report
 from pipeline.reporting import RecordingReporter
 from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks
+from pipeline.tasks import plan_tasks, select_tasks
 
 TESTS = Path(__file__).resolve().parent
 LABEL = {"int8_sq": "A100", "int8_wo": "H100"}  # as if each precision were another target's builds
@@ -169,6 +169,22 @@ def test_the_pipeline_on_ray_overlaps_places_and_equals_the_local_run_byte_for_b
     # The workers' progress and messages reached the driver's reporter.
     assert console.advanced.get("calibrating") == config.calibration.samples  # int8_sq calibrates on data
     assert any("loaded" in text for _, text in console.messages)
+
+
+def test_the_tiny_model_trained_on_a_worker_is_the_one_trained_here(tmp_path, connect):
+    """A Ray task gets one thread per CPU it asks for (OMP_NUM_THREADS); training must not depend on it."""
+    config = config_with(tmp_path, **{"tiny_train_steps = 300": "tiny_train_steps = 30"})
+    fetch = select_tasks(plan_tasks(config), {"fetch"})
+    here = execute(config, ArtifactStore(tmp_path / "here"), fetch, reporter=RecordingReporter())
+    connect()
+    there = execute(
+        config, ArtifactStore(tmp_path / "there"), fetch, reporter=RecordingReporter(),
+        runner=ray_cluster.RayTaskRunner(),
+    )  # fmt: skip
+    assert here.error is None and there.error is None and there.results[0].node != "local"
+    assert artifact_bytes(ArtifactStore(tmp_path / "there"), there.results[0]) == artifact_bytes(
+        ArtifactStore(tmp_path / "here"), here.results[0]
+    )
 
 
 def test_a_task_no_node_can_take_fails_the_run_before_anything_runs(tmp_path, connect):

@@ -27,6 +27,7 @@ from pipeline.errors import FetchError, InputError
 from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.tasks import Task
+from pipeline.tiny_model import TRAIN_THREADS
 
 NAME = "fetch"
 VERSION = 1
@@ -77,6 +78,7 @@ def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
         "tiny_seed": model.tiny_seed,
         "tiny_train_steps": model.tiny_train_steps,
         "tiny_size": model.tiny_size,
+        "tiny_train_threads": TRAIN_THREADS,
     }
 
 
