@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from pipeline.stages.base import StageOutcome
 
 RUNS: list[str] = []
 CRASH_ONCE_ENV = "FAKE_STAGE_CRASH_ONCE"
+SLOW_ENV = "FAKE_STAGE_SLOW"  # <stage>=<seconds>: that stage's tasks take this long
 
 
 def make_stage(
@@ -22,6 +24,9 @@ def make_stage(
         (ctx.out_dir / "part-1.bin").write_bytes(b"x" * 1000 + (str(len(RUNS)).encode() if varying else b""))
         if crash_env and os.environ.get(crash_env) == ctx.task.id:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash mid-stage, after some output exists
+        stage, _, seconds = os.environ.get(SLOW_ENV, "").partition("=")
+        if stage == ctx.task.stage:
+            time.sleep(float(seconds))
         once = os.environ.get(CRASH_ONCE_ENV, "")
         if once.startswith(f"{ctx.task.id}="):  # <task id>=<marker>: crash the first time only
             marker = Path(once.split("=", 1)[1])

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from fake_stages import CRASH_ONCE_ENV, fake_modules
+from fake_stages import CRASH_ONCE_ENV, SLOW_ENV, fake_modules
 from publish_upstream import REPO_ROOT, config_with
 from ray.cluster_utils import Cluster
 from test_hostile import Sandbox, check_case, cli_argv, interrupt, write_config
@@ -169,6 +169,30 @@ def test_the_pipeline_on_ray_overlaps_places_and_equals_the_local_run_byte_for_b
     # The workers' progress and messages reached the driver's reporter.
     assert console.advanced.get("calibrating") == config.calibration.samples  # int8_sq calibrates on data
     assert any("loaded" in text for _, text in console.messages)
+
+
+def test_builds_for_two_targets_run_at_once_each_on_a_node_of_its_type(tmp_path, connect):
+    config = config_with(tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    connect(**{SLOW_ENV: "build=1.5"})
+    runner = ray_cluster.RayTaskRunner(modules=fake_modules(), resources_of=two_targets)
+    report = execute(
+        config, store, plan_tasks(config), reporter=RecordingReporter(), modules=fake_modules(), runner=runner
+    )
+    assert report.error is None
+    builds = [r for r in report.results if r.task.stage == "build"]
+    labels = node_labels()
+    assert all(labels[r.node.split()[-1]] == {LABEL[r.task.precision]} for r in builds)
+    spans = {}
+    for r in builds:
+        manifest = store.get("build", r.task.variant, r.key).manifest
+        spans[r.task.id] = (manifest.started_at, manifest.finished_at)
+    sq = [spans[r.task.id] for r in builds if r.task.precision == "int8_sq"]
+    wo = [spans[r.task.id] for r in builds if r.task.precision == "int8_wo"]
+    # Each target's builds beside the other's; one GPU per node: a node's two builds one after the other.
+    assert sum(s1 < e2 and s2 < e1 for s1, e1 in sq for s2, e2 in wo) >= 2
+    for (s1, e1), (s2, e2) in (sq, wo):
+        assert e1 <= s2 or e2 <= s1
 
 
 def test_the_tiny_model_trained_on_a_worker_is_the_one_trained_here(tmp_path, connect):
