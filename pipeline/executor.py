@@ -328,7 +328,6 @@ def execute(
                     schedule.halt()
     except Interrupted as exc:  # a signal while the driver waited on other processes' tasks
         for spec in runner.cancel():
-            log = store.log_path(spec.task.stage, spec.task.variant, spec.key)
             report.results.append(
                 TaskResult(
                     spec.task,
@@ -336,7 +335,7 @@ def execute(
                     TaskState.failed,
                     reason=why[spec.task],
                     summary=exc.message,
-                    log=log if log.is_file() else None,
+                    log=spec.log_if_written(),
                 )
             )
         report.error = exc

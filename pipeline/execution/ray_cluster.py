@@ -314,10 +314,7 @@ class RayTaskRunner:
 
     @staticmethod
     def _failed(spec: TaskSpec, started: float, error: RemoteTaskError) -> TaskOutcome:
-        log = ArtifactStore(spec.work_dir).log_path(spec.task.stage, spec.task.variant, spec.key)
-        return TaskOutcome(
-            spec.task, spec.key, None, error, started, time.time(), "", log if log.is_file() else None
-        )
+        return TaskOutcome(spec.task, spec.key, None, error, started, time.time(), "", spec.log_if_written())
 
 
 @contextmanager

@@ -43,6 +43,14 @@ class TaskSpec:
     # sha256 of verified files by stat key: a hard link to one of them needs no hashing
     trusted: Mapping[StatKey, str] = field(default_factory=dict)
 
+    @property
+    def log_path(self) -> Path:
+        return ArtifactStore(self.work_dir).log_path(self.task.stage, self.task.variant, self.key)
+
+    def log_if_written(self) -> Path | None:
+        """The task's log, if it got as far as opening one (a task stopped before it started has none)."""
+        return self.log_path if self.log_path.is_file() else None
+
 
 @dataclass(frozen=True)
 class TaskOutcome:
@@ -76,7 +84,7 @@ def run_task(spec: TaskSpec, emit: Emit, modules: StageLookup, *, node: str = "l
     comes back in the outcome; anything else is a bug and raises."""
     started = time.time()
     store = ArtifactStore(spec.work_dir)
-    log_path = store.log_path(spec.task.stage, spec.task.variant, spec.key)
+    log_path = spec.log_path
     try:
         artifact = _run(spec, store, log_path, EventReporter(spec.task.id, emit), modules(spec.task.stage))
     except (PipelineError, Interrupted) as exc:
