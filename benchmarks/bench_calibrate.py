@@ -30,7 +30,7 @@ def make_model(out: Path) -> int:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from pipeline.tiny_model import TinyMistralSpec, generate_tiny_mistral
+    from pipeline.hub.tiny_model import TinyMistralSpec, generate_tiny_mistral
 
     generate_tiny_mistral(out, TinyMistralSpec(train_steps=0))  # tokenizer files (and a model, replaced)
     torch.manual_seed(0)
@@ -58,8 +58,8 @@ def run_ours(model_dir: Path, out: Path) -> float:
 
     from pipeline.calibration import export_checkpoint
     from pipeline.calibration.recipes import recipe_for  # noqa: F401  (import outside the timing)
-    from pipeline.config import CalibrationSection
-    from pipeline.reporting import RecordingReporter
+    from pipeline.core.reporter import RecordingReporter
+    from pipeline.facts.config import CalibrationSection
 
     settings = CalibrationSection(dataset=DATASET, samples=SAMPLES, seq_len=SEQ_LEN, batch_size=BATCH)
     t0 = time.perf_counter()

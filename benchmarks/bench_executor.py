@@ -23,12 +23,12 @@ WORKERS = 2
 def main() -> None:
     from ray.cluster_utils import Cluster
 
-    from pipeline.config import load_config
+    from pipeline.core.reporter import RecordingReporter
+    from pipeline.core.store import ArtifactStore
     from pipeline.execution import ray_cluster
-    from pipeline.executor import execute
-    from pipeline.reporting import RecordingReporter
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks, select_tasks
+    from pipeline.execution.driver import execute
+    from pipeline.facts.config import load_config
+    from pipeline.planning.tasks import plan_tasks, select_tasks
 
     os.chdir(REPO_ROOT)  # the embedded default's data paths resolve here
     config = load_config(None)

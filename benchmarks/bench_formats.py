@@ -1,6 +1,6 @@
 """Every format side by side: tokens/s, peak memory and gate figures beside the plan, in one table and one plot.
 
-Runs the pipeline up to the gate for every format of pipeline/formats.py (each
+Runs the pipeline up to the gate for every format of pipeline/facts/formats.py (each
 precision with an FP16 KV cache, then the INT8-capable ones with an INT8 KV
 cache) on the embedded tiny default's throughput profile (cpu-reference), then
 `bench` over those engines. Artifacts stay in work/bench-formats/kv-<dtype>
@@ -25,8 +25,8 @@ PROFILE = "throughput"
 
 
 def main() -> None:
-    from pipeline.config import load_config
-    from pipeline.formats import FORMATS, unsupported_on
+    from pipeline.facts.config import load_config
+    from pipeline.facts.formats import FORMATS, unsupported_on
 
     os.chdir(REPO_ROOT)  # the embedded default's data paths resolve here
     base = load_config(None)
@@ -42,10 +42,10 @@ def _bench_formats(config, work_dir: Path) -> None:
     from pipeline.bench.report import formats_table, variant_label
     from pipeline.bench.run import run_bench
     from pipeline.bench.workload import BenchSettings
-    from pipeline.executor import execute
-    from pipeline.reporting import RecordingReporter
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks, select_tasks
+    from pipeline.core.reporter import RecordingReporter
+    from pipeline.core.store import ArtifactStore
+    from pipeline.execution.driver import execute
+    from pipeline.planning.tasks import plan_tasks, select_tasks
 
     precisions = ", ".join(p.value for p in config.quantization.precisions)
     kv = config.quantization.kv_cache_dtype

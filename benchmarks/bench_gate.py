@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.facts.config import load_config
 from pipeline.runtime.limits import RuntimeLimits
 
 # hidden 1024, 13 layers, GQA 16/8 heads, FFN 2816, vocab of the tiny tokenizer: ~151M parameters.
@@ -48,9 +48,9 @@ def _medium_model(tiny_dir: Path, out: Path) -> Path:
 def _gate_seconds(model_dir: Path, checkpoint: Path, limits: RuntimeLimits) -> tuple[float, object]:
     from transformers import AutoTokenizer
 
-    from pipeline.config import Precision
+    from pipeline.core.reporter import RecordingReporter
+    from pipeline.facts.config import Precision
     from pipeline.gate import HuggingFaceModel, run_gate
-    from pipeline.reporting import RecordingReporter
     from pipeline.runners import ReferenceRunner
     from pipeline.runtime import ReferenceModel
 
@@ -92,8 +92,8 @@ def main() -> None:
     import torch
 
     from pipeline.calibration import export_checkpoint
-    from pipeline.reporting import RecordingReporter
-    from pipeline.tiny_model import generate_tiny_mistral
+    from pipeline.core.reporter import RecordingReporter
+    from pipeline.hub.tiny_model import generate_tiny_mistral
 
     config = load_config(None)
     throughput = config.profile("throughput")

@@ -35,9 +35,9 @@ def _cli(*args: str, cwd: Path = REPO_ROOT) -> tuple[float, float, subprocess.Co
 
 
 def bench_plan() -> None:
-    from pipeline.config import load_config
-    from pipeline.plan import find_architecture, plan_config
-    from pipeline.targets import TARGETS
+    from pipeline.facts.config import load_config
+    from pipeline.facts.targets import TARGETS
+    from pipeline.planning.memory import find_architecture, plan_config
 
     config = load_config(REPO_ROOT / "pipeline.toml")
     arch = find_architecture(config)

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from pipeline import atomic
-from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry, stat_key
+from pipeline.core import atomic
+from pipeline.core.hashing import sha256_file
+from pipeline.core.manifest import FileEntry, stat_key
 from pipeline.serving.release import publish_release
 from pipeline.serving.release_manifest import (
     RELEASE_MANIFEST,

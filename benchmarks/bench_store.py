@@ -22,18 +22,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmarks.bench_publish import sample_release
-from pipeline import integrity, manifest
-from pipeline.audit import audit
-from pipeline.config import load_config
-from pipeline.executor import TaskState, execute, status
-from pipeline.manifest import list_files
-from pipeline.reporting import RecordingReporter
+from pipeline.commands.verify import audit
+from pipeline.core import integrity, manifest
+from pipeline.core.manifest import list_files
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState, execute, status
+from pipeline.facts.config import load_config
+from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.release import publish_release
 from pipeline.serving.release_manifest import RELEASE_MANIFEST
 from pipeline.stages import publish, stage_module
 from pipeline.stages.publish import PublishRecord, variant_destination
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30

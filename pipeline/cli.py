@@ -115,16 +115,16 @@ def _run_stages(
     executor: str | None = None,
     ray_address: str | None = None,
 ) -> None:
-    from pipeline.config import input_file_problems, load_config
-    from pipeline.console import RichReporter, results_table
-    from pipeline.errors import ConfigError, GateFailedError, InputError
-    from pipeline.executor import execute, to_run
-    from pipeline.paths import dir_problem
-    from pipeline.report import write_run_junit, write_run_report
+    from pipeline.core.errors import ConfigError, GateFailedError, InputError
+    from pipeline.core.paths import dir_problem
+    from pipeline.core.store import ArtifactStore
+    from pipeline.execution.driver import execute, to_run
+    from pipeline.facts.config import input_file_problems, load_config
+    from pipeline.output.console import RichReporter, results_table
+    from pipeline.output.run_report import write_run_junit, write_run_report
+    from pipeline.planning.tasks import ENGINE_STAGES, plan_tasks, select_tasks
     from pipeline.stages.base import RunOptions
     from pipeline.stages.build import preflight as build_preflight
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import ENGINE_STAGES, plan_tasks, select_tasks
 
     _State.debug = debug
     _State.work_dir = work_dir
@@ -220,9 +220,9 @@ def _print_dry_run(config, store, tasks, force_stages: frozenset[str], as_json: 
 
     from rich.markup import escape
 
-    from pipeline.dryrun import plan_run
-    from pipeline.errors import InputError
-    from pipeline.plan import find_architecture
+    from pipeline.commands.dryrun import plan_run
+    from pipeline.core.errors import InputError
+    from pipeline.planning.memory import find_architecture
     from pipeline.stages.build import fetched_model_dir
 
     try:
@@ -253,7 +253,7 @@ def _overridden(config, section: str, options: dict[str, tuple[str, object]], hi
     own rules; `options`: field -> (option name, value), None values left out."""
     from pydantic import ValidationError
 
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
 
     changes = {field: value for field, (_, value) in options.items() if value is not None}
     if not changes:
@@ -269,7 +269,7 @@ def _overridden(config, section: str, options: dict[str, tuple[str, object]], hi
 
 
 def _check_filters(config, precisions: list[str] | None, profiles: list[str] | None) -> None:
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
 
     known_precisions = {p.value for p in config.quantization.precisions}
     for p in precisions or ():
@@ -346,12 +346,12 @@ def status_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each stage as up to date, modified (which file), stale (and why) or missing."""
-    from pipeline.config import load_config
-    from pipeline.console import results_table
-    from pipeline.executor import status
-    from pipeline.report import task_row
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks
+    from pipeline.core.store import ArtifactStore
+    from pipeline.execution.driver import status
+    from pipeline.facts.config import load_config
+    from pipeline.output.console import results_table
+    from pipeline.output.run_report import task_row
+    from pipeline.planning.tasks import plan_tasks
 
     _State.debug = debug
     cfg = load_config(config)
@@ -370,10 +370,10 @@ def verify_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Check every artifact and every published version against its manifest; exit 2 if any differs."""
-    from pipeline.audit import audit
-    from pipeline.config import load_config
-    from pipeline.errors import IntegrityError
-    from pipeline.store import ArtifactStore
+    from pipeline.commands.verify import audit
+    from pipeline.core.errors import IntegrityError
+    from pipeline.core.store import ArtifactStore
+    from pipeline.facts.config import load_config
 
     _State.debug = debug
     cfg = load_config(config)
@@ -409,12 +409,12 @@ def plan_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Memory and speed plan per target and profile (pure arithmetic, no GPU needed)."""
-    from pipeline.config import load_config
-    from pipeline.errors import ConfigError, InputError
-    from pipeline.plan import find_architecture, plan_config
+    from pipeline.core.errors import ConfigError, InputError
+    from pipeline.core.store import ArtifactStore
+    from pipeline.facts.config import load_config
+    from pipeline.facts.targets import TARGETS
+    from pipeline.planning.memory import find_architecture, plan_config
     from pipeline.stages.build import fetched_model_dir
-    from pipeline.store import ArtifactStore
-    from pipeline.targets import TARGETS
 
     _State.debug = debug
     cfg = load_config(config)
@@ -430,7 +430,7 @@ def plan_command(
         rows = [p.model_dump(mode="json") for p in plans]
         print(json.dumps({"model": cfg.model.name, "architecture": arch.source, "plans": rows}, indent=2))
     else:
-        from pipeline.plan_view import plan_view
+        from pipeline.output.plan_table import plan_view
 
         _console().print(plan_view(f"plan: {cfg.model.name} ({arch.source})", plans))
     unfit = next((p for p in plans if p.target == cfg.target.gpu and not p.fits), None)
@@ -492,9 +492,9 @@ def bench_command(
     from pipeline.bench.run import run_bench
     from pipeline.bench.summary import summary_table
     from pipeline.bench.workload import BenchSettings
-    from pipeline.config import load_config
-    from pipeline.console import RichReporter
-    from pipeline.store import ArtifactStore
+    from pipeline.core.store import ArtifactStore
+    from pipeline.facts.config import load_config
+    from pipeline.output.console import RichReporter
 
     _State.debug = debug
     cfg = load_config(config)
@@ -540,7 +540,7 @@ def _profile_bench(out_dir: Path) -> None:
     import subprocess
 
     from pipeline.bench.nsys import REPORT_NAME, find_nsys, profiled_argv
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     argv = profiled_argv(find_nsys(), out_dir, _State.argv)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -577,9 +577,9 @@ def calib_data_fetch_command(
     debug: DebugOpt = False,
 ) -> None:
     """Freeze rows of a hub data set into OUT/<name>.jsonl with a manifest (commit, rows, sha256)."""
-    from pipeline.console import RichReporter
     from pipeline.datasets.hub import HubDatasetSpec, fetch_hub_dataset
     from pipeline.datasets.jsonl import read_manifest
+    from pipeline.output.console import RichReporter
 
     _State.debug = debug
     given = {"repo_id": repo, "config_name": config_name, "split": split, "text_field": field}
@@ -615,9 +615,9 @@ def smoke_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Serve each published repository on a real tritonserver; its answers must equal the reference runtime's."""
-    from pipeline.config import load_config
-    from pipeline.console import RichReporter
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
+    from pipeline.facts.config import load_config
+    from pipeline.output.console import RichReporter
     from pipeline.serving.smoke import smoke_published
 
     _State.debug = debug
@@ -672,9 +672,9 @@ def gpu_selftest_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from pipeline.console import RichReporter
-    from pipeline.errors import StageError
-    from pipeline.selftest import REPORT_NAME, STAGE, run_selftest
+    from pipeline.commands.selftest import REPORT_NAME, STAGE, run_selftest
+    from pipeline.core.errors import StageError
+    from pipeline.output.console import RichReporter
 
     _State.debug = debug
     console = _console()
@@ -722,7 +722,7 @@ def _signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    from pipeline.errors import Interrupted
+    from pipeline.core.errors import Interrupted
 
     fired = False
 
@@ -743,7 +743,7 @@ def _signals_interrupt() -> Iterator[None]:
 def _machine_error(exc: OSError):
     """A write the machine refused (a full disk, a read-only or forbidden path) as a typed error; None
     for any other OSError, which stays a bug."""
-    from pipeline.errors import DiskSpaceError, InputError
+    from pipeline.core.errors import DiskSpaceError, InputError
 
     full = DiskSpaceError.from_error(exc, where=_State.work_dir)
     if full is not None:
@@ -755,7 +755,7 @@ def _machine_error(exc: OSError):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (see README, "Exit codes")."""
-    from pipeline.errors import ExitCode, Interrupted, PipelineError
+    from pipeline.core.errors import ExitCode, Interrupted, PipelineError
 
     _State.debug = False
     _State.work_dir = None

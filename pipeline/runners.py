@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.container import SERVING_CONTAINER
-from pipeline.errors import InputError, MissingDependencyError
+from pipeline.core.errors import InputError, MissingDependencyError
+from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.trtllm.engine import (
     BUILD_INFO,

@@ -23,7 +23,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's tiny Mistral (GQA, rope_theta 1e6), trained 300 steps: a Hugging Face folder."""
-    from pipeline.tiny_model import generate_tiny_mistral
+    from pipeline.hub.tiny_model import generate_tiny_mistral
 
     return generate_tiny_mistral(tmp_path_factory.mktemp("tiny-mistral"))
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.config import PipelineConfig, load_config
-from pipeline.executor import execute
-from pipeline.reporting import RecordingReporter
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import execute
+from pipeline.facts.config import PipelineConfig, load_config
+from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.stages import publish
 from pipeline.stages.base import StageOutcome
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks, select_tasks
 from pipeline.trtllm.engine import EngineInfo, write_engine_info
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

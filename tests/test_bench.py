@@ -23,9 +23,9 @@ from pipeline.bench.results import (
 )
 from pipeline.bench.stats import Percentiles, RequestTimeline, percentile
 from pipeline.bench.workload import BenchSettings, default_batch_sizes, plan_workload, synthetic_prompts
-from pipeline.errors import InputError, StageError
+from pipeline.core.errors import InputError, StageError
+from pipeline.core.reporter import RecordingReporter
 from pipeline.gate.verdict import GateCheck
-from pipeline.reporting import RecordingReporter
 from pipeline.runtime.limits import RuntimeLimits
 
 MISTRAL_7B = {
@@ -371,7 +371,7 @@ def test_rss_probe_says_when_it_could_not_reset(tmp_path):
 def test_gpu_probe_without_a_gpu_is_a_missing_dependency():
     pytest.importorskip("pynvml")
     from pipeline.bench.memory import probe_for
-    from pipeline.errors import MissingDependencyError
+    from pipeline.core.errors import MissingDependencyError
 
     try:
         probe = probe_for(target_is_gpu=True)
@@ -464,9 +464,9 @@ def _plan(ceiling: float = 200.0) -> PlanFigures:
 
 def test_plan_figures_come_from_the_plan_module(in_repo_root):
     from pipeline.bench.reference import plan_figures
-    from pipeline.config import Precision, load_config
-    from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory
-    from pipeline.targets import TARGETS
+    from pipeline.facts.config import Precision, load_config
+    from pipeline.facts.targets import TARGETS
+    from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory
 
     config = load_config(in_repo_root / "pipeline.toml")
     arch = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
@@ -673,10 +673,10 @@ def _fake_builds(work_dir: Path, **filters):
     """The embedded config and a store whose selected build tasks ran as stand-in stages."""
     from fake_stages import fake_modules
 
-    from pipeline.config import load_config
-    from pipeline.executor import execute
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks, select_tasks
+    from pipeline.core.store import ArtifactStore
+    from pipeline.execution.driver import execute
+    from pipeline.facts.config import load_config
+    from pipeline.planning.tasks import plan_tasks, select_tasks
 
     config = load_config(None)
     store = ArtifactStore(work_dir)
@@ -734,12 +734,12 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
 
     from tiny_checkpoints import tiny_checkpoint
 
-    from pipeline.config import Precision, load_config
-    from pipeline.executor import execute
+    from pipeline.core.store import ArtifactStore
+    from pipeline.execution.driver import execute
+    from pipeline.facts.config import Precision, load_config
+    from pipeline.planning.tasks import plan_tasks, select_tasks
     from pipeline.stages import build, gate, gate_engine
     from pipeline.stages.base import StageOutcome
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks, select_tasks
 
     checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
 
@@ -858,7 +858,7 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
 def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model_dir, tmp_path):
     """The throughput engine in a repository written by the publish code, served by the real tritonserver."""
     from pipeline.bench.run import find_engines, run_bench
-    from pipeline.hashing import sha256_file
+    from pipeline.core.hashing import sha256_file
     from pipeline.serving.render import RepositoryValues
     from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
     from pipeline.serving.server import TritonServer
@@ -987,7 +987,7 @@ BUS_ORDER = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-1111-1111
 
 def test_gpu_probe_reads_the_gpu_cuda_uses_not_the_nvml_index():
     from pipeline.bench.memory import _visible_device_handle
-    from pipeline.errors import MissingDependencyError
+    from pipeline.core.errors import MissingDependencyError
 
     nvml = BusOrderNvml(BUS_ORDER)
     # Two GPUs, the faster one second on the bus: CUDA's default order makes it device 0, so

@@ -23,19 +23,19 @@ import torch
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
-from pipeline.config import BuildSection, Precision, load_config, parse_config
-from pipeline.container import SERVING_CONTAINER
-from pipeline.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
-from pipeline.executor import TaskState, execute
-from pipeline.hashing import sha256_file
-from pipeline.plan import KNOWN_ARCHITECTURES, plan_memory, plan_profile
-from pipeline.reporting import RecordingReporter
+from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState, execute
+from pipeline.facts.config import BuildSection, Precision, load_config, parse_config
+from pipeline.facts.container import SERVING_CONTAINER
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory, plan_profile
+from pipeline.planning.tasks import Task, plan_tasks, select_tasks
 from pipeline.runners import ReferenceRunner, load_runner, runtime_mismatches
 from pipeline.stages import build, gate_engine
 from pipeline.stages.base import RunOptions, StageContext, StageOutcome
-from pipeline.store import ArtifactStore
-from pipeline.targets import TARGETS
-from pipeline.tasks import Task, plan_tasks, select_tasks
 from pipeline.trtllm.argv import trtllm_build_argv
 from pipeline.trtllm.engine import EngineInfo, supports_chunked_context
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, preflight_problems, probe_environment

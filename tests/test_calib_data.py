@@ -12,6 +12,9 @@ import pytest
 from hub_server import LISTING, HubServer, _Handler
 
 from pipeline.cli import main
+from pipeline.core.errors import InputError, MissingDependencyError, StageError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.reporter import RecordingReporter
 from pipeline.datasets.hub import (
     HubDatasetSpec,
     fetch_hub_dataset,
@@ -21,9 +24,6 @@ from pipeline.datasets.hub import (
 )
 from pipeline.datasets.jsonl import load_texts, manifest_path, read_manifest, write_jsonl_dataset
 from pipeline.datasets.offline import OFFLINE_SETS, write_offline_sets
-from pipeline.errors import InputError, MissingDependencyError, StageError
-from pipeline.hashing import sha256_file
-from pipeline.reporting import RecordingReporter
 
 # --- the committed offline sets -------------------------------------------------------------
 

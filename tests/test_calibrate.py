@@ -19,16 +19,16 @@ from pipeline.calibration.verify import (
     read_safetensors_header,
     verify_checkpoint,
 )
-from pipeline.config import CalibrationSection, parse_config
-from pipeline.errors import InputError, StageError
-from pipeline.executor import TaskState, execute, status
-from pipeline.hashing import sha256_file
-from pipeline.reporting import RecordingReporter
+from pipeline.core.errors import InputError, StageError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState, execute, status
+from pipeline.facts.config import CalibrationSection, parse_config
+from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.stages import calibrate as calibrate_stage
 from pipeline.stages import stage_module
 from pipeline.stages.base import StageOutcome
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks, select_tasks
 
 LOG = logging.getLogger("test-calibrate")
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")

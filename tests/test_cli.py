@@ -9,7 +9,7 @@ def test_help_imports_no_heavy_module():
     code = (
         "import sys; from pipeline.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'modelopt', 'tensorrt_llm', 'pipeline.config') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'modelopt', 'tensorrt_llm', 'pipeline.facts.config') if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

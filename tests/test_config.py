@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import Precision, load_config
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
+from pipeline.facts.config import Precision, load_config
 
 VALID = """
 [model]

@@ -17,9 +17,9 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from pipeline import container
-from pipeline.config import PublishSection
-from pipeline.container import SERVING_CONTAINER, image_problems, read_frozen
+from pipeline.facts import container
+from pipeline.facts.config import PublishSection
+from pipeline.facts.container import SERVING_CONTAINER, image_problems, read_frozen
 
 TAG = re.compile(r"nvcr\.io/nvidia/tritonserver:[\w.-]+")
 RELEASE = re.compile(r"\b\d\d\.\d\d-trtllm-python-py3\b")
@@ -48,8 +48,8 @@ def test_the_dockerfile_builds_from_the_container(repo_root):
     text = (repo_root / "docker" / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
     assert froms == [SERVING_CONTAINER.tag]
-    # Its version checks read pipeline/container.py rather than a copy of the versions.
-    assert "python3 -m pipeline.container verify" in text
+    # Its version checks read pipeline/facts/container.py rather than a copy of the versions.
+    assert "python3 -m pipeline.facts.container verify" in text
     assert not re.search(r"__version__\s*==", text)
 
 
@@ -122,8 +122,11 @@ def test_verify_passes_an_install_that_only_added_packages():
     [
         ({**IMAGE, "torch": "2.13.0"}, "torch 2.10.0a0+b4e4ee81d3.nv1 was replaced by 2.13.0"),
         ({k: v for k, v in IMAGE.items() if k != "torch"}, "torch 2.10.0a0+b4e4ee81d3.nv1 was removed"),
-        ({**IMAGE, "tensorrt-llm": "1.1.0"}, "tensorrt-llm is 1.1.0, pipeline.container pins 1.2.1"),
-        ({**IMAGE, "tensorrt": "10.13.3.9"}, "tensorrt is 10.13.3.9, pipeline.container pins 10.14.1.48"),
+        ({**IMAGE, "tensorrt-llm": "1.1.0"}, "tensorrt-llm is 1.1.0, pipeline.facts.container pins 1.2.1"),
+        (
+            {**IMAGE, "tensorrt": "10.13.3.9"},
+            "tensorrt is 10.13.3.9, pipeline.facts.container pins 10.14.1.48",
+        ),
     ],
     ids=["replaced", "removed", "tensorrt-llm", "tensorrt"],
 )
@@ -137,7 +140,9 @@ def test_verify_fails_the_image_build_in_one_line_per_problem(tmp_path):
     frozen = tmp_path / "image-packages.txt"
     frozen.write_text("torch==0.0.1\n")
     run = subprocess.run(
-        [sys.executable, "-m", "pipeline.container", "verify", str(frozen)], capture_output=True, text=True
+        [sys.executable, "-m", "pipeline.facts.container", "verify", str(frozen)],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]

@@ -15,16 +15,16 @@ from test_build import trtllm_build_parser
 from test_store import config_with
 
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.container import SERVING_CONTAINER
-from pipeline.dryrun import DryRun, plan_run
-from pipeline.executor import execute
-from pipeline.plan import find_architecture
-from pipeline.reporting import RecordingReporter
+from pipeline.commands.dryrun import DryRun, plan_run
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import execute
+from pipeline.facts.config import load_config
+from pipeline.facts.container import SERVING_CONTAINER
+from pipeline.planning.memory import find_architecture
+from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.release import CURRENT
 from pipeline.stages.publish import variant_destination
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks
 
 
 @pytest.fixture(autouse=True)

@@ -10,14 +10,14 @@ import pytest
 from fake_stages import fake_modules
 from test_store import config_with
 
-from pipeline.config import load_config
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState, execute
 from pipeline.execution.events import EventPrinter, EventReporter
 from pipeline.execution.resources import TaskResources, task_resources, unplaceable
 from pipeline.execution.scheduler import Schedule
-from pipeline.executor import TaskState, execute
-from pipeline.reporting import RecordingReporter
-from pipeline.store import ArtifactStore
-from pipeline.tasks import Task, plan_tasks
+from pipeline.facts.config import load_config
+from pipeline.planning.tasks import Task, plan_tasks
 
 # a -> b -> d, a -> c -> d, c -> e
 A = Task("a")
@@ -216,7 +216,7 @@ def test_the_executor_and_ray_address_are_config_fields_outside_every_key(tmp_pa
     text.write_text(text.read_text() + '\n[execution]\nexecutor = "ray"\nray_address = "10.0.0.1:6379"\n')
     on_ray = load_config(text)
     assert on_ray.execution.executor == "ray" and on_ray.execution.ray_address == "10.0.0.1:6379"
-    from pipeline.executor import status
+    from pipeline.execution.driver import status
 
     store = ArtifactStore(tmp_path / "work")
     execute(config, store, plan_tasks(config), reporter=RecordingReporter(), modules=fake_modules())
@@ -229,7 +229,7 @@ def test_the_console_shows_bars_of_tasks_running_at_once_in_one_display():
 
     from rich.console import Console
 
-    from pipeline.console import RichReporter
+    from pipeline.output.console import RichReporter
 
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, force_terminal=True, width=100))

@@ -20,16 +20,16 @@ import pytest
 from hub_server import HubServer
 
 from pipeline.cli import main
-from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import ChecksumError, DiskSpaceError, FetchError, InputError, PickleRefusedError
-from pipeline.executor import RunReport, TaskState, execute, fingerprint
+from pipeline.core.errors import ChecksumError, DiskSpaceError, FetchError, InputError, PickleRefusedError
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import RunReport, TaskState, execute, fingerprint
+from pipeline.facts.config import PipelineConfig, load_config
 from pipeline.hub import fetch_repo
 from pipeline.hub.selection import select_files
-from pipeline.reporting import RecordingReporter
+from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.stages import fetch as fetch_stage
 from pipeline.stages import stage_module
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks, select_tasks
 
 REPO = "org/tiny"
 TOKEN = "hf_pipelineTestSecret0123456789"

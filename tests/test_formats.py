@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import _default_thresholds, parse_config
-from pipeline.errors import ConfigError
-from pipeline.formats import (
+from pipeline.core.errors import ConfigError
+from pipeline.facts.config import _default_thresholds, parse_config
+from pipeline.facts.formats import (
     FORMATS,
     KV_CACHE_FORMATS,
     Precision,
@@ -17,7 +17,7 @@ from pipeline.formats import (
     reads_calibration_data,
     unsupported_on,
 )
-from pipeline.targets import TARGETS
+from pipeline.facts.targets import TARGETS
 
 
 def test_every_precision_has_one_row_and_every_quantized_row_a_runtime_kernel():

@@ -3,7 +3,7 @@
 A gate that cannot fail is worth nothing: each corruption below is a real export bug
 (rope_theta dropped by a newer transformers, q/k rows mixed up by a converter, scales
 off by a constant, a layer lost) and must fail with the default thresholds of
-pipeline.config. Candidates run on the reference runtime; the reference is the
+pipeline.facts.config. Candidates run on the reference runtime; the reference is the
 unquantized Hugging Face model.
 """
 
@@ -18,7 +18,8 @@ import pytest
 import torch
 from tiny_checkpoints import tiny_checkpoint
 
-from pipeline.config import GateSection, Precision, _default_thresholds
+from pipeline.core.reporter import RecordingReporter
+from pipeline.facts.config import GateSection, Precision, _default_thresholds
 from pipeline.gate import GateRecord, HuggingFaceModel, run_gate, write_reports
 from pipeline.gate.metrics import (
     greedy_match,
@@ -29,7 +30,6 @@ from pipeline.gate.metrics import (
 )
 from pipeline.gate.report import GATE_JSON, GateResult
 from pipeline.gate.verdict import GateCheck
-from pipeline.reporting import RecordingReporter
 from pipeline.runners import ReferenceRunner
 from pipeline.runtime import ReferenceModel, RuntimeLimits
 
@@ -326,7 +326,7 @@ def test_token_scores_widen_a_slice_at_a_time_and_match_a_whole_log_softmax():
 
 
 def test_token_scores_refuse_logits_that_do_not_match_their_sequence():
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     with pytest.raises(StageError, match=r"logits of shape \(4, 8\) for a 5-token sequence"):
         token_scores(torch.zeros(4, 8), [1, 2, 3, 4, 5])
@@ -408,7 +408,7 @@ def test_reports_name_each_failed_check(tmp_path: Path):
 
 
 def test_checks_compare_each_measure_in_its_direction():
-    from pipeline.config import GateThresholds
+    from pipeline.facts.config import GateThresholds
     from pipeline.gate.evaluate import Measures
     from pipeline.gate.verdict import checks_for
 
@@ -493,7 +493,7 @@ def test_multiple_choice_accuracy_is_measured_and_judged(
 def test_bad_multiple_choice_records_are_refused_with_their_line(
     tmp_path: Path, tokenizer, gate_settings, line, message
 ):
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     from pipeline.gate.data import prepare_inputs
 
     path = tmp_path / "choices.jsonl"
@@ -556,7 +556,7 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
     tmp_path: Path, tiny_model_dir, gate_settings
 ):
     from pipeline.cli import main
-    from pipeline.manifest import Manifest
+    from pipeline.core.manifest import Manifest
 
     work = tmp_path / "work"
     passing = _pipeline_config(tmp_path / "pass.toml", tiny_model_dir, gate_settings.prompts)

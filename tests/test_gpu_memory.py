@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import gpu_memory
-from pipeline.errors import StageError
-from pipeline.gpu_memory import GpuStepMemory, gpu_step
+from pipeline.core import gpu_memory
+from pipeline.core.errors import StageError
+from pipeline.core.gpu_memory import GpuStepMemory, gpu_step
 
 MIB = 1024**2
 

@@ -425,7 +425,7 @@ def test_a_stage_log_on_a_full_disk_drops_records_silently(capfd):
     """/dev/full fails every write with ENOSPC: a plain FileHandler prints a traceback per record."""
     import logging
 
-    from pipeline.logfile import StageLogHandler
+    from pipeline.core.logfile import StageLogHandler
 
     handler = StageLogHandler(Path("/dev/full"))
     logger = logging.getLogger("pipeline.test.full-disk")

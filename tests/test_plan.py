@@ -7,11 +7,17 @@ import json
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import Precision, Profile, load_config
-from pipeline.errors import ConfigError, InputError
-from pipeline.formats import unsupported_on
-from pipeline.plan import KNOWN_ARCHITECTURES, find_architecture, plan_config, plan_memory, plan_profile
-from pipeline.targets import TARGETS
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.facts.config import Precision, Profile, load_config
+from pipeline.facts.formats import unsupported_on
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.memory import (
+    KNOWN_ARCHITECTURES,
+    find_architecture,
+    plan_config,
+    plan_memory,
+    plan_profile,
+)
 
 MISTRAL = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
 GIB = 1024**3

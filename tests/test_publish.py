@@ -25,21 +25,21 @@ from publish_upstream import (
 )
 from tritonclient.grpc import model_config_pb2
 
-from pipeline import atomic
-from pipeline.atomic import link_or_copy
-from pipeline.container import SERVING_CONTAINER
-from pipeline.errors import DiskSpaceError, GateFailedError, InputError, StageError
-from pipeline.executor import TaskState
-from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry
-from pipeline.plan import KV_FREE_FRACTION
-from pipeline.reporting import RecordingReporter
+from pipeline.core import atomic
+from pipeline.core.atomic import link_or_copy
+from pipeline.core.errors import DiskSpaceError, GateFailedError, InputError, StageError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.manifest import FileEntry
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState
+from pipeline.facts.container import SERVING_CONTAINER
+from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.serving import release
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 from pipeline.serving.render import MODEL_NAMES, RepositoryValues, render_config, template_text
 from pipeline.stages import publish
 from pipeline.stages.base import StageContext
-from pipeline.store import ArtifactStore
 
 
 def parse(path: Path) -> model_config_pb2.ModelConfig:
@@ -609,8 +609,8 @@ def test_a_new_mount_path_is_a_new_version_that_differs_only_in_gpt_model_path(t
 
 
 def test_cli_publish_mount_path_replaces_the_configs(tmp_path, monkeypatch):
-    from pipeline import executor
     from pipeline.cli import main
+    from pipeline.execution import driver as executor
 
     config_with(tmp_path)
     (tmp_path / "calib_data").symlink_to(REPO_ROOT / "calib_data")  # the stages' input files
@@ -712,7 +712,7 @@ CHILD_PUBLISH = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from publish_upstream import Upstream, run_publish
-    from pipeline.config import load_config
+    from pipeline.facts.config import load_config
 
     real_link, links = os.link, []
 
@@ -781,7 +781,7 @@ def test_two_publishes_at_once_to_one_destination_make_one_version(tmp_path):
 def test_a_copied_release_is_verified_by_stat_on_later_runs(tmp_path, monkeypatch):
     """Another filesystem (or another mount of one, as in a container) gets copies: each is hashed
     when placed, and later runs check it by its recorded stat, not by hashing it again."""
-    from pipeline import integrity
+    from pipeline.core import integrity
 
     monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
     config = config_with(tmp_path)

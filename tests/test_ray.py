@@ -24,14 +24,14 @@ from ray.cluster_utils import Cluster
 from test_hostile import Sandbox, check_case, cli_argv, interrupt, write_config
 
 from pipeline.cli import main
-from pipeline.errors import ExitCode, InputError, MissingDependencyError, RemoteTaskError
+from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, RemoteTaskError
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
 from pipeline.execution import ray_cluster
+from pipeline.execution.driver import TaskState, execute
 from pipeline.execution.resources import TaskResources
-from pipeline.executor import TaskState, execute
-from pipeline.report import write_run_junit, write_run_report
-from pipeline.reporting import RecordingReporter
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks, select_tasks
+from pipeline.output.run_report import write_run_junit, write_run_report
+from pipeline.planning.tasks import plan_tasks, select_tasks
 
 TESTS = Path(__file__).resolve().parent
 LABEL = {"int8_sq": "A100", "int8_wo": "H100"}  # as if each precision were another target's builds

@@ -23,7 +23,7 @@ import pytest
 import torch
 from tiny_checkpoints import tiny_checkpoint
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.runtime import ReferenceModel, RuntimeLimits
 from pipeline.runtime.kvcache import KV_CODECS, KVCache
 from pipeline.runtime.linear import (
@@ -120,7 +120,7 @@ def test_int8_sq_checkpoint_agrees_with_modelopt_fake_quantized_model(
     from transformers import AutoModelForCausalLM
 
     from pipeline.calibration.recipes import recipe_for
-    from pipeline.config import Precision
+    from pipeline.facts.config import Precision
 
     fake_quant = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     recipe = recipe_for(Precision.int8_sq, smoothquant_alpha=0.5, kv_cache_dtype="fp16")

@@ -16,13 +16,8 @@ from fake_stages import RUNS, fake_modules, make_stage
 from test_build import A100, GIB, FakeTensorRTLLM, trtllm_build_parser
 
 from pipeline.cli import main
-from pipeline.config import parse_config
-from pipeline.container import SERVING_CONTAINER, TRITON_HOME
-from pipeline.dryrun import plan_run
-from pipeline.errors import ConfigError, MissingDependencyError
-from pipeline.plan import find_architecture
-from pipeline.reporting import RecordingReporter
-from pipeline.selftest import (
+from pipeline.commands.dryrun import plan_run
+from pipeline.commands.selftest import (
     REPORT_NAME,
     ContainerTritonServer,
     SelftestReport,
@@ -31,13 +26,18 @@ from pipeline.selftest import (
     selftest_config,
     target_for,
 )
+from pipeline.core.errors import ConfigError, MissingDependencyError
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.facts.config import parse_config
+from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
+from pipeline.hub.tiny_model import generate_tiny_mistral, tiny_spec
+from pipeline.planning.memory import find_architecture
+from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.release import CURRENT
 from pipeline.serving.server import TritonInstall
 from pipeline.serving.smoke import ROUTES, SmokeCheck
 from pipeline.stages.publish import variant_destination
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks
-from pipeline.tiny_model import generate_tiny_mistral, tiny_spec
 from pipeline.trtllm.environment import GpuInfo
 
 
@@ -63,7 +63,7 @@ def test_the_hosts_gpu_picks_its_target(name, sm, gib, target):
 
 def test_a_gpu_without_a_target_is_one_line():
     with pytest.raises(
-        MissingDependencyError, match=r"^GPU Tesla T4 is sm75: pipeline/targets.py has targets for "
+        MissingDependencyError, match=r"^GPU Tesla T4 is sm75: pipeline/facts/targets.py has targets for "
     ):
         target_for(GpuInfo(name="Tesla T4", sm=75, memory_bytes=15 * GIB))
 
@@ -229,5 +229,5 @@ def test_the_reference_answers_come_from_a_child_process(tmp_path):
 
     assert reference_in_child(tmp_path / "repo", ["hi"], 16, tmp_path, runner=child) == ["greedy"]
     (argv,) = seen
-    assert argv[1:5] == ["-m", "pipeline.selftest", "reference", str(tmp_path / "repo")]
+    assert argv[1:5] == ["-m", "pipeline.commands.selftest", "reference", str(tmp_path / "repo")]
     assert json.loads(Path(argv[6]).read_text()) == ["hi"]

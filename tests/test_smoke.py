@@ -19,8 +19,8 @@ from publish_upstream import REPO_ROOT, Upstream, a100_engine_info, config_with,
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
+from pipeline.core.errors import StageError
 from pipeline.datasets.jsonl import load_texts
-from pipeline.errors import StageError
 from pipeline.serving import release, smoke
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.server import TritonServer, free_port

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from fake_stages import RUNS, fake_modules
 
-from pipeline.config import load_config
-from pipeline.errors import LockBusyError
-from pipeline.executor import TaskState, execute, status
-from pipeline.manifest import MANIFEST_NAME
-from pipeline.reporting import RecordingReporter
-from pipeline.store import ArtifactStore
-from pipeline.tasks import plan_tasks, select_tasks
+from pipeline.core.errors import LockBusyError
+from pipeline.core.manifest import MANIFEST_NAME
+from pipeline.core.reporter import RecordingReporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState, execute, status
+from pipeline.facts.config import load_config
+from pipeline.planning.tasks import plan_tasks, select_tasks
 
 ALL = {"fetch", "calibrate", "build", "gate", "publish"}
 
@@ -134,11 +134,11 @@ CRASH_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from fake_stages import fake_modules
-    from pipeline.config import load_config
-    from pipeline.executor import execute
-    from pipeline.reporting import RecordingReporter
-    from pipeline.store import ArtifactStore
-    from pipeline.tasks import plan_tasks
+    from pipeline.facts.config import load_config
+    from pipeline.execution.driver import execute
+    from pipeline.core.reporter import RecordingReporter
+    from pipeline.core.store import ArtifactStore
+    from pipeline.planning.tasks import plan_tasks
     from pathlib import Path
     config = load_config(Path({cfg!r}))
     store = ArtifactStore(Path({work!r}))
@@ -207,7 +207,7 @@ def test_writer_without_manifest_commits_nothing(tmp_path):
 def test_second_run_without_wait_fails_clearly(tmp_path):
     store = ArtifactStore(tmp_path / "work")
     script = (
-        "import sys,time; from pathlib import Path; from pipeline.store import ArtifactStore\n"
+        "import sys,time; from pathlib import Path; from pipeline.core.store import ArtifactStore\n"
         f"s=ArtifactStore(Path({str(store.work_dir)!r}))\n"
         "with s.lock(wait=False):\n    print('locked', flush=True); time.sleep(30)\n"
     )
@@ -230,7 +230,7 @@ def test_second_run_without_wait_fails_clearly(tmp_path):
 def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
     import xml.etree.ElementTree as ET
 
-    from pipeline.report import write_run_junit, write_run_report
+    from pipeline.output.run_report import write_run_junit, write_run_report
 
     config = config_with(tmp_path)
     bad = "gate[int8_wo/throughput]"
@@ -339,7 +339,7 @@ def test_a_forced_rebuild_with_the_same_bytes_keeps_the_verdict(tmp_path):
 
 
 def test_a_touched_file_is_hashed_once_then_known_by_its_stat(tmp_path, monkeypatch):
-    from pipeline import integrity
+    from pipeline.core import integrity
 
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
@@ -381,7 +381,7 @@ def test_store_files_are_read_only_and_world_readable(tmp_path):
 def test_status_table_names_the_modified_file(tmp_path):
     from rich.console import Console
 
-    from pipeline.console import results_table
+    from pipeline.output.console import results_table
 
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import CalibrationSection
+from pipeline.facts.config import CalibrationSection
 
 TINY_CALIBRATION = CalibrationSection(samples=64, seq_len=128, batch_size=8)
 # AWQ's scale search runs a forward per candidate scale: a quarter of the data keeps it to seconds.
@@ -27,13 +27,13 @@ def tiny_checkpoint(
     kv_cache_dtype: str = "fp16",
     forward: Any = None,
 ) -> Path:
-    """The checkpoint/ folder for `precision` (any row of pipeline.formats), exported with export_checkpoint.
+    """The checkpoint/ folder for `precision` (any row of pipeline.facts.formats), exported with export_checkpoint.
 
     `forward` (ModelOpt's calibration call) lets a test keep a handle on the calibrated model;
     passing one always exports afresh.
     """
     from pipeline.calibration import export_checkpoint
-    from pipeline.reporting import RecordingReporter
+    from pipeline.core.reporter import RecordingReporter
 
     key = (model_dir, precision, kv_cache_dtype)
     if forward is None and key in _EXPORTED:

@@ -26,8 +26,8 @@ from pipeline.bench.stats import (
     ttft_percentiles,
 )
 from pipeline.bench.workload import Case, Workload, synthetic_prompts
-from pipeline.errors import StageError
-from pipeline.reporting import Reporter
+from pipeline.core.errors import StageError
+from pipeline.core.reporter import Reporter
 from pipeline.runners import Runner
 
 Clock = Callable[[], float]

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.container import SERVING_CONTAINER
-from pipeline.errors import MissingDependencyError
+from pipeline.core.errors import MissingDependencyError
+from pipeline.facts.container import SERVING_CONTAINER
 
 
 class UtilizationReading(BaseModel):

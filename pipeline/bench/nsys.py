@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.errors import MissingDependencyError
+from pipeline.core.errors import MissingDependencyError
 
 NSYS_FLAG = "--nsys"
 REPORT_STEM = "bench"  # nsys appends .nsys-rep

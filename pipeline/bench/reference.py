@@ -13,9 +13,9 @@ from typing import Any
 
 from pipeline.bench.memory import MemoryReading
 from pipeline.bench.results import BatchRatio, PlanFigures, PublishedEstimate, Ratios, ThroughputPoint
-from pipeline.config import PipelineConfig, Precision
-from pipeline.plan import ModelArch, plan_memory
-from pipeline.targets import TARGETS
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.memory import ModelArch, plan_memory
 
 PUBLISHED_TARGET = "a100-40gb"
 # Mistral 7B's shape (v0.1 to v0.3 share it; v0.3 only grows the vocabulary).
@@ -61,7 +61,7 @@ def plan_figures(config: PipelineConfig, arch: ModelArch, precision: str, profil
         memory_estimate_bytes=plan.weight_bytes + plan.allowance_bytes + plan.kv_budget_bytes,
         largest_batch_at_max_seq_len=plan.largest_batch,
         source=(
-            f"pipeline.plan on {target.name} ({target.bandwidth_gb_s:g} GB/s, {target.memory_gib:g} GiB): "
+            f"pipeline.planning.memory on {target.name} ({target.bandwidth_gb_s:g} GB/s, {target.memory_gib:g} GiB): "
             "memory = weights + activation allowance + KV budget"
         ),
     )

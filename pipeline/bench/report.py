@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.atomic import write_text_atomic
 from pipeline.bench.results import BenchReport, VariantResult
 from pipeline.bench.stats import Percentiles
+from pipeline.core.atomic import write_text_atomic
 
 JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"

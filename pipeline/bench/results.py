@@ -60,7 +60,7 @@ class ServedPoint(Frozen):
 
 
 class PlanFigures(Frozen):
-    """What the memory/speed plan (pipeline.plan) predicts for this precision x profile on the target."""
+    """What the memory/speed plan (pipeline.planning.memory) predicts for this precision x profile on the target."""
 
     decode_ceiling_tokens_per_s: float  # batch 1: memory bandwidth / bytes read per token
     bytes_read_per_token: int  # every weight once, one embedding row

@@ -34,19 +34,19 @@ from pipeline.bench.results import (
 )
 from pipeline.bench.served import measure_server, text_prompts
 from pipeline.bench.workload import BenchSettings, Workload, plan_workload
-from pipeline.config import PipelineConfig
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
+from pipeline.core.reporter import Reporter
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskState, status, tool_version
 from pipeline.execution.spec import StageLookup
-from pipeline.executor import TaskState, status, tool_version
+from pipeline.facts.config import PipelineConfig
+from pipeline.facts.targets import TARGETS
 from pipeline.gate.report import GATE_JSON, GateResult
-from pipeline.plan import find_architecture
-from pipeline.reporting import Reporter
+from pipeline.planning.memory import find_architecture
+from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.runners import limits_of, load_runner
 from pipeline.runtime.limits import RuntimeLimits
 from pipeline.stages import stage_module
-from pipeline.store import ArtifactStore
-from pipeline.targets import TARGETS
-from pipeline.tasks import plan_tasks, select_tasks
 from pipeline.trtllm.engine import read_engine_config
 
 ENGINE_SUBDIR = "engine"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 class Tokenizer(Protocol):

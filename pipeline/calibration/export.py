@@ -18,7 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_text_atomic
 from pipeline.calibration.data import token_samples
 from pipeline.calibration.loop import CalibrationLoop, Forward, model_forward
 from pipeline.calibration.quiet import output_to_log
@@ -33,10 +32,11 @@ from pipeline.calibration.verify import (
     read_safetensors_header,
     verify_checkpoint,
 )
-from pipeline.config import CalibrationSection, Precision
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.errors import InputError, StageError
+from pipeline.core.reporter import Reporter
 from pipeline.datasets.jsonl import LoadedTexts, load_texts
-from pipeline.errors import InputError, StageError
-from pipeline.reporting import Reporter
+from pipeline.facts.config import CalibrationSection, Precision
 
 VERSIONED = ("nvidia-modelopt", "torch", "transformers")
 
@@ -68,7 +68,7 @@ def export_checkpoint(
     """Write a verified TensorRT-LLM checkpoint (config.json + rank0.safetensors) into out_dir.
 
     model_dir: a Hugging Face model folder (config, tokenizer, *.safetensors).
-    precision: a row of pipeline.formats: fp16 / bf16 (unquantized), int8_wo (W8A16), int8_sq (W8A8
+    precision: a row of pipeline.facts.formats: fp16 / bf16 (unquantized), int8_wo (W8A16), int8_sq (W8A8
         SmoothQuant), int4_awq (W4A16 AWQ), fp8 (W8A8 FP8; ModelOpt calibrates it on the CPU too:
         the target's SM decides where it runs, not where it is calibrated).
     settings: the config's calibration section (dataset, samples, seq_len, batch_size, alpha, seed).

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.calibration.records import BatchBackoff
-from pipeline.errors import StageError
-from pipeline.reporting import Reporter
+from pipeline.core.errors import StageError
+from pipeline.core.reporter import Reporter
 
 # forward(model, input_ids, attention_mask): the one call that can run out of memory.
 Forward = Callable[[Any, Any, Any], None]

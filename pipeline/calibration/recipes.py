@@ -1,7 +1,7 @@
 """Which ModelOpt configuration and TensorRT-LLM quant_algo each precision uses. Pure.
 
 The preset, quant_algo and KV cache settings come from the format's row in
-pipeline.formats. Mirrors TensorRT-LLM 1.2.1's quantize_by_modelopt: int8_sq is
+pipeline.facts.formats. Mirrors TensorRT-LLM 1.2.1's quantize_by_modelopt: int8_sq is
 ModelOpt's INT8_SMOOTHQUANT_CFG (alpha from the config); int4_awq is
 INT4_AWQ_CFG (group size 128); fp8 is FP8_DEFAULT_CFG with its FP8 KV cache;
 int8_wo runs no ModelOpt quantization at all: the checkpoint keeps fp16 weights
@@ -16,7 +16,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.formats import (
+from pipeline.facts.formats import (
     KvCacheFormat,
     Precision,
     WeightFormat,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_text_atomic
 from pipeline.calibration.records import Repair
-from pipeline.errors import InputError, StageError
-from pipeline.formats import WeightFormat, format_for_quant_algo
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.errors import InputError, StageError
+from pipeline.facts.formats import WeightFormat, format_for_quant_algo
 
 CHECKPOINT_CONFIG = "config.json"
 RANK0_WEIGHTS = "rank0.safetensors"

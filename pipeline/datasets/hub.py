@@ -19,10 +19,10 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.container import SERVING_CONTAINER
+from pipeline.core.errors import InputError, MissingDependencyError, StageError
+from pipeline.core.reporter import Reporter
 from pipeline.datasets.jsonl import parse_jsonl_texts, write_jsonl_dataset
-from pipeline.errors import InputError, MissingDependencyError, StageError
-from pipeline.reporting import Reporter
+from pipeline.facts.container import SERVING_CONTAINER
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.atomic import write_text_atomic
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
 
 DEFAULT_TEXT_FIELD = "text"
 

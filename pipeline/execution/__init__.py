@@ -8,6 +8,6 @@
     ray_cluster            the Ray runner: every ready task at once, each on a node it fits
     resources              what a task asks of a node (CPUs; a GPU of its target's type)
 
-The driver (pipeline.executor.execute) holds the work dir's lock, keys and verifies
+The driver (pipeline.execution.driver.execute) holds the work dir's lock, keys and verifies
 artifacts, and is the only one to write what tasks share (build's engines/ links).
 """

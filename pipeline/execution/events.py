@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.reporting import ProgressUpdate, Reporter
+from pipeline.core.reporter import ProgressUpdate, Reporter
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import ExitCode, InputError, Interrupted, MissingDependencyError, RemoteTaskError
+from pipeline.core.errors import ExitCode, InputError, Interrupted, MissingDependencyError, RemoteTaskError
+from pipeline.core.store import ArtifactStore
 from pipeline.execution.events import Emit, Event, ProgressAdvanced
 from pipeline.execution.resources import TaskResources, task_resources, unplaceable
 from pipeline.execution.spec import StageLookup, TaskOutcome, TaskSpec, run_task
+from pipeline.facts.config import PipelineConfig
 from pipeline.hub.client import SETTINGS_ENV
+from pipeline.planning.tasks import Task
 from pipeline.stages import stage_module
-from pipeline.store import ArtifactStore
-from pipeline.tasks import Task
 
 if TYPE_CHECKING:
     from ray import ObjectRef

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.config import PipelineConfig
-from pipeline.targets import TARGETS
-from pipeline.tasks import ENGINE_STAGES, Task
+from pipeline.facts.config import PipelineConfig
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.tasks import ENGINE_STAGES, Task
 
 TARGET_GPU_STAGES = ENGINE_STAGES | {"gate"}
 ANY_GPU_STAGES = frozenset({"calibrate"})

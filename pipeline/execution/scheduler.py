@@ -7,7 +7,7 @@ nothing more, while what already runs may finish.
 
 from __future__ import annotations
 
-from pipeline.tasks import Task
+from pipeline.planning.tasks import Task
 
 
 class Schedule:

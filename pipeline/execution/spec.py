@@ -18,15 +18,15 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.atomic import write_text_atomic
-from pipeline.config import PipelineConfig
-from pipeline.errors import DiskSpaceError, Interrupted, PipelineError
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.errors import DiskSpaceError, Interrupted, PipelineError
+from pipeline.core.logfile import StageLogHandler
+from pipeline.core.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
+from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.execution.events import Emit, EventReporter
-from pipeline.logfile import StageLogHandler
-from pipeline.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
+from pipeline.facts.config import PipelineConfig
+from pipeline.planning.tasks import Task
 from pipeline.stages.base import RunOptions, StageContext, StageModule
-from pipeline.store import Artifact, ArtifactStore
-from pipeline.tasks import Task
 
 StageLookup = Callable[[str], StageModule]
 

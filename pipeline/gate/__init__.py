@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pipeline.config import GateSection, GateThresholds
+from pipeline.core.gpu_memory import GpuStepMemory, gpu_step
+from pipeline.core.reporter import Reporter
+from pipeline.facts.config import GateSection, GateThresholds
 from pipeline.gate.data import prepare_inputs
 from pipeline.gate.evaluate import (
     HuggingFaceModel,
@@ -33,8 +35,6 @@ from pipeline.gate.evaluate import (
 )
 from pipeline.gate.report import GateRecord, write_reports
 from pipeline.gate.verdict import checks_for
-from pipeline.gpu_memory import GpuStepMemory, gpu_step
-from pipeline.reporting import Reporter
 from pipeline.runtime.limits import RuntimeLimits
 
 __all__ = ["GateRecord", "HuggingFaceModel", "run_gate", "write_reports"]

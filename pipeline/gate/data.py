@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config import GateSection
+from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
 from pipeline.datasets.jsonl import load_texts
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
+from pipeline.facts.config import GateSection
 from pipeline.runtime.limits import RuntimeLimits
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 # Positions widened to float32 at once: 256 x 32768 x 4 B = 32 MiB for Mistral's vocabulary.
 SCORE_CHUNK_POSITIONS = 256

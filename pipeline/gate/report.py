@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.atomic import write_text_atomic
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.gpu_memory import GpuStepMemory
 from pipeline.gate.verdict import GateCheck
-from pipeline.gpu_memory import GpuStepMemory
 
 GATE_JSON, GATE_MD, JUNIT_XML = "gate.json", "gate.md", "junit.xml"
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.config import GateThresholds
+from pipeline.facts.config import GateThresholds
 from pipeline.gate.evaluate import Measures
 
 

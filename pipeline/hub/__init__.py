@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import DiskSpaceError, FetchError
+from pipeline.core.errors import DiskSpaceError, FetchError
+from pipeline.core.reporter import Reporter
 from pipeline.hub.client import HubSettings, list_repo
 from pipeline.hub.download import (
     RETRY_DELAYS_S,
@@ -28,7 +29,6 @@ from pipeline.hub.download import (
 )
 from pipeline.hub.listing import ListingCache, RepoListing
 from pipeline.hub.selection import SAFETENSORS_INDEX, select_model_files
-from pipeline.reporting import Reporter
 
 __all__ = ["FetchedRepo", "VerifiedFile", "fetch_repo"]
 

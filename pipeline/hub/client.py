@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.errors import DiskSpaceError, FetchError, HubAccessError, HubListingError, InputError
+from pipeline.core.errors import DiskSpaceError, FetchError, HubAccessError, HubListingError, InputError
 from pipeline.hub.listing import HubFile, RepoListing
 from pipeline.hub.selection import check_repo_path
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.errors import ChecksumError, DiskSpaceError
+from pipeline.core.errors import ChecksumError, DiskSpaceError
 from pipeline.hub import client
 from pipeline.hub.client import HubSettings
 from pipeline.hub.listing import HubFile, RepoListing

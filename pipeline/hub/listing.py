@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.atomic import write_text_atomic
+from pipeline.core.atomic import write_text_atomic
 
 
 class HubFile(BaseModel):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
 from pathlib import PurePosixPath
 
-from pipeline.errors import FetchError, HubListingError, PickleRefusedError
+from pipeline.core.errors import FetchError, HubListingError, PickleRefusedError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.errors import InputError
-from pipeline.formats import FORMATS, KV_CACHE_FORMATS
+from pipeline.core.errors import InputError
+from pipeline.facts.formats import FORMATS, KV_CACHE_FORMATS
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "rank0.safetensors"

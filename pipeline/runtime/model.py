@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.runtime.checkpoint import CheckpointConfig, load_tensors, read_checkpoint_config
 from pipeline.runtime.kvcache import KV_CODECS, KVCache
 from pipeline.runtime.limits import RuntimeLimits
@@ -29,7 +29,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class ReferenceModel:
-    """Runs a TensorRT-LLM checkpoint (every format of pipeline.formats: fp16/bf16, W8A16,
+    """Runs a TensorRT-LLM checkpoint (every format of pipeline.facts.formats: fp16/bf16, W8A16,
     W8A8_SQ_PER_CHANNEL, W4A16_AWQ, FP8; INT8 and FP8 KV caches) with TensorRT-LLM's semantics."""
 
     def __init__(self, config: CheckpointConfig, weights: ModelWeights, limits: RuntimeLimits | None) -> None:

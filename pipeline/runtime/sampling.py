@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 class TokenSampler:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.runtime.checkpoint import WEIGHTS_NAME, CheckpointConfig
 from pipeline.runtime.linear import (
     DenseLinear,

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 STAGE = "smoke"
 

@@ -8,9 +8,9 @@ time, on the serving host). Publish refuses a mismatch instead.
 
 from __future__ import annotations
 
-from pipeline.container import SERVING_CONTAINER, ServingContainer
-from pipeline.errors import InputError
-from pipeline.targets import Target
+from pipeline.core.errors import InputError
+from pipeline.facts.container import SERVING_CONTAINER, ServingContainer
+from pipeline.facts.targets import Target
 from pipeline.trtllm.engine import EngineInfo
 
 # The Triton TensorRT-LLM containers the pipeline knows the contents of.

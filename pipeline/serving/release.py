@@ -22,11 +22,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.atomic import link_or_copy, protect, remove_staged, staged_dir, swap_symlink
-from pipeline.errors import InputError
-from pipeline.integrity import Problem, TreeCheck, check_tree
-from pipeline.locks import hold_lock
-from pipeline.manifest import FileEntry, StatKey, StatRecord, StoredFile
+from pipeline.core.atomic import link_or_copy, protect, remove_staged, staged_dir, swap_symlink
+from pipeline.core.errors import InputError
+from pipeline.core.integrity import Problem, TreeCheck, check_tree
+from pipeline.core.locks import hold_lock
+from pipeline.core.manifest import FileEntry, StatKey, StatRecord, StoredFile
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
 CURRENT = "current"

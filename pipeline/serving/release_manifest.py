@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.manifest import FileEntry
+from pipeline.core.manifest import FileEntry
 
 RELEASE_MANIFEST = "publish-manifest.json"
 SCHEMA_VERSION = 1

@@ -17,8 +17,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from pipeline.atomic import link_or_copy
-from pipeline.errors import InputError
+from pipeline.core.atomic import link_or_copy
+from pipeline.core.errors import InputError
 from pipeline.serving.render import CONFIG_NAME, MODEL_NAMES, RepositoryValues, render_config
 
 ENGINE_SUBDIR = "tensorrt_llm/1/engine"

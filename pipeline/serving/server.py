@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import MissingDependencyError, StageError
+from pipeline.core.errors import MissingDependencyError, StageError
 
 STAGE = "smoke"
 # Errors every start logs on a machine without a GPU; never the reason it failed.

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import InputError, IntegrityError, MissingDependencyError, StageError
-from pipeline.reporting import Reporter
+from pipeline.core.errors import InputError, IntegrityError, MissingDependencyError, StageError
+from pipeline.core.reporter import Reporter
+from pipeline.facts.config import PipelineConfig
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.render import CONFIG_NAME, parse_model_config
 from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR
@@ -251,7 +251,7 @@ def serving_view(repository: Path, folder: Path) -> Path:
     in folders of its own. The Python backend writes `__pycache__` beside each model.py it imports (its
     stub runs an isolated interpreter: PYTHONDONTWRITEBYTECODE is ignored), here and never into the
     version."""
-    from pipeline.atomic import link_or_copy
+    from pipeline.core.atomic import link_or_copy
     from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
     manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from pipeline.planning.tasks import STAGE_ORDER
 from pipeline.stages.base import StageModule
-from pipeline.tasks import STAGE_ORDER
 
 
 def stage_module(name: str) -> StageModule:

@@ -36,11 +36,11 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig, Precision, Profile
-from pipeline.manifest import StatKey
-from pipeline.reporting import Reporter
-from pipeline.store import Artifact
-from pipeline.tasks import Task
+from pipeline.core.manifest import StatKey
+from pipeline.core.reporter import Reporter
+from pipeline.core.store import Artifact
+from pipeline.facts.config import PipelineConfig, Precision, Profile
+from pipeline.planning.tasks import Task
 
 
 @dataclass(frozen=True)

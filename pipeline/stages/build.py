@@ -41,16 +41,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.atomic import copy_file_atomic, link_or_copy, swap_symlink
-from pipeline.config import PipelineConfig, Precision
-from pipeline.errors import InputError, StageError
-from pipeline.plan import ProfilePlan, find_architecture, plan_profile
-from pipeline.proc import Runner, run_tool
-from pipeline.reporting import Reporter
+from pipeline.core.atomic import copy_file_atomic, link_or_copy, swap_symlink
+from pipeline.core.errors import InputError, StageError
+from pipeline.core.reporter import Reporter
+from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.core.tools import ToolRunner, run_tool
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.facts.targets import TARGETS, Target
+from pipeline.planning.memory import ProfilePlan, find_architecture, plan_profile
+from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages.base import RunOptions, StageContext, StageOutcome
-from pipeline.store import Artifact, ArtifactStore
-from pipeline.targets import TARGETS, Target
-from pipeline.tasks import ENGINE_STAGES, Task
 from pipeline.trtllm.argv import trtllm_build_argv
 from pipeline.trtllm.engine import (
     ENGINE_CONFIG,
@@ -102,7 +102,7 @@ def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
     }
 
 
-def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
+def run(ctx: StageContext, *, runner: ToolRunner = subprocess.run) -> StageOutcome:
     fetched = ctx.inputs["fetch"].path / "model"
     checkpoint = ctx.inputs["calibrate"].path / "checkpoint"
     plan = plan_profile(ctx.config, find_architecture(ctx.config, fetched), ctx.precision, ctx.profile.name)
@@ -150,7 +150,12 @@ def _check_host(
 
 
 def _build_trtllm_engine(
-    ctx: StageContext, checkpoint: Path, engine_dir: Path, plan: ProfilePlan, target: Target, runner: Runner
+    ctx: StageContext,
+    checkpoint: Path,
+    engine_dir: Path,
+    plan: ProfilePlan,
+    target: Target,
+    runner: ToolRunner,
 ) -> BuildRecord:
     # One log per build, next to the task's log so it survives a failed build.
     build_log = ctx.log_path.with_name(ctx.log_path.stem + ".trtllm-build.log")
@@ -207,7 +212,7 @@ def _build_trtllm_engine(
 
 def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | None:
     """The model/ folder of the fetch artifact this config would use, if it is in the store already."""
-    from pipeline.executor import fingerprint, key_of
+    from pipeline.execution.driver import fingerprint, key_of
     from pipeline.stages import stage_module
 
     fetch = Task("fetch")
@@ -226,13 +231,13 @@ def preflight(
     *,
     force: bool = False,
     check_host: bool = True,
-    runner: Runner = subprocess.run,
+    runner: ToolRunner = subprocess.run,
 ) -> None:
     """Before any stage runs: refuse a profile that cannot fit, and a GPU build this host cannot do
     (no TensorRT-LLM 1.2.1, no GPU of the target's SM, too little RAM or disk), so a run fails in
     seconds rather than after calibration. run() checks both again with the fetched config.json.
     check_host=False: the builds run on other hosts (a Ray cluster), which run() checks."""
-    from pipeline.executor import TaskState, status
+    from pipeline.execution.driver import TaskState, status
 
     builds = [t for t in tasks if t.stage in ENGINE_STAGES]
     if not builds:

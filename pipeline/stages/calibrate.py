@@ -3,7 +3,7 @@
 Writes ctx.out_dir/checkpoint (config.json + rank0.safetensors); the record is a
 CalibrationRecord (precision, versions, data set and sha256, timings, per-layer
 activation ranges, config repairs) and the step's GPU memory: calibration runs in
-this process, so it must give its GPU memory back before the build (pipeline.gpu_memory).
+this process, so it must give its GPU memory back before the build (pipeline.core.gpu_memory).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.calibration.records import CalibrationRecord
-from pipeline.config import PipelineConfig, Precision
-from pipeline.formats import kv_cache_format, reads_calibration_data
-from pipeline.gpu_memory import GpuStepMemory, gpu_step
+from pipeline.core.gpu_memory import GpuStepMemory, gpu_step
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.facts.formats import kv_cache_format, reads_calibration_data
+from pipeline.planning.tasks import Task
 from pipeline.stages.base import StageContext, StageOutcome
-from pipeline.tasks import Task
 
 NAME = "calibrate"
 VERSION = 1
@@ -47,7 +47,7 @@ def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
 
 
 def _sha256_or_none(path) -> str | None:
-    from pipeline.hashing import sha256_file
+    from pipeline.core.hashing import sha256_file
 
     try:
         return sha256_file(path)

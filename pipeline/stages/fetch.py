@@ -21,13 +21,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.atomic import link_or_copy
-from pipeline.config import ModelSection, PipelineConfig
-from pipeline.errors import FetchError, InputError
+from pipeline.core.atomic import link_or_copy
+from pipeline.core.errors import FetchError, InputError
+from pipeline.facts.config import ModelSection, PipelineConfig
 from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
+from pipeline.hub.tiny_model import TRAIN_THREADS
+from pipeline.planning.tasks import Task
 from pipeline.stages.base import StageContext, StageOutcome
-from pipeline.tasks import Task
-from pipeline.tiny_model import TRAIN_THREADS
 
 NAME = "fetch"
 VERSION = 1
@@ -195,8 +195,8 @@ def _copy_hashing(src: Path, dst: Path, name: str, advance: Callable[[float], No
 
 
 def _generate_tiny(ctx: StageContext, out: Path) -> FetchRecord:
-    from pipeline.hashing import sha256_file
-    from pipeline.tiny_model import generate_tiny_mistral, tiny_spec
+    from pipeline.core.hashing import sha256_file
+    from pipeline.hub.tiny_model import generate_tiny_mistral, tiny_spec
 
     model = ctx.config.model
     spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)

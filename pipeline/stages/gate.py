@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import PipelineConfig, Precision
-from pipeline.hashing import sha256_file
+from pipeline.core.hashing import sha256_file
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.planning.tasks import Task
 from pipeline.stages.base import StageContext, StageOutcome
-from pipeline.tasks import Task
 
 NAME = "gate"
 VERSION = 3

@@ -4,14 +4,14 @@ Built like a served engine (pipeline.stages.build: same preflight, argv and chec
 gate's own profile (PipelineConfig.gate_profile: gate.batch_size windows of gate.eval_seq_len
 tokens) and with --gather_context_logits, which served engines never carry. It shares the
 timing cache as a build does (build.after_commit) but is not linked under engines/ and never
-published; see pipeline.tasks for where it sits in the graph.
+published; see pipeline.planning.tasks for where it sits in the graph.
 """
 
 from __future__ import annotations
 
 import subprocess
 
-from pipeline.proc import Runner
+from pipeline.core.tools import ToolRunner
 from pipeline.stages import build
 from pipeline.stages.base import StageContext, StageOutcome
 
@@ -22,5 +22,5 @@ config_section = build.config_section
 after_commit = build.after_commit
 
 
-def run(ctx: StageContext, *, runner: Runner = subprocess.run) -> StageOutcome:
+def run(ctx: StageContext, *, runner: ToolRunner = subprocess.run) -> StageOutcome:
     return build.run(ctx, runner=runner)

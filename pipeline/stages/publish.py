@@ -27,11 +27,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import GateFailedError, InputError
-from pipeline.hashing import fingerprint_key, sha256_file
-from pipeline.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
-from pipeline.plan import KV_FREE_FRACTION
+from pipeline.core.errors import GateFailedError, InputError
+from pipeline.core.hashing import fingerprint_key, sha256_file
+from pipeline.core.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
+from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.facts.config import PipelineConfig
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.memory import KV_FREE_FRACTION
+from pipeline.planning.tasks import Task
 from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
 from pipeline.serving.release import check_destination, check_version, publish_release
 from pipeline.serving.release_manifest import (
@@ -52,9 +55,6 @@ from pipeline.serving.repository import (
 )
 from pipeline.stages.base import StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
-from pipeline.store import Artifact, ArtifactStore
-from pipeline.targets import TARGETS
-from pipeline.tasks import Task
 from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info, supports_chunked_context
 
 M = TypeVar("M", bound=BaseModel)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import BuildSection, Profile
-from pipeline.plan import ProfilePlan
+from pipeline.facts.config import BuildSection, Profile
+from pipeline.planning.memory import ProfilePlan
 
 
 def _switch(on: bool) -> str:

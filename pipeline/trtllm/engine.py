@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.config import BuildSection, Profile
-from pipeline.errors import InputError, StageError
-from pipeline.plan import ProfilePlan
+from pipeline.core.errors import InputError, StageError
+from pipeline.facts.config import BuildSection, Profile
+from pipeline.planning.memory import ProfilePlan
 
 ENGINE_CONFIG = "config.json"
 BUILD_INFO = "build_info.json"

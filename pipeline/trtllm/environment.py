@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.container import SERVING_CONTAINER
-from pipeline.errors import MissingDependencyError, ToolFailedError
-from pipeline.plan import GIB, ProfilePlan
-from pipeline.proc import Runner, run_tool
-from pipeline.targets import Target
+from pipeline.core.errors import MissingDependencyError, ToolFailedError
+from pipeline.core.tools import ToolRunner, run_tool
+from pipeline.facts.container import SERVING_CONTAINER
+from pipeline.facts.targets import Target
+from pipeline.planning.memory import GIB, ProfilePlan
 
 # The probe writes its report to the file named by argv[1]: tensorrt_llm prints a banner on import,
 # so stdout is not a clean channel.
@@ -80,7 +80,7 @@ def _missing(what: str) -> MissingDependencyError:
     )
 
 
-def probe_environment(log_path: Path, *, runner: Runner = subprocess.run) -> BuildEnvironment:
+def probe_environment(log_path: Path, *, runner: ToolRunner = subprocess.run) -> BuildEnvironment:
     """Ask a child Python for TensorRT-LLM's, TensorRT's and CUDA's versions and the visible GPUs."""
     report_path = log_path.with_name(log_path.name + ".probe.json")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 
 def network_files(directory: Path, *, stage: str = "build") -> list[Path]:

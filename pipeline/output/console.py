@@ -19,8 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pipeline.executor import TaskResult, TaskState
-from pipeline.reporting import ProgressUpdate
+from pipeline.core.reporter import ProgressUpdate
+from pipeline.execution.driver import TaskResult, TaskState
 
 STATE_STYLE = {
     TaskState.up_to_date: "green",

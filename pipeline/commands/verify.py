@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.atomic import TMP_PREFIX
-from pipeline.manifest import MANIFEST_NAME, Manifest, StatKey
+from pipeline.core.atomic import TMP_PREFIX
+from pipeline.core.manifest import MANIFEST_NAME, Manifest, StatKey
+from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.serving.release import CURRENT, check_version, current_version, versions
-from pipeline.store import Artifact, ArtifactStore
 
 KEY = re.compile(r"[0-9a-f]{20}")
 SLOT_DEPTH = 3  # <destination>/<model>/<precision>/<profile> (pipeline.stages.publish.variant_destination)

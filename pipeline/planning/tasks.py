@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import GATE_PROFILE, PipelineConfig
+from pipeline.facts.config import GATE_PROFILE, PipelineConfig
 
 STAGE_ORDER = ("fetch", "calibrate", "build", "gate_engine", "gate", "publish")
 # The stages that run trtllm-build (served engines, and the gate's own engine).

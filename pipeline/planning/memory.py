@@ -23,7 +23,7 @@ Every figure carries the formula that produced it (`PlanLine.how`), so
 
 For Mistral 7B v0.3 in INT8 on an A100 40GB this gives 7.0 GiB of weights and 33.0 GiB of
 headroom, as the published estimate does (its "about 7 GB", "33 GB"). Each format's bits, group
-size and scale bytes come from its row in pipeline.formats; so does the builder's rule that an
+size and scale bytes come from its row in pipeline.facts.formats; so does the builder's rule that an
 INT8 KV cache turns paged context FMHA (and with it chunked context) off.
 """
 
@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.config import GATE_PROFILE, PipelineConfig, Precision, Profile
-from pipeline.errors import ConfigError, InputError
-from pipeline.formats import (
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.facts.config import GATE_PROFILE, PipelineConfig, Precision, Profile
+from pipeline.facts.formats import (
     WeightFormat,
     builds_paged_context_fmha,
     kv_cache_format,
     unsupported_on,
     weight_format,
 )
-from pipeline.targets import TARGETS, Target
+from pipeline.facts.targets import TARGETS, Target
 
 if TYPE_CHECKING:
     from pipeline.calibration.verify import HfArchitecture
@@ -145,7 +145,7 @@ def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = N
 
             return ModelArch.from_hf(HfArchitecture.load(folder), str(folder / "config.json"))
     if model.source == "tiny":
-        from pipeline.tiny_model import tiny_spec
+        from pipeline.hub.tiny_model import tiny_spec
 
         spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)
         return ModelArch(

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 MIB = 1024**2
 # What may stay with torch after a step: cuBLAS keeps a workspace per handle and stream (a few

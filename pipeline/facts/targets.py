@@ -25,7 +25,7 @@ class Target:
     # ray/_private/accelerators/nvidia_gpu.py, Ray 2.60.0). Ray does not tell the A100 sizes apart:
     # "A100-80G" (ray.util.accelerators) is a label a node must be started with by hand.
     accelerator_type: str | None
-    # Which precisions a target runs follows from `sm` and each format's row (pipeline.formats).
+    # Which precisions a target runs follows from `sm` and each format's row (pipeline.facts.formats).
 
     @property
     def is_gpu(self) -> bool:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry, StatKey, StatRecord, StoredFile, stat_key
+from pipeline.core.hashing import sha256_file
+from pipeline.core.manifest import FileEntry, StatKey, StatRecord, StoredFile, stat_key
 
 Verdict = Literal["ok", "missing", "modified", "hash"]
 

@@ -23,21 +23,21 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted, PipelineError
+from pipeline.core.errors import Interrupted, PipelineError
+from pipeline.core.hashing import fingerprint_key
+from pipeline.core.integrity import TreeCheck
+from pipeline.core.manifest import Fingerprint, StatKey
+from pipeline.core.reporter import Reporter
+from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.execution.events import EventPrinter
 from pipeline.execution.inprocess import InProcessTaskRunner
-from pipeline.execution.runner import TaskRunner
 from pipeline.execution.scheduler import Schedule
 from pipeline.execution.spec import StageLookup, TaskOutcome, TaskSpec
-from pipeline.hashing import fingerprint_key
-from pipeline.integrity import TreeCheck
-from pipeline.manifest import Fingerprint, StatKey
-from pipeline.reporting import Reporter
+from pipeline.execution.task_runner import TaskRunner
+from pipeline.facts.config import PipelineConfig
+from pipeline.planning.tasks import Task
 from pipeline.stages import stage_module
 from pipeline.stages.base import RunOptions, StageModule
-from pipeline.store import Artifact, ArtifactStore
-from pipeline.tasks import Task
 
 
 class TaskState(str, Enum):

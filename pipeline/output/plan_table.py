@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.plan import ProfilePlan, format_bytes
+from pipeline.planning.memory import ProfilePlan, format_bytes
 
 
 def summary_table(title: str, plans: list[ProfilePlan]) -> Table:

@@ -2,7 +2,7 @@
 each external command (each `trtllm-build`; the server for each published version).
 
 It reads the task graph, the store (which artifacts exist) and the argv planners the stages use
-(`pipeline.trtllm.argv`, `pipeline.container.serve_argv`), so what it shows is what the run would
+(`pipeline.trtllm.argv`, `pipeline.facts.container.serve_argv`), so what it shows is what the run would
 execute. It starts no process, probes no GPU and imports nothing heavy: it works on any host.
 Two things only the build host knows are shown as the run would choose them there, with a note:
 `--workers` (capped at the visible GPU count) and the TensorRT version in the timing cache's name
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig, Precision
-from pipeline.container import SERVING_CONTAINER, serve_argv
+from pipeline.core.store import ArtifactStore
+from pipeline.execution.driver import TaskResult, TaskState, status
 from pipeline.execution.spec import StageLookup
-from pipeline.executor import TaskResult, TaskState, status
-from pipeline.plan import ModelArch, plan_profile
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.facts.container import SERVING_CONTAINER, serve_argv
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.memory import ModelArch, plan_profile
+from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import stage_module
-from pipeline.store import ArtifactStore
-from pipeline.targets import TARGETS
-from pipeline.tasks import ENGINE_STAGES, Task
 
 
 class PlannedCommand(BaseModel):

@@ -11,9 +11,9 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pipeline.errors import ToolFailedError
+from pipeline.core.errors import ToolFailedError
 
-Runner = Callable[..., subprocess.CompletedProcess]
+ToolRunner = Callable[..., subprocess.CompletedProcess]
 
 
 def run_tool(
@@ -23,7 +23,7 @@ def run_tool(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    runner: Runner = subprocess.run,
+    runner: ToolRunner = subprocess.run,
 ) -> None:
     """Run argv (never through a shell), append its command line and output to log_path, raise on failure."""
     argv = [str(a) for a in argv]

@@ -8,7 +8,7 @@ docs/introduction/compatibility.md (commit 0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8
 earlier 1.1.0 with TensorRT 10.13.3.9). docker/Dockerfile's FROM is held equal
 to `tag` by a test.
 
-`python -m pipeline.container freeze|verify` is what docker/Dockerfile runs
+`python -m pipeline.facts.container freeze|verify` is what docker/Dockerfile runs
 around its one pip install (stdlib only: it runs before the project is installed).
 """
 
@@ -113,7 +113,7 @@ def image_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
         have = after.get(name)
         if have != version and not (name == "tensorrt" and have is None):
             # TensorRT may be installed without pip metadata; the build probe reads it by import.
-            problems.append(f"{name} is {have or 'not installed'}, pipeline.container pins {version}")
+            problems.append(f"{name} is {have or 'not installed'}, pipeline.facts.container pins {version}")
     return problems
 
 
@@ -127,12 +127,12 @@ def main(argv: list[str]) -> int:
             print(f"ERROR {problem}", file=sys.stderr)
         if problems:
             print(
-                f"TIP the image must be {SERVING_CONTAINER.tag} as pipeline/container.py describes it, "
+                f"TIP the image must be {SERVING_CONTAINER.tag} as pipeline/facts/container.py describes it, "
                 "and the project's requirements must accept what it carries",
                 file=sys.stderr,
             )
         return 1 if problems else 0
-    print("usage: python -m pipeline.container freeze | verify FROZEN_FILE", file=sys.stderr)
+    print("usage: python -m pipeline.facts.container freeze | verify FROZEN_FILE", file=sys.stderr)
     return 2
 
 

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import InputError
-from pipeline.hashing import sha256_file
+from pipeline.core.errors import InputError
+from pipeline.core.hashing import sha256_file
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"

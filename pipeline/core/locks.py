@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pipeline.errors import LockBusyError
+from pipeline.core.errors import LockBusyError
 
 LOCK_NAME = ".lock"
 

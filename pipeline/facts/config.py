@@ -24,10 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.container import SERVING_CONTAINER
-from pipeline.errors import ConfigError
-from pipeline.formats import FORMATS, SELECTABLE_KV_CACHES, Precision, unsupported_on
-from pipeline.targets import TARGETS
+from pipeline.core.errors import ConfigError
+from pipeline.facts.container import SERVING_CONTAINER
+from pipeline.facts.formats import FORMATS, SELECTABLE_KV_CACHES, Precision, unsupported_on
+from pipeline.facts.targets import TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,7 +76,7 @@ class ModelSection(Strict):
     instruct: bool = False  # apply the tokenizer's chat template to calibration/eval prompts
     tiny_seed: int = 0
     tiny_train_steps: Annotated[int, Field(ge=0)] = 300
-    tiny_size: str = "demo"  # a name in pipeline.tiny_model.TINY_SIZES
+    tiny_size: str = "demo"  # a name in pipeline.hub.tiny_model.TINY_SIZES
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSection:
@@ -89,7 +89,7 @@ class ModelSection(Strict):
     @field_validator("tiny_size")
     @classmethod
     def _known_tiny_size(cls, value: str) -> str:
-        from pipeline.tiny_model import TINY_SIZES
+        from pipeline.hub.tiny_model import TINY_SIZES
 
         return _one_of(value, TINY_SIZES, "tiny size")
 
@@ -109,7 +109,7 @@ class TargetSection(Strict):
 
 class QuantizationSection(Strict):
     precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] = (Precision.int8_sq,)
-    # The fp8 precision always has an FP8 KV cache (pipeline.formats); this sets the others'.
+    # The fp8 precision always has an FP8 KV cache (pipeline.facts.formats); this sets the others'.
     kv_cache_dtype: Literal[SELECTABLE_KV_CACHES] = "fp16"
 
 
@@ -157,7 +157,7 @@ class GateThresholds(Strict):
 
 
 def _default_thresholds() -> dict[Precision, GateThresholds]:
-    # Each format's defaults and the reason for them sit in its row of pipeline.formats.
+    # Each format's defaults and the reason for them sit in its row of pipeline.facts.formats.
     return {
         precision: GateThresholds(
             max_perplexity_increase_pct=fmt.gate.max_perplexity_increase_pct,
@@ -377,7 +377,7 @@ def input_file_problems(config: PipelineConfig, stages: set[str]) -> list[tuple[
 
     Checked before any stage runs, so a typo fails in a second rather than after a download.
     """
-    from pipeline.paths import dir_problem, file_problem
+    from pipeline.core.paths import dir_problem, file_problem
 
     needed: list[tuple[str, Path | None]] = []
     if "calibrate" in stages:

@@ -25,20 +25,20 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, PrivateAttr
 
-from pipeline.atomic import write_text_atomic
-from pipeline.config import PipelineConfig, Precision
-from pipeline.container import SERVING_CONTAINER, TRITON_HOME
-from pipeline.errors import MissingDependencyError, PipelineError
+from pipeline.core.atomic import write_text_atomic
+from pipeline.core.errors import MissingDependencyError, PipelineError
+from pipeline.core.reporter import Reporter
+from pipeline.core.store import ArtifactStore
+from pipeline.core.tools import ToolRunner, run_tool
+from pipeline.execution.driver import TaskState, execute
 from pipeline.execution.spec import StageLookup
-from pipeline.executor import TaskState, execute
-from pipeline.plan import GIB
-from pipeline.proc import Runner, run_tool
-from pipeline.reporting import Reporter
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
+from pipeline.facts.targets import TARGETS, Target
+from pipeline.planning.memory import GIB
+from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.server import TritonInstall, TritonServer
 from pipeline.stages import stage_module
-from pipeline.store import ArtifactStore
-from pipeline.targets import TARGETS, Target
-from pipeline.tasks import plan_tasks
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, probe_environment
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def target_for(gpu: GpuInfo) -> Target:
     if not rows:
         known = ", ".join(sorted({f"sm{t.sm}" for t in TARGETS.values() if t.is_gpu}))
         raise MissingDependencyError(
-            f"GPU {gpu.name} is sm{gpu.sm}: pipeline/targets.py has targets for {known}"
+            f"GPU {gpu.name} is sm{gpu.sm}: pipeline/facts/targets.py has targets for {known}"
         )
     return min(rows, key=lambda t: abs(t.memory_gib - gpu.memory_bytes / GIB))
 
@@ -141,7 +141,7 @@ def run_selftest(
     data_dir: Path,
     *,
     reporter: Reporter,
-    runner: Runner = subprocess.run,
+    runner: ToolRunner = subprocess.run,
     modules: StageLookup = stage_module,
     serve: Serve | None = None,
 ) -> SelftestReport:
@@ -248,13 +248,27 @@ def serve_in_container(
 
 
 def reference_in_child(
-    repository: Path, prompts: list[str], max_tokens: int, work_dir: Path, *, runner: Runner = subprocess.run
+    repository: Path,
+    prompts: list[str],
+    max_tokens: int,
+    work_dir: Path,
+    *,
+    runner: ToolRunner = subprocess.run,
 ) -> list[str]:
     """The engine's greedy answers, from a child process that takes its GPU memory with it."""
     work_dir.mkdir(parents=True, exist_ok=True)
     request, answers = work_dir / "reference-prompts.json", work_dir / "reference-answers.json"
     request.write_text(json.dumps(prompts))
-    argv = [sys.executable, "-m", "pipeline.selftest", "reference", repository, max_tokens, request, answers]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.commands.selftest",
+        "reference",
+        repository,
+        max_tokens,
+        request,
+        answers,
+    ]
     run_tool(argv, stage=STAGE, log_path=work_dir / "reference.log", runner=runner)
     return json.loads(answers.read_text())
 
@@ -268,5 +282,7 @@ def _reference_main(repository: str, max_tokens: str, request: str, answers: str
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["reference"] or len(sys.argv) != 6:
-        sys.exit("usage: python -m pipeline.selftest reference REPOSITORY MAX_TOKENS PROMPTS_JSON OUT_JSON")
+        sys.exit(
+            "usage: python -m pipeline.commands.selftest reference REPOSITORY MAX_TOKENS PROMPTS_JSON OUT_JSON"
+        )
     _reference_main(*sys.argv[2:])

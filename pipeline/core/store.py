@@ -13,7 +13,7 @@ every file is made read-only, and the directory is renamed into place, so a
 final name always holds a whole artifact. Replacing an artifact (--force)
 moves the old one aside first and restores it if the process dies before the
 new one is in place. Each manifest records every file's sha256 and stat, so
-`check` verifies an artifact in one stat per file (pipeline.integrity).
+`check` verifies an artifact in one stat per file (pipeline.core.integrity).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.atomic import (
+from pipeline.core.atomic import (
     FILE_MODE,
     protect,
     recover_aside,
@@ -35,10 +35,10 @@ from pipeline.atomic import (
     staged_dir,
     write_text_atomic,
 )
-from pipeline.errors import InputError
-from pipeline.integrity import TreeCheck, check_tree
-from pipeline.locks import hold_lock
-from pipeline.manifest import MANIFEST_NAME, Manifest, StatRecord
+from pipeline.core.errors import InputError
+from pipeline.core.integrity import TreeCheck, check_tree
+from pipeline.core.locks import hold_lock
+from pipeline.core.manifest import MANIFEST_NAME, Manifest, StatRecord
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""What a person or a CI job reads: the console, the summary tables and the run report files."""

@@ -1,0 +1,1 @@
+"""Pure planning: the task graph and the memory and speed plan of each profile."""
