@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from benchmarks.bench_publish import sample_release
 from pipeline.commands.verify import audit
@@ -27,12 +26,14 @@ from pipeline.core import integrity, manifest
 from pipeline.core.manifest import list_files
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState, execute, status
+from pipeline.execution.driver import execute, status
+from pipeline.execution.results import TaskState
 from pipeline.facts.config import load_config
 from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.release import publish_release
 from pipeline.serving.release_manifest import RELEASE_MANIFEST
-from pipeline.stages import publish, stage_module
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage, StageOutcome
 from pipeline.stages.publish import PublishRecord, variant_destination
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +46,8 @@ def _sparse(path: Path, size: int) -> None:
         f.truncate(size)
 
 
-def _modules(model_bytes: int):
-    """The real stage modules' keys, with their work replaced by writing files of the real sizes."""
+def _stages(model_bytes: int):
+    """The real stages' keys, with their work replaced by writing files of the real sizes."""
 
     def fetch(ctx):
         for n in range(3):
@@ -96,25 +97,14 @@ def _modules(model_bytes: int):
 
     works = {"fetch": fetch, "calibrate": calibrate, "build": build, "gate": gate, "publish": publish_run}
 
-    def lookup(name: str):
-        real = stage_module(name)
+    def sized(real: Stage, work) -> Stage:
+        class Sized(type(real)):  # the real key and checks, its work replaced
+            def run(self, ctx):
+                return StageOutcome(summary=self.name, record=work(ctx))
 
-        def run(ctx, work=works[name]):
-            from pipeline.stages.base import StageOutcome
+        return Sized()
 
-            return StageOutcome(summary=name, record=work(ctx))
-
-        extra = {"check_outputs": publish.check_outputs} if name == "publish" else {}
-        return SimpleNamespace(
-            NAME=name,
-            VERSION=real.VERSION,
-            TOOLS=real.TOOLS,
-            config_section=real.config_section,
-            run=run,
-            **extra,
-        )
-
-    return lookup
+    return {name: sized(STAGES[name], work) for name, work in works.items()}
 
 
 def _timed(fn):
@@ -136,14 +126,14 @@ def main() -> None:
         )
         store = ArtifactStore(tmp / "work")
         tasks = plan_tasks(config)
-        modules = _modules(model_bytes)
+        stages = _stages(model_bytes)
         hashed: list[int] = []  # bytes hashed, by whoever hashes (the manifest writer, the verifier)
         real_sha256 = integrity.sha256_file
         counting = lambda p: hashed.append(p.stat().st_size) or real_sha256(p)  # noqa: E731
         integrity.sha256_file = manifest.sha256_file = counting
 
         def run():
-            return execute(config, store, tasks, reporter=RecordingReporter(), modules=modules)
+            return execute(config, store, tasks, reporter=RecordingReporter(), stages=stages)
 
         first_s, first = _timed(run)
         assert first.error is None, first.error
@@ -159,7 +149,7 @@ def main() -> None:
         again_s, again = _timed(run)
         assert {r.state for r in again.results} == {TaskState.up_to_date} and not hashed
         print(f"unchanged run, every file verified:      {again_s:7.3f} s  (goal < 1 s; 0 bytes hashed)")
-        status_s, _ = _timed(lambda: status(config, store, tasks, modules))
+        status_s, _ = _timed(lambda: status(config, store, tasks, stages))
         print(f"status:                                  {status_s:7.3f} s")
         verify_s, report = _timed(lambda: audit(store, config.publish.destination))
         assert report.ok, report.findings

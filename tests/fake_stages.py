@@ -1,4 +1,4 @@
-"""Stand-in stage modules for executor and store tests: they write small files and count runs."""
+"""Stand-in stages for executor and store tests: they write small files and count runs."""
 
 from __future__ import annotations
 
@@ -6,13 +6,26 @@ import os
 import signal
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from pipeline.stages.base import StageOutcome
+from pipeline.stages.base import Stage, StageOutcome
 
 RUNS: list[str] = []
 CRASH_ONCE_ENV = "FAKE_STAGE_CRASH_ONCE"
 SLOW_ENV = "FAKE_STAGE_SLOW"  # <stage>=<seconds>: that stage's tasks take this long
+
+
+class StandIn(Stage):
+    """A stage made of a run function and a config section, for tests that replace real stages."""
+
+    def __init__(self, name, run, section=lambda config, task: {}, *, version=1, tools=()):
+        self.name, self.version, self.tools = name, version, tools
+        self._run, self._section = run, section
+
+    def config_section(self, config, task):
+        return self._section(config, task)
+
+    def run(self, ctx):
+        return self._run(ctx)
 
 
 def make_stage(
@@ -37,15 +50,15 @@ def make_stage(
         (ctx.out_dir / "result.txt").write_text(f"{ctx.task.id} from {upstream}\n")
         return StageOutcome(summary=f"made {ctx.task.id}", record={"n": len(RUNS)}, ok=ok(ctx))
 
-    return SimpleNamespace(NAME=name, VERSION=1, TOOLS=("pydantic",), config_section=section, run=run)
+    return StandIn(name, run, section, tools=("pydantic",))
 
 
-def fake_modules(
+def fake_stages(
     gate_ok=lambda ctx: True,
     crash_env: str | None = "FAKE_STAGE_CRASH",
     varying: frozenset[str] = frozenset(),
 ):
-    modules = {
+    return {
         "fetch": make_stage("fetch", lambda c, t: c.model.model_dump(mode="json"), crash_env=crash_env),
         "calibrate": make_stage(
             "calibrate", lambda c, t: c.calibration.model_dump(mode="json"), crash_env=crash_env
@@ -64,4 +77,3 @@ def fake_modules(
         ),
         "publish": make_stage("publish", lambda c, t: c.publish.model_dump(mode="json"), crash_env=crash_env),
     }
-    return modules.__getitem__

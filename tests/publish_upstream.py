@@ -13,15 +13,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+
+from fake_stages import StandIn
 
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import execute
 from pipeline.facts.config import PipelineConfig, load_config
 from pipeline.planning.tasks import plan_tasks, select_tasks
-from pipeline.stages import publish
 from pipeline.stages.base import StageOutcome
+from pipeline.stages.publish import Publish
 from pipeline.trtllm.engine import EngineInfo, write_engine_info
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ class Upstream:
         (ctx.out_dir / "gate.md").write_text("# gate\n")
         return verdict
 
-    def modules(self):
+    def stages(self):
         def stage(name, write, ok=lambda: True):
             def run(ctx):
                 self.runs.append(ctx.task.id)
@@ -135,17 +136,16 @@ class Upstream:
                 return StageOutcome(summary=f"stand-in {ctx.task.id}", record=record, ok=ok())
 
             section = lambda config, task: {"info": self.engine_info.model_dump(mode="json")}  # noqa: E731
-            return SimpleNamespace(NAME=name, VERSION=1, TOOLS=(), config_section=section, run=run)
+            return StandIn(name, run, section)
 
-        table = {
+        return {
             "fetch": stage("fetch", self._fetch),
             "calibrate": stage("calibrate", None),
             "build": stage("build", self._build),
             "gate_engine": stage("gate_engine", None),
             "gate": stage("gate", self._gate, ok=lambda: self.gate_ok),
-            "publish": publish,
+            "publish": Publish(),
         }
-        return table.__getitem__
 
 
 def run_publish(
@@ -164,7 +164,7 @@ def run_publish(
         ArtifactStore(work_dir),
         tasks,
         reporter=reporter or RecordingReporter(),
-        modules=upstream.modules(),
+        stages=upstream.stages(),
         force_stages=frozenset({"publish"}) if force else frozenset(),
     )
 

@@ -671,7 +671,7 @@ def test_percentiles_model_is_in_milliseconds():
 
 def _fake_builds(work_dir: Path, **filters):
     """The embedded config and a store whose selected build tasks ran as stand-in stages."""
-    from fake_stages import fake_modules
+    from fake_stages import fake_stages
 
     from pipeline.core.store import ArtifactStore
     from pipeline.execution.driver import execute
@@ -680,18 +680,18 @@ def _fake_builds(work_dir: Path, **filters):
 
     config = load_config(None)
     store = ArtifactStore(work_dir)
-    modules = fake_modules()
+    stages = fake_stages()
     tasks = select_tasks(plan_tasks(config), {"build"}, **filters)
-    assert execute(config, store, tasks, reporter=RecordingReporter(), modules=modules).error is None
-    return config, store, modules
+    assert execute(config, store, tasks, reporter=RecordingReporter(), stages=stages).error is None
+    return config, store, stages
 
 
 def test_only_up_to_date_engines_are_benchmarked(tmp_path: Path, in_repo_root):
     from pipeline.bench.run import find_engines
 
-    config, store, modules = _fake_builds(tmp_path / "work", precisions={"int8_sq"}, profiles={"latency"})
+    config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_sq"}, profiles={"latency"})
     reporter = RecordingReporter()
-    found = find_engines(config, store, reporter=reporter, modules=modules)
+    found = find_engines(config, store, reporter=reporter, stages=stages)
     engines = found.engines
     assert found.model_dir is not None and found.model_dir.name == "model"
     assert [(e.precision, e.profile) for e in engines] == [("int8_sq", "latency")]
@@ -704,7 +704,7 @@ def test_only_up_to_date_engines_are_benchmarked(tmp_path: Path, in_repo_root):
         update={"profiles": (latency.model_copy(update={"max_input_len": 160}), throughput)}
     )
     with pytest.raises(InputError, match="no engine of tiny-mistral for cpu-reference") as info:
-        find_engines(changed, store, reporter=RecordingReporter(), modules=modules)
+        find_engines(changed, store, reporter=RecordingReporter(), stages=stages)
     assert "trtllm-pipeline build" in info.value.hint
 
 
@@ -730,15 +730,15 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
     (exported by the pipeline's own export, shared with the other tests).
     """
     import shutil
-    from types import SimpleNamespace
 
+    from fake_stages import StandIn
     from tiny_checkpoints import tiny_checkpoint
 
     from pipeline.core.store import ArtifactStore
     from pipeline.execution.driver import execute
     from pipeline.facts.config import Precision, load_config
     from pipeline.planning.tasks import plan_tasks, select_tasks
-    from pipeline.stages import build, gate, gate_engine
+    from pipeline.stages import STAGES
     from pipeline.stages.base import StageOutcome
 
     checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
@@ -751,26 +751,17 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
         shutil.copytree(checkpoint, ctx.out_dir / "checkpoint")
         return StageOutcome(summary="int8_wo checkpoint")
 
-    def stand_in(name, run):
-        return SimpleNamespace(NAME=name, VERSION=1, TOOLS=(), config_section=lambda c, t: {}, run=run)
-
-    modules = {
-        "fetch": stand_in("fetch", fetch),
-        "calibrate": stand_in("calibrate", calibrate),
-        "build": build,
-        "gate_engine": gate_engine,
-        "gate": gate,
-    }
+    stages = {**STAGES, "fetch": StandIn("fetch", fetch), "calibrate": StandIn("calibrate", calibrate)}
     config = load_config(None)
     config = config.model_copy(
         update={"quantization": config.quantization.model_copy(update={"precisions": (Precision.int8_wo,)})}
     )
     store = ArtifactStore(tmp_path_factory.mktemp("bench-work"))
-    for stages, profiles in (({"build"}, None), ({"gate"}, {"throughput"})):
-        tasks = select_tasks(plan_tasks(config), stages, profiles=profiles)
-        report = execute(config, store, tasks, reporter=RecordingReporter(), modules=modules.__getitem__)
+    for selected, profiles in (({"build"}, None), ({"gate"}, {"throughput"})):
+        tasks = select_tasks(plan_tasks(config), selected, profiles=profiles)
+        report = execute(config, store, tasks, reporter=RecordingReporter(), stages=stages)
         assert report.error is None, report.error
-    return config, store, modules.__getitem__
+    return config, store, stages
 
 
 @pytest.fixture
@@ -787,13 +778,13 @@ def one_torch_thread():
 def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines, tmp_path, one_torch_thread):
     from pipeline.bench.run import run_bench
 
-    config, store, modules = reference_engines
+    config, store, stages = reference_engines
     # Prompts longer than either profile allows: the harness must clamp them, and the reference
     # runtime (which enforces the engine's limits) would raise on any request beyond them.
     settings = BenchSettings(input_len=4096, output_len=6, latency_runs=2, batch_sizes=(1, 2, 8, 16))
     reporter = RecordingReporter()
     report, paths = run_bench(
-        config, store, settings=settings, out_dir=tmp_path / "bench", reporter=reporter, modules=modules
+        config, store, settings=settings, out_dir=tmp_path / "bench", reporter=reporter, stages=stages
     )
 
     by_profile = {v.profile: v for v in report.variants}
@@ -863,9 +854,9 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR, write_repository
     from pipeline.serving.server import TritonServer
 
-    config, store, modules = reference_engines
+    config, store, stages = reference_engines
     (engine,) = find_engines(
-        config, store, reporter=RecordingReporter(), profiles={"throughput"}, modules=modules
+        config, store, reporter=RecordingReporter(), profiles={"throughput"}, stages=stages
     ).engines
     values = RepositoryValues(
         triton_max_batch_size=8,
@@ -898,7 +889,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
             out_dir=tmp_path / "bench",
             reporter=RecordingReporter(),
             profiles={"throughput"},
-            modules=modules,
+            stages=stages,
         )
     (variant,) = report.variants
     assert variant.throughput == ()  # the engine ran in the server, not here
@@ -915,7 +906,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
 def test_served_mode_needs_one_engine(tmp_path, in_repo_root):
     from pipeline.bench.run import run_bench
 
-    config, store, modules = _fake_builds(tmp_path / "work", precisions={"int8_sq"})
+    config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_sq"})
     with pytest.raises(InputError, match="2 are selected") as info:
         run_bench(
             config,
@@ -923,7 +914,7 @@ def test_served_mode_needs_one_engine(tmp_path, in_repo_root):
             settings=BenchSettings(server_url="http://127.0.0.1:9"),
             out_dir=tmp_path / "bench",
             reporter=RecordingReporter(),
-            modules=modules,
+            stages=stages,
         )
     assert "--precision and --profile" in info.value.hint
     assert not (tmp_path / "bench").exists()

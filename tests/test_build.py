@@ -10,7 +10,6 @@ add_plugin_argument), cpp/include/tensorrt_llm/runtime/modelConfig.h (KVCacheTyp
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from fake_stages import StandIn
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
@@ -27,15 +27,19 @@ from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, S
 from pipeline.core.hashing import sha256_file
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState, execute
+from pipeline.execution.driver import execute
+from pipeline.execution.inprocess import InProcessTaskRunner
+from pipeline.execution.results import TaskState
 from pipeline.facts.config import BuildSection, Precision, load_config, parse_config
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory, plan_profile
 from pipeline.planning.tasks import Task, plan_tasks, select_tasks
 from pipeline.runners import ReferenceRunner, load_runner, runtime_mismatches
-from pipeline.stages import build, gate_engine
-from pipeline.stages.base import RunOptions, StageContext, StageOutcome
+from pipeline.stages import build
+from pipeline.stages.base import RunOptions, Stage, StageContext, StageOutcome
+from pipeline.stages.build import Build
+from pipeline.stages.gate_engine import GateEngine
 from pipeline.trtllm.argv import trtllm_build_argv
 from pipeline.trtllm.engine import EngineInfo, supports_chunked_context
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, preflight_problems, probe_environment
@@ -425,10 +429,6 @@ TINY_HF_CONFIG = {
 }
 
 
-def _stage(name, run):
-    return SimpleNamespace(NAME=name, VERSION=1, TOOLS=(), config_section=lambda c, t: {}, run=run)
-
-
 def _write_hf_config(ctx):
     (ctx.out_dir / "model").mkdir()
     (ctx.out_dir / "model" / "config.json").write_text(json.dumps(TINY_HF_CONFIG))
@@ -444,45 +444,36 @@ def _write_dummy_checkpoint(ctx):
     return StageOutcome(summary="checkpoint")
 
 
-def _modules(fetch_run, calibrate_run, runner=None, wrap=lambda module: module):
-    """Stand-in fetch and calibrate, the real build and gate_engine (with runner, then wrapped)."""
-
-    def with_runner(module):
-        if runner is None:
-            return wrap(module)
-        return wrap(
-            SimpleNamespace(
-                NAME=module.NAME,
-                VERSION=module.VERSION,
-                TOOLS=module.TOOLS,
-                config_section=module.config_section,
-                run=functools.partial(module.run, runner=runner),
-                after_commit=module.after_commit,
-            )
-        )
-
-    modules = {
-        "fetch": _stage("fetch", fetch_run),
-        "calibrate": _stage("calibrate", calibrate_run),
-        "build": with_runner(build),
-        "gate_engine": with_runner(gate_engine),
-    }
-    return modules.__getitem__
-
-
-def _gpu_build(
-    tmp_path, fake, text=TINY_ON_A100, options=RunOptions(), stages=("build",), wrap=lambda module: module
+def _run_builds(
+    config, store, tasks, fetch_run, calibrate_run, runner=None, wrap=lambda stage: stage, **kwargs
 ):
-    config = parse_config(text, "tiny-a100.toml", tmp_path)
-    store = ArtifactStore(tmp_path / "work")
-    tasks = select_tasks(plan_tasks(config), set(stages))
-    report = execute(
+    """execute() with stand-in fetch and calibrate, the real build and gate_engine (wrapped), whose
+    external tools run on `runner`."""
+    stages = {
+        "fetch": StandIn("fetch", fetch_run),
+        "calibrate": StandIn("calibrate", calibrate_run),
+        "build": wrap(Build()),
+        "gate_engine": wrap(GateEngine()),
+    }
+    tools = {} if runner is None else {"tools": runner}
+    return execute(
         config,
         store,
         tasks,
         reporter=RecordingReporter(),
-        options=options,
-        modules=_modules(_write_hf_config, _write_dummy_checkpoint, fake, wrap=wrap),
+        runner=InProcessTaskRunner(stages, **tools),
+        **kwargs,
+    )
+
+
+def _gpu_build(
+    tmp_path, fake, text=TINY_ON_A100, options=RunOptions(), stages=("build",), wrap=lambda stage: stage
+):
+    config = parse_config(text, "tiny-a100.toml", tmp_path)
+    store = ArtifactStore(tmp_path / "work")
+    tasks = select_tasks(plan_tasks(config), set(stages))
+    report = _run_builds(
+        config, store, tasks, _write_hf_config, _write_dummy_checkpoint, fake, wrap=wrap, options=options
     )
     return config, store, report
 
@@ -550,12 +541,13 @@ def test_contract_int8_kv_engine_is_planned_and_checked_without_paged_context_fm
     text = text.replace("max_input_len = 96\n", "max_input_len = 96\nmax_num_tokens = 96\n")
     config = parse_config(text, "tiny-a100.toml", tmp_path)
     fake = FakeTensorRTLLM()
-    report = execute(
+    report = _run_builds(
         config,
         ArtifactStore(tmp_path / "work"),
         select_tasks(plan_tasks(config), {"build"}),
-        reporter=RecordingReporter(),
-        modules=_modules(_write_hf_config, int8_kv_checkpoint, fake),
+        _write_hf_config,
+        int8_kv_checkpoint,
+        fake,
     )
     assert report.error is None, report.error  # the engine check expects what the builder writes
     for argv in fake.builds:
@@ -629,27 +621,29 @@ def _written(before: dict[str, tuple], after: dict[str, tuple], *, folders: bool
     return {p for p in changed if folders or after.get(p) != ("dir",)}
 
 
-class Watched:
-    """A stage module whose run and after_commit are watched: what each wrote under root, besides the
+class Watched(Stage):
+    """A stage whose run and after_commit are watched: what each wrote under root, besides the
     task's own out_dir and the work dir's logs/ (run) or besides logs/ (after_commit)."""
 
-    def __init__(self, module, root: Path) -> None:
-        self.module, self.root = module, root
-        self.NAME, self.VERSION, self.TOOLS = module.NAME, module.VERSION, module.TOOLS
-        self.config_section = module.config_section
+    def __init__(self, stage: Stage, root: Path) -> None:
+        self.stage, self.root = stage, root
+        self.name, self.version, self.tools = stage.name, stage.version, stage.tools
         self.by_run: list[set[str]] = []
         self.by_after_commit: dict[str, set[str]] = {}
+
+    def config_section(self, config, task):
+        return self.stage.config_section(config, task)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         skip = (ctx.out_dir, ctx.work_dir / "logs")
         before = _tree(self.root, skip=skip)
-        outcome = self.module.run(ctx)
+        outcome = self.stage.run(ctx)
         self.by_run.append(_written(before, _tree(self.root, skip=skip)))
         return outcome
 
     def after_commit(self, config, store, task, artifact, reporter) -> None:
         before = _tree(self.root, skip=(store.work_dir / "logs",))
-        self.module.after_commit(config, store, task, artifact, reporter)
+        self.stage.after_commit(config, store, task, artifact, reporter)
         after = _tree(self.root, skip=(store.work_dir / "logs",))
         self.by_after_commit[task.id] = _written(before, after, folders=False)  # the leaves' folders too
 
@@ -657,9 +651,9 @@ class Watched:
 def test_a_gpu_build_writes_only_its_artifact_and_shares_through_after_commit(tmp_path):
     watched: dict[str, Watched] = {}
 
-    def watch(module):
-        watched[module.NAME] = Watched(module, tmp_path)
-        return watched[module.NAME]
+    def watch(stage):
+        watched[stage.name] = Watched(stage, tmp_path)
+        return watched[stage.name]
 
     _, _, report = _gpu_build(tmp_path, FakeTensorRTLLM(), stages=("build", "gate_engine"), wrap=watch)
     assert report.error is None, report.error
@@ -681,10 +675,10 @@ def test_a_cpu_reference_build_writes_only_its_artifact_and_links_through_after_
         tmp_path,
         tiny_model_dir,
         int8_wo_checkpoint,
-        wrap=lambda module: watched.append(Watched(module, tmp_path)) or watched[-1],
+        wrap=lambda stage: watched.append(Watched(stage, tmp_path)) or watched[-1],
     )
     assert report.error is None, report.error
-    build_watch = next(w for w in watched if w.NAME == "build")
+    build_watch = next(w for w in watched if w.name == "build")
     assert build_watch.by_run == [set(), set()]
     assert build_watch.by_after_commit == {
         f"build[int8_wo/{p}]": {f"engines/tiny-mistral/int8_wo/cpu-reference/{p}"}
@@ -795,7 +789,7 @@ def int8_wo_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
     return tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
 
 
-def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset(), wrap=lambda module: module):
+def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset(), wrap=lambda stage: stage):
     def fetch(ctx):
         shutil.copytree(tiny_model_dir, ctx.out_dir / "model")
         return StageOutcome(summary="tiny model")
@@ -810,14 +804,7 @@ def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset(), wr
     )
     store = ArtifactStore(tmp_path / "work")
     tasks = select_tasks(plan_tasks(config), {"build"})
-    report = execute(
-        config,
-        store,
-        tasks,
-        reporter=RecordingReporter(),
-        modules=_modules(fetch, calibrate, wrap=wrap),
-        force_stages=force,
-    )
+    report = _run_builds(config, store, tasks, fetch, calibrate, wrap=wrap, force_stages=force)
     return config, store, report
 
 

@@ -23,11 +23,11 @@ from pipeline.core.errors import InputError, StageError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState, execute, status
+from pipeline.execution.driver import execute, status
+from pipeline.execution.results import TaskState
 from pipeline.facts.config import CalibrationSection, parse_config
 from pipeline.planning.tasks import plan_tasks, select_tasks
-from pipeline.stages import calibrate as calibrate_stage
-from pipeline.stages import stage_module
+from pipeline.stages import STAGES
 from pipeline.stages.base import StageOutcome
 
 LOG = logging.getLogger("test-calibrate")
@@ -632,13 +632,13 @@ max_seq_len = 128
 
 def fetch_stand_in(model_dir: Path):
     """The fetch stage's artifact layout (model/ = a Hugging Face folder), without the hub."""
-    from types import SimpleNamespace
+    from fake_stages import StandIn
 
     def run(ctx):
         shutil.copytree(model_dir, ctx.out_dir / "model")
         return StageOutcome(summary="copied")
 
-    return SimpleNamespace(NAME="fetch", VERSION=1, TOOLS=(), config_section=lambda c, t: {}, run=run)
+    return StandIn("fetch", run)
 
 
 def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path, tiny_model_dir, offline_mix):
@@ -646,11 +646,11 @@ def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path,
     shutil.copy(offline_mix, dataset)
     config = parse_config(CONFIG.format(dataset=dataset), "test.toml", tmp_path)
     fetch = fetch_stand_in(tiny_model_dir)
-    modules = lambda name: fetch if name == "fetch" else stage_module(name)  # noqa: E731
+    stages = {**STAGES, "fetch": fetch}
     store = ArtifactStore(tmp_path / "work")
     tasks = select_tasks(plan_tasks(config), {"calibrate"})
 
-    report = execute(config, store, tasks, reporter=RecordingReporter(), modules=modules)
+    report = execute(config, store, tasks, reporter=RecordingReporter(), stages=stages)
     assert report.error is None
     by_id = {r.task.id: r for r in report.results}
     sq = by_id["calibrate[int8_sq]"]
@@ -665,7 +665,7 @@ def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path,
 
     # Edited data: SmoothQuant reruns, weight-only (which reads no data) stays up to date.
     dataset.write_text(dataset.read_text().replace("The engineer", "The mechanic"))
-    states = {r.task.id: (r.state, r.reason) for r in status(config, store, tasks, modules)}
+    states = {r.task.id: (r.state, r.reason) for r in status(config, store, tasks, stages)}
     assert states["calibrate[int8_sq]"] == (TaskState.stale, "config changed: dataset_sha256")
     assert states["calibrate[int8_wo]"][0] is TaskState.up_to_date
 
@@ -673,7 +673,7 @@ def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path,
 def test_config_section_tracks_data_only_for_calibrated_precisions(tmp_path, offline_mix):
     config = parse_config(CONFIG.format(dataset=offline_mix), "test.toml", tmp_path)
     sq, wo = (t for t in plan_tasks(config) if t.stage == "calibrate")
-    assert calibrate_stage.config_section(config, sq)["dataset_sha256"] is not None
-    assert "dataset_sha256" not in calibrate_stage.config_section(config, wo)
+    assert STAGES["calibrate"].config_section(config, sq)["dataset_sha256"] is not None
+    assert "dataset_sha256" not in STAGES["calibrate"].config_section(config, wo)
     missing = parse_config(CONFIG.format(dataset=tmp_path / "absent.jsonl"), "test.toml", tmp_path)
-    assert calibrate_stage.config_section(missing, sq)["dataset_sha256"] is None
+    assert STAGES["calibrate"].config_section(missing, sq)["dataset_sha256"] is None

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fake_stages import RUNS, fake_modules
+from fake_stages import RUNS, fake_stages
 from test_build import trtllm_build_parser
 from test_store import config_with
 
@@ -112,13 +112,13 @@ def predicted(dry: DryRun) -> list[str]:
 
 def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
     bad = "gate[int8_sq/latency]"
-    modules = fake_modules(gate_ok=lambda ctx: ctx.task.id != bad)
+    stages = fake_stages(gate_ok=lambda ctx: ctx.task.id != bad)
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
-    run_fake(config, store, modules=modules)
+    run_fake(config, store, stages=stages)
 
     arch = find_architecture(config)
-    dry = plan_run(config, store, plan_tasks(config), arch, modules=modules)
+    dry = plan_run(config, store, plan_tasks(config), arch, stages=stages)
     assert predicted(dry) == []  # all up to date; the failed gate keeps its publish blocked
     states = {t.id: t.reason for t in dry.tasks}
     assert (
@@ -127,38 +127,38 @@ def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
     )
 
     changed = config_with(tmp_path, **{"max_batch_size = 8": "max_batch_size = 4"})
-    dry = plan_run(changed, store, plan_tasks(changed), arch, modules=modules)
+    dry = plan_run(changed, store, plan_tasks(changed), arch, stages=stages)
     assert {t.id: t.reason for t in dry.tasks if t.would_run}["build[int8_wo/throughput]"] == (
         "config changed: max_batch_size"
     )
     RUNS.clear()
-    run_fake(changed, store, modules=modules)
+    run_fake(changed, store, stages=stages)
     assert RUNS == predicted(dry) and len(RUNS) == 2 * 3  # build, gate, publish of each precision
 
     forced = plan_run(
-        changed, store, plan_tasks(changed), arch, modules=modules, force_stages=frozenset({"gate"})
+        changed, store, plan_tasks(changed), arch, stages=stages, force_stages=frozenset({"gate"})
     )
     gates = [t.id for t in plan_tasks(changed) if t.stage == "gate"]
     # The failed gate reruns, so its publish (never built) is planned: it runs only if the gate passes.
     assert predicted(forced) == [*gates, "publish[int8_sq/latency]"]
     assert {t.reason for t in forced.tasks if t.stage == "gate"} == {"forced"}
     RUNS.clear()
-    run_fake(changed, store, modules=modules, force_stages=frozenset({"gate"}))
+    run_fake(changed, store, stages=stages, force_stages=frozenset({"gate"}))
     assert RUNS == gates  # the gate failed again: its publish stayed blocked
 
 
 def test_a_gpu_build_that_would_run_gets_the_argv_of_its_real_inputs(tmp_path):
     """Stand-in stages filled the store; the planned trtllm-build reads the calibrate artifact that exists."""
-    modules = fake_modules()
+    stages = fake_stages()
     gpu = config_with(tmp_path, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"'})
     store = ArtifactStore(tmp_path / "work")
-    report = run_fake(gpu, store, modules=modules)
+    report = run_fake(gpu, store, stages=stages)
     calibrated = next(r.path for r in report.results if r.task.id == "calibrate[int8_sq]")
 
     changed = config_with(
         tmp_path, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"', "max_input_len = 96": "max_input_len = 64"}
     )
-    dry = plan_run(changed, store, plan_tasks(changed), find_architecture(changed), modules=modules)
+    dry = plan_run(changed, store, plan_tasks(changed), find_architecture(changed), stages=stages)
     (command,) = next(t for t in dry.tasks if t.id == "build[int8_sq/throughput]").commands
     args = trtllm_build_parser().parse_args(command.argv[1:])
     assert args.checkpoint_dir == str(calibrated / "checkpoint")

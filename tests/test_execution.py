@@ -7,14 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from fake_stages import fake_modules
+from fake_stages import fake_stages
 from test_store import config_with
 
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState, execute
+from pipeline.execution.driver import execute
 from pipeline.execution.events import EventPrinter, EventReporter
 from pipeline.execution.resources import TaskResources, task_resources, unplaceable
+from pipeline.execution.results import TaskState
 from pipeline.execution.scheduler import Schedule
 from pipeline.facts.config import load_config
 from pipeline.planning.tasks import Task, plan_tasks
@@ -179,7 +180,7 @@ def test_the_local_executor_reports_in_the_graphs_order_with_where_each_task_ran
         ArtifactStore(tmp_path / "work"),
         plan_tasks(config),
         reporter=RecordingReporter(),
-        modules=fake_modules(),
+        stages=fake_stages(),
     )
     assert [r.task for r in report.results] == plan_tasks(config)
     assert {r.node for r in report.results} == {"local"}
@@ -219,8 +220,8 @@ def test_the_executor_and_ray_address_are_config_fields_outside_every_key(tmp_pa
     from pipeline.execution.driver import status
 
     store = ArtifactStore(tmp_path / "work")
-    execute(config, store, plan_tasks(config), reporter=RecordingReporter(), modules=fake_modules())
-    states = {r.state for r in status(on_ray, store, plan_tasks(on_ray), fake_modules())}
+    execute(config, store, plan_tasks(config), reporter=RecordingReporter(), stages=fake_stages())
+    states = {r.state for r in status(on_ray, store, plan_tasks(on_ray), fake_stages())}
     assert states == {TaskState.up_to_date}
 
 

@@ -23,13 +23,14 @@ from pipeline.cli import main
 from pipeline.core.errors import ChecksumError, DiskSpaceError, FetchError, InputError, PickleRefusedError
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import RunReport, TaskState, execute, fingerprint
+from pipeline.execution.driver import execute, fingerprint
+from pipeline.execution.results import RunReport, TaskState
 from pipeline.facts.config import PipelineConfig, load_config
 from pipeline.hub import fetch_repo
 from pipeline.hub.selection import select_files
 from pipeline.planning.tasks import plan_tasks, select_tasks
+from pipeline.stages import STAGES
 from pipeline.stages import fetch as fetch_stage
-from pipeline.stages import stage_module
 
 REPO = "org/tiny"
 TOKEN = "hf_pipelineTestSecret0123456789"
@@ -399,12 +400,12 @@ def test_a_changed_local_folder_changes_the_key(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, folder)
     config = make_config(tmp_path, source="local", local_path=str(folder))
     (task,) = select_tasks(plan_tasks(config), {"fetch"})
-    before = fingerprint(config, task, stage_module("fetch"), {})
+    before = fingerprint(config, task, STAGES["fetch"], {})
     (folder / "generation_config.json").write_text('{"changed": true}')
-    after = fingerprint(config, task, stage_module("fetch"), {})
+    after = fingerprint(config, task, STAGES["fetch"], {})
     assert before != after
     (folder / "notes.txt").write_text("not matched by allow_patterns")
-    assert fingerprint(config, task, stage_module("fetch"), {}) == after
+    assert fingerprint(config, task, STAGES["fetch"], {}) == after
 
 
 def test_a_local_folder_with_pickled_weights_is_refused(tiny_model_dir, tmp_path):
@@ -442,7 +443,7 @@ def test_the_tiny_source_generates_the_model_folder(tmp_path):
         f["path"] for f in manifest["record"]["files"]
     }
     assert reporter.advanced["train the tiny Mistral"] == 2
-    assert fetch_stage.config_section(config, None) == {
+    assert STAGES["fetch"].config_section(config, None) == {
         "source": "tiny",
         "tiny_seed": 0,
         "tiny_train_steps": 2,

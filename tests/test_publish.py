@@ -32,14 +32,14 @@ from pipeline.core.hashing import sha256_file
 from pipeline.core.manifest import FileEntry
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState
+from pipeline.execution.results import TaskState
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.serving import release
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 from pipeline.serving.render import MODEL_NAMES, RepositoryValues, render_config, template_text
-from pipeline.stages import publish
 from pipeline.stages.base import StageContext
+from pipeline.stages.publish import Publish
 
 
 def parse(path: Path) -> model_config_pb2.ModelConfig:
@@ -270,7 +270,7 @@ def test_publish_refuses_an_input_that_fails_its_manifest(tmp_path, tamper, stag
     shutil.rmtree(config.publish.destination)
     tamper(result_of(report, stage).path / file)
     with pytest.raises(InputError) as info:
-        publish.run(publish_context(config, work, report, tmp_path / "out"))
+        Publish().run(publish_context(config, work, report, tmp_path / "out"))
     assert f"the {stage} artifact differs from its manifest: modified: {file}" in str(info.value)
     assert not config.publish.destination.exists()
 
@@ -298,7 +298,7 @@ def test_publish_itself_refuses_a_failed_gate(tmp_path):
     report = run_publish(config, tmp_path / "work", Upstream(gate_ok=False))
     ctx = publish_context(config, tmp_path / "work", report, tmp_path / "out")
     with pytest.raises(GateFailedError, match="accuracy gate did not pass"):
-        publish.run(ctx)
+        Publish().run(ctx)
     assert not config.publish.destination.exists()
 
 
@@ -506,7 +506,7 @@ def test_one_variant_published_at_once_from_three_processes_gets_one_whole_versi
     assert all(a != b for a, b in zip(manifests, manifests[1:], strict=False))
     for work in outcomes:
         artifact = ArtifactStore(Path(work)).latest("publish", ("int8_sq", "latency"))
-        assert artifact is not None and publish.check_outputs(artifact, {}) == []
+        assert artifact is not None and Publish().check_outputs(artifact, {}) == []
     assert sum("waiting for another publish" in o[3] for o in outcomes.values()) >= 1  # they contended
 
 

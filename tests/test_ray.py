@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from fake_stages import CRASH_ONCE_ENV, SLOW_ENV, fake_modules
+from fake_stages import CRASH_ONCE_ENV, SLOW_ENV, fake_stages
 from publish_upstream import REPO_ROOT, config_with
 from ray.cluster_utils import Cluster
 from test_hostile import Sandbox, check_case, cli_argv, interrupt, write_config
@@ -28,8 +28,9 @@ from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, R
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution import ray_cluster
-from pipeline.execution.driver import TaskState, execute
+from pipeline.execution.driver import execute
 from pipeline.execution.resources import TaskResources
+from pipeline.execution.results import TaskState
 from pipeline.output.run_report import write_run_junit, write_run_report
 from pipeline.planning.tasks import plan_tasks, select_tasks
 
@@ -175,10 +176,8 @@ def test_builds_for_two_targets_run_at_once_each_on_a_node_of_its_type(tmp_path,
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
     connect(**{SLOW_ENV: "build=1.5"})
-    runner = ray_cluster.RayTaskRunner(modules=fake_modules(), resources_of=two_targets)
-    report = execute(
-        config, store, plan_tasks(config), reporter=RecordingReporter(), modules=fake_modules(), runner=runner
-    )
+    runner = ray_cluster.RayTaskRunner(stages=fake_stages(), resources_of=two_targets)
+    report = execute(config, store, plan_tasks(config), reporter=RecordingReporter(), runner=runner)
     assert report.error is None
     builds = [r for r in report.results if r.task.stage == "build"]
     labels = node_labels()
@@ -215,7 +214,7 @@ def test_a_task_no_node_can_take_fails_the_run_before_anything_runs(tmp_path, co
     config = config_with(tmp_path)
     connect()
     runner = ray_cluster.RayTaskRunner(
-        modules=fake_modules(),
+        stages=fake_stages(),
         resources_of=lambda c, t: TaskResources(1, 1, "L4") if t.stage == "build" else TaskResources(1),
     )
     with pytest.raises(MissingDependencyError) as caught:
@@ -230,13 +229,13 @@ def test_a_waiting_task_whose_node_is_gone_fails_instead_of_pending_forever(tmp_
     connect()
     # No node has L4 (as when the only one left after the run began): Ray alone would wait for ever.
     runner = ray_cluster.RayTaskRunner(
-        modules=fake_modules(),
+        stages=fake_stages(),
         resources_of=lambda c, t: TaskResources(1, 1, "L4") if t.stage == "build" else TaskResources(1),
     )
     t0 = time.monotonic()
     report = execute(
         config, ArtifactStore(tmp_path / "work"), plan_tasks(config), reporter=RecordingReporter(),
-        modules=fake_modules(), runner=runner,
+        runner=runner,
     )  # fmt: skip
     assert time.monotonic() - t0 < 60
     assert isinstance(report.error, RemoteTaskError) and report.error.exit_code == ExitCode.MISSING_DEPENDENCY
@@ -262,11 +261,9 @@ def test_a_killed_worker_is_retried_once_and_leaves_no_partial_artifact(tmp_path
     store = ArtifactStore(tmp_path / "work")
     marker = tmp_path / "killed-once"
     connect(**{CRASH_ONCE_ENV: f"build[int8_sq/latency]={marker}"})
-    runner = ray_cluster.RayTaskRunner(modules=fake_modules())
+    runner = ray_cluster.RayTaskRunner(stages=fake_stages())
     tasks = plan_tasks(config)
-    report = execute(
-        config, store, tasks, reporter=RecordingReporter(), modules=fake_modules(), runner=runner
-    )
+    report = execute(config, store, tasks, reporter=RecordingReporter(), runner=runner)
     assert marker.is_file()  # the first attempt was killed mid-task
     assert report.error is None and {r.state for r in report.results} == {TaskState.ran}
     build = next(r for r in report.results if r.task.id == "build[int8_sq/latency]")
@@ -282,10 +279,8 @@ def test_a_worker_killed_on_each_try_fails_its_task_with_its_log_and_keeps_the_s
     store = ArtifactStore(tmp_path / "work")
     tasks = plan_tasks(config)
     connect(FAKE_STAGE_CRASH="calibrate[int8_wo]")
-    runner = ray_cluster.RayTaskRunner(modules=fake_modules())
-    report = execute(
-        config, store, tasks, reporter=RecordingReporter(), modules=fake_modules(), runner=runner
-    )
+    runner = ray_cluster.RayTaskRunner(stages=fake_stages())
+    report = execute(config, store, tasks, reporter=RecordingReporter(), runner=runner)
     assert isinstance(report.error, RemoteTaskError) and report.error.exit_code == ExitCode.STAGE_FAILED
     failed = next(r for r in report.results if r.task.id == "calibrate[int8_wo]")
     assert failed.state is TaskState.failed and "its Ray worker died, 2 times" in failed.summary
@@ -307,7 +302,7 @@ def test_a_worker_killed_on_each_try_fails_its_task_with_its_log_and_keeps_the_s
     ray_cluster.disconnect()
 
     # The store is consistent: a rerun (here, locally) reuses what was done and finishes the rest.
-    rerun = execute(config, store, tasks, reporter=RecordingReporter(), modules=fake_modules())
+    rerun = execute(config, store, tasks, reporter=RecordingReporter(), stages=fake_stages())
     assert rerun.error is None
     done_before = {r.task for r in report.results if r.state is TaskState.ran}
     assert {r.task for r in rerun.results if r.state is TaskState.up_to_date} == done_before

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fake_stages import RUNS, fake_modules, make_stage
+from fake_stages import RUNS, StandIn, fake_stages
 from test_build import A100, GIB, FakeTensorRTLLM, trtllm_build_parser
 
 from pipeline.cli import main
@@ -104,10 +104,10 @@ def test_the_selftest_plan_builds_one_engine_and_serves_it_where_it_lies(repo_ro
     assert not (tmp_path / "st").exists()
 
 
-def publishing_modules(config, gate_ok=lambda ctx: True):
+def publishing_stages(config, gate_ok=lambda ctx: True):
     """Stand-in stages; publish also makes the `current` folder a real publish leaves."""
-    modules = fake_modules(gate_ok=gate_ok)
-    fake_publish = modules("publish")
+    stages = fake_stages(gate_ok=gate_ok)
+    fake_publish = stages["publish"]
 
     def run(ctx):
         (variant_destination(config, ctx.task.precision, ctx.task.profile) / CURRENT).mkdir(
@@ -115,9 +115,10 @@ def publishing_modules(config, gate_ok=lambda ctx: True):
         )
         return fake_publish.run(ctx)
 
-    publish = make_stage("publish", fake_publish.config_section)
-    publish.run = run
-    return lambda name: publish if name == "publish" else modules(name)
+    return {
+        **stages,
+        "publish": StandIn("publish", run, fake_publish.config_section, tools=fake_publish.tools),
+    }
 
 
 class StandInServer:
@@ -140,7 +141,7 @@ def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A
         repo_root / "calib_data",
         reporter=RecordingReporter(),
         runner=FakeTensorRTLLM(gpu=gpu),
-        modules=publishing_modules(config, gate_ok),
+        stages=publishing_stages(config, gate_ok),
         serve=serve or StandInServer(),
     )
 

@@ -10,13 +10,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fake_stages import RUNS, fake_modules
+from fake_stages import RUNS, fake_stages
 
 from pipeline.core.errors import LockBusyError
 from pipeline.core.manifest import MANIFEST_NAME
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState, execute, status
+from pipeline.execution.driver import execute, status
+from pipeline.execution.results import TaskState
 from pipeline.facts.config import load_config
 from pipeline.planning.tasks import plan_tasks, select_tasks
 
@@ -38,10 +39,10 @@ def config_with(tmp_path: Path, **replacements: str):
     return load_config(path)
 
 
-def run_all(config, store, *, tasks=None, modules=None, **kwargs):
+def run_all(config, store, *, tasks=None, stages=None, **kwargs):
     tasks = plan_tasks(config) if tasks is None else tasks
     return execute(
-        config, store, tasks, reporter=RecordingReporter(), modules=modules or fake_modules(), **kwargs
+        config, store, tasks, reporter=RecordingReporter(), stages=stages or fake_stages(), **kwargs
     )
 
 
@@ -78,7 +79,7 @@ def test_config_change_reruns_exactly_the_affected_stages(tmp_path):
     RUNS.clear()
     # A profile change touches that profile's build, gate and publish, for each precision, nothing else.
     changed = config_with(tmp_path, **{"max_batch_size = 8": "max_batch_size = 4"})
-    states = {r.task.id: r for r in status(changed, store, plan_tasks(changed), fake_modules())}
+    states = {r.task.id: r for r in status(changed, store, plan_tasks(changed), fake_stages())}
     assert states["build[int8_sq/throughput]"].state is TaskState.stale
     assert "config changed: max_batch_size" in states["build[int8_sq/throughput]"].reason
     assert states["gate[int8_sq/throughput]"].reason == "input changed: build"
@@ -109,7 +110,7 @@ def test_force_reruns_only_the_named_stage(tmp_path):
         store,
         tasks,
         reporter=RecordingReporter(),
-        modules=fake_modules(),
+        stages=fake_stages(),
         force_stages=frozenset({"calibrate"}),
     )
     assert sorted(RUNS) == ["calibrate[int8_sq]", "calibrate[int8_wo]"]
@@ -119,9 +120,9 @@ def test_failed_gate_blocks_its_publish_only_and_stays_failed_when_cached(tmp_pa
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
     bad = "gate[int8_sq/latency]"
-    modules = fake_modules(gate_ok=lambda ctx: ctx.task.id != bad)
+    stages = fake_stages(gate_ok=lambda ctx: ctx.task.id != bad)
     for _ in range(2):
-        report = execute(config, store, plan_tasks(config), reporter=RecordingReporter(), modules=modules)
+        report = execute(config, store, plan_tasks(config), reporter=RecordingReporter(), stages=stages)
         states = {r.task.id: r.state for r in report.results}
         assert states[bad] is TaskState.rejected
         assert states["publish[int8_sq/latency]"] is TaskState.blocked
@@ -133,7 +134,7 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {tests!r})
-    from fake_stages import fake_modules
+    from fake_stages import fake_stages
     from pipeline.facts.config import load_config
     from pipeline.execution.driver import execute
     from pipeline.core.reporter import RecordingReporter
@@ -143,7 +144,7 @@ CRASH_SCRIPT = textwrap.dedent(
     config = load_config(Path({cfg!r}))
     store = ArtifactStore(Path({work!r}))
     with store.lock(wait=False):
-        execute(config, store, plan_tasks(config), reporter=RecordingReporter(), modules=fake_modules(),
+        execute(config, store, plan_tasks(config), reporter=RecordingReporter(), stages=fake_stages(),
                 force_stages=frozenset({{"build"}}))
     """
 )
@@ -234,13 +235,13 @@ def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
 
     config = config_with(tmp_path)
     bad = "gate[int8_wo/throughput]"
-    modules = fake_modules(gate_ok=lambda ctx: ctx.task.id != bad)
+    stages = fake_stages(gate_ok=lambda ctx: ctx.task.id != bad)
     report = execute(
         config,
         ArtifactStore(tmp_path / "work"),
         plan_tasks(config),
         reporter=RecordingReporter(),
-        modules=modules,
+        stages=stages,
     )
     body = json.loads(write_run_report(tmp_path / "run.json", report).read_text())
     assert body["ok"] is False and body["exit_code"] == 1
@@ -266,8 +267,8 @@ def _replace_file(path: Path) -> None:
     path.write_bytes(b"y" + data[1:])
 
 
-def _states(config, store, modules=None):
-    return {r.task.id: r for r in status(config, store, plan_tasks(config), modules or fake_modules())}
+def _states(config, store, stages=None):
+    return {r.task.id: r for r in status(config, store, plan_tasks(config), stages or fake_stages())}
 
 
 @pytest.mark.parametrize("tamper", [_edit_in_place, _replace_file], ids=["in-place", "replaced"])
@@ -290,7 +291,7 @@ def test_a_tampered_artifact_is_modified_in_status_and_run_rebuilds_it(tmp_path,
 
     RUNS.clear()
     reporter = RecordingReporter()
-    report = execute(config, store, plan_tasks(config), reporter=reporter, modules=fake_modules())
+    report = execute(config, store, plan_tasks(config), reporter=reporter, stages=fake_stages())
     assert report.error is None
     rebuilt = next(r for r in report.results if r.task.id == victim.task.id)
     assert (rebuilt.state, rebuilt.reason) == (TaskState.ran, "modified: part-1.bin")
@@ -309,18 +310,18 @@ def test_a_tampered_artifact_is_modified_in_status_and_run_rebuilds_it(tmp_path,
 def test_a_rebuild_that_writes_other_bytes_reruns_every_task_below_it(tmp_path):
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
-    modules = fake_modules(varying=frozenset({"build"}))
-    run_all(config, store, modules=modules)
+    stages = fake_stages(varying=frozenset({"build"}))
+    run_all(config, store, stages=stages)
     RUNS.clear()
     builds = select_tasks(plan_tasks(config), {"build"})
-    run_all(config, store, tasks=builds, modules=modules, force_stages=frozenset({"build"}))
+    run_all(config, store, tasks=builds, stages=stages, force_stages=frozenset({"build"}))
     assert sorted(RUNS) == sorted(t.id for t in builds if t.stage == "build")
-    states = _states(config, store, modules)
+    states = _states(config, store, stages)
     assert states["gate[int8_sq/latency]"].state is TaskState.stale
     assert states["gate[int8_sq/latency]"].reason == "input changed: build"
 
     RUNS.clear()
-    report = run_all(config, store, modules=modules)
+    report = run_all(config, store, stages=stages)
     assert sorted(RUNS) == sorted(r.task.id for r in report.results if r.task.stage in ("gate", "publish"))
     assert len(RUNS) == 2 * 2 * 2  # gate and publish of each precision x profile
     gate = next(r for r in report.results if r.task.id == "gate[int8_sq/latency]")

@@ -13,6 +13,7 @@ import gc
 import os
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,8 +38,8 @@ from pipeline.bench.workload import BenchSettings, Workload, plan_workload
 from pipeline.core.errors import InputError
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskState, status, tool_version
-from pipeline.execution.spec import StageLookup
+from pipeline.execution.driver import status, tool_version
+from pipeline.execution.results import TaskState
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
 from pipeline.gate.report import GATE_JSON, GateResult
@@ -46,7 +47,8 @@ from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.runners import limits_of, load_runner
 from pipeline.runtime.limits import RuntimeLimits
-from pipeline.stages import stage_module
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage
 from pipeline.trtllm.engine import read_engine_config
 
 ENGINE_SUBDIR = "engine"
@@ -78,12 +80,12 @@ def find_engines(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
-    modules: StageLookup = stage_module,
+    stages: Mapping[str, Stage] = STAGES,
 ) -> BenchInputs:
     """The build artifacts that are up to date for `config`, each with the gate that judged it (passed
     or not) when that gate is current too; warns about the engines that are not up to date."""
     tasks = select_tasks(plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles)
-    results = status(config, store, tasks, modules)
+    results = status(config, store, tasks, stages)
     gates = {
         (r.task.precision, r.task.profile): r.path
         for r in results
@@ -286,11 +288,11 @@ def run_bench(
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
     clock: Clock = time.perf_counter,
-    modules: StageLookup = stage_module,
+    stages: Mapping[str, Stage] = STAGES,
 ) -> tuple[BenchReport, dict[str, Path]]:
     """Measure every up-to-date engine, write bench.json, bench.md and the plots into out_dir."""
     found = find_engines(
-        config, store, reporter=reporter, precisions=precisions, profiles=profiles, modules=modules
+        config, store, reporter=reporter, precisions=precisions, profiles=profiles, stages=stages
     )
     if settings.server_url is not None and len(found.engines) != 1:
         raise InputError(

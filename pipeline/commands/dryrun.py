@@ -11,17 +11,21 @@ Two things only the build host knows are shown as the run would choose them ther
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import BaseModel
 
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import TaskResult, TaskState, status
-from pipeline.execution.spec import StageLookup
+from pipeline.execution.driver import is_kept, status
+from pipeline.execution.results import TaskResult, TaskState
+from pipeline.execution.scheduler import Schedule
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.container import SERVING_CONTAINER, serve_argv
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import ModelArch, plan_profile
 from pipeline.planning.tasks import ENGINE_STAGES, Task
-from pipeline.stages import stage_module
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage
 
 
 class PlannedCommand(BaseModel):
@@ -50,13 +54,29 @@ class DryRun(BaseModel):
         return [c for t in self.tasks for c in t.commands]
 
 
-def _decision(result: TaskResult, failed_input: Task | None, forced: bool) -> tuple[bool, str]:
-    """Whether the executor would run the task, and why (its rules, applied without running)."""
-    if failed_input is not None:
-        return False, f"blocked: {failed_input.id} did not pass"
-    if result.state in (TaskState.up_to_date, TaskState.rejected) and not forced:
-        return False, result.state.value + (f" ({result.summary})" if result.summary else "")
-    return True, "forced" if forced else result.reason or result.state.value
+def _decisions(results: list[TaskResult], force_stages: frozenset[str]) -> dict[Task, tuple[bool, str]]:
+    """Whether the driver would run each task, and why: its keep rule (`is_kept`) and its schedule's
+    blocking (a rejected artifact blocks what is below it), applied without running; what would run
+    is taken to pass."""
+    by_task = {r.task: r for r in results}
+    schedule = Schedule([r.task for r in results])
+    decisions: dict[Task, tuple[bool, str]] = {}
+    while ready := schedule.ready():
+        for task in ready:
+            schedule.start(task)
+            result, forced = by_task[task], task.stage in force_stages
+            if is_kept(result, forced=forced):
+                summary = f" ({result.summary})" if result.summary else ""
+                decisions[task] = (False, result.state.value + summary)
+            else:
+                decisions[task] = (True, "forced" if forced else result.reason or result.state.value)
+            if result.state is TaskState.rejected and not forced:
+                schedule.stopped(task)
+            else:
+                schedule.passed(task)
+    for task, cause in schedule.blocked():
+        decisions[task] = (False, f"blocked: {cause.id} did not pass")
+    return decisions
 
 
 def _build_command(
@@ -110,21 +130,17 @@ def plan_run(
     arch: ModelArch | None,
     *,
     force_stages: frozenset[str] = frozenset(),
-    modules: StageLookup = stage_module,
+    stages: Mapping[str, Stage] = STAGES,
 ) -> DryRun:
     """The dry run of `tasks` (topological order). arch is None when the model's shape is not known
     before its fetch: the build argv then cannot be planned, and a note says so."""
-    results = status(config, store, tasks, modules)
+    results = status(config, store, tasks, stages)
     keys = {r.task: r.key for r in results}
     planned: dict[Task, PlannedTask] = {}
-    failed: set[Task] = set()  # kept artifacts that did not pass (a failed gate), and what they block
+    decisions = _decisions(results, force_stages)
     for result in results:
         task = result.task
-        forced = task.stage in force_stages
-        failed_input = next((t for t in task.inputs if t in failed), None)
-        would_run, reason = _decision(result, failed_input, forced)
-        if failed_input is not None or (result.state is TaskState.rejected and not forced):
-            failed.add(task)
+        would_run, reason = decisions[task]
         item = PlannedTask(id=task.id, stage=task.stage, would_run=would_run, reason=reason)
         if would_run and task.stage in ENGINE_STAGES and TARGETS[config.target.gpu].is_gpu:
             if arch is None:

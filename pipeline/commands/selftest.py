@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,15 +30,17 @@ from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
 from pipeline.core.tools import ToolRunner, run_tool
-from pipeline.execution.driver import TaskState, execute
-from pipeline.execution.spec import StageLookup
+from pipeline.execution.driver import execute
+from pipeline.execution.inprocess import InProcessTaskRunner
+from pipeline.execution.results import TaskState
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.facts.targets import TARGETS, Target
 from pipeline.planning.memory import GIB
 from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.server import TritonInstall, TritonServer
-from pipeline.stages import stage_module
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage
 from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, probe_environment
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ def run_selftest(
     *,
     reporter: Reporter,
     runner: ToolRunner = subprocess.run,
-    modules: StageLookup = stage_module,
+    stages: Mapping[str, Stage] = STAGES,
     serve: Serve | None = None,
 ) -> SelftestReport:
     """Run every step, record each as a check, write work_dir/report.json; never raises for a failed step."""
@@ -171,7 +173,12 @@ def run_selftest(
     reporter.info(f"{STAGE}: the pipeline on a {config.model.tiny_size}-size tiny Mistral for {target.name}")
     with store.lock(wait=False):
         run = execute(
-            config, store, plan_tasks(config), reporter=reporter, force_stages=FORCED, modules=modules
+            config,
+            store,
+            plan_tasks(config),
+            reporter=reporter,
+            force_stages=FORCED,
+            runner=InProcessTaskRunner(stages, tools=runner),
         )
     report._error = run.error
     for r in run.results:

@@ -17,11 +17,8 @@ tasks share (a stage's after_commit), and reports in the graph's order whatever 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import Enum
 from functools import cache
 from importlib import metadata
-from pathlib import Path
 
 from pipeline.core.errors import Interrupted, PipelineError
 from pipeline.core.hashing import fingerprint_key
@@ -31,48 +28,14 @@ from pipeline.core.reporter import Reporter
 from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.execution.events import EventPrinter
 from pipeline.execution.inprocess import InProcessTaskRunner
+from pipeline.execution.results import RunReport, TaskResult, TaskState
 from pipeline.execution.scheduler import Schedule
-from pipeline.execution.spec import StageLookup, TaskOutcome, TaskSpec
+from pipeline.execution.spec import TaskOutcome, TaskSpec
 from pipeline.execution.task_runner import TaskRunner
 from pipeline.facts.config import PipelineConfig
 from pipeline.planning.tasks import Task
-from pipeline.stages import stage_module
-from pipeline.stages.base import RunOptions, StageModule
-
-
-class TaskState(str, Enum):
-    up_to_date = "up to date"
-    stale = "stale"
-    missing = "missing"
-    modified = "modified"  # in the store, but its files differ from its manifest (or a published copy does)
-    ran = "ran"
-    failed = "failed"
-    rejected = "rejected"  # ran or cached, but its verdict is not ok (a failed gate)
-    blocked = "blocked"  # an input was rejected or failed
-
-
-@dataclass
-class TaskResult:
-    task: Task
-    key: str
-    state: TaskState
-    reason: str = ""
-    summary: str = ""
-    duration_s: float = 0.0
-    path: Path | None = None
-    node: str = ""  # where it ran: "local", or the Ray node's address ("" when it did not run)
-    warnings: list[str] = field(default_factory=list)  # what the task warned of while it ran
-    log: Path | None = None  # the task's log (kept when it failed)
-
-
-@dataclass
-class RunReport:
-    results: list[TaskResult] = field(default_factory=list)
-    error: PipelineError | Interrupted | None = None  # Interrupted: SIGINT/SIGTERM ended the task
-
-    @property
-    def rejected(self) -> list[TaskResult]:
-        return [r for r in self.results if r.state is TaskState.rejected]
+from pipeline.stages import STAGES
+from pipeline.stages.base import RunOptions, Stage
 
 
 @cache
@@ -83,17 +46,15 @@ def tool_version(distribution: str) -> str:
         return "absent"
 
 
-def fingerprint(
-    config: PipelineConfig, task: Task, module: StageModule, inputs: Mapping[str, str]
-) -> Fingerprint:
+def fingerprint(config: PipelineConfig, task: Task, stage: Stage, inputs: Mapping[str, str]) -> Fingerprint:
     """The task's fingerprint, given the content digest of each input artifact by stage. Pure."""
     return Fingerprint(
         stage=task.stage,
-        stage_version=module.VERSION,
+        stage_version=stage.version,
         variant=task.variant_dict,
-        config=module.config_section(config, task),
+        config=stage.config_section(config, task),
         inputs={t.stage: inputs[t.stage] for t in task.inputs},
-        tools={d: tool_version(d) for d in module.TOOLS},
+        tools={d: tool_version(d) for d in stage.tools},
     )
 
 
@@ -121,57 +82,36 @@ def _waiting_reason(waiting: list[Task]) -> str:
     return "input changed: " + ", ".join(sorted({t.stage for t in waiting}))
 
 
-def _outside_problems(module: StageModule, artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
-    """For a stage whose outputs also live outside the store (publish): those outputs against their
-    manifest; `trusted` holds verified files by stat (their hard links need no hashing)."""
-    check_outputs = getattr(module, "check_outputs", None)
-    return check_outputs(artifact, trusted) if check_outputs is not None else []
-
-
 def _verified(
-    module: StageModule, store: ArtifactStore, artifact: Artifact, trusted: Mapping[StatKey, str]
+    stage: Stage, store: ArtifactStore, artifact: Artifact, trusted: Mapping[StatKey, str]
 ) -> tuple[TreeCheck, list[str]]:
-    """The artifact against its manifest, then (if it holds) its outside outputs against theirs."""
+    """The artifact against its manifest, then (if it holds) its outputs outside the store (publish)
+    against theirs; `trusted` holds verified files by stat (their hard links need no hashing)."""
     check = store.check(artifact)
-    outside = _outside_problems(module, artifact, {**trusted, **check.trusted}) if check.ok else []
+    outside = stage.check_outputs(artifact, {**trusted, **check.trusted}) if check.ok else []
     return check, outside
 
 
-def _after_commit(
-    module: StageModule,
-    config: PipelineConfig,
-    store: ArtifactStore,
-    task: Task,
-    artifact: Artifact,
-    reporter: Reporter,
-) -> None:
-    """The driver's step after a task's artifact is committed or up to date: what the stage shares
-    with other tasks (pipeline.stages.base, after_commit)."""
-    after_commit = getattr(module, "after_commit", None)
-    if after_commit is not None:
-        after_commit(config, store, task, artifact, reporter)
-
-
 def status(
-    config: PipelineConfig, store: ArtifactStore, tasks: list[Task], modules: StageLookup = stage_module
+    config: PipelineConfig, store: ArtifactStore, tasks: list[Task], stages: Mapping[str, Stage] = STAGES
 ) -> list[TaskResult]:
     """Each task as up to date / modified / stale (and why) / missing, without running or moving anything."""
     results = []
     digests: dict[Task, str] = {}
     trusted: dict[StatKey, str] = {}
     for task in tasks:
-        module = modules(task.stage)
+        stage = stages[task.stage]
         waiting = [t for t in task.inputs if t not in digests]
         if waiting:  # its key depends on bytes not built yet
             latest = store.latest(task.stage, task.variant)
             state, reason = (TaskState.missing, "never built") if latest is None else (TaskState.stale, "")
             results.append(TaskResult(task, "", state, reason=reason or _waiting_reason(waiting)))
             continue
-        prints = fingerprint(config, task, module, {t.stage: digests[t] for t in task.inputs})
+        prints = fingerprint(config, task, stage, {t.stage: digests[t] for t in task.inputs})
         key = key_of(prints)
         artifact = store.get(task.stage, task.variant, key)
         if artifact is not None:
-            check, outside = _verified(module, store, artifact, trusted)
+            check, outside = _verified(stage, store, artifact, trusted)
             if not check.ok or outside:
                 reason = check.summary() or outside[0]
                 results.append(TaskResult(task, key, TaskState.modified, reason=reason, path=artifact.path))
@@ -197,19 +137,24 @@ def to_run(
     store: ArtifactStore,
     tasks: list[Task],
     force_stages: frozenset[str] = frozenset(),
-    modules: StageLookup = stage_module,
+    stages: Mapping[str, Stage] = STAGES,
 ) -> list[Task]:
     """The tasks a run would start (not up to date, or forced), as far as the store tells now."""
-    kept = (TaskState.up_to_date, TaskState.rejected)
     return [
         r.task
-        for r in status(config, store, tasks, modules)
-        if r.state not in kept or r.task.stage in force_stages
+        for r in status(config, store, tasks, stages)
+        if not is_kept(r, forced=r.task.stage in force_stages)
     ]
 
 
+def is_kept(result: TaskResult, *, forced: bool) -> bool:
+    """Whether a run keeps the task's stored artifact as it is (intact, passed or rejected by its
+    gate) instead of running it: what `execute` does with an artifact `_reusable` finds."""
+    return not forced and result.state in (TaskState.up_to_date, TaskState.rejected)
+
+
 def _reusable(
-    module: StageModule,
+    stage: Stage,
     store: ArtifactStore,
     task: Task,
     key: str,
@@ -225,7 +170,7 @@ def _reusable(
         return None, ""
     if forced:
         return None, "forced"
-    check, outside = _verified(module, store, existing, trusted)
+    check, outside = _verified(stage, store, existing, trusted)
     if not check.ok:
         aside = store.set_aside(existing)
         reporter.warn(f"{task.id}: {check.summary()}; the modified artifact is kept at {aside}")
@@ -245,13 +190,19 @@ def execute(
     reporter: Reporter,
     force_stages: frozenset[str] = frozenset(),
     options: RunOptions = RunOptions(),
-    modules: StageLookup = stage_module,
+    stages: Mapping[str, Stage] | None = None,
     runner: TaskRunner | None = None,
 ) -> RunReport:
-    """Bring `tasks` up to date: each starts on `runner` (default: in this process, one at a time)
-    once its inputs have passed. A failed task starts nothing more (what runs may finish); a rejected
-    artifact (failed gate) blocks only its own dependents. Results come in the graph's order."""
-    runner = runner if runner is not None else InProcessTaskRunner(modules)
+    """Bring `tasks` up to date: each starts on `runner` (default: in this process, one at a time,
+    as `stages`, default STAGES) once its inputs have passed. A failed task starts nothing more (what
+    runs may finish); a rejected artifact (failed gate) blocks only its own dependents. Results come
+    in the graph's order."""
+    if runner is None:
+        runner = InProcessTaskRunner(STAGES if stages is None else stages)
+    elif stages is not None:
+        raise TypeError("give stages or a runner (which holds its stages), not both")
+    # Keyed, verified and shared here as the stages the runner runs them as: one source for both.
+    stages = runner.stages
     schedule = Schedule(tasks)
     printer = EventPrinter(reporter)
     report = RunReport()
@@ -264,7 +215,8 @@ def execute(
         if result.state in (TaskState.ran, TaskState.up_to_date):
             assert artifact is not None
             try:
-                _after_commit(modules(result.task.stage), config, store, result.task, artifact, reporter)
+                # what the stage shares with other tasks: written here, by the driver only
+                stages[result.task.stage].after_commit(config, store, result.task, artifact, reporter)
             except PipelineError as exc:  # the artifact stays; what it shares did not land
                 result.state, result.summary = TaskState.failed, exc.message
                 report.error = report.error or exc
@@ -283,13 +235,13 @@ def execute(
                 if not runner.has_room():
                     break
                 schedule.start(task)
-                module = modules(task.stage)
+                stage = stages[task.stage]
                 prints = fingerprint(
-                    config, task, module, {t.stage: done[t].manifest.content_digest for t in task.inputs}
+                    config, task, stage, {t.stage: done[t].manifest.content_digest for t in task.inputs}
                 )
                 key = key_of(prints)
                 existing, reason = _reusable(
-                    module, store, task, key, trusted, reporter, forced=task.stage in force_stages
+                    stage, store, task, key, trusted, reporter, forced=task.stage in force_stages
                 )
                 if existing is not None:
                     state = TaskState.up_to_date if existing.manifest.ok else TaskState.rejected

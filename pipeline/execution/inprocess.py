@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Mapping
+
+from pipeline.core.tools import ToolRunner
 from pipeline.execution.events import Emit
-from pipeline.execution.spec import StageLookup, TaskOutcome, TaskSpec, run_task
-from pipeline.stages import stage_module
+from pipeline.execution.spec import TaskOutcome, TaskSpec, run_task
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage
 
 
 class InProcessTaskRunner:
-    def __init__(self, modules: StageLookup = stage_module) -> None:
-        self.modules = modules
+    def __init__(self, stages: Mapping[str, Stage] = STAGES, *, tools: ToolRunner = subprocess.run) -> None:
+        self.stages = stages
+        self.tools = tools  # how stages run external tools (tests replace the process)
         self._next: TaskSpec | None = None
 
     def has_room(self) -> bool:
@@ -25,7 +31,7 @@ class InProcessTaskRunner:
     def wait(self, emit: Emit) -> list[TaskOutcome]:
         spec, self._next = self._next, None
         assert spec is not None, "nothing was started"
-        return [run_task(spec, emit, self.modules)]
+        return [run_task(spec, emit, self.stages, tools=self.tools)]
 
     def cancel(self) -> list[TaskSpec]:
         # A signal interrupts the running task itself: it comes back from wait() as interrupted.

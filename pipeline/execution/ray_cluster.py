@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,11 +26,12 @@ from pipeline.core.errors import ExitCode, InputError, Interrupted, MissingDepen
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.events import Emit, Event, ProgressAdvanced
 from pipeline.execution.resources import TaskResources, task_resources, unplaceable
-from pipeline.execution.spec import StageLookup, TaskOutcome, TaskSpec, run_task
+from pipeline.execution.spec import TaskOutcome, TaskSpec, run_task
 from pipeline.facts.config import PipelineConfig
 from pipeline.hub.client import SETTINGS_ENV
 from pipeline.planning.tasks import Task
-from pipeline.stages import stage_module
+from pipeline.stages import STAGES
+from pipeline.stages.base import Stage
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -186,14 +187,14 @@ class _QueueEmitter:
         self.sent = time.monotonic()
 
 
-def _run_on_node(spec: TaskSpec, queue: Any, modules: StageLookup) -> TaskOutcome:
+def _run_on_node(spec: TaskSpec, queue: Any, stages: Mapping[str, Stage]) -> TaskOutcome:
     """The Ray task: run_task on this node; the error, if any, in a form that crosses processes."""
     import ray
 
     node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:12]}"
     emit = _QueueEmitter(queue)
     try:
-        outcome = run_task(spec, emit, modules, node=node)
+        outcome = run_task(spec, emit, stages, node=node)
     finally:
         emit.flush()
     if outcome.error is not None:
@@ -204,11 +205,11 @@ def _run_on_node(spec: TaskSpec, queue: Any, modules: StageLookup) -> TaskOutcom
 class RayTaskRunner:
     """Starts each spec as a Ray task at once (Ray queues what does not fit yet)."""
 
-    def __init__(self, *, modules: StageLookup = stage_module, resources_of: ResourcesOf = task_resources):
+    def __init__(self, *, stages: Mapping[str, Stage] = STAGES, resources_of: ResourcesOf = task_resources):
         ray = _ray()
         from ray.util.queue import Queue
 
-        self.modules = modules
+        self.stages = stages
         self.resources_of = resources_of
         self._queue = Queue(actor_options={"num_cpus": 0})
         self._remote = ray.remote(_run_on_node)
@@ -242,7 +243,7 @@ class RayTaskRunner:
             resources=demand,
             max_retries=RETRIES,
             retry_exceptions=False,  # an error the stage raised is its answer; only a lost worker reruns
-        ).remote(spec, self._queue, self.modules)
+        ).remote(spec, self._queue, self.stages)
         self._running[ref] = (spec, resources, time.time())
 
     def wait(self, emit: Emit) -> list[TaskOutcome]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,12 +24,11 @@ from pipeline.core.errors import DiskSpaceError, Interrupted, PipelineError
 from pipeline.core.logfile import StageLogHandler
 from pipeline.core.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
 from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.core.tools import ToolRunner
 from pipeline.execution.events import Emit, EventReporter
 from pipeline.facts.config import PipelineConfig
 from pipeline.planning.tasks import Task
-from pipeline.stages.base import RunOptions, StageContext, StageModule
-
-StageLookup = Callable[[str], StageModule]
+from pipeline.stages.base import RunOptions, Stage, StageContext
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,35 @@ def _task_logger(task: Task, log_path: Path) -> tuple[logging.Logger, logging.Ha
     return logger, handler
 
 
-def run_task(spec: TaskSpec, emit: Emit, modules: StageLookup, *, node: str = "local") -> TaskOutcome:
+def run_task(
+    spec: TaskSpec,
+    emit: Emit,
+    stages: Mapping[str, Stage],
+    *,
+    node: str = "local",
+    tools: ToolRunner = subprocess.run,
+) -> TaskOutcome:
     """Run the spec's stage into a staged folder and commit it. A PipelineError (or an interrupt)
     comes back in the outcome; anything else is a bug and raises."""
     started = time.time()
     store = ArtifactStore(spec.work_dir)
     log_path = spec.log_path
     try:
-        artifact = _run(spec, store, log_path, EventReporter(spec.task.id, emit), modules(spec.task.stage))
+        artifact = _run(
+            spec, store, log_path, EventReporter(spec.task.id, emit), stages[spec.task.stage], tools
+        )
     except (PipelineError, Interrupted) as exc:
         return TaskOutcome(spec.task, spec.key, None, exc, started, time.time(), node, log_path)
     return TaskOutcome(spec.task, spec.key, artifact, None, started, time.time(), node, log_path)
 
 
 def _run(
-    spec: TaskSpec, store: ArtifactStore, log_path: Path, reporter: EventReporter, module: StageModule
+    spec: TaskSpec,
+    store: ArtifactStore,
+    log_path: Path,
+    reporter: EventReporter,
+    stage: Stage,
+    tools: ToolRunner,
 ) -> Artifact:
     task, key = spec.task, spec.key
     logger, handler = _task_logger(task, log_path)
@@ -112,10 +126,11 @@ def _run(
                 reporter=reporter,
                 options=spec.options,
                 trusted=spec.trusted,
+                tools=tools,
             )
             logger.info("running %s (key %s)", task.id, key)
             try:
-                outcome = module.run(ctx)
+                outcome = stage.run(ctx)
             except Exception as exc:  # a full disk, whichever writer hit it (safetensors has its own type)
                 written = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
                 slot = store.slot(task.stage, task.variant)

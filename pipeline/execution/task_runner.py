@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from pipeline.execution.events import Emit
 from pipeline.execution.spec import TaskOutcome, TaskSpec
+from pipeline.stages.base import Stage
 
 
 class TaskRunner(Protocol):
+    stages: Mapping[str, Stage]  # what each task runs as, by stage name
+
     def has_room(self) -> bool:
         """Whether another task may start now."""
         ...

@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from pipeline.core.reporter import ProgressUpdate
-from pipeline.execution.driver import TaskResult, TaskState
+from pipeline.execution.results import TaskResult, TaskState
 
 STATE_STYLE = {
     TaskState.up_to_date: "green",

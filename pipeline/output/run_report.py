@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import write_text_atomic
-from pipeline.execution.driver import RunReport, TaskResult, TaskState
+from pipeline.execution.results import RunReport, TaskResult, TaskState
 
 REPORT_VERSION = 1
 LOG_TAIL_LINES = 40

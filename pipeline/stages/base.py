@@ -1,44 +1,45 @@
-"""What every stage module provides, and what it is given when it runs.
+"""What a stage is, and what it is given when it runs.
 
-A stage module defines:
+A stage is a `Stage` subclass, listed once in `pipeline.stages.STAGES` (the registry the task
+graph, the driver and the dry run read). It sets
 
-    NAME: str                 the stage's name ("calibrate")
-    VERSION: int              bumped when the artifact's format or semantics change
-    TOOLS: tuple[str, ...]    distributions whose versions enter the artifact key
-    def config_section(config, task) -> dict   the config (and input-file digests) the output depends on
-    def run(ctx: StageContext) -> StageOutcome writes the artifact into ctx.out_dir
+    name        the stage's name ("calibrate")
+    version     bumped when the artifact's format or semantics change
+    tools       distributions whose versions enter the artifact key
 
-and, when its outputs also live outside the store (publish), optionally
+and defines `config_section(config, task)` (the config, and input-file digests, the output depends
+on) and `run(ctx)` (writes the artifact into ctx.out_dir). Two hooks do nothing unless a stage
+needs them:
 
-    def check_outputs(artifact, trusted) -> list[str]   what is wrong with them (empty: intact)
+    check_outputs(artifact, trusted)   what is wrong with its outputs outside the store (publish)
+    after_commit(config, store, task, artifact, reporter)
+                                       what it shares with other tasks (build: the engines/ link, the
+                                       shared timing cache)
 
-and, when it updates something many tasks share (build: the engines/ link, the shared timing
-cache), optionally
+after_commit runs in the driver only (never a worker), after the task's artifact was committed or
+found up to date (never after a failed or rejected one); it is the only place a stage may write
+something many tasks share. `run` writes only into ctx.out_dir (and its log): tasks may run at
+once, elsewhere. A PipelineError after_commit raises fails the task; the artifact stays committed.
 
-    def after_commit(config: PipelineConfig, store: ArtifactStore, task: Task, artifact: Artifact,
-                     reporter: Reporter) -> None
-
-run by the driver only (never a worker), after the task's artifact was committed or found up to
-date (never after a failed or rejected one); it is the only place a stage may write something many
-tasks share. `run` writes only into ctx.out_dir (and its log): tasks may run at once, elsewhere.
-A PipelineError it raises fails the task; the artifact stays committed.
-
-The executor does the rest: keys, verification, skipping, the manifest, the atomic rename.
+The driver does the rest: keys, verification, skipping, the manifest, the atomic rename.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from pipeline.core.manifest import StatKey
 from pipeline.core.reporter import Reporter
-from pipeline.core.store import Artifact
+from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.core.tools import ToolRunner
 from pipeline.facts.config import PipelineConfig, Precision, Profile
 from pipeline.planning.tasks import Task
 
@@ -66,6 +67,8 @@ class StageContext:
     known_sha256: dict[str, str] = field(default_factory=dict)
     # sha256 of the verified input files by stat key: a hard link to one of them is those bytes
     trusted: Mapping[StatKey, str] = field(default_factory=dict)
+    # How the stage runs external tools (pipeline.core.tools.run_tool's runner); tests replace the process.
+    tools: ToolRunner = subprocess.run
 
     @property
     def precision(self) -> Precision:
@@ -85,11 +88,25 @@ class StageOutcome:
     ok: bool = True  # False: the artifact is kept but downstream stages must not use it (failed gate)
 
 
-class StageModule(Protocol):
-    NAME: str
-    VERSION: int
-    TOOLS: tuple[str, ...]
+class Stage(ABC):
+    """One stage of the pipeline; see the module's docstring."""
 
+    name: ClassVar[str]
+    version: ClassVar[int]
+    tools: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
     def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]: ...
 
+    @abstractmethod
     def run(self, ctx: StageContext) -> StageOutcome: ...
+
+    def check_outputs(self, artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
+        """What is wrong with the stage's outputs outside the store (empty: intact, or none)."""
+        return []
+
+    def after_commit(
+        self, config: PipelineConfig, store: ArtifactStore, task: Task, artifact: Artifact, reporter: Reporter
+    ) -> None:
+        """What the stage shares with other tasks, written by the driver (nothing by default)."""
+        return None

@@ -50,7 +50,7 @@ from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.targets import TARGETS, Target
 from pipeline.planning.memory import ProfilePlan, find_architecture, plan_profile
 from pipeline.planning.tasks import ENGINE_STAGES, Task
-from pipeline.stages.base import RunOptions, StageContext, StageOutcome
+from pipeline.stages.base import RunOptions, Stage, StageContext, StageOutcome
 from pipeline.trtllm.argv import trtllm_build_argv
 from pipeline.trtllm.engine import (
     ENGINE_CONFIG,
@@ -70,9 +70,6 @@ from pipeline.trtllm.environment import (
 )
 from pipeline.trtllm.network import network_files
 
-NAME = "build"
-VERSION = 4
-TOOLS = ("tensorrt-llm", "tensorrt")
 ENGINE_DIR = "engine"
 NETWORK_DIR = "network"
 TIMING_CACHE = "timing.cache"  # the build's own output timing cache, in its artifact
@@ -93,35 +90,57 @@ class BuildRecord(BaseModel):
     plan: ProfilePlan
 
 
-def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    return {
-        "target": config.target.gpu,
-        "profile": config.profile(task.profile).model_dump(mode="json"),
-        "build": config.build.model_dump(mode="json"),
-        "kv_cache_dtype": config.quantization.kv_cache_dtype,
-    }
+class Build(Stage):
+    """One engine per precision and profile, after the memory plan proves the profile fits."""
 
+    name = "build"
+    version = 4
+    tools = ("tensorrt-llm", "tensorrt")
 
-def run(ctx: StageContext, *, runner: ToolRunner = subprocess.run) -> StageOutcome:
-    fetched = ctx.inputs["fetch"].path / "model"
-    checkpoint = ctx.inputs["calibrate"].path / "checkpoint"
-    plan = plan_profile(ctx.config, find_architecture(ctx.config, fetched), ctx.precision, ctx.profile.name)
-    ctx.log.info("plan: %s", plan.model_dump_json())
-    target = TARGETS[ctx.config.target.gpu]
-    engine_dir = ctx.out_dir / ENGINE_DIR
-    if target.is_gpu:
-        record = _build_trtllm_engine(ctx, checkpoint, engine_dir, plan, target, runner)
-    else:
-        if ctx.config.build.visualize:
-            ctx.reporter.warn(
-                f"{ctx.task.id}: build.visualize: cpu-reference has no TensorRT network to export"
+    def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
+        return {
+            "target": config.target.gpu,
+            "profile": config.profile(task.profile).model_dump(mode="json"),
+            "build": config.build.model_dump(mode="json"),
+            "kv_cache_dtype": config.quantization.kv_cache_dtype,
+        }
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        fetched = ctx.inputs["fetch"].path / "model"
+        checkpoint = ctx.inputs["calibrate"].path / "checkpoint"
+        plan = plan_profile(
+            ctx.config, find_architecture(ctx.config, fetched), ctx.precision, ctx.profile.name
+        )
+        ctx.log.info("plan: %s", plan.model_dump_json())
+        target = TARGETS[ctx.config.target.gpu]
+        engine_dir = ctx.out_dir / ENGINE_DIR
+        if target.is_gpu:
+            record = _build_trtllm_engine(ctx, checkpoint, engine_dir, plan, target)
+        else:
+            if ctx.config.build.visualize:
+                ctx.reporter.warn(
+                    f"{ctx.task.id}: build.visualize: cpu-reference has no TensorRT network to export"
+                )
+            record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
+        summary = (
+            f"{record.engine.runtime} engine: batch {plan.max_batch_size} x {plan.max_seq_len} tokens "
+            f"(plan fits {plan.largest_batch}), max_num_tokens {plan.max_num_tokens}"
+        )
+        return StageOutcome(summary=summary, record=record)
+
+    def after_commit(
+        self, config: PipelineConfig, store: ArtifactStore, task: Task, artifact: Artifact, reporter: Reporter
+    ) -> None:
+        """Link a served engine under engines/ and share the build's timing cache (see the module doc)."""
+        record = BuildRecord.model_validate(artifact.manifest.record)
+        if not record.plan.gather_context_logits:
+            _link_engine(config, store, task, artifact.path, reporter)
+        if record.timing_cache is not None:
+            target = TARGETS[config.target.gpu]
+            shared = timing_cache_path(
+                store.work_dir, config.model.name, target, record.engine.tensorrt_version
             )
-        record = _pack_reference_engine(ctx, checkpoint, engine_dir, plan)
-    summary = (
-        f"{record.engine.runtime} engine: batch {plan.max_batch_size} x {plan.max_seq_len} tokens "
-        f"(plan fits {plan.largest_batch}), max_num_tokens {plan.max_num_tokens}"
-    )
-    return StageOutcome(summary=summary, record=record)
+            _share_timing_cache(artifact.path / record.timing_cache, shared)
 
 
 # --- GPU targets: trtllm-build ----------------------------------------------------------------
@@ -155,12 +174,11 @@ def _build_trtllm_engine(
     engine_dir: Path,
     plan: ProfilePlan,
     target: Target,
-    runner: ToolRunner,
 ) -> BuildRecord:
     # One log per build, next to the task's log so it survives a failed build.
     build_log = ctx.log_path.with_name(ctx.log_path.stem + ".trtllm-build.log")
     build_log.unlink(missing_ok=True)
-    env = probe_environment(build_log, runner=runner)
+    env = probe_environment(build_log, runner=ctx.tools)
     _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
     visualize_dir = ctx.out_dir / NETWORK_DIR if ctx.config.build.visualize else None
     gpus = len(env.gpus)
@@ -178,7 +196,7 @@ def _build_trtllm_engine(
     )
     ctx.log.info("$ %s", shlex.join(argv))
     ctx.reporter.info(f"{ctx.task.id}: trtllm-build (log: {build_log})")
-    run_tool(argv, stage=ctx.task.stage, log_path=build_log, runner=runner)
+    run_tool(argv, stage=ctx.task.stage, log_path=build_log, runner=ctx.tools)
     check_built_engine(
         engine_dir, expected_build_config(ctx.profile, ctx.config.build, plan), stage=ctx.task.stage
     )
@@ -213,12 +231,12 @@ def _build_trtllm_engine(
 def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | None:
     """The model/ folder of the fetch artifact this config would use, if it is in the store already."""
     from pipeline.execution.driver import fingerprint, key_of
-    from pipeline.stages import stage_module
+    from pipeline.stages import STAGES
 
     fetch = Task("fetch")
     if not store.slot(fetch.stage, fetch.variant).is_dir():
         return None  # nothing fetched yet: no need to key the fetch task (and import its module)
-    key = key_of(fingerprint(config, fetch, stage_module(fetch.stage), {}))
+    key = key_of(fingerprint(config, fetch, STAGES[fetch.stage], {}))
     artifact = store.get(fetch.stage, fetch.variant, key)
     return artifact.path / "model" if artifact is not None else None
 
@@ -237,7 +255,8 @@ def preflight(
     (no TensorRT-LLM 1.2.1, no GPU of the target's SM, too little RAM or disk), so a run fails in
     seconds rather than after calibration. run() checks both again with the fetched config.json.
     check_host=False: the builds run on other hosts (a Ray cluster), which run() checks."""
-    from pipeline.execution.driver import TaskState, status
+    from pipeline.execution.driver import status
+    from pipeline.execution.results import TaskState
 
     builds = [t for t in tasks if t.stage in ENGINE_STAGES]
     if not builds:
@@ -253,7 +272,7 @@ def preflight(
     built = {r.task for r in status(config, store, tasks) if r.state is TaskState.up_to_date}
     if not force and all(t in built for t in builds):
         return  # every engine is built already and intact: this host need not be able to build
-    env = probe_environment(store.work_dir / "logs" / NAME / "preflight.log", runner=runner)
+    env = probe_environment(store.work_dir / "logs" / Build.name / "preflight.log", runner=runner)
     needs = build_needs(max(plans, key=lambda p: p.weight_bytes)) if plans else (0, 0)
     store.work_dir.mkdir(parents=True, exist_ok=True)
     _check_host(env, target, needs, store.work_dir, options)
@@ -333,19 +352,6 @@ def _pack_reference_engine(
 # --- after the commit (the driver): what builds share -------------------------------------------
 
 
-def after_commit(
-    config: PipelineConfig, store: ArtifactStore, task: Task, artifact: Artifact, reporter: Reporter
-) -> None:
-    """Link a served engine under engines/ and share the build's timing cache (see the module doc)."""
-    record = BuildRecord.model_validate(artifact.manifest.record)
-    if not record.plan.gather_context_logits:
-        _link_engine(config, store, task, artifact.path, reporter)
-    if record.timing_cache is not None:
-        target = TARGETS[config.target.gpu]
-        shared = timing_cache_path(store.work_dir, config.model.name, target, record.engine.tensorrt_version)
-        _share_timing_cache(artifact.path / record.timing_cache, shared)
-
-
 def _share_timing_cache(built: Path, shared: Path) -> None:
     """Copy a build's timing cache over the shared one (mtime kept), unless the shared one is as new:
     an up-to-date build's older cache never replaces what a later build wrote."""
@@ -377,8 +383,8 @@ def _link_engine(
         config.model.name, task.precision, config.target.gpu, task.profile
     )
     if link.exists() and not link.is_symlink():
-        raise StageError(NAME, f"{link} exists and is not a link; move it away")
-    owner = engine_link_owner(link, ArtifactStore(work_dir).slot(NAME, ()))
+        raise StageError(Build.name, f"{link} exists and is not a link; move it away")
+    owner = engine_link_owner(link, ArtifactStore(work_dir).slot(Build.name, ()))
     if owner is not None:
         reporter.warn(
             f"{task.id}: {link} points into {owner}, another work dir's store; not repointed "

@@ -15,11 +15,8 @@ from pipeline.core.gpu_memory import GpuStepMemory, gpu_step
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.formats import kv_cache_format, reads_calibration_data
 from pipeline.planning.tasks import Task
-from pipeline.stages.base import StageContext, StageOutcome
+from pipeline.stages.base import Stage, StageContext, StageOutcome
 
-NAME = "calibrate"
-VERSION = 1
-TOOLS = ("nvidia-modelopt", "torch", "transformers", "safetensors")
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -29,21 +26,53 @@ class CalibrateRecord(CalibrationRecord):
     gpu_memory: list[GpuStepMemory]
 
 
-def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    precision = Precision(task.precision)
-    kv = config.quantization.kv_cache_dtype
-    # The KV cache this precision really gets (fp8 always has its own).
-    section: dict[str, Any] = {
-        "precision": precision.value,
-        "kv_cache_dtype": kv_cache_format(precision, kv).name,
-    }
-    if reads_calibration_data(precision, kv):
-        calibration = config.calibration
-        section["calibration"] = calibration.model_dump(mode="json")
-        section["instruct"] = config.model.instruct
-        # The data's content, not its path, decides the output: an edited file reruns.
-        section["dataset_sha256"] = _sha256_or_none(calibration.dataset)
-    return section
+class Calibrate(Stage):
+    """The fetched model quantized by ModelOpt and exported as a verified TensorRT-LLM checkpoint, per precision."""
+
+    name = "calibrate"
+    version = 1
+    tools = ("nvidia-modelopt", "torch", "transformers", "safetensors")
+
+    def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
+        precision = Precision(task.precision)
+        kv = config.quantization.kv_cache_dtype
+        # The KV cache this precision really gets (fp8 always has its own).
+        section: dict[str, Any] = {
+            "precision": precision.value,
+            "kv_cache_dtype": kv_cache_format(precision, kv).name,
+        }
+        if reads_calibration_data(precision, kv):
+            calibration = config.calibration
+            section["calibration"] = calibration.model_dump(mode="json")
+            section["instruct"] = config.model.instruct
+            # The data's content, not its path, decides the output: an edited file reruns.
+            section["dataset_sha256"] = _sha256_or_none(calibration.dataset)
+        return section
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        from pipeline.calibration import export_checkpoint
+
+        memory: list[GpuStepMemory] = []
+        with gpu_step("calibration", memory, stage=self.name):
+            exported = export_checkpoint(
+                ctx.inputs["fetch"].path / "model",
+                ctx.precision,
+                ctx.config.calibration,
+                ctx.out_dir / CHECKPOINT_DIR,
+                reporter=ctx.reporter,
+                log=ctx.log,
+                instruct=ctx.config.model.instruct,
+                kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
+            )
+        record = CalibrateRecord(**exported.model_dump(), gpu_memory=memory)
+        run = record.calibration
+        data = f"{run.samples} samples x {run.seq_len} tokens" if run else "no calibration"
+        repaired = f", repaired {', '.join(r.field for r in record.repairs)}" if record.repairs else ""
+        summary = (
+            f"{record.quant_algo or record.export_dtype}, {data}, "
+            f"{record.calibration_s + record.export_s:.1f}s on {record.device}{repaired}"
+        )
+        return StageOutcome(summary=summary, record=record)
 
 
 def _sha256_or_none(path) -> str | None:
@@ -53,29 +82,3 @@ def _sha256_or_none(path) -> str | None:
         return sha256_file(path)
     except OSError:
         return None  # run() names the missing file
-
-
-def run(ctx: StageContext) -> StageOutcome:
-    from pipeline.calibration import export_checkpoint
-
-    memory: list[GpuStepMemory] = []
-    with gpu_step("calibration", memory, stage=NAME):
-        exported = export_checkpoint(
-            ctx.inputs["fetch"].path / "model",
-            ctx.precision,
-            ctx.config.calibration,
-            ctx.out_dir / CHECKPOINT_DIR,
-            reporter=ctx.reporter,
-            log=ctx.log,
-            instruct=ctx.config.model.instruct,
-            kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
-        )
-    record = CalibrateRecord(**exported.model_dump(), gpu_memory=memory)
-    run = record.calibration
-    data = f"{run.samples} samples x {run.seq_len} tokens" if run else "no calibration"
-    repaired = f", repaired {', '.join(r.field for r in record.repairs)}" if record.repairs else ""
-    summary = (
-        f"{record.quant_algo or record.export_dtype}, {data}, "
-        f"{record.calibration_s + record.export_s:.1f}s on {record.device}{repaired}"
-    )
-    return StageOutcome(summary=summary, record=record)

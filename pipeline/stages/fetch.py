@@ -27,11 +27,8 @@ from pipeline.facts.config import ModelSection, PipelineConfig
 from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
 from pipeline.hub.tiny_model import TRAIN_THREADS
 from pipeline.planning.tasks import Task
-from pipeline.stages.base import StageContext, StageOutcome
+from pipeline.stages.base import Stage, StageContext, StageOutcome
 
-NAME = "fetch"
-VERSION = 1
-TOOLS = ("huggingface-hub",)
 MODEL_DIR = "model"
 CHUNK = 8 * 1024 * 1024
 
@@ -54,53 +51,59 @@ class FetchRecord(BaseModel):
     files: tuple[FetchedFile, ...]
 
 
-def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    model = config.model
-    if model.source == "hub":
-        return {
-            "source": "hub",
-            "repo_id": model.repo_id,
-            "revision": model.revision,
-            "allow_patterns": list(model.allow_patterns),
-            "allow_pickle": model.allow_pickle,
-        }
-    if model.source == "local":
-        assert model.local_path is not None
-        return {
-            "source": "local",
-            "local_path": str(model.local_path),
-            "allow_patterns": list(model.allow_patterns),
-            "allow_pickle": model.allow_pickle,
-            "files": _stat_fingerprint(model.local_path, model),
-        }
-    return {
-        "source": "tiny",
-        "tiny_seed": model.tiny_seed,
-        "tiny_train_steps": model.tiny_train_steps,
-        "tiny_size": model.tiny_size,
-        "tiny_train_threads": TRAIN_THREADS,
-    }
+class Fetch(Stage):
+    """The model as a Hugging Face folder, from the hub, a local folder or the tiny generator."""
 
+    name = "fetch"
+    version = 1
+    tools = ("huggingface-hub",)
 
-def run(ctx: StageContext) -> StageOutcome:
-    model = ctx.config.model
-    out = ctx.out_dir / MODEL_DIR
-    out.mkdir()
-    if model.source == "hub":
-        record = _fetch_hub(ctx, out)
-        label = f"{model.repo_id}@{(record.commit or '')[:12]}"
-    elif model.source == "local":
-        record = _copy_local(ctx, out)
-        label = str(model.local_path)
-    else:
-        record = _generate_tiny(ctx, out)
-        label = f"tiny Mistral (seed {model.tiny_seed})"
-    refuse_remote_code(out / "config.json", allowed=model.trust_remote_code)
-    for f in record.files:
-        ctx.known_sha256[f"{MODEL_DIR}/{f.path}"] = f.sha256
-    size = sum(f.size for f in record.files)
-    amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
-    return StageOutcome(summary=f"{label}: {len(record.files)} files, {amount}", record=record)
+    def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
+        model = config.model
+        if model.source == "hub":
+            return {
+                "source": "hub",
+                "repo_id": model.repo_id,
+                "revision": model.revision,
+                "allow_patterns": list(model.allow_patterns),
+                "allow_pickle": model.allow_pickle,
+            }
+        if model.source == "local":
+            assert model.local_path is not None
+            return {
+                "source": "local",
+                "local_path": str(model.local_path),
+                "allow_patterns": list(model.allow_patterns),
+                "allow_pickle": model.allow_pickle,
+                "files": _stat_fingerprint(model.local_path, model),
+            }
+        return {
+            "source": "tiny",
+            "tiny_seed": model.tiny_seed,
+            "tiny_train_steps": model.tiny_train_steps,
+            "tiny_size": model.tiny_size,
+            "tiny_train_threads": TRAIN_THREADS,
+        }
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        model = ctx.config.model
+        out = ctx.out_dir / MODEL_DIR
+        out.mkdir()
+        if model.source == "hub":
+            record = _fetch_hub(ctx, out)
+            label = f"{model.repo_id}@{(record.commit or '')[:12]}"
+        elif model.source == "local":
+            record = _copy_local(ctx, out)
+            label = str(model.local_path)
+        else:
+            record = _generate_tiny(ctx, out)
+            label = f"tiny Mistral (seed {model.tiny_seed})"
+        refuse_remote_code(out / "config.json", allowed=model.trust_remote_code)
+        for f in record.files:
+            ctx.known_sha256[f"{MODEL_DIR}/{f.path}"] = f.sha256
+        size = sum(f.size for f in record.files)
+        amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+        return StageOutcome(summary=f"{label}: {len(record.files)} files, {amount}", record=record)
 
 
 def refuse_remote_code(config_json: Path, *, allowed: bool) -> None:

@@ -16,62 +16,65 @@ from typing import Any
 from pipeline.core.hashing import sha256_file
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.planning.tasks import Task
-from pipeline.stages.base import StageContext, StageOutcome
+from pipeline.stages.base import Stage, StageContext, StageOutcome
 
-NAME = "gate"
-VERSION = 3
-TOOLS = ("torch", "transformers", "tensorrt-llm")
 MODEL_DIR = "model"
 ENGINE_DIR = "engine"
 
 
-def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    gate = config.gate
-    files = {
-        "eval_dataset": gate.eval_dataset,
-        "prompts": gate.prompts,
-        "multiple_choice": gate.multiple_choice,
-    }
-    return {
-        "gate": gate.model_dump(mode="json", exclude={"thresholds", *files}),
-        # Only this precision's thresholds: tuning another precision's must not rerun this gate.
-        "thresholds": gate.thresholds[Precision(task.precision)].model_dump(mode="json"),
-        # The sets' contents, not where the checkout lies, decide the result.
-        "data_sha256": {
-            field: sha256_file(path) if path is not None and path.is_file() else None
-            for field, path in files.items()
-        },
-    }
+class Gate(Stage):
+    """The precision's gate engine against the unquantized model, then the served engine against the gate engine."""
 
+    name = "gate"
+    version = 3
+    tools = ("torch", "transformers", "tensorrt-llm")
 
-def run(ctx: StageContext) -> StageOutcome:
-    from transformers import AutoTokenizer
+    def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
+        gate = config.gate
+        files = {
+            "eval_dataset": gate.eval_dataset,
+            "prompts": gate.prompts,
+            "multiple_choice": gate.multiple_choice,
+        }
+        return {
+            "gate": gate.model_dump(mode="json", exclude={"thresholds", *files}),
+            # Only this precision's thresholds: tuning another precision's must not rerun this gate.
+            "thresholds": gate.thresholds[Precision(task.precision)].model_dump(mode="json"),
+            # The sets' contents, not where the checkout lies, decide the result.
+            "data_sha256": {
+                field: sha256_file(path) if path is not None and path.is_file() else None
+                for field, path in files.items()
+            },
+        }
 
-    from pipeline.gate import HuggingFaceModel, run_gate, write_reports
-    from pipeline.runners import limits_of, load_runner
-    from pipeline.trtllm.engine import read_engine_config
+    def run(self, ctx: StageContext) -> StageOutcome:
+        from transformers import AutoTokenizer
 
-    model_dir = ctx.inputs["fetch"].path / MODEL_DIR
-    gate_engine = ctx.inputs["gate_engine"].path / ENGINE_DIR
-    served = ctx.inputs["build"].path / ENGINE_DIR
-    batch = ctx.config.gate.batch_size
-    record = run_gate(
-        reference=lambda: HuggingFaceModel.load(model_dir),
-        # The runtime's batch (and on a GPU its KV cache) sized to the gate's batch, not the engine's.
-        candidate=lambda: load_runner(gate_engine, max_batch_size=batch),
-        served=lambda: load_runner(served, max_batch_size=batch),
-        tokenizer=AutoTokenizer.from_pretrained(model_dir),
-        settings=ctx.config.gate,
-        thresholds=ctx.config.gate.thresholds[ctx.precision],
-        limits=limits_of(read_engine_config(gate_engine), gate_engine),
-        served_limits=limits_of(read_engine_config(served), served),
-        precision=ctx.precision.value,
-        profile=ctx.profile.name,
-        reporter=ctx.reporter,
-    )
-    write_reports(ctx.out_dir, record)
-    for check in record.checks:
-        ctx.log.info(
-            "%s = %.6g (%s): %s", check.name, check.value, check.rule, "pass" if check.passed else "FAIL"
+        from pipeline.gate import HuggingFaceModel, run_gate, write_reports
+        from pipeline.runners import limits_of, load_runner
+        from pipeline.trtllm.engine import read_engine_config
+
+        model_dir = ctx.inputs["fetch"].path / MODEL_DIR
+        gate_engine = ctx.inputs["gate_engine"].path / ENGINE_DIR
+        served = ctx.inputs["build"].path / ENGINE_DIR
+        batch = ctx.config.gate.batch_size
+        record = run_gate(
+            reference=lambda: HuggingFaceModel.load(model_dir),
+            # The runtime's batch (and on a GPU its KV cache) sized to the gate's batch, not the engine's.
+            candidate=lambda: load_runner(gate_engine, max_batch_size=batch),
+            served=lambda: load_runner(served, max_batch_size=batch),
+            tokenizer=AutoTokenizer.from_pretrained(model_dir),
+            settings=ctx.config.gate,
+            thresholds=ctx.config.gate.thresholds[ctx.precision],
+            limits=limits_of(read_engine_config(gate_engine), gate_engine),
+            served_limits=limits_of(read_engine_config(served), served),
+            precision=ctx.precision.value,
+            profile=ctx.profile.name,
+            reporter=ctx.reporter,
         )
-    return StageOutcome(summary=record.summary, record=record, ok=record.verdict)
+        write_reports(ctx.out_dir, record)
+        for check in record.checks:
+            ctx.log.info(
+                "%s = %.6g (%s): %s", check.name, check.value, check.rule, "pass" if check.passed else "FAIL"
+            )
+        return StageOutcome(summary=record.summary, record=record, ok=record.verdict)

@@ -53,15 +53,12 @@ from pipeline.serving.repository import (
     client_batch_size,
     write_repository,
 )
-from pipeline.stages.base import StageContext, StageOutcome
+from pipeline.stages.base import Stage, StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
 from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info, supports_chunked_context
 
 M = TypeVar("M", bound=BaseModel)
 
-NAME = "publish"
-VERSION = 1
-TOOLS = ("tritonclient",)
 REPOSITORY_DIR = "repository"
 ENGINE_DIR = "engine"  # inside the build artifact
 GATE_REPORT = "gate.json"
@@ -87,14 +84,162 @@ class PublishRecord(BaseModel):
     version_stats: dict[str, StatRecord] = {}
 
 
-def config_section(config: PipelineConfig, task: Task) -> dict[str, Any]:
-    return {
-        "publish": config.publish.model_dump(mode="json"),
-        "target": config.target.gpu,
-        "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
-        # Templates and model code ship in the package: an edit republishes.
-        "serving_files": _serving_files_digest(),
-    }
+class Publish(Stage):
+    """A variant's Triton model repository, released as a new version under publish.destination."""
+
+    name = "publish"
+    version = 1
+    tools = ("tritonclient",)
+
+    def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
+        return {
+            "publish": config.publish.model_dump(mode="json"),
+            "target": config.target.gpu,
+            "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
+            # Templates and model code ship in the package: an edit republishes.
+            "serving_files": _serving_files_digest(),
+        }
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        config = ctx.config
+        fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
+        slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
+        check_destination(slot)
+        for artifact in (fetch, build, gate):
+            _require_intact(artifact)
+        gate_report = _check_gate(gate, ctx.task)
+        engine_dir = build.path / ENGINE_DIR
+        engine_config = read_engine_config(engine_dir)
+        limits = _validated(
+            EngineLimits,
+            engine_config["build_config"],
+            source=engine_dir / "config.json",
+            prefix="build_config.",
+            stage="the build",
+        )
+        engine_sha256 = _engine_files(build)
+        built = read_engine_info(engine_dir)
+        target = TARGETS[config.target.gpu]
+        container = serving_container(config.publish.container) if target.is_gpu else None
+        check_engine_fits(
+            str(engine_dir), built, engine_config.get("version"), target=target, container=container
+        )
+
+        decoupled = config.publish.decoupled
+        values = RepositoryValues(
+            triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
+            triton_backend="tensorrtllm" if target.is_gpu else "python",
+            # The C++ backend needs an absolute path (where the container mounts the release);
+            # the cpu-reference Python model resolves a relative one against the repository.
+            engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
+            tokenizer_dir=TOKENIZER_SUBDIR,
+            decoupled_mode=decoupled,
+            # The plan's KV budget assumes this fraction; serving with another voids its proof.
+            kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
+            max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
+            enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
+            # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
+            enable_chunked_context=config.publish.enable_chunked_context
+            and supports_chunked_context(engine_config),
+            preprocessing_instance_count=config.publish.preprocessing_instances,
+            postprocessing_instance_count=config.publish.postprocessing_instances,
+            bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
+        )
+        repository = ctx.out_dir / REPOSITORY_DIR
+        placed = write_repository(
+            repository,
+            values,
+            engine_dir=engine_dir,
+            engine_sha256=engine_sha256,
+            tokenizer_dir=fetch.path / "model",
+        )
+        shutil.copyfile(gate_report, repository / GATE_REPORT)
+        ctx.known_sha256.update({f"{REPOSITORY_DIR}/{rel}": sha for rel, sha in placed.items()})
+
+        fetched = _validated(
+            FetchRecord,
+            fetch.manifest.record,
+            source=fetch.path / "manifest.json",
+            prefix="record.",
+            stage="fetch",
+        )
+        release = ReleaseManifest(
+            model=ModelRef(
+                name=config.model.name,
+                source=config.model.source,
+                repo_id=fetched.repo_id or config.model.repo_id,
+                commit=fetched.commit,
+            ),
+            precision=ctx.precision.value,
+            profile=ctx.profile.name,
+            engine=EngineRef(
+                target=built.target,
+                sm=built.sm,
+                max_batch_size=limits.max_batch_size,
+                max_input_len=limits.max_input_len,
+                max_seq_len=limits.max_seq_len,
+                path=ENGINE_SUBDIR,
+            ),
+            versions=_versions(built),
+            serving=ServingRef(
+                serve_with=container.tag if container else CPU_SERVER,
+                triton_backend=values.triton_backend,
+                decoupled=values.decoupled_mode,
+                batching_strategy=values.batching_strategy,
+                kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
+                triton_max_batch_size=values.triton_max_batch_size,
+                gpt_model_path=values.engine_dir,
+                mount_path=config.publish.mount_path if target.is_gpu else None,
+            ),
+            gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
+            files=[f.entry() for f in list_files(repository, placed)],
+        )
+        (repository / RELEASE_MANIFEST).write_text(release.model_dump_json(indent=2) + "\n")
+        published = publish_release(
+            repository,
+            slot,
+            release.files,
+            lock_root=config.publish.destination,
+            trusted=ctx.trusted,
+            on_wait=lambda lock: ctx.reporter.info(
+                f"{ctx.task.id}: waiting for another publish holding {lock}"
+            ),
+        )
+        if published.tampered:
+            ctx.reporter.warn(
+                f"{ctx.task.id}: the version that was current at {slot} fails its {RELEASE_MANIFEST} "
+                f"({published.tampered[0]}); published a fresh version"
+            )
+        state = "new" if published.created else "unchanged, already current"
+        ctx.reporter.info(f"{ctx.task.id}: version {published.version} at {published.path} ({state})")
+        return StageOutcome(
+            summary=f"v{published.version} at {published.path} ({state})",
+            record=PublishRecord(
+                destination=str(slot),
+                version=published.version,
+                path=str(published.path),
+                created=published.created,
+                release=release,
+                version_stats=published.stats,
+            ),
+        )
+
+    def check_outputs(self, artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
+        """The version this artifact published, against its publish-manifest.json (and that manifest
+        against the artifact's own copy): what is wrong, one line each."""
+        try:
+            record = PublishRecord.model_validate(artifact.manifest.record)
+        except ValidationError:
+            return [f"{artifact.path / MANIFEST_NAME}: record is not a publish record"]
+        version = Path(record.path)
+        where = f"published version {record.version} at {version}"
+        check = check_version(version, trusted, record.version_stats)
+        if not check.ok:
+            return [f"{where}: {p}" for p in check.problems]
+        ours = artifact.path / REPOSITORY_DIR / RELEASE_MANIFEST
+        if not ours.is_file() or ours.read_bytes() != (version / RELEASE_MANIFEST).read_bytes():
+            return [f"{where}: modified: {RELEASE_MANIFEST}"]
+        return []
 
 
 def _serving_files_digest() -> str:
@@ -111,129 +256,6 @@ def _serving_files_digest() -> str:
 def variant_destination(config: PipelineConfig, precision: str, profile: str) -> Path:
     """The folder whose numbered versions (and `current`) hold one variant's repository."""
     return config.publish.destination / config.model.name / precision / profile
-
-
-def run(ctx: StageContext) -> StageOutcome:
-    config = ctx.config
-    fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
-    slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
-    check_destination(slot)
-    for artifact in (fetch, build, gate):
-        _require_intact(artifact)
-    gate_report = _check_gate(gate, ctx.task)
-    engine_dir = build.path / ENGINE_DIR
-    engine_config = read_engine_config(engine_dir)
-    limits = _validated(
-        EngineLimits,
-        engine_config["build_config"],
-        source=engine_dir / "config.json",
-        prefix="build_config.",
-        stage="the build",
-    )
-    engine_sha256 = _engine_files(build)
-    built = read_engine_info(engine_dir)
-    target = TARGETS[config.target.gpu]
-    container = serving_container(config.publish.container) if target.is_gpu else None
-    check_engine_fits(
-        str(engine_dir), built, engine_config.get("version"), target=target, container=container
-    )
-
-    decoupled = config.publish.decoupled
-    values = RepositoryValues(
-        triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
-        triton_backend="tensorrtllm" if target.is_gpu else "python",
-        # The C++ backend needs an absolute path (where the container mounts the release);
-        # the cpu-reference Python model resolves a relative one against the repository.
-        engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
-        tokenizer_dir=TOKENIZER_SUBDIR,
-        decoupled_mode=decoupled,
-        # The plan's KV budget assumes this fraction; serving with another voids its proof.
-        kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
-        max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
-        enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
-        # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
-        enable_chunked_context=config.publish.enable_chunked_context
-        and supports_chunked_context(engine_config),
-        preprocessing_instance_count=config.publish.preprocessing_instances,
-        postprocessing_instance_count=config.publish.postprocessing_instances,
-        bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
-    )
-    repository = ctx.out_dir / REPOSITORY_DIR
-    placed = write_repository(
-        repository,
-        values,
-        engine_dir=engine_dir,
-        engine_sha256=engine_sha256,
-        tokenizer_dir=fetch.path / "model",
-    )
-    shutil.copyfile(gate_report, repository / GATE_REPORT)
-    ctx.known_sha256.update({f"{REPOSITORY_DIR}/{rel}": sha for rel, sha in placed.items()})
-
-    fetched = _validated(
-        FetchRecord,
-        fetch.manifest.record,
-        source=fetch.path / "manifest.json",
-        prefix="record.",
-        stage="fetch",
-    )
-    release = ReleaseManifest(
-        model=ModelRef(
-            name=config.model.name,
-            source=config.model.source,
-            repo_id=fetched.repo_id or config.model.repo_id,
-            commit=fetched.commit,
-        ),
-        precision=ctx.precision.value,
-        profile=ctx.profile.name,
-        engine=EngineRef(
-            target=built.target,
-            sm=built.sm,
-            max_batch_size=limits.max_batch_size,
-            max_input_len=limits.max_input_len,
-            max_seq_len=limits.max_seq_len,
-            path=ENGINE_SUBDIR,
-        ),
-        versions=_versions(built),
-        serving=ServingRef(
-            serve_with=container.tag if container else CPU_SERVER,
-            triton_backend=values.triton_backend,
-            decoupled=values.decoupled_mode,
-            batching_strategy=values.batching_strategy,
-            kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
-            triton_max_batch_size=values.triton_max_batch_size,
-            gpt_model_path=values.engine_dir,
-            mount_path=config.publish.mount_path if target.is_gpu else None,
-        ),
-        gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
-        files=[f.entry() for f in list_files(repository, placed)],
-    )
-    (repository / RELEASE_MANIFEST).write_text(release.model_dump_json(indent=2) + "\n")
-    published = publish_release(
-        repository,
-        slot,
-        release.files,
-        lock_root=config.publish.destination,
-        trusted=ctx.trusted,
-        on_wait=lambda lock: ctx.reporter.info(f"{ctx.task.id}: waiting for another publish holding {lock}"),
-    )
-    if published.tampered:
-        ctx.reporter.warn(
-            f"{ctx.task.id}: the version that was current at {slot} fails its {RELEASE_MANIFEST} "
-            f"({published.tampered[0]}); published a fresh version"
-        )
-    state = "new" if published.created else "unchanged, already current"
-    ctx.reporter.info(f"{ctx.task.id}: version {published.version} at {published.path} ({state})")
-    return StageOutcome(
-        summary=f"v{published.version} at {published.path} ({state})",
-        record=PublishRecord(
-            destination=str(slot),
-            version=published.version,
-            path=str(published.path),
-            created=published.created,
-            release=release,
-            version_stats=published.stats,
-        ),
-    )
 
 
 def _check_gate(gate: Artifact, task: Task) -> Path:
@@ -275,24 +297,6 @@ def _engine_files(build: Artifact) -> dict[str, str]:
     """sha256 of every engine file (relative to engine/), from the (verified) build manifest."""
     prefix = f"{ENGINE_DIR}/"
     return {e.path[len(prefix) :]: e.sha256 for e in build.manifest.files if e.path.startswith(prefix)}
-
-
-def check_outputs(artifact: Artifact, trusted: Mapping[StatKey, str]) -> list[str]:
-    """The version this artifact published, against its publish-manifest.json (and that manifest
-    against the artifact's own copy): what is wrong, one line each."""
-    try:
-        record = PublishRecord.model_validate(artifact.manifest.record)
-    except ValidationError:
-        return [f"{artifact.path / MANIFEST_NAME}: record is not a publish record"]
-    version = Path(record.path)
-    where = f"published version {record.version} at {version}"
-    check = check_version(version, trusted, record.version_stats)
-    if not check.ok:
-        return [f"{where}: {p}" for p in check.problems]
-    ours = artifact.path / REPOSITORY_DIR / RELEASE_MANIFEST
-    if not ours.is_file() or ours.read_bytes() != (version / RELEASE_MANIFEST).read_bytes():
-        return [f"{where}: modified: {RELEASE_MANIFEST}"]
-    return []
 
 
 def _validated(model: type[M], data: Any, *, source: Path, prefix: str, stage: str) -> M:
