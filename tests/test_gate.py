@@ -20,6 +20,7 @@ from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.core.reporter import RecordingReporter
 from pipeline.facts.config import GateSection, Precision, _default_thresholds
+from pipeline.facts.layout import GATE_JSON
 from pipeline.gate import GateRecord, HuggingFaceModel, run_gate, write_reports
 from pipeline.gate.metrics import (
     greedy_match,
@@ -28,7 +29,7 @@ from pipeline.gate.metrics import (
     top1_agreement,
     window_stats,
 )
-from pipeline.gate.report import GATE_JSON, GateResult
+from pipeline.gate.report import GateResult
 from pipeline.gate.verdict import GateCheck
 from pipeline.runners import ReferenceRunner
 from pipeline.runtime import ReferenceModel, RuntimeLimits

@@ -40,9 +40,10 @@ from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import status, tool_version
 from pipeline.execution.results import TaskState
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
-from pipeline.gate.report import GATE_JSON, GateResult
+from pipeline.gate.report import GateResult
 from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.runners import limits_of, load_runner
@@ -50,9 +51,6 @@ from pipeline.runtime.limits import RuntimeLimits
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
 from pipeline.trtllm.engine import read_engine_config
-
-ENGINE_SUBDIR = "engine"
-MODEL_SUBDIR = "model"
 
 
 @dataclass(frozen=True)
@@ -96,13 +94,15 @@ def find_engines(
     for result in results:
         task = result.task
         if task.stage == "fetch" and result.state is TaskState.up_to_date and result.path is not None:
-            model_dir = result.path / MODEL_SUBDIR
+            model_dir = layout.model_dir(result.path)
         if task.stage != "build":
             continue
         assert task.precision is not None and task.profile is not None
         if result.state is TaskState.up_to_date and result.path is not None:
             gate_dir = gates.get((task.precision, task.profile))
-            engines.append(BuiltEngine(task.precision, task.profile, result.path / ENGINE_SUBDIR, gate_dir))
+            engines.append(
+                BuiltEngine(task.precision, task.profile, layout.engine_dir(result.path), gate_dir)
+            )
         else:
             why = f" ({result.reason})" if result.reason else ""
             skipped.append(f"the {task.precision}/{task.profile} engine is {result.state.value}{why}")
@@ -132,7 +132,7 @@ def read_engine_facts(engine_dir: Path) -> EngineFacts:
 def gate_figures(gate_dir: Path | None) -> GateFigures | None:
     if gate_dir is None:
         return None
-    path = gate_dir / GATE_JSON
+    path = gate_dir / layout.GATE_JSON
     try:
         record = GateResult.model_validate_json(path.read_text())
     except (OSError, ValueError) as exc:

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel
 
+from pipeline.core.atomic import TMP_PREFIX
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import is_kept, status
 from pipeline.execution.results import TaskResult, TaskState
 from pipeline.execution.scheduler import Schedule
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.container import SERVING_CONTAINER, serve_argv
 from pipeline.facts.targets import TARGETS
@@ -82,8 +84,6 @@ def _decisions(results: list[TaskResult], force_stages: frozenset[str]) -> dict[
 def _build_command(
     config: PipelineConfig, store: ArtifactStore, task: Task, keys: dict[Task, str], arch: ModelArch
 ) -> PlannedCommand:
-    from pipeline.stages.build import ENGINE_DIR, NETWORK_DIR, TIMING_CACHE, timing_cache_path
-    from pipeline.stages.calibrate import CHECKPOINT_DIR
     from pipeline.trtllm.argv import trtllm_build_argv
 
     calibrate = task.input("calibrate")
@@ -91,18 +91,18 @@ def _build_command(
     plan = plan_profile(config, arch, Precision(task.precision), task.profile)
     target = TARGETS[config.target.gpu]
     argv = trtllm_build_argv(
-        store.slot(calibrate.stage, calibrate.variant) / keys[calibrate] / CHECKPOINT_DIR,
-        out_dir / ENGINE_DIR,
+        layout.checkpoint_dir(store.slot(calibrate.stage, calibrate.variant) / keys[calibrate]),
+        layout.engine_dir(out_dir),
         config.profile(task.profile),
         config.build,
         plan,
-        timing_cache_path(store.work_dir, config.model.name, target, SERVING_CONTAINER.tensorrt),
-        out_dir / TIMING_CACHE,
+        layout.timing_cache_path(store.work_dir, config.model.name, target, SERVING_CONTAINER.tensorrt),
+        out_dir / layout.TIMING_CACHE,
         workers=config.build.workers or 1,
-        visualize_dir=out_dir / NETWORK_DIR if config.build.visualize else None,
+        visualize_dir=layout.network_dir(out_dir) if config.build.visualize else None,
     )
     notes = [
-        f"--output_dir: the run writes {out_dir.parent}/.tmp-{out_dir.name}-*/, renamed to {out_dir.name}/ when whole"
+        f"--output_dir: the run writes {out_dir.parent}/{TMP_PREFIX}{out_dir.name}-*/, renamed to {out_dir.name}/ when whole"
     ]
     if config.build.workers is None:
         notes.append("--workers: one per visible GPU on the build host (1 shown)")

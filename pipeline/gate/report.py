@@ -14,9 +14,8 @@ from pydantic import BaseModel
 
 from pipeline.core.atomic import write_text_atomic
 from pipeline.core.gpu_memory import GpuStepMemory
+from pipeline.facts.layout import GATE_JSON, GATE_MD, JUNIT_XML
 from pipeline.gate.verdict import GateCheck
-
-GATE_JSON, GATE_MD, JUNIT_XML = "gate.json", "gate.md", "junit.xml"
 
 
 class GateResult(BaseModel):

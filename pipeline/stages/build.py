@@ -46,6 +46,7 @@ from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.core.tools import ToolRunner, run_tool
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.targets import TARGETS, Target
 from pipeline.planning.memory import ProfilePlan, find_architecture, plan_profile
@@ -69,11 +70,6 @@ from pipeline.trtllm.environment import (
     require_build_host,
 )
 from pipeline.trtllm.network import network_files
-
-ENGINE_DIR = "engine"
-NETWORK_DIR = "network"
-TIMING_CACHE = "timing.cache"  # the build's own output timing cache, in its artifact
-ENGINES_ROOT = "engines"
 
 
 class BuildRecord(BaseModel):
@@ -106,14 +102,14 @@ class Build(Stage):
         }
 
     def run(self, ctx: StageContext) -> StageOutcome:
-        fetched = ctx.inputs["fetch"].path / "model"
-        checkpoint = ctx.inputs["calibrate"].path / "checkpoint"
+        fetched = layout.model_dir(ctx.inputs["fetch"].path)
+        checkpoint = layout.checkpoint_dir(ctx.inputs["calibrate"].path)
         plan = plan_profile(
             ctx.config, find_architecture(ctx.config, fetched), ctx.precision, ctx.profile.name
         )
         ctx.log.info("plan: %s", plan.model_dump_json())
         target = TARGETS[ctx.config.target.gpu]
-        engine_dir = ctx.out_dir / ENGINE_DIR
+        engine_dir = layout.engine_dir(ctx.out_dir)
         if target.is_gpu:
             record = _build_trtllm_engine(ctx, checkpoint, engine_dir, plan, target)
         else:
@@ -137,18 +133,13 @@ class Build(Stage):
             _link_engine(config, store, task, artifact.path, reporter)
         if record.timing_cache is not None:
             target = TARGETS[config.target.gpu]
-            shared = timing_cache_path(
+            shared = layout.timing_cache_path(
                 store.work_dir, config.model.name, target, record.engine.tensorrt_version
             )
             _share_timing_cache(artifact.path / record.timing_cache, shared)
 
 
 # --- GPU targets: trtllm-build ----------------------------------------------------------------
-
-
-def timing_cache_path(work_dir: Path, model: str, target: Target, tensorrt_version: str | None) -> Path:
-    # TensorRT refuses a timing cache from another GPU or TensorRT version: key it by both.
-    return work_dir / "timing-cache" / model / f"{target.name}-trt{tensorrt_version}.cache"
 
 
 def _check_host(
@@ -176,11 +167,11 @@ def _build_trtllm_engine(
     target: Target,
 ) -> BuildRecord:
     # One log per build, next to the task's log so it survives a failed build.
-    build_log = ctx.log_path.with_name(ctx.log_path.stem + ".trtllm-build.log")
+    build_log = ctx.log_path.with_name(f"{ctx.log_path.stem}.{layout.BUILD_LOG}")
     build_log.unlink(missing_ok=True)
     env = probe_environment(build_log, runner=ctx.tools)
     _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
-    visualize_dir = ctx.out_dir / NETWORK_DIR if ctx.config.build.visualize else None
+    visualize_dir = layout.network_dir(ctx.out_dir) if ctx.config.build.visualize else None
     gpus = len(env.gpus)
     argv = trtllm_build_argv(
         checkpoint,
@@ -188,8 +179,8 @@ def _build_trtllm_engine(
         ctx.profile,
         ctx.config.build,
         plan,
-        timing_cache_path(ctx.work_dir, ctx.config.model.name, target, env.tensorrt),
-        ctx.out_dir / TIMING_CACHE,
+        layout.timing_cache_path(ctx.work_dir, ctx.config.model.name, target, env.tensorrt),
+        ctx.out_dir / layout.TIMING_CACHE,
         workers=min(ctx.config.build.workers or gpus, gpus),  # trtllm-build caps it at the GPU count too
         visualize_dir=visualize_dir,
         executable=env.trtllm_build or "trtllm-build",
@@ -213,7 +204,7 @@ def _build_trtllm_engine(
         torch_version=env.torch,
     )
     write_engine_info(engine_dir, info)
-    shutil.copyfile(build_log, ctx.out_dir / "trtllm-build.log")
+    shutil.copyfile(build_log, ctx.out_dir / layout.BUILD_LOG)
     return BuildRecord(
         target=target.name,
         precision=ctx.precision.value,
@@ -222,7 +213,7 @@ def _build_trtllm_engine(
         engine=info,
         command=argv,
         # trtllm-build asserts it wrote the cache (builder.py build()); without it there is none to share
-        timing_cache=TIMING_CACHE if (ctx.out_dir / TIMING_CACHE).is_file() else None,
+        timing_cache=layout.TIMING_CACHE if (ctx.out_dir / layout.TIMING_CACHE).is_file() else None,
         network_files=[p.relative_to(ctx.out_dir).as_posix() for p in graph],
         plan=plan,
     )
@@ -238,7 +229,7 @@ def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | No
         return None  # nothing fetched yet: no need to key the fetch task (and import its module)
     key = key_of(fingerprint(config, fetch, STAGES[fetch.stage], {}))
     artifact = store.get(fetch.stage, fetch.variant, key)
-    return artifact.path / "model" if artifact is not None else None
+    return layout.model_dir(artifact.path) if artifact is not None else None
 
 
 def preflight(
@@ -272,7 +263,7 @@ def preflight(
     built = {r.task for r in status(config, store, tasks) if r.state is TaskState.up_to_date}
     if not force and all(t in built for t in builds):
         return  # every engine is built already and intact: this host need not be able to build
-    env = probe_environment(store.work_dir / "logs" / Build.name / "preflight.log", runner=runner)
+    env = probe_environment(store.log_path(Build.name, (), "preflight"), runner=runner)
     needs = build_needs(max(plans, key=lambda p: p.weight_bytes)) if plans else (0, 0)
     store.work_dir.mkdir(parents=True, exist_ok=True)
     _check_host(env, target, needs, store.work_dir, options)
@@ -293,7 +284,7 @@ def reference_engine_config(
 
 
 def _checkpoint_sha256(ctx: StageContext, name: str) -> str:
-    rel = f"checkpoint/{name}"
+    rel = f"{layout.CHECKPOINT}/{name}"
     entry = next((f for f in ctx.inputs["calibrate"].manifest.files if f.path == rel), None)
     if entry is None:
         raise InputError(
@@ -379,9 +370,7 @@ def _link_engine(
     """
     work_dir = store.work_dir.resolve()
     assert task.precision is not None and task.profile is not None, f"{task.id} is not a build"
-    link = (work_dir.parent / ENGINES_ROOT).joinpath(
-        config.model.name, task.precision, config.target.gpu, task.profile
-    )
+    link = layout.engine_link(work_dir, config.model.name, task.precision, config.target.gpu, task.profile)
     if link.exists() and not link.is_symlink():
         raise StageError(Build.name, f"{link} exists and is not a link; move it away")
     owner = engine_link_owner(link, ArtifactStore(work_dir).slot(Build.name, ()))

@@ -12,12 +12,11 @@ from typing import Any
 
 from pipeline.calibration.records import CalibrationRecord
 from pipeline.core.gpu_memory import GpuStepMemory, gpu_step
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.formats import kv_cache_format, reads_calibration_data
 from pipeline.planning.tasks import Task
 from pipeline.stages.base import Stage, StageContext, StageOutcome
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 class CalibrateRecord(CalibrationRecord):
@@ -55,10 +54,10 @@ class Calibrate(Stage):
         memory: list[GpuStepMemory] = []
         with gpu_step("calibration", memory, stage=self.name):
             exported = export_checkpoint(
-                ctx.inputs["fetch"].path / "model",
+                layout.model_dir(ctx.inputs["fetch"].path),
                 ctx.precision,
                 ctx.config.calibration,
-                ctx.out_dir / CHECKPOINT_DIR,
+                layout.checkpoint_dir(ctx.out_dir),
                 reporter=ctx.reporter,
                 log=ctx.log,
                 instruct=ctx.config.model.instruct,

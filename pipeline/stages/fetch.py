@@ -23,13 +23,13 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import FetchError, InputError
+from pipeline.facts import layout
 from pipeline.facts.config import ModelSection, PipelineConfig
 from pipeline.hub.selection import SAFETENSORS_INDEX, matches, select_model_files
 from pipeline.hub.tiny_model import TRAIN_THREADS
 from pipeline.planning.tasks import Task
 from pipeline.stages.base import Stage, StageContext, StageOutcome
 
-MODEL_DIR = "model"
 CHUNK = 8 * 1024 * 1024
 
 
@@ -87,7 +87,7 @@ class Fetch(Stage):
 
     def run(self, ctx: StageContext) -> StageOutcome:
         model = ctx.config.model
-        out = ctx.out_dir / MODEL_DIR
+        out = layout.model_dir(ctx.out_dir)
         out.mkdir()
         if model.source == "hub":
             record = _fetch_hub(ctx, out)
@@ -100,7 +100,7 @@ class Fetch(Stage):
             label = f"tiny Mistral (seed {model.tiny_seed})"
         refuse_remote_code(out / "config.json", allowed=model.trust_remote_code)
         for f in record.files:
-            ctx.known_sha256[f"{MODEL_DIR}/{f.path}"] = f.sha256
+            ctx.known_sha256[f"{layout.MODEL}/{f.path}"] = f.sha256
         size = sum(f.size for f in record.files)
         amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
         return StageOutcome(summary=f"{label}: {len(record.files)} files, {amount}", record=record)

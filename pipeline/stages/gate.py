@@ -14,12 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core.hashing import sha256_file
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.planning.tasks import Task
 from pipeline.stages.base import Stage, StageContext, StageOutcome
-
-MODEL_DIR = "model"
-ENGINE_DIR = "engine"
 
 
 class Gate(Stage):
@@ -54,9 +52,9 @@ class Gate(Stage):
         from pipeline.runners import limits_of, load_runner
         from pipeline.trtllm.engine import read_engine_config
 
-        model_dir = ctx.inputs["fetch"].path / MODEL_DIR
-        gate_engine = ctx.inputs["gate_engine"].path / ENGINE_DIR
-        served = ctx.inputs["build"].path / ENGINE_DIR
+        model_dir = layout.model_dir(ctx.inputs["fetch"].path)
+        gate_engine = layout.engine_dir(ctx.inputs["gate_engine"].path)
+        served = layout.engine_dir(ctx.inputs["build"].path)
         batch = ctx.config.gate.batch_size
         record = run_gate(
             reference=lambda: HuggingFaceModel.load(model_dir),

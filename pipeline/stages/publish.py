@@ -31,6 +31,7 @@ from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
 from pipeline.core.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
 from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import KV_FREE_FRACTION
@@ -58,10 +59,6 @@ from pipeline.stages.fetch import FetchRecord
 from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info, supports_chunked_context
 
 M = TypeVar("M", bound=BaseModel)
-
-REPOSITORY_DIR = "repository"
-ENGINE_DIR = "engine"  # inside the build artifact
-GATE_REPORT = "gate.json"
 
 
 class EngineLimits(BaseModel):
@@ -108,7 +105,7 @@ class Publish(Stage):
         for artifact in (fetch, build, gate):
             _require_intact(artifact)
         gate_report = _check_gate(gate, ctx.task)
-        engine_dir = build.path / ENGINE_DIR
+        engine_dir = layout.engine_dir(build.path)
         engine_config = read_engine_config(engine_dir)
         limits = _validated(
             EngineLimits,
@@ -145,21 +142,21 @@ class Publish(Stage):
             postprocessing_instance_count=config.publish.postprocessing_instances,
             bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
         )
-        repository = ctx.out_dir / REPOSITORY_DIR
+        repository = ctx.out_dir / layout.REPOSITORY
         placed = write_repository(
             repository,
             values,
             engine_dir=engine_dir,
             engine_sha256=engine_sha256,
-            tokenizer_dir=fetch.path / "model",
+            tokenizer_dir=layout.model_dir(fetch.path),
         )
-        shutil.copyfile(gate_report, repository / GATE_REPORT)
-        ctx.known_sha256.update({f"{REPOSITORY_DIR}/{rel}": sha for rel, sha in placed.items()})
+        shutil.copyfile(gate_report, repository / layout.GATE_JSON)
+        ctx.known_sha256.update({f"{layout.REPOSITORY}/{rel}": sha for rel, sha in placed.items()})
 
         fetched = _validated(
             FetchRecord,
             fetch.manifest.record,
-            source=fetch.path / "manifest.json",
+            source=fetch.path / MANIFEST_NAME,
             prefix="record.",
             stage="fetch",
         )
@@ -236,7 +233,7 @@ class Publish(Stage):
         check = check_version(version, trusted, record.version_stats)
         if not check.ok:
             return [f"{where}: {p}" for p in check.problems]
-        ours = artifact.path / REPOSITORY_DIR / RELEASE_MANIFEST
+        ours = artifact.path / layout.REPOSITORY / RELEASE_MANIFEST
         if not ours.is_file() or ours.read_bytes() != (version / RELEASE_MANIFEST).read_bytes():
             return [f"{where}: modified: {RELEASE_MANIFEST}"]
         return []
@@ -263,11 +260,13 @@ def _check_gate(gate: Artifact, task: Task) -> Path:
     if not gate.manifest.ok:
         raise GateFailedError(
             f"{task.id}: the accuracy gate did not pass ({gate.manifest.summary}); nothing published",
-            hint=f"see {gate.path / 'gate.md'}",
+            hint=f"see {gate.path / layout.GATE_MD}",
         )
-    report = gate.path / GATE_REPORT
+    report = gate.path / layout.GATE_JSON
     if not report.is_file():
-        raise InputError("gate artifact has no gate.json", path=gate.path, hint="rerun the gate (--force)")
+        raise InputError(
+            f"gate artifact has no {layout.GATE_JSON}", path=gate.path, hint="rerun the gate (--force)"
+        )
     return report
 
 
@@ -295,7 +294,7 @@ def _require_intact(artifact: Artifact) -> None:
 
 def _engine_files(build: Artifact) -> dict[str, str]:
     """sha256 of every engine file (relative to engine/), from the (verified) build manifest."""
-    prefix = f"{ENGINE_DIR}/"
+    prefix = f"{layout.ENGINE}/"
     return {e.path[len(prefix) :]: e.sha256 for e in build.manifest.files if e.path.startswith(prefix)}
 
 

@@ -1,0 +1,73 @@
+"""Where things lie inside the store's artifacts, and what the builds keep beside the work dir.
+
+The one place these names are spelled; stages write and read through the helpers, so a
+reader who has an artifact's path never rebuilds a folder name:
+
+    store/fetch/<key>/
+        model/                the Hugging Face folder (model_dir)
+    store/calibrate/<precision>/<key>/
+        checkpoint/           the TensorRT-LLM checkpoint (checkpoint_dir)
+    store/build/<precision>/<profile>/<key>/ (and store/gate_engine/<precision>/gate/<key>/)
+        engine/               the engine (engine_dir; the files in it: pipeline.trtllm.engine)
+        network/              --visualize_network's graph (network_dir)
+        timing.cache          the build's own TensorRT timing cache
+        trtllm-build.log      trtllm-build's output
+    store/gate/<precision>/<profile>/<key>/
+        gate.json, gate.md, junit.xml
+    store/publish/<precision>/<profile>/<key>/
+        repository/           the Triton model repository (the tree in it: pipeline.serving.repository)
+    <work dir>/timing-cache/<model>/<target>-trt<version>.cache   shared by the builds (timing_cache_path)
+    <work dir>/../engines/<model>/<precision>/<target>/<profile>  a link to a served build (engine_link)
+
+Every artifact's manifest.json is pipeline.core.manifest's; the store's own folders (store/,
+logs/) are pipeline.core.store's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.facts.targets import Target
+
+MODEL = "model"
+CHECKPOINT = "checkpoint"
+ENGINE = "engine"
+NETWORK = "network"
+TIMING_CACHE = "timing.cache"
+BUILD_LOG = "trtllm-build.log"
+GATE_JSON = "gate.json"
+GATE_MD = "gate.md"
+JUNIT_XML = "junit.xml"
+REPOSITORY = "repository"
+TIMING_CACHE_ROOT = "timing-cache"
+ENGINES_ROOT = "engines"
+
+
+def model_dir(fetch: Path) -> Path:
+    """The Hugging Face model folder of a fetch artifact."""
+    return fetch / MODEL
+
+
+def checkpoint_dir(calibrate: Path) -> Path:
+    """The TensorRT-LLM checkpoint of a calibrate artifact."""
+    return calibrate / CHECKPOINT
+
+
+def engine_dir(build: Path) -> Path:
+    """The engine folder of a build (or gate engine) artifact."""
+    return build / ENGINE
+
+
+def network_dir(build: Path) -> Path:
+    return build / NETWORK
+
+
+def timing_cache_path(work_dir: Path, model: str, target: Target, tensorrt_version: str | None) -> Path:
+    """The timing cache the builds of a model on a target share (pipeline.stages.build)."""
+    # TensorRT refuses a timing cache from another GPU or TensorRT version: key it by both.
+    return work_dir / TIMING_CACHE_ROOT / model / f"{target.name}-trt{tensorrt_version}.cache"
+
+
+def engine_link(work_dir: Path, model: str, precision: str, target: str, profile: str) -> Path:
+    """The engines/ link to a served engine's build artifact, beside the work dir."""
+    return (work_dir.parent / ENGINES_ROOT).joinpath(model, precision, target, profile)
