@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.facts.config import load_config
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 
 # hidden 1024, 13 layers, GQA 16/8 heads, FFN 2816, vocab of the tiny tokenizer: ~151M parameters.
 MEDIUM = {
@@ -45,7 +45,7 @@ def _medium_model(tiny_dir: Path, out: Path) -> Path:
     return out
 
 
-def _gate_seconds(model_dir: Path, checkpoint: Path, limits: RuntimeLimits) -> tuple[float, object]:
+def _gate_seconds(model_dir: Path, checkpoint: Path, limits: EngineLimits) -> tuple[float, object]:
     from transformers import AutoTokenizer
 
     from pipeline.core.reporter import RecordingReporter
@@ -97,7 +97,7 @@ def main() -> None:
 
     config = load_config(None)
     throughput = config.profile("throughput")
-    limits = RuntimeLimits(throughput.max_batch_size, throughput.max_input_len, throughput.max_seq_len)
+    limits = EngineLimits.of_profile(throughput)
     print(
         f"torch threads: {torch.get_num_threads()}; gate settings of the embedded default "
         f"({config.gate.eval_samples} windows, {len(Path(config.gate.prompts).read_text().splitlines())} prompts "

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.core.errors import InputError, MissingDependencyError
 from pipeline.facts.container import SERVING_CONTAINER
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 from pipeline.trtllm.engine import (
     BUILD_INFO,
     ENGINE_CONFIG,
@@ -39,7 +39,7 @@ NO_END_ID = -1
 
 
 class Runner(Protocol):
-    limits: RuntimeLimits
+    limits: EngineLimits
     engine_config: dict[str, Any]
 
     def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -63,19 +63,6 @@ class Runner(Protocol):
     ) -> list[list[int]]: ...
 
 
-def limits_of(engine_config: dict[str, Any], engine_dir: Path) -> RuntimeLimits:
-    """The profile's limits, from the engine's build_config (as TensorRT-LLM's runtime reads them)."""
-    build = engine_config["build_config"]
-    try:
-        return RuntimeLimits(
-            max_batch_size=int(build["max_batch_size"]),
-            max_input_len=int(build["max_input_len"]),
-            max_seq_len=int(build["max_seq_len"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"build_config lacks a valid {exc}", path=engine_dir / ENGINE_CONFIG) from None
-
-
 def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> Runner:
     """A runner for a build artifact's engine/ directory, enforcing the profile's limits.
 
@@ -84,7 +71,7 @@ def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> Runne
     """
     engine_config = read_engine_config(engine_dir)
     info = read_engine_info(engine_dir)
-    limits = limits_of(engine_config, engine_dir)
+    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
     if max_batch_size is not None:
         limits = replace(limits, max_batch_size=min(max_batch_size, limits.max_batch_size))
     if info.runtime == "cpu-reference":
@@ -102,7 +89,7 @@ class ReferenceRunner:
         self.engine_config = engine_config
 
     @classmethod
-    def load(cls, engine_dir: Path, engine_config: dict[str, Any], limits: RuntimeLimits) -> ReferenceRunner:
+    def load(cls, engine_dir: Path, engine_config: dict[str, Any], limits: EngineLimits) -> ReferenceRunner:
         from pipeline.runtime import ReferenceModel
         from pipeline.runtime.checkpoint import load_tensors, parse_checkpoint_config
         from pipeline.runtime.weights import build_weights
@@ -114,7 +101,7 @@ class ReferenceRunner:
         return cls(ReferenceModel(config, weights, limits), engine_config)
 
     @property
-    def limits(self) -> RuntimeLimits:
+    def limits(self) -> EngineLimits:
         return self.model.limits
 
     def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -152,7 +139,7 @@ def by_length(
 
 
 def runner_options(
-    engine_config: dict[str, Any], limits: RuntimeLimits, *, size_kv_cache_to_batch: bool
+    engine_config: dict[str, Any], limits: EngineLimits, *, size_kv_cache_to_batch: bool
 ) -> dict[str, Any]:
     """Keyword arguments of ModelRunnerCpp.from_dir (TensorRT-LLM 1.2.x) for this engine and these limits."""
     options: dict[str, Any] = {
@@ -188,7 +175,7 @@ class TensorRTRunner:
     """A TensorRT-LLM 1.2.1 engine through ModelRunnerCpp, with the reference runner's API."""
 
     def __init__(
-        self, runner: Any, engine_config: dict[str, Any], limits: RuntimeLimits, *, engine_dir: Path
+        self, runner: Any, engine_config: dict[str, Any], limits: EngineLimits, *, engine_dir: Path
     ) -> None:
         self._runner = runner
         self.engine_config = engine_config
@@ -201,7 +188,7 @@ class TensorRTRunner:
         engine_dir: Path,
         engine_config: dict[str, Any],
         info: EngineInfo,
-        limits: RuntimeLimits,
+        limits: EngineLimits,
         *,
         size_kv_cache_to_batch: bool = False,
     ) -> TensorRTRunner:

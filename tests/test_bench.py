@@ -26,7 +26,7 @@ from pipeline.bench.workload import BenchSettings, default_batch_sizes, plan_wor
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import RecordingReporter
 from pipeline.gate.verdict import GateCheck
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 
 MISTRAL_7B = {
     "architecture": "MistralForCausalLM",
@@ -82,7 +82,7 @@ def test_default_batch_sizes_double_up_to_the_profile_max():
 
 
 def test_workload_clamps_the_shape_to_the_profile_and_says_so():
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=96, max_seq_len=128)
+    limits = EngineLimits(max_batch_size=4, max_input_len=96, max_seq_len=128)
     workload = plan_workload(limits, BenchSettings(input_len=500, output_len=100, batch_sizes=(2, 4, 16)))
     assert workload.latency.input_len == 96
     assert workload.latency.output_len == 32  # 128 - 96
@@ -98,7 +98,7 @@ def test_every_planned_request_fits_its_profile():
     rng = random.Random(0)
     for _ in range(300):
         max_input_len = rng.randint(1, 400)
-        limits = RuntimeLimits(
+        limits = EngineLimits(
             max_batch_size=rng.randint(1, 70),
             max_input_len=max_input_len,
             max_seq_len=max_input_len + rng.randint(2, 300),
@@ -111,7 +111,7 @@ def test_every_planned_request_fits_its_profile():
 
 
 def test_workload_refuses_a_profile_with_no_room_for_two_tokens():
-    limits = RuntimeLimits(max_batch_size=1, max_input_len=10, max_seq_len=11)
+    limits = EngineLimits(max_batch_size=1, max_input_len=10, max_seq_len=11)
     with pytest.raises(InputError, match="room for 1 output token"):
         plan_workload(limits, BenchSettings(input_len=10))
 
@@ -138,7 +138,7 @@ class FakeClock:
 class FakeRunner:
     """The Runner protocol with a known cost model: prefill 10 ms per request, decode 2 + 0.5*batch ms/step."""
 
-    def __init__(self, limits: RuntimeLimits, clock: FakeClock, *, stream: bool = True) -> None:
+    def __init__(self, limits: EngineLimits, clock: FakeClock, *, stream: bool = True) -> None:
         self.limits = limits
         self.engine_config = {"pretrained_config": {"vocab_size": 512}}
         self.clock = clock
@@ -164,7 +164,7 @@ class FakeRunner:
 
 def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
     clock = FakeClock()
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=96)
+    limits = EngineLimits(max_batch_size=4, max_input_len=64, max_seq_len=96)
     runner = FakeRunner(limits, clock)
     settings = BenchSettings(input_len=32, output_len=11, latency_runs=3, warmup_runs=1)
     timings = measure_engine(
@@ -198,7 +198,7 @@ def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
 
 def test_harness_never_sends_a_prompt_beyond_max_input_len():
     clock = FakeClock()
-    limits = RuntimeLimits(max_batch_size=2, max_input_len=24, max_seq_len=40)
+    limits = EngineLimits(max_batch_size=2, max_input_len=24, max_seq_len=40)
     runner = FakeRunner(limits, clock)
     workload = plan_workload(limits, BenchSettings(input_len=4096, output_len=4096, latency_runs=1))
     measure_engine(runner, workload, seed=0, reporter=RecordingReporter(), label="x", clock=clock)
@@ -209,7 +209,7 @@ def test_harness_never_sends_a_prompt_beyond_max_input_len():
 
 def test_run_batch_checks_limits_before_sending():
     clock = FakeClock()
-    runner = FakeRunner(RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=16), clock)
+    runner = FakeRunner(EngineLimits(max_batch_size=2, max_input_len=8, max_seq_len=16), clock)
     with pytest.raises(InputError, match="max_input_len=8"):
         run_batch(runner, [[300] * 9], 4, clock)
     with pytest.raises(InputError, match="max_batch_size=2"):
@@ -219,7 +219,7 @@ def test_run_batch_checks_limits_before_sending():
 
 def test_latency_refuses_a_runner_that_does_not_stream():
     clock = FakeClock()
-    runner = FakeRunner(RuntimeLimits(2, 8, 16), clock, stream=False)
+    runner = FakeRunner(EngineLimits(2, 8, 16), clock, stream=False)
     with pytest.raises(StageError, match="streamed 0 tokens"):
         stream_one(runner, [300] * 4, 4, clock)
     assert run_batch(runner, [[300] * 4] * 2, 4, clock).output_tokens == 8  # batches need no streaming
@@ -313,7 +313,7 @@ def test_tensorrt_runner_copies_outputs_to_the_host_once_per_step():
 
     fake = FakeModelRunnerCpp(max_batch_size=4, max_input_len=16, max_seq_len=64)
     runner = TensorRTRunner(
-        fake, {"pretrained_config": {"vocab_size": 512}}, RuntimeLimits(4, 16, 64), engine_dir=Path("engine")
+        fake, {"pretrained_config": {"vocab_size": 512}}, EngineLimits(4, 16, 64), engine_dir=Path("engine")
     )
     prompts = [[5] * 4, [7] * 3, [9] * 2]
     expected = [[6, 7, 8, 9, 10], [8, 9, 10, 11, 12], [10, 11, 12, 13, 14]]
@@ -522,7 +522,7 @@ def test_ratios_are_taken_only_against_comparable_figures():
 
 def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
     clock = FakeClock()
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=32, max_seq_len=48)
+    limits = EngineLimits(max_batch_size=4, max_input_len=32, max_seq_len=48)
     timings = measure_engine(
         FakeRunner(limits, clock),
         plan_workload(limits, BenchSettings(input_len=64, output_len=8, latency_runs=2)),

@@ -927,7 +927,7 @@ def test_load_runner_needs_an_engine_dir(tmp_path):
     (tmp_path / "build_info.json").write_text(
         EngineInfo(runtime="cpu-reference", target="cpu-reference").model_dump_json()
     )
-    with pytest.raises(InputError, match="build_config lacks a valid 'max_batch_size'"):
+    with pytest.raises(InputError, match="build_config.max_batch_size: Field required"):
         load_runner(tmp_path)
     limits = {"max_batch_size": 1, "max_input_len": 8, "max_seq_len": 16}
     (tmp_path / "config.json").write_text(
@@ -1037,9 +1037,9 @@ class FakeModelRunnerCpp:
 
 def _trt_runner(fake: FakeModelRunnerCpp, tmp_path: Path):
     from pipeline.runners import TensorRTRunner
-    from pipeline.runtime.limits import RuntimeLimits
+    from pipeline.runtime.limits import EngineLimits
 
-    limits = RuntimeLimits(max_batch_size=fake.max_batch_size, max_input_len=64, max_seq_len=96)
+    limits = EngineLimits(max_batch_size=fake.max_batch_size, max_input_len=64, max_seq_len=96)
     return TensorRTRunner(fake, {"build_config": {}}, limits, engine_dir=tmp_path)
 
 
@@ -1078,9 +1078,9 @@ def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory
     import inspect
 
     from pipeline.runners import runner_options
-    from pipeline.runtime.limits import RuntimeLimits
+    from pipeline.runtime.limits import EngineLimits
 
-    limits = RuntimeLimits(max_batch_size=8, max_input_len=1024, max_seq_len=1088)
+    limits = EngineLimits(max_batch_size=8, max_input_len=1024, max_seq_len=1088)
     config = {"build_config": {"plugin_config": {"use_paged_context_fmha": True}}}
     gate = runner_options(config, limits, size_kv_cache_to_batch=True)
     inspect.signature(FakeModelRunnerCpp.from_dir).bind("engine", rank=0, **gate)  # names upstream takes

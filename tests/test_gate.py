@@ -32,11 +32,11 @@ from pipeline.gate.metrics import (
 from pipeline.gate.report import GateResult
 from pipeline.gate.verdict import GateCheck
 from pipeline.runners import ReferenceRunner
-from pipeline.runtime import ReferenceModel, RuntimeLimits
+from pipeline.runtime import EngineLimits, ReferenceModel
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parent.parent
-LIMITS = RuntimeLimits(max_batch_size=8, max_input_len=64, max_seq_len=96)
+LIMITS = EngineLimits(max_batch_size=8, max_input_len=64, max_seq_len=96)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def reference(tiny_model_dir: Path) -> MemoizedReference:
     return MemoizedReference(HuggingFaceModel.load(tiny_model_dir))
 
 
-def engine(checkpoint: Path, limits: RuntimeLimits = LIMITS) -> ReferenceRunner:
+def engine(checkpoint: Path, limits: EngineLimits = LIMITS) -> ReferenceRunner:
     """A checkpoint behind the runner API, as the build stage packs it for cpu-reference."""
     return ReferenceRunner(ReferenceModel.load(checkpoint, limits=limits), engine_config={})
 
@@ -289,7 +289,7 @@ def test_gate_scores_in_its_own_small_batch_whatever_the_engines_allow(
     tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings
 ):
     checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
-    wide = RuntimeLimits(max_batch_size=64, max_input_len=64, max_seq_len=96)  # a throughput engine
+    wide = EngineLimits(max_batch_size=64, max_input_len=64, max_seq_len=96)  # a throughput engine
     models = {role: Counting(engine(checkpoint, wide)) for role in ("candidate", "served")}
     counted_reference = Counting(reference)
     settings = gate_settings.model_copy(update={"batch_size": 3})
@@ -506,7 +506,7 @@ def test_bad_multiple_choice_records_are_refused_with_their_line(
 def test_windows_and_prompts_fit_the_engine_limits(tokenizer, gate_settings):
     from pipeline.gate.data import prepare_inputs
 
-    small = RuntimeLimits(max_batch_size=2, max_input_len=16, max_seq_len=20)
+    small = EngineLimits(max_batch_size=2, max_input_len=16, max_seq_len=20)
     inputs = prepare_inputs(gate_settings, tokenizer, small)
     assert {len(w) for w in inputs.windows} == {16}  # eval_seq_len 64 cut to max_input_len
     assert max(len(p) for p in inputs.prompts) <= 16

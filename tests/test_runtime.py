@@ -24,7 +24,7 @@ import torch
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.core.errors import InputError
-from pipeline.runtime import ReferenceModel, RuntimeLimits
+from pipeline.runtime import EngineLimits, ReferenceModel
 from pipeline.runtime.kvcache import KV_CODECS, KVCache
 from pipeline.runtime.linear import (
     Fp8Linear,
@@ -421,7 +421,7 @@ def test_end_id_stops_a_request_and_on_token_streams_in_order(fp16_model, eval_i
 )
 def test_limits_refuse_requests_an_engine_would_refuse(fp16_dir, prompts, new_tokens, limit):
     model = ReferenceModel.load(
-        fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
+        fp16_dir, limits=EngineLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
     )
     with pytest.raises(InputError, match=limit):
         model.generate(prompts, max_new_tokens=new_tokens)
@@ -429,7 +429,7 @@ def test_limits_refuse_requests_an_engine_would_refuse(fp16_dir, prompts, new_to
 
 def test_logits_respects_the_input_limits(fp16_dir):
     model = ReferenceModel.load(
-        fp16_dir, limits=RuntimeLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
+        fp16_dir, limits=EngineLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
     )
     assert model.logits(torch.ones(2, 8, dtype=torch.long)).shape[:2] == (2, 8)
     with pytest.raises(InputError, match="max_input_len=8"):

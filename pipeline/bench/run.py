@@ -14,7 +14,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,11 @@ from pipeline.facts.targets import TARGETS
 from pipeline.gate.report import GateResult
 from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks, select_tasks
-from pipeline.runners import limits_of, load_runner
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runners import load_runner
+from pipeline.runtime.limits import EngineLimits
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
-from pipeline.trtllm.engine import read_engine_config
+from pipeline.trtllm.engine import ENGINE_CONFIG, read_engine_config
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,13 @@ class EngineFacts:
     """What bench reads from an engine's config.json without loading the engine."""
 
     pretrained_config: dict[str, Any]
-    limits: RuntimeLimits
+    limits: EngineLimits
 
 
 def read_engine_facts(engine_dir: Path) -> EngineFacts:
     engine_config = read_engine_config(engine_dir)
-    return EngineFacts(engine_config["pretrained_config"], limits_of(engine_config, engine_dir))
+    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
+    return EngineFacts(engine_config["pretrained_config"], limits)
 
 
 def gate_figures(gate_dir: Path | None) -> GateFigures | None:
@@ -247,7 +248,7 @@ def variant_result(
     engine: BuiltEngine,
     measured: Measured,
     *,
-    limits: RuntimeLimits,
+    limits: EngineLimits,
     plan: PlanFigures,
     published: PublishedEstimate,
 ) -> VariantResult:
@@ -255,11 +256,7 @@ def variant_result(
         precision=engine.precision,
         profile=engine.profile,
         engine_dir=str(engine.engine_dir),
-        limits={
-            "max_batch_size": limits.max_batch_size,
-            "max_input_len": limits.max_input_len,
-            "max_seq_len": limits.max_seq_len,
-        },
+        limits=asdict(limits),
         adjustments=measured.workload.adjustments,
         latency=measured.latency,
         throughput=measured.throughput,

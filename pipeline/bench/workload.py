@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.core.errors import InputError
 
 if TYPE_CHECKING:
-    from pipeline.runtime.limits import RuntimeLimits
+    from pipeline.runtime.limits import EngineLimits
 
 
 class BenchSettings(BaseModel):
@@ -72,7 +72,7 @@ def default_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
     return (*sizes, max_batch_size)
 
 
-def plan_workload(limits: RuntimeLimits, settings: BenchSettings) -> Workload:
+def plan_workload(limits: EngineLimits, settings: BenchSettings) -> Workload:
     adjustments = []
     input_len = settings.input_len
     if input_len > limits.max_input_len:

@@ -35,7 +35,7 @@ from pipeline.gate.evaluate import (
 )
 from pipeline.gate.report import GateRecord, write_reports
 from pipeline.gate.verdict import checks_for
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 
 __all__ = ["GateRecord", "HuggingFaceModel", "run_gate", "write_reports"]
 
@@ -50,8 +50,8 @@ def run_gate(
     tokenizer: Any,
     settings: GateSection,
     thresholds: GateThresholds,
-    limits: RuntimeLimits,
-    served_limits: RuntimeLimits,
+    limits: EngineLimits,
+    served_limits: EngineLimits,
     precision: str,
     profile: str,
     reporter: Reporter,

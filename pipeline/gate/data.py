@@ -13,7 +13,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
 from pipeline.datasets.jsonl import load_texts
 from pipeline.facts.config import GateSection
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 
 
 class ChoiceRecord(BaseModel):
@@ -42,7 +42,7 @@ class GateInputs:
 
 
 def prepare_inputs(
-    settings: GateSection, tokenizer: Any, limits: RuntimeLimits, *, served: RuntimeLimits | None = None
+    settings: GateSection, tokenizer: Any, limits: EngineLimits, *, served: EngineLimits | None = None
 ) -> GateInputs:
     """Tokenize the configured sets; windows, prompts and choices are cut to fit `limits` (the scored
     engine's), prompts and their continuations the `served` engine's too."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.runtime.checkpoint import CheckpointConfig
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
     from pipeline.runtime.model import ReferenceModel
 
-__all__ = ["CheckpointConfig", "ReferenceModel", "RuntimeLimits"]
+__all__ = ["CheckpointConfig", "EngineLimits", "ReferenceModel"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,7 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.runtime.checkpoint import CheckpointConfig, load_tensors, read_checkpoint_config
 from pipeline.runtime.kvcache import KV_CODECS, KVCache
-from pipeline.runtime.limits import RuntimeLimits
+from pipeline.runtime.limits import EngineLimits
 from pipeline.runtime.sampling import TokenSampler
 from pipeline.runtime.weights import DecoderLayer, ModelWeights, build_weights
 
@@ -32,7 +32,7 @@ class ReferenceModel:
     """Runs a TensorRT-LLM checkpoint (every format of pipeline.facts.formats: fp16/bf16, W8A16,
     W8A8_SQ_PER_CHANNEL, W4A16_AWQ, FP8; INT8 and FP8 KV caches) with TensorRT-LLM's semantics."""
 
-    def __init__(self, config: CheckpointConfig, weights: ModelWeights, limits: RuntimeLimits | None) -> None:
+    def __init__(self, config: CheckpointConfig, weights: ModelWeights, limits: EngineLimits | None) -> None:
         self._config = config
         self._weights = weights
         self.limits = limits
@@ -44,7 +44,7 @@ class ReferenceModel:
         self._kv_scales = tuple(layer.kv_cache_scale for layer in weights.layers)
 
     @classmethod
-    def load(cls, checkpoint_dir: Path, *, limits: RuntimeLimits | None = None) -> ReferenceModel:
+    def load(cls, checkpoint_dir: Path, *, limits: EngineLimits | None = None) -> ReferenceModel:
         config = read_checkpoint_config(checkpoint_dir)
         weights = build_weights(load_tensors(checkpoint_dir), config, checkpoint_dir)
         return cls(config, weights, limits)

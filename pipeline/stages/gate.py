@@ -49,8 +49,8 @@ class Gate(Stage):
         from transformers import AutoTokenizer
 
         from pipeline.gate import HuggingFaceModel, run_gate, write_reports
-        from pipeline.runners import limits_of, load_runner
-        from pipeline.trtllm.engine import read_engine_config
+        from pipeline.runners import load_runner
+        from pipeline.trtllm.engine import read_engine_limits
 
         model_dir = layout.model_dir(ctx.inputs["fetch"].path)
         gate_engine = layout.engine_dir(ctx.inputs["gate_engine"].path)
@@ -64,8 +64,8 @@ class Gate(Stage):
             tokenizer=AutoTokenizer.from_pretrained(model_dir),
             settings=ctx.config.gate,
             thresholds=ctx.config.gate.thresholds[ctx.precision],
-            limits=limits_of(read_engine_config(gate_engine), gate_engine),
-            served_limits=limits_of(read_engine_config(served), served),
+            limits=read_engine_limits(gate_engine),
+            served_limits=read_engine_limits(served),
             precision=ctx.precision.value,
             profile=ctx.profile.name,
             reporter=ctx.reporter,

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
@@ -36,6 +37,7 @@ from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.planning.tasks import Task
+from pipeline.runtime.limits import EngineLimits
 from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
 from pipeline.serving.release import check_destination, check_version, publish_release
 from pipeline.serving.release_manifest import (
@@ -56,18 +58,15 @@ from pipeline.serving.repository import (
 )
 from pipeline.stages.base import Stage, StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
-from pipeline.trtllm.engine import EngineInfo, read_engine_config, read_engine_info, supports_chunked_context
+from pipeline.trtllm.engine import (
+    ENGINE_CONFIG,
+    EngineInfo,
+    read_engine_config,
+    read_engine_info,
+    supports_chunked_context,
+)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class EngineLimits(BaseModel):
-    """The build_config limits the serving config must agree with (other keys are the engine's business)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    max_batch_size: int
-    max_input_len: int
-    max_seq_len: int
 
 
 class PublishRecord(BaseModel):
@@ -107,13 +106,8 @@ class Publish(Stage):
         gate_report = _check_gate(gate, ctx.task)
         engine_dir = layout.engine_dir(build.path)
         engine_config = read_engine_config(engine_dir)
-        limits = _validated(
-            EngineLimits,
-            engine_config["build_config"],
-            source=engine_dir / "config.json",
-            prefix="build_config.",
-            stage="the build",
-        )
+        # What the serving config must agree with (the rest of build_config is the engine's business).
+        limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
         engine_sha256 = _engine_files(build)
         built = read_engine_info(engine_dir)
         target = TARGETS[config.target.gpu]
@@ -169,14 +163,7 @@ class Publish(Stage):
             ),
             precision=ctx.precision.value,
             profile=ctx.profile.name,
-            engine=EngineRef(
-                target=built.target,
-                sm=built.sm,
-                max_batch_size=limits.max_batch_size,
-                max_input_len=limits.max_input_len,
-                max_seq_len=limits.max_seq_len,
-                path=ENGINE_SUBDIR,
-            ),
+            engine=EngineRef(target=built.target, sm=built.sm, **asdict(limits), path=ENGINE_SUBDIR),
             versions=_versions(built),
             serving=ServingRef(
                 serve_with=container.tag if container else CPU_SERVER,

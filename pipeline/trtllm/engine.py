@@ -12,6 +12,7 @@ built it, so both are recorded next to it and checked by whoever loads it.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts.config import BuildSection, Profile
 from pipeline.planning.memory import ProfilePlan
+from pipeline.runtime.limits import EngineLimits
 
 ENGINE_CONFIG = "config.json"
 BUILD_INFO = "build_info.json"
@@ -42,9 +44,7 @@ class EngineInfo(BaseModel):
 def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePlan) -> dict[str, Any]:
     """The build_config keys an engine built for `profile` must carry (what trtllm_build_argv asks for)."""
     return {
-        "max_batch_size": profile.max_batch_size,
-        "max_input_len": profile.max_input_len,
-        "max_seq_len": profile.max_seq_len,
+        **asdict(EngineLimits.of_profile(profile)),  # what runtimes read back (EngineLimits.of_engine)
         "max_num_tokens": plan.max_num_tokens,
         "opt_num_tokens": profile.opt_num_tokens,
         "max_beam_width": 1,
@@ -64,7 +64,7 @@ def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePl
 
 # What a trtllm-build engine's config.json must agree on; plugin dtypes are resolved by TensorRT-LLM
 # ("auto" -> "float16"), so only the switches are compared.
-_CHECKED_KEYS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "gather_context_logits")
+_CHECKED_KEYS = (*(f.name for f in fields(EngineLimits)), "max_num_tokens", "gather_context_logits")
 _CHECKED_PLUGIN_KEYS = ("use_paged_context_fmha", "remove_input_padding", "multiple_profiles")
 
 
@@ -89,6 +89,11 @@ def read_engine_config(engine_dir: Path) -> dict[str, Any]:
         if not isinstance(data.get(key), dict):
             raise InputError(f"'{key}' is missing: not a TensorRT-LLM engine config", path=path)
     return data
+
+
+def read_engine_limits(engine_dir: Path) -> EngineLimits:
+    """The limits the engine in engine_dir was built with."""
+    return EngineLimits.of_engine(read_engine_config(engine_dir), source=engine_dir / ENGINE_CONFIG)
 
 
 def read_engine_info(engine_dir: Path) -> EngineInfo:
