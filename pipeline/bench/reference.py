@@ -15,7 +15,7 @@ from pipeline.bench.memory import MemoryReading
 from pipeline.bench.results import BatchRatio, PlanFigures, PublishedEstimate, Ratios, ThroughputPoint
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import ModelArch, plan_memory
+from pipeline.planning.memory import ModelArch, bytes_read_per_token, plan_memory
 
 PUBLISHED_TARGET = "a100-40gb"
 # Mistral 7B's shape (v0.1 to v0.3 share it; v0.3 only grows the vocabulary).
@@ -55,7 +55,7 @@ def plan_figures(config: PipelineConfig, arch: ModelArch, precision: str, profil
     bandwidth = target.bandwidth_gb_s * 1e9
     return PlanFigures(
         decode_ceiling_tokens_per_s=plan.decode_ceiling_tok_s,
-        bytes_read_per_token=round(bandwidth / plan.decode_ceiling_tok_s),
+        bytes_read_per_token=bytes_read_per_token(arch, plan.weight_bytes),
         kv_bytes_per_token=plan.kv_bytes_per_token,
         bandwidth_bytes_per_s=bandwidth,
         memory_estimate_bytes=plan.weight_bytes + plan.allowance_bytes + plan.kv_budget_bytes,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from pipeline.bench.results import BenchReport, VariantResult
 from pipeline.bench.stats import Percentiles
-from pipeline.core.atomic import write_text_atomic
+from pipeline.core.atomic import write_bytes_atomic, write_text_atomic
 
 JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"
@@ -274,13 +275,12 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def _save(plt, fig, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        tmp.replace(path)
+        fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, png.getvalue())
 
 
 def plot_throughput(report: BenchReport, path: Path) -> None:

@@ -1,7 +1,7 @@
 """Atomic writes: every file, folder and link appears whole or not at all.
 
 One home for the moves the store, the release and the build links make:
-- `write_text_atomic`: a unique temp file in the same folder, fsync, `os.replace`;
+- `write_text_atomic`, `write_bytes_atomic`: a unique temp file in the same folder, fsync, `os.replace`;
 - `copy_file_atomic`: the same for a copy of a file (a reader sees the old copy or the new, whole);
 - `staged_dir`: a fresh `.tmp-*` folder that is removed unless it was renamed into place;
 - `replace_dir`: rename a staged folder over a final name, the old one moved aside first and put
@@ -51,8 +51,17 @@ def _replacing(path: Path) -> Iterator[Path]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a unique temp file in the same folder, fsync, then os.replace."""
-    with _replacing(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
+    _write_atomic(path, text, "w")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """write_text_atomic for bytes."""
+    _write_atomic(path, data, "wb")
+
+
+def _write_atomic(path: Path, data: str | bytes, mode: Literal["w", "wb"]) -> None:
+    with _replacing(path) as tmp, open(tmp, mode) as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 

@@ -239,6 +239,12 @@ def scale_bytes(arch: ModelArch, fmt: WeightFormat) -> tuple[int, str]:
     return channels * size, f"{channels:,} x {size} B per-channel scales"
 
 
+def bytes_read_per_token(arch: ModelArch, weight_bytes: int) -> int:
+    """What generating one token reads besides its KV cache: every weight once, but of the
+    embedding table only the token's own row. The decode ceilings divide bandwidth by it."""
+    return weight_bytes - arch.embedding_params * UNQUANTIZED_BYTES + arch.hidden_size * UNQUANTIZED_BYTES
+
+
 def format_bytes(n: float) -> str:
     """GiB with two decimals; MiB below a tenth of a GiB (the tiny model's figures)."""
     return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 1024**2:.2f} MiB"
@@ -276,10 +282,7 @@ def plan_memory(
     needed = kv_per_token * profile.max_batch_size * profile.max_seq_len
     largest_batch = budget // (kv_per_token * profile.max_seq_len)
     largest_seq = budget // (kv_per_token * profile.max_batch_size)
-    # A generated token reads every weight once; of the embedding table, only its own row.
-    read_per_token = (
-        weights - arch.embedding_params * UNQUANTIZED_BYTES + arch.hidden_size * UNQUANTIZED_BYTES
-    )
+    read_per_token = bytes_read_per_token(arch, weights)
     bandwidth = target.bandwidth_gb_s * 1e9
     ceiling = bandwidth / read_per_token
     ceiling_long = bandwidth / (read_per_token + kv_per_token * profile.max_seq_len)
