@@ -48,10 +48,10 @@ def _medium_model(tiny_dir: Path, out: Path) -> Path:
 def _gate_seconds(model_dir: Path, checkpoint: Path, limits: EngineLimits) -> tuple[float, object]:
     from transformers import AutoTokenizer
 
+    from pipeline.backends.runners import ReferenceRunner
     from pipeline.core.reporter import RecordingReporter
     from pipeline.facts.config import Precision
     from pipeline.gate import HuggingFaceModel, run_gate
-    from pipeline.runners import ReferenceRunner
     from pipeline.runtime import ReferenceModel
 
     def engine() -> ReferenceRunner:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fake_stages import StandIn
 
+from pipeline.backends.trtllm_engine.engine import EngineInfo, write_engine_info
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import execute
@@ -23,7 +24,6 @@ from pipeline.facts.config import PipelineConfig, load_config
 from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.stages.base import StageOutcome
 from pipeline.stages.publish import Publish
-from pipeline.trtllm.engine import EngineInfo, write_engine_info
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_FILES = (

@@ -309,7 +309,7 @@ class FakeModelRunnerCpp:
 
 
 def test_tensorrt_runner_copies_outputs_to_the_host_once_per_step():
-    from pipeline.runners import NO_END_ID, TensorRTRunner
+    from pipeline.backends.runners import NO_END_ID, TensorRTRunner
 
     fake = FakeModelRunnerCpp(max_batch_size=4, max_input_len=16, max_seq_len=64)
     runner = TensorRTRunner(

@@ -22,6 +22,16 @@ import torch
 from fake_stages import StandIn
 from tiny_checkpoints import tiny_checkpoint
 
+from pipeline.backends.runners import ReferenceRunner, load_runner, runtime_mismatches
+from pipeline.backends.trtllm_engine.argv import trtllm_build_argv
+from pipeline.backends.trtllm_engine.engine import EngineInfo, supports_chunked_context
+from pipeline.backends.trtllm_engine.environment import (
+    BuildEnvironment,
+    GpuInfo,
+    preflight_problems,
+    probe_environment,
+)
+from pipeline.backends.trtllm_engine.network import network_files
 from pipeline.cli import main
 from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
 from pipeline.core.hashing import sha256_file
@@ -35,15 +45,10 @@ from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory, plan_profile
 from pipeline.planning.tasks import Task, plan_tasks, select_tasks
-from pipeline.runners import ReferenceRunner, load_runner, runtime_mismatches
 from pipeline.stages import build
 from pipeline.stages.base import RunOptions, Stage, StageContext, StageOutcome
 from pipeline.stages.build import Build
 from pipeline.stages.gate_engine import GateEngine
-from pipeline.trtllm.argv import trtllm_build_argv
-from pipeline.trtllm.engine import EngineInfo, supports_chunked_context
-from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, preflight_problems, probe_environment
-from pipeline.trtllm.network import network_files
 
 MISTRAL = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
 GIB = 1024**3
@@ -1036,7 +1041,7 @@ class FakeModelRunnerCpp:
 
 
 def _trt_runner(fake: FakeModelRunnerCpp, tmp_path: Path):
-    from pipeline.runners import TensorRTRunner
+    from pipeline.backends.runners import TensorRTRunner
     from pipeline.runtime.limits import EngineLimits
 
     limits = EngineLimits(max_batch_size=fake.max_batch_size, max_input_len=64, max_seq_len=96)
@@ -1077,7 +1082,7 @@ def test_tensorrt_runner_refuses_an_engine_without_context_logits_and_frees_its_
 def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory():
     import inspect
 
-    from pipeline.runners import runner_options
+    from pipeline.backends.runners import runner_options
     from pipeline.runtime.limits import EngineLimits
 
     limits = EngineLimits(max_batch_size=8, max_input_len=1024, max_seq_len=1088)

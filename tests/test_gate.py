@@ -18,6 +18,7 @@ import pytest
 import torch
 from tiny_checkpoints import tiny_checkpoint
 
+from pipeline.backends.runners import ReferenceRunner
 from pipeline.core.reporter import RecordingReporter
 from pipeline.facts.config import GateSection, Precision, _default_thresholds
 from pipeline.facts.layout import GATE_JSON
@@ -31,7 +32,6 @@ from pipeline.gate.metrics import (
 )
 from pipeline.gate.report import GateResult
 from pipeline.gate.verdict import GateCheck
-from pipeline.runners import ReferenceRunner
 from pipeline.runtime import EngineLimits, ReferenceModel
 
 torch.set_num_threads(2)

@@ -15,6 +15,7 @@ import pytest
 from fake_stages import RUNS, StandIn, fake_stages
 from test_build import A100, GIB, FakeTensorRTLLM, trtllm_build_parser
 
+from pipeline.backends.trtllm_engine.environment import GpuInfo
 from pipeline.cli import main
 from pipeline.commands.dryrun import plan_run
 from pipeline.commands.selftest import (
@@ -38,7 +39,6 @@ from pipeline.serving.release import CURRENT
 from pipeline.serving.server import TritonInstall
 from pipeline.serving.smoke import ROUTES, SmokeCheck
 from pipeline.stages.publish import variant_destination
-from pipeline.trtllm.environment import GpuInfo
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pipeline.backends.runners import Runner
 from pipeline.bench.results import LatencyResult, ThroughputPoint
 from pipeline.bench.stats import (
     RequestTimeline,
@@ -28,7 +29,6 @@ from pipeline.bench.stats import (
 from pipeline.bench.workload import Case, Workload, synthetic_prompts
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
-from pipeline.runners import Runner
 
 Clock = Callable[[], float]
 

@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pipeline.backends.runners import load_runner
+from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
 from pipeline.bench.harness import Clock, measure_engine
 from pipeline.bench.memory import MemoryReading, probe_for
 from pipeline.bench.reference import plan_figures, published_estimate, ratios
@@ -46,11 +48,9 @@ from pipeline.facts.targets import TARGETS
 from pipeline.gate.report import GateResult
 from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks, select_tasks
-from pipeline.runners import load_runner
 from pipeline.runtime.limits import EngineLimits
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
-from pipeline.trtllm.engine import ENGINE_CONFIG, read_engine_config
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from pipeline.backends.runners import NO_END_ID
 from pipeline.bench.harness import Clock, latency_result
 from pipeline.bench.results import LatencyResult, ServedPoint
 from pipeline.bench.stats import RequestTimeline, itl_percentiles, tokens_per_second, ttft_percentiles
 from pipeline.bench.workload import ServedCase, Workload, synthetic_prompts
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import Reporter
-from pipeline.runners import NO_END_ID
 
 ENSEMBLE = "ensemble"
 SERVED_SOURCE = (

@@ -2,7 +2,7 @@
 each external command (each `trtllm-build`; the server for each published version).
 
 It reads the task graph, the store (which artifacts exist) and the argv planners the stages use
-(`pipeline.trtllm.argv`, `pipeline.facts.container.serve_argv`), so what it shows is what the run would
+(`pipeline.backends.trtllm_engine.argv`, `pipeline.facts.container.serve_argv`), so what it shows is what the run would
 execute. It starts no process, probes no GPU and imports nothing heavy: it works on any host.
 Two things only the build host knows are shown as the run would choose them there, with a note:
 `--workers` (capped at the visible GPU count) and the TensorRT version in the timing cache's name
@@ -84,7 +84,7 @@ def _decisions(results: list[TaskResult], force_stages: frozenset[str]) -> dict[
 def _build_command(
     config: PipelineConfig, store: ArtifactStore, task: Task, keys: dict[Task, str], arch: ModelArch
 ) -> PlannedCommand:
-    from pipeline.trtllm.argv import trtllm_build_argv
+    from pipeline.backends.trtllm_engine.argv import trtllm_build_argv
 
     calibrate = task.input("calibrate")
     out_dir = store.slot(task.stage, task.variant) / keys[task]

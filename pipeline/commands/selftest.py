@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, PrivateAttr
 
+from pipeline.backends.trtllm_engine.environment import BuildEnvironment, GpuInfo, probe_environment
 from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import MissingDependencyError, PipelineError
 from pipeline.core.reporter import Reporter
@@ -41,7 +42,6 @@ from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.server import TritonInstall, TritonServer
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
-from pipeline.trtllm.environment import BuildEnvironment, GpuInfo, probe_environment
 
 if TYPE_CHECKING:
     from pipeline.serving.smoke import SmokeCheck

@@ -8,7 +8,7 @@ reader who has an artifact's path never rebuilds a folder name:
     store/calibrate/<precision>/<key>/
         checkpoint/           the TensorRT-LLM checkpoint (checkpoint_dir)
     store/build/<precision>/<profile>/<key>/ (and store/gate_engine/<precision>/gate/<key>/)
-        engine/               the engine (engine_dir; the files in it: pipeline.trtllm.engine)
+        engine/               the engine (engine_dir; the files in it: pipeline.backends.trtllm_engine.engine)
         network/              --visualize_network's graph (network_dir)
         timing.cache          the build's own TensorRT timing cache
         trtllm-build.log      trtllm-build's output

@@ -8,10 +8,10 @@ time, on the serving host). Publish refuses a mismatch instead.
 
 from __future__ import annotations
 
+from pipeline.backends.trtllm_engine.engine import EngineInfo
 from pipeline.core.errors import InputError
 from pipeline.facts.container import SERVING_CONTAINER, ServingContainer
 from pipeline.facts.targets import Target
-from pipeline.trtllm.engine import EngineInfo
 
 # The Triton TensorRT-LLM containers the pipeline knows the contents of.
 CONTAINERS = {c.tag: c for c in (SERVING_CONTAINER,)}

@@ -1,7 +1,7 @@
 """The build stage: one engine per precision x profile, after the memory plan proves the profile fits.
 
 GPU targets run TensorRT-LLM 1.2.1's `trtllm-build` in a child process (argv
-from `pipeline.trtllm.argv`), after a preflight of the host: TensorRT-LLM
+from `pipeline.backends.trtllm_engine.argv`), after a preflight of the host: TensorRT-LLM
 1.2.1 importable, a visible GPU of the target's SM, enough RAM and disk. The
 child process was chosen over the 1.2.1 LLM API because the build then frees
 its GPU and host memory for sure, its output lands in a log of its own, the
@@ -41,6 +41,24 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline import __version__
+from pipeline.backends.trtllm_engine.argv import trtllm_build_argv
+from pipeline.backends.trtllm_engine.engine import (
+    ENGINE_CONFIG,
+    REFERENCE_WEIGHTS,
+    EngineInfo,
+    check_built_engine,
+    expected_build_config,
+    write_engine_info,
+)
+from pipeline.backends.trtllm_engine.environment import (
+    BuildEnvironment,
+    build_needs,
+    host_resources,
+    preflight_problems,
+    probe_environment,
+    require_build_host,
+)
+from pipeline.backends.trtllm_engine.network import network_files
 from pipeline.core.atomic import copy_file_atomic, link_or_copy, swap_symlink
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import Reporter
@@ -52,24 +70,6 @@ from pipeline.facts.targets import TARGETS, Target
 from pipeline.planning.memory import ProfilePlan, find_architecture, plan_profile
 from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages.base import RunOptions, Stage, StageContext, StageOutcome
-from pipeline.trtllm.argv import trtllm_build_argv
-from pipeline.trtllm.engine import (
-    ENGINE_CONFIG,
-    REFERENCE_WEIGHTS,
-    EngineInfo,
-    check_built_engine,
-    expected_build_config,
-    write_engine_info,
-)
-from pipeline.trtllm.environment import (
-    BuildEnvironment,
-    build_needs,
-    host_resources,
-    preflight_problems,
-    probe_environment,
-    require_build_host,
-)
-from pipeline.trtllm.network import network_files
 
 
 class BuildRecord(BaseModel):
@@ -298,7 +298,7 @@ def _pack_reference_engine(
 ) -> BuildRecord:
     import torch
 
-    from pipeline.runners import load_runner
+    from pipeline.backends.runners import load_runner
 
     config_path = checkpoint / ENGINE_CONFIG
     try:

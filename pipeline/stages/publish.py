@@ -28,6 +28,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.backends.trtllm_engine.engine import (
+    ENGINE_CONFIG,
+    EngineInfo,
+    read_engine_config,
+    read_engine_info,
+    supports_chunked_context,
+)
 from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
 from pipeline.core.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
@@ -58,13 +65,6 @@ from pipeline.serving.repository import (
 )
 from pipeline.stages.base import Stage, StageContext, StageOutcome
 from pipeline.stages.fetch import FetchRecord
-from pipeline.trtllm.engine import (
-    ENGINE_CONFIG,
-    EngineInfo,
-    read_engine_config,
-    read_engine_info,
-    supports_chunked_context,
-)
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -74,7 +74,7 @@ class TritonPythonModel:
     def initialize(self, args):
         import torch
 
-        from pipeline.runners import NO_END_ID, load_runner
+        from pipeline.backends.runners import NO_END_ID, load_runner
 
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = model_config(args)

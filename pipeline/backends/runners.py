@@ -19,10 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.core.errors import InputError, MissingDependencyError
-from pipeline.facts.container import SERVING_CONTAINER
-from pipeline.runtime.limits import EngineLimits
-from pipeline.trtllm.engine import (
+from pipeline.backends.trtllm_engine.engine import (
     BUILD_INFO,
     ENGINE_CONFIG,
     EngineInfo,
@@ -30,6 +27,9 @@ from pipeline.trtllm.engine import (
     read_engine_info,
     supports_chunked_context,
 )
+from pipeline.core.errors import InputError, MissingDependencyError
+from pipeline.facts.container import SERVING_CONTAINER
+from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
     import torch
