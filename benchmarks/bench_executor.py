@@ -1,6 +1,6 @@
 """The demo's builds and gates, local executor vs Ray with 2 worker nodes: wall time and the ratio.
 
-The embedded tiny default (2 precisions x 2 profiles on cpu-reference): fetch and calibrate run once
+The embedded tiny default (2 precisions x 2 profiles on the CPU, reference backend): fetch and calibrate run once
 (work/bench-executor, reused), then every build, gate engine and gate is forced to run again, first one
 at a time in this process, then on a local Ray cluster (ray.cluster_utils.Cluster: a head that runs
 nothing and two nodes of one CPU each). Both runs must give the same keys. The ratio is bounded by the

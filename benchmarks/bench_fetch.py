@@ -92,7 +92,7 @@ def main() -> None:
             config = root / "bench.toml"
             config.write_text(
                 f'[model]\nname = "bench"\nsource = "hub"\nrepo_id = "{REPO_ID}"\nrevision = "{commit}"\n\n'
-                '[target]\ngpu = "cpu-reference"\n\n'
+                '[target]\ngpu = "cpu"\n\n'
                 '[[profiles]]\nname = "p"\nmax_batch_size = 1\nmax_input_len = 8\nmax_seq_len = 16\n'
             )
             pipeline_cli = [str(bin_dir / "trtllm-pipeline"), "fetch", "--config", str(config)]

@@ -2,7 +2,7 @@
 
 Runs the pipeline up to the gate for every format of pipeline/facts/formats.py (each
 precision with an FP16 KV cache, then the INT8-capable ones with an INT8 KV
-cache) on the embedded tiny default's throughput profile (cpu-reference), then
+cache) on the embedded tiny default's throughput profile (the reference backend), then
 `bench` over those engines. Artifacts stay in work/bench-formats/kv-<dtype>
 (a rerun reuses what is up to date; bench always measures again); each
 report goes to its work dir's reports/bench/. On a GPU host,
@@ -25,13 +25,16 @@ PROFILE = "throughput"
 
 
 def main() -> None:
+    from pipeline.backends import backend_of
     from pipeline.facts.config import load_config
-    from pipeline.facts.formats import FORMATS, unsupported_on
+    from pipeline.facts.formats import FORMATS
+    from pipeline.facts.targets import TARGETS
 
     os.chdir(REPO_ROOT)  # the embedded default's data paths resolve here
     base = load_config(None)
+    backend, target = backend_of(base), TARGETS[base.target.gpu]
     for kv in ("fp16", "int8"):
-        precisions = tuple(p for p in FORMATS if unsupported_on(p, kv, None) is None)
+        precisions = tuple(p for p in FORMATS if backend.format_problem(p, kv, target) is None)
         if kv != "fp16":  # a KV cache format of their own: the INT8 cache applies to the integer formats
             precisions = tuple(p for p in precisions if FORMATS[p].quant_algo and FORMATS[p].kv_cache is None)
         quantization = base.quantization.model_copy(update={"precisions": precisions, "kv_cache_dtype": kv})

@@ -48,7 +48,7 @@ def _medium_model(tiny_dir: Path, out: Path) -> Path:
 def _gate_seconds(model_dir: Path, checkpoint: Path, limits: EngineLimits) -> tuple[float, object]:
     from transformers import AutoTokenizer
 
-    from pipeline.backends.runners import ReferenceRunner
+    from pipeline.backends.reference import ReferenceRunner
     from pipeline.core.reporter import RecordingReporter
     from pipeline.facts.config import Precision
     from pipeline.gate import HuggingFaceModel, run_gate

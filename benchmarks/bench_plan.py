@@ -3,7 +3,7 @@
 1. The plan's arithmetic in process (the real job, every target), then `trtllm-pipeline plan`
    for the real job as a command (best of 5, start-up included).
 2. `trtllm-pipeline build --precision int8_wo` on the embedded tiny default in a temp work dir
-   (fetch, calibrate and two cpu-reference builds), then the same command again: it must run
+   (fetch, calibrate and two reference-backend builds), then the same command again: it must run
    nothing (every task up to date), and its wall time is printed.
 """
 
@@ -35,13 +35,13 @@ def _cli(*args: str, cwd: Path = REPO_ROOT) -> tuple[float, float, subprocess.Co
 
 
 def bench_plan() -> None:
+    from pipeline.backends import backend_of, targets_of
     from pipeline.facts.config import load_config
-    from pipeline.facts.targets import TARGETS
     from pipeline.planning.memory import find_architecture, plan_config
 
     config = load_config(REPO_ROOT / "pipeline.toml")
     arch = find_architecture(config)
-    targets = tuple(name for name, t in TARGETS.items() if t.is_gpu)
+    targets = tuple(t.name for t in targets_of(backend_of(config)))  # every GPU, for its engines
     rounds = 200
     t0 = time.perf_counter()
     for _ in range(rounds):
@@ -74,9 +74,7 @@ def bench_build_rerun() -> None:
         if done.returncode != 0:
             raise RuntimeError(f"first build exited {done.returncode}: {done.stderr.strip()[-500:]}")
         engines = [t for t in _tasks(work) if t["stage"] == "build" and t["state"] == "ran"]
-        print(
-            f"first build (tiny default: fetch, calibrate, {len(engines)} cpu-reference engines): {first:.1f}s"
-        )
+        print(f"first build (tiny default: fetch, calibrate, {len(engines)} reference engines): {first:.1f}s")
         again, again_cpu, done = _cli(*args)
         tasks = _tasks(work)
         redone = [t["task"] for t in tasks if t["state"] != "up to date"]

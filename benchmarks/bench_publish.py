@@ -38,9 +38,7 @@ def sample_release(files: list[FileEntry]) -> ReleaseManifest:
         model=ModelRef(name="bench", source="tiny", repo_id=None, commit=None),
         precision="int8_sq",
         profile="latency",
-        engine=EngineRef(
-            target="cpu-reference", sm=None, max_batch_size=1, max_input_len=1, max_seq_len=2, path="."
-        ),
+        engine=EngineRef(target="cpu", sm=None, max_batch_size=1, max_input_len=1, max_seq_len=2, path="."),
         versions={},
         serving=ServingRef(
             serve_with="bench",

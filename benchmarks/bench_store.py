@@ -4,7 +4,7 @@ pipeline.toml's 21 tasks (fetch, 2 calibrations, 6 builds, 6 gates, 6 publishes
 into a destination) with the stages' real keys (config sections, data-set and
 template digests) and the real publish release; the stages' work is replaced by
 writing sparse files of the real job's sizes: a 3-shard model (fetch) and a
-checkpoint per precision that each engine hard-links, as cpu-reference does.
+checkpoint per precision that each engine hard-links, as the reference backend does.
 Every byte is hashed once when written; after that each run stats every file
 of every artifact and published version against its manifest.
 

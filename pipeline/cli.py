@@ -205,7 +205,10 @@ def _run_stages(
         print(report_path.read_text())
     else:
         console.print(
-            results_table(f"trtllm-pipeline ({config.model.name} on {config.target.gpu})", report.results)
+            results_table(
+                f"trtllm-pipeline ({config.model.name} on {config.target.gpu}, {config.target.backend})",
+                report.results,
+            )
         )
         console.print(f"report: {report_path}")
     if report.error is not None:
@@ -234,7 +237,9 @@ def _print_dry_run(config, store, tasks, force_stages: frozenset[str], as_json: 
         print(dry.model_dump_json(indent=2))
         return
     console = _console()
-    console.print(f"dry run: {escape(config.model.name)} on {config.target.gpu}; nothing runs")
+    console.print(
+        f"dry run: {escape(config.model.name)} on {config.target.gpu} ({config.target.backend}); nothing runs"
+    )
     for task in dry.tasks:
         mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"
         console.print(f"{mark} {escape(task.id)}: {escape(task.reason)}")
@@ -740,6 +745,34 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(signum, old)
 
 
+@contextmanager
+def _config_deprecations_shown() -> Iterator[None]:
+    """A config that says something the old way still loads (the library warns with a
+    ConfigDeprecationWarning): each such warning is one WARNING line on stderr, every time.
+    Other warnings are shown as Python shows them."""
+    import warnings
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from pipeline.core.errors import ConfigDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ConfigDeprecationWarning)
+        python_shows = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if not issubclass(category, ConfigDeprecationWarning):
+                python_shows(message, category, filename, lineno, file, line)
+                return
+            Console(stderr=True, highlight=False).print(
+                f"[yellow]WARNING[/] {escape(str(message))}", soft_wrap=True
+            )
+
+        warnings.showwarning = show
+        yield
+
+
 def _machine_error(exc: OSError):
     """A write the machine refused (a full disk, a read-only or forbidden path) as a typed error; None
     for any other OSError, which stays a bug."""
@@ -761,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     _State.work_dir = None
     _State.argv = list(argv if argv is not None else sys.argv[1:])
     try:
-        with _signals_interrupt():
+        with _signals_interrupt(), _config_deprecations_shown():
             # Without standalone mode click returns a typer.Exit's code (bench --nsys: the child's), and
             # typer turns a KeyboardInterrupt it sees into the return value 130.
             code = app(args=_State.argv, prog_name="trtllm-pipeline", standalone_mode=False)

@@ -2,7 +2,7 @@
 
 They write exactly what the real stages leave for publish: fetch's model/ (tokenizer
 files), build's engine/ (config.json, weights, build_info.json), gate's gate.json.
-`engine_dir_for` makes a real cpu-reference engine folder from a checkpoint, for the
+`engine_dir_for` makes a real reference-backend engine folder from a checkpoint, for the
 tests that serve one.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fake_stages import StandIn
 
-from pipeline.backends.trtllm_engine.engine import EngineInfo, write_engine_info
+from pipeline.backends.base import EngineInfo, write_engine_info
 from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import execute
@@ -26,6 +26,9 @@ from pipeline.stages.base import StageOutcome
 from pipeline.stages.publish import Publish
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The embedded default's target lines (the CPU, reference backend), and the same config on an A100.
+CPU_TARGET = 'gpu = "cpu"\nbackend = "reference"'
+ON_A100 = {CPU_TARGET: 'gpu = "a100-40gb"\nbackend = "trtllm-engine"'}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -47,12 +50,12 @@ def config_with(tmp_path: Path, **replacements: str) -> PipelineConfig:
 
 
 def cpu_engine_info() -> EngineInfo:
-    return EngineInfo(runtime="cpu-reference", target="cpu-reference", torch_version="2.13.0")
+    return EngineInfo(backend="reference", target="cpu", torch_version="2.13.0")
 
 
 def a100_engine_info(**changes) -> EngineInfo:
     info = EngineInfo(
-        runtime="tensorrt-llm",
+        backend="trtllm-engine",
         target="a100-40gb",
         gpu_name="NVIDIA A100-SXM4-40GB",
         sm=80,
@@ -67,10 +70,10 @@ def write_engine(
     engine_dir: Path, *, pretrained: dict, limits: dict, info: EngineInfo, weights: Path | bytes
 ):
     engine_dir.mkdir(parents=True)
-    version = info.tensorrt_llm_version or "cpu-reference"
+    version = info.tensorrt_llm_version or "trtllm-pipeline (reference)"
     config = {"version": version, "pretrained_config": pretrained, "build_config": limits}
     (engine_dir / "config.json").write_text(json.dumps(config, indent=2))
-    name = "rank0.engine" if info.runtime == "tensorrt-llm" else "rank0.safetensors"
+    name = "rank0.engine" if info.backend == "trtllm-engine" else "rank0.safetensors"
     if isinstance(weights, Path):
         shutil.copyfile(weights, engine_dir / name)
     else:

@@ -309,7 +309,8 @@ class FakeModelRunnerCpp:
 
 
 def test_tensorrt_runner_copies_outputs_to_the_host_once_per_step():
-    from pipeline.backends.runners import NO_END_ID, TensorRTRunner
+    from pipeline.backends.base import NO_END_ID
+    from pipeline.backends.trtllm_engine.runner import TensorRTRunner
 
     fake = FakeModelRunnerCpp(max_batch_size=4, max_input_len=16, max_seq_len=64)
     runner = TensorRTRunner(
@@ -370,11 +371,11 @@ def test_rss_probe_says_when_it_could_not_reset(tmp_path):
 
 def test_gpu_probe_without_a_gpu_is_a_missing_dependency():
     pytest.importorskip("pynvml")
-    from pipeline.bench.memory import probe_for
+    from pipeline.backends import BACKENDS
     from pipeline.core.errors import MissingDependencyError
 
     try:
-        probe = probe_for(target_is_gpu=True)
+        probe = BACKENDS["trtllm-engine"].memory_probe(served=False)
     except MissingDependencyError as exc:
         assert "NVIDIA GPU and driver" in exc.message
     else:  # a GPU host: the probe reads the device
@@ -532,7 +533,7 @@ def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
         clock=clock,
     )
     memory = MemoryReading(measure="process_peak_rss", peak_bytes=3 << 30, source="peak RSS")
-    published = published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference")
+    published = published_estimate(pretrained_config={"vocab_size": 512}, target="cpu")
     return VariantResult(
         precision=precision,
         profile=profile,
@@ -584,12 +585,12 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     report = BenchReport(
         created_at=datetime(2026, 11, 26, tzinfo=timezone.utc),
         model="tiny-mistral",
-        target="cpu-reference",
-        runtime="cpu-reference (PyTorch)",
+        target="cpu",
+        runtime="reference (PyTorch)",
         host={"cpu": "test"},
         settings=BenchSettings(),
         variants=(sq, _variant("int8_wo", "latency", _plan(1e6)), awq),
-        published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu-reference"),
+        published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu"),
     )
     paths = write_bench_report(report, tmp_path / "out")
     data = json.loads(paths["json"].read_text())
@@ -703,7 +704,7 @@ def test_only_up_to_date_engines_are_benchmarked(tmp_path: Path, in_repo_root):
     changed = config.model_copy(
         update={"profiles": (latency.model_copy(update={"max_input_len": 160}), throughput)}
     )
-    with pytest.raises(InputError, match="no engine of tiny-mistral for cpu-reference") as info:
+    with pytest.raises(InputError, match="no engine of tiny-mistral for cpu") as info:
         find_engines(changed, store, reporter=RecordingReporter(), stages=stages)
     assert "trtllm-pipeline build" in info.value.hint
 
@@ -713,17 +714,17 @@ def test_bench_command_without_engines_exits_2_and_says_to_build(tmp_path, in_re
 
     assert main(["bench", "--work-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no engine of tiny-mistral for cpu-reference is built and up to date" in err
+    assert "no engine of tiny-mistral for cpu is built and up to date" in err
     assert "run `trtllm-pipeline build`" in err
     assert not (tmp_path / "reports").exists()
 
 
-# ---------------------------------------------------------------- end to end: cpu-reference engines
+# ---------------------------------------------------------------- end to end: reference engines
 
 
 @pytest.fixture(scope="module")
 def reference_engines(tmp_path_factory, tiny_model_dir):
-    """A store holding real cpu-reference engines (int8_wo, both profiles) built by the build stage,
+    """A store holding real reference-backend engines (int8_wo, both profiles) built by the build stage,
     and the real gate's verdict on the throughput one.
 
     fetch and calibrate are stand-ins that copy the tiny model and its checkpoint
@@ -819,7 +820,7 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert "gate.json" in throughput.gate.source
     assert {c.name for c in throughput.gate.checks} >= {"perplexity_increase_pct", "top1_agreement"}
     assert not report.published.applies and report.variants[0].ratios.decode_vs_published is None
-    assert report.runtime.startswith("cpu-reference") and report.host["torch_threads"] == "1"
+    assert report.runtime.startswith("reference") and report.host["torch_threads"] == "1"
 
     assert BenchReport.model_validate_json(paths["json"].read_text()) == report
     md = paths["markdown"].read_text()

@@ -1,5 +1,5 @@
 """The build stage: trtllm-build argv (contract), preflight, GPU builds against a stand-in trtllm-build
-process, the cpu-reference build end to end, engines/ links and the runners.
+process, the reference backend's build end to end, engines/ links and the runners.
 
 Contract tests replace only the TensorRT-LLM process (the probe's child Python and trtllm-build).
 They were checked against TensorRT-LLM 1.2.x sources: tensorrt_llm/commands/build.py
@@ -22,9 +22,11 @@ import torch
 from fake_stages import StandIn
 from tiny_checkpoints import tiny_checkpoint
 
-from pipeline.backends.runners import ReferenceRunner, load_runner, runtime_mismatches
+from pipeline.backends import load_runner
+from pipeline.backends.base import EngineInfo, read_engine_info
+from pipeline.backends.reference import ReferenceRunner
 from pipeline.backends.trtllm_engine.argv import trtllm_build_argv
-from pipeline.backends.trtllm_engine.engine import EngineInfo, supports_chunked_context
+from pipeline.backends.trtllm_engine.engine import supports_chunked_context
 from pipeline.backends.trtllm_engine.environment import (
     BuildEnvironment,
     GpuInfo,
@@ -32,6 +34,7 @@ from pipeline.backends.trtllm_engine.environment import (
     probe_environment,
 )
 from pipeline.backends.trtllm_engine.network import network_files
+from pipeline.backends.trtllm_engine.runner import runtime_mismatches
 from pipeline.cli import main
 from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, StageError, ToolFailedError
 from pipeline.core.hashing import sha256_file
@@ -311,14 +314,14 @@ def test_build_refuses_a_profile_that_does_not_fit_before_any_work(repo_root, tm
     assert not (tmp_path / "work" / "store").exists()
 
 
-def test_cpu_reference_build_refuses_a_profile_that_does_not_fit(repo_root, tmp_path, capsys):
+def test_reference_build_refuses_a_profile_that_does_not_fit(repo_root, tmp_path, capsys):
     text = (repo_root / "pipeline" / "defaults" / "tiny.toml").read_text()
     config = tmp_path / "tiny.toml"
     config.write_text(text.replace("max_batch_size = 8\n", "max_batch_size = 400000\n"))
     (tmp_path / "calib_data").symlink_to(repo_root / "calib_data")  # the config's data files exist
     assert main(["build", "--config", str(config), "--work-dir", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
-    assert "profiles[1]" in err and "'throughput' does not fit cpu-reference" in err
+    assert "profiles[1]" in err and "'throughput' does not fit cpu" in err
     assert not (tmp_path / "work" / "store").exists()
 
 
@@ -507,7 +510,7 @@ def test_contract_gpu_build_runs_trtllm_build_and_records_it(tmp_path):
         assert own.parent.name.startswith(f".tmp-{result.key}-") and own.name == "timing.cache"
         assert record["timing_cache"] == "timing.cache" and "timing.cache" in {f.path for f in manifest.files}
         assert record["engine"] == {
-            "runtime": "tensorrt-llm",
+            "backend": "trtllm-engine",
             "target": "a100-40gb",
             "gpu_name": "NVIDIA A100-SXM4-40GB",
             "sm": 80,
@@ -672,7 +675,7 @@ def test_a_gpu_build_writes_only_its_artifact_and_shares_through_after_commit(tm
     }
 
 
-def test_a_cpu_reference_build_writes_only_its_artifact_and_links_through_after_commit(
+def test_a_reference_build_writes_only_its_artifact_and_links_through_after_commit(
     tmp_path, tiny_model_dir, int8_wo_checkpoint
 ):
     watched = []
@@ -686,8 +689,7 @@ def test_a_cpu_reference_build_writes_only_its_artifact_and_links_through_after_
     build_watch = next(w for w in watched if w.name == "build")
     assert build_watch.by_run == [set(), set()]
     assert build_watch.by_after_commit == {
-        f"build[int8_wo/{p}]": {f"engines/tiny-mistral/int8_wo/cpu-reference/{p}"}
-        for p in ("latency", "throughput")
+        f"build[int8_wo/{p}]": {f"engines/tiny-mistral/int8_wo/cpu/{p}"} for p in ("latency", "throughput")
     }
 
 
@@ -786,7 +788,7 @@ def test_network_files_lists_what_was_written_and_refuses_nothing(tmp_path):
     assert network_files(tmp_path / "network") == [tmp_path / "network" / "rank0.onnx"]
 
 
-# --- cpu-reference: the tiny model end to end ------------------------------------------------------
+# --- the reference backend: the tiny model end to end ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -813,7 +815,7 @@ def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset(), wr
     return config, store, report
 
 
-def test_cpu_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkpoint):
+def test_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkpoint):
     config, store, report = _reference_build(tmp_path, tiny_model_dir, int8_wo_checkpoint)
     assert report.error is None, report.error
     latency, throughput = _builds(report)
@@ -828,8 +830,8 @@ def test_cpu_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkp
     manifest = store.get("build", latency.task.variant, latency.key).manifest
     weights = next(f for f in manifest.files if f.path == "engine/rank0.safetensors")
     assert weights.size == (int8_wo_checkpoint / "rank0.safetensors").stat().st_size
-    assert manifest.record["engine"]["runtime"] == "cpu-reference" and manifest.record["command"] == []
-    link = tmp_path / "engines" / "tiny-mistral" / "int8_wo" / "cpu-reference" / "latency"
+    assert manifest.record["engine"]["backend"] == "reference" and manifest.record["command"] == []
+    link = tmp_path / "engines" / "tiny-mistral" / "int8_wo" / "cpu" / "latency"
     assert link.resolve() == latency.path.resolve()
 
     runner = load_runner(engine)
@@ -893,7 +895,7 @@ def _link(work: Path, key: str, reporter: RecordingReporter) -> Path | None:
 def test_an_engines_link_belongs_to_one_work_dir(tmp_path):
     mine = tmp_path / "work-a" / "store" / "build" / "int8_sq" / "latency"
     link = _link(tmp_path / "work-a", "a" * 20, RecordingReporter())
-    assert link == tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "cpu-reference" / "latency"
+    assert link == tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "cpu" / "latency"
     assert link.resolve() == mine / ("a" * 20)
 
     other = RecordingReporter()
@@ -910,7 +912,7 @@ def test_an_engines_link_belongs_to_one_work_dir(tmp_path):
 
 def test_runner_refuses_another_tensorrt_or_gpu():
     info = EngineInfo(
-        runtime="tensorrt-llm", target="a100-40gb", gpu_name="A100", sm=80, tensorrt_version="10.14.1.48"
+        backend="trtllm-engine", target="a100-40gb", gpu_name="A100", sm=80, tensorrt_version="10.14.1.48"
     )
     assert runtime_mismatches(info, "10.14.1.48", [80]) == []
     assert (
@@ -922,15 +924,14 @@ def test_runner_refuses_another_tensorrt_or_gpu():
 
 
 def test_load_runner_needs_an_engine_dir(tmp_path):
+    # build_info.json first: it names the backend that reads the rest.
+    with pytest.raises(InputError, match="build_info.json is missing"):
+        load_runner(tmp_path)
+    (tmp_path / "build_info.json").write_text(EngineInfo(backend="reference", target="cpu").model_dump_json())
     with pytest.raises(InputError, match="no engine config.json"):
         load_runner(tmp_path)
     (tmp_path / "config.json").write_text(
         json.dumps({"version": "1", "pretrained_config": {}, "build_config": {}})
-    )
-    with pytest.raises(InputError, match="build_info.json is missing"):
-        load_runner(tmp_path)
-    (tmp_path / "build_info.json").write_text(
-        EngineInfo(runtime="cpu-reference", target="cpu-reference").model_dump_json()
     )
     with pytest.raises(InputError, match="build_config.max_batch_size: Field required"):
         load_runner(tmp_path)
@@ -939,10 +940,21 @@ def test_load_runner_needs_an_engine_dir(tmp_path):
         json.dumps({"version": "1", "pretrained_config": {}, "build_config": limits})
     )
     (tmp_path / "build_info.json").write_text(
-        EngineInfo(runtime="tensorrt-llm", target="a100-40gb").model_dump_json()
+        EngineInfo(backend="trtllm-engine", target="a100-40gb").model_dump_json()
     )
     with pytest.raises(MissingDependencyError, match="needs TensorRT-LLM 1.2.1"):
         load_runner(tmp_path)
+
+
+def test_build_info_from_before_backends_had_names_still_loads(tmp_path):
+    """Engines published before the backend seam record `runtime` and the CPU's old target name."""
+    for runtime, target, backend, now in (
+        ("cpu-reference", "cpu-reference", "reference", "cpu"),
+        ("tensorrt-llm", "a100-40gb", "trtllm-engine", "a100-40gb"),
+    ):
+        (tmp_path / "build_info.json").write_text(json.dumps({"runtime": runtime, "target": target}))
+        info = read_engine_info(tmp_path)
+        assert (info.backend, info.target) == (backend, now)
 
 
 # --- the TensorRT-LLM runner against a stand-in ModelRunnerCpp ---------------------------------------
@@ -1041,7 +1053,7 @@ class FakeModelRunnerCpp:
 
 
 def _trt_runner(fake: FakeModelRunnerCpp, tmp_path: Path):
-    from pipeline.backends.runners import TensorRTRunner
+    from pipeline.backends.trtllm_engine.runner import TensorRTRunner
     from pipeline.runtime.limits import EngineLimits
 
     limits = EngineLimits(max_batch_size=fake.max_batch_size, max_input_len=64, max_seq_len=96)
@@ -1082,7 +1094,7 @@ def test_tensorrt_runner_refuses_an_engine_without_context_logits_and_frees_its_
 def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory():
     import inspect
 
-    from pipeline.backends.runners import runner_options
+    from pipeline.backends.trtllm_engine.runner import runner_options
     from pipeline.runtime.limits import EngineLimits
 
     limits = EngineLimits(max_batch_size=8, max_input_len=1024, max_seq_len=1088)

@@ -614,7 +614,7 @@ name = "tiny-mistral"
 source = "tiny"
 instruct = true
 [target]
-gpu = "cpu-reference"
+gpu = "cpu"
 [quantization]
 precisions = ["int8_sq", "int8_wo"]
 [calibration]

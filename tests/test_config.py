@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigDeprecationWarning, ConfigError
 from pipeline.facts.config import Precision, load_config
 
 VALID = """
@@ -42,11 +42,11 @@ def test_valid_config_resolves_paths_against_its_folder(tmp_path):
 
 def test_embedded_default_and_real_job_are_valid(repo_root):
     tiny = load_config(None)
-    assert tiny.target.gpu == "cpu-reference" and tiny.model.source == "tiny"
+    assert (tiny.target.gpu, tiny.target.backend) == ("cpu", "reference") and tiny.model.source == "tiny"
     real = load_config(repo_root / "pipeline.toml")
     assert real.model.repo_id == "mistralai/Mistral-7B-Instruct-v0.3"
     assert real.model.revision_is_commit
-    assert real.target.gpu == "a100-40gb"
+    assert (real.target.gpu, real.target.backend) == ("a100-40gb", "trtllm-engine")
     assert {p.value for p in real.quantization.precisions} == {"int8_sq", "int8_wo"}
     assert {"latency", "throughput", "long-context"} <= {p.name for p in real.profiles}
     assert all(p.max_seq_len for p in real.profiles)
@@ -64,6 +64,21 @@ def test_embedded_default_and_real_job_are_valid(repo_root):
         ),
         (("max_input_len = 100", "max_input_len = 300"), "profiles[0]", "max_input_len (300) must be less"),
         (('gpu = "a100-40gb"', 'gpu = "a100-20gb"'), "target.gpu", "unknown target"),
+        (
+            ('gpu = "a100-40gb"', 'gpu = "a100-40gb"\nbackend = "tensorrt"'),
+            "target.backend",
+            "unknown backend",
+        ),
+        (
+            ('gpu = "a100-40gb"', 'gpu = "a100-40gb"\nbackend = "reference"'),
+            "target.backend",
+            "backend 'reference' cannot run on target 'a100-40gb'",
+        ),
+        (
+            ('gpu = "a100-40gb"', 'gpu = "cpu"\nbackend = "trtllm-engine"'),
+            "target.backend",
+            "backend 'trtllm-engine' cannot run on target 'cpu'",
+        ),
         (('repo_id = "org/model"\n', ""), "model", "needs repo_id"),
         (
             ('name = "latency"', 'name = "latency"\nopt_num_tokens = 64'),
@@ -90,6 +105,39 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2
     assert "Traceback" not in err
     assert f"{path}: target.colour: unknown key" in " ".join(err.split())
+
+
+def test_target_and_backend_change_independently_each_backend_defaulted_by_its_target(tmp_path):
+    for gpu, backend in (
+        ("a100-40gb", "trtllm-engine"),
+        ("h100-80gb", "trtllm-engine"),
+        ("cpu", "reference"),
+    ):
+        target = load_config(write(tmp_path, VALID.replace('gpu = "a100-40gb"', f'gpu = "{gpu}"'))).target
+        assert (target.gpu, target.backend) == (gpu, backend)
+    explicit = VALID.replace('gpu = "a100-40gb"', 'gpu = "l4"\nbackend = "trtllm-engine"')
+    assert load_config(write(tmp_path, explicit)).target.backend == "trtllm-engine"
+    without_section = VALID.replace('[target]\ngpu = "a100-40gb"\n', "")
+    assert load_config(write(tmp_path, without_section)).target.backend == "trtllm-engine"
+
+
+def test_a_backend_that_cannot_run_on_the_target_is_one_line_exit_2(tmp_path, capsys):
+    path = write(tmp_path, VALID.replace('gpu = "a100-40gb"', 'gpu = "a100-40gb"\nbackend = "reference"'))
+    assert main(["status", "--config", str(path), "--work-dir", str(tmp_path / "w")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{path}: target.backend: backend 'reference' cannot run on target 'a100-40gb'" in err
+    assert "Traceback" not in err
+
+
+def test_the_old_cpu_reference_target_still_loads_with_one_deprecation_line(tmp_path, capsys):
+    old = write(tmp_path, VALID.replace('gpu = "a100-40gb"', 'gpu = "cpu-reference"'))
+    with pytest.warns(ConfigDeprecationWarning, match='target.gpu = "cpu-reference" is deprecated'):
+        config = load_config(old)
+    assert (config.target.gpu, config.target.backend) == ("cpu", "reference")
+    assert main(["status", "--config", str(old), "--work-dir", str(tmp_path / "w")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1
+    assert 'WARNING target.gpu = "cpu-reference" is deprecated: it means gpu = "cpu" with backend =' in err
 
 
 def test_missing_config_file_is_exit_2(tmp_path, capsys):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_stages import RUNS, fake_stages
+from publish_upstream import ON_A100
 from test_build import trtllm_build_parser
 from test_store import config_with
 
@@ -150,14 +151,12 @@ def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
 def test_a_gpu_build_that_would_run_gets_the_argv_of_its_real_inputs(tmp_path):
     """Stand-in stages filled the store; the planned trtllm-build reads the calibrate artifact that exists."""
     stages = fake_stages()
-    gpu = config_with(tmp_path, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"'})
+    gpu = config_with(tmp_path, **ON_A100)
     store = ArtifactStore(tmp_path / "work")
     report = run_fake(gpu, store, stages=stages)
     calibrated = next(r.path for r in report.results if r.task.id == "calibrate[int8_sq]")
 
-    changed = config_with(
-        tmp_path, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"', "max_input_len = 96": "max_input_len = 64"}
-    )
+    changed = config_with(tmp_path, **ON_A100, **{"max_input_len = 96": "max_input_len = 64"})
     dry = plan_run(changed, store, plan_tasks(changed), find_architecture(changed), stages=stages)
     (command,) = next(t for t in dry.tasks if t.id == "build[int8_sq/throughput]").commands
     args = trtllm_build_parser().parse_args(command.argv[1:])
@@ -169,7 +168,7 @@ def test_a_gpu_build_that_would_run_gets_the_argv_of_its_real_inputs(tmp_path):
 def test_a_dry_run_refuses_what_the_run_would_refuse(tmp_path, capsys):
     config = tmp_path / "bad.toml"  # its data files resolve against tmp_path, where there are none
     config.write_text(
-        '[model]\nname = "m"\nsource = "tiny"\n[target]\ngpu = "cpu-reference"\n'
+        '[model]\nname = "m"\nsource = "tiny"\n[target]\ngpu = "cpu"\n'
         '[[profiles]]\nname = "p"\nmax_batch_size = 1\nmax_input_len = 8\nmax_seq_len = 16\n'
     )
     assert (

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from fake_stages import fake_stages
+from publish_upstream import CPU_TARGET
 from test_store import config_with
 
 from pipeline.core.reporter import RecordingReporter
@@ -87,7 +88,7 @@ def _config(tmp_path, gpu: str, precisions: str = '["int8_sq"]'):
     return config_with(
         tmp_path,
         **{
-            'gpu = "cpu-reference"': f'gpu = "{gpu}"',
+            CPU_TARGET: f'gpu = "{gpu}"\nbackend = "trtllm-engine"',
             'precisions = ["int8_sq", "int8_wo"]': f"precisions = {precisions}",
         },
     )

@@ -61,7 +61,7 @@ def big_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 def make_config(tmp_path: Path, **model: object) -> PipelineConfig:
     fields = {"name": "tiny", "source": "hub", "repo_id": REPO, **model}
     lines = ["[model]", *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
-    lines += ['[target]\ngpu = "cpu-reference"', "[[profiles]]", 'name = "p"', "max_batch_size = 1"]
+    lines += ['[target]\ngpu = "cpu"', "[[profiles]]", 'name = "p"', "max_batch_size = 1"]
     lines += ["max_input_len = 8", "max_seq_len = 16"]
     path = tmp_path / "pipeline.toml"
     path.write_text("\n".join(lines) + "\n")

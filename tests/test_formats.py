@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.backends import BACKENDS
 from pipeline.core.errors import ConfigError
 from pipeline.facts.config import _default_thresholds, parse_config
 from pipeline.facts.formats import (
@@ -15,7 +16,7 @@ from pipeline.facts.formats import (
     builds_paged_context_fmha,
     kv_cache_format,
     reads_calibration_data,
-    unsupported_on,
+    unsupported_on_sm,
 )
 from pipeline.facts.targets import TARGETS
 
@@ -46,15 +47,20 @@ def test_gate_defaults_come_from_the_rows_each_with_its_reason():
     assert "AWQ" in FORMATS[Precision.int4_awq].gate.reason and "FP8" in FORMATS[Precision.fp8].gate.reason
 
 
-def test_sm_limits_apply_to_gpus_and_the_cpu_reference_runs_every_format():
+def test_sm_limits_apply_to_engines_on_gpus_and_the_reference_backend_runs_every_format():
+    engine, reference = BACKENDS["trtllm-engine"], BACKENDS["reference"]
     for name in ("a100-40gb", "a100-80gb", "a10g"):
-        assert unsupported_on("fp8", "fp16", TARGETS[name].sm) == "fp8 needs sm89 or newer"
+        assert unsupported_on_sm("fp8", "fp16", TARGETS[name].sm) == "fp8 needs sm89 or newer"
+        assert engine.format_problem(Precision.fp8, "fp16", TARGETS[name]).startswith(
+            "fp8 needs sm89 or newer"
+        )
     for name in ("l4", "h100-80gb", "h200"):
-        assert unsupported_on("fp8", "fp16", TARGETS[name].sm) is None
+        assert unsupported_on_sm("fp8", "fp16", TARGETS[name].sm) is None
+        assert engine.format_problem(Precision.fp8, "fp16", TARGETS[name]) is None
     for precision in Precision:
-        assert unsupported_on(precision, "int8", TARGETS["cpu-reference"].sm) is None
-        assert unsupported_on(precision, "int8", 89) is None
-    assert unsupported_on("int4_awq", "int8", TARGETS["a100-40gb"].sm) is None
+        assert reference.format_problem(precision, "int8", TARGETS["cpu"]) is None
+        assert unsupported_on_sm(precision, "int8", 89) is None
+    assert unsupported_on_sm("int4_awq", "int8", TARGETS["a100-40gb"].sm) is None
 
 
 def test_fp8_brings_its_own_kv_cache_and_int8_kv_turns_paged_context_fmha_off():
@@ -95,6 +101,6 @@ def test_config_validation_reads_the_table():
     assert err.value.field == "quantization.precisions[1]" and "sm89" in str(err.value)
     assert _config("h100-80gb", '"int4_awq", "fp8"', "int8").quantization.precisions[1] is Precision.fp8
     every = ", ".join(f'"{p.value}"' for p in Precision)
-    assert len(_config("cpu-reference", every, "int8").quantization.precisions) == len(Precision)
+    assert len(_config("cpu", every, "int8").quantization.precisions) == len(Precision)
     with pytest.raises(ConfigError, match="quantization.kv_cache_dtype"):
-        _config("cpu-reference", '"int8_sq"', "fp8")  # fp8 KV comes only with the fp8 precision
+        _config("cpu", '"int8_sq"', "fp8")  # fp8 KV comes only with the fp8 precision

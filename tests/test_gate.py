@@ -18,7 +18,7 @@ import pytest
 import torch
 from tiny_checkpoints import tiny_checkpoint
 
-from pipeline.backends.runners import ReferenceRunner
+from pipeline.backends.reference import ReferenceRunner
 from pipeline.core.reporter import RecordingReporter
 from pipeline.facts.config import GateSection, Precision, _default_thresholds
 from pipeline.facts.layout import GATE_JSON
@@ -87,7 +87,7 @@ def reference(tiny_model_dir: Path) -> MemoizedReference:
 
 
 def engine(checkpoint: Path, limits: EngineLimits = LIMITS) -> ReferenceRunner:
-    """A checkpoint behind the runner API, as the build stage packs it for cpu-reference."""
+    """A checkpoint behind the runner API, as the reference backend's build packs it."""
     return ReferenceRunner(ReferenceModel.load(checkpoint, limits=limits), engine_config={})
 
 
@@ -513,7 +513,7 @@ def test_windows_and_prompts_fit_the_engine_limits(tokenizer, gate_settings):
     assert inputs.max_new_tokens == 20 - max(len(p) for p in inputs.prompts)
 
 
-# --- the stage, through the CLI: fetch (local) -> calibrate -> build (cpu-reference) -> gate ------------
+# --- the stage, through the CLI: fetch (local) -> calibrate -> build (reference) -> gate ------------
 
 
 def _pipeline_config(path: Path, model_dir: Path, prompts: Path, thresholds: str = "") -> Path:
@@ -525,7 +525,7 @@ source = "local"
 local_path = "{model_dir}"
 
 [target]
-gpu = "cpu-reference"
+gpu = "cpu"
 
 [quantization]
 precisions = ["int8_sq"]
@@ -576,7 +576,7 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
     (gate_engine,) = (work / "store" / "gate_engine" / "int8_sq" / "gate").glob("*/manifest.json")
     record = Manifest.model_validate_json(gate_engine.read_text()).record
     assert record["plan"]["gather_context_logits"]
-    engines = tmp_path / "engines" / "tiny" / "int8_sq" / "cpu-reference"
+    engines = tmp_path / "engines" / "tiny" / "int8_sq" / "cpu"
     assert [p.name for p in engines.iterdir()] == ["small"] and (engines / "small").is_symlink()
     assert (engines / "small").resolve().parent == (work / "store" / "build" / "int8_sq" / "small").resolve()
 

@@ -90,7 +90,7 @@ def write_config(
     box: Sandbox,
     *model_lines: str,
     name: str = "pipeline.toml",
-    gpu: str = "cpu-reference",
+    gpu: str = "cpu",
     batch: int = 1,
     **sections: dict[str, str],
 ) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.facts.config import Precision, Profile, load_config
-from pipeline.facts.formats import unsupported_on
+from pipeline.facts.formats import unsupported_on_sm
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import (
     KNOWN_ARCHITECTURES,
@@ -271,5 +271,5 @@ def test_gpu_table_has_the_issue_targets():
     }.items():
         target = TARGETS[name]
         assert target.sm == sm
-        assert (unsupported_on("fp8", "fp16", sm) is None) == (sm >= 89)
+        assert (unsupported_on_sm("fp8", "fp16", sm) is None) == (sm >= 89)
     assert TARGETS["a100-40gb"].bandwidth_gb_s == 1555 and TARGETS["a100-80gb"].memory_gib == 80

@@ -16,6 +16,7 @@ from string import Template
 import pytest
 from google.protobuf import text_format
 from publish_upstream import (
+    ON_A100,
     REPO_ROOT,
     Upstream,
     a100_engine_info,
@@ -78,7 +79,7 @@ def test_publishes_an_inflight_batching_repository_for_the_variant(tmp_path, pro
         assert model.max_batch_size == batch  # the engine's build-time max_batch_size, for every model
         assert "${" not in (version / name / "config.pbtxt").read_text()
     engine = configs["tensorrt_llm"]
-    assert engine.backend == "python"  # cpu-reference: the reference runtime behind the backend's interface
+    assert engine.backend == "python"  # the reference runtime behind the backend's interface
     assert engine.model_transaction_policy.decoupled is True
     assert param(engine, "gpt_model_type") == "inflight_fused_batching"
     assert float(param(engine, "kv_cache_free_gpu_mem_fraction")) == KV_FREE_FRACTION
@@ -98,7 +99,7 @@ def test_publishes_an_inflight_batching_repository_for_the_variant(tmp_path, pro
     assert (manifest.precision, manifest.profile) == ("int8_sq", profile)
     assert manifest.model.name == "tiny-mistral" and manifest.model.commit == "0" * 40
     assert (manifest.engine.target, manifest.engine.sm, manifest.engine.max_batch_size) == (
-        "cpu-reference",
+        "cpu",
         None,
         batch,
     )
@@ -305,7 +306,7 @@ def test_publish_itself_refuses_a_failed_gate(tmp_path):
 @pytest.mark.parametrize(
     "info, message",
     [
-        (a100_engine_info(), "built for target 'a100-40gb', but the config's target is 'cpu-reference'"),
+        (a100_engine_info(), "built for target 'a100-40gb', but the config's target is 'cpu'"),
     ],
 )
 def test_an_engine_built_for_another_target_is_refused(tmp_path, info, message):
@@ -315,11 +316,8 @@ def test_an_engine_built_for_another_target_is_refused(tmp_path, info, message):
     assert not config.publish.destination.exists()
 
 
-A100 = {'gpu = "cpu-reference"': 'gpu = "a100-40gb"'}
-
-
 def test_gpu_repository_serves_the_engine_with_the_tensorrtllm_backend(tmp_path):
-    config = config_with(tmp_path, **A100)
+    config = config_with(tmp_path, **ON_A100)
     report = run_publish(
         config, tmp_path / "work", Upstream(engine_info=a100_engine_info()), profile="throughput"
     )
@@ -349,7 +347,7 @@ def test_gpu_repository_serves_the_engine_with_the_tensorrtllm_backend(tmp_path)
     ids=["sm", "tensorrt", "tensorrt-llm", "unrecorded"],
 )
 def test_an_engine_that_would_not_load_in_the_container_is_refused(tmp_path, changes, message):
-    config = config_with(tmp_path, **A100)
+    config = config_with(tmp_path, **ON_A100)
     report = run_publish(config, tmp_path / "work", Upstream(engine_info=a100_engine_info(**changes)))
     assert isinstance(report.error, InputError)
     assert message in report.error.message and "\n" not in report.error.message
@@ -358,7 +356,7 @@ def test_an_engine_that_would_not_load_in_the_container_is_refused(tmp_path, cha
 
 def test_an_unknown_serving_container_is_refused(tmp_path):
     config = config_with(
-        tmp_path, **A100, **{'destination = "': 'container = "my/triton:latest"\ndestination = "'}
+        tmp_path, **ON_A100, **{'destination = "': 'container = "my/triton:latest"\ndestination = "'}
     )
     report = run_publish(config, tmp_path / "work", Upstream(engine_info=a100_engine_info()))
     assert isinstance(report.error, InputError) and "my/triton:latest" in report.error.message
@@ -586,9 +584,9 @@ def test_a_new_mount_path_is_a_new_version_that_differs_only_in_gpt_model_path(t
     """gpt_model_path is absolute (the backend reports a wrong one only as "paths are empty"): the
     manifest names the mount point, and a different one republishes that one parameter."""
     work, upstream = tmp_path / "work", Upstream(engine_info=a100_engine_info())
-    assert run_publish(config_with(tmp_path, **A100), work, upstream).error is None
+    assert run_publish(config_with(tmp_path, **ON_A100), work, upstream).error is None
     moved = config_with(
-        tmp_path, **A100, **{'destination = "': 'mount_path = "/srv/triton"\ndestination = "'}
+        tmp_path, **ON_A100, **{'destination = "': 'mount_path = "/srv/triton"\ndestination = "'}
     )
     report = run_publish(moved, work, upstream)
     assert report.error is None, report.error
@@ -629,7 +627,7 @@ def test_cli_publish_mount_path_replaces_the_configs(tmp_path, monkeypatch):
 def test_cli_publish_refuses_a_relative_mount_path_in_one_line(tmp_path, capsys):
     from pipeline.cli import main
 
-    config_with(tmp_path, **A100)
+    config_with(tmp_path, **ON_A100)
     argv = ["publish", "--config", str(tmp_path / "pipeline.toml"), "--mount-path", "models"]
     assert main([*argv, "--work-dir", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err

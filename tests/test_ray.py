@@ -1,7 +1,7 @@
 """The Ray executor on a real Ray cluster of several nodes in this machine (ray.cluster_utils.Cluster).
 
 Nodes: a head with one CPU, and two "GPU" nodes, each one CPU, one GPU and an accelerator label
-(A100, H100) as a real GPU node advertises it. The tiny pipeline runs on cpu-reference; to put two
+(A100, H100) as a real GPU node advertises it. The tiny pipeline runs on the CPU (reference backend); to put two
 targets' worth of builds on the cluster, the tests ask int8_sq's engine tasks for the A100 node and
 int8_wo's for the H100 one (the mapping task -> resources is the one thing they replace; what the
 real mapping is, tests/test_execution.py pins).

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from publish_upstream import REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
+from publish_upstream import ON_A100, REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
@@ -48,7 +48,7 @@ def shm_regions() -> set[str]:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, tiny_model_dir):
-    """A cpu-reference repository of the tiny model's int8_sq checkpoint, published by the real publish stage."""
+    """A reference-backend repository of the tiny model's int8_sq checkpoint, published by the real publish stage."""
     tmp = tmp_path_factory.mktemp("smoke")
     config = config_with(tmp, **CONFIG_CHANGES)
     upstream = Upstream(
@@ -290,7 +290,7 @@ def test_cli_smoke_of_an_unpublished_variant_is_one_line(tmp_path, capsys):
 
 
 def test_smoke_refuses_a_gpu_repository_it_cannot_serve(tmp_path, capsys):
-    config = config_with(tmp_path, **CONFIG_CHANGES, **{'gpu = "cpu-reference"': 'gpu = "a100-40gb"'})
+    config = config_with(tmp_path, **CONFIG_CHANGES, **ON_A100)
     assert run_publish(config, tmp_path / "work", Upstream(engine_info=a100_engine_info())).error is None
     code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])
     err = capsys.readouterr().err

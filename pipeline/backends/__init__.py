@@ -1,2 +1,68 @@
-"""The runtimes the pipeline builds for: TensorRT-LLM 1.2.1 engines (trtllm_engine/) and the runners
-that load a built engine on either target (runners.py)."""
+"""The runtimes the pipeline builds for, by the name the config gives them (`target.backend`).
+
+    base.py           the Backend protocol (what differs between runtimes), the runner API,
+                      build_info.json (EngineInfo): read it first to see what each method is for
+    trtllm_engine/    `trtllm-engine`: TensorRT-LLM 1.2.1 engines, Triton's tensorrtllm backend
+    reference.py      `reference`: the PyTorch reference runtime on the CPU (CI and the demo)
+
+A target (pipeline.facts.targets) is only hardware; the backend is the runtime on it. Which backend
+may run on which target is the backend's to say, and a target's default backend is the first one
+listed here that runs on it (a GPU: trtllm-engine; the CPU: reference). Adding a backend is one
+module and one entry in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.backends.base import BUILD_INFO, Backend, EngineRunner, read_engine_info
+from pipeline.backends.reference import ReferenceBackend
+from pipeline.backends.trtllm_engine import TrtllmEngineBackend
+from pipeline.core.errors import InputError
+from pipeline.facts.targets import TARGETS, Target
+
+if TYPE_CHECKING:
+    from pipeline.facts.config import PipelineConfig
+
+# In order of preference: a target's default backend is the first that runs on it.
+BACKENDS: dict[str, Backend] = {b.name: b for b in (TrtllmEngineBackend(), ReferenceBackend())}
+
+
+def default_backend(target: Target) -> Backend:
+    return next(b for b in BACKENDS.values() if b.unavailable_on(target) is None)
+
+
+def backend_of(config: PipelineConfig) -> Backend:
+    """The backend the config builds with (the config is validated: it runs on the config's target)."""
+    return BACKENDS[config.target.backend]
+
+
+def backend_for(config: PipelineConfig, target: Target) -> Backend:
+    """The backend that would run on `target` for this config: its own where that runs there, else the
+    target's default (the plan compares other targets than the config's)."""
+    own = backend_of(config)
+    return own if own.unavailable_on(target) is None else default_backend(target)
+
+
+def targets_of(backend: Backend) -> list[Target]:
+    """The targets a backend runs on."""
+    return [t for t in TARGETS.values() if backend.unavailable_on(t) is None]
+
+
+def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> EngineRunner:
+    """A runner for a build artifact's engine/ folder, loaded by the backend its build_info.json names,
+    enforcing the profile's limits.
+
+    max_batch_size lowers the batch the runtime takes (the gate scores in small batches); on a GPU it
+    also sizes the KV cache to that batch instead of most of the free memory.
+    """
+    info = read_engine_info(engine_dir)
+    backend = BACKENDS.get(info.backend)
+    if backend is None:
+        raise InputError(
+            f"built by backend '{info.backend}', which this pipeline does not know (known: {', '.join(BACKENDS)})",
+            path=engine_dir / BUILD_INFO,
+            hint="load it with the pipeline version that built it, or rebuild it",
+        )
+    return backend.load_runner(engine_dir, info, max_batch_size=max_batch_size)

@@ -1,4 +1,4 @@
-"""Drive a Runner through a Workload: batch-1 latency from streamed tokens, throughput without streaming.
+"""Drive an EngineRunner through a Workload: batch-1 latency from streamed tokens, throughput without streaming.
 
 Why two ways: streaming through TensorRT-LLM 1.2's ModelRunnerCpp costs host
 work per step for every request in the batch (its `_stream` -> `_fill_output`
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pipeline.backends.runners import Runner
+from pipeline.backends.base import EngineRunner
 from pipeline.bench.results import LatencyResult, ThroughputPoint
 from pipeline.bench.stats import (
     RequestTimeline,
@@ -43,7 +43,7 @@ THROUGHPUT_SOURCE = (
 )
 
 
-def stream_one(runner: Runner, prompt: list[int], output_len: int, clock: Clock) -> RequestTimeline:
+def stream_one(runner: EngineRunner, prompt: list[int], output_len: int, clock: Clock) -> RequestTimeline:
     """Send one request, streamed, and record when each of its tokens arrives."""
     runner.limits.check([len(prompt)], output_len)
     arrivals: list[float] = []
@@ -69,7 +69,7 @@ class BatchRun:
     wall_s: float  # from sending the batch to the return of generate
 
 
-def run_batch(runner: Runner, prompts: list[list[int]], output_len: int, clock: Clock) -> BatchRun:
+def run_batch(runner: EngineRunner, prompts: list[list[int]], output_len: int, clock: Clock) -> BatchRun:
     """Send one batch (every request at the same instant), not streamed, and time the whole call."""
     runner.limits.check([len(p) for p in prompts], output_len)
     sent = clock()
@@ -78,7 +78,7 @@ def run_batch(runner: Runner, prompts: list[list[int]], output_len: int, clock: 
     return BatchRun(sum(len(o) for o in outputs), done - sent)
 
 
-def vocab_size_of(runner: Runner) -> int:
+def vocab_size_of(runner: EngineRunner) -> int:
     try:
         return int(runner.engine_config["pretrained_config"]["vocab_size"])
     except (KeyError, TypeError, ValueError):
@@ -92,7 +92,7 @@ class EngineTimings:
 
 
 def measure_engine(
-    runner: Runner,
+    runner: EngineRunner,
     workload: Workload,
     *,
     seed: int,

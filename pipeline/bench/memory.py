@@ -3,9 +3,10 @@
 TensorRT-LLM allocates its engine, activations and paged KV cache outside
 torch's caching allocator, so `torch.cuda.max_memory_allocated` misses most of
 it; the GPU probe samples the device's used memory through NVML in a thread and
-keeps torch's figure beside it. On cpu-reference the same slot holds the peak
+keeps torch's figure beside it. On the CPU the same slot holds the peak
 resident set of this process (interpreter and torch included), labelled so, and
-is not comparable with a GPU estimate.
+is not comparable with a GPU estimate. Which probe measures an engine is its
+backend's choice (pipeline.backends).
 """
 
 from __future__ import annotations
@@ -218,7 +219,3 @@ def _torch_peak() -> int | None:
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
         return int(sys.modules["torch"].cuda.max_memory_allocated())
     return None
-
-
-def probe_for(target_is_gpu: bool) -> MemoryProbe:
-    return NvmlDeviceProbe() if target_is_gpu else ProcessRssProbe()

@@ -139,7 +139,7 @@ class BenchReport(Frozen):
     created_at: datetime
     model: str
     target: str
-    runtime: str  # what ran the engines: "cpu-reference (PyTorch)", "TensorRT-LLM 1.2.1"
+    runtime: str  # what ran the engines: "reference (PyTorch ...)", "TensorRT-LLM 1.2.1"
     host: dict[str, str]
     settings: BenchSettings
     variants: tuple[VariantResult, ...]

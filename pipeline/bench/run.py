@@ -19,10 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.backends.runners import load_runner
+from pipeline.backends import backend_of, load_runner
+from pipeline.backends.base import Backend
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
 from pipeline.bench.harness import Clock, measure_engine
-from pipeline.bench.memory import MemoryReading, probe_for
+from pipeline.bench.memory import MemoryReading
 from pipeline.bench.reference import plan_figures, published_estimate, ratios
 from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
@@ -40,11 +41,10 @@ from pipeline.bench.workload import BenchSettings, Workload, plan_workload
 from pipeline.core.errors import InputError
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
-from pipeline.execution.driver import status, tool_version
+from pipeline.execution.driver import status
 from pipeline.execution.results import TaskState
 from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
-from pipeline.facts.targets import TARGETS
 from pipeline.gate.report import GateResult
 from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks, select_tasks
@@ -145,26 +145,13 @@ def gate_figures(gate_dir: Path | None) -> GateFigures | None:
     )
 
 
-def runtime_label(target_is_gpu: bool) -> str:
-    if target_is_gpu:
-        return f"TensorRT-LLM {tool_version('tensorrt-llm')}"
-    return f"cpu-reference (PyTorch {tool_version('torch')} reference runtime)"
-
-
-def host_facts(target_is_gpu: bool) -> dict[str, str]:
-    facts = {
+def host_facts(backend: Backend) -> dict[str, str]:
+    return {
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
         "cpus": str(os.cpu_count()),
+        **backend.bench_host_facts(),
     }
-    import torch  # the runtime has loaded it already
-
-    if target_is_gpu and torch.cuda.is_available():
-        facts["gpu"] = torch.cuda.get_device_name(0)
-    if not target_is_gpu:
-        # CPU figures depend on it as much as on the cores (an oversubscribed host favours 1).
-        facts["torch_threads"] = str(torch.get_num_threads())
-    return facts
 
 
 @dataclass(frozen=True)
@@ -180,7 +167,7 @@ def measure_in_process(
     engine: BuiltEngine,
     settings: BenchSettings,
     *,
-    target_is_gpu: bool,
+    backend: Backend,
     reporter: Reporter,
     clock: Clock,
 ) -> Measured:
@@ -189,12 +176,13 @@ def measure_in_process(
     try:
         workload = plan_workload(runner.limits, settings)
         _tell_adjustments(engine, workload, reporter)
-        probe = probe_for(target_is_gpu)
-        probe.start()
+        probe = backend.memory_probe(served=False)
+        if probe is not None:
+            probe.start()
         timings = measure_engine(
             runner, workload, seed=settings.seed, reporter=reporter, label=engine.label, clock=clock
         )
-        memory = probe.stop()
+        memory = probe.stop() if probe is not None else None
     finally:
         del runner
         gc.collect()  # free one engine's memory before the next loads
@@ -207,7 +195,7 @@ def measure_through_server(
     *,
     facts: EngineFacts,
     model_dir: Path | None,
-    target_is_gpu: bool,
+    backend: Backend,
     reporter: Reporter,
     clock: Clock,
 ) -> Measured:
@@ -228,8 +216,7 @@ def measure_through_server(
     def prompts(count: int, seed: int) -> list[str]:
         return text_prompts(tokenizer, count, workload.latency.input_len, vocab_size, settings.seed + seed)
 
-    # On a GPU the device's memory (the server's included) is visible; a CPU server's is not.
-    probe = probe_for(True) if target_is_gpu else None
+    probe = backend.memory_probe(served=True)
     if probe is not None:
         probe.start()
     latency, served = measure_server(
@@ -296,7 +283,7 @@ def run_bench(
             f"--server-url measures the one engine the server publishes; {len(found.engines)} are selected",
             hint="choose it with --precision and --profile",
         )
-    target_is_gpu = TARGETS[config.target.gpu].is_gpu
+    backend = backend_of(config)
     arch = find_architecture(config, found.model_dir)
     facts = {e: read_engine_facts(e.engine_dir) for e in found.engines}
     # Every engine of one config holds the same model: the first one's config says which.
@@ -311,7 +298,7 @@ def run_bench(
                 settings,
                 facts=facts[engine],
                 model_dir=found.model_dir,
-                target_is_gpu=target_is_gpu,
+                backend=backend,
                 reporter=reporter,
                 clock=clock,
             )
@@ -319,7 +306,7 @@ def run_bench(
             measured = measure_in_process(
                 engine,
                 settings,
-                target_is_gpu=target_is_gpu,
+                backend=backend,
                 reporter=reporter,
                 clock=clock,
             )
@@ -331,8 +318,8 @@ def run_bench(
         created_at=datetime.now(timezone.utc),
         model=config.model.name,
         target=config.target.gpu,
-        runtime=runtime_label(target_is_gpu),
-        host=host_facts(target_is_gpu),
+        runtime=backend.bench_runtime(),
+        host=host_facts(backend),
         settings=settings,
         variants=tuple(variants),
         published=published,

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from pipeline.backends.runners import NO_END_ID
+from pipeline.backends.base import NO_END_ID
 from pipeline.bench.harness import Clock, latency_result
 from pipeline.bench.results import LatencyResult, ServedPoint
 from pipeline.bench.stats import RequestTimeline, itl_percentiles, tokens_per_second, ttft_percentiles

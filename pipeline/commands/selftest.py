@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, PrivateAttr
 
+from pipeline.backends import BACKENDS, targets_of
+from pipeline.backends.trtllm_engine import TrtllmEngineBackend
 from pipeline.backends.trtllm_engine.environment import BuildEnvironment, GpuInfo, probe_environment
 from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import MissingDependencyError, PipelineError
@@ -36,7 +38,7 @@ from pipeline.execution.inprocess import InProcessTaskRunner
 from pipeline.execution.results import TaskState
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
-from pipeline.facts.targets import TARGETS, Target
+from pipeline.facts.targets import Target
 from pipeline.planning.memory import GIB
 from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.server import TritonInstall, TritonServer
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from pipeline.serving.smoke import SmokeCheck
 
 STAGE = "gpu-selftest"
+BACKEND = TrtllmEngineBackend.name  # the GPU path it proves: TensorRT-LLM engines on Triton
 PRECISION = Precision.int8_sq  # the real job's first precision: SmoothQuant kernels on this GPU
 PROFILE = {"name": "selftest", "max_batch_size": 2, "max_input_len": 96, "max_seq_len": 128}
 MAX_TOKENS = 16
@@ -79,9 +82,10 @@ class SelftestReport(BaseModel):
 
 def target_for(gpu: GpuInfo) -> Target:
     """The target row for a visible GPU: its SM, and the nearest memory size among that SM's rows."""
-    rows = [t for t in TARGETS.values() if t.sm == gpu.sm]
+    targets = targets_of(BACKENDS[BACKEND])
+    rows = [t for t in targets if t.sm == gpu.sm]
     if not rows:
-        known = ", ".join(sorted({f"sm{t.sm}" for t in TARGETS.values() if t.is_gpu}))
+        known = ", ".join(sorted({f"sm{t.sm}" for t in targets}))
         raise MissingDependencyError(
             f"GPU {gpu.name} is sm{gpu.sm}: pipeline/facts/targets.py has targets for {known}"
         )
@@ -110,7 +114,7 @@ def selftest_config(target: str, work_dir: Path, data_dir: Path) -> PipelineConf
 
     data = {
         "model": {"name": "gpu-selftest", "source": "tiny", "tiny_size": "gpu", "instruct": True},
-        "target": {"gpu": target},
+        "target": {"gpu": target, "backend": BACKEND},
         "quantization": {"precisions": [PRECISION.value]},
         "calibration": {
             "dataset": data_dir / "offline-mix.jsonl",

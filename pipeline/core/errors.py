@@ -51,6 +51,11 @@ class ConfigError(PipelineError, ValueError):
         super().__init__(f"{where}: {problem}", hint=hint)
 
 
+class ConfigDeprecationWarning(FutureWarning):
+    """A config says something the old way: it still loads, and the CLI shows this as one WARNING line.
+    (A FutureWarning, not a DeprecationWarning: it is meant for the user, whom Python shows it to.)"""
+
+
 class InputError(PipelineError, ValueError):
     """Bad input data (a file, a path, a data set) that is not the config itself."""
 

@@ -1,9 +1,9 @@
-"""What a task asks of a node, read off the task and its target, never set by the user. Pure.
+"""What a task asks of a node, read off the task, its target and its backend, never set by the user. Pure.
 
-On a GPU target, what builds or runs an engine asks for one GPU of the target's type (an engine runs
-only on the GPU type that built it); calibration asks for one GPU of any type (ModelOpt's forward
-passes; its checkpoint does not depend on the GPU). Everything else, and every task on cpu-reference,
-asks for one CPU.
+The backend says what each stage's task needs (pipeline.backends: with trtllm-engine, what builds or
+runs an engine asks for one GPU of the target's type, calibration one GPU of any type; with the
+reference runtime, every task one CPU); this module turns that into Ray's resource names and says
+when no node of a cluster can give it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipeline.backends import backend_of
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.tasks import ENGINE_STAGES, Task
+from pipeline.planning.tasks import Task
 
-TARGET_GPU_STAGES = ENGINE_STAGES | {"gate"}
-ANY_GPU_STAGES = frozenset({"calibrate"})
 # Ray's resource for a node's accelerator type; a task asks for a sliver of it, so any number of
 # tasks may share the label while the GPU count limits them (ray/_private/ray_constants.py).
 ACCELERATOR_PREFIX = "accelerator_type:"
@@ -52,12 +51,7 @@ def _name(resource: str, amount: float) -> str:
 
 
 def task_resources(config: PipelineConfig, task: Task) -> TaskResources:
-    target = TARGETS[config.target.gpu]
-    if target.is_gpu and task.stage in TARGET_GPU_STAGES:
-        return TaskResources(cpus=1, gpus=1, accelerator_type=target.accelerator_type)
-    if target.is_gpu and task.stage in ANY_GPU_STAGES:
-        return TaskResources(cpus=1, gpus=1)
-    return TaskResources(cpus=1)
+    return backend_of(config).task_resources(task.stage, TARGETS[config.target.gpu])
 
 
 def unplaceable(resources: TaskResources, nodes: list[Mapping[str, float]]) -> str | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigDeprecationWarning, ConfigError
 from pipeline.facts.container import SERVING_CONTAINER
-from pipeline.facts.formats import FORMATS, SELECTABLE_KV_CACHES, Precision, unsupported_on
-from pipeline.facts.targets import TARGETS
+from pipeline.facts.formats import FORMATS, SELECTABLE_KV_CACHES, Precision
+from pipeline.facts.targets import LEGACY_CPU_TARGET, TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,12 +100,59 @@ class ModelSection(Strict):
 
 
 class TargetSection(Strict):
+    """Which hardware (`gpu`: a GPU, or "cpu") and which runtime on it (`backend`): two fields, each
+    free to change alone. Left out, the backend is the target's default (pipeline.backends)."""
+
     gpu: str = "a100-40gb"
+    backend: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_backend(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("gpu") == LEGACY_CPU_TARGET:
+            warnings.warn(
+                f'target.gpu = "{LEGACY_CPU_TARGET}" is deprecated: it means gpu = "cpu" with '
+                'backend = "reference"; write those two',
+                ConfigDeprecationWarning,
+                stacklevel=2,
+            )
+            data = {**data, "gpu": "cpu", "backend": data.get("backend", "reference")}
+        gpu = data.get("gpu", cls.model_fields["gpu"].default)
+        if data.get("backend") is None and gpu in TARGETS:
+            # The backends build on these facts: their registry is read when a config is validated.
+            from pipeline.backends import default_backend
+
+            data = {**data, "backend": default_backend(TARGETS[gpu]).name}
+        return data
 
     @field_validator("gpu")
     @classmethod
     def _known(cls, value: str) -> str:
         return _one_of(value, TARGETS, "target")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from pipeline.backends import BACKENDS
+
+        return _one_of(value, BACKENDS, "backend")
+
+    @model_validator(mode="after")
+    def _runs_there(self) -> TargetSection:
+        from pipeline.backends import BACKENDS
+
+        target = TARGETS[self.gpu]
+        problem = BACKENDS[self.backend].unavailable_on(target)
+        if problem is not None:
+            here = " or ".join(repr(b.name) for b in BACKENDS.values() if b.unavailable_on(target) is None)
+            raise _FieldError(
+                "target.backend",
+                f"backend '{self.backend}' cannot run on target '{self.gpu}': {problem}",
+                f"use {here} on '{self.gpu}', or leave backend out (the target's default)",
+            )
+        return self
 
 
 class QuantizationSection(Strict):
@@ -217,7 +265,7 @@ class ExecutionSection(Strict):
 
 class PipelineConfig(Strict):
     model: ModelSection
-    target: TargetSection = TargetSection()
+    target: TargetSection = Field(default_factory=TargetSection)
     quantization: QuantizationSection = QuantizationSection()
     calibration: CalibrationSection = CalibrationSection()
     profiles: Annotated[tuple[Profile, ...], Field(min_length=1)]
@@ -234,13 +282,15 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _combinations(self) -> PipelineConfig:
-        target = TARGETS[self.target.gpu]
+        from pipeline.backends import backend_of
+
+        target, backend = TARGETS[self.target.gpu], backend_of(self)
         for i, precision in enumerate(self.quantization.precisions):
-            problem = unsupported_on(precision, self.quantization.kv_cache_dtype, target.sm)
+            problem = backend.format_problem(precision, self.quantization.kv_cache_dtype, target)
             if problem is not None:
                 raise _FieldError(
                     f"quantization.precisions[{i}]",
-                    f"{problem}; target '{target.name}' is sm{target.sm}",
+                    problem,
                     "use int8_sq, int8_wo or int4_awq on this target",
                 )
         if len(set(self.quantization.precisions)) != len(self.quantization.precisions):

@@ -1,6 +1,6 @@
 """Every precision and KV cache format the pipeline builds: one row each, read by everything else.
 
-Config validation (which target may build it), the memory plan (bytes per
+The backends (which GPU architecture runs it), the memory plan (bytes per
 weight and per scale), the calibration recipes (which ModelOpt 0.37 preset),
 the export verifier (which tensors the checkpoint must hold) and the reference
 runtime (which kernel runs it) all read these rows. Adding a format is one
@@ -67,7 +67,7 @@ class WeightFormat:
     # Who turns the weights into the engine's: ModelOpt at export, or trtllm-build from fp16 (W8A16).
     weights_quantized_by: Literal["modelopt", "trtllm-build", "none"]
     layout: LinearLayout | None  # None: floating-point weights in the checkpoint
-    min_sm: int | None  # oldest GPU architecture that runs it (None: every target's)
+    min_sm: int | None  # oldest GPU architecture whose kernels run it (None: every GPU's)
     reads_calibration_data: bool  # activation statistics (SmoothQuant, AWQ search, FP8 amax)
     kv_cache: str | None  # the KV cache format it always uses; None: quantization.kv_cache_dtype
     export_dtype: Literal["float16", "bfloat16"]  # dtype of the unquantized tensors
@@ -201,11 +201,10 @@ def builds_paged_context_fmha(requested: bool, kv: KvCacheFormat) -> bool:
     return requested and kv.keeps_paged_context_fmha
 
 
-def unsupported_on(precision: Precision | str, kv_cache_dtype: str, sm: int | None) -> str | None:
-    """Why a GPU of architecture `sm` cannot run the format, or None. The CPU reference runtime
-    (sm None) emulates every format, so no SM limit applies to it."""
-    if sm is None:
-        return None
+def unsupported_on_sm(precision: Precision | str, kv_cache_dtype: str, sm: int) -> str | None:
+    """Why a GPU of architecture `sm` cannot run the format's kernels, or None. Whether these limits
+    apply at all is the backend's to say (pipeline.backends: the reference runtime emulates every
+    format on the CPU)."""
     fmt, kv = weight_format(precision), kv_cache_format(precision, kv_cache_dtype)
     for name, min_sm in ((fmt.precision.value, fmt.min_sm), (f"a {kv.name} KV cache", kv.min_sm)):
         if min_sm is not None and sm < min_sm:

@@ -1,9 +1,14 @@
-"""The GPUs the pipeline can build for, and the CPU reference target.
+"""The hardware the pipeline can build for: the GPUs, and the host CPU.
+
+A target is only hardware; which runtime runs on it is the config's
+`target.backend` (pipeline.backends), and which precisions it runs follows from
+the backend and each format's row (pipeline.facts.formats).
 
 Figures are the vendors' datasheet numbers (dense, no sparsity). Memory is the
 card's nominal capacity in GiB, as the memory plan uses it; CUDA reports a little
 less (39.4 GiB on an A100 40GB), which the plan's 1 GiB runtime reserve covers.
-The cpu-reference row is a host RAM budget and a typical DDR bandwidth.
+The cpu row is a host RAM budget and a typical DDR bandwidth: what the plan counts
+for the reference runtime.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 class Target:
     name: str
     description: str
-    sm: int | None  # compute capability x10 (80 = sm80); None for the CPU target
+    sm: int | None  # compute capability x10 (80 = sm80); None: the host CPU, no GPU architecture
     memory_gib: float
     bandwidth_gb_s: float  # GB/s, 1e9 bytes
     fp16_tflops: float
@@ -25,11 +30,6 @@ class Target:
     # ray/_private/accelerators/nvidia_gpu.py, Ray 2.60.0). Ray does not tell the A100 sizes apart:
     # "A100-80G" (ray.util.accelerators) is a label a node must be started with by hand.
     accelerator_type: str | None
-    # Which precisions a target runs follows from `sm` and each format's row (pipeline.facts.formats).
-
-    @property
-    def is_gpu(self) -> bool:
-        return self.sm is not None
 
 
 TARGETS: dict[str, Target] = {
@@ -42,8 +42,8 @@ TARGETS: dict[str, Target] = {
         Target("l4", "NVIDIA L4 24GB", 89, 24.0, 300.0, 121.0, 242.0, "L4"),
         Target("a10g", "NVIDIA A10G 24GB", 86, 24.0, 600.0, 70.0, 140.0, "A10G"),
         Target(
-            "cpu-reference",
-            "PyTorch CPU reference runtime (runs the exported checkpoint; CI and demo)",
+            "cpu",
+            "The host CPU (the reference runtime runs the exported checkpoint there; CI and demo)",
             None,
             8.0,
             20.0,
@@ -53,3 +53,7 @@ TARGETS: dict[str, Target] = {
         ),
     )
 }
+
+# Before targets and backends were two fields, the CPU runtime was a target of this name; a config
+# that still says so means the reference backend on `cpu` (pipeline.facts.config reads it so).
+LEGACY_CPU_TARGET = "cpu-reference"

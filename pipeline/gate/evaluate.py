@@ -1,7 +1,7 @@
 """Run the gate's inputs through a model, then compare a candidate with the reference.
 
 A model is anything with the runner API (`logits`, `generate`): the reference
-runtime, a TensorRT-LLM engine through pipeline.backends.runners, or the Hugging Face
+runtime, a TensorRT-LLM engine (pipeline.backends.load_runner), or the Hugging Face
 reference through `HuggingFaceModel`. Each model's outputs are gathered in one
 pass (`observe`), so the reference can be freed before the candidate loads.
 """
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from pipeline.backends.runners import by_length
+from pipeline.backends.base import by_length
 from pipeline.gate.data import GateInputs
 from pipeline.gate.metrics import (
     WindowStats,

@@ -37,16 +37,11 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.facts.config import GATE_PROFILE, PipelineConfig, Precision, Profile
-from pipeline.facts.formats import (
-    WeightFormat,
-    builds_paged_context_fmha,
-    kv_cache_format,
-    unsupported_on,
-    weight_format,
-)
+from pipeline.facts.formats import WeightFormat, builds_paged_context_fmha, kv_cache_format, weight_format
 from pipeline.facts.targets import TARGETS, Target
 
 if TYPE_CHECKING:
+    from pipeline.backends.base import Backend
     from pipeline.calibration.verify import HfArchitecture
 
 GIB = 1024**3
@@ -259,11 +254,19 @@ def plan_memory(
     *,
     paged_context_fmha: bool = True,
     gather_context_logits: bool = False,
+    backend: Backend | None = None,
 ) -> ProfilePlan:
     """The plan of one profile. Pure: no IO, no refusal (see `require_fit`).
 
     paged_context_fmha is what the config asks for; the plan applies the builder's rules to it.
+    backend is the runtime on the target (None: the target's default), which says whether it runs
+    the format there.
     """
+    if backend is None:
+        # The backends build on the plan: their registry is read when a plan is made.
+        from pipeline.backends import default_backend
+
+        backend = default_backend(target)
     fmt = weight_format(precision)
     kv = kv_cache_format(precision, kv_cache_dtype)
     paged_context_fmha = builds_paged_context_fmha(paged_context_fmha, kv)
@@ -287,9 +290,10 @@ def plan_memory(
     ceiling = bandwidth / read_per_token
     ceiling_long = bandwidth / (read_per_token + kv_per_token * profile.max_seq_len)
 
-    problem = unsupported_on(precision, kv_cache_dtype, target.sm)
-    if problem is not None:
-        problem = f"{problem}; {target.name} is sm{target.sm}"
+    unsupported = backend.format_problem(precision, kv_cache_dtype, target)
+    problem = None
+    if unsupported is not None:
+        problem = unsupported
     elif headroom <= allowance:
         problem = (
             f"weights ({format_bytes(weights)}) and the activation allowance ({format_bytes(allowance)}) "
@@ -424,6 +428,8 @@ def plan_memory(
 def _plan(
     config: PipelineConfig, arch: ModelArch, target: Target, precision: Precision, name: str
 ) -> ProfilePlan:
+    from pipeline.backends import backend_for
+
     return plan_memory(
         arch,
         precision,
@@ -433,6 +439,7 @@ def _plan(
         paged_context_fmha=config.build.use_paged_context_fmha,
         # Only the gate's own engine gathers context logits (they cost memory and copying per response).
         gather_context_logits=name == GATE_PROFILE,
+        backend=backend_for(config, target),
     )
 
 

@@ -1,6 +1,6 @@
 """The CPU reference runtime: runs a TensorRT-LLM checkpoint with TensorRT-LLM's semantics.
 
-It is the engine of the `cpu-reference` target and the oracle that proves an
+It is the engine of the `reference` backend and the oracle that proves an
 export right. `ReferenceModel` pulls in torch, so it is imported on first use:
 `import pipeline.runtime` stays cheap for modules the CLI loads at start-up.
 """

@@ -36,8 +36,8 @@ class EngineLimits:
 
     @classmethod
     def of_engine(cls, engine_config: Mapping[str, Any], *, source: Path) -> EngineLimits:
-        """The limits in an engine's config.json (as pipeline.backends.trtllm_engine.engine.read_engine_config reads
-        it), or one line naming the file (source) and the field."""
+        """The limits in an engine's config.json (as read_engine_config of
+        pipeline.backends.trtllm_engine.engine reads it), or one line naming the file (source) and the field."""
         try:
             return _BUILD_CONFIG.validate_python(engine_config["build_config"])
         except ValidationError as exc:

@@ -8,15 +8,13 @@ time, on the serving host). Publish refuses a mismatch instead.
 
 from __future__ import annotations
 
-from pipeline.backends.trtllm_engine.engine import EngineInfo
+from pipeline.backends.base import EngineInfo
 from pipeline.core.errors import InputError
 from pipeline.facts.container import SERVING_CONTAINER, ServingContainer
 from pipeline.facts.targets import Target
 
 # The Triton TensorRT-LLM containers the pipeline knows the contents of.
 CONTAINERS = {c.tag: c for c in (SERVING_CONTAINER,)}
-# The cpu-reference repository runs on the tritonserver bundled with nvidia-pytriton.
-CPU_SERVER = "nvidia-pytriton==0.7.0 (tritonserver 2.51.0, Python backend)"
 
 
 def serving_container(tag: str) -> ServingContainer:
@@ -44,7 +42,8 @@ def check_engine_fits(
     """Raise InputError (one line naming what differs) unless the engine can run on target in container.
 
     info is what the build recorded (build_info.json); engine_version is the `version` of the
-    engine's config.json (TensorRT-LLM's own stamp). container is None on the cpu-reference target.
+    engine's config.json (TensorRT-LLM's own stamp). container is None where the backend serves the
+    repository without one (the reference runtime).
     """
     if info.target != target.name:
         raise InputError(

@@ -35,7 +35,7 @@ class EngineRef(_Frozen):
 
 
 class ServingRef(_Frozen):
-    serve_with: str  # the container tag (or, on cpu-reference, the bundled tritonserver)
+    serve_with: str  # the container tag (or, with the reference backend, the bundled tritonserver)
     triton_backend: str
     decoupled: bool
     batching_strategy: str
@@ -43,7 +43,7 @@ class ServingRef(_Frozen):
     triton_max_batch_size: int
     gpt_model_path: str
     # The one place the TensorRT-LLM backend finds the engine: gpt_model_path is absolute, so this
-    # version serves only when mounted (or lying) here. None: a relative path (cpu-reference).
+    # version serves only when mounted (or lying) here. None: a relative path (the reference backend).
     mount_path: str | None = None
 
 

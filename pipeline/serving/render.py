@@ -26,7 +26,7 @@ class RepositoryValues(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     triton_max_batch_size: Annotated[int, Field(ge=1)]  # repository.client_batch_size
-    triton_backend: Literal["tensorrtllm", "python"]  # python: the cpu-reference runtime
+    triton_backend: Literal["tensorrtllm", "python"]  # python: the reference runtime
     engine_dir: str  # -> gpt_model_path; relative paths resolve against the repository root
     tokenizer_dir: str
     decoupled_mode: bool

@@ -2,7 +2,7 @@
 
     <root>/ensemble/config.pbtxt, 1/.keep             (Triton needs the version folder; a file keeps it)
     <root>/preprocessing/config.pbtxt, 1/model.py (+ helpers), tokenizer/
-    <root>/tensorrt_llm/config.pbtxt, 1/engine/          (+ 1/model.py on the cpu-reference target)
+    <root>/tensorrt_llm/config.pbtxt, 1/engine/          (+ 1/model.py with the reference backend)
     <root>/postprocessing/config.pbtxt, 1/model.py (+ helpers)
     <root>/tensorrt_llm_bls/config.pbtxt, 1/model.py (+ helpers)
 
@@ -23,7 +23,7 @@ from pipeline.serving.render import CONFIG_NAME, MODEL_NAMES, RepositoryValues, 
 
 ENGINE_SUBDIR = "tensorrt_llm/1/engine"
 TOKENIZER_SUBDIR = "preprocessing/tokenizer"
-# Which of the project's Python models serves each model; tensorrt_llm is Python only on the CPU target.
+# Which of the project's Python models serves each model; tensorrt_llm is Python only with the reference backend.
 PYTHON_MODELS = {
     "preprocessing": "preprocessing",
     "postprocessing": "postprocessing",

@@ -83,7 +83,7 @@ def reference_answers(
     seed; max_tokens for all or per prompt), tokenized and decoded exactly as the serving models do."""
     from transformers import AutoTokenizer
 
-    from pipeline.backends.runners import load_runner
+    from pipeline.backends import load_runner
     from pipeline.serving.models.textcodec import PieceDecoder
 
     add_special = _config(repository, "preprocessing").parameters["add_special_tokens"].string_value == "true"

@@ -4,7 +4,7 @@ served engine against the gate engine.
 Inputs: fetch (model/: the reference and its tokenizer), gate_engine (engine/: the
 checkpoint built with --gather_context_logits, whose logits are scored) and build
 (engine/: the served engine, checked by greedy agreement), both run through
-pipeline.backends.runners on either target, gate.batch_size sequences at a time. Writes gate.json,
+pipeline.backends.load_runner whichever backend built them, gate.batch_size sequences at a time. Writes gate.json,
 gate.md and junit.xml; the outcome's ok is the verdict, so the executor keeps a
 failed gate's artifact but blocks publish behind it, and the CLI exits 1.
 """
@@ -48,7 +48,7 @@ class Gate(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         from transformers import AutoTokenizer
 
-        from pipeline.backends.runners import load_runner
+        from pipeline.backends import load_runner
         from pipeline.backends.trtllm_engine.engine import read_engine_limits
         from pipeline.gate import HuggingFaceModel, run_gate, write_reports
 

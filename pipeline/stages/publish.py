@@ -28,13 +28,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.backends.trtllm_engine.engine import (
-    ENGINE_CONFIG,
-    EngineInfo,
-    read_engine_config,
-    read_engine_info,
-    supports_chunked_context,
-)
+from pipeline.backends import backend_of
+from pipeline.backends.base import EngineInfo, read_engine_info
+from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config, supports_chunked_context
 from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
 from pipeline.core.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
@@ -45,7 +41,7 @@ from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.planning.tasks import Task
 from pipeline.runtime.limits import EngineLimits
-from pipeline.serving.compat import CPU_SERVER, check_engine_fits, serving_container
+from pipeline.serving.compat import check_engine_fits
 from pipeline.serving.release import check_destination, check_version, publish_release
 from pipeline.serving.release_manifest import (
     RELEASE_MANIFEST,
@@ -91,6 +87,7 @@ class Publish(Stage):
         return {
             "publish": config.publish.model_dump(mode="json"),
             "target": config.target.gpu,
+            "backend": config.target.backend,
             "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
             # Templates and model code ship in the package: an edit republishes.
             "serving_files": _serving_files_digest(),
@@ -110,19 +107,20 @@ class Publish(Stage):
         limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
         engine_sha256 = _engine_files(build)
         built = read_engine_info(engine_dir)
-        target = TARGETS[config.target.gpu]
-        container = serving_container(config.publish.container) if target.is_gpu else None
+        serving = backend_of(config).serving(config)
         check_engine_fits(
-            str(engine_dir), built, engine_config.get("version"), target=target, container=container
+            str(engine_dir),
+            built,
+            engine_config.get("version"),
+            target=TARGETS[config.target.gpu],
+            container=serving.container,
         )
 
         decoupled = config.publish.decoupled
         values = RepositoryValues(
             triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
-            triton_backend="tensorrtllm" if target.is_gpu else "python",
-            # The C++ backend needs an absolute path (where the container mounts the release);
-            # the cpu-reference Python model resolves a relative one against the repository.
-            engine_dir=f"{config.publish.mount_path}/{ENGINE_SUBDIR}" if target.is_gpu else ENGINE_SUBDIR,
+            triton_backend=serving.triton_backend,
+            engine_dir=serving.engine_dir,
             tokenizer_dir=TOKENIZER_SUBDIR,
             decoupled_mode=decoupled,
             # The plan's KV budget assumes this fraction; serving with another voids its proof.
@@ -166,14 +164,14 @@ class Publish(Stage):
             engine=EngineRef(target=built.target, sm=built.sm, **asdict(limits), path=ENGINE_SUBDIR),
             versions=_versions(built),
             serving=ServingRef(
-                serve_with=container.tag if container else CPU_SERVER,
+                serve_with=serving.serve_with,
                 triton_backend=values.triton_backend,
                 decoupled=values.decoupled_mode,
                 batching_strategy=values.batching_strategy,
                 kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
                 triton_max_batch_size=values.triton_max_batch_size,
                 gpt_model_path=values.engine_dir,
-                mount_path=config.publish.mount_path if target.is_gpu else None,
+                mount_path=serving.mount_path,
             ),
             gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
             files=[f.entry() for f in list_files(repository, placed)],

@@ -1,8 +1,150 @@
-"""The TensorRT-LLM 1.2.1 boundary: build argv planning, the environment probe and preflight.
+"""The `trtllm-engine` backend: TensorRT-LLM 1.2.1 engines, built by `trtllm-build`, served by Triton's
+C++ tensorrtllm backend in the serving container.
 
-Nothing here imports tensorrt_llm: the build runs `trtllm-build` in a child
-process (so GPU memory is surely freed and a crash cannot take the pipeline
-with it), and the probe asks a child Python what is installed.
+    argv.py         the trtllm-build command line of one profile (pure, pinned to 1.2.1's parser)
+    build.py        the build: preflight of the host, trtllm-build in a child process, timing caches
+    engine.py       an engine folder in TensorRT-LLM's shape: config.json, limits, the checks on it
+    environment.py  what the build host has (a child Python's report) and whether it is enough
+    network.py      the --visualize_network graph, recorded for viewing
+    runner.py       a built engine through ModelRunnerCpp, with the runner API
+
+Nothing here imports tensorrt_llm: the build runs in a child process (so GPU memory is surely freed
+and a crash cannot take the pipeline with it), the probe asks a child Python what is installed, and
+the runner imports TensorRT-LLM when it loads an engine.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.backends.base import (
+    BuildPaths,
+    EngineBuild,
+    EngineInfo,
+    EngineRunner,
+    PlannedCommand,
+    TritonServing,
+)
+from pipeline.backends.trtllm_engine import build
+from pipeline.facts.container import serve_argv
+from pipeline.facts.formats import Precision, unsupported_on_sm
+from pipeline.planning.tasks import ENGINE_STAGES
+
+if TYPE_CHECKING:
+    from pipeline.bench.memory import MemoryProbe
+    from pipeline.core.tools import ToolRunner
+    from pipeline.execution.resources import TaskResources
+    from pipeline.facts.config import PipelineConfig
+    from pipeline.facts.targets import Target
+    from pipeline.planning.memory import ModelArch, ProfilePlan
+    from pipeline.planning.tasks import Task
+    from pipeline.stages.base import RunOptions, StageContext
+
+# What builds or runs an engine needs a GPU of the target's type (an engine runs only on the GPU type
+# that built it); calibration needs one of any type (ModelOpt's forward passes; its checkpoint does
+# not depend on the GPU). Everything else needs one CPU.
+TARGET_GPU_STAGES = ENGINE_STAGES | {"gate"}
+ANY_GPU_STAGES = frozenset({"calibrate"})
+
+
+class TrtllmEngineBackend:
+    name = "trtllm-engine"
+    description = "TensorRT-LLM 1.2.1 engines (trtllm-build), served by Triton's tensorrtllm backend"
+
+    def unavailable_on(self, target: Target) -> str | None:
+        if target.sm is None:
+            return "TensorRT engines are built for a GPU"
+        return None
+
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
+        assert target.sm is not None, f"{self.name} does not run on {target.name}"
+        problem = unsupported_on_sm(precision, kv_cache_dtype, target.sm)
+        return None if problem is None else f"{problem}; target '{target.name}' is sm{target.sm}"
+
+    def task_resources(self, stage: str, target: Target) -> TaskResources:
+        from pipeline.execution.resources import TaskResources
+
+        if stage in TARGET_GPU_STAGES:
+            return TaskResources(cpus=1, gpus=1, accelerator_type=target.accelerator_type)
+        if stage in ANY_GPU_STAGES:
+            return TaskResources(cpus=1, gpus=1)
+        return TaskResources(cpus=1)
+
+    def preflight(
+        self,
+        config: PipelineConfig,
+        plans: list[ProfilePlan],
+        options: RunOptions,
+        *,
+        work_dir: Path,
+        log_path: Path,
+        pending: Callable[[], bool],
+        runner: ToolRunner,
+    ) -> None:
+        build.preflight(
+            config, plans, options, work_dir=work_dir, log_path=log_path, pending=pending, runner=runner
+        )
+
+    def build(self, ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> EngineBuild:
+        return build.build_engine(ctx, paths, plan)
+
+    def planned_build(
+        self, config: PipelineConfig, task: Task, arch: ModelArch | None, paths: BuildPaths
+    ) -> list[PlannedCommand]:
+        return build.planned_build(config, task, arch, paths)
+
+    def after_build(self, config: PipelineConfig, work_dir: Path, artifact: Path, built: EngineBuild) -> None:
+        build.share_timing_cache(config, work_dir, artifact, built)
+
+    def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
+        from pipeline.backends.trtllm_engine.engine import read_engine_config, runtime_limits
+        from pipeline.backends.trtllm_engine.runner import TensorRTRunner
+
+        engine_config = read_engine_config(engine_dir)
+        limits = runtime_limits(engine_config, engine_dir, max_batch_size)
+        return TensorRTRunner.load(
+            engine_dir, engine_config, info, limits, size_kv_cache_to_batch=max_batch_size is not None
+        )
+
+    def container(self, config: PipelineConfig) -> str | None:
+        return config.publish.container
+
+    def serving(self, config: PipelineConfig) -> TritonServing:
+        from pipeline.serving.compat import serving_container
+        from pipeline.serving.repository import ENGINE_SUBDIR
+
+        container = serving_container(config.publish.container)
+        mount_path = config.publish.mount_path
+        return TritonServing(
+            triton_backend="tensorrtllm",
+            # The C++ backend needs an absolute path: where the container mounts the release.
+            engine_dir=f"{mount_path}/{ENGINE_SUBDIR}",
+            serve_with=container.tag,
+            container=container,
+            mount_path=mount_path,
+        )
+
+    def serve_command(
+        self, config: PipelineConfig, precision: str, profile: str, repository: Path
+    ) -> PlannedCommand:
+        return PlannedCommand(
+            purpose=f"serve {precision}/{profile}", argv=serve_argv(repository, config.publish.mount_path)
+        )
+
+    def bench_runtime(self) -> str:
+        from pipeline.execution.driver import tool_version
+
+        return f"TensorRT-LLM {tool_version('tensorrt-llm')}"
+
+    def bench_host_facts(self) -> dict[str, str]:
+        import torch  # the runtime has loaded it already
+
+        return {"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}
+
+    def memory_probe(self, *, served: bool) -> MemoryProbe | None:
+        from pipeline.bench.memory import NvmlDeviceProbe
+
+        # The device's memory is visible from here, a server's on the same GPU included.
+        return NvmlDeviceProbe()

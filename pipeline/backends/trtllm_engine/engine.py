@@ -1,22 +1,22 @@
-"""An engine directory: TensorRT-LLM's config.json, the engine file, and what built it.
+"""An engine directory in TensorRT-LLM's shape: its config.json, the engine file, and the checks on them.
 
     engine/config.json       TensorRT-LLM's engine config: version, pretrained_config, build_config
-    engine/rank0.engine      the TensorRT engine (GPU targets), or
-    engine/rank0.safetensors the verified checkpoint the reference runtime runs (cpu-reference)
-    engine/build_info.json   EngineInfo: runtime, target, GPU and SM, TensorRT-LLM/TensorRT/CUDA versions
+    engine/rank0.engine      the TensorRT engine (trtllm-engine), or
+    engine/rank0.safetensors the verified checkpoint the reference runtime runs (reference)
+    engine/build_info.json   EngineInfo (pipeline.backends.base): backend, target, GPU and SM, versions
 
-An engine runs only on the GPU architecture and the TensorRT version that
-built it, so both are recorded next to it and checked by whoever loads it.
+The reference backend writes the same config.json, so both backends' engines
+are read the same way (limits, chunked context). An engine runs only on the GPU
+architecture and the TensorRT version that built it, so both are recorded next
+to it and checked by whoever loads it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import Any
 
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts.config import BuildSection, Profile
@@ -24,21 +24,8 @@ from pipeline.planning.memory import ProfilePlan
 from pipeline.runtime.limits import EngineLimits
 
 ENGINE_CONFIG = "config.json"
-BUILD_INFO = "build_info.json"
 TRT_ENGINE = "rank0.engine"
 REFERENCE_WEIGHTS = "rank0.safetensors"
-
-
-class EngineInfo(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    runtime: Literal["tensorrt-llm", "cpu-reference"]
-    target: str
-    gpu_name: str | None = None
-    sm: int | None = None  # of the GPU that built it
-    tensorrt_llm_version: str | None = None
-    tensorrt_version: str | None = None
-    cuda_version: str | None = None
-    torch_version: str | None = None
 
 
 def expected_build_config(profile: Profile, build: BuildSection, plan: ProfilePlan) -> dict[str, Any]:
@@ -96,24 +83,6 @@ def read_engine_limits(engine_dir: Path) -> EngineLimits:
     return EngineLimits.of_engine(read_engine_config(engine_dir), source=engine_dir / ENGINE_CONFIG)
 
 
-def read_engine_info(engine_dir: Path) -> EngineInfo:
-    path = engine_dir / BUILD_INFO
-    try:
-        return EngineInfo.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise InputError(
-            f"{BUILD_INFO} is missing: the engine's GPU and TensorRT version are unknown",
-            path=engine_dir,
-            hint="rebuild it with `trtllm-pipeline build`",
-        ) from None
-    except ValidationError as exc:
-        raise InputError(f"unreadable ({exc.error_count()} errors)", path=path) from None
-
-
-def write_engine_info(engine_dir: Path, info: EngineInfo) -> None:
-    (engine_dir / BUILD_INFO).write_text(info.model_dump_json(indent=2) + "\n")
-
-
 def check_built_engine(engine_dir: Path, expected: dict[str, Any], *, stage: str = "build") -> dict[str, Any]:
     """The engine config trtllm-build wrote, refusing one that lacks the engine or ignored a requested limit."""
     if not (engine_dir / TRT_ENGINE).is_file():
@@ -130,3 +99,14 @@ def check_built_engine(engine_dir: Path, expected: dict[str, Any], *, stage: str
     if wrong:
         raise StageError(stage, f"the engine's build_config differs from the profile: {'; '.join(wrong)}")
     return config
+
+
+def runtime_limits(
+    engine_config: dict[str, Any], engine_dir: Path, max_batch_size: int | None
+) -> EngineLimits:
+    """The limits a runtime loading this engine enforces: its profile's, with the batch lowered to
+    max_batch_size when one is given."""
+    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
+    if max_batch_size is None:
+        return limits
+    return replace(limits, max_batch_size=min(max_batch_size, limits.max_batch_size))

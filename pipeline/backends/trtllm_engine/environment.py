@@ -76,7 +76,7 @@ class BuildEnvironment(BaseModel):
 def _missing(what: str) -> MissingDependencyError:
     return MissingDependencyError(
         f"{what}: GPU builds run inside {SERVING_CONTAINER.tag} (TensorRT-LLM {SERVING_CONTAINER.tensorrt_llm}) on a GPU host",
-        hint="build that image with docker/Dockerfile, or set target.gpu = 'cpu-reference' to build for the CPU",
+        hint="build that image with docker/Dockerfile, or set target.gpu = 'cpu' to build for the CPU (reference backend)",
     )
 
 

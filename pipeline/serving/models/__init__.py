@@ -4,5 +4,5 @@ Each folder holds one model's `model.py`, copied into `<model>/1/` of a publishe
 repository. `textcodec` is copied next to each of them: the models must run in
 the serving container, where this package is not installed, so they import
 nothing from `pipeline` (except the CPU reference engine model, which runs the
-project's own runtime and exists only for the cpu-reference target).
+project's own runtime and exists only for the reference backend).
 """

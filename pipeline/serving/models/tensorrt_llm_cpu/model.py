@@ -1,4 +1,4 @@
-"""tensorrt_llm on the cpu-reference target: the TensorRT-LLM backend's interface, run by the reference runtime.
+"""tensorrt_llm for the reference backend: the TensorRT-LLM backend's interface, run by the reference runtime.
 
 Same inputs and outputs as the C++ backend (config.pbtxt is the same template),
 so the ensemble and the BLS model are the ones a GPU repository ships. Sampling
@@ -74,7 +74,8 @@ class TritonPythonModel:
     def initialize(self, args):
         import torch
 
-        from pipeline.backends.runners import NO_END_ID, load_runner
+        from pipeline.backends import load_runner
+        from pipeline.backends.base import NO_END_ID
 
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = model_config(args)
@@ -114,10 +115,10 @@ class TritonPythonModel:
         for name, off in UNSUPPORTED_UNLESS.items():
             value = _optional(request, name)
             if value is not None and (off is None or value.reshape(-1)[0].item() != off):
-                raise ValueError(f"input '{name}' is not supported by the cpu-reference runtime")
+                raise ValueError(f"input '{name}' is not supported by the reference runtime")
         bad = _optional(request, "bad_words_list")
         if bad is not None and any(from_word_list(row) for row in bad.reshape(-1, 2, bad.shape[-1])):
-            raise ValueError("input 'bad_words_list' is not supported by the cpu-reference runtime")
+            raise ValueError("input 'bad_words_list' is not supported by the reference runtime")
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
         lengths = pb_utils.get_input_tensor_by_name(request, "input_lengths").as_numpy().reshape(-1)
         output_lens = pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)

@@ -1,141 +1,26 @@
-"""Run what the build stage built, on either target, through one API (gate, bench and smoke use it).
+"""A TensorRT-LLM 1.2.1 engine through `ModelRunnerCpp` (imported on first use), with the runner API.
 
-`load_runner(engine_dir)` reads the engine's config.json and build_info.json:
-a cpu-reference engine runs on `pipeline.runtime.ReferenceModel` with the
-profile's limits; a TensorRT-LLM engine runs on TensorRT-LLM 1.2.1's
-`ModelRunnerCpp` (imported on first use), after refusing a GPU architecture
-or a TensorRT version other than the ones that built it.
-
-Context logits come back as TensorRT-LLM returns them: one `[len_i, vocab]`
-tensor per sequence, on the host and still in the engine's logits dtype, so
-whoever widens them to float32 does it on the CPU, a slice at a time.
+It refuses a GPU architecture or a TensorRT version other than the ones that
+built the engine before loading it. Context logits come back as TensorRT-LLM
+returns them: one `[len_i, vocab]` tensor per sequence, on the host and still
+in the engine's logits dtype, so whoever widens them to float32 does it on the
+CPU, a slice at a time.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from pipeline.backends.trtllm_engine.engine import (
-    BUILD_INFO,
-    ENGINE_CONFIG,
-    EngineInfo,
-    read_engine_config,
-    read_engine_info,
-    supports_chunked_context,
-)
+from pipeline.backends.base import BUILD_INFO, NO_END_ID, EngineInfo, by_length
+from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, supports_chunked_context
 from pipeline.core.errors import InputError, MissingDependencyError
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
     import torch
-
-# Token ids are never negative: an end id that no token matches.
-NO_END_ID = -1
-
-
-class Runner(Protocol):
-    limits: EngineLimits
-    engine_config: dict[str, Any]
-
-    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        """One [len(sequence), vocab] tensor per sequence, on the CPU, in the runtime's logits dtype."""
-        ...
-
-    def close(self) -> None:
-        """Release the runtime's device memory now (before the next model loads)."""
-        ...
-
-    def generate(
-        self,
-        prompts: list[list[int]],
-        *,
-        max_new_tokens: int,
-        end_id: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
-        on_token: Callable[[int, int], None] | None = None,
-    ) -> list[list[int]]: ...
-
-
-def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> Runner:
-    """A runner for a build artifact's engine/ directory, enforcing the profile's limits.
-
-    max_batch_size lowers the batch the runtime takes (the gate scores in small batches); on a
-    TensorRT-LLM engine it also sizes the KV cache to that batch instead of 0.9 of free memory.
-    """
-    engine_config = read_engine_config(engine_dir)
-    info = read_engine_info(engine_dir)
-    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
-    if max_batch_size is not None:
-        limits = replace(limits, max_batch_size=min(max_batch_size, limits.max_batch_size))
-    if info.runtime == "cpu-reference":
-        return ReferenceRunner.load(engine_dir, engine_config, limits)
-    return TensorRTRunner.load(
-        engine_dir, engine_config, info, limits, size_kv_cache_to_batch=max_batch_size is not None
-    )
-
-
-class ReferenceRunner:
-    """The cpu-reference engine: the packed checkpoint on the PyTorch reference runtime."""
-
-    def __init__(self, model: Any, engine_config: dict[str, Any]) -> None:
-        self.model = model
-        self.engine_config = engine_config
-
-    @classmethod
-    def load(cls, engine_dir: Path, engine_config: dict[str, Any], limits: EngineLimits) -> ReferenceRunner:
-        from pipeline.runtime import ReferenceModel
-        from pipeline.runtime.checkpoint import load_tensors, parse_checkpoint_config
-        from pipeline.runtime.weights import build_weights
-
-        config = parse_checkpoint_config(
-            engine_config["pretrained_config"], engine_dir / ENGINE_CONFIG, field_prefix="pretrained_config."
-        )
-        weights = build_weights(load_tensors(engine_dir), config, engine_dir)
-        return cls(ReferenceModel(config, weights, limits), engine_config)
-
-    @property
-    def limits(self) -> EngineLimits:
-        return self.model.limits
-
-    def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        import torch
-
-        self.limits.check([len(s) for s in sequences])
-        return by_length(
-            sequences, lambda batch: list(self.model.logits(torch.tensor(batch, dtype=torch.long)))
-        )
-
-    def generate(self, prompts: list[list[int]], **options: Any) -> list[list[int]]:
-        return self.model.generate(prompts, **options)
-
-    def close(self) -> None:
-        """Nothing outside Python's own memory to release."""
-
-
-def by_length(
-    sequences: list[list[int]], run: Callable[[list[list[int]]], list[torch.Tensor]]
-) -> list[torch.Tensor]:
-    """run() over the sequences grouped by length, results back in the sequences' order.
-
-    TensorRT-LLM's ModelRunnerMixin._prepare_outputs cuts the padded (batch, max_len, vocab) context
-    logits into per-request tensors by cumulative input lengths after flattening them (with packed
-    input): right only when every sequence in a call has the same length.
-    """
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, sequence in enumerate(sequences):
-        groups[len(sequence)].append(i)
-    out: list[Any] = [None] * len(sequences)
-    for indices in groups.values():
-        for i, logits in zip(indices, run([sequences[i] for i in indices]), strict=True):
-            out[i] = logits
-    return out
 
 
 def runner_options(
