@@ -464,9 +464,10 @@ def _plan(ceiling: float = 200.0) -> PlanFigures:
 
 def test_plan_figures_come_from_the_plan_module(in_repo_root):
     from pipeline.bench.reference import plan_figures
+    from pipeline.facts.architecture import KNOWN_ARCHITECTURES
     from pipeline.facts.config import Precision, load_config
     from pipeline.facts.targets import TARGETS
-    from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory
+    from pipeline.planning.memory import plan_memory
 
     config = load_config(in_repo_root / "pipeline.toml")
     arch = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]

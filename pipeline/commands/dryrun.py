@@ -21,10 +21,11 @@ from pipeline.execution.driver import is_kept, status
 from pipeline.execution.results import TaskResult, TaskState
 from pipeline.execution.scheduler import Schedule
 from pipeline.facts import layout
+from pipeline.facts.architecture import Architecture
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.container import SERVING_CONTAINER, serve_argv
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import ModelArch, plan_profile
+from pipeline.planning.memory import plan_profile
 from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
@@ -82,7 +83,7 @@ def _decisions(results: list[TaskResult], force_stages: frozenset[str]) -> dict[
 
 
 def _build_command(
-    config: PipelineConfig, store: ArtifactStore, task: Task, keys: dict[Task, str], arch: ModelArch
+    config: PipelineConfig, store: ArtifactStore, task: Task, keys: dict[Task, str], arch: Architecture
 ) -> PlannedCommand:
     from pipeline.trtllm.argv import trtllm_build_argv
 
@@ -127,7 +128,7 @@ def plan_run(
     config: PipelineConfig,
     store: ArtifactStore,
     tasks: list[Task],
-    arch: ModelArch | None,
+    arch: Architecture | None,
     *,
     force_stages: frozenset[str] = frozenset(),
     stages: Mapping[str, Stage] = STAGES,
