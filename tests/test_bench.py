@@ -940,10 +940,13 @@ def test_served_prompts_fit_the_input_limit_after_a_round_trip():
 
 
 def test_server_error_events_and_an_unreachable_server_are_stage_errors():
-    from pipeline.bench.served import stream_events, stream_requests
+    from pipeline.bench.served import stream_requests
+    from pipeline.serving.client import server_sent_events
 
     lines = [b"", b'data: {"text_output": "a"}', b"", b'data: {"error": "input too long"}']
-    events = stream_events(lines)
+    events = server_sent_events(
+        lines, stage="bench", url="http://127.0.0.1:9/v2/models/ensemble/generate_stream"
+    )
     assert next(events) == {"text_output": "a"}
     with pytest.raises(StageError, match="the server answered with an error: input too long"):
         next(events)
