@@ -465,9 +465,10 @@ def _plan(ceiling: float = 200.0) -> PlanFigures:
 
 def test_plan_figures_come_from_the_plan_module(in_repo_root):
     from pipeline.bench.reference import plan_figures
+    from pipeline.facts.architecture import KNOWN_ARCHITECTURES
     from pipeline.facts.config import Precision, load_config
     from pipeline.facts.targets import TARGETS
-    from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory
+    from pipeline.planning.memory import plan_memory
 
     config = load_config(in_repo_root / "pipeline.toml")
     arch = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
@@ -940,10 +941,13 @@ def test_served_prompts_fit_the_input_limit_after_a_round_trip():
 
 
 def test_server_error_events_and_an_unreachable_server_are_stage_errors():
-    from pipeline.bench.served import stream_events, stream_requests
+    from pipeline.bench.served import stream_requests
+    from pipeline.serving.client import server_sent_events
 
     lines = [b"", b'data: {"text_output": "a"}', b"", b'data: {"error": "input too long"}']
-    events = stream_events(lines)
+    events = server_sent_events(
+        lines, stage="bench", url="http://127.0.0.1:9/v2/models/ensemble/generate_stream"
+    )
     assert next(events) == {"text_output": "a"}
     with pytest.raises(StageError, match="the server answered with an error: input too long"):
         next(events)

@@ -43,10 +43,11 @@ from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import execute
 from pipeline.execution.inprocess import InProcessTaskRunner
 from pipeline.execution.results import TaskState
+from pipeline.facts.architecture import KNOWN_ARCHITECTURES
 from pipeline.facts.config import BuildSection, Precision, load_config, parse_config
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import KNOWN_ARCHITECTURES, plan_memory, plan_profile
+from pipeline.planning.memory import plan_memory, plan_profile
 from pipeline.planning.tasks import Task, plan_tasks, select_tasks
 from pipeline.stages import build
 from pipeline.stages.base import RunOptions, Stage, StageContext, StageOutcome

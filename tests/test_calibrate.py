@@ -14,7 +14,6 @@ from pipeline.calibration.data import token_samples
 from pipeline.calibration.loop import CalibrationLoop, is_out_of_memory
 from pipeline.calibration.verify import (
     CheckpointMismatchError,
-    HfArchitecture,
     check_config,
     read_safetensors_header,
     verify_checkpoint,
@@ -25,6 +24,7 @@ from pipeline.core.reporter import RecordingReporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import execute, status
 from pipeline.execution.results import TaskState
+from pipeline.facts.architecture import Architecture
 from pipeline.facts.config import CalibrationSection, parse_config
 from pipeline.planning.tasks import plan_tasks, select_tasks
 from pipeline.stages import STAGES
@@ -207,8 +207,8 @@ def test_int8_kv_cache_adds_kv_scales(tiny_model_dir, offline_mix, tmp_path):
 
 
 @pytest.fixture
-def tiny_arch(tiny_model_dir) -> HfArchitecture:
-    return HfArchitecture.load(tiny_model_dir)
+def tiny_arch(tiny_model_dir) -> Architecture:
+    return Architecture.load(tiny_model_dir)
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def edit_config(directory: Path, edit) -> None:
     (directory / "config.json").write_text(json.dumps(config))
 
 
-def verify_sq(directory: Path, arch: HfArchitecture, **kwargs):
+def verify_sq(directory: Path, arch: Architecture, **kwargs):
     return verify_checkpoint(
         directory,
         arch,
@@ -346,7 +346,7 @@ def test_rope_theta_is_read_from_transformers5_rope_parameters(tiny_model_dir):
     hf = json.loads((tiny_model_dir / "config.json").read_text())
     theta = hf.pop("rope_theta")
     hf["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
-    arch = HfArchitecture.from_config(hf, "config.json")
+    arch = Architecture.from_hf_config(hf, "config.json")
     assert arch.rope_theta == 1_000_000.0
     exported_by_5x = {"dtype": "float16", "quantization": {"quant_algo": None, "kv_cache_quant_algo": None}}
     fixed, repairs, _ = check_config(
@@ -364,7 +364,7 @@ def test_verifier_fails_on_a_wrong_head_count(sq_copy, tiny_arch):
     assert trt_config(sq_copy)["num_attention_heads"] == 8  # nothing is rewritten on failure
 
 
-def check_sq(trt: dict, arch: HfArchitecture):
+def check_sq(trt: dict, arch: Architecture):
     return check_config(
         trt, arch, quant_algo="W8A8_SQ_PER_CHANNEL", kv_cache_quant_algo=None, export_dtype="float16"
     )

@@ -8,16 +8,11 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.errors import ConfigError, InputError
+from pipeline.facts.architecture import KNOWN_ARCHITECTURES
 from pipeline.facts.config import Precision, Profile, load_config
 from pipeline.facts.formats import unsupported_on_sm
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import (
-    KNOWN_ARCHITECTURES,
-    find_architecture,
-    plan_config,
-    plan_memory,
-    plan_profile,
-)
+from pipeline.planning.memory import find_architecture, plan_config, plan_memory, plan_profile
 
 MISTRAL = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-Instruct-v0.3"]
 GIB = 1024**3
@@ -180,9 +175,9 @@ def test_architecture_sources(tmp_path, repo_root):
     }
     (fetched / "config.json").write_text(json.dumps(hf))
     arch = find_architecture(real, fetched)
-    assert (arch.vocab_size, arch.num_layers, arch.head_dim) == (1000, 3, 32)
+    assert (arch.vocab_size, arch.num_hidden_layers, arch.head_dim) == (1000, 3, 32)
     tiny = find_architecture(load_config(None))
-    assert tiny.source == "TinyMistralSpec" and (tiny.num_kv_heads, tiny.head_dim) == (1, 64)
+    assert tiny.source == "TinyMistralSpec" and (tiny.num_key_value_heads, tiny.head_dim) == (1, 64)
     unknown = real.model_copy(update={"model": real.model.model_copy(update={"repo_id": "org/unknown"})})
     with pytest.raises(InputError, match="not known before it is fetched"):
         find_architecture(unknown)

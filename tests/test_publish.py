@@ -37,6 +37,7 @@ from pipeline.execution.results import TaskState
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.serving import release
+from pipeline.serving.models import tensornames
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 from pipeline.serving.render import MODEL_NAMES, RepositoryValues, render_config, template_text
 from pipeline.stages.base import StageContext
@@ -578,6 +579,42 @@ def test_the_engine_model_uses_only_tensor_names_the_backend_reads():
 @pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
 def test_client_inputs_are_the_upstream_models_names(model):
     assert {i.name for i in parsed(model).input} - UPSTREAM_CLIENT_INPUTS == set()
+
+
+# --- the templates spell their tensor names; pipeline/serving/models/tensornames.py is their one home ---
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_each_template_declares_exactly_the_tensors_the_names_module_lists(model):
+    inputs, outputs = tensornames.INTERFACES[model]
+    config = parsed(model)
+    assert sorted(i.name for i in config.input) == sorted(inputs)
+    assert sorted(o.name for o in config.output) == sorted(outputs)
+
+
+def test_the_ensemble_wires_its_steps_as_the_names_module_says():
+    """The BLS model wires a request with the module's maps; the ensemble's steps must agree."""
+    config = parsed("ensemble")
+    steps = config.ensemble_scheduling.step
+    source = {i.name: ("ensemble", i.name) for i in config.input}  # an ensemble tensor -> who writes it
+    for step in steps:
+        source |= {tensor: (step.model_name, name) for name, tensor in step.output_map.items()}
+    wiring: dict[tuple[str, str], dict[str, str]] = {}
+    for step in steps:
+        for name, tensor in step.input_map.items():
+            model, written = source[tensor]
+            wiring.setdefault((model, step.model_name), {})[written] = name
+    for output in config.output:
+        model, written = source[output.name]
+        wiring.setdefault((model, "ensemble"), {})[written] = output.name
+    assert wiring == {
+        ("ensemble", "preprocessing"): tensornames.TEXT_TO_PREPROCESSING,
+        ("preprocessing", "tensorrt_llm"): tensornames.PREPROCESSING_TO_ENGINE,
+        ("ensemble", "tensorrt_llm"): tensornames.TEXT_TO_ENGINE,
+        ("tensorrt_llm", "postprocessing"): tensornames.ENGINE_TO_POSTPROCESSING,
+        ("postprocessing", "ensemble"): {tensornames.Postprocessing.OUTPUT: tensornames.Text.TEXT_OUTPUT},
+        ("tensorrt_llm", "ensemble"): {tensornames.Engine.BATCH_INDEX: tensornames.Text.BATCH_INDEX},
+    }
 
 
 def test_a_new_mount_path_is_a_new_version_that_differs_only_in_gpt_model_path(tmp_path):

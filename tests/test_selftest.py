@@ -72,7 +72,7 @@ def test_the_selftest_model_has_shapes_tensorrt_llm_kernels_accept(repo_root, tm
     config = selftest_config("a100-40gb", tmp_path, repo_root / "calib_data")
     arch = find_architecture(config)
     assert arch.head_dim in (64, 128) and arch.hidden_size % 128 == 0
-    assert arch.num_heads % arch.num_kv_heads == 0
+    assert arch.num_attention_heads % arch.num_key_value_heads == 0
     # The one tiny-model generator writes those shapes (no training needed to check them).
     spec = tiny_spec(config.model.tiny_size, seed=0, train_steps=0)
     written = json.loads((generate_tiny_mistral(tmp_path / "m", spec) / "config.json").read_text())

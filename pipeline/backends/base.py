@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
+    from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
     from pipeline.facts.formats import Precision
     from pipeline.facts.targets import Target
-    from pipeline.planning.memory import ModelArch, ProfilePlan
+    from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
     from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
@@ -244,7 +245,7 @@ class Backend(Protocol):
         ...
 
     def planned_build(
-        self, config: PipelineConfig, task: Task, arch: ModelArch | None, paths: BuildPaths
+        self, config: PipelineConfig, task: Task, arch: Architecture | None, paths: BuildPaths
     ) -> list[PlannedCommand]:
         """The external commands `build` would run for `task` (the dry run), from the same argv
         builder with the same arguments. arch is None when the model's shape is not known yet."""

@@ -47,9 +47,10 @@ if TYPE_CHECKING:
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
+    from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
     from pipeline.facts.targets import Target
-    from pipeline.planning.memory import ModelArch, ProfilePlan
+    from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
     from pipeline.stages.base import RunOptions, StageContext
 
@@ -95,7 +96,7 @@ class ReferenceBackend:
         return pack_engine(ctx, paths, plan)
 
     def planned_build(
-        self, config: PipelineConfig, task: Task, arch: ModelArch | None, paths: BuildPaths
+        self, config: PipelineConfig, task: Task, arch: Architecture | None, paths: BuildPaths
     ) -> list[PlannedCommand]:
         return []  # packing runs in the pipeline's own process
 

@@ -13,13 +13,19 @@ from typing import Any
 
 from pipeline.bench.memory import MemoryReading
 from pipeline.bench.results import BatchRatio, PlanFigures, PublishedEstimate, Ratios, ThroughputPoint
+from pipeline.facts.architecture import KNOWN_ARCHITECTURES, Architecture
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import ModelArch, bytes_read_per_token, plan_memory
+from pipeline.planning.memory import bytes_read_per_token, plan_memory
 
 PUBLISHED_TARGET = "a100-40gb"
-# Mistral 7B's shape (v0.1 to v0.3 share it; v0.3 only grows the vocabulary).
-MISTRAL_7B_SHAPE = {"hidden_size": 4096, "num_hidden_layers": 32, "num_key_value_heads": 8}
+# Mistral 7B's shape, by the engine config's names (v0.1 to v0.3 share it; v0.3 only grows the vocabulary).
+_MISTRAL_7B = KNOWN_ARCHITECTURES["mistralai/Mistral-7B-v0.3"]
+MISTRAL_7B_SHAPE = {
+    "hidden_size": _MISTRAL_7B.hidden_size,
+    "num_hidden_layers": _MISTRAL_7B.num_hidden_layers,
+    "num_key_value_heads": _MISTRAL_7B.num_key_value_heads,
+}
 
 
 def is_mistral_7b(pretrained_config: dict[str, Any]) -> bool:
@@ -41,7 +47,7 @@ def published_estimate(*, pretrained_config: dict[str, Any], target: str) -> Pub
     )
 
 
-def plan_figures(config: PipelineConfig, arch: ModelArch, precision: str, profile: str) -> PlanFigures:
+def plan_figures(config: PipelineConfig, arch: Architecture, precision: str, profile: str) -> PlanFigures:
     """The plan's ceilings and estimate for one engine, from the same formulas `trtllm-pipeline plan` shows."""
     target = TARGETS[config.target.gpu]
     plan = plan_memory(

@@ -11,7 +11,6 @@ counted as one token and timed when it arrives.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -23,8 +22,11 @@ from pipeline.bench.stats import RequestTimeline, itl_percentiles, tokens_per_se
 from pipeline.bench.workload import ServedCase, Workload, synthetic_prompts
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import Reporter
+from pipeline.serving.client import GenerateClient, endpoint_url
+from pipeline.serving.models.tensornames import Text
 
 ENSEMBLE = "ensemble"
+UNREACHABLE = "is the server up and serving this engine? start it on the published repository"
 SERVED_SOURCE = (
     "client side: each server-sent event of /v2/models/ensemble/generate_stream timed on this "
     "process's monotonic clock as it arrives (HTTP, JSON and the server's tokenization included)"
@@ -60,31 +62,10 @@ def text_prompts(tokenizer: Tokenizer, count: int, input_len: int, vocab_size: i
     return prompts
 
 
-def stream_events(lines: Any) -> Any:
-    """The JSON payloads of a server-sent-event stream (`data: {...}` lines); raises on an error event."""
-    for raw in lines:
-        line = raw.decode() if isinstance(raw, bytes) else raw
-        if not line.startswith("data:"):
-            continue
-        event = json.loads(line[len("data:") :])
-        if "error" in event:
-            raise StageError("bench", f"the server answered with an error: {event['error']}")
-        yield event
-
-
-def _one_request(post: Callable[..., Any], url: str, body: dict[str, Any], clock: Clock) -> RequestTimeline:
+def _timeline(client: GenerateClient, body: dict[str, Any], clock: Clock) -> RequestTimeline:
     sent = clock()
-    arrivals = []
-    with post(url, json=body, stream=True) as response:
-        if response.status_code != 200:
-            raise StageError("bench", f"POST {url}: HTTP {response.status_code}: {response.text[:200]}")
-        for _event in stream_events(response.iter_lines()):
-            arrivals.append(clock())
-    return RequestTimeline(sent, tuple(arrivals))
-
-
-def generate_stream_url(server_url: str) -> str:
-    return f"{server_url.rstrip('/')}/v2/models/{ENSEMBLE}/generate_stream"
+    arrivals = tuple(clock() for _event in client.generate_stream(ENSEMBLE, body))
+    return RequestTimeline(sent, arrivals)
 
 
 def stream_requests(
@@ -97,37 +78,32 @@ def stream_requests(
     timeout_s: float,
 ) -> tuple[list[RequestTimeline], float]:
     """Send every prompt through `concurrency` clients; each request's timeline, and the wall time of all."""
-    import requests
-
-    url = generate_stream_url(server_url)
     pending = list(enumerate(prompts))
     lock = threading.Lock()
     timelines: list[RequestTimeline | None] = [None] * len(prompts)
-    failures: list[BaseException] = []
+    failures: list[StageError] = []
 
     def client() -> None:
-        with requests.Session() as session:
-
-            def post(*args: Any, **kwargs: Any) -> Any:
-                return session.post(*args, timeout=timeout_s, **kwargs)
-
+        with GenerateClient(
+            server_url, stage="bench", timeout_s=timeout_s, unreachable_hint=UNREACHABLE
+        ) as http:
             while not failures:
                 with lock:
                     if not pending:
                         return
                     index, text = pending.pop(0)
                 body = {
-                    "text_input": text,
-                    "max_tokens": output_len,
+                    Text.TEXT_INPUT: text,
+                    Text.MAX_TOKENS: output_len,
                     # No token id is negative: no early stop, every request yields output_len tokens
                     # (TensorRT-LLM's benchmarks ignore the end token the same way).
-                    "end_id": NO_END_ID,
-                    "temperature": 0.0,
-                    "stream": True,
+                    Text.END_ID: NO_END_ID,
+                    Text.TEMPERATURE: 0.0,
+                    Text.STREAM: True,
                 }
                 try:
-                    timelines[index] = _one_request(post, url, body, clock)
-                except (StageError, requests.RequestException) as exc:
+                    timelines[index] = _timeline(http, body, clock)
+                except StageError as exc:
                     failures.append(exc)
 
     started = clock()
@@ -138,16 +114,10 @@ def stream_requests(
         t.join()
     wall = clock() - started
     if failures:
-        exc = failures[0]
-        if isinstance(exc, StageError):
-            raise exc
-        raise StageError(
-            "bench",
-            f"{url}: {type(exc).__name__}: {exc}",
-            hint="is the server up and serving this engine? start it on the published repository",
-        ) from exc
+        raise failures[0]
     done = [t for t in timelines if t is not None]
     if any(t.output_tokens == 0 for t in done):
+        url = endpoint_url(server_url, ENSEMBLE, "generate_stream")
         raise StageError("bench", f"{url}: a request streamed no token")
     return done, wall
 

@@ -27,7 +27,6 @@ from pipeline.calibration.records import CalibrationRecord, CalibrationRun, Data
 from pipeline.calibration.verify import (
     CHECKPOINT_CONFIG,
     RANK0_WEIGHTS,
-    HfArchitecture,
     block_problems,
     read_safetensors_header,
     verify_checkpoint,
@@ -36,6 +35,7 @@ from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import Reporter
 from pipeline.datasets.jsonl import LoadedTexts, load_texts
+from pipeline.facts.architecture import HF_CONFIG, Architecture
 from pipeline.facts.config import CalibrationSection, Precision
 
 VERSIONED = ("nvidia-modelopt", "torch", "transformers")
@@ -85,12 +85,12 @@ def export_checkpoint(
         recipe = recipe_for(
             precision, smoothquant_alpha=settings.smoothquant_alpha, kv_cache_dtype=kv_cache_dtype
         )
-    arch = HfArchitecture.load(model_dir)
+    arch = Architecture.load(model_dir)
     unfit = block_problems(arch, recipe.format)
     if unfit:
         raise InputError(
             f"cannot quantize this model to {precision.value}: {'; '.join(unfit)}",
-            path=model_dir / "config.json",
+            path=model_dir / HF_CONFIG,
             hint="choose int8_sq or int8_wo for this model",
         )
     # Bad data fails here, before minutes of model loading.

@@ -12,23 +12,19 @@ repair recorded; anything else that disagrees fails the export.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.calibration.records import Repair
 from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import InputError, StageError
+from pipeline.facts.architecture import Architecture
 from pipeline.facts.formats import WeightFormat, format_for_quant_algo
 
 CHECKPOINT_CONFIG = "config.json"
 RANK0_WEIGHTS = "rank0.safetensors"
-MISTRAL_DEFAULT_ROPE_THETA = 10000.0  # what transformers uses when the config names none
 
 DTYPE_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
-
-# TensorRT-LLM linear name -> (rows, cols) as functions of the architecture.
-LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 SCALE_CODE = "F32"  # ModelOpt exports every scaling factor in float32
 
 
@@ -47,72 +43,9 @@ class CheckpointMismatchError(StageError):
         )
 
 
-@dataclass(frozen=True)
-class HfArchitecture:
-    """The Hugging Face config fields a TensorRT-LLM decoder checkpoint must agree with."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    max_position_embeddings: int
-    rope_theta: float
-    sliding_window: int | None
-    tie_word_embeddings: bool
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], source: str | Path) -> HfArchitecture:
-        def need(key: str) -> Any:
-            if cfg.get(key) is None:
-                raise InputError(f"Hugging Face config has no '{key}'", path=source)
-            return cfg[key]
-
-        heads = int(need("num_attention_heads"))
-        hidden = int(need("hidden_size"))
-        # transformers 5 moves rope_theta into rope_parameters.
-        rope_theta = cfg.get("rope_theta")
-        if rope_theta is None:
-            rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", MISTRAL_DEFAULT_ROPE_THETA)
-        return cls(
-            vocab_size=int(need("vocab_size")),
-            hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_hidden_layers=int(need("num_hidden_layers")),
-            num_attention_heads=heads,
-            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(need("rms_norm_eps")),
-            max_position_embeddings=int(need("max_position_embeddings")),
-            rope_theta=float(rope_theta),
-            sliding_window=cfg.get("sliding_window"),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        )
-
-    @property
-    def linear_inputs(self) -> dict[str, int]:
-        """Input features of each linear: what a per-group format's block must divide."""
-        return {
-            "hidden_size": self.hidden_size,
-            "num_attention_heads x head_dim": self.num_attention_heads * self.head_dim,
-            "intermediate_size": self.intermediate_size,
-        }
-
-    @classmethod
-    def load(cls, model_dir: Path) -> HfArchitecture:
-        path = model_dir / "config.json"
-        try:
-            return cls.from_config(json.loads(path.read_text()), path)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read the Hugging Face config: {exc}", path=path) from None
-
-
 def check_config(
     trt: dict[str, Any],
-    arch: HfArchitecture,
+    arch: Architecture,
     *,
     quant_algo: str | None,
     kv_cache_quant_algo: str | None,
@@ -180,20 +113,11 @@ TensorSpec = tuple[str, tuple[int, ...] | None]  # (safetensors dtype code, shap
 
 
 def expected_tensors(
-    arch: HfArchitecture, *, quant_algo: str | None, kv_cache_quant_algo: str | None, export_dtype: str
+    arch: Architecture, *, quant_algo: str | None, kv_cache_quant_algo: str | None, export_dtype: str
 ) -> dict[str, TensorSpec]:
     """Every tensor rank0.safetensors must hold, with dtype and shape. Pure."""
     act = DTYPE_CODES[export_dtype]
-    h, inter = arch.hidden_size, arch.intermediate_size
-    attn = arch.num_attention_heads * arch.head_dim
-    qkv = (arch.num_attention_heads + 2 * arch.num_key_value_heads) * arch.head_dim
-    shapes = {
-        "attention.qkv": (qkv, h),
-        "attention.dense": (h, attn),
-        "mlp.fc": (inter, h),
-        "mlp.gate": (inter, h),
-        "mlp.proj": (h, inter),
-    }
+    h = arch.hidden_size
     out: dict[str, TensorSpec] = {
         "transformer.vocab_embedding.weight": (act, (arch.vocab_size, h)),
         "transformer.ln_f.weight": (act, (h,)),
@@ -204,7 +128,7 @@ def expected_tensors(
         prefix = f"transformer.layers.{n}."
         out[prefix + "input_layernorm.weight"] = (act, (h,))
         out[prefix + "post_layernorm.weight"] = (act, (h,))
-        for linear, (rows, cols) in shapes.items():
+        for linear, (rows, cols) in arch.linears.items():
             out |= _linear_tensors(prefix + linear, rows, cols, format_for_quant_algo(quant_algo), act)
         if kv_cache_quant_algo is not None:
             for scale in ("kv_cache_scaling_factor", "k_cache_scaling_factor", "v_cache_scaling_factor"):
@@ -233,7 +157,7 @@ def _linear_tensors(name: str, rows: int, cols: int, fmt: WeightFormat, act: str
     return out
 
 
-def block_problems(arch: HfArchitecture, fmt: WeightFormat) -> list[str]:
+def block_problems(arch: Architecture, fmt: WeightFormat) -> list[str]:
     """Why a per-group format cannot quantize this model (ModelOpt's export refuses such shapes)."""
     if fmt.group_size is None:
         return []
@@ -280,7 +204,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorSpec]:
 
 def verify_checkpoint(
     checkpoint_dir: Path,
-    arch: HfArchitecture,
+    arch: Architecture,
     *,
     quant_algo: str | None,
     kv_cache_quant_algo: str | None,

@@ -21,8 +21,8 @@ from pipeline.execution.driver import is_kept, status
 from pipeline.execution.results import TaskResult, TaskState
 from pipeline.execution.scheduler import Schedule
 from pipeline.facts import layout
+from pipeline.facts.architecture import Architecture
 from pipeline.facts.config import PipelineConfig
-from pipeline.planning.memory import ModelArch
 from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
@@ -97,7 +97,7 @@ def plan_run(
     config: PipelineConfig,
     store: ArtifactStore,
     tasks: list[Task],
-    arch: ModelArch | None,
+    arch: Architecture | None,
     *,
     force_stages: frozenset[str] = frozenset(),
     stages: Mapping[str, Stage] = STAGES,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.datasets.offline import offline_texts
+from pipeline.facts.architecture import Architecture
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -22,19 +23,32 @@ CHAT_TEMPLATE = (
 )
 
 
+# Shapes every format and TensorRT-LLM's kernels accept: each linear's inputs (hidden, heads x
+# head_dim, intermediate) are multiples of the AWQ group of 128 (ModelOpt's INT4 export refuses
+# others), head_dim is 64, and two query heads share one KV head (GQA). vocab_size is what the
+# tokenizer is trained to; the written config holds the tokenizer's own length.
+TINY_DEMO = Architecture(
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=64,
+    max_position_embeddings=512,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-5,
+    sliding_window=None,
+    tie_word_embeddings=False,
+    source="TinyMistralSpec",
+)
+
+
 @dataclass(frozen=True)
 class TinyMistralSpec:
-    # Shapes every format and TensorRT-LLM's kernels accept: each linear's inputs (hidden,
-    # heads x head_dim, intermediate) are multiples of the AWQ group of 128 (ModelOpt's INT4
-    # export refuses others), head_dim is 64, and two query heads share one KV head (GQA).
-    vocab_size: int = 512
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2
-    num_key_value_heads: int = 1
-    max_position_embeddings: int = 512
-    rope_theta: float = 1_000_000.0
+    """A tiny model to generate: its architecture, and how it is trained."""
+
+    arch: Architecture = TINY_DEMO
     train_steps: int = 300
     train_seq_len: int = 64
     train_batch: int = 16
@@ -45,12 +59,10 @@ class TinyMistralSpec:
 # (head_dim 64, hidden a multiple of 128), for `make gpu-selftest`.
 TINY_SIZES = {
     "demo": TinyMistralSpec(),
-    "gpu": replace(
-        TinyMistralSpec(),
-        hidden_size=256,
-        intermediate_size=512,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    "gpu": TinyMistralSpec(
+        arch=replace(
+            TINY_DEMO, hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2
+        )
     ),
 }
 
@@ -96,20 +108,9 @@ def generate_tiny_mistral(
 
     torch.manual_seed(spec.seed)
     texts = [r["text"] for r in offline_texts(2000, seed=spec.seed)]
-    tokenizer = _train_tokenizer(texts, spec.vocab_size)
+    tokenizer = _train_tokenizer(texts, spec.arch.vocab_size)
     config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        head_dim=spec.hidden_size // spec.num_attention_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        rope_theta=spec.rope_theta,
-        sliding_window=None,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
+        **(spec.arch.hf_config() | {"vocab_size": len(tokenizer)}),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )

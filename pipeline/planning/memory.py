@@ -29,20 +29,19 @@ INT8 KV cache turns paged context FMHA (and with it chunked context) off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.core.errors import ConfigError, InputError
+from pipeline.facts.architecture import HF_CONFIG, KNOWN_ARCHITECTURES, Architecture
 from pipeline.facts.config import GATE_PROFILE, PipelineConfig, Precision, Profile
 from pipeline.facts.formats import WeightFormat, builds_paged_context_fmha, kv_cache_format, weight_format
 from pipeline.facts.targets import TARGETS, Target
 
 if TYPE_CHECKING:
     from pipeline.backends.base import Backend
-    from pipeline.calibration.verify import HfArchitecture
 
 GIB = 1024**3
 KV_FREE_FRACTION = 0.9  # TensorRT-LLM KvCacheConfig.free_gpu_memory_fraction's default
@@ -51,108 +50,18 @@ DEFAULT_MAX_NUM_TOKENS = 8192  # TensorRT-LLM BuildConfig.max_num_tokens's defau
 ACTIVATION_BYTES = 2  # FP16 activations
 LOGITS_BYTES = 4  # context logits are FP32 (PretrainedConfig.logits_dtype)
 UNQUANTIZED_BYTES = 2  # embedding, lm_head, norms stay FP16
-LINEARS_PER_LAYER = 5  # qkv, dense, fc, gate, proj
 
 
-@dataclass(frozen=True)
-class ModelArch:
-    """The figures of a decoder-only Llama/Mistral model the plan needs."""
-
-    source: str  # where the figures came from, for the derivation
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    tie_word_embeddings: bool = False
-
-    @property
-    def linear_out_channels_per_layer(self) -> int:
-        # qkv + dense + fc and gate (both ffn wide) + proj
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        return (q + 2 * kv) + self.hidden_size + 2 * self.intermediate_size + self.hidden_size
-
-    @property
-    def linear_in_channels_per_layer(self) -> int:
-        # qkv, fc and gate read the hidden state; dense reads the attention output; proj the FFN
-        return 3 * self.hidden_size + self.num_heads * self.head_dim + self.intermediate_size
-
-    @property
-    def linear_params(self) -> int:
-        h, f = self.hidden_size, self.intermediate_size
-        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + h * 2 * f + f * h
-        return per_layer * self.num_layers
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
-
-    @property
-    def unquantized_params(self) -> int:
-        """Embedding, lm_head (unless tied) and the RMSNorm weights (two per layer and a final one)."""
-        lm_head = 0 if self.tie_word_embeddings else self.embedding_params
-        return self.embedding_params + lm_head + (2 * self.num_layers + 1) * self.hidden_size
-
-    @property
-    def params(self) -> int:
-        return self.linear_params + self.unquantized_params
-
-    @classmethod
-    def from_hf(cls, hf: HfArchitecture, source: str) -> ModelArch:
-        return cls(
-            source=source,
-            hidden_size=hf.hidden_size,
-            num_layers=hf.num_hidden_layers,
-            num_heads=hf.num_attention_heads,
-            num_kv_heads=hf.num_key_value_heads,
-            head_dim=hf.head_dim,
-            intermediate_size=hf.intermediate_size,
-            vocab_size=hf.vocab_size,
-            tie_word_embeddings=hf.tie_word_embeddings,
-        )
-
-
-_MISTRAL_7B_V03 = dict(
-    hidden_size=4096,
-    num_layers=32,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    intermediate_size=14336,
-    vocab_size=32768,
-)
-# Architectures known before anything is downloaded (figures from each repo's config.json).
-KNOWN_ARCHITECTURES: dict[str, ModelArch] = {
-    repo: ModelArch(source=f"built-in table ({repo})", **_MISTRAL_7B_V03)
-    for repo in ("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3")
-}
-
-
-def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = None) -> ModelArch:
+def find_architecture(config: PipelineConfig, fetched_model_dir: Path | None = None) -> Architecture:
     """The model's architecture: the fetched config.json, a local one, the tiny spec, or the built-in table."""
     model = config.model
     for folder in (fetched_model_dir, model.local_path if model.source == "local" else None):
-        if folder is not None and (folder / "config.json").is_file():
-            from pipeline.calibration.verify import HfArchitecture
-
-            return ModelArch.from_hf(HfArchitecture.load(folder), str(folder / "config.json"))
+        if folder is not None and (folder / HF_CONFIG).is_file():
+            return Architecture.load(folder)
     if model.source == "tiny":
         from pipeline.hub.tiny_model import tiny_spec
 
-        spec = tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps)
-        return ModelArch(
-            source="TinyMistralSpec",
-            hidden_size=spec.hidden_size,
-            num_layers=spec.num_hidden_layers,
-            num_heads=spec.num_attention_heads,
-            num_kv_heads=spec.num_key_value_heads,
-            head_dim=spec.hidden_size // spec.num_attention_heads,
-            intermediate_size=spec.intermediate_size,
-            vocab_size=spec.vocab_size,
-        )
+        return tiny_spec(model.tiny_size, seed=model.tiny_seed, train_steps=model.tiny_train_steps).arch
     if model.repo_id in KNOWN_ARCHITECTURES:
         return KNOWN_ARCHITECTURES[model.repo_id]
     raise InputError(
@@ -214,11 +123,11 @@ def derive_max_num_tokens(profile: Profile, *, paged_context_fmha: bool) -> tupl
     return value, how
 
 
-def scale_bytes(arch: ModelArch, fmt: WeightFormat) -> tuple[int, str]:
+def scale_bytes(arch: Architecture, fmt: WeightFormat) -> tuple[int, str]:
     """Bytes of the quantized linears' scales in the engine, and how."""
     if not fmt.quantized:
         return 0, ""
-    layers, size = arch.num_layers, fmt.scale_bytes
+    layers, size = arch.num_hidden_layers, fmt.scale_bytes
     if fmt.group_size is not None:
         groups = arch.linear_params // fmt.group_size
         prequant = arch.linear_in_channels_per_layer * layers
@@ -228,13 +137,13 @@ def scale_bytes(arch: ModelArch, fmt: WeightFormat) -> tuple[int, str]:
             "pre-quant scales"
         )
     if fmt.layout is not None and fmt.layout.weight_scale == "tensor":
-        count = LINEARS_PER_LAYER * layers * (2 if fmt.layout.activation_scale else 1)
+        count = len(arch.linears) * layers * (2 if fmt.layout.activation_scale else 1)
         return count * size, f"{count} x {size} B per-tensor scales"
     channels = arch.linear_out_channels_per_layer * layers
     return channels * size, f"{channels:,} x {size} B per-channel scales"
 
 
-def bytes_read_per_token(arch: ModelArch, weight_bytes: int) -> int:
+def bytes_read_per_token(arch: Architecture, weight_bytes: int) -> int:
     """What generating one token reads besides its KV cache: every weight once, but of the
     embedding table only the token's own row. The decode ceilings divide bandwidth by it."""
     return weight_bytes - arch.embedding_params * UNQUANTIZED_BYTES + arch.hidden_size * UNQUANTIZED_BYTES
@@ -246,7 +155,7 @@ def format_bytes(n: float) -> str:
 
 
 def plan_memory(
-    arch: ModelArch,
+    arch: Architecture,
     precision: Precision,
     kv_cache_dtype: str,
     target: Target,
@@ -273,7 +182,7 @@ def plan_memory(
     scales, scales_how = scale_bytes(arch, fmt)
     linear_bytes = arch.linear_params * fmt.weight_bits // 8
     weights = linear_bytes + scales + arch.unquantized_params * UNQUANTIZED_BYTES
-    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * kv.bytes_per_value
+    kv_per_token = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * kv.bytes_per_value
     memory = int(target.memory_gib * GIB)
     headroom = memory - weights
     tokens, tokens_how = derive_max_num_tokens(profile, paged_context_fmha=paged_context_fmha)
@@ -315,7 +224,7 @@ def plan_memory(
             )
         )
 
-    h, f, v, layers = arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_layers
+    h, f, v, layers = arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_hidden_layers
     lines = (
         PlanLine(
             figure="parameters",
@@ -339,7 +248,7 @@ def plan_memory(
             figure="KV cache per token",
             value=f"{kv_per_token / 1024:g} KiB",
             how=(
-                f"2 x {layers} layers x {arch.num_kv_heads} kv_heads x {arch.head_dim} head_dim x "
+                f"2 x {layers} layers x {arch.num_key_value_heads} kv_heads x {arch.head_dim} head_dim x "
                 f"{kv.bytes_per_value} B ({kv.name}) = {kv_per_token:,} B"
             ),
         ),
@@ -426,7 +335,7 @@ def plan_memory(
 
 
 def _plan(
-    config: PipelineConfig, arch: ModelArch, target: Target, precision: Precision, name: str
+    config: PipelineConfig, arch: Architecture, target: Target, precision: Precision, name: str
 ) -> ProfilePlan:
     from pipeline.backends import backend_for
 
@@ -443,7 +352,9 @@ def _plan(
     )
 
 
-def plan_config(config: PipelineConfig, arch: ModelArch, targets: tuple[str, ...] = ()) -> list[ProfilePlan]:
+def plan_config(
+    config: PipelineConfig, arch: Architecture, targets: tuple[str, ...] = ()
+) -> list[ProfilePlan]:
     """Every (target, precision, profile) plan, the gate engine's included; targets default to the config's own."""
     return [
         _plan(config, arch, TARGETS[name], precision, profile)
@@ -454,7 +365,7 @@ def plan_config(config: PipelineConfig, arch: ModelArch, targets: tuple[str, ...
 
 
 def plan_profile(
-    config: PipelineConfig, arch: ModelArch, precision: Precision, profile_name: str
+    config: PipelineConfig, arch: Architecture, precision: Precision, profile_name: str
 ) -> ProfilePlan:
     """The plan of one build task on the config's target, refusing a profile that does not fit."""
     plan = _plan(config, arch, TARGETS[config.target.gpu], precision, profile_name)

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.core.errors import InputError
+from pipeline.facts.architecture import Architecture
 from pipeline.facts.formats import FORMATS, KV_CACHE_FORMATS
 
 CONFIG_NAME = "config.json"
@@ -66,7 +67,8 @@ class Mapping(BaseModel):
 
 
 class CheckpointConfig(BaseModel):
-    """The fields of a TensorRT-LLM Llama-family checkpoint config this runtime reads."""
+    """The fields of a TensorRT-LLM Llama-family checkpoint config this runtime reads: TensorRT-LLM's
+    names and defaults as the file holds them. The model's shape is `arch`."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     architecture: str
@@ -85,6 +87,7 @@ class CheckpointConfig(BaseModel):
     rotary_scaling: dict[str, Any] | None = None
     rotary_pct: float = 1.0
     max_position_embeddings: int | None = None
+    sliding_window: int | None = None  # written by calibration's check, from the Hugging Face config
     share_embedding_table: bool = False
     mapping: Mapping = Mapping()
     quantization: QuantizationConfig = QuantizationConfig()
@@ -106,21 +109,28 @@ class CheckpointConfig(BaseModel):
         for field, (ok, expected) in problems.items():
             if not ok:
                 raise ValueError(f"{field}: the reference runtime supports {expected}")
-        if self.num_attention_heads % self.kv_heads:
+        if self.num_attention_heads % self.arch.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         return self
 
     @property
-    def kv_heads(self) -> int:
-        return self.num_key_value_heads or self.num_attention_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.head_size or self.hidden_size // self.num_attention_heads
-
-    @property
-    def ffn_size(self) -> int:
-        return self.intermediate_size or 4 * self.hidden_size
+    def arch(self) -> Architecture:
+        """The model's shape, a field the file leaves out taking TensorRT-LLM's default."""
+        return Architecture(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size or 4 * self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads or self.num_attention_heads,
+            head_dim=self.head_size or self.hidden_size // self.num_attention_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_theta=self.rotary_base,
+            rms_norm_eps=self.norm_epsilon,
+            sliding_window=self.sliding_window,
+            tie_word_embeddings=self.share_embedding_table,
+            source="TensorRT-LLM checkpoint config",
+        )
 
     @property
     def quant_algo(self) -> str | None:

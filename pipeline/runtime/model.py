@@ -34,11 +34,12 @@ class ReferenceModel:
 
     def __init__(self, config: CheckpointConfig, weights: ModelWeights, limits: EngineLimits | None) -> None:
         self._config = config
+        self._arch = config.arch
         self._weights = weights
         self.limits = limits
-        head_dim = config.head_dim
+        head_dim = self._arch.head_dim
         exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-        self._inv_freq = (1.0 / (config.rotary_base**exponents)).float()
+        self._inv_freq = (1.0 / (self._arch.rope_theta**exponents)).float()
         kv_algo = config.quantization.kv_cache_quant_algo
         self._kv_codec = None if kv_algo is None else KV_CODECS[kv_algo]
         self._kv_scales = tuple(layer.kv_cache_scale for layer in weights.layers)
@@ -127,24 +128,23 @@ class ReferenceModel:
         return KVCache.empty(len(self._weights.layers), self._kv_codec, self._kv_scales)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._config.vocab_size):
-            raise InputError(f"token ids must lie in [0, {self._config.vocab_size}), got {int(ids.max())}")
+        vocab = self._arch.vocab_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise InputError(f"token ids must lie in [0, {vocab}), got {int(ids.max())}")
 
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, cache: KVCache
     ) -> torch.Tensor:
         """ids/positions [batch, new]; valid [batch, cached + new] marks real (not padding) tokens."""
-        cfg = self._config
+        eps = self._arch.rms_norm_eps
         h = self._weights.embedding[ids]
         cos, sin = self._rotary(positions)
         mask = self._attention_mask(valid, ids.shape[1])
         for index, layer in enumerate(self._weights.layers):
-            h = h + self._attention(
-                layer, rms_norm(h, layer.input_norm, cfg.norm_epsilon), cos, sin, mask, cache, index
-            )
-            x = rms_norm(h, layer.post_norm, cfg.norm_epsilon)
+            h = h + self._attention(layer, rms_norm(h, layer.input_norm, eps), cos, sin, mask, cache, index)
+            x = rms_norm(h, layer.post_norm, eps)
             h = h + layer.proj(torch.nn.functional.silu(layer.fc(x)) * layer.gate(x))
-        return self._weights.lm_head(rms_norm(h, self._weights.final_norm, cfg.norm_epsilon))
+        return self._weights.lm_head(rms_norm(h, self._weights.final_norm, eps))
 
     def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = positions[..., None].float() * self._inv_freq  # [batch, new, head_dim/2]
@@ -169,9 +169,9 @@ class ReferenceModel:
         cache: KVCache,
         index: int,
     ) -> torch.Tensor:
-        cfg = self._config
+        arch = self._arch
         batch, new, _ = x.shape
-        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
+        heads, kv_heads, head_dim = arch.num_attention_heads, arch.num_key_value_heads, arch.head_dim
         q, k, v = layer.qkv(x).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
         q = _rope(q.view(batch, new, heads, head_dim).transpose(1, 2), cos, sin)
         k = _rope(k.view(batch, new, kv_heads, head_dim).transpose(1, 2), cos, sin)

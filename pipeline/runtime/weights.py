@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.errors import InputError
-from pipeline.runtime.checkpoint import WEIGHTS_NAME, CheckpointConfig
+from pipeline.runtime.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointConfig
 from pipeline.runtime.linear import (
     DenseLinear,
     Fp8Linear,
@@ -195,20 +195,20 @@ def build_weights(
     tensors: dict[str, torch.Tensor], config: CheckpointConfig, checkpoint_dir: Path
 ) -> ModelWeights:
     reader = _TensorReader(dict(tensors), config, checkpoint_dir / WEIGHTS_NAME)
-    hidden, ffn, head = config.hidden_size, config.ffn_size, config.head_dim
-    qkv_out = (config.num_attention_heads + 2 * config.kv_heads) * head
+    arch = config.arch
+    hidden, linears = arch.hidden_size, arch.linears
     layers = []
-    for i in range(config.num_hidden_layers):
+    for i in range(arch.num_hidden_layers):
         p = f"transformer.layers.{i}"
         layers.append(
             DecoderLayer(
                 input_norm=reader.floating(f"{p}.input_layernorm.weight", (hidden,)),
-                qkv=reader.linear(f"{p}.attention.qkv", qkv_out, hidden),
-                dense=reader.linear(f"{p}.attention.dense", hidden, config.num_attention_heads * head),
+                qkv=reader.linear(f"{p}.attention.qkv", *linears["attention.qkv"]),
+                dense=reader.linear(f"{p}.attention.dense", *linears["attention.dense"]),
                 post_norm=reader.floating(f"{p}.post_layernorm.weight", (hidden,)),
-                fc=reader.linear(f"{p}.mlp.fc", ffn, hidden),
-                gate=reader.linear(f"{p}.mlp.gate", ffn, hidden),
-                proj=reader.linear(f"{p}.mlp.proj", hidden, ffn),
+                fc=reader.linear(f"{p}.mlp.fc", *linears["mlp.fc"]),
+                gate=reader.linear(f"{p}.mlp.gate", *linears["mlp.gate"]),
+                proj=reader.linear(f"{p}.mlp.proj", *linears["mlp.proj"]),
                 kv_cache_scale=reader.kv_cache_scale(f"{p}.attention"),
             )
         )
@@ -216,15 +216,15 @@ def build_weights(
         raise InputError(
             "quantization.exclude_modules leaves transformer.vocab_embedding quantized: TensorRT-LLM would build "
             "an int8 embedding, which the reference runtime does not implement",
-            path=checkpoint_dir / "config.json",
+            path=checkpoint_dir / CONFIG_NAME,
             hint="add '*vocab_embedding' to exclude_modules (TensorRT-LLM's default list has it)",
         )
-    embedding = reader.floating("transformer.vocab_embedding.weight", (config.vocab_size, hidden))
+    embedding = reader.floating("transformer.vocab_embedding.weight", (arch.vocab_size, hidden))
     final_norm = reader.floating("transformer.ln_f.weight", (hidden,))
-    if config.share_embedding_table and "lm_head.weight" not in reader.tensors:
+    if arch.tie_word_embeddings and "lm_head.weight" not in reader.tensors:
         lm_head: Linear = DenseLinear(embedding)
     else:
-        lm_head = reader.linear("lm_head", config.vocab_size, hidden)
+        lm_head = reader.linear("lm_head", arch.vocab_size, hidden)
     if reader.tensors:
         unknown = ", ".join(sorted(reader.tensors)[:5])
         raise InputError(

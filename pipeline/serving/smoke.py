@@ -22,13 +22,13 @@ from pipeline.core.errors import InputError, IntegrityError, MissingDependencyEr
 from pipeline.core.reporter import Reporter
 from pipeline.facts.config import PipelineConfig
 from pipeline.serving.client import generate, generate_stream
+from pipeline.serving.models.tensornames import Text
 from pipeline.serving.render import CONFIG_NAME, parse_model_config
 from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR
 from pipeline.serving.server import TritonInstall, TritonServer
 
 ROUTES = ("ensemble/generate", "ensemble/generate_stream", "tensorrt_llm_bls/generate_stream")
 BATCH_ROUTES = ("ensemble/generate_stream (batch)", "tensorrt_llm_bls/generate_stream (batch)")
-BATCH_INDEX = "batch_index"
 
 
 @dataclass(frozen=True)
@@ -154,17 +154,17 @@ def ask_batched(url: str, batch: BatchedRequest, expected: list[str]) -> list[Sm
     checks = []
     for route in BATCH_ROUTES:
         model = route.split("/")[0]
-        payload = {"text_input": batch.prompts, "max_tokens": batch.limits}
+        payload = {Text.TEXT_INPUT: batch.prompts, Text.MAX_TOKENS: batch.limits}
         got = [""] * len(batch.prompts)
         for event in generate_stream(url, model, payload):
-            if "text_output" not in event:
+            if Text.TEXT_OUTPUT not in event:
                 continue  # an empty final response
-            index = _one(event.get(BATCH_INDEX), route, BATCH_INDEX)
+            index = _one(event.get(Text.BATCH_INDEX), route, Text.BATCH_INDEX)
             if not isinstance(index, int) or not 0 <= index < len(got):
                 raise StageError(
-                    "smoke", f"{route}: {BATCH_INDEX} {index!r} names no prompt of the {len(got)} sent"
+                    "smoke", f"{route}: {Text.BATCH_INDEX} {index!r} names no prompt of the {len(got)} sent"
                 )
-            got[index] += _one(event["text_output"], route, "text_output")
+            got[index] += _one(event[Text.TEXT_OUTPUT], route, Text.TEXT_OUTPUT)
         checks += [
             SmokeCheck(route, p, want, g) for p, want, g in zip(batch.prompts, expected, got, strict=True)
         ]
@@ -184,12 +184,12 @@ def ask_server(url: str, prompts: list[str], expected: list[str], *, max_tokens:
     """Every prompt through the ensemble; the first also streamed through the ensemble and the BLS model."""
     checks = []
     for prompt, want in zip(prompts, expected, strict=True):
-        answer = generate(url, "ensemble", {"text_input": prompt, "max_tokens": max_tokens})
-        checks.append(SmokeCheck(ROUTES[0], prompt, want, answer["text_output"]))
+        answer = generate(url, "ensemble", {Text.TEXT_INPUT: prompt, Text.MAX_TOKENS: max_tokens})
+        checks.append(SmokeCheck(ROUTES[0], prompt, want, answer[Text.TEXT_OUTPUT]))
     for route in ROUTES[1:]:
         model = route.split("/")[0]
-        payload = {"text_input": prompts[0], "max_tokens": max_tokens, "stream": True}
-        pieces = [event["text_output"] for event in generate_stream(url, model, payload)]
+        payload = {Text.TEXT_INPUT: prompts[0], Text.MAX_TOKENS: max_tokens, Text.STREAM: True}
+        pieces = [event[Text.TEXT_OUTPUT] for event in generate_stream(url, model, payload)]
         checks.append(SmokeCheck(route, prompts[0], expected[0], "".join(pieces)))
     return checks
 

@@ -36,9 +36,10 @@ if TYPE_CHECKING:
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
+    from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
     from pipeline.facts.targets import Target
-    from pipeline.planning.memory import ModelArch, ProfilePlan
+    from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
     from pipeline.stages.base import RunOptions, StageContext
 
@@ -91,7 +92,7 @@ class TrtllmEngineBackend:
         return build.build_engine(ctx, paths, plan)
 
     def planned_build(
-        self, config: PipelineConfig, task: Task, arch: ModelArch | None, paths: BuildPaths
+        self, config: PipelineConfig, task: Task, arch: Architecture | None, paths: BuildPaths
     ) -> list[PlannedCommand]:
         return build.planned_build(config, task, arch, paths)
 

@@ -38,10 +38,11 @@ from pipeline.backends.trtllm_engine.network import network_files
 from pipeline.core.atomic import TMP_PREFIX, copy_file_atomic
 from pipeline.core.tools import ToolRunner, run_tool
 from pipeline.facts import layout
+from pipeline.facts.architecture import Architecture
 from pipeline.facts.config import PipelineConfig, Precision, Profile
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.facts.targets import TARGETS, Target
-from pipeline.planning.memory import ModelArch, ProfilePlan, plan_profile
+from pipeline.planning.memory import ProfilePlan, plan_profile
 from pipeline.planning.tasks import Task
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def build_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Eng
 
 
 def planned_build(
-    config: PipelineConfig, task: Task, arch: ModelArch | None, paths: BuildPaths
+    config: PipelineConfig, task: Task, arch: Architecture | None, paths: BuildPaths
 ) -> list[PlannedCommand]:
     """The trtllm-build the run would start for `task`, as build_engine would call it. Two things
     only the build host knows are shown as the run would choose them there, with a note: --workers

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tensornames import BATCH_INDEX  # the helper copied beside this one
+
 
 def answer(requests, *, decoupled: bool, serve, pb_utils, pool=None):
     """Answer each request with serve(request, sender); return what Triton expects from execute.
@@ -58,12 +60,9 @@ def _respond(request, sender, serve, pb_utils):
     return None
 
 
-# The TensorRT-LLM backend answers a request of batch B > 1 with B responses of batch 1, in
-# completion order, each naming its prompt in this output (when declared and requested).
-BATCH_INDEX = "batch_index"
-
-
 def batch_index_tensor(pb_utils, index: int):
+    """The TensorRT-LLM backend answers a request of batch B > 1 with B responses of batch 1, in
+    completion order, each naming its prompt in this output (when declared and requested)."""
     import numpy as np
 
     return pb_utils.Tensor(BATCH_INDEX, np.array([[index]], dtype=np.int32))

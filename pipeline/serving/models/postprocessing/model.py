@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from tensornames import Postprocessing  # noqa: E402
 from textcodec import PieceDecoder  # noqa: E402
 
 
@@ -24,8 +25,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-                lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+                tokens = pb_utils.get_input_tensor_by_name(request, Postprocessing.TOKENS_BATCH).as_numpy()
+                lengths = pb_utils.get_input_tensor_by_name(
+                    request, Postprocessing.SEQUENCE_LENGTH
+                ).as_numpy()
                 batch, beams = tokens.shape[0], tokens.shape[1]
                 lengths = lengths.reshape(batch, beams)
                 texts = [
@@ -34,7 +37,9 @@ class TritonPythonModel:
                     for k in range(beams)
                 ]
                 out = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(batch, beams)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", out)]))
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(Postprocessing.OUTPUT, out)])
+                )
             except Exception as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses

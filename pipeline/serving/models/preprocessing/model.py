@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from tensornames import Preprocessing as Pre  # noqa: E402
 from textcodec import to_word_lists  # noqa: E402
 
 
@@ -45,11 +46,11 @@ class TritonPythonModel:
         return responses
 
     def _tensors(self, request):
-        queries = _strings(pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy())
+        queries = _strings(pb_utils.get_input_tensor_by_name(request, Pre.QUERY).as_numpy())
         batch = len(queries)
         ids = [self.tokenizer.encode(q, add_special_tokens=self.add_special_tokens) for q in queries]
         width = max(len(i) for i in ids)
-        end_in, pad_in = _optional(request, "END_ID"), _optional(request, "PAD_ID")
+        end_in, pad_in = _optional(request, Pre.END_ID), _optional(request, Pre.PAD_ID)
         end_id = end_in.reshape(batch, 1) if end_in is not None else np.full((batch, 1), self.end_id)
         pad_id = pad_in.reshape(batch, 1) if pad_in is not None else np.full((batch, 1), self.pad_id)
         input_ids = np.zeros((batch, width), dtype=np.int32)
@@ -57,7 +58,7 @@ class TritonPythonModel:
             input_ids[row, : len(tokens)] = tokens
             input_ids[row, len(tokens) :] = pad_id[row, 0]
         word_lists = {}
-        for name in ("STOP_WORDS_DICT", "BAD_WORDS_DICT"):
+        for name in (Pre.STOP_WORDS_DICT, Pre.BAD_WORDS_DICT):
             words = _optional(request, name)
             rows = (
                 [[] for _ in range(batch)]
@@ -65,13 +66,13 @@ class TritonPythonModel:
                 else [_strings(r) for r in words.reshape(batch, -1)]
             )
             word_lists[name] = to_word_lists([[w for w in r if w] for r in rows], self._encode_word)
-        output_len = pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy()
+        output_len = pb_utils.get_input_tensor_by_name(request, Pre.REQUEST_OUTPUT_LEN).as_numpy()
         return [
-            pb_utils.Tensor("INPUT_ID", input_ids),
-            pb_utils.Tensor("REQUEST_INPUT_LEN", np.array([[len(i)] for i in ids], dtype=np.int32)),
-            pb_utils.Tensor("REQUEST_OUTPUT_LEN", output_len.astype(np.int32).reshape(batch, 1)),
-            pb_utils.Tensor("STOP_WORDS_IDS", word_lists["STOP_WORDS_DICT"]),
-            pb_utils.Tensor("BAD_WORDS_IDS", word_lists["BAD_WORDS_DICT"]),
-            pb_utils.Tensor("OUT_END_ID", end_id.astype(np.int32)),
-            pb_utils.Tensor("OUT_PAD_ID", pad_id.astype(np.int32)),
+            pb_utils.Tensor(Pre.INPUT_ID, input_ids),
+            pb_utils.Tensor(Pre.REQUEST_INPUT_LEN, np.array([[len(i)] for i in ids], dtype=np.int32)),
+            pb_utils.Tensor(Pre.REQUEST_OUTPUT_LEN, output_len.astype(np.int32).reshape(batch, 1)),
+            pb_utils.Tensor(Pre.STOP_WORDS_IDS, word_lists[Pre.STOP_WORDS_DICT]),
+            pb_utils.Tensor(Pre.BAD_WORDS_IDS, word_lists[Pre.BAD_WORDS_DICT]),
+            pb_utils.Tensor(Pre.OUT_END_ID, end_id.astype(np.int32)),
+            pb_utils.Tensor(Pre.OUT_PAD_ID, pad_id.astype(np.int32)),
         ]

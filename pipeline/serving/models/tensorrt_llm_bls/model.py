@@ -20,34 +20,13 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
-from responding import BATCH_INDEX, Responder, batch_index_tensor  # noqa: E402
+from responding import Responder, batch_index_tensor  # noqa: E402
+from tensornames import PREPROCESSING_TO_ENGINE, TEXT_TO_ENGINE, TEXT_TO_PREPROCESSING, Engine, Text  # noqa: E402
 from textcodec import PieceDecoder, TextStream  # noqa: E402
 
-# bls input -> preprocessing input
-PREPROCESSING_INPUTS = {
-    "text_input": "QUERY",
-    "max_tokens": "REQUEST_OUTPUT_LEN",
-    "bad_words": "BAD_WORDS_DICT",
-    "stop_words": "STOP_WORDS_DICT",
-    "end_id": "END_ID",
-    "pad_id": "PAD_ID",
-}
-# preprocessing output -> engine input
-ENGINE_INPUTS = {
-    "INPUT_ID": "input_ids",
-    "REQUEST_INPUT_LEN": "input_lengths",
-    "REQUEST_OUTPUT_LEN": "request_output_len",
-    "STOP_WORDS_IDS": "stop_words_list",
-    "BAD_WORDS_IDS": "bad_words_list",
-    "OUT_END_ID": "end_id",
-    "OUT_PAD_ID": "pad_id",
-}
-# bls input -> engine input, passed through
+# The sampling options this model takes, passed through to the engine (the stream flag it sets itself).
 SAMPLING_INPUTS = {
-    "top_k": "runtime_top_k",
-    "top_p": "runtime_top_p",
-    "temperature": "temperature",
-    "seed": "seed",
+    name: TEXT_TO_ENGINE[name] for name in Text.BLS_INPUTS if name in TEXT_TO_ENGINE and name != Text.STREAM
 }
 
 
@@ -85,42 +64,44 @@ class TritonPythonModel:
     @staticmethod
     def _text_response(text, index=None):
         out = np.array([[text.encode("utf-8")]], dtype=np.object_)
-        tensors = [pb_utils.Tensor("text_output", out)]
+        tensors = [pb_utils.Tensor(Text.TEXT_OUTPUT, out)]
         if index is not None:
             tensors.append(batch_index_tensor(pb_utils, index))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _serve(self, request, sender):
-        stream_in = pb_utils.get_input_tensor_by_name(request, "stream")
+        stream_in = pb_utils.get_input_tensor_by_name(request, Text.STREAM)
         streaming = bool(stream_in is not None and stream_in.as_numpy().reshape(-1)[0])
         if streaming and sender is None:
             raise ValueError("streaming needs the model deployed in decoupled mode (publish.decoupled)")
         pre_inputs = []
-        for name, pre_name in PREPROCESSING_INPUTS.items():
+        for name, pre_name in TEXT_TO_PREPROCESSING.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 pre_inputs.append(pb_utils.Tensor(pre_name, tensor.as_numpy()))
         pre = _raise_on_error(
             pb_utils.InferenceRequest(
-                model_name="preprocessing", inputs=pre_inputs, requested_output_names=list(ENGINE_INPUTS)
+                model_name="preprocessing",
+                inputs=pre_inputs,
+                requested_output_names=list(PREPROCESSING_TO_ENGINE),
             ).exec()
         )
         engine_inputs = {}
-        for pre_name, name in ENGINE_INPUTS.items():
+        for pre_name, name in PREPROCESSING_TO_ENGINE.items():
             engine_inputs[name] = pb_utils.get_output_tensor_by_name(pre, pre_name).as_numpy()
-        batch = engine_inputs["input_ids"].shape[0]
+        batch = engine_inputs[Engine.INPUT_IDS].shape[0]
         for name, engine_name in SAMPLING_INPUTS.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 engine_inputs[engine_name] = tensor.as_numpy()
         # Shapes as the config declares them, batch first ([B, 1] for a dims [1] input): a BLS
         # request is checked against the config before its reshape applies.
-        engine_inputs["streaming"] = np.full((batch, 1), streaming, dtype=bool)
+        engine_inputs[Engine.STREAMING] = np.full((batch, 1), streaming, dtype=bool)
         request_id = f"bls-{uuid.uuid4().hex}"
         engine_request = pb_utils.InferenceRequest(
             model_name=self.engine_model,
             inputs=[pb_utils.Tensor(name, value) for name, value in engine_inputs.items()],
-            requested_output_names=["output_ids", "sequence_length", BATCH_INDEX],
+            requested_output_names=[Engine.OUTPUT_IDS, Engine.SEQUENCE_LENGTH, Engine.BATCH_INDEX],
             request_id=request_id,
         )
         indexed = batch > 1  # one response per prompt, each naming it, as the engine answers
@@ -133,11 +114,11 @@ class TritonPythonModel:
             _raise_on_error(response)
             if not response.output_tensors():
                 continue  # the final, empty response of a decoupled model
-            index_out = pb_utils.get_output_tensor_by_name(response, BATCH_INDEX)
+            index_out = pb_utils.get_output_tensor_by_name(response, Engine.BATCH_INDEX)
             b = 0 if index_out is None else int(index_out.as_numpy().reshape(-1)[0])
-            ids = pb_utils.get_output_tensor_by_name(response, "output_ids").as_numpy()
+            ids = pb_utils.get_output_tensor_by_name(response, Engine.OUTPUT_IDS).as_numpy()
             length = int(
-                pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy().reshape(-1)[0]
+                pb_utils.get_output_tensor_by_name(response, Engine.SEQUENCE_LENGTH).as_numpy().reshape(-1)[0]
             )
             tokens = ids[0, 0, :length].tolist()
             pieces[b].append(streams[b].push(tokens) if self.accumulate else self.decoder.decode(tokens))
@@ -163,12 +144,12 @@ class TritonPythonModel:
     def _stop(self, request_id):
         """Ask the engine to end the generation with this request id (the backend's `stop` input)."""
         one = np.ones((1, 1), dtype=np.int32)
-        inputs = {"input_ids": one, "input_lengths": one, "request_output_len": one}
+        inputs = {Engine.INPUT_IDS: one, Engine.INPUT_LENGTHS: one, Engine.REQUEST_OUTPUT_LEN: one}
         stop = pb_utils.InferenceRequest(
             model_name=self.engine_model,
             inputs=[pb_utils.Tensor(n, v) for n, v in inputs.items()]
-            + [pb_utils.Tensor("stop", np.ones((1, 1), dtype=bool))],
-            requested_output_names=["output_ids"],
+            + [pb_utils.Tensor(Engine.STOP, np.ones((1, 1), dtype=bool))],
+            requested_output_names=[Engine.OUTPUT_IDS],
             request_id=request_id,
         )
         for response in stop.exec(decoupled=True):

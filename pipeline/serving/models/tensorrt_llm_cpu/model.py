@@ -25,20 +25,21 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
-from responding import BATCH_INDEX, Responder, batch_index_tensor  # noqa: E402
+from responding import Responder, batch_index_tensor  # noqa: E402
+from tensornames import Engine  # noqa: E402
 from textcodec import from_word_list, stop_position  # noqa: E402
 
 # input -> the value that means "off"; anything else is refused on this target
 UNSUPPORTED_UNLESS = {
-    "beam_width": 1,
-    "runtime_top_p": None,  # any value: the reference runtime samples top-k only
-    "len_penalty": None,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "min_tokens": None,
-    "return_log_probs": False,
-    "encoder_input_features": None,
+    Engine.BEAM_WIDTH: 1,
+    Engine.RUNTIME_TOP_P: None,  # any value: the reference runtime samples top-k only
+    Engine.LEN_PENALTY: None,
+    Engine.REPETITION_PENALTY: 1.0,
+    Engine.PRESENCE_PENALTY: 0.0,
+    Engine.FREQUENCY_PENALTY: 0.0,
+    Engine.MIN_TOKENS: None,
+    Engine.RETURN_LOG_PROBS: False,
+    Engine.ENCODER_INPUT_FEATURES: None,
 }
 
 
@@ -105,7 +106,7 @@ class TritonPythonModel:
         return self.responder.execute(requests)
 
     def _serve(self, request, sender):
-        if bool(_scalar(request, "stop", False)):
+        if bool(_scalar(request, Engine.STOP, False)):
             with self.lock:
                 event = self.stopped.get(request.request_id())
             if event is not None:
@@ -116,14 +117,16 @@ class TritonPythonModel:
             value = _optional(request, name)
             if value is not None and (off is None or value.reshape(-1)[0].item() != off):
                 raise ValueError(f"input '{name}' is not supported by the reference runtime")
-        bad = _optional(request, "bad_words_list")
+        bad = _optional(request, Engine.BAD_WORDS_LIST)
         if bad is not None and any(from_word_list(row) for row in bad.reshape(-1, 2, bad.shape[-1])):
-            raise ValueError("input 'bad_words_list' is not supported by the reference runtime")
-        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
-        lengths = pb_utils.get_input_tensor_by_name(request, "input_lengths").as_numpy().reshape(-1)
-        output_lens = pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)
+            raise ValueError(f"input '{Engine.BAD_WORDS_LIST}' is not supported by the reference runtime")
+        ids = pb_utils.get_input_tensor_by_name(request, Engine.INPUT_IDS).as_numpy()
+        lengths = pb_utils.get_input_tensor_by_name(request, Engine.INPUT_LENGTHS).as_numpy().reshape(-1)
+        output_lens = (
+            pb_utils.get_input_tensor_by_name(request, Engine.REQUEST_OUTPUT_LEN).as_numpy().reshape(-1)
+        )
         batch = ids.shape[0]
-        streaming = bool(_scalar(request, "streaming", False))
+        streaming = bool(_scalar(request, Engine.STREAMING, False))
         if sender is None and batch > 1:
             raise ValueError(
                 "Batch size > 1 requires the tensorrt_llm backend to be using decoupled transaction policy"
@@ -131,22 +134,22 @@ class TritonPythonModel:
         if sender is None and streaming:
             raise ValueError("Streaming is only supported if model is deployed using decoupled mode.")
         prompts = [ids[b, : lengths[b]].tolist() for b in range(batch)]
-        stops = _optional(request, "stop_words_list")
+        stops = _optional(request, Engine.STOP_WORDS_LIST)
         stop_words = [[] for _ in range(batch)]
         if stops is not None:
             stop_words = [from_word_list(row) for row in stops.reshape(batch, 2, -1)]
-        end_id = _scalar(request, "end_id", None)
-        self._check_token_id("end_id", end_id, sentinel=self.no_end_id)
-        self._check_token_id("pad_id", _scalar(request, "pad_id", None))
+        end_id = _scalar(request, Engine.END_ID, None)
+        self._check_token_id(Engine.END_ID, end_id, sentinel=self.no_end_id)
+        self._check_token_id(Engine.PAD_ID, _scalar(request, Engine.PAD_ID, None))
         options = dict(
             max_new_tokens=int(output_lens.max()),
             end_id=None if end_id is None else int(end_id),
-            temperature=float(_scalar(request, "temperature", 0.0)),
-            top_k=int(_scalar(request, "runtime_top_k", 0)),
-            seed=int(_scalar(request, "seed", 0)),
+            temperature=float(_scalar(request, Engine.TEMPERATURE, 0.0)),
+            top_k=int(_scalar(request, Engine.RUNTIME_TOP_K, 0)),
+            seed=int(_scalar(request, Engine.SEED, 0)),
         )
         # batch_index only when the request asked for it and holds several prompts (fillTritonResponse)
-        indexed = batch > 1 and BATCH_INDEX in request.requested_output_names()
+        indexed = batch > 1 and Engine.BATCH_INDEX in request.requested_output_names()
         generation = _Generation(self, request, sender)
         try:
             if streaming:
@@ -214,8 +217,8 @@ class TritonPythonModel:
         output_ids = np.full((1, 1, max(1, len(tokens))), pad, dtype=np.int32)
         output_ids[0, 0, : len(tokens)] = tokens
         tensors = [
-            pb_utils.Tensor("output_ids", output_ids),
-            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+            pb_utils.Tensor(Engine.OUTPUT_IDS, output_ids),
+            pb_utils.Tensor(Engine.SEQUENCE_LENGTH, np.array([[len(tokens)]], dtype=np.int32)),
         ]
         if index is not None:
             tensors.append(batch_index_tensor(pb_utils, index))
