@@ -1,4 +1,9 @@
-"""trtllm-pipeline bench: statistics, workload planning, the harness, the report, the command."""
+"""trtllm-pipeline bench: statistics, workload planning, the harness, the report, the command.
+
+Tolerances: pytest.approx with its default (relative 1e-6) only compares two float64 evaluations of the
+same arithmetic on exact inputs, which agree to a few float64 roundings (2^-53 each): exact by
+construction. The one other tolerance (the plan's rounded ceilings) says where it comes from.
+"""
 
 from __future__ import annotations
 
@@ -477,10 +482,12 @@ def test_plan_figures_come_from_the_plan_module(in_repo_root):
     assert figures.decode_ceiling_tokens_per_s == plan.decode_ceiling_tok_s
     assert figures.memory_estimate_bytes == plan.weight_bytes + plan.allowance_bytes + plan.kv_budget_bytes
     assert figures.largest_batch_at_max_seq_len == plan.largest_batch
-    # batch 1 with no context is the plan's batch-1 ceiling; a full context reads the KV cache as well
-    assert figures.batch_ceiling_tokens_per_s(1, 0) == pytest.approx(plan.decode_ceiling_tok_s, rel=1e-3)
+    # batch 1 with no context is the plan's batch-1 ceiling; a full context reads the KV cache as well.
+    # The plan rounds its ceilings to 0.1 token/s (planning/memory.py): half of that apart at most.
+    rounding = 0.05
+    assert figures.batch_ceiling_tokens_per_s(1, 0) == pytest.approx(plan.decode_ceiling_tok_s, abs=rounding)
     assert figures.batch_ceiling_tokens_per_s(1, 2048) == pytest.approx(
-        plan.decode_ceiling_at_max_seq_tok_s, rel=1e-3
+        plan.decode_ceiling_at_max_seq_tok_s, abs=rounding
     )
     # more requests share one read of the weights: higher ceiling, but less than linear
     b1, b8 = figures.batch_ceiling_tokens_per_s(1, 512), figures.batch_ceiling_tokens_per_s(8, 512)
