@@ -645,7 +645,7 @@ def test_a_new_mount_path_is_a_new_version_that_differs_only_in_gpt_model_path(t
 
 def test_cli_publish_mount_path_replaces_the_configs(tmp_path, monkeypatch):
     from pipeline.cli import main
-    from pipeline.execution import driver as executor
+    from pipeline.commands import run
 
     config_with(tmp_path)
     (tmp_path / "calib_data").symlink_to(REPO_ROOT / "calib_data")  # the stages' input files
@@ -655,7 +655,7 @@ def test_cli_publish_mount_path_replaces_the_configs(tmp_path, monkeypatch):
         seen.append(config.publish.mount_path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(executor, "execute", stop_here)
+    monkeypatch.setattr(run, "execute", stop_here)
     argv = ["publish", "--config", str(tmp_path / "pipeline.toml"), "--work-dir", str(tmp_path / "work")]
     main([*argv, "--mount-path", "/srv/triton"])
     assert seen == ["/srv/triton"]

@@ -19,6 +19,7 @@ from publish_upstream import ON_A100, REPO_ROOT, Upstream, a100_engine_info, con
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
+from pipeline.commands import smoke as smoke_command
 from pipeline.core.errors import StageError
 from pipeline.datasets.jsonl import load_texts
 from pipeline.serving import release, smoke
@@ -274,7 +275,9 @@ def test_a_batched_answer_that_names_no_prompt_is_one_line(monkeypatch, event, m
 def test_cli_smoke_exits_non_zero_when_an_answer_differs(tmp_path, monkeypatch, capsys):
     config_with(tmp_path, **CONFIG_CHANGES)
     differs = SmokeCheck(ROUTES[0], "prompt", expected=" right", got=" wrong")
-    monkeypatch.setattr(smoke, "smoke_published", lambda *a, **k: [SmokeReport(tmp_path, checks=[differs])])
+    monkeypatch.setattr(
+        smoke_command, "smoke_published", lambda *a, **k: [SmokeReport(tmp_path, checks=[differs])]
+    )
     code = main(["smoke", "--config", str(tmp_path / "pipeline.toml")])
     err = capsys.readouterr().err
     assert code == 5

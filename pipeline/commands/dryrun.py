@@ -11,11 +11,14 @@ heavy: it works on any host.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from pipeline.backends import backend_of
 from pipeline.backends.base import BuildPaths, PlannedCommand
+from pipeline.commands.run import RunRequest, prepare
+from pipeline.core.errors import InputError
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import is_kept, status
 from pipeline.execution.results import TaskResult, TaskState
@@ -23,9 +26,11 @@ from pipeline.execution.scheduler import Schedule
 from pipeline.facts import layout
 from pipeline.facts.architecture import Architecture
 from pipeline.facts.config import PipelineConfig
+from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
+from pipeline.stages.build import fetched_model_dir
 
 
 class PlannedTask(BaseModel):
@@ -124,3 +129,14 @@ def plan_run(
         tasks=list(planned.values()),
         serve=[_serve_command(config, t) for t in tasks if t.stage == "publish"],
     )
+
+
+def dry_run(config: PipelineConfig, work_dir: Path, request: RunRequest) -> DryRun:
+    """`run --dry-run`: what `run_pipeline` would do with the same request, running nothing."""
+    config, tasks = prepare(config, work_dir, request)
+    store = ArtifactStore(work_dir)
+    try:
+        arch = find_architecture(config, fetched_model_dir(config, store))
+    except InputError:
+        arch = None  # an unknown hub model before its fetch: the plan says the argv needs it
+    return plan_run(config, store, tasks, arch, force_stages=request.force)

@@ -28,19 +28,16 @@ from pydantic import BaseModel, PrivateAttr
 from pipeline.backends import BACKENDS, targets_of
 from pipeline.backends.trtllm_engine import TrtllmEngineBackend
 from pipeline.backends.trtllm_engine.environment import BuildEnvironment, GpuInfo, probe_environment
+from pipeline.commands.run import RunRequest, run_pipeline
 from pipeline.core.atomic import write_text_atomic
-from pipeline.core.errors import MissingDependencyError, PipelineError
+from pipeline.core.errors import MissingDependencyError, PipelineError, StageError
 from pipeline.core.reporter import Reporter
-from pipeline.core.store import ArtifactStore
 from pipeline.core.tools import ToolRunner, run_tool
-from pipeline.execution.driver import execute
-from pipeline.execution.inprocess import InProcessTaskRunner
 from pipeline.execution.results import TaskState
 from pipeline.facts.config import PipelineConfig, Precision
 from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.facts.targets import Target
 from pipeline.planning.memory import GIB
-from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.server import TritonInstall, TritonServer
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
@@ -77,7 +74,13 @@ class SelftestReport(BaseModel):
 
     @property
     def error(self) -> PipelineError | None:
-        return self._error
+        """What the self-test exits with: the first error a step raised, else a failed check."""
+        if self._error is not None or self.ok:
+            return self._error
+        failed = [c for c in self.checks if c.ok is False]
+        return StageError(
+            STAGE, f"{len(failed)} check(s) failed; first, {failed[0].name}: {failed[0].detail}"
+        )
 
 
 def target_for(gpu: GpuInfo) -> Target:
@@ -173,17 +176,15 @@ def run_selftest(
         )
     )
     config = selftest_config(target.name, work_dir, data_dir)
-    store = ArtifactStore(work_dir)
     reporter.info(f"{STAGE}: the pipeline on a {config.model.tiny_size}-size tiny Mistral for {target.name}")
-    with store.lock(wait=False):
-        run = execute(
-            config,
-            store,
-            plan_tasks(config),
-            reporter=reporter,
-            force_stages=FORCED,
-            runner=InProcessTaskRunner(stages, tools=runner),
-        )
+    run = run_pipeline(
+        config,
+        work_dir,
+        RunRequest(force=FORCED, no_wait=True),
+        reporter=reporter,
+        stages=stages,
+        tools=runner,
+    ).report
     report._error = run.error
     for r in run.results:
         passed = r.state in (TaskState.ran, TaskState.up_to_date)

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from pipeline.core.atomic import TMP_PREFIX
+from pipeline.core.errors import IntegrityError
 from pipeline.core.manifest import MANIFEST_NAME, Manifest, StatKey
 from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.serving.release import CURRENT, check_version, current_version, versions
@@ -34,6 +35,16 @@ class AuditReport(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.findings
+
+    @property
+    def error(self) -> IntegrityError | None:
+        if self.ok:
+            return None
+        first = self.findings[0]
+        return IntegrityError(
+            f"verify found {len(self.findings)} problem(s); first: {first.path}: {first.problem}",
+            hint="`trtllm-pipeline run` sets a modified artifact aside, rebuilds it and publishes a fresh version",
+        )
 
 
 def audit(store: ArtifactStore, destination: Path) -> AuditReport:

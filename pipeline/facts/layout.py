@@ -18,6 +18,7 @@ reader who has an artifact's path never rebuilds a folder name:
         repository/           the Triton model repository (the tree in it: pipeline.serving.repository)
     <work dir>/timing-cache/<model>/<target>-trt<version>.cache   shared by the builds (timing_cache_path)
     <work dir>/../engines/<model>/<precision>/<target>/<profile>  a link to a served build (engine_link)
+    <work dir>/reports/run.json, run.junit.xml, bench/   what a run and the bench report (reports_dir)
 
 Every artifact's manifest.json is pipeline.core.manifest's; the store's own folders (store/,
 logs/) are pipeline.core.store's.
@@ -41,6 +42,10 @@ JUNIT_XML = "junit.xml"
 REPOSITORY = "repository"
 TIMING_CACHE_ROOT = "timing-cache"
 ENGINES_ROOT = "engines"
+REPORTS = "reports"
+RUN_REPORT = "run.json"
+RUN_JUNIT = "run.junit.xml"
+BENCH = "bench"
 
 
 def model_dir(fetch: Path) -> Path:
@@ -71,3 +76,8 @@ def timing_cache_path(work_dir: Path, model: str, target: Target, tensorrt_versi
 def engine_link(work_dir: Path, model: str, precision: str, target: str, profile: str) -> Path:
     """The engines/ link to a served engine's build artifact, beside the work dir."""
     return (work_dir.parent / ENGINES_ROOT).joinpath(model, precision, target, profile)
+
+
+def reports_dir(work_dir: Path) -> Path:
+    """The work dir's reports: run.json and run.junit.xml of the last run, bench/ by default."""
+    return work_dir / REPORTS

@@ -1,0 +1,49 @@
+"""`trtllm-pipeline plan`: the memory and speed plan of each profile on the config's target and
+others (pure arithmetic, no GPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.store import ArtifactStore
+from pipeline.facts.config import PipelineConfig
+from pipeline.facts.targets import TARGETS
+from pipeline.planning.memory import ProfilePlan, find_architecture, plan_config
+from pipeline.stages.build import fetched_model_dir
+
+
+class PlanReport(BaseModel):
+    model: str
+    architecture: str  # where the shapes come from
+    plans: list[ProfilePlan]
+    _error: ConfigError | None = None
+
+    @property
+    def error(self) -> ConfigError | None:
+        """A profile that does not fit the config's own target: the build would refuse it, so the
+        plan exits as the build would (for CI)."""
+        return self._error
+
+
+def plan(config: PipelineConfig, work_dir: Path, targets: Sequence[str] = ()) -> PlanReport:
+    """Plans for the config's target and each of `targets`."""
+    for name in targets:
+        if name not in TARGETS:
+            raise InputError(f"--target {name}: unknown target; known: {', '.join(TARGETS)}")
+    try:  # the built-in table or the tiny spec: no store look-up, so the plan stays instant
+        arch = find_architecture(config)
+    except InputError:  # an unknown hub model: its fetched config.json, if fetched already
+        arch = find_architecture(config, fetched_model_dir(config, ArtifactStore(work_dir)))
+    plans = plan_config(config, arch, tuple(dict.fromkeys([config.target.gpu, *targets])))
+    report = PlanReport(model=config.model.name, architecture=arch.source, plans=plans)
+    unfit = next((p for p in plans if p.target == config.target.gpu and not p.fits), None)
+    if unfit is not None:
+        index = [p.name for p in config.profiles].index(unfit.profile)
+        report._error = ConfigError(
+            config.source, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
+        )
+    return report

@@ -1,0 +1,65 @@
+"""What each command prints on a terminal (its --json form is the result's own JSON)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:  # each command loads only its own result's module
+    from pipeline.commands.dryrun import DryRun
+    from pipeline.commands.selftest import SelftestReport
+    from pipeline.commands.verify import AuditReport
+    from pipeline.serving.smoke import SmokeReport
+
+
+def print_dry_run(console: Console, dry: DryRun) -> None:
+    console.print(f"dry run: {escape(dry.model)} on {dry.target} ({dry.backend}); nothing runs")
+    for task in dry.tasks:
+        mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"
+        console.print(f"{mark} {escape(task.id)}: {escape(task.reason)}")
+        for command in task.commands:
+            console.print(f"    $ {escape(shlex.join(command.argv))}", soft_wrap=True)
+            for note in command.notes:
+                console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
+    for command in dry.serve:
+        console.print(
+            f"then, to {escape(command.purpose)}:\n    $ {escape(shlex.join(command.argv))}", soft_wrap=True
+        )
+
+
+def print_audit(console: Console, report: AuditReport, work_dir: Path, destination: Path) -> None:
+    for finding in report.findings:
+        console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}")
+    console.print(
+        f"{report.artifacts} artifacts in {work_dir}, {report.published} published versions in "
+        f"{destination}: {'all intact' if report.ok else f'{len(report.findings)} problems'}"
+    )
+
+
+def print_smoke(console: Console, reports: list[SmokeReport]) -> None:
+    for report in reports:
+        for check in report.checks:
+            mark = "[green]ok[/]" if check.ok else "[red]DIFFERS[/]"
+            console.print(f"{mark} {check.route}: {escape(repr(check.prompt))} -> {escape(repr(check.got))}")
+    if reports and reports[-1].checks:
+        last = reports[-1].checks[0]
+        console.print(f"generated answer: {escape(last.prompt)}[bold]{escape(last.got)}[/]")
+
+
+def print_selftest(console: Console, report: SelftestReport, report_path: Path) -> None:
+    table = Table(
+        title=f"gpu-selftest: {report.gpu or 'no GPU'} -> {report.target or '-'}", title_justify="left"
+    )
+    for column in ("check", "result", "time", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in report.checks:
+        result = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[yellow]skipped[/]"}[check.ok]
+        time_s = f"{check.duration_s:.1f}s" if check.duration_s else ""
+        table.add_row(escape(check.name), result, time_s, escape(check.detail))
+    console.print(table)
+    console.print(f"report: {report_path}")
