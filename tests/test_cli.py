@@ -45,3 +45,28 @@ def test_missing_data_file_fails_before_any_stage_runs(tmp_path, repo_root, caps
     assert not (work / "store").exists()  # nothing ran, not even the fetch
     # A stage that does not read the file is not blocked by it.
     assert main(["status", "--config", str(config), "--work-dir", str(work)]) == 0
+
+
+COMMANDS_WITH_A_WORK_DIR = [
+    "run",
+    "fetch",
+    "publish",
+    "status",
+    "verify",
+    "plan",
+    "bench",
+    "smoke",
+    "gpu-selftest",
+]
+
+
+def test_every_command_refuses_a_work_dir_that_is_a_file_in_one_line(tmp_path, in_repo_root, capsys):
+    """--work-dir names a file: each command exits 2 saying so, before it reads or writes anything."""
+    a_file = tmp_path / "work"
+    a_file.write_text("not a folder")
+    for command in COMMANDS_WITH_A_WORK_DIR:
+        assert main([command, "--work-dir", str(a_file)]) == 2, command
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == f"ERROR --work-dir {a_file}: {a_file} is a file, not a folder", command
+        assert err[1].startswith("TIP point --work-dir at"), command
+    assert a_file.read_text() == "not a folder"

@@ -232,3 +232,70 @@ def test_the_reference_answers_come_from_a_child_process(tmp_path):
     (argv,) = seen
     assert argv[1:5] == ["-m", "pipeline.commands.selftest", "reference", str(tmp_path / "repo")]
     assert json.loads(Path(argv[6]).read_text()) == ["hi"]
+
+
+class PythonBackendServer:
+    """The container's tritonserver as far as the published files go: its Python backend writes
+    `__pycache__` beside each model.py it loads (tests/test_smoke.py shows the real server doing
+    so); `into` is where it writes, the repository it was given unless a test says otherwise."""
+
+    def __init__(self, repository, *, work_dir, install, into=None):
+        self.into = into or repository
+        self.url = "http://127.0.0.1:1"
+
+    def __enter__(self):
+        for model in self.into.glob("*/1/model.py"):
+            (model.parent / "__pycache__").mkdir(exist_ok=True)
+            (model.parent / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"bytecode")
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def published_cpu_version(tmp_path):
+    from publish_upstream import Upstream, config_with, run_publish
+
+    from pipeline.serving.smoke import published_repository
+
+    config = config_with(tmp_path)
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    return published_repository(config, "int8_sq", "latency")
+
+
+def test_the_selftest_serves_a_view_and_the_version_stays_as_published(tmp_path, monkeypatch):
+    from pipeline.commands import selftest
+    from pipeline.serving import release, smoke
+
+    repository = published_cpu_version(tmp_path)
+    served = []
+
+    def server(repository, **kwargs):
+        served.append(repository)
+        return PythonBackendServer(repository, **kwargs)
+
+    monkeypatch.setattr(selftest, "container_install", lambda: None)
+    monkeypatch.setattr(selftest, "reference_in_child", lambda *a: ["greedy"])
+    monkeypatch.setattr(selftest, "ContainerTritonServer", server)
+    monkeypatch.setattr(smoke, "ask_server", lambda url, prompts, expected, **k: [])
+    selftest.serve_in_container(repository, ["hi"], 4, tmp_path / "serve")
+    assert served == [tmp_path / "serve" / "repository"]
+    assert list(served[0].glob("*/1/__pycache__"))  # the backend wrote into the view...
+    assert release.check_version(repository.resolve()).ok  # ...and never into the version
+
+
+def test_a_server_that_writes_into_the_version_fails_the_selftests_serve_step(tmp_path, monkeypatch):
+    from pipeline.commands import selftest
+    from pipeline.core.errors import IntegrityError
+    from pipeline.serving import smoke
+
+    repository = published_cpu_version(tmp_path)
+    writes_into_version = lambda served, **kwargs: PythonBackendServer(served, into=repository, **kwargs)  # noqa: E731
+    monkeypatch.setattr(selftest, "container_install", lambda: None)
+    monkeypatch.setattr(selftest, "reference_in_child", lambda *a: ["greedy"])
+    monkeypatch.setattr(selftest, "ContainerTritonServer", writes_into_version)
+    monkeypatch.setattr(smoke, "ask_server", lambda url, prompts, expected, **k: [])
+    with pytest.raises(
+        IntegrityError, match="differs from its publish-manifest.json.*the server wrote into it"
+    ):
+        selftest.serve_in_container(repository, ["hi"], 4, tmp_path / "serve")

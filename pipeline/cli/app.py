@@ -188,12 +188,11 @@ def verify_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Check every artifact and every published version against its manifest; exit 2 if any differs."""
-    from pipeline.commands.verify import audit
-    from pipeline.core.store import ArtifactStore
+    from pipeline.commands.verify import verify
     from pipeline.output.views import print_audit
 
     cfg = _load(config, debug)
-    report = audit(ArtifactStore(work_dir), cfg.publish.destination)
+    report = verify(cfg, work_dir)
     if as_json:
         print(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
     else:
@@ -277,7 +276,7 @@ def bench_command(
     from pipeline.bench.summary import summary_table
     from pipeline.bench.workload import BenchSettings
     from pipeline.commands.bench import bench, default_out_dir, profile_bench
-    from pipeline.commands.run import check_filters
+    from pipeline.commands.checks import check_filters
 
     cfg = _load(config, debug)
     precisions, profiles = frozenset(precision or ()), frozenset(profile or ())

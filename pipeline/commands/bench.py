@@ -12,7 +12,7 @@ from pipeline.bench.nsys import REPORT_NAME, find_nsys, profiled_argv
 from pipeline.bench.report import BenchReport
 from pipeline.bench.run import run_bench
 from pipeline.bench.workload import BenchSettings
-from pipeline.commands.run import check_filters
+from pipeline.commands.checks import check_filters, check_work_dir
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
@@ -37,6 +37,7 @@ def bench(
 ) -> tuple[BenchReport, dict[str, Path]]:
     """Measure the selected engines; bench.json, bench.md and the plots go to out_dir."""
     check_filters(config, precisions, profiles)
+    check_work_dir(work_dir)
     store = ArtifactStore(work_dir)
     # Held so that no build replaces an engine while it is measured, nor competes for the machine.
     with store.lock(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.commands.checks import check_work_dir
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.store import ArtifactStore
 from pipeline.facts.config import PipelineConfig
@@ -31,6 +32,7 @@ class PlanReport(BaseModel):
 
 def plan(config: PipelineConfig, work_dir: Path, targets: Sequence[str] = ()) -> PlanReport:
     """Plans for the config's target and each of `targets`."""
+    check_work_dir(work_dir, writes=False)
     for name in targets:
         if name not in TARGETS:
             raise InputError(f"--target {name}: unknown target; known: {', '.join(TARGETS)}")

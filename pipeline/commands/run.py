@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.commands.checks import check_filters, check_work_dir
 from pipeline.core.errors import ConfigError, GateFailedError, InputError, PipelineError
-from pipeline.core.paths import dir_problem
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
 from pipeline.core.tools import ToolRunner
@@ -180,25 +180,3 @@ def overridden(
         option, value = options[field]
         raise InputError(f"{option} {value}: {exc.errors()[0]['msg']}", hint=hint) from None
     return config.model_copy(update={section: replaced})
-
-
-def check_filters(config: PipelineConfig, precisions: frozenset[str], profiles: frozenset[str]) -> None:
-    """--precision and --profile name what the config has."""
-    known_precisions = {p.value for p in config.quantization.precisions}
-    for p in sorted(precisions):
-        if p not in known_precisions:
-            raise InputError(
-                f"--precision {p}: not in the config's precisions ({', '.join(sorted(known_precisions))})"
-            )
-    known_profiles = {p.name for p in config.profiles}
-    for p in sorted(profiles):
-        if p not in known_profiles:
-            raise InputError(
-                f"--profile {p}: not in the config's profiles ({', '.join(sorted(known_profiles))})"
-            )
-
-
-def check_work_dir(work_dir: Path) -> None:
-    problem = dir_problem(work_dir)
-    if problem is not None:
-        raise InputError(f"--work-dir {work_dir}: {problem}", hint="point --work-dir at a writable folder")

@@ -28,6 +28,7 @@ from pydantic import BaseModel, PrivateAttr
 from pipeline.backends import BACKENDS, targets_of
 from pipeline.backends.trtllm_engine import TrtllmEngineBackend
 from pipeline.backends.trtllm_engine.environment import BuildEnvironment, GpuInfo, probe_environment
+from pipeline.commands.checks import check_work_dir
 from pipeline.commands.run import RunRequest, run_pipeline
 from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import MissingDependencyError, PipelineError, StageError
@@ -154,7 +155,9 @@ def run_selftest(
     stages: Mapping[str, Stage] = STAGES,
     serve: Serve | None = None,
 ) -> SelftestReport:
-    """Run every step, record each as a check, write work_dir/report.json; never raises for a failed step."""
+    """Run every step, record each as a check, write work_dir/report.json; never raises for a failed step
+    (a work dir it cannot write to is no step: it is refused before the first)."""
+    check_work_dir(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     report = SelftestReport(ok=False, container=SERVING_CONTAINER.tag, checks=[])
     checks = report.checks
@@ -251,12 +254,17 @@ def container_install() -> TritonInstall:
 def serve_in_container(
     repository: Path, prompts: list[str], max_tokens: int, work_dir: Path
 ) -> list[SmokeCheck]:
-    from pipeline.serving.smoke import ask_server
+    from pipeline.serving.smoke import ask_server, require_intact, serving_view
 
     install = container_install()
     expected = reference_in_child(repository, prompts, max_tokens, work_dir)
-    with ContainerTritonServer(repository, work_dir=work_dir, install=install) as server:
-        return ask_server(server.url, prompts, expected, max_tokens=max_tokens)
+    # As smoke does: the Python backend writes into the models it loads, so it loads a view of the
+    # version, and the version must still match its manifest afterwards.
+    served = serving_view(repository, work_dir / "repository")
+    with ContainerTritonServer(served, work_dir=work_dir, install=install) as server:
+        answers = ask_server(server.url, prompts, expected, max_tokens=max_tokens)
+    require_intact(repository, "the server wrote into it")
+    return answers
 
 
 def reference_in_child(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.commands.run import check_filters
+from pipeline.commands.checks import check_filters, check_work_dir
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
 from pipeline.facts.config import PipelineConfig
@@ -41,6 +41,7 @@ def smoke(
     max_tokens: int | None = None,
 ) -> SmokeResult:
     check_filters(config, precisions, profiles)
+    check_work_dir(work_dir)
     reports = smoke_published(
         config,
         work_dir=work_dir,

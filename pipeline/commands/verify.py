@@ -12,10 +12,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.commands.checks import check_work_dir
 from pipeline.core.atomic import TMP_PREFIX
 from pipeline.core.errors import IntegrityError
 from pipeline.core.manifest import MANIFEST_NAME, Manifest, StatKey
 from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.facts.config import PipelineConfig
 from pipeline.serving.release import CURRENT, check_version, current_version, versions
 
 KEY = re.compile(r"[0-9a-f]{20}")
@@ -92,3 +94,9 @@ def _slots(destination: Path) -> list[Path]:
         return []
     pattern = "/".join(["*"] * SLOT_DEPTH)
     return sorted(p for p in destination.glob(pattern) if p.is_dir() and not p.name.startswith("."))
+
+
+def verify(config: PipelineConfig, work_dir: Path) -> AuditReport:
+    """`trtllm-pipeline verify`: the store in work_dir and the config's published versions."""
+    check_work_dir(work_dir, writes=False)
+    return audit(ArtifactStore(work_dir), config.publish.destination)

@@ -25,14 +25,17 @@ def file_problem(path: Path) -> str | None:
     return f"file not found: {path}"
 
 
-def dir_problem(path: Path) -> str | None:
-    """Why `path` cannot be (created and) written as a folder."""
+def dir_problem(path: Path, *, writable: bool = True) -> str | None:
+    """Why `path` cannot be (created and) written as a folder; writable=False: why it cannot be read
+    as one (a missing folder can: it holds nothing)."""
     link = _dangling(path)
     if link is not None:
         return f"{link} is a symlink to {os.readlink(link)}, which does not exist"
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only filesystem, even for root
+    if writable and not os.access(
+        existing, os.W_OK | os.X_OK
+    ):  # also false on a read-only filesystem, even for root
         return f"{existing} is not writable (read-only filesystem or no permission)"
     return None
