@@ -86,7 +86,7 @@ class GrpcTritonServer(TritonServer):
 def server(published, tmp_path_factory):
     before = shm_regions()
     work = tmp_path_factory.mktemp("server")
-    triton = GrpcTritonServer(smoke.serving_view(published[2], work / "repository"), work_dir=work)
+    triton = GrpcTritonServer(smoke.serving_view(published[2], work), work_dir=work)
     triton.start()
     try:
         triton.wait_ready()

@@ -260,7 +260,7 @@ def serve_in_container(
     expected = reference_in_child(repository, prompts, max_tokens, work_dir)
     # As smoke does: the Python backend writes into the models it loads, so it loads a view of the
     # version, and the version must still match its manifest afterwards.
-    served = serving_view(repository, work_dir / "repository")
+    served = serving_view(repository, work_dir)
     with ContainerTritonServer(served, work_dir=work_dir, install=install) as server:
         answers = ask_server(server.url, prompts, expected, max_tokens=max_tokens)
     require_intact(repository, "the server wrote into it")

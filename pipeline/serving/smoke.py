@@ -122,7 +122,7 @@ def run_smoke(
     batch_expected = reference_answers(repository, batch.prompts, batch.limits) if batch else []
     report = SmokeReport(repository)
     started = time.perf_counter()
-    served = serving_view(repository, work_dir / "repository")
+    served = serving_view(repository, work_dir)
     with TritonServer(served, work_dir=work_dir, install=install) as server:
         report.startup_s = time.perf_counter() - started
         reporter.info(
@@ -246,8 +246,8 @@ def smoke_published(
     return reports
 
 
-def serving_view(repository: Path, folder: Path) -> Path:
-    """`folder`, made afresh: hard links to (or verified copies of) every file of the published version,
+def serving_view(repository: Path, work_dir: Path) -> Path:
+    """work_dir/repository, made afresh: hard links to (or verified copies of) every file of the published version,
     in folders of its own. The Python backend writes `__pycache__` beside each model.py it imports (its
     stub runs an isolated interpreter: PYTHONDONTWRITEBYTECODE is ignored), here and never into the
     version."""
@@ -255,6 +255,7 @@ def serving_view(repository: Path, folder: Path) -> Path:
     from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
     manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    folder = work_dir / "repository"
     shutil.rmtree(folder, ignore_errors=True)
     for entry in manifest.files:
         link_or_copy(repository / entry.path, folder / entry.path, entry.sha256)
