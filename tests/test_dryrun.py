@@ -177,3 +177,24 @@ def test_a_dry_run_refuses_what_the_run_would_refuse(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "calibration.dataset" in captured.err and "file not found" in captured.err
+
+
+def test_the_dry_run_names_each_artifacts_store_folder_or_what_its_key_waits_for(tmp_path, capsys):
+    """Keys hash the bytes of a task's inputs: known for what is built, and otherwise said to wait."""
+    stages = fake_stages()
+    config = config_with(tmp_path, **ON_A100)
+    store = ArtifactStore(tmp_path / "work")
+    fetch_only = [t for t in plan_tasks(config) if t.stage == "fetch"]
+    execute(config, store, fetch_only, reporter=RecordingReporter(), stages=stages)
+    dry = plan_run(config, store, plan_tasks(config), find_architecture(config), stages=stages)
+    by_id = {t.id: t for t in dry.tasks}
+    fetch = by_id["fetch"]
+    assert fetch.key and fetch.path == str(store.slot("fetch", ()) / fetch.key) and not fetch.key_after
+    calibrate = by_id["calibrate[int8_sq]"]  # its input is built: its key is known before it runs
+    assert calibrate.would_run and calibrate.key and calibrate.path.endswith(f"/int8_sq/{calibrate.key}")
+    build = by_id["build[int8_sq/latency]"]
+    assert build.key is None and build.key_after == ["calibrate[int8_sq]"]
+    (command,) = build.commands
+    args = trtllm_build_parser().parse_args(command.argv[1:])
+    assert args.checkpoint_dir == f"{calibrate.path}/checkpoint"
+    assert args.output_dir == str(store.slot("build", ("int8_sq", "latency")) / "<key>" / "engine")

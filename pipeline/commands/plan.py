@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.commands.checks import check_work_dir
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError, PipelineError
 from pipeline.core.store import ArtifactStore
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
@@ -21,12 +21,13 @@ class PlanReport(BaseModel):
     model: str
     architecture: str  # where the shapes come from
     plans: list[ProfilePlan]
-    _error: ConfigError | None = None
+    _error: PipelineError | None = None
 
     @property
-    def error(self) -> ConfigError | None:
-        """A profile that does not fit the config's own target: the build would refuse it, so the
-        plan exits as the build would (for CI)."""
+    def error(self) -> PipelineError | None:
+        """The first profile that does not fit a target asked for: on the config's own target the
+        build would refuse it, so the plan exits as the build would (for CI); on another, so it
+        says the same of that target."""
         return self._error
 
 
@@ -42,10 +43,16 @@ def plan(config: PipelineConfig, work_dir: Path, targets: Sequence[str] = ()) ->
         arch = find_architecture(config, fetched_model_dir(config, ArtifactStore(work_dir)))
     plans = plan_config(config, arch, tuple(dict.fromkeys([config.target.gpu, *targets])))
     report = PlanReport(model=config.model.name, architecture=arch.source, plans=plans)
-    unfit = next((p for p in plans if p.target == config.target.gpu and not p.fits), None)
-    if unfit is not None:
-        index = [p.name for p in config.profiles].index(unfit.profile)
-        report._error = ConfigError(
-            config.source, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
+    unfit = next((p for p in plans if not p.fits), None)
+    if unfit is None:
+        return report
+    index = [p.name for p in config.profiles].index(unfit.profile)
+    problem = f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
+    if unfit.target == config.target.gpu:
+        report._error = ConfigError(config.source, f"profiles[{index}]", problem)
+    else:
+        report._error = InputError(
+            f"--target {unfit.target}: profiles[{index}] {problem}",
+            hint="drop that target, or plan a smaller profile for it",
         )
     return report
