@@ -198,3 +198,25 @@ def test_the_dry_run_names_each_artifacts_store_folder_or_what_its_key_waits_for
     args = trtllm_build_parser().parse_args(command.argv[1:])
     assert args.checkpoint_dir == f"{calibrate.path}/checkpoint"
     assert args.output_dir == str(store.slot("build", ("int8_sq", "latency")) / "<key>" / "engine")
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (("max_batch_size = 4\n", "max_batch_size = 64\n"), "profiles[2]"),  # long-context: 64 x 32768
+        (("[gate]\n", "[gate]\nbatch_size = 4096\n"), "gate"),  # the gate engine's batch
+    ],
+)
+def test_a_dry_run_refuses_a_profile_that_cannot_fit_as_the_run_does(
+    repo_root, tmp_path, capsys, change, field
+):
+    text = (repo_root / "pipeline.toml").read_text()
+    assert change[0] in text
+    config = tmp_path / "big.toml"
+    config.write_text(text.replace(*change).replace('"calib_data/', f'"{repo_root}/calib_data/'))
+    args = ["--config", str(config), "--work-dir", str(tmp_path / "w")]
+    assert main(["run", "--dry-run", "--json", *args]) == 2
+    dry = capsys.readouterr()
+    assert dry.out == "" and field in dry.err and "does not fit" in dry.err
+    assert main(["plan", *args]) == 2  # the same refusal, from the plan
+    assert capsys.readouterr().err.splitlines()[0] == dry.err.splitlines()[0]

@@ -275,7 +275,7 @@ def test_plan_exits_2_when_a_profile_does_not_fit_a_target_asked_for(repo_root, 
     args = ["plan", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
     assert main([*args, "--target", "l4", "--summary"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("ERROR --target l4: profiles[1] 'throughput' (int8_sq): needs 16.00 GiB")
+    assert "profiles[1]: 'throughput' does not fit l4 with int8_sq: needs 16.00 GiB" in captured.err
     rows = [line for line in captured.out.splitlines() if line.startswith("│")]
     config = load_config(repo_root / "pipeline.toml")
     per_target = len(config.quantization.precisions) * (len(config.profiles) + 1)  # + the gate engine

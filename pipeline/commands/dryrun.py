@@ -31,6 +31,7 @@ from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
 from pipeline.stages.build import fetched_model_dir
+from pipeline.stages.build import preflight as build_preflight
 
 # Where a key stands in a path while it is not known: it hashes the bytes of inputs not built yet.
 UNKNOWN_KEY = "<key>"
@@ -149,9 +150,12 @@ def plan_run(
 
 
 def dry_run(config: PipelineConfig, work_dir: Path, request: RunRequest) -> DryRun:
-    """`run --dry-run`: what `run_pipeline` would do with the same request, running nothing."""
+    """`run --dry-run`: what `run_pipeline` would do with the same request, running nothing. It
+    refuses what the run would refuse without a GPU: the request, and a profile that cannot fit
+    (the host's own checks are the run's)."""
     config, tasks = prepare(config, work_dir, request)
     store = ArtifactStore(work_dir)
+    build_preflight(config, store, tasks, request.options, check_host=False)
     try:
         arch = find_architecture(config, fetched_model_dir(config, store))
     except InputError:

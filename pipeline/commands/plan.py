@@ -9,11 +9,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.commands.checks import check_work_dir
-from pipeline.core.errors import ConfigError, InputError, PipelineError
+from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.store import ArtifactStore
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import ProfilePlan, find_architecture, plan_config
+from pipeline.planning.memory import ProfilePlan, find_architecture, fit_error, plan_config
 from pipeline.stages.build import fetched_model_dir
 
 
@@ -21,13 +21,12 @@ class PlanReport(BaseModel):
     model: str
     architecture: str  # where the shapes come from
     plans: list[ProfilePlan]
-    _error: PipelineError | None = None
+    _error: ConfigError | None = None
 
     @property
-    def error(self) -> PipelineError | None:
-        """The first profile that does not fit a target asked for: on the config's own target the
-        build would refuse it, so the plan exits as the build would (for CI); on another, so it
-        says the same of that target."""
+    def error(self) -> ConfigError | None:
+        """The first profile that does not fit a target asked for: the build refuses it on the
+        config's own target, and the plan says so of every target (for CI)."""
         return self._error
 
 
@@ -44,15 +43,6 @@ def plan(config: PipelineConfig, work_dir: Path, targets: Sequence[str] = ()) ->
     plans = plan_config(config, arch, tuple(dict.fromkeys([config.target.gpu, *targets])))
     report = PlanReport(model=config.model.name, architecture=arch.source, plans=plans)
     unfit = next((p for p in plans if not p.fits), None)
-    if unfit is None:
-        return report
-    index = [p.name for p in config.profiles].index(unfit.profile)
-    problem = f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
-    if unfit.target == config.target.gpu:
-        report._error = ConfigError(config.source, f"profiles[{index}]", problem)
-    else:
-        report._error = InputError(
-            f"--target {unfit.target}: profiles[{index}] {problem}",
-            hint="drop that target, or plan a smaller profile for it",
-        )
+    if unfit is not None:
+        report._error = fit_error(config, unfit)
     return report
