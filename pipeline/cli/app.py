@@ -237,15 +237,18 @@ def status_command(
 def verify_command(
     config: ConfigOpt = None,
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="Every published version, not only the one `current` points to.")
+    ] = False,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every artifact and every published version against its manifest; exit 2 if any differs."""
+    """Check every artifact and each current published version against its manifest; exit 2 if any differs."""
     from pipeline.commands.verify import verify
     from pipeline.output.views import print_audit
 
     cfg = _load(config, debug)
-    report = verify(cfg, work_dir)
+    report = verify(cfg, work_dir, all_versions=all_versions)
     if as_json:
         print(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
     else:

@@ -38,7 +38,8 @@ def print_dry_run(console: Console, dry: DryRun) -> None:
 
 def print_audit(console: Console, report: AuditReport, work_dir: Path, destination: Path) -> None:
     for finding in report.findings:
-        console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}")
+        console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}", soft_wrap=True)
+        console.print(f"  [dim]fix: {escape(finding.fix)}[/]", soft_wrap=True)
     console.print(
         f"{report.artifacts} artifacts in {work_dir}, {report.published} published versions in "
         f"{destination}: {'all intact' if report.ok else f'{len(report.findings)} problems'}"
