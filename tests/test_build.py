@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fake_stages import StandIn
+from mpi_singleton import singleton_mpi_parent, write_mpi_child_packages
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.backends import load_runner
@@ -261,6 +262,16 @@ def test_probe_on_this_machine_finds_no_tensorrt_llm(tmp_path):
         disk_needed=0,
         disk_free=0,
     ) == ["TensorRT-LLM is not installed"]
+
+
+def test_probe_after_tensorrt_llm_initialised_mpi_in_this_process(tmp_path, monkeypatch):
+    """Calibration and the gate import tensorrt_llm in the pipeline's own process; the next build's
+    probe child must still import it (see tests/mpi_singleton.py for what Open MPI leaves behind)."""
+    monkeypatch.setenv("PYTHONPATH", str(write_mpi_child_packages(tmp_path / "site")))
+    with singleton_mpi_parent():
+        env = probe_environment(tmp_path / "probe.log")
+    assert (env.tensorrt_llm, env.tensorrt) == ("1.2.1", "10.14.1.48")
+    assert "orte_init failed" not in (tmp_path / "probe.log").read_text()
 
 
 TINY_ON_A100 = """
