@@ -27,7 +27,9 @@ def test_a_child_does_not_inherit_what_mpi_putenv_after_startup(tmp_path, monkey
 def test_env_adds_to_the_environment_and_a_failure_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_TEST_MARK", "kept")
     out = tmp_path / "env.json"
-    run_tool([sys.executable, "-c", DUMP_ENV, out], stage="build", log_path=tmp_path / "log", env={"X_A": "1"})
+    run_tool(
+        [sys.executable, "-c", DUMP_ENV, out], stage="build", log_path=tmp_path / "log", env={"X_A": "1"}
+    )
     env = json.loads(out.read_text())
     assert env["X_A"] == "1" and env["PIPELINE_TEST_MARK"] == "kept"
     with pytest.raises(ToolFailedError, match="exited with code 3"):
