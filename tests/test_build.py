@@ -118,6 +118,12 @@ TAIL = [
 ]  # fmt: skip
 
 
+def _real_job_argv_with(build: BuildSection) -> list[str]:
+    profile = load_config(None).profiles[0]
+    plan = plan_memory(MISTRAL, Precision.int8_sq, "fp16", TARGETS["h100-80gb"], profile)
+    return trtllm_build_argv(Path("/c"), Path("/o"), profile, build, plan, Path("/t"), Path("/u"))
+
+
 def _real_job_argv(repo_root: Path, profile_name: str, **extra) -> list[str]:
     config = load_config(repo_root / "pipeline.toml")
     profile = config.profile(profile_name)
@@ -174,6 +180,16 @@ def test_contract_only_the_gate_engine_gathers_context_logits(repo_root):
     args = trtllm_build_parser().parse_args(argv[1:])
     assert args.gather_context_logits
     assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (8, 1024, 1088)
+
+
+def test_contract_the_configs_gemm_plugin_choices_are_trtllm_builds():
+    from pipeline.facts.build_options import GEMM_PLUGINS
+
+    gemm = next(a for a in trtllm_build_parser()._actions if a.dest == "gemm_plugin")
+    assert list(GEMM_PLUGINS) == gemm.choices  # plugin.py's Literal, None offered as "disable"
+    for value in GEMM_PLUGINS:
+        argv = _real_job_argv_with(BuildSection(gemm_plugin=value))
+        assert trtllm_build_parser().parse_args(argv[1:]).gemm_plugin == value
 
 
 def test_contract_parser_rejects_a_renamed_flag():
