@@ -1119,6 +1119,86 @@ def test_tensorrt_runner_refuses_an_engine_without_context_logits_and_frees_its_
     assert fake.shut_down
 
 
+# What ModelRunnerCpp.generate does with sampling keyword arguments, TensorRT-LLM 1.2.x:
+# tensorrt_llm/runtime/model_runner_cpp.py @ 03832911 keeps only its accepted_parameters, renames
+# random_seed to seed, turns top_p 0.0 into None, and builds executor.SamplingConfig, which checks
+# top_k >= 0 and 0 < top_p <= 1 (cpp/tensorrt_llm/executor/samplingConfig.cpp) and leaves unset ones
+# at the runtime's defaults: top_k 0, top_p 0 (cpp/include/tensorrt_llm/executor/executor.h @ 879039f6).
+# The sampling layers then apply setupTopKRuntimeArgs (cpp/tensorrt_llm/kernels/samplingTopKKernels.cu
+# @ 03961722): k == 0 and p == 0 -> k = 1 (greedy); k > 0 and p == 0 -> p = 1; k > 0 samples the top k
+# (topKStage2Sampling, threshold p of their mass), k == 0 is left to top-p sampling over the vocabulary.
+_ACCEPTED_SAMPLING = {"num_beams", "top_k", "top_p", "temperature", "min_tokens", "random_seed"}
+
+
+def _upstream_sampling(kwargs: dict) -> tuple[float, int, float, int]:
+    params = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SAMPLING}
+    if params.get("top_p") == 0.0:
+        params["top_p"] = None
+    k, p = params.get("top_k") or 0, params.get("top_p") or 0.0
+    assert k >= 0 and (params.get("top_p") is None or 0.0 < p <= 1.0), "SamplingConfig refuses it"
+    if k == 0 and p == 0.0:
+        k = 1
+    if k > 0 and p == 0.0:
+        p = 1.0
+    return params.get("temperature") or 1.0, k, p, params.get("random_seed") or 0
+
+
+SAMPLED_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5])
+
+
+class SamplingModelRunnerCpp:
+    """A ModelRunnerCpp whose engine gives every step the same logits, SAMPLED_LOGITS, and samples from
+    them as the C++ runtime would for the keyword arguments it is given."""
+
+    max_seq_len = 4096
+
+    def generate(self, batch_input_ids, *, max_new_tokens, end_id, pad_id, return_dict, **kwargs):
+        temperature, k, p, seed = _upstream_sampling(kwargs)
+        probs = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
+        if k > 0:
+            probs = probs.masked_fill(probs < probs.topk(k).values[-1], 0.0)
+        else:  # top-p: the smallest set of most likely tokens whose mass reaches p
+            ordered, order = probs.sort(descending=True)
+            keep = (ordered.cumsum(0) - ordered) < p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+        generator = torch.Generator().manual_seed(seed)
+        tokens = torch.multinomial(probs, max_new_tokens * len(batch_input_ids), True, generator=generator)
+        ids = torch.full((len(batch_input_ids), 1, self.max_seq_len), end_id, dtype=torch.int32)
+        lengths = torch.zeros(len(batch_input_ids), 1, dtype=torch.int32)
+        for i, (prompt, new) in enumerate(zip(batch_input_ids, tokens.view(-1, max_new_tokens), strict=True)):
+            ids[i, 0, : len(prompt) + max_new_tokens] = torch.cat([prompt, new.int()])
+            lengths[i, 0] = len(prompt) + max_new_tokens
+        return {"output_ids": ids, "sequence_lengths": lengths}
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, 0), (0.7, 0), (1.3, 3)])
+def test_contract_tensorrt_runner_samples_from_the_distribution_the_reference_runtime_samples(
+    tmp_path, temperature, top_k
+):
+    """Issue 21 item 6: top_k 0 with temperature > 0 must mean the whole vocabulary on both runtimes."""
+    from pipeline.backends.trtllm_engine.runner import TensorRTRunner
+    from pipeline.runtime.limits import EngineLimits
+    from pipeline.runtime.sampling import TokenSampler
+
+    draws = 4000
+    runner = TensorRTRunner(
+        SamplingModelRunnerCpp(), {"build_config": {}}, EngineLimits(1, 8, 4096), engine_dir=tmp_path
+    )
+    engine = runner.generate([[1]], max_new_tokens=draws, temperature=temperature, top_k=top_k, seed=11)[0]
+    sampler = TokenSampler(temperature=temperature, top_k=top_k, seed=11)
+    reference = sampler.next_tokens(SAMPLED_LOGITS.expand(draws, -1)).tolist()
+    expected = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
+    if top_k:
+        expected[top_k:] = 0.0  # SAMPLED_LOGITS is sorted: its first k are the top k
+        expected /= expected.sum()
+    # Each frequency of n draws has a standard deviation sqrt(q(1 - q) / n) <= 0.5 / sqrt(n): five of
+    # them (0.040 for n = 4000) is passed by chance once in ~1.7 million per token.
+    bound = 5 * 0.5 / draws**0.5
+    for tokens in (engine, reference):
+        frequency = torch.bincount(torch.tensor(tokens), minlength=len(SAMPLED_LOGITS)) / draws
+        assert (frequency - expected).abs().max() < bound, (frequency, expected)
+
+
 def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory():
     import inspect
 
