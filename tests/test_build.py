@@ -31,6 +31,7 @@ from pipeline.backends.trtllm_engine.engine import supports_chunked_context
 from pipeline.backends.trtllm_engine.environment import (
     BuildEnvironment,
     GpuInfo,
+    driver_version,
     preflight_problems,
     probe_environment,
 )
@@ -258,6 +259,52 @@ def test_preflight_names_what_is_missing(change, words):
     assert problems and words in problems[0]
 
 
+# torch's error when the driver is older than its CUDA (torch/csrc/cuda/Module.cpp via c10's
+# CUDA check: "The NVIDIA driver on your system is too old (found version N)"), with the CUDA
+# version the driver supports as cuDriverGetVersion reports it (12020: CUDA 12.2, an R535 driver).
+OLD_DRIVER_ERROR = (
+    "The NVIDIA driver on your system is too old (found version 12020). Please update your GPU driver "
+    "by downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx"
+)
+
+
+@pytest.mark.parametrize(
+    ("nvrm_line", "version"),
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023",
+            "535.104.05",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  590.44.01  Release Build  (dvs-builder@U22)",
+            "590.44.01",
+        ),
+        (None, None),
+    ],
+)
+def test_driver_version_from_the_kernel_modules_version_line(nvrm_line, version):
+    assert driver_version(nvrm_line) == version
+
+
+def test_preflight_says_which_driver_the_image_needs_when_cuda_cannot_start():
+    """Issue 21 item 7: an old driver used to show only as "no CUDA GPU is visible"."""
+    old = _problems(
+        GOOD_ENV.model_copy(update={"gpus": (), "driver": "535.104.05", "cuda_error": OLD_DRIVER_ERROR})
+    )
+    assert old[0] == (
+        "no CUDA GPU is visible: the host's NVIDIA driver is 535.104.05 (CUDA: The NVIDIA driver on your "
+        f"system is too old (found version 12020)); {SERVING_CONTAINER.tag} is CUDA 13.1.0.036 and needs "
+        "NVIDIA driver 590.44.01 or newer (on a data-center GPU an older driver branch that CUDA forward "
+        "compatibility supports also works: docs.nvidia.com/deploy/cuda-compatibility)"
+    )
+    none = _problems(GOOD_ENV.model_copy(update={"gpus": (), "driver": None}))
+    assert "no NVIDIA driver is loaded" in none[0] and "590.44.01" in none[0]
+    current = _problems(GOOD_ENV.model_copy(update={"gpus": (), "driver": "590.48.01"}))
+    assert (
+        current[0] == "no CUDA GPU is visible (NVIDIA driver 590.48.01): start the container with --gpus all"
+    )
+
+
 def test_preflight_arch_mismatch_can_be_allowed_and_checks_ram_and_disk():
     assert _problems(GOOD_ENV.model_copy(update={"gpus": (A10G,)}), allow=True) == []
     assert "16.0 GiB of free host RAM" in _problems(ram=8 * GIB)[0]
@@ -288,6 +335,9 @@ def test_probe_after_tensorrt_llm_initialised_mpi_in_this_process(tmp_path, monk
         env = probe_environment(tmp_path / "probe.log")
     assert (env.tensorrt_llm, env.tensorrt) == ("1.2.1", "10.14.1.48")
     assert "orte_init failed" not in (tmp_path / "probe.log").read_text()
+    if not Path("/proc/driver/nvidia/version").exists():
+        # Issue 21 item 7: the probe keeps why CUDA would not start (this torch is a CPU build).
+        assert env.driver is None and "not compiled with CUDA" in env.cuda_error
 
 
 TINY_ON_A100 = """

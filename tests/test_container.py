@@ -3,7 +3,9 @@
 The container's contents are its row in triton-inference-server/server
 docs/introduction/compatibility.md at commit 0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8d2a
 (26.04-trtllm-python-py3: Python 3.12.3, torch 2.10.0a0+b4e4ee81d3.nv<build>, TensorRT
-10.14.1.48, TensorRT-LLM 1.2.1; the previous 1.2.1-less releases carry 1.2.0 or 1.1.0).
+10.14.1.48, TensorRT-LLM 1.2.1, CUDA 13.1.0.036, CUDA driver 590.44.01; the previous 1.2.1-less
+releases carry 1.2.0 or 1.1.0). The release notes' "26.04 is based on CUDA 13.2.1" row is the plain
+Triton image's, not the trtllm one's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def test_the_container_is_the_release_that_carries_tensorrt_llm_1_2_1():
     assert SERVING_CONTAINER.tag == "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3"
     assert (SERVING_CONTAINER.tensorrt_llm, SERVING_CONTAINER.tensorrt) == ("1.2.1", "10.14.1.48")
     assert SERVING_CONTAINER.release == "26.04"
+    assert (SERVING_CONTAINER.cuda, SERVING_CONTAINER.driver) == ("13.1.0.036", "590.44.01")
     assert PublishSection().container == SERVING_CONTAINER.tag
 
 

@@ -29,6 +29,10 @@ class ServingContainer:
     # pre-release, so a requirement must admit pre-releases to accept it.
     torch: str
     python: str
+    cuda: str
+    # The driver the image's CUDA was released with: the oldest a host needs, except on a data-center GPU
+    # whose older driver branch CUDA's forward-compatibility package supports.
+    driver: str
 
     @property
     def release(self) -> str:
@@ -42,6 +46,8 @@ SERVING_CONTAINER = ServingContainer(
     tensorrt="10.14.1.48",
     torch="2.10.0a0",
     python="3.12.3",
+    cuda="13.1.0.036",
+    driver="590.44.01",
 )
 # Where the image keeps Triton (the Triton images' layout; tritonserver is also on PATH).
 TRITON_HOME = Path("/opt/tritonserver")
