@@ -153,6 +153,44 @@ def test_verify_fails_the_image_build_in_one_line_per_problem(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+# Issue 21 item 10. Which protobuf, click or Ray-adjacent versions the 26.04 trtllm image carries is
+# not published (compatibility.md lists Python, torch, TensorRT, TensorRT-LLM, CUDA; TensorRT-LLM 1.2's
+# requirements.txt @000867d9b1ad62f3de1e54e111c094da492a5626 asks for an unversioned click, and no
+# protobuf, typer or ray, which come in through onnx, etcd3 and the like), so the image build checks them.
+def test_check_names_each_image_package_the_project_does_not_accept(repo_root):
+    requirements = container.project_requirements((repo_root / "pyproject.toml").read_text())
+    assert "protobuf>=5,<7" in requirements and "ray>=2.60,<3" in requirements  # the [ray] extra too
+    image = {**IMAGE, "protobuf": "4.25.8", "click": "8.1.7", "ray": "2.48.0", "numpy": "1.26.4"}
+    assert container.requirement_problems(requirements, image) == [
+        "the image has protobuf 4.25.8, the project needs protobuf<7,>=5",
+        "the image has ray 2.48.0, the project needs ray<3,>=2.60",
+    ]
+    # The image's pre-release torch is accepted, and what the image lacks is pip's to add.
+    assert container.requirement_problems(requirements, {**IMAGE, "protobuf": "6.31.1"}) == []
+
+
+def test_check_fails_the_image_build_before_pip_in_one_line(tmp_path, repo_root):
+    frozen = tmp_path / "image-packages.txt"
+    frozen.write_text("protobuf==4.25.8\ntorch==2.10.0a0+b4e4ee81d3.nv1\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.facts.container",
+            "check",
+            str(frozen),
+            str(repo_root / "pyproject.toml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == ["ERROR the image has protobuf 4.25.8, the project needs protobuf<7,>=5"]
+    text = (repo_root / "docker" / "Dockerfile").read_text()
+    assert text.index("container check /tmp/image-packages.txt pyproject.toml") < text.index("pip install")
+
+
 def test_serve_argv_mounts_the_version_where_its_gpt_model_path_points(tmp_path):
     argv = container.serve_argv(tmp_path / "current", "/models")
     assert argv[argv.index("-v") + 1] == f"{tmp_path / 'current'}:/models:ro"
