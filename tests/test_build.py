@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fake_stages import StandIn
+from mpi_singleton import singleton_mpi_parent, write_mpi_child_packages
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.backends import load_runner
@@ -30,6 +31,7 @@ from pipeline.backends.trtllm_engine.engine import supports_chunked_context
 from pipeline.backends.trtllm_engine.environment import (
     BuildEnvironment,
     GpuInfo,
+    driver_version,
     preflight_problems,
     probe_environment,
 )
@@ -117,6 +119,12 @@ TAIL = [
 ]  # fmt: skip
 
 
+def _real_job_argv_with(build: BuildSection) -> list[str]:
+    profile = load_config(None).profiles[0]
+    plan = plan_memory(MISTRAL, Precision.int8_sq, "fp16", TARGETS["h100-80gb"], profile)
+    return trtllm_build_argv(Path("/c"), Path("/o"), profile, build, plan, Path("/t"), Path("/u"))
+
+
 def _real_job_argv(repo_root: Path, profile_name: str, **extra) -> list[str]:
     config = load_config(repo_root / "pipeline.toml")
     profile = config.profile(profile_name)
@@ -173,6 +181,16 @@ def test_contract_only_the_gate_engine_gathers_context_logits(repo_root):
     args = trtllm_build_parser().parse_args(argv[1:])
     assert args.gather_context_logits
     assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (8, 1024, 1088)
+
+
+def test_contract_the_configs_gemm_plugin_choices_are_trtllm_builds():
+    from pipeline.facts.build_options import GEMM_PLUGINS
+
+    gemm = next(a for a in trtllm_build_parser()._actions if a.dest == "gemm_plugin")
+    assert list(GEMM_PLUGINS) == gemm.choices  # plugin.py's Literal, None offered as "disable"
+    for value in GEMM_PLUGINS:
+        argv = _real_job_argv_with(BuildSection(gemm_plugin=value))
+        assert trtllm_build_parser().parse_args(argv[1:]).gemm_plugin == value
 
 
 def test_contract_parser_rejects_a_renamed_flag():
@@ -241,6 +259,52 @@ def test_preflight_names_what_is_missing(change, words):
     assert problems and words in problems[0]
 
 
+# torch's error when the driver is older than its CUDA (torch/csrc/cuda/Module.cpp via c10's
+# CUDA check: "The NVIDIA driver on your system is too old (found version N)"), with the CUDA
+# version the driver supports as cuDriverGetVersion reports it (12020: CUDA 12.2, an R535 driver).
+OLD_DRIVER_ERROR = (
+    "The NVIDIA driver on your system is too old (found version 12020). Please update your GPU driver "
+    "by downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx"
+)
+
+
+@pytest.mark.parametrize(
+    ("nvrm_line", "version"),
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023",
+            "535.104.05",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  590.44.01  Release Build  (dvs-builder@U22)",
+            "590.44.01",
+        ),
+        (None, None),
+    ],
+)
+def test_driver_version_from_the_kernel_modules_version_line(nvrm_line, version):
+    assert driver_version(nvrm_line) == version
+
+
+def test_preflight_says_which_driver_the_image_needs_when_cuda_cannot_start():
+    """Issue 21 item 7: an old driver used to show only as "no CUDA GPU is visible"."""
+    old = _problems(
+        GOOD_ENV.model_copy(update={"gpus": (), "driver": "535.104.05", "cuda_error": OLD_DRIVER_ERROR})
+    )
+    assert old[0] == (
+        "no CUDA GPU is visible: the host's NVIDIA driver is 535.104.05 (CUDA: The NVIDIA driver on your "
+        f"system is too old (found version 12020)); {SERVING_CONTAINER.tag} is CUDA 13.1.0.036 and needs "
+        "NVIDIA driver 590.44.01 or newer (on a data-center GPU an older driver branch that CUDA forward "
+        "compatibility supports also works: docs.nvidia.com/deploy/cuda-compatibility)"
+    )
+    none = _problems(GOOD_ENV.model_copy(update={"gpus": (), "driver": None}))
+    assert "no NVIDIA driver is loaded" in none[0] and "590.44.01" in none[0]
+    current = _problems(GOOD_ENV.model_copy(update={"gpus": (), "driver": "590.48.01"}))
+    assert (
+        current[0] == "no CUDA GPU is visible (NVIDIA driver 590.48.01): start the container with --gpus all"
+    )
+
+
 def test_preflight_arch_mismatch_can_be_allowed_and_checks_ram_and_disk():
     assert _problems(GOOD_ENV.model_copy(update={"gpus": (A10G,)}), allow=True) == []
     assert "16.0 GiB of free host RAM" in _problems(ram=8 * GIB)[0]
@@ -261,6 +325,19 @@ def test_probe_on_this_machine_finds_no_tensorrt_llm(tmp_path):
         disk_needed=0,
         disk_free=0,
     ) == ["TensorRT-LLM is not installed"]
+
+
+def test_probe_after_tensorrt_llm_initialised_mpi_in_this_process(tmp_path, monkeypatch):
+    """Calibration and the gate import tensorrt_llm in the pipeline's own process; the next build's
+    probe child must still import it (see tests/mpi_singleton.py for what Open MPI leaves behind)."""
+    monkeypatch.setenv("PYTHONPATH", str(write_mpi_child_packages(tmp_path / "site")))
+    with singleton_mpi_parent():
+        env = probe_environment(tmp_path / "probe.log")
+    assert (env.tensorrt_llm, env.tensorrt) == ("1.2.1", "10.14.1.48")
+    assert "orte_init failed" not in (tmp_path / "probe.log").read_text()
+    if not Path("/proc/driver/nvidia/version").exists():
+        # Issue 21 item 7: the probe keeps why CUDA would not start (this torch is a CPU build).
+        assert env.driver is None and "not compiled with CUDA" in env.cuda_error
 
 
 TINY_ON_A100 = """
@@ -1090,6 +1167,86 @@ def test_tensorrt_runner_refuses_an_engine_without_context_logits_and_frees_its_
         runner.context_logits([[1, 2]])
     runner.close()
     assert fake.shut_down
+
+
+# What ModelRunnerCpp.generate does with sampling keyword arguments, TensorRT-LLM 1.2.x:
+# tensorrt_llm/runtime/model_runner_cpp.py @ 03832911 keeps only its accepted_parameters, renames
+# random_seed to seed, turns top_p 0.0 into None, and builds executor.SamplingConfig, which checks
+# top_k >= 0 and 0 < top_p <= 1 (cpp/tensorrt_llm/executor/samplingConfig.cpp) and leaves unset ones
+# at the runtime's defaults: top_k 0, top_p 0 (cpp/include/tensorrt_llm/executor/executor.h @ 879039f6).
+# The sampling layers then apply setupTopKRuntimeArgs (cpp/tensorrt_llm/kernels/samplingTopKKernels.cu
+# @ 03961722): k == 0 and p == 0 -> k = 1 (greedy); k > 0 and p == 0 -> p = 1; k > 0 samples the top k
+# (topKStage2Sampling, threshold p of their mass), k == 0 is left to top-p sampling over the vocabulary.
+_ACCEPTED_SAMPLING = {"num_beams", "top_k", "top_p", "temperature", "min_tokens", "random_seed"}
+
+
+def _upstream_sampling(kwargs: dict) -> tuple[float, int, float, int]:
+    params = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SAMPLING}
+    if params.get("top_p") == 0.0:
+        params["top_p"] = None
+    k, p = params.get("top_k") or 0, params.get("top_p") or 0.0
+    assert k >= 0 and (params.get("top_p") is None or 0.0 < p <= 1.0), "SamplingConfig refuses it"
+    if k == 0 and p == 0.0:
+        k = 1
+    if k > 0 and p == 0.0:
+        p = 1.0
+    return params.get("temperature") or 1.0, k, p, params.get("random_seed") or 0
+
+
+SAMPLED_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5])
+
+
+class SamplingModelRunnerCpp:
+    """A ModelRunnerCpp whose engine gives every step the same logits, SAMPLED_LOGITS, and samples from
+    them as the C++ runtime would for the keyword arguments it is given."""
+
+    max_seq_len = 4096
+
+    def generate(self, batch_input_ids, *, max_new_tokens, end_id, pad_id, return_dict, **kwargs):
+        temperature, k, p, seed = _upstream_sampling(kwargs)
+        probs = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
+        if k > 0:
+            probs = probs.masked_fill(probs < probs.topk(k).values[-1], 0.0)
+        else:  # top-p: the smallest set of most likely tokens whose mass reaches p
+            ordered, order = probs.sort(descending=True)
+            keep = (ordered.cumsum(0) - ordered) < p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+        generator = torch.Generator().manual_seed(seed)
+        tokens = torch.multinomial(probs, max_new_tokens * len(batch_input_ids), True, generator=generator)
+        ids = torch.full((len(batch_input_ids), 1, self.max_seq_len), end_id, dtype=torch.int32)
+        lengths = torch.zeros(len(batch_input_ids), 1, dtype=torch.int32)
+        for i, (prompt, new) in enumerate(zip(batch_input_ids, tokens.view(-1, max_new_tokens), strict=True)):
+            ids[i, 0, : len(prompt) + max_new_tokens] = torch.cat([prompt, new.int()])
+            lengths[i, 0] = len(prompt) + max_new_tokens
+        return {"output_ids": ids, "sequence_lengths": lengths}
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, 0), (0.7, 0), (1.3, 3)])
+def test_contract_tensorrt_runner_samples_from_the_distribution_the_reference_runtime_samples(
+    tmp_path, temperature, top_k
+):
+    """Issue 21 item 6: top_k 0 with temperature > 0 must mean the whole vocabulary on both runtimes."""
+    from pipeline.backends.trtllm_engine.runner import TensorRTRunner
+    from pipeline.runtime.limits import EngineLimits
+    from pipeline.runtime.sampling import TokenSampler
+
+    draws = 4000
+    runner = TensorRTRunner(
+        SamplingModelRunnerCpp(), {"build_config": {}}, EngineLimits(1, 8, 4096), engine_dir=tmp_path
+    )
+    engine = runner.generate([[1]], max_new_tokens=draws, temperature=temperature, top_k=top_k, seed=11)[0]
+    sampler = TokenSampler(temperature=temperature, top_k=top_k, seed=11)
+    reference = sampler.next_tokens(SAMPLED_LOGITS.expand(draws, -1)).tolist()
+    expected = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
+    if top_k:
+        expected[top_k:] = 0.0  # SAMPLED_LOGITS is sorted: its first k are the top k
+        expected /= expected.sum()
+    # Each frequency of n draws has a standard deviation sqrt(q(1 - q) / n) <= 0.5 / sqrt(n): five of
+    # them (0.040 for n = 4000) is passed by chance once in ~1.7 million per token.
+    bound = 5 * 0.5 / draws**0.5
+    for tokens in (engine, reference):
+        frequency = torch.bincount(torch.tensor(tokens), minlength=len(SAMPLED_LOGITS)) / draws
+        assert (frequency - expected).abs().max() < bound, (frequency, expected)
 
 
 def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory():

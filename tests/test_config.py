@@ -85,6 +85,23 @@ def test_embedded_default_and_real_job_are_valid(repo_root):
             "profiles[0].opt_num_tokens",
             "refuses",
         ),
+        # Issue 21 item 3: trtllm-build takes it, but neither the gate's runner nor Triton runs it.
+        (
+            ("[[profiles]]", '[build]\nkv_cache_type = "continuous"\n\n[[profiles]]'),
+            "build.kv_cache_type",
+            "'continuous' cannot be served: the gate's ModelRunnerCpp and Triton's in-flight batching",
+        ),
+        # Issue 21 item 8: a choice of trtllm-build's, checked against the target.
+        (
+            ("[[profiles]]", '[build]\ngemm_plugin = "fp16"\n\n[[profiles]]'),
+            "build.gemm_plugin",
+            "unknown gemm_plugin 'fp16'; known: auto, float16, float32, bfloat16, int32, fp8, nvfp4, disable",
+        ),
+        (
+            ("[[profiles]]", '[build]\ngemm_plugin = "fp8"\n\n[[profiles]]'),
+            "build.gemm_plugin",
+            "gemm_plugin 'fp8' needs sm89 or newer; target 'a100-40gb' is sm80",
+        ),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, change, field, words):
@@ -96,6 +113,30 @@ def test_bad_config_names_file_and_field(tmp_path, change, field, words):
     assert info.value.field == field
     assert words in info.value.problem
     assert str(path) in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("gpu", "plugin", "ok"),
+    [("h100-80gb", "fp8", True), ("l4", "fp8", True), ("a10g", "fp8", False), ("h200", "nvfp4", False)],
+)
+def test_gemm_plugin_is_checked_against_the_target(tmp_path, gpu, plugin, ok):
+    text = VALID.replace('gpu = "a100-40gb"', f'gpu = "{gpu}"').replace(
+        "[[profiles]]", f'[build]\ngemm_plugin = "{plugin}"\n\n[[profiles]]'
+    )
+    if ok:
+        assert load_config(write(tmp_path, text)).build.gemm_plugin == plugin
+    else:
+        with pytest.raises(ConfigError, match=f"gemm_plugin '{plugin}' needs sm"):
+            load_config(write(tmp_path, text))
+
+
+def test_a_gemm_plugin_the_target_cannot_run_fails_before_any_stage(tmp_path, capsys):
+    path = write(tmp_path, VALID.replace("[[profiles]]", '[build]\ngemm_plugin = "fp8"\n\n[[profiles]]'))
+    assert main(["run", "--config", str(path), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("ERROR") == 1
+    assert f"{path}: build.gemm_plugin: gemm_plugin 'fp8' needs sm89" in " ".join(err.split())
+    assert not (tmp_path / "w" / "store").exists()
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):

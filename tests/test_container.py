@@ -3,7 +3,9 @@
 The container's contents are its row in triton-inference-server/server
 docs/introduction/compatibility.md at commit 0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8d2a
 (26.04-trtllm-python-py3: Python 3.12.3, torch 2.10.0a0+b4e4ee81d3.nv<build>, TensorRT
-10.14.1.48, TensorRT-LLM 1.2.1; the previous 1.2.1-less releases carry 1.2.0 or 1.1.0).
+10.14.1.48, TensorRT-LLM 1.2.1, CUDA 13.1.0.036, CUDA driver 590.44.01; the previous 1.2.1-less
+releases carry 1.2.0 or 1.1.0). The release notes' "26.04 is based on CUDA 13.2.1" row is the plain
+Triton image's, not the trtllm one's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def test_the_container_is_the_release_that_carries_tensorrt_llm_1_2_1():
     assert SERVING_CONTAINER.tag == "nvcr.io/nvidia/tritonserver:26.04-trtllm-python-py3"
     assert (SERVING_CONTAINER.tensorrt_llm, SERVING_CONTAINER.tensorrt) == ("1.2.1", "10.14.1.48")
     assert SERVING_CONTAINER.release == "26.04"
+    assert (SERVING_CONTAINER.cuda, SERVING_CONTAINER.driver) == ("13.1.0.036", "590.44.01")
     assert PublishSection().container == SERVING_CONTAINER.tag
 
 
@@ -148,6 +151,44 @@ def test_verify_fails_the_image_build_in_one_line_per_problem(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]
     assert errors[0] == f"ERROR torch 0.0.1 was replaced by {locked_torch()}"
     assert "Traceback" not in run.stderr
+
+
+# Issue 21 item 10. Which protobuf, click or Ray-adjacent versions the 26.04 trtllm image carries is
+# not published (compatibility.md lists Python, torch, TensorRT, TensorRT-LLM, CUDA; TensorRT-LLM 1.2's
+# requirements.txt @000867d9b1ad62f3de1e54e111c094da492a5626 asks for an unversioned click, and no
+# protobuf, typer or ray, which come in through onnx, etcd3 and the like), so the image build checks them.
+def test_check_names_each_image_package_the_project_does_not_accept(repo_root):
+    requirements = container.project_requirements((repo_root / "pyproject.toml").read_text())
+    assert "protobuf>=5,<7" in requirements and "ray>=2.60,<3" in requirements  # the [ray] extra too
+    image = {**IMAGE, "protobuf": "4.25.8", "click": "8.1.7", "ray": "2.48.0", "numpy": "1.26.4"}
+    assert container.requirement_problems(requirements, image) == [
+        "the image has protobuf 4.25.8, the project needs protobuf<7,>=5",
+        "the image has ray 2.48.0, the project needs ray<3,>=2.60",
+    ]
+    # The image's pre-release torch is accepted, and what the image lacks is pip's to add.
+    assert container.requirement_problems(requirements, {**IMAGE, "protobuf": "6.31.1"}) == []
+
+
+def test_check_fails_the_image_build_before_pip_in_one_line(tmp_path, repo_root):
+    frozen = tmp_path / "image-packages.txt"
+    frozen.write_text("protobuf==4.25.8\ntorch==2.10.0a0+b4e4ee81d3.nv1\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.facts.container",
+            "check",
+            str(frozen),
+            str(repo_root / "pyproject.toml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == ["ERROR the image has protobuf 4.25.8, the project needs protobuf<7,>=5"]
+    text = (repo_root / "docker" / "Dockerfile").read_text()
+    assert text.index("container check /tmp/image-packages.txt pyproject.toml") < text.index("pip install")
 
 
 def test_serve_argv_mounts_the_version_where_its_gpt_model_path_points(tmp_path):

@@ -26,6 +26,12 @@ from pydantic import (
 )
 
 from pipeline.core.errors import ConfigDeprecationWarning, ConfigError
+from pipeline.facts.build_options import (
+    GEMM_PLUGINS,
+    KV_CACHE_TYPE_REASON,
+    KV_CACHE_TYPES,
+    gemm_plugin_problem,
+)
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.facts.formats import FORMATS, SELECTABLE_KV_CACHES, Precision
 from pipeline.facts.targets import LEGACY_CPU_TARGET, TARGETS
@@ -189,12 +195,27 @@ class Profile(Strict):
 
 
 class BuildSection(Strict):
+    # Checked against the target by PipelineConfig (fp8 needs sm89, nvfp4 sm100).
     gemm_plugin: str = "auto"
     multiple_profiles: bool = True
     use_paged_context_fmha: bool = True
-    kv_cache_type: Literal["paged", "continuous"] = "paged"
+    kv_cache_type: str = "paged"
     workers: Annotated[int, Field(ge=1)] | None = None  # None: one per visible GPU
     visualize: bool = False
+
+    @field_validator("gemm_plugin")
+    @classmethod
+    def _known_gemm_plugin(cls, value: str) -> str:
+        return _one_of(value, GEMM_PLUGINS, "gemm_plugin")
+
+    @field_validator("kv_cache_type")
+    @classmethod
+    def _served_kv_cache(cls, value: str) -> str:
+        if value not in KV_CACHE_TYPES:
+            raise ValueError(
+                f"'{value}' cannot be served: {KV_CACHE_TYPE_REASON}; use {' or '.join(map(repr, KV_CACHE_TYPES))}"
+            )
+        return value
 
 
 class GateThresholds(Strict):
@@ -312,6 +333,13 @@ class PipelineConfig(Strict):
                     f"profiles[{i}].opt_num_tokens",
                     "cannot be set with build.multiple_profiles = true (trtllm-build refuses the pair)",
                 )
+        problem = gemm_plugin_problem(self.build.gemm_plugin, target.sm)
+        if problem is not None:
+            raise _FieldError(
+                "build.gemm_plugin",
+                f"{problem}; target '{target.name}' is sm{target.sm}",
+                "use 'auto' (the checkpoint's dtype)",
+            )
         for precision in self.quantization.precisions:
             if precision not in self.gate.thresholds:
                 raise _FieldError("gate.thresholds", f"no thresholds for precision '{precision.value}'")

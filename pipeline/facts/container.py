@@ -8,8 +8,8 @@ docs/introduction/compatibility.md (commit 0f963c9a8c6913aa4cd9b57ee04f9c2b76ee8
 earlier 1.1.0 with TensorRT 10.13.3.9). docker/Dockerfile's FROM is held equal
 to `tag` by a test.
 
-`python -m pipeline.facts.container freeze|verify` is what docker/Dockerfile runs
-around its one pip install (stdlib only: it runs before the project is installed).
+`python -m pipeline.facts.container freeze|check|verify` is what docker/Dockerfile runs
+around its one pip install (stdlib and packaging only: it runs before the project is installed).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ class ServingContainer:
     # pre-release, so a requirement must admit pre-releases to accept it.
     torch: str
     python: str
+    cuda: str
+    # The driver the image's CUDA was released with: the oldest a host needs, except on a data-center GPU
+    # whose older driver branch CUDA's forward-compatibility package supports.
+    driver: str
 
     @property
     def release(self) -> str:
@@ -42,6 +46,8 @@ SERVING_CONTAINER = ServingContainer(
     tensorrt="10.14.1.48",
     torch="2.10.0a0",
     python="3.12.3",
+    cuda="13.1.0.036",
+    driver="590.44.01",
 )
 # Where the image keeps Triton (the Triton images' layout; tritonserver is also on PATH).
 TRITON_HOME = Path("/opt/tritonserver")
@@ -101,6 +107,43 @@ def read_frozen(text: str) -> dict[str, str]:
     return {name.strip(): version.strip() for name, version in pairs}
 
 
+def project_requirements(pyproject_text: str, extras: tuple[str, ...] = ("ray",)) -> list[str]:
+    """The requirement strings the image's install asks for: the dependencies and the given extras."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+
+    project = tomllib.loads(pyproject_text)["project"]
+    optional = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(r for extra in extras for r in optional.get(extra, []))]
+
+
+def requirement_problems(requirements: list[str], image: dict[str, str]) -> list[str]:
+    """Each requirement a package the image already has does not satisfy, as one line naming the package,
+    the image's version and what the project needs. The install pins every image package (-c), so pip
+    would otherwise fail on these with a resolver trace. Which versions the image has (protobuf, click,
+    anything Ray or typer pull in) is not published with the image: this is where it shows."""
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+
+    problems = []
+    for text in requirements:
+        requirement = Requirement(text)
+        have = image.get(_normalize(requirement.name))
+        if have is None or (requirement.marker is not None and not requirement.marker.evaluate()):
+            continue
+        try:
+            ok = requirement.specifier.contains(Version(have), prereleases=True)
+        except InvalidVersion:
+            continue  # not a PEP 440 version: freeze_lines leaves it unpinned, pip will not touch it
+        if not ok:
+            problems.append(
+                f"the image has {requirement.name} {have}, the project needs {requirement.name}{requirement.specifier}"
+            )
+    return problems
+
+
 def image_problems(before: dict[str, str], after: dict[str, str]) -> list[str]:
     """What the project's install changed in the image, and where the image is not the pinned one."""
     problems = [
@@ -121,6 +164,18 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["freeze"] and len(argv) == 1:
         print("\n".join(freeze_lines(installed())))
         return 0
+    if argv[:1] == ["check"] and len(argv) == 3:
+        requirements = project_requirements(Path(argv[2]).read_text())
+        problems = requirement_problems(requirements, read_frozen(Path(argv[1]).read_text()))
+        for problem in problems:
+            print(f"ERROR {problem}", file=sys.stderr)
+        if problems:
+            print(
+                f"TIP {SERVING_CONTAINER.tag} carries these; widen the requirement in pyproject.toml "
+                "if the project works with the image's version",
+                file=sys.stderr,
+            )
+        return 1 if problems else 0
     if argv[:1] == ["verify"] and len(argv) == 2:
         problems = image_problems(read_frozen(Path(argv[1]).read_text()), installed())
         for problem in problems:
@@ -132,7 +187,10 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
         return 1 if problems else 0
-    print("usage: python -m pipeline.facts.container freeze | verify FROZEN_FILE", file=sys.stderr)
+    print(
+        "usage: python -m pipeline.facts.container freeze | check FROZEN_FILE PYPROJECT | verify FROZEN_FILE",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import MissingDependencyError, StageError
+from pipeline.core.tools import child_environ
 
 STAGE = "smoke"
 # Errors every start logs on a machine without a GPU; never the reason it failed.
@@ -130,7 +131,7 @@ class TritonServer:
         ]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = child_environ()
         libs = [str(self.install.libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
         env["LD_LIBRARY_PATH"] = ":".join(libs)
         env["PATH"] = os.pathsep.join([str(self.install.python_bin), env.get("PATH", "")])

@@ -9,6 +9,7 @@ the target and the plan, so every refusal is unit-tested without a GPU.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,16 @@ from pipeline.planning.memory import GIB, ProfilePlan
 
 # The probe writes its report to the file named by argv[1]: tensorrt_llm prints a banner on import,
 # so stdout is not a clean channel.
+# A driver too old for the image's CUDA shows only as no GPU (device_count() is 0), so the probe also
+# keeps why CUDA would not initialise and the kernel module's version line.
 PROBE_CODE = """
 import json, shutil, sys
 report = {"trtllm_build": shutil.which("trtllm-build"), "gpus": []}
+try:
+    with open("/proc/driver/nvidia/version") as f:
+        report["nvidia_version"] = f.readline().strip()
+except OSError:
+    pass
 try:
     import tensorrt_llm
 except ImportError:
@@ -39,6 +47,10 @@ else:
         cuda=torch.version.cuda,
         torch=torch.__version__,
     )
+    try:
+        torch.cuda.init()
+    except Exception as exc:
+        report["cuda_error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     for i in range(torch.cuda.device_count()):
         major, minor = torch.cuda.get_device_capability(i)
         props = torch.cuda.get_device_properties(i)
@@ -71,6 +83,42 @@ class BuildEnvironment(BaseModel):
     torch: str | None = None
     trtllm_build: str | None
     gpus: tuple[GpuInfo, ...]
+    driver: str | None = None  # the NVIDIA kernel module's version; None: no driver loaded
+    cuda_error: str | None = None  # why CUDA would not initialise, if it would not
+
+
+# What the kernel module writes first in /proc/driver/nvidia/version: "NVRM version: " and its ID
+# (kernel-open/nvidia/nv-procfs.c nv_procfs_read_version, NVIDIA/open-gpu-kernel-modules@1739a20e),
+# "NVIDIA UNIX x86_64 Kernel Module  535.104.05  <date>" or, for the open modules,
+# "NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build ...".
+_DRIVER_VERSION = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)")
+
+
+def driver_version(nvrm_line: str | None) -> str | None:
+    """The driver version in the first line of /proc/driver/nvidia/version, or None."""
+    match = _DRIVER_VERSION.search(nvrm_line or "")
+    return match.group(1) if match else None
+
+
+def _older(version: str, than: str) -> bool:
+    return tuple(map(int, version.split("."))) < tuple(map(int, than.split(".")))
+
+
+def no_gpu_problem(env: BuildEnvironment) -> str:
+    """Why no GPU is visible, as far as the probe can tell: no driver, one older than the image's CUDA
+    needs, or a container started without the GPUs."""
+    cuda = f" (CUDA: {env.cuda_error.split('. ')[0]})" if env.cuda_error else ""
+    image = SERVING_CONTAINER
+    need = (
+        f"{image.tag} is CUDA {image.cuda} and needs NVIDIA driver {image.driver} or newer (on a "
+        "data-center GPU an older driver branch that CUDA forward compatibility supports also works: "
+        "docs.nvidia.com/deploy/cuda-compatibility)"
+    )
+    if env.driver is None:
+        return f"no CUDA GPU is visible and no NVIDIA driver is loaded{cuda}: {need}"
+    if _older(env.driver, image.driver):
+        return f"no CUDA GPU is visible: the host's NVIDIA driver is {env.driver}{cuda}; {need}"
+    return f"no CUDA GPU is visible (NVIDIA driver {env.driver}){cuda}: start the container with --gpus all"
 
 
 def _missing(what: str) -> MissingDependencyError:
@@ -81,7 +129,8 @@ def _missing(what: str) -> MissingDependencyError:
 
 
 def probe_environment(log_path: Path, *, runner: ToolRunner = subprocess.run) -> BuildEnvironment:
-    """Ask a child Python for TensorRT-LLM's, TensorRT's and CUDA's versions and the visible GPUs."""
+    """Ask a child Python for TensorRT-LLM's, TensorRT's and CUDA's versions, the visible GPUs, the
+    driver's version and why CUDA would not initialise."""
     report_path = log_path.with_name(log_path.name + ".probe.json")
     try:
         run_tool(
@@ -91,6 +140,7 @@ def probe_environment(log_path: Path, *, runner: ToolRunner = subprocess.run) ->
             runner=runner,
         )
         data = json.loads(report_path.read_text())
+        data["driver"] = driver_version(data.pop("nvidia_version", None))
     except ToolFailedError:
         raise _missing(f"TensorRT-LLM, TensorRT or torch fails to import (log: {log_path})") from None
     finally:
@@ -140,7 +190,7 @@ def preflight_problems(
     if env.trtllm_build is None:
         problems.append("the trtllm-build command is not on PATH")
     if not env.gpus:
-        problems.append("no CUDA GPU is visible")
+        problems.append(no_gpu_problem(env))
     elif not allow_arch_mismatch:
         for i, gpu in enumerate(env.gpus):
             if gpu.sm != target.sm:

@@ -153,7 +153,10 @@ class TensorRTRunner:
         sampling = (
             {"top_k": 1}
             if temperature == 0
-            else {"temperature": temperature, "top_k": top_k, "random_seed": seed}
+            # top_p 1.0, not left unset: TensorRT-LLM reads top_k 0 with top_p 0 (its default) as greedy
+            # (samplingTopKKernels.cu, setupTopKRuntimeArgs); with top_p 1.0, top_k 0 keeps the whole
+            # vocabulary and top_k > 0 keeps all of its k tokens, as the reference runtime samples.
+            else {"temperature": temperature, "top_k": top_k, "top_p": 1.0, "random_seed": seed}
         )
         stop = NO_END_ID if end_id is None else end_id
         outputs = self._runner.generate(
