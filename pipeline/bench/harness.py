@@ -21,10 +21,11 @@ from pipeline.backends.base import EngineRunner
 from pipeline.bench.results import LatencyResult, ThroughputPoint
 from pipeline.bench.stats import (
     RequestTimeline,
+    Spread,
+    decode_tokens_per_s_spread,
     itl_percentiles,
-    median_decode_tokens_per_s,
     tokens_per_second,
-    ttft_percentiles,
+    ttft_ms_spread,
 )
 from pipeline.bench.workload import Case, Workload, synthetic_prompts
 from pipeline.core.errors import StageError
@@ -34,11 +35,14 @@ Clock = Callable[[], float]
 
 LATENCY_SOURCE = (
     "batch 1, streamed: each token timed on this process's monotonic clock when the runtime hands it "
-    "over (on_token); includes the runtime's per-step host work for that one request"
+    "over (on_token); includes the runtime's per-step host work for that one request. TTFT and decode "
+    "tokens/s (tokens after the first / their span): median and min-max over the runs; inter-token "
+    "percentiles over every gap of every run"
 )
 THROUGHPUT_SOURCE = (
     "one non-streamed generate call per run: output tokens / wall time from sending the batch to the "
-    "return of generate, on this process's monotonic clock; no per-token times (streaming a batch "
+    "return of generate (prefill included), on this process's monotonic clock; median and min-max over "
+    "the runs, after a warm-up call at the same batch size; no per-token times (streaming a batch "
     "would time the runtime's per-request host work)"
 )
 
@@ -102,8 +106,9 @@ def measure_engine(
 ) -> EngineTimings:
     """Warm up, then batch-1 latency runs, then one point per batch size."""
     vocab_size = vocab_size_of(runner)
-    calls = (workload.warmup.runs if workload.warmup else 0) + workload.latency.runs
-    calls += sum(c.runs for c in workload.throughput)
+    warmups = workload.warmup.runs if workload.warmup else 0
+    calls = warmups + workload.latency.runs
+    calls += sum(c.runs + warmups for c in workload.throughput)
 
     def prompts_of(case: Case, run: int) -> list[list[int]]:
         return synthetic_prompts(case.batch_size, case.input_len, vocab_size, seed + run)
@@ -117,6 +122,11 @@ def measure_engine(
         return out
 
     def batched(case: Case, advance: Callable[[float], None]) -> list[BatchRun]:
+        if workload.warmup is not None:
+            # The first call at a new batch shape pays for allocations (and kernel choice on a GPU).
+            for run in range(workload.warmup.runs):
+                run_batch(runner, prompts_of(case, -1 - run), workload.warmup.output_len, clock)
+                advance(1)
         out = []
         for run in range(case.runs):
             out.append(run_batch(runner, prompts_of(case, run), case.output_len, clock))
@@ -136,14 +146,14 @@ def latency_result(
 ) -> LatencyResult:
     """Batch-1 figures from the timelines of requests sent one at a time."""
     itl = itl_percentiles(timelines)
-    decode = median_decode_tokens_per_s(timelines)
+    decode = decode_tokens_per_s_spread(timelines)
     if itl is None or decode is None:
         raise StageError("bench", "no latency run produced two tokens with time between them")
     return LatencyResult(
         input_len=case.input_len,
         output_len=case.output_len,
         runs=case.runs,
-        ttft=ttft_percentiles(timelines),
+        ttft_ms=ttft_ms_spread(timelines),
         itl=itl,
         decode_tokens_per_s=decode,
         source=source,
@@ -158,6 +168,6 @@ def _throughput_point(case: Case, runs: list[BatchRun]) -> ThroughputPoint:
         runs=case.runs,
         output_tokens=runs[0].output_tokens,
         wall_s=statistics.median(r.wall_s for r in runs),
-        output_tokens_per_s=statistics.median(tokens_per_second(r.output_tokens, r.wall_s) for r in runs),
+        output_tokens_per_s=Spread.of([tokens_per_second(r.output_tokens, r.wall_s) for r in runs]),
         source=THROUGHPUT_SOURCE,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.bench.machine import MachineSnapshot
 from pipeline.bench.results import BenchReport, VariantResult
-from pipeline.bench.stats import Percentiles
+from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, Spread
 from pipeline.core.atomic import write_bytes_atomic, write_text_atomic
 
 JSON_NAME = "bench.json"
@@ -42,6 +44,27 @@ def _pct(p: Percentiles | None) -> str:
     return "n/a" if p is None else f"{p.p50_ms:.2f} / {p.p90_ms:.2f} / {p.p99_ms:.2f}"
 
 
+def spread_text(s: Spread, digits: int = 1) -> str:
+    """The median, then the lowest-highest run, and a visible mark when the runs spread too wide."""
+    if s.runs == 1:
+        return f"{s.median:.{digits}f} (1 run)"
+    mark = ", noisy" if s.noisy else ""
+    return f"{s.median:.{digits}f} ({s.low:.{digits}f}-{s.high:.{digits}f}{mark})"
+
+
+NOISY_NOTE = (
+    f"Each figure is the median of its runs with the lowest and highest run in brackets; *noisy* marks "
+    f"one whose runs span more than {NOISY_RELATIVE_SPREAD:.0%} of the median "
+    "(`pipeline/bench/stats.py`, NOISY_RELATIVE_SPREAD): a difference smaller than that between two "
+    "variants may be the machine, not the engines."
+)
+SPEED_NOTE = (
+    "Two speeds, never mixed: *decode tokens/s* is batch 1 streamed, the tokens after the first over "
+    "their span (no prefill); *output tokens/s* is every output token of a batch over the whole "
+    "generate call (prefill included), so at batch 1 it is the lower of the two."
+)
+
+
 def ratio_text(value: float | None) -> str:
     if value is None:
         return "n/a"
@@ -53,10 +76,51 @@ def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def best_point(v: VariantResult) -> tuple[float, str]:
-    points = [(p.output_tokens_per_s, f"batch {p.batch_size}") for p in v.throughput]
-    points += [(p.output_tokens_per_s, f"{p.concurrency} clients") for p in v.served]
-    return max(points, default=(v.latency.decode_tokens_per_s, "batch 1"))
+@dataclass(frozen=True)
+class Best:
+    """The highest output tokens/s of an engine's batches (or served client counts)."""
+
+    rate: Spread
+    at: str
+
+
+def best_point(v: VariantResult) -> Best | None:
+    """Output tokens/s only: batch 1's decode speed times no prefill and is not a candidate."""
+    points = [Best(p.output_tokens_per_s, f"batch {p.batch_size}") for p in v.throughput]
+    points += [Best(Spread.of([p.output_tokens_per_s]), f"{p.concurrency} clients") for p in v.served]
+    return max(points, key=lambda b: b.rate.median, default=None)
+
+
+def best_text(v: VariantResult) -> str:
+    best = best_point(v)
+    return "n/a" if best is None else f"{spread_text(best.rate)} at {best.at}"
+
+
+def _snapshot_text(s: MachineSnapshot) -> str:
+    parts = ["load " + ("n/a" if s.load_1_5_15 is None else " / ".join(f"{x:.2f}" for x in s.load_1_5_15))]
+    if s.cpu_mhz is not None:
+        parts.append(f"CPU {s.cpu_mhz:.0f} MHz")
+    parts += [
+        f"GPU {g.index} ({g.name}) SM {g.sm_mhz}"
+        + (f"/{g.sm_max_mhz}" if g.sm_max_mhz else "")
+        + f" MHz, memory {g.memory_mhz} MHz"
+        for g in s.gpu_clocks
+    ]
+    return ", ".join(parts)
+
+
+def machine_lines(report: BenchReport) -> list[str]:
+    m = report.machine
+    lines = [
+        f"Machine: {m.cpu_count} CPUs" + (f" ({m.cpu_model})" if m.cpu_model else "") + ".",
+        f"Before: {_snapshot_text(m.before)}. After: {_snapshot_text(m.after)} (load: 1 / 5 / 15 min).",
+    ]
+    if m.busy_before:
+        lines.append(
+            f"**Busy machine**: the 1-minute load before the bench ({m.before.load_1_5_15[0]:.2f}) was at "
+            f"least the CPU count ({m.cpu_count}); the engines shared the cores with other work."
+        )
+    return lines
 
 
 def _utilization(v: VariantResult) -> str:
@@ -85,10 +149,10 @@ def formats_table(report: BenchReport) -> list[str]:
     checks = _check_names(report)
     header = [
         "engine",
-        "batch-1 tokens/s",
+        "decode tokens/s (batch 1)",
         "plan ceiling",
         "measured / ceiling",
-        "best batch tokens/s",
+        "best output tokens/s",
         "peak memory",
         "plan memory",
         "peak / plan",
@@ -99,13 +163,12 @@ def formats_table(report: BenchReport) -> list[str]:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for v in report.variants:
-        best, at = best_point(v)
         cells = [
             variant_label(v),
-            f"{v.latency.decode_tokens_per_s:.1f}",
+            spread_text(v.latency.decode_tokens_per_s),
             f"{v.plan.decode_ceiling_tokens_per_s:.1f}",
             ratio_text(v.ratios.decode_vs_ceiling),
-            f"{best:.1f} ({at})",
+            best_text(v),
             _gib(v.memory.peak_bytes) if v.memory else "n/a",
             _gib(v.plan.memory_estimate_bytes),
             ratio_text(v.ratios.peak_memory_vs_estimate),
@@ -127,7 +190,7 @@ def figure_sources(report: BenchReport) -> dict[str, list[str]]:
             kinds[kind].append(source)
 
     for v in report.variants:
-        add("latency (TTFT, inter-token, batch-1 tokens/s)", v.latency.source)
+        add("latency (TTFT, inter-token, decode tokens/s at batch 1)", v.latency.source)
         for p in v.throughput:
             add("throughput (in process)", p.source)
         for p in v.served:
@@ -151,19 +214,27 @@ def render_markdown(report: BenchReport) -> str:
         + ", ".join(f"{k} {v}" for k, v in report.host.items())
         + ".",
         f"Requested shape: {report.settings.input_len} input tokens, {report.settings.output_len} output "
-        f"tokens, {report.settings.latency_runs} latency runs, synthetic prompts (seed {report.settings.seed}), "
-        "no early stop.",
+        f"tokens, {report.settings.latency_runs} latency runs and {report.settings.throughput_runs} runs per "
+        f"batch size after {report.settings.warmup_runs} warm-up run(s), synthetic prompts "
+        f"(seed {report.settings.seed}), no early stop.",
+        "",
+        *machine_lines(report),
+        "",
+        NOISY_NOTE,
+        "",
+        SPEED_NOTE,
         "",
         "## Latency (batch 1)",
         "",
-        "| engine | TTFT p50 / p90 / p99 (ms) | inter-token p50 / p90 / p99 (ms) | decode tokens/s "
+        "| engine | runs | TTFT ms | inter-token p50 / p90 / p99 (ms) | decode tokens/s "
         "| plan ceiling tokens/s | measured / ceiling |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for v in report.variants:
         lines.append(
-            f"| {variant_label(v)} | {_pct(v.latency.ttft)} | {_pct(v.latency.itl)} "
-            f"| {v.latency.decode_tokens_per_s:.1f} | {v.plan.decode_ceiling_tokens_per_s:.1f} | {ratio_text(v.ratios.decode_vs_ceiling)} |"
+            f"| {variant_label(v)} | {v.latency.runs} | {spread_text(v.latency.ttft_ms, 2)} | {_pct(v.latency.itl)} "
+            f"| {spread_text(v.latency.decode_tokens_per_s)} | {v.plan.decode_ceiling_tokens_per_s:.1f} "
+            f"| {ratio_text(v.ratios.decode_vs_ceiling)} |"
         )
     lines += [
         "",
@@ -172,11 +243,12 @@ def render_markdown(report: BenchReport) -> str:
     ]
     if any(v.throughput for v in report.variants):
         lines += [
-            "| engine | batch | output tokens/s | wall (s) | bandwidth ceiling tokens/s | measured / ceiling |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| engine | batch | runs | output tokens/s | wall (s, median) | bandwidth ceiling tokens/s "
+            "| measured / ceiling |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
-            f"| {variant_label(v)} | {p.batch_size} | {p.output_tokens_per_s:.1f} | {p.wall_s:.3f} "
+            f"| {variant_label(v)} | {p.batch_size} | {p.runs} | {spread_text(p.output_tokens_per_s)} | {p.wall_s:.3f} "
             f"| {c.ceiling_tokens_per_s:.1f} | {ratio_text(c.measured_vs_ceiling)} |"
             for v in report.variants
             for p, c in zip(v.throughput, v.ratios.throughput_vs_ceiling, strict=True)
@@ -244,7 +316,7 @@ def render_markdown(report: BenchReport) -> str:
             "| --- | --- | --- | --- |",
         ]
         lines += [
-            f"| {variant_label(v)} | {v.latency.decode_tokens_per_s:.1f} | {pub.decode_tokens_per_s:.0f} "
+            f"| {variant_label(v)} | {spread_text(v.latency.decode_tokens_per_s)} | {pub.decode_tokens_per_s:.0f} "
             f"| {ratio_text(v.ratios.decode_vs_published)} |"
             for v in report.variants
         ]
@@ -289,13 +361,16 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
     for v in report.variants:
         color = None
         if v.throughput:
-            (line,) = ax.plot(
+            rates = [p.output_tokens_per_s for p in v.throughput]
+            bars = ax.errorbar(
                 [p.batch_size for p in v.throughput],
-                [p.output_tokens_per_s for p in v.throughput],
+                [r.median for r in rates],
+                yerr=[[r.median - r.low for r in rates], [r.high - r.median for r in rates]],
                 marker="o",
+                capsize=3,
                 label=variant_label(v),
             )
-            color = line.get_color()
+            color = bars.lines[0].get_color()
         if v.served:
             (line,) = ax.plot(
                 [p.concurrency for p in v.served],
@@ -326,7 +401,8 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
 
 
 def _spans_decades(report: BenchReport) -> bool:
-    values = [p.output_tokens_per_s for v in report.variants for p in (*v.throughput, *v.served)]
+    values = [p.output_tokens_per_s.median for v in report.variants for p in v.throughput]
+    values += [p.output_tokens_per_s for v in report.variants for p in v.served]
     values += [v.plan.decode_ceiling_tokens_per_s for v in report.variants]
     return min(values) > 0 and max(values) / min(values) > 100
 
@@ -336,13 +412,19 @@ def plot_latency(report: BenchReport, path: Path) -> None:
     plt, fig, axes = _figure(10, 4.5, ncols=2)
     labels = [variant_label(v) for v in report.variants]
     width = 0.25
-    for ax, title, pick in (
-        (axes[0], "time to first token", lambda v: v.latency.ttft),
-        (axes[1], "inter-token latency", lambda v: v.latency.itl),
-    ):
-        for i, (name, field) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
-            xs = [j + (i - 1) * width for j in range(len(labels))]
-            ax.bar(xs, [getattr(pick(v), field) for v in report.variants], width, label=name)
+    ttft = [v.latency.ttft_ms for v in report.variants]
+    axes[0].bar(
+        range(len(labels)),
+        [s.median for s in ttft],
+        0.5,
+        yerr=[[s.median - s.low for s in ttft], [s.high - s.median for s in ttft]],
+        capsize=4,
+        label="median (bars: min-max of runs)",
+    )
+    for i, (name, field) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
+        xs = [j + (i - 1) * width for j in range(len(labels))]
+        axes[1].bar(xs, [getattr(v.latency.itl, field) for v in report.variants], width, label=name)
+    for ax, title in ((axes[0], "time to first token"), (axes[1], "inter-token latency")):
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel("ms")
         ax.set_title(f"{title} (batch 1)")
@@ -362,15 +444,15 @@ def plot_formats(report: BenchReport, path: Path) -> None:
     width = 0.4
     speed.bar(
         [x - width / 2 for x in xs],
-        [v.latency.decode_tokens_per_s for v in report.variants],
+        [v.latency.decode_tokens_per_s.median for v in report.variants],
         width,
-        label="batch 1",
+        label="decode tokens/s (batch 1)",
     )
     speed.bar(
         [x + width / 2 for x in xs],
-        [best_point(v)[0] for v in report.variants],
+        [b.rate.median if (b := best_point(v)) else 0 for v in report.variants],
         width,
-        label="best of the batches",
+        label="best output tokens/s",
     )
     speed.scatter(
         xs,

@@ -6,13 +6,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.bench.machine import MachineState
 from pipeline.bench.memory import MemoryReading
-from pipeline.bench.stats import Percentiles
+from pipeline.bench.stats import Percentiles, Spread
 from pipeline.bench.workload import BenchSettings
 from pipeline.gate.verdict import GateCheck
 
 # 2: every figure names its source; in-process batches are timed without streaming; gate figures.
-BENCH_REPORT_VERSION = 2
+# 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks.
+BENCH_REPORT_VERSION = 3
 
 
 class Frozen(BaseModel):
@@ -25,9 +27,9 @@ class LatencyResult(Frozen):
     input_len: int
     output_len: int
     runs: int
-    ttft: Percentiles
-    itl: Percentiles
-    decode_tokens_per_s: float  # median over runs of (tokens after the first) / (their span)
+    ttft_ms: Spread  # one time to first token per run
+    itl: Percentiles  # over every gap of every run: the tail a client sees
+    decode_tokens_per_s: Spread  # per run: (tokens after the first) / (their span); no prefill
     source: str  # how the times were taken, in words
 
 
@@ -40,7 +42,7 @@ class ThroughputPoint(Frozen):
     runs: int
     output_tokens: int  # per run, all requests
     wall_s: float  # median over runs, from sending the batch to the return of generate
-    output_tokens_per_s: float  # median over runs
+    output_tokens_per_s: Spread  # per run: every output token / the whole call, prefill included
     source: str
 
 
@@ -141,6 +143,7 @@ class BenchReport(Frozen):
     target: str
     runtime: str  # what ran the engines: "reference (PyTorch ...)", "TensorRT-LLM 1.2.1"
     host: dict[str, str]
+    machine: MachineState
     settings: BenchSettings
     variants: tuple[VariantResult, ...]
     published: PublishedEstimate

@@ -301,6 +301,9 @@ def bench_command(
         int, typer.Option("--output-len", min=2, help="Output tokens per request (clamped to each profile).")
     ] = 128,
     latency_runs: Annotated[int, typer.Option("--latency-runs", min=1, help="Batch-1 runs per engine.")] = 5,
+    throughput_runs: Annotated[
+        int, typer.Option("--throughput-runs", min=1, help="Runs per batch size (median, min-max).")
+    ] = 3,
     batch_size: Annotated[
         list[int] | None,
         typer.Option(
@@ -349,6 +352,7 @@ def bench_command(
         input_len=input_len,
         output_len=output_len,
         latency_runs=latency_runs,
+        throughput_runs=throughput_runs,
         batch_sizes=tuple(batch_size) if batch_size else None,
         server_url=server_url,
         concurrency=tuple(concurrency) if concurrency else None,
