@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import LATENCY_SOURCE, THROUGHPUT_SOURCE, measure_engine, run_batch, stream_one
 from pipeline.bench.machine import MachineSnapshot, MachineState, nvml_gpu_clocks, snapshot
 from pipeline.bench.memory import MemoryReading, ProcessRssProbe
 from pipeline.bench.reference import published_estimate, ratios
-from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
     BENCH_REPORT_VERSION,
     BenchReport,
     GateFigures,
     PlanFigures,
+    ServedPoint,
     ThroughputPoint,
     VariantResult,
 )
@@ -196,20 +197,24 @@ def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
     assert four.output_tokens_per_s.median == pytest.approx(44 / 0.080)
     assert not four.output_tokens_per_s.noisy  # the fake runner costs the same every run
     assert (lat.source, four.source) == (LATENCY_SOURCE, THROUGHPUT_SOURCE)
-    # warm-up (2 tokens), 3 latency runs, then per batch size a warm-up and two timed runs
+    # The fake's cost model: a prefill of 10 ms per request, then a step of 2 + 0.5 x batch ms.
+    assert four.ttft_ms.median == pytest.approx(40.0) and four.step_ms.median == pytest.approx(4.0)
+    assert four.step_ms.runs == four.ttft_ms.runs == 2
+    # warm-up (2 tokens), 3 latency runs, then per batch size a warm-up and two timed runs, each a
+    # one-token call (the prefill) and the whole call on the same prompts
     assert [(lens, n) for lens, n in runner.calls] == [
         ([32], 2),
         *[([32], 11)] * 3,
         ([32], 2),
-        *[([32], 11)] * 2,
+        *[([32], 1), ([32], 11)] * 2,
         ([32, 32], 2),
-        *[([32, 32], 11)] * 2,
+        *[([32, 32], 1), ([32, 32], 11)] * 2,
         ([32] * 4, 2),
-        *[([32] * 4, 11)] * 2,
+        *[([32] * 4, 1), ([32] * 4, 11)] * 2,
     ]
     # Only batch-1 requests stream: streaming a batch through ModelRunnerCpp times its per-request
     # host work (tensorrt_llm/runtime/model_runner_cpp.py, `_stream` -> `_fill_output`).
-    assert runner.streamed == [True] * 4 + [False] * 9
+    assert runner.streamed == [True] * 4 + [False] * 15
 
 
 def test_harness_never_sends_a_prompt_beyond_max_input_len():
@@ -518,6 +523,8 @@ def test_ratios_are_taken_only_against_comparable_figures():
         output_tokens=80,
         wall_s=1.0,
         output_tokens_per_s=Spread.of([80.0]),
+        ttft_ms=Spread.of([100.0]),
+        step_ms=Spread.of([11.0]),
         source="test",
     )
     r = ratios(
@@ -633,8 +640,8 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     wo = report.variants[1]
     assert f"| 1000000.0 | {wo.ratios.decode_vs_ceiling:.1e}x |" in md  # far below a ceiling: still a figure
     wo_rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
-    # latency, a throughput row per batch size (1, 2, 4), memory, formats
-    assert len(wo_rows) == 1 + 3 + 1 + 1
+    # the recommendation's per-variant row, latency, a throughput row per batch size (1, 2, 4), memory, formats
+    assert len(wo_rows) == 1 + 1 + 3 + 1 + 1
     assert (
         "| int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a | n/a |" in md
     )  # RSS: no ratio
@@ -688,6 +695,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
         "bench.md",
         "formats.png",
         "latency.png",
+        "pareto.png",
         "throughput.png",
     ]
 
@@ -1148,10 +1156,11 @@ def test_spread_is_the_median_with_the_extreme_runs_and_marks_wide_ones_noisy():
 
 
 class JitteryRunner(FakeRunner):
-    """Every other generate call takes 50% longer: a machine busy half the time."""
+    """Every third generate call takes 50% longer: a machine busy a third of the time (every third,
+    not every other: a timed run is two calls, and each of its figures must see the slow one)."""
 
     def cost(self, seconds: float) -> float:
-        return seconds * (1.5 if len(self.calls) % 2 else 1.0)
+        return seconds * (1.5 if len(self.calls) % 3 == 0 else 1.0)
 
 
 def _summary_text(report: BenchReport) -> str:
@@ -1187,8 +1196,9 @@ def test_a_noisy_figure_is_marked_in_bench_md_and_the_summary(tmp_path):
     md = write_bench_report(_report_of(noisy), tmp_path)["markdown"].read_text()
     rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
     ranges = [m for row in rows for m in re.findall(r"\(\d+\.\d+-\d+\.\d+(, noisy)?\)", row)]
-    # latency: TTFT and decode; throughput: batches 1, 2, 4; formats: decode and best
-    assert len(ranges) == 2 + 3 + 2 and all(ranges)
+    # latency: TTFT and decode; throughput: tokens/s, TTFT and step at batches 1, 2, 4; the
+    # recommendation's best point; formats: decode and best
+    assert len(ranges) == 2 + 3 * 3 + 1 + 2 and all(ranges)
     assert "more than 10% of the median" in md  # the threshold, stated where the mark is read
     assert ", noisy)" in _summary_text(_report_of(noisy))
     # The quiet engine's figures carry their range and no mark.
@@ -1286,6 +1296,114 @@ def test_bench_options_reach_the_settings(tmp_path, in_repo_root, monkeypatch):
     monkeypatch.setattr(command, "bench", capture)
     assert main(["bench", "--work-dir", str(tmp_path)]) == 2
     assert main(["bench", "--work-dir", str(tmp_path), "--throughput-runs", "7", "--latency-runs", "4"]) == 2
-    default, chosen = seen
-    assert default == BenchSettings()
-    assert (chosen.throughput_runs, chosen.latency_runs) == (7, 4)
+    assert (
+        main(["bench", "--work-dir", str(tmp_path), "--itl-budget-ms", "20", "--ttft-budget-ms", "250.5"])
+        == 2
+    )
+    default, runs, budget = seen
+    assert default == BenchSettings() and (default.itl_budget_ms, default.ttft_budget_ms) == (50.0, 500.0)
+    assert (runs.throughput_runs, runs.latency_runs) == (7, 4)
+    assert (budget.itl_budget_ms, budget.ttft_budget_ms) == (20.0, 250.5)
+
+
+# ---------------------------------------------------------------- the sweet spot (issue 23, item 3)
+
+
+def _served(concurrency: int, rate: float, itl_p99: float, ttft_p99: float) -> ServedPoint:
+    return ServedPoint(
+        concurrency=concurrency,
+        requests=4 * concurrency,
+        input_len=32,
+        output_len=8,
+        output_tokens=32 * concurrency,
+        wall_s=1.0,
+        output_tokens_per_s=rate,
+        ttft=Percentiles(p50_ms=ttft_p99 / 2, p90_ms=ttft_p99, p99_ms=ttft_p99, count=4),
+        itl=Percentiles(p50_ms=itl_p99 / 2, p90_ms=itl_p99, p99_ms=itl_p99, count=28),
+        source="test",
+    )
+
+
+def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
+    from pipeline.bench.sweetspot import IN_PROCESS, SERVED, operating_points
+
+    v = _variant("int8_wo", "latency", _plan(), JitteryRunner, latency_runs=3, throughput_runs=3)
+    v = v.model_copy(update={"served": (_served(2, 90.0, itl_p99=30.0, ttft_p99=200.0),)})
+    points = operating_points(v)
+    assert [p.at for p in points] == ["batch 1", "batch 2", "batch 4", "clients 2"]
+    four = points[2]
+    step, prefill = v.throughput[2].step_ms, v.throughput[2].ttft_ms
+    assert (four.itl_ms, four.ttft_ms, four.itl_p50_ms) == (step.high, prefill.high, step.median)
+    assert step.high > step.median and four.measured_by == IN_PROCESS
+    served = points[3]
+    assert (served.itl_ms, served.ttft_ms, served.measured_by) == (30.0, 200.0, SERVED)
+    assert served.within(30.0, 200.0) and not served.within(29.9, 200.0) and not served.within(30.0, 199.9)
+
+
+def _long_plan(largest: int) -> PlanFigures:
+    return _plan().model_copy(update={"largest_batch_at_max_seq_len": largest})
+
+
+def test_the_recommendation_is_the_most_tokens_within_the_budget(tmp_path):
+    from pipeline.bench.sweetspot import recommend
+
+    fast = _variant("int8_sq", "throughput", _long_plan(8)).model_copy(
+        update={"served": (_served(8, 5000.0, itl_p99=80.0, ttft_p99=100.0),)}  # fastest, over the ITL budget
+    )
+    slow = _variant("int8_wo", "throughput", _long_plan(12))
+    report = _report_of(fast).model_copy(update={"variants": (fast, slow)})
+    r = recommend(report)
+    # The fake runner's points all sit far inside 50 ms / 500 ms; the served one does not.
+    best_in_process = max(
+        (p for v in (fast, slow) for p in v.throughput), key=lambda p: p.output_tokens_per_s.median
+    )
+    assert r.best is not None and r.best.load_kind == "batch"
+    assert r.best.tokens_per_s == best_in_process.output_tokens_per_s and r.fastest_outside is None
+    assert dict(r.per_variant)["int8_sq/throughput"].load_kind == "batch"
+    # Every variant here has the same max_seq_len (48): the plan's largest batch decides.
+    assert r.long_context.variants == ("int8_wo/throughput",) and r.long_context.sequences == 12
+    md = write_bench_report(report, tmp_path)["markdown"].read_text()
+    lines = md.splitlines()
+    assert lines[2] == "## Recommendation"  # bench.md opens with it, under its title
+    assert "Latency budget: inter-token <= 50 ms and TTFT <= 500 ms" in md
+    assert f"| most output tokens/s within the budget | {r.best.variant} at {r.best.at} |" in md
+    assert (
+        "| most sequences at the long-context profile (throughput, max_seq_len 48) | int8_wo/throughput |"
+        in md
+    )
+    assert "![latency against throughput](pareto.png)" in md
+
+    # A budget nothing meets: no pick, and the fastest point says what it would need.
+    tight = report.model_copy(update={"settings": BenchSettings(itl_budget_ms=0.001, ttft_budget_ms=0.001)})
+    r = recommend(tight)
+    assert r.best is None and all(p is None for _, p in r.per_variant)
+    assert r.fastest_outside is not None and r.fastest_outside.at == "clients 8"
+    md = write_bench_report(tight, tmp_path / "tight")["markdown"].read_text()
+    assert "| none: no point meets the budget | the fastest, int8_sq/throughput at clients 8, needs:" in md
+    assert "| int8_wo/throughput | none within the budget |" in md
+
+
+def test_the_long_context_answer_is_the_longest_profile_and_keeps_ties():
+    from pipeline.bench.sweetspot import long_context_pick
+
+    short = _variant("int8_sq", "throughput", _long_plan(64))  # more sequences, but shorter ones
+    longs = [
+        _variant(p, "long", _long_plan(n)).model_copy(
+            update={"limits": {"max_batch_size": 4, "max_input_len": 32, "max_seq_len": 8192}}
+        )
+        for p, n in (("int8_sq", 28), ("int8_wo", 28), ("fp16", 14))
+    ]
+    pick = long_context_pick(_report_of(short).model_copy(update={"variants": (short, *longs)}))
+    assert (pick.profile, pick.max_seq_len, pick.sequences) == ("long", 8192, 28)
+    assert pick.variants == ("int8_sq/long", "int8_wo/long")
+
+
+def test_the_pareto_plot_is_1000_px_wide(tmp_path):
+    from matplotlib.image import imread
+
+    v = _variant("int8_wo", "throughput", _plan()).model_copy(
+        update={"served": (_served(2, 90.0, itl_p99=30.0, ttft_p99=200.0),)}
+    )
+    paths = write_bench_report(_report_of(v), tmp_path)
+    height, width, _ = imread(paths["pareto_plot"]).shape
+    assert width == 1000 and 300 < height < 1000

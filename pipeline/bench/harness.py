@@ -40,10 +40,12 @@ LATENCY_SOURCE = (
     "percentiles over every gap of every run"
 )
 THROUGHPUT_SOURCE = (
-    "one non-streamed generate call per run: output tokens / wall time from sending the batch to the "
-    "return of generate (prefill included), on this process's monotonic clock; median and min-max over "
-    "the runs, after a warm-up call at the same batch size; no per-token times (streaming a batch "
-    "would time the runtime's per-request host work)"
+    "per run, two non-streamed generate calls on the same prompts: one output token (the batch's "
+    "prefill: its time to first token), then every output token (output tokens / wall time from "
+    "sending the batch to the return of generate, prefill included; decode step = (that wall time - "
+    "the prefill call's) / (output tokens - 1)), on this process's monotonic clock; median and "
+    "min-max over the runs, after a warm-up call at the same batch size; no per-token times "
+    "(streaming a batch would time the runtime's per-request host work)"
 )
 
 
@@ -71,6 +73,20 @@ def stream_one(runner: EngineRunner, prompt: list[int], output_len: int, clock: 
 class BatchRun:
     output_tokens: int
     wall_s: float  # from sending the batch to the return of generate
+
+
+@dataclass(frozen=True)
+class TimedBatch:
+    """One run at a batch size: the prefill call (one token) and the whole call, same prompts."""
+
+    prefill: BatchRun
+    whole: BatchRun
+    output_len: int
+
+    @property
+    def step_s(self) -> float:
+        """A decode step: each request of a static batch gets one token per step, after the prefill."""
+        return (self.whole.wall_s - self.prefill.wall_s) / (self.output_len - 1)
 
 
 def run_batch(runner: EngineRunner, prompts: list[list[int]], output_len: int, clock: Clock) -> BatchRun:
@@ -121,7 +137,7 @@ def measure_engine(
             advance(1)
         return out
 
-    def batched(case: Case, advance: Callable[[float], None]) -> list[BatchRun]:
+    def batched(case: Case, advance: Callable[[float], None]) -> list[TimedBatch]:
         if workload.warmup is not None:
             # The first call at a new batch shape pays for allocations (and kernel choice on a GPU).
             for run in range(workload.warmup.runs):
@@ -129,7 +145,11 @@ def measure_engine(
                 advance(1)
         out = []
         for run in range(case.runs):
-            out.append(run_batch(runner, prompts_of(case, run), case.output_len, clock))
+            prompts = prompts_of(case, run)
+            prefill = run_batch(runner, prompts, 1, clock)
+            out.append(
+                TimedBatch(prefill, run_batch(runner, prompts, case.output_len, clock), case.output_len)
+            )
             advance(1)
         return out
 
@@ -160,14 +180,18 @@ def latency_result(
     )
 
 
-def _throughput_point(case: Case, runs: list[BatchRun]) -> ThroughputPoint:
+def _throughput_point(case: Case, runs: list[TimedBatch]) -> ThroughputPoint:
     return ThroughputPoint(
         batch_size=case.batch_size,
         input_len=case.input_len,
         output_len=case.output_len,
         runs=case.runs,
-        output_tokens=runs[0].output_tokens,
-        wall_s=statistics.median(r.wall_s for r in runs),
-        output_tokens_per_s=Spread.of([tokens_per_second(r.output_tokens, r.wall_s) for r in runs]),
+        output_tokens=runs[0].whole.output_tokens,
+        wall_s=statistics.median(r.whole.wall_s for r in runs),
+        output_tokens_per_s=Spread.of(
+            [tokens_per_second(r.whole.output_tokens, r.whole.wall_s) for r in runs]
+        ),
+        ttft_ms=Spread.of([r.prefill.wall_s * 1000 for r in runs]),
+        step_ms=Spread.of([r.step_s * 1000 for r in runs]),
         source=THROUGHPUT_SOURCE,
     )

@@ -1,39 +1,20 @@
-"""Write a BenchReport as bench.json (versioned), bench.md and PNG plots (matplotlib, Agg)."""
+"""bench.md from a BenchReport, and the text of its figures that the terminal summary shares."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.bench.machine import MachineSnapshot
 from pipeline.bench.results import BenchReport, VariantResult
 from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, Spread
-from pipeline.core.atomic import write_bytes_atomic, write_text_atomic
+from pipeline.bench.sweetspot import OperatingPoint, Recommendation, recommend
 
 JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"
 THROUGHPUT_PLOT = "throughput.png"
 LATENCY_PLOT = "latency.png"
 FORMATS_PLOT = "formats.png"
-
-
-def write_bench_report(report: BenchReport, out_dir: Path) -> dict[str, Path]:
-    """Every file of the report, each written atomically; returns them by kind."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / JSON_NAME,
-        "markdown": out_dir / MARKDOWN_NAME,
-        "throughput_plot": out_dir / THROUGHPUT_PLOT,
-        "latency_plot": out_dir / LATENCY_PLOT,
-        "formats_plot": out_dir / FORMATS_PLOT,
-    }
-    write_text_atomic(paths["json"], report.model_dump_json(indent=2) + "\n")
-    write_text_atomic(paths["markdown"], render_markdown(report))
-    plot_throughput(report, paths["throughput_plot"])
-    plot_latency(report, paths["latency_plot"])
-    plot_formats(report, paths["formats_plot"])
-    return paths
+PARETO_PLOT = "pareto.png"
 
 
 def variant_label(v: VariantResult) -> str:
@@ -132,7 +113,7 @@ def gate_verdict(v: VariantResult) -> str:
     return "not run" if v.gate is None else ("pass" if v.gate.verdict else "FAIL")
 
 
-def _check_names(report: BenchReport) -> list[str]:
+def check_names(report: BenchReport) -> list[str]:
     """Every gate check any engine reports, in first-seen order: new formats' checks need no edit here."""
     return list(dict.fromkeys(c.name for v in report.variants if v.gate for c in v.gate.checks))
 
@@ -146,7 +127,7 @@ def _check_cell(v: VariantResult, name: str) -> str:
 
 def formats_table(report: BenchReport) -> list[str]:
     """One row per engine: measured speed and memory beside the plan's figures, then the gate's."""
-    checks = _check_names(report)
+    checks = check_names(report)
     header = [
         "engine",
         "decode tokens/s (batch 1)",
@@ -205,11 +186,74 @@ def figure_sources(report: BenchReport) -> dict[str, list[str]]:
     return kinds
 
 
+def _point_figures(p: OperatingPoint) -> str:
+    return (
+        f"{spread_text(p.tokens_per_s)} output tokens/s; inter-token {p.itl_ms:.2f} ms, "
+        f"TTFT {p.ttft_ms:.2f} ms ({p.held_to})"
+    )
+
+
+def budget_text(r: Recommendation) -> str:
+    return f"inter-token <= {r.itl_budget_ms:g} ms and TTFT <= {r.ttft_budget_ms:g} ms"
+
+
+def recommendation_lines(report: BenchReport) -> list[str]:
+    """The table bench.md opens with: what to deploy for the budget, and for the longest context."""
+    r = recommend(report)
+    if r.best is not None:
+        speed = [f"{r.best.variant} at {r.best.at}", _point_figures(r.best), r.best.measured_by]
+    elif r.fastest_outside is not None:
+        fastest = r.fastest_outside
+        speed = [
+            "none: no point meets the budget",
+            f"the fastest, {fastest.variant} at {fastest.at}, needs: {_point_figures(fastest)}",
+            fastest.measured_by,
+        ]
+    else:
+        speed = ["none: nothing was measured at a batch or client count", "", ""]
+    lc = r.long_context
+    lines = [
+        "## Recommendation",
+        "",
+        f"Latency budget: {budget_text(r)} (`--itl-budget-ms`, `--ttft-budget-ms`; defaults 50 and 500).",
+        "",
+        "| question | answer | figures | measured by |",
+        "| --- | --- | --- | --- |",
+        f"| most output tokens/s within the budget | {' | '.join(speed)} |",
+        f"| most sequences at the long-context profile ({lc.profile}, max_seq_len {lc.max_seq_len}) "
+        f"| {', '.join(lc.variants)} | {lc.sequences} sequences of {lc.max_seq_len} tokens fit "
+        "| the plan (`pipeline/planning/memory.py`: KV budget / KV bytes per sequence) |",
+        "",
+        "Each variant's best operating point within the budget:",
+        "",
+        "| engine | at | output tokens/s | inter-token ms | TTFT ms | held to | measured by |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, p in r.per_variant:
+        if p is None:
+            lines.append(f"| {label} | none within the budget | | | | | |")
+        else:
+            lines.append(
+                f"| {label} | {p.at} | {spread_text(p.tokens_per_s)} | {p.itl_ms:.2f} | {p.ttft_ms:.2f} "
+                f"| {p.held_to} | {p.measured_by} |"
+            )
+    lines += [
+        "",
+        f"![latency against throughput]({PARETO_PLOT})",
+        "",
+        "*Which batch size or client count buys how many tokens/s for how much latency: each variant's "
+        "operating points, the budget dashed; up and to the left is better.*",
+        "",
+    ]
+    return lines
+
+
 def render_markdown(report: BenchReport) -> str:
     pub = report.published
     lines = [
         f"# Benchmark: {report.model} on {report.target}",
         "",
+        *recommendation_lines(report),
         f"Runtime: {report.runtime}. Created {report.created_at.isoformat(timespec='seconds')} on "
         + ", ".join(f"{k} {v}" for k, v in report.host.items())
         + ".",
@@ -243,12 +287,13 @@ def render_markdown(report: BenchReport) -> str:
     ]
     if any(v.throughput for v in report.variants):
         lines += [
-            "| engine | batch | runs | output tokens/s | wall (s, median) | bandwidth ceiling tokens/s "
-            "| measured / ceiling |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| engine | batch | runs | output tokens/s | TTFT ms (prefill) | decode step ms | wall (s, median) "
+            "| bandwidth ceiling tokens/s | measured / ceiling |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
-            f"| {variant_label(v)} | {p.batch_size} | {p.runs} | {spread_text(p.output_tokens_per_s)} | {p.wall_s:.3f} "
+            f"| {variant_label(v)} | {p.batch_size} | {p.runs} | {spread_text(p.output_tokens_per_s)} "
+            f"| {spread_text(p.ttft_ms, 2)} | {spread_text(p.step_ms, 2)} | {p.wall_s:.3f} "
             f"| {c.ceiling_tokens_per_s:.1f} | {ratio_text(c.measured_vs_ceiling)} |"
             for v in report.variants
             for p, c in zip(v.throughput, v.ratios.throughput_vs_ceiling, strict=True)
@@ -334,177 +379,3 @@ def render_markdown(report: BenchReport) -> str:
         lines += [f"- {kind}: {source}" for source in sources]
     lines += ["", f"![throughput]({THROUGHPUT_PLOT})", "", f"![latency]({LATENCY_PLOT})", ""]
     return "\n".join(lines)
-
-
-def _figure(width: float, height: float, ncols: int = 1):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a display
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
-    return plt, fig, axes[0]
-
-
-def _save(plt, fig, path: Path) -> None:
-    png = io.BytesIO()
-    try:
-        fig.savefig(png, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    write_bytes_atomic(path, png.getvalue())
-
-
-def plot_throughput(report: BenchReport, path: Path) -> None:
-    """Output tokens/s against batch size per engine, the plan's ceilings dotted; served points dashed."""
-    plt, fig, (ax,) = _figure(7, 4.5)
-    for v in report.variants:
-        color = None
-        if v.throughput:
-            rates = [p.output_tokens_per_s for p in v.throughput]
-            bars = ax.errorbar(
-                [p.batch_size for p in v.throughput],
-                [r.median for r in rates],
-                yerr=[[r.median - r.low for r in rates], [r.high - r.median for r in rates]],
-                marker="o",
-                capsize=3,
-                label=variant_label(v),
-            )
-            color = bars.lines[0].get_color()
-        if v.served:
-            (line,) = ax.plot(
-                [p.concurrency for p in v.served],
-                [p.output_tokens_per_s for p in v.served],
-                marker="s",
-                linestyle="--",
-                color=color,
-                label=f"{variant_label(v)} served (x = clients)",
-            )
-            color = line.get_color()
-        ax.scatter([1], [v.plan.decode_ceiling_tokens_per_s], marker="x", color=color, zorder=3)
-        if v.ratios.throughput_vs_ceiling:
-            ax.plot(
-                [r.batch_size for r in v.ratios.throughput_vs_ceiling],
-                [r.ceiling_tokens_per_s for r in v.ratios.throughput_vs_ceiling],
-                linestyle=":",
-                color=color,
-            )
-    ax.set_xscale("log", base=2)
-    if _spans_decades(report):
-        ax.set_yscale("log")  # a ceiling far above the measurements would flatten them on a linear axis
-    ax.set_xlabel("batch size (served: concurrent clients)")
-    ax.set_ylabel("output tokens/s")
-    ax.set_title(f"{report.model} on {report.target}: throughput (dotted, x: the plan's bandwidth ceilings)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    _save(plt, fig, path)
-
-
-def _spans_decades(report: BenchReport) -> bool:
-    values = [p.output_tokens_per_s.median for v in report.variants for p in v.throughput]
-    values += [p.output_tokens_per_s for v in report.variants for p in v.served]
-    values += [v.plan.decode_ceiling_tokens_per_s for v in report.variants]
-    return min(values) > 0 and max(values) / min(values) > 100
-
-
-def plot_latency(report: BenchReport, path: Path) -> None:
-    """Batch-1 TTFT and inter-token latency percentiles, grouped per engine."""
-    plt, fig, axes = _figure(10, 4.5, ncols=2)
-    labels = [variant_label(v) for v in report.variants]
-    width = 0.25
-    ttft = [v.latency.ttft_ms for v in report.variants]
-    axes[0].bar(
-        range(len(labels)),
-        [s.median for s in ttft],
-        0.5,
-        yerr=[[s.median - s.low for s in ttft], [s.high - s.median for s in ttft]],
-        capsize=4,
-        label="median (bars: min-max of runs)",
-    )
-    for i, (name, field) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
-        xs = [j + (i - 1) * width for j in range(len(labels))]
-        axes[1].bar(xs, [getattr(v.latency.itl, field) for v in report.variants], width, label=name)
-    for ax, title in ((axes[0], "time to first token"), (axes[1], "inter-token latency")):
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-        ax.set_ylabel("ms")
-        ax.set_title(f"{title} (batch 1)")
-        ax.legend(fontsize="small")
-    fig.suptitle(f"{report.model} on {report.target}: latency percentiles")
-    fig.tight_layout()
-    _save(plt, fig, path)
-
-
-def plot_formats(report: BenchReport, path: Path) -> None:
-    """Per engine: tokens/s against the plan's ceiling, peak memory against the plan's, each gate check."""
-    checks = _check_names(report)
-    plt, fig, axes = _figure(4.2 * (2 + len(checks)), 4.5, ncols=2 + len(checks))
-    labels = [variant_label(v) for v in report.variants]
-    xs = range(len(labels))
-    speed, memory = axes[0], axes[1]
-    width = 0.4
-    speed.bar(
-        [x - width / 2 for x in xs],
-        [v.latency.decode_tokens_per_s.median for v in report.variants],
-        width,
-        label="decode tokens/s (batch 1)",
-    )
-    speed.bar(
-        [x + width / 2 for x in xs],
-        [b.rate.median if (b := best_point(v)) else 0 for v in report.variants],
-        width,
-        label="best output tokens/s",
-    )
-    speed.scatter(
-        xs,
-        [v.plan.decode_ceiling_tokens_per_s for v in report.variants],
-        marker="x",
-        color="black",
-        zorder=3,
-        label="plan ceiling (batch 1)",
-    )
-    if _spans_decades(report):
-        speed.set_yscale("log")
-    speed.set_title("output tokens/s")
-    memory.bar(
-        [x - width / 2 for x in xs],
-        [(v.memory.peak_bytes if v.memory else 0) / 2**30 for v in report.variants],
-        width,
-        label=f"peak ({report.variants[0].memory.measure if report.variants[0].memory else 'n/a'})",
-    )
-    memory.bar(
-        [x + width / 2 for x in xs],
-        [v.plan.memory_estimate_bytes / 2**30 for v in report.variants],
-        width,
-        label="plan estimate",
-    )
-    memory.set_title("memory (GiB)")
-    for ax, name in zip(axes[2:], checks, strict=True):
-        found = [
-            next((c for c in v.gate.checks if c.name == name), None) if v.gate else None
-            for v in report.variants
-        ]
-        ax.bar(
-            xs,
-            [c.value if c else 0 for c in found],
-            0.6,
-            color=["tab:green" if c and c.passed else "tab:red" for c in found],
-        )
-        # Thresholds are per format: each bar gets its own.
-        ax.scatter(
-            [x for x, c in zip(xs, found, strict=True) if c],
-            [c.threshold for c in found if c],
-            marker="_",
-            s=400,
-            color="black",
-            zorder=3,
-            label="threshold",
-        )
-        ax.set_title(f"gate: {name}")
-    for ax in axes:
-        ax.set_xticks(list(xs), labels, rotation=20, ha="right")
-        ax.grid(True, axis="y", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    fig.suptitle(f"{report.model} on {report.target}: formats side by side")
-    fig.tight_layout()
-    _save(plt, fig, path)

@@ -13,7 +13,8 @@ from pipeline.bench.workload import BenchSettings
 from pipeline.gate.verdict import GateCheck
 
 # 2: every figure names its source; in-process batches are timed without streaming; gate figures.
-# 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks.
+# 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks;
+#    each batch's prefill (TTFT) and decode step; the latency budget in the settings.
 BENCH_REPORT_VERSION = 3
 
 
@@ -43,6 +44,8 @@ class ThroughputPoint(Frozen):
     output_tokens: int  # per run, all requests
     wall_s: float  # median over runs, from sending the batch to the return of generate
     output_tokens_per_s: Spread  # per run: every output token / the whole call, prefill included
+    ttft_ms: Spread  # per run: the batch's prefill, a generate call for one output token
+    step_ms: Spread  # per run: (whole call - prefill call) / (output_len - 1): the inter-token time
     source: str
 
 

@@ -22,11 +22,11 @@ from typing import Any
 from pipeline.backends import backend_of, load_runner
 from pipeline.backends.base import Backend
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
+from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import Clock, measure_engine
 from pipeline.bench.machine import machine_state, snapshot
 from pipeline.bench.memory import MemoryReading
 from pipeline.bench.reference import plan_figures, published_estimate, ratios
-from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
     BenchReport,
     GateFigures,

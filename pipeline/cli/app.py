@@ -310,6 +310,20 @@ def bench_command(
             "--batch-size", min=1, help="Throughput batch size (repeatable). Default: 1, 2, 4... max."
         ),
     ] = None,
+    itl_budget_ms: Annotated[
+        float,
+        typer.Option(
+            "--itl-budget-ms", min=0.001, help="Latency budget for the recommendation: inter-token ms."
+        ),
+    ] = 50.0,
+    ttft_budget_ms: Annotated[
+        float,
+        typer.Option(
+            "--ttft-budget-ms",
+            min=0.001,
+            help="Latency budget for the recommendation: time to first token ms.",
+        ),
+    ] = 500.0,
     server_url: Annotated[
         str | None,
         typer.Option(
@@ -353,6 +367,8 @@ def bench_command(
         output_len=output_len,
         latency_runs=latency_runs,
         throughput_runs=throughput_runs,
+        itl_budget_ms=itl_budget_ms,
+        ttft_budget_ms=ttft_budget_ms,
         batch_sizes=tuple(batch_size) if batch_size else None,
         server_url=server_url,
         concurrency=tuple(concurrency) if concurrency else None,
