@@ -621,6 +621,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
         model="tiny-mistral",
         target="cpu",
         runtime="reference (PyTorch)",
+        plan_applies=True,  # as on a GPU target: every figure stands beside the plan's
         host={"cpu": "test"},
         machine=_machine(),
         settings=BenchSettings(),
@@ -683,18 +684,22 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert "- int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
     from matplotlib.image import imread
 
-    for kind in ("throughput_plot", "latency_plot", "formats_plot"):
+    # One figure per question, each 1000 px wide (the width a report is read at), none a strip.
+    for kind in ("pareto_plot", "throughput_plot", "memory_plot", "gate_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         height, width, _ = imread(paths[kind]).shape
-        assert width > 500 and height > 300
-    # speed, memory and one panel per gate check (three): wider than the two-panel latency plot
-    assert imread(paths["formats_plot"]).shape[1] > 2 * imread(paths["latency_plot"]).shape[1]
-    assert "![formats](formats.png)" in md
+        assert width == 1000 and 300 < height < 1000
+    # Each plot in bench.md has one line under it saying what it answers.
+    lines = md.splitlines()
+    images = [i for i, line in enumerate(lines) if line.startswith("![")]
+    assert len(images) == 4
+    for i in images:
+        assert lines[i + 1] == "" and lines[i + 2].startswith("*") and lines[i + 2].endswith(".*")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "bench.json",
         "bench.md",
-        "formats.png",
-        "latency.png",
+        "gate.png",
+        "memory.png",
         "pareto.png",
         "throughput.png",
     ]
@@ -888,9 +893,11 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
         line.startswith("| int8_wo/throughput |") and line.endswith(f"| {verdict} |")
         for line in formats.splitlines()
     )
-    for kind in ("throughput_plot", "latency_plot", "formats_plot"):
+    for kind in ("pareto_plot", "throughput_plot", "memory_plot", "gate_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "int8_wo/throughput: input_len 4096 -> 96 (max_input_len)" in reporter.text()
+    # The reference backend runs on the CPU: the plan (a model of the target GPU) is not set beside it.
+    assert not report.plan_applies and "they are left out (n/a)" in md
 
 
 @pytest.mark.triton
@@ -1179,6 +1186,7 @@ def _report_of(variant: VariantResult, machine: MachineState | None = None) -> B
         model="tiny-mistral",
         target="cpu",
         runtime="reference (PyTorch)",
+        plan_applies=False,
         host={},
         machine=machine or _machine(),
         settings=BenchSettings(),
@@ -1407,3 +1415,29 @@ def test_the_pareto_plot_is_1000_px_wide(tmp_path):
     paths = write_bench_report(_report_of(v), tmp_path)
     height, width, _ = imread(paths["pareto_plot"]).shape
     assert width == 1000 and 300 < height < 1000
+
+
+# ---------------------------------------------------------------- plots a person reads (issue 23, item 5)
+
+
+def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(tmp_path, in_repo_root):
+    from pipeline.backends import backend_of
+    from pipeline.bench.plots import ceiling_lines, plan_memory_bars
+    from pipeline.facts.config import load_config
+
+    # The backend answers: the reference runtime (CPU target) is not what the plan models; an engine is.
+    assert not backend_of(load_config(None)).bench_plan_applies()
+    assert backend_of(load_config(in_repo_root / "pipeline.toml")).bench_plan_applies()
+    v = _variant("int8_wo", "throughput", _plan(1e6))
+    cpu = _report_of(v)
+    gpu = cpu.model_copy(update={"plan_applies": True})
+    assert ceiling_lines(cpu) == {} and plan_memory_bars(cpu) is None
+    assert [b for b, _ in ceiling_lines(gpu)["int8_wo/throughput"]] == [1, 2, 4]
+    assert plan_memory_bars(gpu) == [10.0]
+    md = write_bench_report(cpu, tmp_path)["markdown"].read_text()
+    (latency_row,) = [
+        line for line in md[md.index("## Latency") :].splitlines() if line.startswith("| int8_wo/")
+    ][:1]
+    assert latency_row.endswith("| n/a | n/a |")  # no ceiling, no ratio (was 9.3e-04x on the CPU)
+    assert "e-0" not in md  # no ratio against a ceiling the CPU never approaches
+    assert "n/a" in _summary_text(cpu).split("int8_wo/throughput")[1].split("\n")[0]

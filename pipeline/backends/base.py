@@ -290,6 +290,11 @@ class Backend(Protocol):
         """The host facts its figures depend on, beside the platform's (the GPU, or torch's threads)."""
         ...
 
+    def bench_plan_applies(self) -> bool:
+        """Whether the plan's bandwidth ceilings and memory estimate (a model of the target GPU)
+        describe what this backend's engines run on, so that bench sets its figures beside them."""
+        ...
+
     def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
         """The clocks of the GPUs this backend runs on, now (empty: it runs on none)."""
         ...

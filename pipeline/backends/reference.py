@@ -144,6 +144,9 @@ class ReferenceBackend:
         # CPU figures depend on it as much as on the cores (an oversubscribed host favours 1).
         return {"torch_threads": str(torch.get_num_threads())}
 
+    def bench_plan_applies(self) -> bool:
+        return False  # the plan models the target GPU; these engines run in PyTorch on the CPU
+
     def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
         return ()  # the CPU runs these engines
 

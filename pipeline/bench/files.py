@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pipeline.bench import plots
 from pipeline.bench.report import (
-    FORMATS_PLOT,
+    GATE_PLOT,
     JSON_NAME,
-    LATENCY_PLOT,
     MARKDOWN_NAME,
+    MEMORY_PLOT,
     PARETO_PLOT,
     THROUGHPUT_PLOT,
     render_markdown,
@@ -26,13 +26,13 @@ def write_bench_report(report: BenchReport, out_dir: Path) -> dict[str, Path]:
         "markdown": out_dir / MARKDOWN_NAME,
         "pareto_plot": out_dir / PARETO_PLOT,
         "throughput_plot": out_dir / THROUGHPUT_PLOT,
-        "latency_plot": out_dir / LATENCY_PLOT,
-        "formats_plot": out_dir / FORMATS_PLOT,
+        "memory_plot": out_dir / MEMORY_PLOT,
+        "gate_plot": out_dir / GATE_PLOT,
     }
     write_text_atomic(paths["json"], report.model_dump_json(indent=2) + "\n")
     write_text_atomic(paths["markdown"], render_markdown(report))
     plots.plot_pareto(report, paths["pareto_plot"])
     plots.plot_throughput(report, paths["throughput_plot"])
-    plots.plot_latency(report, paths["latency_plot"])
-    plots.plot_formats(report, paths["formats_plot"])
+    plots.plot_memory(report, paths["memory_plot"])
+    plots.plot_gate(report, paths["gate_plot"])
     return paths

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from pipeline.bench.report import best_point, budget_text, check_names, variant_label
+from pipeline.bench.report import budget_text, check_names, variant_label
 from pipeline.bench.results import BenchReport
 from pipeline.bench.sweetspot import operating_points, recommend
 from pipeline.core.atomic import write_bytes_atomic
@@ -111,130 +111,155 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
     _save(plt, fig, path)
 
 
+def _legend_below(fig, ax, *, title: str | None = None) -> None:
+    """The legend under the axes, outside the data, in as many columns as fit 1000 px."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=max(1, min(len(labels), 3)),
+            title=title,
+            fontsize="small",
+            title_fontsize="small",
+        )
+
+
+def ceiling_lines(report: BenchReport) -> dict[str, list[tuple[int, float]]]:
+    """Per engine, the plan's bandwidth ceiling at each batch size measured; none where the plan does
+    not describe what ran (a GPU model beside a CPU run would flatten the data and mean nothing)."""
+    if not report.plan_applies:
+        return {}
+    return {
+        variant_label(v): [(r.batch_size, r.ceiling_tokens_per_s) for r in v.ratios.throughput_vs_ceiling]
+        for v in report.variants
+        if v.ratios.throughput_vs_ceiling
+    }
+
+
+def plan_memory_bars(report: BenchReport) -> list[float] | None:
+    """The plan's memory estimate per engine (GiB), or None where the plan does not apply."""
+    if not report.plan_applies:
+        return None
+    return [v.plan.memory_estimate_bytes / 2**30 for v in report.variants]
+
+
 def plot_throughput(report: BenchReport, path: Path) -> None:
-    """Output tokens/s against batch size per engine, the plan's ceilings dotted; served points dashed."""
-    plt, fig, (ax,) = _figure(4.5)
-    for v in report.variants:
-        color = None
-        if v.throughput:
-            rates = [p.output_tokens_per_s for p in v.throughput]
-            bars = ax.errorbar(
+    """Speed against the ceiling: output tokens/s (median, min-max bars) against batch size per engine;
+    the plan's bandwidth ceilings dotted only where the plan describes what ran (plan_applies)."""
+    plt, fig, (ax,) = _figure(5.0, constrained=True)
+    ys: list[float] = []
+    ceilings_of = ceiling_lines(report)
+    for index, v in enumerate(report.variants):
+        color = f"C{index % 10}"
+        rates = [p.output_tokens_per_s for p in v.throughput]
+        if rates:
+            ax.errorbar(
                 [p.batch_size for p in v.throughput],
                 [r.median for r in rates],
                 yerr=[[r.median - r.low for r in rates], [r.high - r.median for r in rates]],
                 marker="o",
                 capsize=3,
+                color=color,
                 label=variant_label(v),
             )
-            color = bars.lines[0].get_color()
+            ys += [r.low for r in rates] + [r.high for r in rates]
         if v.served:
-            (line,) = ax.plot(
+            ax.plot(
                 [p.concurrency for p in v.served],
                 [p.output_tokens_per_s for p in v.served],
                 marker="s",
                 linestyle="--",
                 color=color,
-                label=f"{variant_label(v)} served (x = clients)",
+                label=f"{variant_label(v)} served (x: clients)",
             )
-            color = line.get_color()
-        ax.scatter([1], [v.plan.decode_ceiling_tokens_per_s], marker="x", color=color, zorder=3)
-        if v.ratios.throughput_vs_ceiling:
+            ys += [p.output_tokens_per_s for p in v.served]
+        if variant_label(v) in ceilings_of:
+            batches, ceilings = zip(*ceilings_of[variant_label(v)], strict=True)
             ax.plot(
-                [r.batch_size for r in v.ratios.throughput_vs_ceiling],
-                [r.ceiling_tokens_per_s for r in v.ratios.throughput_vs_ceiling],
+                batches,
+                ceilings,
                 linestyle=":",
                 color=color,
+                label=f"{variant_label(v)}: plan's bandwidth ceiling",
             )
-    ax.set_xscale("log", base=2)
-    if _spans_decades(report):
-        ax.set_yscale("log")  # a ceiling far above the measurements would flatten them on a linear axis
+            ys += list(ceilings)
+    loads = sorted(
+        {p.batch_size for v in report.variants for p in v.throughput}
+        | {p.concurrency for v in report.variants for p in v.served}
+    )
+    if loads and loads[-1] / loads[0] > 4:
+        ax.set_xscale("log", base=2)  # batch sizes double: equal steps on a base-2 axis
+        ax.minorticks_off()
+    # Ticks at the measured sizes, written as the numbers they are.
+    ax.set_xticks(loads, [str(x) for x in loads])
+    _log_if_wide(ax, "y", ys)
     ax.set_xlabel("batch size (served: concurrent clients)")
     ax.set_ylabel("output tokens/s")
-    ax.set_title(f"{report.model} on {report.target}: throughput (dotted, x: the plan's bandwidth ceilings)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(f"{report.model} on {report.target}: output tokens/s by batch size")
+    note = None if report.plan_applies else "no ceiling: the plan models the target GPU, not what ran here"
+    _legend_below(fig, ax, title=note)
     _save(plt, fig, path)
 
 
-def _spans_decades(report: BenchReport) -> bool:
-    values = [p.output_tokens_per_s.median for v in report.variants for p in v.throughput]
-    values += [p.output_tokens_per_s for v in report.variants for p in v.served]
-    values += [v.plan.decode_ceiling_tokens_per_s for v in report.variants]
-    return min(values) > 0 and max(values) / min(values) > 100
-
-
-def plot_latency(report: BenchReport, path: Path) -> None:
-    """Batch-1 TTFT and inter-token latency percentiles, grouped per engine."""
-    plt, fig, axes = _figure(4.5, ncols=2)
+def plot_memory(report: BenchReport, path: Path) -> None:
+    """Memory against the plan: each engine's peak, beside the plan's estimate where the plan applies."""
+    plt, fig, (ax,) = _figure(4.5, constrained=True)
     labels = [variant_label(v) for v in report.variants]
-    width = 0.25
-    ttft = [v.latency.ttft_ms for v in report.variants]
-    axes[0].bar(
-        range(len(labels)),
-        [s.median for s in ttft],
-        0.5,
-        yerr=[[s.median - s.low for s in ttft], [s.high - s.median for s in ttft]],
-        capsize=4,
-        label="median (bars: min-max of runs)",
+    xs = list(range(len(labels)))
+    measured = [v.memory for v in report.variants]
+    planned = plan_memory_bars(report)
+    width = 0.6 if planned is None else 0.4
+    offset = 0.0 if planned is None else -width / 2
+    measures = sorted({m.measure for m in measured if m is not None})
+    ax.bar(
+        [x + offset for x in xs],
+        [m.peak_bytes / 2**30 if m else 0 for m in measured],
+        width,
+        label=f"measured peak ({', '.join(measures) or 'not observable'})",
     )
-    for i, (name, field) in enumerate((("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"))):
-        xs = [j + (i - 1) * width for j in range(len(labels))]
-        axes[1].bar(xs, [getattr(v.latency.itl, field) for v in report.variants], width, label=name)
-    for ax, title in ((axes[0], "time to first token"), (axes[1], "inter-token latency")):
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-        ax.set_ylabel("ms")
-        ax.set_title(f"{title} (batch 1)")
-        ax.legend(fontsize="small")
-    fig.suptitle(f"{report.model} on {report.target}: latency percentiles")
-    fig.tight_layout()
+    if planned is not None:
+        ax.bar(
+            [x + width / 2 for x in xs],
+            planned,
+            width,
+            label="plan estimate (weights + allowance + KV budget)",
+        )
+    for x, m in zip(xs, measured, strict=True):
+        if m is None:
+            ax.annotate("not observable", (x + offset, 0), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, labels)
+    ax.set_ylabel("GiB")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(f"{report.model} on {report.target}: peak memory per engine")
+    note = (
+        None
+        if report.plan_applies
+        else "no plan estimate: it models the target GPU's memory, not this process"
+    )
+    _legend_below(fig, ax, title=note)
     _save(plt, fig, path)
 
 
-def plot_formats(report: BenchReport, path: Path) -> None:
-    """Per engine: tokens/s against the plan's ceiling, peak memory against the plan's, each gate check."""
+def plot_gate(report: BenchReport, path: Path) -> None:
+    """Gate results: one panel per check, each engine's value against its own threshold."""
     checks = check_names(report)
-    plt, fig, axes = _figure(4.5, ncols=2 + len(checks), width=4.2 * (2 + len(checks)))
+    cols = max(1, min(len(checks), 3))  # three panels a row keep each readable at 1000 px
+    rows = max(1, -(-len(checks) // cols))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, grid = plt.subplots(
+        rows, cols, figsize=(WIDTH_IN, 3.2 * rows + 0.8), squeeze=False, layout="constrained"
+    )
     labels = [variant_label(v) for v in report.variants]
-    xs = range(len(labels))
-    speed, memory = axes[0], axes[1]
-    width = 0.4
-    speed.bar(
-        [x - width / 2 for x in xs],
-        [v.latency.decode_tokens_per_s.median for v in report.variants],
-        width,
-        label="decode tokens/s (batch 1)",
-    )
-    speed.bar(
-        [x + width / 2 for x in xs],
-        [b.rate.median if (b := best_point(v)) else 0 for v in report.variants],
-        width,
-        label="best output tokens/s",
-    )
-    speed.scatter(
-        xs,
-        [v.plan.decode_ceiling_tokens_per_s for v in report.variants],
-        marker="x",
-        color="black",
-        zorder=3,
-        label="plan ceiling (batch 1)",
-    )
-    if _spans_decades(report):
-        speed.set_yscale("log")
-    speed.set_title("output tokens/s")
-    memory.bar(
-        [x - width / 2 for x in xs],
-        [(v.memory.peak_bytes if v.memory else 0) / 2**30 for v in report.variants],
-        width,
-        label=f"peak ({report.variants[0].memory.measure if report.variants[0].memory else 'n/a'})",
-    )
-    memory.bar(
-        [x + width / 2 for x in xs],
-        [v.plan.memory_estimate_bytes / 2**30 for v in report.variants],
-        width,
-        label="plan estimate",
-    )
-    memory.set_title("memory (GiB)")
-    for ax, name in zip(axes[2:], checks, strict=True):
+    xs = list(range(len(labels)))
+    axes = [ax for row in grid for ax in row]
+    for ax, name in zip(axes, checks, strict=False):
         found = [
             next((c for c in v.gate.checks if c.name == name), None) if v.gate else None
             for v in report.variants
@@ -250,17 +275,26 @@ def plot_formats(report: BenchReport, path: Path) -> None:
             [x for x, c in zip(xs, found, strict=True) if c],
             [c.threshold for c in found if c],
             marker="_",
-            s=400,
+            s=500,
             color="black",
             zorder=3,
             label="threshold",
         )
-        ax.set_title(f"gate: {name}")
-    for ax in axes:
-        ax.set_xticks(list(xs), labels, rotation=20, ha="right")
+        for x, c, v in zip(xs, found, report.variants, strict=True):
+            if c is None:
+                # No gate ran for the engine, or its format's gate has no such check.
+                why = "not run" if v.gate is None else "no such check"
+                ax.annotate(why, (x, 0), ha="center", va="bottom", fontsize=8)
+        ax.set_title(name, fontsize="medium")
+        ax.set_xticks(xs, labels, rotation=15, ha="right", fontsize="small")
         ax.grid(True, axis="y", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    fig.suptitle(f"{report.model} on {report.target}: formats side by side")
-    fig.tight_layout()
+    for ax in axes[len(checks) :]:
+        ax.set_visible(False)
+    if not checks:
+        axes[0].set_visible(True)
+        axes[0].text(0.5, 0.5, "no gate has run for these engines", ha="center", va="center")
+        axes[0].set_axis_off()
+    fig.suptitle(
+        f"{report.model} on {report.target}: gate checks (green: pass, red: fail, black line: threshold)"
+    )
     _save(plt, fig, path)

@@ -11,10 +11,10 @@ from pipeline.bench.sweetspot import OperatingPoint, Recommendation, recommend
 
 JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"
-THROUGHPUT_PLOT = "throughput.png"
-LATENCY_PLOT = "latency.png"
-FORMATS_PLOT = "formats.png"
 PARETO_PLOT = "pareto.png"
+THROUGHPUT_PLOT = "throughput.png"
+MEMORY_PLOT = "memory.png"
+GATE_PLOT = "gate.png"
 
 
 def variant_label(v: VariantResult) -> str:
@@ -44,6 +44,22 @@ SPEED_NOTE = (
     "their span (no prefill); *output tokens/s* is every output token of a batch over the whole "
     "generate call (prefill included), so at batch 1 it is the lower of the two."
 )
+
+
+def plan_cell(report: BenchReport, text: str) -> str:
+    """A figure of the plan (a model of the target GPU), shown only where the engines ran on one."""
+    return text if report.plan_applies else "n/a"
+
+
+def plan_note(report: BenchReport) -> list[str]:
+    if report.plan_applies:
+        return []
+    return [
+        f"The plan's ceilings and memory estimates model {report.target}'s bandwidth and memory, not "
+        f"what ran here ({report.runtime}): they are left out (n/a) rather than set beside figures they "
+        "do not describe.",
+        "",
+    ]
 
 
 def ratio_text(value: float | None) -> str:
@@ -147,12 +163,12 @@ def formats_table(report: BenchReport) -> list[str]:
         cells = [
             variant_label(v),
             spread_text(v.latency.decode_tokens_per_s),
-            f"{v.plan.decode_ceiling_tokens_per_s:.1f}",
-            ratio_text(v.ratios.decode_vs_ceiling),
+            plan_cell(report, f"{v.plan.decode_ceiling_tokens_per_s:.1f}"),
+            plan_cell(report, ratio_text(v.ratios.decode_vs_ceiling)),
             best_text(v),
             _gib(v.memory.peak_bytes) if v.memory else "n/a",
-            _gib(v.plan.memory_estimate_bytes),
-            ratio_text(v.ratios.peak_memory_vs_estimate),
+            plan_cell(report, _gib(v.plan.memory_estimate_bytes)),
+            plan_cell(report, ratio_text(v.ratios.peak_memory_vs_estimate)),
             f"{v.plan.kv_bytes_per_token:,}",
             str(v.plan.largest_batch_at_max_seq_len),
             *(_check_cell(v, name) for name in checks),
@@ -268,6 +284,7 @@ def render_markdown(report: BenchReport) -> str:
         "",
         SPEED_NOTE,
         "",
+        *plan_note(report),
         "## Latency (batch 1)",
         "",
         "| engine | runs | TTFT ms | inter-token p50 / p90 / p99 (ms) | decode tokens/s "
@@ -277,8 +294,9 @@ def render_markdown(report: BenchReport) -> str:
     for v in report.variants:
         lines.append(
             f"| {variant_label(v)} | {v.latency.runs} | {spread_text(v.latency.ttft_ms, 2)} | {_pct(v.latency.itl)} "
-            f"| {spread_text(v.latency.decode_tokens_per_s)} | {v.plan.decode_ceiling_tokens_per_s:.1f} "
-            f"| {ratio_text(v.ratios.decode_vs_ceiling)} |"
+            f"| {spread_text(v.latency.decode_tokens_per_s)} "
+            f"| {plan_cell(report, f'{v.plan.decode_ceiling_tokens_per_s:.1f}')} "
+            f"| {plan_cell(report, ratio_text(v.ratios.decode_vs_ceiling))} |"
         )
     lines += [
         "",
@@ -294,7 +312,8 @@ def render_markdown(report: BenchReport) -> str:
         lines += [
             f"| {variant_label(v)} | {p.batch_size} | {p.runs} | {spread_text(p.output_tokens_per_s)} "
             f"| {spread_text(p.ttft_ms, 2)} | {spread_text(p.step_ms, 2)} | {p.wall_s:.3f} "
-            f"| {c.ceiling_tokens_per_s:.1f} | {ratio_text(c.measured_vs_ceiling)} |"
+            f"| {plan_cell(report, f'{c.ceiling_tokens_per_s:.1f}')} "
+            f"| {plan_cell(report, ratio_text(c.measured_vs_ceiling))} |"
             for v in report.variants
             for p, c in zip(v.throughput, v.ratios.throughput_vs_ceiling, strict=True)
         ]
@@ -306,6 +325,17 @@ def render_markdown(report: BenchReport) -> str:
         ]
     else:
         lines.append("Not measured: the engine ran in the server (served mode).")
+    lines += [
+        "",
+        f"![output tokens/s by batch size]({THROUGHPUT_PLOT})",
+        "",
+        "*Whether a larger batch (or more clients) still buys output tokens/s, with each run's range"
+        + (
+            ", and how far each sits below the plan's bandwidth ceiling (dotted).*"
+            if report.plan_applies
+            else ".*"
+        ),
+    ]
     served = [(v, p) for v in report.variants for p in v.served]
     lines += ["", "## Served (concurrent requests, in-flight batching)", ""]
     if served:
@@ -332,11 +362,18 @@ def render_markdown(report: BenchReport) -> str:
             (v.memory.measure, _gib(v.memory.peak_bytes)) if v.memory else ("not observable", "n/a")
         )
         lines.append(
-            f"| {variant_label(v)} | {measure} | {peak} | {_gib(v.plan.memory_estimate_bytes)} "
-            f"| {ratio_text(v.ratios.peak_memory_vs_estimate)} | {_utilization(v)} |"
+            f"| {variant_label(v)} | {measure} | {peak} | {plan_cell(report, _gib(v.plan.memory_estimate_bytes))} "
+            f"| {plan_cell(report, ratio_text(v.ratios.peak_memory_vs_estimate))} | {_utilization(v)} |"
         )
     if any(v.memory is None for v in report.variants):
         lines += ["", "- not observable: the engine ran in a CPU server process this client cannot measure"]
+    lines += [
+        "",
+        f"![peak memory per engine]({MEMORY_PLOT})",
+        "",
+        "*How much memory each engine holds at its peak"
+        + (", against the plan's estimate.*" if report.plan_applies else ".*"),
+    ]
     lines += [
         "",
         "## Formats side by side",
@@ -345,7 +382,9 @@ def render_markdown(report: BenchReport) -> str:
         "",
         *formats_table(report),
         "",
-        f"![formats]({FORMATS_PLOT})",
+        f"![gate checks]({GATE_PLOT})",
+        "",
+        "*Whether each engine passed each gate check, and how far its value sits from that format's threshold.*",
     ]
     lines += [
         "",
@@ -377,5 +416,5 @@ def render_markdown(report: BenchReport) -> str:
     lines += ["", "## Where each figure comes from", ""]
     for kind, sources in figure_sources(report).items():
         lines += [f"- {kind}: {source}" for source in sources]
-    lines += ["", f"![throughput]({THROUGHPUT_PLOT})", "", f"![latency]({LATENCY_PLOT})", ""]
+    lines.append("")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pipeline.gate.verdict import GateCheck
 
 # 2: every figure names its source; in-process batches are timed without streaming; gate figures.
 # 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks;
-#    each batch's prefill (TTFT) and decode step; the latency budget in the settings.
+#    each batch's prefill (TTFT) and decode step; the latency budget in the settings; plan_applies.
 BENCH_REPORT_VERSION = 3
 
 
@@ -145,6 +145,7 @@ class BenchReport(Frozen):
     model: str
     target: str
     runtime: str  # what ran the engines: "reference (PyTorch ...)", "TensorRT-LLM 1.2.1"
+    plan_applies: bool  # whether the plan's ceilings and memory estimate describe what ran (the backend's)
     host: dict[str, str]
     machine: MachineState
     settings: BenchSettings

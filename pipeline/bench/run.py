@@ -322,6 +322,7 @@ def run_bench(
         model=config.model.name,
         target=config.target.gpu,
         runtime=backend.bench_runtime(),
+        plan_applies=backend.bench_plan_applies(),
         host=host_facts(backend),
         machine=machine_state(before, after),
         settings=settings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from pipeline.bench.report import best_text, gate_verdict, ratio_text, spread_text, variant_label
+from pipeline.bench.report import best_text, gate_verdict, plan_cell, ratio_text, spread_text, variant_label
 from pipeline.bench.results import BenchReport
 from pipeline.bench.stats import NOISY_RELATIVE_SPREAD
 
@@ -35,7 +35,7 @@ def summary_table(report: BenchReport) -> Table:
             spread_text(v.latency.ttft_ms),
             f"{v.latency.itl.p50_ms:.2f}/{v.latency.itl.p99_ms:.2f}",
             spread_text(v.latency.decode_tokens_per_s),
-            ratio_text(v.ratios.decode_vs_ceiling),
+            plan_cell(report, ratio_text(v.ratios.decode_vs_ceiling)),
             best_text(v),
             f"{v.memory.peak_bytes / 2**30:.2f} GiB ({v.memory.measure})" if v.memory else "n/a",
             gate_verdict(v),

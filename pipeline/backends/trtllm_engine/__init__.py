@@ -145,6 +145,9 @@ class TrtllmEngineBackend:
 
         return {"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}
 
+    def bench_plan_applies(self) -> bool:
+        return True  # engines of the target's GPU, which the plan models
+
     def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
         from pipeline.bench.machine import nvml_gpu_clocks
 
