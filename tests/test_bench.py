@@ -1440,4 +1440,6 @@ def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(t
     ][:1]
     assert latency_row.endswith("| n/a | n/a |")  # no ceiling, no ratio (was 9.3e-04x on the CPU)
     assert "e-0" not in md  # no ratio against a ceiling the CPU never approaches
+    assert "fit (the plan's model of cpu, not of what ran here) |" in md
+    assert "fit (the plan's model" not in write_bench_report(gpu, tmp_path / "gpu")["markdown"].read_text()
     assert "n/a" in _summary_text(cpu).split("int8_wo/throughput")[1].split("\n")[0]

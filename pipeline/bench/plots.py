@@ -286,7 +286,7 @@ def plot_gate(report: BenchReport, path: Path) -> None:
                 why = "not run" if v.gate is None else "no such check"
                 ax.annotate(why, (x, 0), ha="center", va="bottom", fontsize=8)
         ax.set_title(name, fontsize="medium")
-        ax.set_xticks(xs, labels, rotation=15, ha="right", fontsize="small")
+        ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize="small")
         ax.grid(True, axis="y", alpha=0.3)
     for ax in axes[len(checks) :]:
         ax.set_visible(False)

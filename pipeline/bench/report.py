@@ -42,7 +42,7 @@ NOISY_NOTE = (
 SPEED_NOTE = (
     "Two speeds, never mixed: *decode tokens/s* is batch 1 streamed, the tokens after the first over "
     "their span (no prefill); *output tokens/s* is every output token of a batch over the whole "
-    "generate call (prefill included), so at batch 1 it is the lower of the two."
+    "generate call (prefill included), so at batch 1 it should be the lower of the two."
 )
 
 
@@ -237,8 +237,9 @@ def recommendation_lines(report: BenchReport) -> list[str]:
         "| --- | --- | --- | --- |",
         f"| most output tokens/s within the budget | {' | '.join(speed)} |",
         f"| most sequences at the long-context profile ({lc.profile}, max_seq_len {lc.max_seq_len}) "
-        f"| {', '.join(lc.variants)} | {lc.sequences} sequences of {lc.max_seq_len} tokens fit "
-        "| the plan (`pipeline/planning/memory.py`: KV budget / KV bytes per sequence) |",
+        f"| {', '.join(lc.variants)} | {lc.sequences} sequences of {lc.max_seq_len} tokens fit"
+        + ("" if report.plan_applies else f" (the plan's model of {report.target}, not of what ran here)")
+        + " | the plan (`pipeline/planning/memory.py`: KV budget / KV bytes per sequence) |",
         "",
         "Each variant's best operating point within the budget:",
         "",
