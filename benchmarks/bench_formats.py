@@ -1,4 +1,4 @@
-"""Every format side by side: tokens/s, peak memory and gate figures beside the plan, in one table and one plot.
+"""Every format side by side: tokens/s, peak memory and gate figures beside the plan, in one table, with the plots.
 
 Runs the pipeline up to the gate for every format of pipeline/facts/formats.py (each
 precision with an FP16 KV cache, then the INT8-capable ones with an INT8 KV
@@ -78,4 +78,4 @@ def _bench_formats(config, work_dir: Path) -> None:
         if v.memory is not None and v.memory.gpu_utilization is not None:
             u = v.memory.gpu_utilization
             print(f"{variant_label(v)}: GPU utilization {u.mean_percent:.0f}% mean, {u.max_percent}% max")
-    print(f"report: {paths['markdown']}; plot: {paths['formats_plot']}")
+    print(f"report: {paths['markdown']}; plots beside it (gate checks: {paths['gate_plot']})")

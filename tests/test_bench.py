@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import LATENCY_SOURCE, THROUGHPUT_SOURCE, measure_engine, run_batch, stream_one
+from pipeline.bench.machine import MachineSnapshot, MachineState, nvml_gpu_clocks, snapshot
 from pipeline.bench.memory import MemoryReading, ProcessRssProbe
 from pipeline.bench.reference import published_estimate, ratios
-from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
     BENCH_REPORT_VERSION,
     BenchReport,
     GateFigures,
     PlanFigures,
+    ServedPoint,
     ThroughputPoint,
     VariantResult,
 )
-from pipeline.bench.stats import Percentiles, RequestTimeline, percentile
+from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, RequestTimeline, Spread, percentile
 from pipeline.bench.workload import BenchSettings, default_batch_sizes, plan_workload, synthetic_prompts
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import RecordingReporter
@@ -157,48 +160,61 @@ class FakeRunner:
         assert end_id is None, "bench must not stop early"
         self.calls.append(([len(p) for p in prompts], max_new_tokens))
         self.streamed.append(on_token is not None)
-        self.clock.now += 0.010 * len(prompts)
+        self.clock.now += self.cost(0.010 * len(prompts))
         for step in range(max_new_tokens):
             if step:
-                self.clock.now += 0.002 + 0.0005 * len(prompts)
+                self.clock.now += self.cost(0.002 + 0.0005 * len(prompts))
             for i in range(len(prompts)):
                 if on_token and self.stream:
                     on_token(i, 300 + step)
         return [[300 + s for s in range(max_new_tokens)] for _ in prompts]
+
+    def cost(self, seconds: float) -> float:
+        return seconds
 
 
 def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
     clock = FakeClock()
     limits = EngineLimits(max_batch_size=4, max_input_len=64, max_seq_len=96)
     runner = FakeRunner(limits, clock)
-    settings = BenchSettings(input_len=32, output_len=11, latency_runs=3, warmup_runs=1)
+    settings = BenchSettings(input_len=32, output_len=11, latency_runs=3, throughput_runs=2, warmup_runs=1)
     timings = measure_engine(
         runner, plan_workload(limits, settings), seed=0, reporter=RecordingReporter(), label="x", clock=clock
     )
     lat = timings.latency
-    assert lat.ttft.p50_ms == pytest.approx(10.0) and lat.ttft.count == 3
+    assert (lat.ttft_ms.median, lat.ttft_ms.high, lat.ttft_ms.runs) == (
+        pytest.approx(10.0),
+        pytest.approx(10.0),
+        3,
+    )
     assert lat.itl.p99_ms == pytest.approx(2.5) and lat.itl.count == 30
-    assert lat.decode_tokens_per_s == pytest.approx(1 / 0.0025)
+    assert lat.decode_tokens_per_s.median == pytest.approx(1 / 0.0025) and lat.decode_tokens_per_s.runs == 3
     by_batch = {p.batch_size: p for p in timings.throughput}
     assert sorted(by_batch) == [1, 2, 4]
     four = by_batch[4]
-    assert four.output_tokens == 44
+    assert four.output_tokens == 44 and four.runs == 2
     assert four.wall_s == pytest.approx(0.040 + 10 * 0.004)
-    assert four.output_tokens_per_s == pytest.approx(44 / 0.080)
+    assert four.output_tokens_per_s.median == pytest.approx(44 / 0.080)
+    assert not four.output_tokens_per_s.noisy  # the fake runner costs the same every run
     assert (lat.source, four.source) == (LATENCY_SOURCE, THROUGHPUT_SOURCE)
-    # warmup (2 tokens), 3 latency runs, then batches 1, 2, 4
+    # The fake's cost model: a prefill of 10 ms per request, then a step of 2 + 0.5 x batch ms.
+    assert four.ttft_ms.median == pytest.approx(40.0) and four.step_ms.median == pytest.approx(4.0)
+    assert four.step_ms.runs == four.ttft_ms.runs == 2
+    # warm-up (2 tokens), 3 latency runs, then per batch size a warm-up and two timed runs, each a
+    # one-token call (the prefill) and the whole call on the same prompts
     assert [(lens, n) for lens, n in runner.calls] == [
         ([32], 2),
-        ([32], 11),
-        ([32], 11),
-        ([32], 11),
-        ([32], 11),
-        ([32, 32], 11),
-        ([32] * 4, 11),
+        *[([32], 11)] * 3,
+        ([32], 2),
+        *[([32], 1), ([32], 11)] * 2,
+        ([32, 32], 2),
+        *[([32, 32], 1), ([32, 32], 11)] * 2,
+        ([32] * 4, 2),
+        *[([32] * 4, 1), ([32] * 4, 11)] * 2,
     ]
     # Only batch-1 requests stream: streaming a batch through ModelRunnerCpp times its per-request
     # host work (tensorrt_llm/runtime/model_runner_cpp.py, `_stream` -> `_fill_output`).
-    assert runner.streamed == [True, True, True, True, False, False, False]
+    assert runner.streamed == [True] * 4 + [False] * 15
 
 
 def test_harness_never_sends_a_prompt_beyond_max_input_len():
@@ -506,7 +522,9 @@ def test_ratios_are_taken_only_against_comparable_figures():
         runs=1,
         output_tokens=80,
         wall_s=1.0,
-        output_tokens_per_s=80.0,
+        output_tokens_per_s=Spread.of([80.0]),
+        ttft_ms=Spread.of([100.0]),
+        step_ms=Spread.of([11.0]),
         source="test",
     )
     r = ratios(
@@ -529,12 +547,15 @@ def test_ratios_are_taken_only_against_comparable_figures():
     assert r.peak_memory_vs_estimate is None and r.decode_vs_published is None
 
 
-def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
+def _variant(
+    precision: str, profile: str, plan: PlanFigures, runner: type[FakeRunner] = FakeRunner, **settings
+) -> VariantResult:
     clock = FakeClock()
     limits = EngineLimits(max_batch_size=4, max_input_len=32, max_seq_len=48)
+    shape = {"input_len": 64, "output_len": 8, "latency_runs": 2, "throughput_runs": 2, **settings}
     timings = measure_engine(
-        FakeRunner(limits, clock),
-        plan_workload(limits, BenchSettings(input_len=64, output_len=8, latency_runs=2)),
+        runner(limits, clock),
+        plan_workload(limits, BenchSettings(**shape)),
         seed=0,
         reporter=RecordingReporter(),
         label=precision,
@@ -553,7 +574,7 @@ def _variant(precision: str, profile: str, plan: PlanFigures) -> VariantResult:
         memory=memory,
         plan=plan,
         ratios=ratios(
-            decode_tokens_per_s=timings.latency.decode_tokens_per_s,
+            decode_tokens_per_s=timings.latency.decode_tokens_per_s.median,
             throughput=timings.throughput,
             memory=memory,
             plan=plan,
@@ -577,6 +598,11 @@ def _gate(*checks: tuple[str, float, float, str]) -> GateFigures:
     return GateFigures(verdict=all(c.passed for c in made), checks=tuple(made), source="gate.json here")
 
 
+def _machine(load_before: float = 0.5, cpus_mhz: float | None = 2000.0) -> MachineState:
+    quiet = MachineSnapshot(load_1_5_15=(load_before, 0.4, 0.3), cpu_mhz=cpus_mhz)
+    return MachineState(cpu_count=2, cpu_model="Test CPU", before=quiet, after=quiet, source="test machine")
+
+
 def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     plan = _plan(800.0)
     sq = _variant("int8_sq", "throughput", plan).model_copy(
@@ -595,7 +621,9 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
         model="tiny-mistral",
         target="cpu",
         runtime="reference (PyTorch)",
+        plan_applies=True,  # as on a GPU target: every figure stands beside the plan's
         host={"cpu": "test"},
+        machine=_machine(),
         settings=BenchSettings(),
         variants=(sq, _variant("int8_wo", "latency", _plan(1e6)), awq),
         published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu"),
@@ -606,15 +634,15 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert BenchReport.model_validate(data) == report
     md = paths["markdown"].read_text()
     sq = report.variants[0]
-    assert f"| int8_sq/throughput | {sq.latency.ttft.p50_ms:.2f} / " in md
-    assert f"| 800.0 | {sq.latency.decode_tokens_per_s / 800:.2f}x |" in md  # beside the ceiling
+    assert f"| int8_sq/throughput | 2 | {sq.latency.ttft_ms.median:.2f} (" in md
+    assert f"| 800.0 | {sq.latency.decode_tokens_per_s.median / 800:.2f}x |" in md  # beside the ceiling
     four = {r.batch_size: r for r in sq.ratios.throughput_vs_ceiling}[4]
     assert f"| {four.ceiling_tokens_per_s:.1f} | {four.measured_vs_ceiling:.2f}x |" in md
     wo = report.variants[1]
     assert f"| 1000000.0 | {wo.ratios.decode_vs_ceiling:.1e}x |" in md  # far below a ceiling: still a figure
     wo_rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
-    # latency, a throughput row per batch size (1, 2, 4), memory, formats
-    assert len(wo_rows) == 1 + 3 + 1 + 1
+    # the recommendation's per-variant row, latency, a throughput row per batch size (1, 2, 4), memory, formats
+    assert len(wo_rows) == 1 + 1 + 3 + 1 + 1
     assert (
         "| int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a | n/a |" in md
     )  # RSS: no ratio
@@ -622,10 +650,12 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     formats = md[md.index("## Formats side by side") :].splitlines()
     header = next(line for line in formats if line.startswith("| engine |"))
     assert header.endswith("| perplexity_increase_pct | top1_agreement | kv_scale_error | gate |")
-    best_sq = max(p.output_tokens_per_s for p in sq.throughput)
+    best_sq = max(p.output_tokens_per_s.median for p in sq.throughput)
+    decode_sq = sq.latency.decode_tokens_per_s.median
     assert (
-        f"| int8_sq/throughput | {sq.latency.decode_tokens_per_s:.1f} | 800.0 | "
-        f"{sq.ratios.decode_vs_ceiling:.2f}x | {best_sq:.1f} (batch 4) | 3.00 GiB | 10.00 GiB | n/a | 1,000 | 8 "
+        f"| int8_sq/throughput | {decode_sq:.1f} ({decode_sq:.1f}-{decode_sq:.1f}) | 800.0 | "
+        f"{sq.ratios.decode_vs_ceiling:.2f}x | {best_sq:.1f} ({best_sq:.1f}-{best_sq:.1f}) at batch 4 "
+        "| 3.00 GiB | 10.00 GiB | n/a | 1,000 | 8 "
         "| 1.5 (<= 5) pass | 0.97 (>= 0.9) pass | n/a | pass |"
     ) in formats
     assert any(
@@ -643,7 +673,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert data["variants"][0]["memory"]["source"] == "peak RSS" and data["variants"][0]["gate"]["source"]
     sources = md[md.index("## Where each figure comes from") :]
     for line in (
-        f"- latency (TTFT, inter-token, batch-1 tokens/s): {sq.latency.source}",
+        f"- latency (TTFT, inter-token, decode tokens/s at batch 1): {sq.latency.source}",
         f"- throughput (in process): {sq.throughput[0].source}",
         "- peak memory: peak RSS",
         "- plan figures: test plan",
@@ -654,18 +684,23 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert "- int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
     from matplotlib.image import imread
 
-    for kind in ("throughput_plot", "latency_plot", "formats_plot"):
+    # One figure per question, each 1000 px wide (the width a report is read at), none a strip.
+    for kind in ("pareto_plot", "throughput_plot", "memory_plot", "gate_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         height, width, _ = imread(paths[kind]).shape
-        assert width > 500 and height > 300
-    # speed, memory and one panel per gate check (three): wider than the two-panel latency plot
-    assert imread(paths["formats_plot"]).shape[1] > 2 * imread(paths["latency_plot"]).shape[1]
-    assert "![formats](formats.png)" in md
+        assert width == 1000 and 300 < height < 1000
+    # Each plot in bench.md has one line under it saying what it answers.
+    lines = md.splitlines()
+    images = [i for i, line in enumerate(lines) if line.startswith("![")]
+    assert len(images) == 4
+    for i in images:
+        assert lines[i + 1] == "" and lines[i + 2].startswith("*") and lines[i + 2].endswith(".*")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "bench.json",
         "bench.md",
-        "formats.png",
-        "latency.png",
+        "gate.png",
+        "memory.png",
+        "pareto.png",
         "throughput.png",
     ]
 
@@ -790,7 +825,9 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     config, store, stages = reference_engines
     # Prompts longer than either profile allows: the harness must clamp them, and the reference
     # runtime (which enforces the engine's limits) would raise on any request beyond them.
-    settings = BenchSettings(input_len=4096, output_len=6, latency_runs=2, batch_sizes=(1, 2, 8, 16))
+    settings = BenchSettings(
+        input_len=4096, output_len=6, latency_runs=2, throughput_runs=2, batch_sizes=(1, 2, 8, 16)
+    )
     reporter = RecordingReporter()
     report, paths = run_bench(
         config, store, settings=settings, out_dir=tmp_path / "bench", reporter=reporter, stages=stages
@@ -806,18 +843,21 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert "batch sizes 16 skipped (max_batch_size 8)" in throughput.adjustments
     for v in report.variants:
         lat = v.latency
-        assert lat.runs == 2 and lat.ttft.count == 2 and lat.itl.count == 2 * (lat.output_len - 1)
-        assert 0 < lat.ttft.p50_ms <= lat.ttft.p90_ms <= lat.ttft.p99_ms
+        assert lat.runs == 2 and lat.ttft_ms.runs == 2 and lat.itl.count == 2 * (lat.output_len - 1)
+        assert 0 < lat.ttft_ms.low <= lat.ttft_ms.median <= lat.ttft_ms.high
         assert 0 < lat.itl.p50_ms <= lat.itl.p90_ms <= lat.itl.p99_ms
-        assert lat.decode_tokens_per_s > 0
+        assert lat.decode_tokens_per_s.low > 0
         for point in v.throughput:
             assert point.output_tokens == point.batch_size * point.output_len  # no early stop
-            assert point.output_tokens_per_s == pytest.approx(point.output_tokens / point.wall_s)
+            rate = point.output_tokens_per_s
+            assert rate.runs == 2 and rate.low <= rate.median <= rate.high
+            # runs=2: the median is the mean of the two runs, and the wall time's median is taken apart
+            assert rate.median == pytest.approx((rate.low + rate.high) / 2)
         assert v.memory is not None and v.memory.measure == "process_peak_rss"
         assert v.memory.peak_bytes > 50 << 20  # at least the interpreter and torch
         assert v.plan is not None and v.plan.decode_ceiling_tokens_per_s > 0
         assert v.ratios.decode_vs_ceiling == pytest.approx(
-            lat.decode_tokens_per_s / v.plan.decode_ceiling_tokens_per_s
+            lat.decode_tokens_per_s.median / v.plan.decode_ceiling_tokens_per_s
         )
         assert [r.batch_size for r in v.ratios.throughput_vs_ceiling] == [p.batch_size for p in v.throughput]
         assert v.ratios.peak_memory_vs_estimate is None  # RSS is not comparable with a GPU estimate
@@ -829,6 +869,11 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert {c.name for c in throughput.gate.checks} >= {"perplexity_increase_pct", "top1_agreement"}
     assert not report.published.applies and report.variants[0].ratios.decode_vs_published is None
     assert report.runtime.startswith("reference") and report.host["torch_threads"] == "1"
+    # The machine as the OS saw it before and after; the reference backend reads no GPU clock.
+    machine = report.machine
+    assert (
+        machine.cpu_count >= 1 and machine.before.load_1_5_15 is not None and machine.after.gpu_clocks == ()
+    )
 
     assert BenchReport.model_validate_json(paths["json"].read_text()) == report
     md = paths["markdown"].read_text()
@@ -848,9 +893,11 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
         line.startswith("| int8_wo/throughput |") and line.endswith(f"| {verdict} |")
         for line in formats.splitlines()
     )
-    for kind in ("throughput_plot", "latency_plot", "formats_plot"):
+    for kind in ("pareto_plot", "throughput_plot", "memory_plot", "gate_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "int8_wo/throughput: input_len 4096 -> 96 (max_input_len)" in reporter.text()
+    # The reference backend runs on the CPU: the plan (a model of the target GPU) is not set beside it.
+    assert not report.plan_applies and "they are left out (n/a)" in md
 
 
 @pytest.mark.triton
@@ -902,7 +949,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
         )
     (variant,) = report.variants
     assert variant.throughput == ()  # the engine ran in the server, not here
-    assert variant.latency.input_len == 96 and variant.latency.ttft.count == 2
+    assert variant.latency.input_len == 96 and variant.latency.ttft_ms.runs == 2
     assert variant.latency.itl.count == 2 * 11  # every request streamed all 12 tokens: no early stop
     assert [(p.concurrency, p.requests, p.output_tokens) for p in variant.served] == [(1, 2, 24), (3, 6, 72)]
     assert all(p.output_tokens_per_s > 0 and p.ttft.count == p.requests for p in variant.served)
@@ -1095,3 +1142,304 @@ def test_bench_nsys_runs_this_bench_under_nsys_profile(tmp_path, in_repo_root, c
     assert "no engine of tiny-mistral" in capsys.readouterr().err
     monkeypatch.setenv("NSYS_EXIT", "5")  # the child's exit code is the command's
     assert main(args) == 5
+
+
+# ---------------------------------------------------------------- spread, noise, the machine (issue 23, item 1)
+
+
+def test_spread_is_the_median_with_the_extreme_runs_and_marks_wide_ones_noisy():
+    s = Spread.of([105.0, 100.0, 110.0])
+    assert (s.median, s.low, s.high, s.runs) == (105.0, 100.0, 110.0, 3)
+    # The threshold is the policy's own number (10%); 10/105 sits under it, 11/105 over it.
+    assert NOISY_RELATIVE_SPREAD == 0.10
+    assert s.relative_spread == pytest.approx(10 / 105) and not s.noisy
+    assert Spread.of([105.0, 100.0, 111.0]).noisy
+    assert not Spread.of([42.0]).noisy  # one run has no spread to judge
+    dumped = s.model_dump()
+    assert dumped["noisy"] is False and Spread.model_validate(dumped) == s  # bench.json carries the mark
+    with pytest.raises(ValueError):
+        Spread.of([])
+    assert BENCH_REPORT_VERSION == 3  # spreads replaced single figures: readers must know
+
+
+class JitteryRunner(FakeRunner):
+    """Every third generate call takes 50% longer: a machine busy a third of the time (every third,
+    not every other: a timed run is two calls, and each of its figures must see the slow one)."""
+
+    def cost(self, seconds: float) -> float:
+        return seconds * (1.5 if len(self.calls) % 3 == 0 else 1.0)
+
+
+def _summary_text(report: BenchReport) -> str:
+    from rich.console import Console
+
+    from pipeline.bench.summary import summary_table
+
+    console = Console(record=True, width=250)
+    console.print(summary_table(report))
+    return console.export_text()
+
+
+def _report_of(variant: VariantResult, machine: MachineState | None = None) -> BenchReport:
+    return BenchReport(
+        created_at=datetime(2026, 12, 3, tzinfo=timezone.utc),
+        model="tiny-mistral",
+        target="cpu",
+        runtime="reference (PyTorch)",
+        plan_applies=False,
+        host={},
+        machine=machine or _machine(),
+        settings=BenchSettings(),
+        variants=(variant,),
+        published=published_estimate(pretrained_config={"vocab_size": 512}, target="cpu"),
+    )
+
+
+def test_a_noisy_figure_is_marked_in_bench_md_and_the_summary(tmp_path):
+    quiet = _variant("int8_wo", "latency", _plan())
+    noisy = _variant("int8_wo", "latency", _plan(), JitteryRunner, latency_runs=3, throughput_runs=3)
+    assert noisy.latency.decode_tokens_per_s.noisy and all(
+        p.output_tokens_per_s.noisy for p in noisy.throughput
+    )
+    md = write_bench_report(_report_of(noisy), tmp_path)["markdown"].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
+    ranges = [m for row in rows for m in re.findall(r"\(\d+\.\d+-\d+\.\d+(, noisy)?\)", row)]
+    # latency: TTFT and decode; throughput: tokens/s, TTFT and step at batches 1, 2, 4; the
+    # recommendation's best point; formats: decode and best
+    assert len(ranges) == 2 + 3 * 3 + 1 + 2 and all(ranges)
+    assert "more than 10% of the median" in md  # the threshold, stated where the mark is read
+    assert ", noisy)" in _summary_text(_report_of(noisy))
+    # The quiet engine's figures carry their range and no mark.
+    assert "noisy)" not in _summary_text(_report_of(quiet))
+
+
+def test_batch_1_figures_have_one_name_each(tmp_path):
+    """Decode speed (batch 1, after the first token) never stands in for an output-tokens/s figure."""
+    one = _variant("int8_wo", "latency", _plan(), batch_sizes=(1,))
+    decode, output = one.latency.decode_tokens_per_s.median, one.throughput[0].output_tokens_per_s.median
+    assert decode > output  # the fake runner's prefill makes the whole call slower per token
+    summary = _summary_text(_report_of(one))
+    assert "decode tok/s (b1)" in summary and "best output tok/s" in summary
+    assert f"{output:.1f} ({output:.1f}-{output:.1f}) at batch 1" in summary
+    assert f"{decode:.1f} at batch 1" not in summary
+    md = write_bench_report(_report_of(one), tmp_path)["markdown"].read_text()
+    assert "batch-1 tok" not in md and "decode tokens/s (batch 1)" in md and "best output tokens/s" in md
+
+
+def test_machine_snapshot_reads_load_cpu_and_gpu_clocks(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU @ 2.0GHz\ncpu MHz\t\t: 1000.0\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU @ 2.0GHz\ncpu MHz\t\t: 3000.0\n"
+    )
+    s = snapshot(lambda: (), cpuinfo=cpuinfo, loadavg=lambda: (1.5, 1.0, 0.5))
+    assert (s.load_1_5_15, s.cpu_mhz, s.gpu_clocks) == ((1.5, 1.0, 0.5), 2000.0, ())
+    missing = snapshot(lambda: (), cpuinfo=tmp_path / "absent", loadavg=lambda: None)
+    assert (missing.load_1_5_15, missing.cpu_mhz) == (None, None)
+
+    class Nvml:
+        NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+        class NVMLError(Exception):
+            pass
+
+        def nvmlInit(self):
+            pass
+
+        def nvmlDeviceGetCount(self):
+            return 1
+
+        def nvmlDeviceGetHandleByIndex(self, index):
+            return f"h{index}"
+
+        def nvmlDeviceGetName(self, handle):
+            return b"NVIDIA A100-SXM4-40GB"
+
+        def nvmlDeviceGetClockInfo(self, handle, kind):
+            return {1: 1410, 2: 1215}[kind]
+
+        def nvmlDeviceGetMaxClockInfo(self, handle, kind):
+            raise self.NVMLError("not supported")
+
+    (gpu,) = nvml_gpu_clocks(Nvml())
+    assert (gpu.name, gpu.sm_mhz, gpu.memory_mhz, gpu.sm_max_mhz) == (
+        "NVIDIA A100-SXM4-40GB",
+        1410,
+        1215,
+        None,
+    )
+
+    class NoDriver(Nvml):
+        def nvmlInit(self):
+            raise self.NVMLError("driver not loaded")
+
+    assert nvml_gpu_clocks(NoDriver()) == ()
+
+
+def test_the_report_states_the_machine_and_a_busy_one_loudly(tmp_path):
+    v = _variant("int8_wo", "latency", _plan())
+    quiet = write_bench_report(_report_of(v), tmp_path / "quiet")["markdown"].read_text()
+    assert "Machine: 2 CPUs (Test CPU)." in quiet
+    assert "Before: load 0.50 / 0.40 / 0.30, CPU 2000 MHz." in quiet and "Busy machine" not in quiet
+    busy = _report_of(v, _machine(load_before=2.0))
+    assert busy.machine.busy_before
+    md = write_bench_report(busy, tmp_path / "busy")["markdown"].read_text()
+    assert "**Busy machine**: the 1-minute load before the bench (2.00) was at least the CPU count (2)" in md
+    assert "BUSY MACHINE" in _summary_text(busy) and "BUSY" not in _summary_text(_report_of(v))
+    data = json.loads((tmp_path / "busy" / "bench.json").read_text())
+    assert data["machine"]["busy_before"] is True and data["machine"]["before"]["load_1_5_15"][0] == 2.0
+
+
+def test_bench_options_reach_the_settings(tmp_path, in_repo_root, monkeypatch):
+    """Each bench option lands in BenchSettings; the defaults are BenchSettings' own."""
+    import pipeline.commands.bench as command
+    from pipeline.cli import main
+
+    seen: list[BenchSettings] = []
+
+    def capture(config, work_dir, settings, **kwargs):
+        seen.append(settings)
+        raise InputError("captured")
+
+    monkeypatch.setattr(command, "bench", capture)
+    assert main(["bench", "--work-dir", str(tmp_path)]) == 2
+    assert main(["bench", "--work-dir", str(tmp_path), "--throughput-runs", "7", "--latency-runs", "4"]) == 2
+    assert (
+        main(["bench", "--work-dir", str(tmp_path), "--itl-budget-ms", "20", "--ttft-budget-ms", "250.5"])
+        == 2
+    )
+    default, runs, budget = seen
+    assert default == BenchSettings() and (default.itl_budget_ms, default.ttft_budget_ms) == (50.0, 500.0)
+    assert (runs.throughput_runs, runs.latency_runs) == (7, 4)
+    assert (budget.itl_budget_ms, budget.ttft_budget_ms) == (20.0, 250.5)
+
+
+# ---------------------------------------------------------------- the sweet spot (issue 23, item 3)
+
+
+def _served(concurrency: int, rate: float, itl_p99: float, ttft_p99: float) -> ServedPoint:
+    return ServedPoint(
+        concurrency=concurrency,
+        requests=4 * concurrency,
+        input_len=32,
+        output_len=8,
+        output_tokens=32 * concurrency,
+        wall_s=1.0,
+        output_tokens_per_s=rate,
+        ttft=Percentiles(p50_ms=ttft_p99 / 2, p90_ms=ttft_p99, p99_ms=ttft_p99, count=4),
+        itl=Percentiles(p50_ms=itl_p99 / 2, p90_ms=itl_p99, p99_ms=itl_p99, count=28),
+        source="test",
+    )
+
+
+def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
+    from pipeline.bench.sweetspot import IN_PROCESS, SERVED, operating_points
+
+    v = _variant("int8_wo", "latency", _plan(), JitteryRunner, latency_runs=3, throughput_runs=3)
+    v = v.model_copy(update={"served": (_served(2, 90.0, itl_p99=30.0, ttft_p99=200.0),)})
+    points = operating_points(v)
+    assert [p.at for p in points] == ["batch 1", "batch 2", "batch 4", "clients 2"]
+    four = points[2]
+    step, prefill = v.throughput[2].step_ms, v.throughput[2].ttft_ms
+    assert (four.itl_ms, four.ttft_ms, four.itl_p50_ms) == (step.high, prefill.high, step.median)
+    assert step.high > step.median and four.measured_by == IN_PROCESS
+    served = points[3]
+    assert (served.itl_ms, served.ttft_ms, served.measured_by) == (30.0, 200.0, SERVED)
+    assert served.within(30.0, 200.0) and not served.within(29.9, 200.0) and not served.within(30.0, 199.9)
+
+
+def _long_plan(largest: int) -> PlanFigures:
+    return _plan().model_copy(update={"largest_batch_at_max_seq_len": largest})
+
+
+def test_the_recommendation_is_the_most_tokens_within_the_budget(tmp_path):
+    from pipeline.bench.sweetspot import recommend
+
+    fast = _variant("int8_sq", "throughput", _long_plan(8)).model_copy(
+        update={"served": (_served(8, 5000.0, itl_p99=80.0, ttft_p99=100.0),)}  # fastest, over the ITL budget
+    )
+    slow = _variant("int8_wo", "throughput", _long_plan(12))
+    report = _report_of(fast).model_copy(update={"variants": (fast, slow)})
+    r = recommend(report)
+    # The fake runner's points all sit far inside 50 ms / 500 ms; the served one does not.
+    best_in_process = max(
+        (p for v in (fast, slow) for p in v.throughput), key=lambda p: p.output_tokens_per_s.median
+    )
+    assert r.best is not None and r.best.load_kind == "batch"
+    assert r.best.tokens_per_s == best_in_process.output_tokens_per_s and r.fastest_outside is None
+    assert dict(r.per_variant)["int8_sq/throughput"].load_kind == "batch"
+    # Every variant here has the same max_seq_len (48): the plan's largest batch decides.
+    assert r.long_context.variants == ("int8_wo/throughput",) and r.long_context.sequences == 12
+    md = write_bench_report(report, tmp_path)["markdown"].read_text()
+    lines = md.splitlines()
+    assert lines[2] == "## Recommendation"  # bench.md opens with it, under its title
+    assert "Latency budget: inter-token <= 50 ms and TTFT <= 500 ms" in md
+    assert f"| most output tokens/s within the budget | {r.best.variant} at {r.best.at} |" in md
+    assert (
+        "| most sequences at the long-context profile (throughput, max_seq_len 48) | int8_wo/throughput |"
+        in md
+    )
+    assert "![latency against throughput](pareto.png)" in md
+
+    # A budget nothing meets: no pick, and the fastest point says what it would need.
+    tight = report.model_copy(update={"settings": BenchSettings(itl_budget_ms=0.001, ttft_budget_ms=0.001)})
+    r = recommend(tight)
+    assert r.best is None and all(p is None for _, p in r.per_variant)
+    assert r.fastest_outside is not None and r.fastest_outside.at == "clients 8"
+    md = write_bench_report(tight, tmp_path / "tight")["markdown"].read_text()
+    assert "| none: no point meets the budget | the fastest, int8_sq/throughput at clients 8, needs:" in md
+    assert "| int8_wo/throughput | none within the budget |" in md
+
+
+def test_the_long_context_answer_is_the_longest_profile_and_keeps_ties():
+    from pipeline.bench.sweetspot import long_context_pick
+
+    short = _variant("int8_sq", "throughput", _long_plan(64))  # more sequences, but shorter ones
+    longs = [
+        _variant(p, "long", _long_plan(n)).model_copy(
+            update={"limits": {"max_batch_size": 4, "max_input_len": 32, "max_seq_len": 8192}}
+        )
+        for p, n in (("int8_sq", 28), ("int8_wo", 28), ("fp16", 14))
+    ]
+    pick = long_context_pick(_report_of(short).model_copy(update={"variants": (short, *longs)}))
+    assert (pick.profile, pick.max_seq_len, pick.sequences) == ("long", 8192, 28)
+    assert pick.variants == ("int8_sq/long", "int8_wo/long")
+
+
+def test_the_pareto_plot_is_1000_px_wide(tmp_path):
+    from matplotlib.image import imread
+
+    v = _variant("int8_wo", "throughput", _plan()).model_copy(
+        update={"served": (_served(2, 90.0, itl_p99=30.0, ttft_p99=200.0),)}
+    )
+    paths = write_bench_report(_report_of(v), tmp_path)
+    height, width, _ = imread(paths["pareto_plot"]).shape
+    assert width == 1000 and 300 < height < 1000
+
+
+# ---------------------------------------------------------------- plots a person reads (issue 23, item 5)
+
+
+def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(tmp_path, in_repo_root):
+    from pipeline.backends import backend_of
+    from pipeline.bench.plots import ceiling_lines, plan_memory_bars
+    from pipeline.facts.config import load_config
+
+    # The backend answers: the reference runtime (CPU target) is not what the plan models; an engine is.
+    assert not backend_of(load_config(None)).bench_plan_applies()
+    assert backend_of(load_config(in_repo_root / "pipeline.toml")).bench_plan_applies()
+    v = _variant("int8_wo", "throughput", _plan(1e6))
+    cpu = _report_of(v)
+    gpu = cpu.model_copy(update={"plan_applies": True})
+    assert ceiling_lines(cpu) == {} and plan_memory_bars(cpu) is None
+    assert [b for b, _ in ceiling_lines(gpu)["int8_wo/throughput"]] == [1, 2, 4]
+    assert plan_memory_bars(gpu) == [10.0]
+    md = write_bench_report(cpu, tmp_path)["markdown"].read_text()
+    (latency_row,) = [
+        line for line in md[md.index("## Latency") :].splitlines() if line.startswith("| int8_wo/")
+    ][:1]
+    assert latency_row.endswith("| n/a | n/a |")  # no ceiling, no ratio (was 9.3e-04x on the CPU)
+    assert "e-0" not in md  # no ratio against a ceiling the CPU never approaches
+    assert "fit (the plan's model of cpu, not of what ran here) |" in md
+    assert "fit (the plan's model" not in write_bench_report(gpu, tmp_path / "gpu")["markdown"].read_text()
+    assert "n/a" in _summary_text(cpu).split("int8_wo/throughput")[1].split("\n")[0]

@@ -28,6 +28,7 @@ from pipeline.facts.targets import LEGACY_CPU_TARGET
 if TYPE_CHECKING:
     import torch
 
+    from pipeline.bench.machine import GpuClocks
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
@@ -287,6 +288,15 @@ class Backend(Protocol):
 
     def bench_host_facts(self) -> dict[str, str]:
         """The host facts its figures depend on, beside the platform's (the GPU, or torch's threads)."""
+        ...
+
+    def bench_plan_applies(self) -> bool:
+        """Whether the plan's bandwidth ceilings and memory estimate (a model of the target GPU)
+        describe what this backend's engines run on, so that bench sets its figures beside them."""
+        ...
+
+    def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
+        """The clocks of the GPUs this backend runs on, now (empty: it runs on none)."""
         ...
 
     def memory_probe(self, *, served: bool) -> MemoryProbe | None:

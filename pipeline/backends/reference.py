@@ -44,6 +44,7 @@ from pipeline.runtime.limits import EngineLimits
 if TYPE_CHECKING:
     import torch
 
+    from pipeline.bench.machine import GpuClocks
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
@@ -142,6 +143,12 @@ class ReferenceBackend:
 
         # CPU figures depend on it as much as on the cores (an oversubscribed host favours 1).
         return {"torch_threads": str(torch.get_num_threads())}
+
+    def bench_plan_applies(self) -> bool:
+        return False  # the plan models the target GPU; these engines run in PyTorch on the CPU
+
+    def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
+        return ()  # the CPU runs these engines
 
     def memory_probe(self, *, served: bool) -> MemoryProbe | None:
         from pipeline.bench.memory import ProcessRssProbe

@@ -21,10 +21,11 @@ from pipeline.backends.base import EngineRunner
 from pipeline.bench.results import LatencyResult, ThroughputPoint
 from pipeline.bench.stats import (
     RequestTimeline,
+    Spread,
+    decode_tokens_per_s_spread,
     itl_percentiles,
-    median_decode_tokens_per_s,
     tokens_per_second,
-    ttft_percentiles,
+    ttft_ms_spread,
 )
 from pipeline.bench.workload import Case, Workload, synthetic_prompts
 from pipeline.core.errors import StageError
@@ -34,12 +35,17 @@ Clock = Callable[[], float]
 
 LATENCY_SOURCE = (
     "batch 1, streamed: each token timed on this process's monotonic clock when the runtime hands it "
-    "over (on_token); includes the runtime's per-step host work for that one request"
+    "over (on_token); includes the runtime's per-step host work for that one request. TTFT and decode "
+    "tokens/s (tokens after the first / their span): median and min-max over the runs; inter-token "
+    "percentiles over every gap of every run"
 )
 THROUGHPUT_SOURCE = (
-    "one non-streamed generate call per run: output tokens / wall time from sending the batch to the "
-    "return of generate, on this process's monotonic clock; no per-token times (streaming a batch "
-    "would time the runtime's per-request host work)"
+    "per run, two non-streamed generate calls on the same prompts: one output token (the batch's "
+    "prefill: its time to first token), then every output token (output tokens / wall time from "
+    "sending the batch to the return of generate, prefill included; decode step = (that wall time - "
+    "the prefill call's) / (output tokens - 1)), on this process's monotonic clock; median and "
+    "min-max over the runs, after a warm-up call at the same batch size; no per-token times "
+    "(streaming a batch would time the runtime's per-request host work)"
 )
 
 
@@ -67,6 +73,20 @@ def stream_one(runner: EngineRunner, prompt: list[int], output_len: int, clock: 
 class BatchRun:
     output_tokens: int
     wall_s: float  # from sending the batch to the return of generate
+
+
+@dataclass(frozen=True)
+class TimedBatch:
+    """One run at a batch size: the prefill call (one token) and the whole call, same prompts."""
+
+    prefill: BatchRun
+    whole: BatchRun
+    output_len: int
+
+    @property
+    def step_s(self) -> float:
+        """A decode step: each request of a static batch gets one token per step, after the prefill."""
+        return (self.whole.wall_s - self.prefill.wall_s) / (self.output_len - 1)
 
 
 def run_batch(runner: EngineRunner, prompts: list[list[int]], output_len: int, clock: Clock) -> BatchRun:
@@ -102,8 +122,9 @@ def measure_engine(
 ) -> EngineTimings:
     """Warm up, then batch-1 latency runs, then one point per batch size."""
     vocab_size = vocab_size_of(runner)
-    calls = (workload.warmup.runs if workload.warmup else 0) + workload.latency.runs
-    calls += sum(c.runs for c in workload.throughput)
+    warmups = workload.warmup.runs if workload.warmup else 0
+    calls = warmups + workload.latency.runs
+    calls += sum(c.runs + warmups for c in workload.throughput)
 
     def prompts_of(case: Case, run: int) -> list[list[int]]:
         return synthetic_prompts(case.batch_size, case.input_len, vocab_size, seed + run)
@@ -116,10 +137,19 @@ def measure_engine(
             advance(1)
         return out
 
-    def batched(case: Case, advance: Callable[[float], None]) -> list[BatchRun]:
+    def batched(case: Case, advance: Callable[[float], None]) -> list[TimedBatch]:
+        if workload.warmup is not None:
+            # The first call at a new batch shape pays for allocations (and kernel choice on a GPU).
+            for run in range(workload.warmup.runs):
+                run_batch(runner, prompts_of(case, -1 - run), workload.warmup.output_len, clock)
+                advance(1)
         out = []
         for run in range(case.runs):
-            out.append(run_batch(runner, prompts_of(case, run), case.output_len, clock))
+            prompts = prompts_of(case, run)
+            prefill = run_batch(runner, prompts, 1, clock)
+            out.append(
+                TimedBatch(prefill, run_batch(runner, prompts, case.output_len, clock), case.output_len)
+            )
             advance(1)
         return out
 
@@ -136,28 +166,32 @@ def latency_result(
 ) -> LatencyResult:
     """Batch-1 figures from the timelines of requests sent one at a time."""
     itl = itl_percentiles(timelines)
-    decode = median_decode_tokens_per_s(timelines)
+    decode = decode_tokens_per_s_spread(timelines)
     if itl is None or decode is None:
         raise StageError("bench", "no latency run produced two tokens with time between them")
     return LatencyResult(
         input_len=case.input_len,
         output_len=case.output_len,
         runs=case.runs,
-        ttft=ttft_percentiles(timelines),
+        ttft_ms=ttft_ms_spread(timelines),
         itl=itl,
         decode_tokens_per_s=decode,
         source=source,
     )
 
 
-def _throughput_point(case: Case, runs: list[BatchRun]) -> ThroughputPoint:
+def _throughput_point(case: Case, runs: list[TimedBatch]) -> ThroughputPoint:
     return ThroughputPoint(
         batch_size=case.batch_size,
         input_len=case.input_len,
         output_len=case.output_len,
         runs=case.runs,
-        output_tokens=runs[0].output_tokens,
-        wall_s=statistics.median(r.wall_s for r in runs),
-        output_tokens_per_s=statistics.median(tokens_per_second(r.output_tokens, r.wall_s) for r in runs),
+        output_tokens=runs[0].whole.output_tokens,
+        wall_s=statistics.median(r.whole.wall_s for r in runs),
+        output_tokens_per_s=Spread.of(
+            [tokens_per_second(r.whole.output_tokens, r.whole.wall_s) for r in runs]
+        ),
+        ttft_ms=Spread.of([r.prefill.wall_s * 1000 for r in runs]),
+        step_ms=Spread.of([r.step_s * 1000 for r in runs]),
         source=THROUGHPUT_SOURCE,
     )

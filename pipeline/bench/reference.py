@@ -103,5 +103,5 @@ def _batch_ratio(plan: PlanFigures, point: ThroughputPoint) -> BatchRatio:
     return BatchRatio(
         batch_size=point.batch_size,
         ceiling_tokens_per_s=ceiling,
-        measured_vs_ceiling=point.output_tokens_per_s / ceiling,
+        measured_vs_ceiling=point.output_tokens_per_s.median / ceiling,
     )

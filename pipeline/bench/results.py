@@ -6,13 +6,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.bench.machine import MachineState
 from pipeline.bench.memory import MemoryReading
-from pipeline.bench.stats import Percentiles
+from pipeline.bench.stats import Percentiles, Spread
 from pipeline.bench.workload import BenchSettings
 from pipeline.gate.verdict import GateCheck
 
 # 2: every figure names its source; in-process batches are timed without streaming; gate figures.
-BENCH_REPORT_VERSION = 2
+# 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks;
+#    each batch's prefill (TTFT) and decode step; the latency budget in the settings; plan_applies.
+BENCH_REPORT_VERSION = 3
 
 
 class Frozen(BaseModel):
@@ -25,9 +28,9 @@ class LatencyResult(Frozen):
     input_len: int
     output_len: int
     runs: int
-    ttft: Percentiles
-    itl: Percentiles
-    decode_tokens_per_s: float  # median over runs of (tokens after the first) / (their span)
+    ttft_ms: Spread  # one time to first token per run
+    itl: Percentiles  # over every gap of every run: the tail a client sees
+    decode_tokens_per_s: Spread  # per run: (tokens after the first) / (their span); no prefill
     source: str  # how the times were taken, in words
 
 
@@ -40,7 +43,9 @@ class ThroughputPoint(Frozen):
     runs: int
     output_tokens: int  # per run, all requests
     wall_s: float  # median over runs, from sending the batch to the return of generate
-    output_tokens_per_s: float  # median over runs
+    output_tokens_per_s: Spread  # per run: every output token / the whole call, prefill included
+    ttft_ms: Spread  # per run: the batch's prefill, a generate call for one output token
+    step_ms: Spread  # per run: (whole call - prefill call) / (output_len - 1): the inter-token time
     source: str
 
 
@@ -140,7 +145,9 @@ class BenchReport(Frozen):
     model: str
     target: str
     runtime: str  # what ran the engines: "reference (PyTorch ...)", "TensorRT-LLM 1.2.1"
+    plan_applies: bool  # whether the plan's ceilings and memory estimate describe what ran (the backend's)
     host: dict[str, str]
+    machine: MachineState
     settings: BenchSettings
     variants: tuple[VariantResult, ...]
     published: PublishedEstimate

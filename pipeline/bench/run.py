@@ -22,10 +22,11 @@ from typing import Any
 from pipeline.backends import backend_of, load_runner
 from pipeline.backends.base import Backend
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
+from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import Clock, measure_engine
+from pipeline.bench.machine import machine_state, snapshot
 from pipeline.bench.memory import MemoryReading
 from pipeline.bench.reference import plan_figures, published_estimate, ratios
-from pipeline.bench.report import write_bench_report
 from pipeline.bench.results import (
     BenchReport,
     GateFigures,
@@ -252,7 +253,7 @@ def variant_result(
         plan=plan,
         gate=gate_figures(engine.gate_dir),
         ratios=ratios(
-            decode_tokens_per_s=measured.latency.decode_tokens_per_s,
+            decode_tokens_per_s=measured.latency.decode_tokens_per_s.median,
             throughput=measured.throughput,
             memory=measured.memory,
             plan=plan,
@@ -291,6 +292,7 @@ def run_bench(
         pretrained_config=facts[found.engines[0]].pretrained_config, target=config.target.gpu
     )
     variants = []
+    before = snapshot(backend.bench_gpu_clocks)
     for engine in found.engines:
         if settings.server_url is not None:
             measured = measure_through_server(
@@ -314,12 +316,15 @@ def run_bench(
         variants.append(
             variant_result(engine, measured, limits=facts[engine].limits, plan=plan, published=published)
         )
+    after = snapshot(backend.bench_gpu_clocks)
     report = BenchReport(
         created_at=datetime.now(timezone.utc),
         model=config.model.name,
         target=config.target.gpu,
         runtime=backend.bench_runtime(),
+        plan_applies=backend.bench_plan_applies(),
         host=host_facts(backend),
+        machine=machine_state(before, after),
         settings=settings,
         variants=tuple(variants),
         published=published,

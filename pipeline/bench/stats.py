@@ -11,9 +11,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 PERCENTILES = (50, 90, 99)
+
+# A figure whose runs span (max - min) more than this share of their median is marked "noisy".
+# A presentation policy, not a tolerance fitted to any machine: two variants whose figures differ
+# by less than their spread cannot be ranked, and the choices the report informs (weight-only INT8
+# against SmoothQuant, one batch size against the next) turn on differences of 10-30%. At 10% a
+# ranking the noise could reverse is flagged instead of shown as settled.
+NOISY_RELATIVE_SPREAD = 0.10
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -42,6 +49,33 @@ class Percentiles(BaseModel):
     def of_seconds(cls, values: Sequence[float]) -> Percentiles:
         p50, p90, p99 = (percentile(values, q) * 1000 for q in PERCENTILES)
         return cls(p50_ms=p50, p90_ms=p90, p99_ms=p99, count=len(values))
+
+
+class Spread(BaseModel):
+    """One figure over repeated runs: the median, the lowest and highest run, and how many runs."""
+
+    model_config = ConfigDict(frozen=True)
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            raise ValueError("a spread of no runs")
+        return cls(median=percentile(values, 50), low=min(values), high=max(values), runs=len(values))
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def relative_spread(self) -> float:
+        """(max - min) / median: 0 for one run."""
+        return (self.high - self.low) / self.median if self.median > 0 else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def noisy(self) -> bool:
+        return self.relative_spread > NOISY_RELATIVE_SPREAD
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,11 @@ def itl_percentiles(timelines: Sequence[RequestTimeline]) -> Percentiles | None:
     return Percentiles.of_seconds(gaps) if gaps else None
 
 
-def median_decode_tokens_per_s(timelines: Sequence[RequestTimeline]) -> float | None:
+def decode_tokens_per_s_spread(timelines: Sequence[RequestTimeline]) -> Spread | None:
+    """Decode speed per request (after its first token); None when no request has one."""
     speeds = [s for t in timelines if (s := t.decode_tokens_per_s) is not None]
-    return percentile(speeds, 50) if speeds else None
+    return Spread.of(speeds) if speeds else None
+
+
+def ttft_ms_spread(timelines: Sequence[RequestTimeline]) -> Spread:
+    return Spread.of([t.ttft * 1000 for t in timelines])

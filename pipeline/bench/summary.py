@@ -4,33 +4,39 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from pipeline.bench.report import best_point, gate_verdict, ratio_text, variant_label
+from pipeline.bench.report import best_text, gate_verdict, plan_cell, ratio_text, spread_text, variant_label
 from pipeline.bench.results import BenchReport
+from pipeline.bench.stats import NOISY_RELATIVE_SPREAD
 
 
 def summary_table(report: BenchReport) -> Table:
-    table = Table(title=f"bench: {report.model} on {report.target}; {report.runtime}", title_justify="left")
+    busy = " BUSY MACHINE (load >= CPUs before the bench)" if report.machine.busy_before else ""
+    table = Table(
+        title=f"bench: {report.model} on {report.target}; {report.runtime}{busy}",
+        title_justify="left",
+        caption=f"median (min-max of runs); noisy: runs span > {NOISY_RELATIVE_SPREAD:.0%} of the median. "
+        "decode: batch 1 after the first token; output: whole generate call, prefill included",
+        caption_justify="left",
+    )
     for column in (
         "engine",
-        "TTFT p50 ms",
+        "TTFT ms",
         "ITL p50/p99 ms",
-        "batch-1 tok/s",
+        "decode tok/s (b1)",
         "vs ceiling",
-        "best tok/s",
+        "best output tok/s",
         "peak memory",
         "gate",
     ):
         table.add_column(column, overflow="fold")
     for v in report.variants:
-        best_rate, best_at = best_point(v)
-        ratio = v.ratios.decode_vs_ceiling
         table.add_row(
             variant_label(v),
-            f"{v.latency.ttft.p50_ms:.1f}",
+            spread_text(v.latency.ttft_ms),
             f"{v.latency.itl.p50_ms:.2f}/{v.latency.itl.p99_ms:.2f}",
-            f"{v.latency.decode_tokens_per_s:.1f}",
-            ratio_text(ratio),
-            f"{best_rate:.1f} ({best_at})",
+            spread_text(v.latency.decode_tokens_per_s),
+            plan_cell(report, ratio_text(v.ratios.decode_vs_ceiling)),
+            best_text(v),
             f"{v.memory.peak_bytes / 2**30:.2f} GiB ({v.memory.measure})" if v.memory else "n/a",
             gate_verdict(v),
         )

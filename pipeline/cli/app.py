@@ -301,12 +301,29 @@ def bench_command(
         int, typer.Option("--output-len", min=2, help="Output tokens per request (clamped to each profile).")
     ] = 128,
     latency_runs: Annotated[int, typer.Option("--latency-runs", min=1, help="Batch-1 runs per engine.")] = 5,
+    throughput_runs: Annotated[
+        int, typer.Option("--throughput-runs", min=1, help="Runs per batch size (median, min-max).")
+    ] = 3,
     batch_size: Annotated[
         list[int] | None,
         typer.Option(
             "--batch-size", min=1, help="Throughput batch size (repeatable). Default: 1, 2, 4... max."
         ),
     ] = None,
+    itl_budget_ms: Annotated[
+        float,
+        typer.Option(
+            "--itl-budget-ms", min=0.001, help="Latency budget for the recommendation: inter-token ms."
+        ),
+    ] = 50.0,
+    ttft_budget_ms: Annotated[
+        float,
+        typer.Option(
+            "--ttft-budget-ms",
+            min=0.001,
+            help="Latency budget for the recommendation: time to first token ms.",
+        ),
+    ] = 500.0,
     server_url: Annotated[
         str | None,
         typer.Option(
@@ -349,6 +366,9 @@ def bench_command(
         input_len=input_len,
         output_len=output_len,
         latency_runs=latency_runs,
+        throughput_runs=throughput_runs,
+        itl_budget_ms=itl_budget_ms,
+        ttft_budget_ms=ttft_budget_ms,
         batch_sizes=tuple(batch_size) if batch_size else None,
         server_url=server_url,
         concurrency=tuple(concurrency) if concurrency else None,

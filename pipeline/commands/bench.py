@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.bench.nsys import REPORT_NAME, find_nsys, profiled_argv
-from pipeline.bench.report import BenchReport
+from pipeline.bench.results import BenchReport
 from pipeline.bench.run import run_bench
 from pipeline.bench.workload import BenchSettings
 from pipeline.commands.checks import check_filters, check_work_dir

@@ -33,6 +33,7 @@ from pipeline.facts.formats import Precision, unsupported_on_sm
 from pipeline.planning.tasks import ENGINE_STAGES
 
 if TYPE_CHECKING:
+    from pipeline.bench.machine import GpuClocks
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
@@ -143,6 +144,14 @@ class TrtllmEngineBackend:
         import torch  # the runtime has loaded it already
 
         return {"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}
+
+    def bench_plan_applies(self) -> bool:
+        return True  # engines of the target's GPU, which the plan models
+
+    def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
+        from pipeline.bench.machine import nvml_gpu_clocks
+
+        return nvml_gpu_clocks()
 
     def memory_probe(self, *, served: bool) -> MemoryProbe | None:
         from pipeline.bench.memory import NvmlDeviceProbe
