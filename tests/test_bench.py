@@ -1106,6 +1106,7 @@ def test_bench_nsys_runs_this_bench_under_nsys_profile(tmp_path, in_repo_root, c
     nsys.write_text(
         "#!/bin/sh\n"
         'printf "%s\\n" "$@" > "$NSYS_ARGS"\n'
+        'env > "$NSYS_ARGS.env"\n'
         'for a in "$@"; do case "$a" in --output=*) touch "${a#--output=}.nsys-rep";; esac; done\n'
         'exit "$NSYS_EXIT"\n'
     )
@@ -1115,7 +1116,13 @@ def test_bench_nsys_runs_this_bench_under_nsys_profile(tmp_path, in_repo_root, c
     monkeypatch.setenv("NSYS_EXIT", "0")
     out = tmp_path / "out"
     args = ["bench", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--nsys", "--latency-runs", "2"]
-    assert main(args) == 0
+    from mpi_singleton import PMIX_VARIABLES, singleton_mpi_parent
+
+    with singleton_mpi_parent():  # as the bench leaves its process after importing TensorRT-LLM
+        assert main(args) == 0
+    assert not {line.split("=", 1)[0] for line in (tmp_path / "args.env").read_text().splitlines()} & set(
+        PMIX_VARIABLES
+    )
     recorded = (tmp_path / "args").read_text().splitlines()
     child = [
         sys.executable,

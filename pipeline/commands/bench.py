@@ -16,6 +16,7 @@ from pipeline.commands.checks import check_filters, check_work_dir
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
+from pipeline.core.tools import child_environ
 from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
 
@@ -61,8 +62,9 @@ def profile_bench(out_dir: Path, bench_args: Sequence[str], *, say: Callable[[st
     out_dir.mkdir(parents=True, exist_ok=True)
     say(f"recording with Nsight Systems: {shlex.join(argv)}")
     # Not core.tools.run_tool: the child is this command, whose progress, summary and one-line
-    # errors belong on this terminal, and whose exit code is the answer.
-    code = subprocess.run(argv, check=False).returncode
+    # errors belong on this terminal, and whose exit code is the answer. Its environment is still
+    # child_environ(): the bench has imported TensorRT-LLM, whose MPI singleton putenv()s PMIX_*.
+    code = subprocess.run(argv, check=False, env=child_environ()).returncode
     if code == 0:
         if not (out_dir / REPORT_NAME).is_file():
             raise StageError("bench", f"nsys exited 0 but wrote no {out_dir / REPORT_NAME}")
