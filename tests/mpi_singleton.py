@@ -46,6 +46,16 @@ def singleton_mpi_parent() -> Iterator[None]:
         del buffers
 
 
+def inherits_mpi_job(env: dict[str, str] | None) -> bool:
+    """Whether a child started with `env` (None: the C library's environ, as subprocess does) would
+    see the PMIx variables of the parent's singleton job, and so fail in orte_init."""
+    if env is not None:
+        return "PMIX_SERVER_URI" in env
+    getenv = ctypes.CDLL(None).getenv
+    getenv.restype = ctypes.c_char_p
+    return getenv(b"PMIX_SERVER_URI") is not None
+
+
 def write_mpi_child_packages(root: Path) -> Path:
     """Stand-ins for tensorrt_llm and tensorrt, as a child Python imports them: tensorrt_llm's import
     initialises MPI and, like Open MPI's orte_init, aborts the process when it finds the PMIx

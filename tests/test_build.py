@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fake_stages import StandIn
-from mpi_singleton import singleton_mpi_parent, write_mpi_child_packages
+from mpi_singleton import inherits_mpi_job, singleton_mpi_parent, write_mpi_child_packages
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.backends import load_runner
@@ -431,6 +431,9 @@ class FakeTensorRTLLM:
     def __call__(self, argv, *, stdout, stderr, env, cwd, check):
         if argv[1] == "-c":
             self.probes += 1
+            if inherits_mpi_job(env):  # its `import tensorrt_llm` aborts in orte_init (mpi_singleton)
+                stdout.write("getting local rank failed --> Returned value No permission (-17)\n")
+                return subprocess.CompletedProcess(argv, 1)
             report = GOOD_ENV.model_copy(update={"gpus": (self.gpu,)}).model_dump(mode="json")
             Path(argv[3]).write_text(json.dumps(report))
             return subprocess.CompletedProcess(argv, 0)

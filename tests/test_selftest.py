@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_stages import RUNS, StandIn, fake_stages
+from mpi_singleton import singleton_mpi_parent
 from test_build import A100, GIB, FakeTensorRTLLM, trtllm_build_parser
 
 from pipeline.backends.trtllm_engine.environment import GpuInfo
@@ -143,6 +144,8 @@ def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A
         runner=FakeTensorRTLLM(gpu=gpu),
         stages=publishing_stages(config, gate_ok),
         serve=serve or StandInServer(),
+        # What `import tensorrt_llm` leaves in this process: Open MPI's singleton PMIx variables.
+        mpi_parent=singleton_mpi_parent,
     )
 
 
@@ -152,6 +155,7 @@ def test_a_passing_selftest_reports_every_step_and_writes_its_json(repo_root, tm
     names = [c.name for c in report.checks]
     assert names == [
         "environment",
+        "child after MPI",
         "fetch",
         "calibrate[int8_sq]",
         "build[int8_sq/selftest]",
@@ -167,6 +171,18 @@ def test_a_passing_selftest_reports_every_step_and_writes_its_json(repo_root, tm
     assert repository.name == CURRENT and len(prompts) == 1 and max_tokens == 16
     saved = SelftestReport.model_validate_json((tmp_path / "st" / REPORT_NAME).read_text())
     assert saved == report
+
+
+def test_a_child_that_would_inherit_mpis_variables_fails_its_row_before_any_build(
+    repo_root, tmp_path, monkeypatch
+):
+    """Were children started from the C library's environ (env=None), the probe after the parent's
+    `import tensorrt_llm` would abort in orte_init: the row fails and nothing is built."""
+    monkeypatch.setattr("pipeline.core.tools.child_environ", lambda extra=None: None)
+    RUNS.clear()
+    report = selftest(tmp_path, repo_root)
+    assert [(c.name, c.ok) for c in report.checks] == [("environment", True), ("child after MPI", False)]
+    assert "fails to import" in report.checks[1].detail and not RUNS and not report.ok
 
 
 def test_every_selftest_really_builds_again(repo_root, tmp_path):

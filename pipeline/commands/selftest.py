@@ -19,7 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,7 @@ def run_selftest(
     runner: ToolRunner = subprocess.run,
     stages: Mapping[str, Stage] = STAGES,
     serve: Serve | None = None,
+    mpi_parent: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> SelftestReport:
     """Run every step, record each as a check, write work_dir/report.json; never raises for a failed step
     (a work dir it cannot write to is no step: it is refused before the first)."""
@@ -178,6 +180,9 @@ def run_selftest(
             duration_s=time.perf_counter() - t0,
         )
     )
+    checks.append(children_after_mpi(work_dir, runner=runner, mpi_parent=mpi_parent or tensorrt_llm_imported))
+    if not checks[-1].ok:
+        return _finish(report, work_dir)
     config = selftest_config(target.name, work_dir, data_dir)
     reporter.info(f"{STAGE}: the pipeline on a {config.model.tiny_size}-size tiny Mistral for {target.name}")
     run = run_pipeline(
@@ -215,6 +220,31 @@ def run_selftest(
             Check(name=f"serve {a.route}", ok=a.ok, detail=detail, duration_s=time.perf_counter() - t0)
         )
     return _finish(report, work_dir)
+
+
+@contextmanager
+def tensorrt_llm_imported() -> Iterator[None]:
+    import tensorrt_llm  # noqa: F401
+
+    yield
+
+
+def children_after_mpi(
+    work_dir: Path, *, runner: ToolRunner, mpi_parent: Callable[[], AbstractContextManager[None]]
+) -> Check:
+    """Import TensorRT-LLM here, as calibration's export and the gate do in a real run (its import
+    initialises MPI, whose singleton putenv()s PMIX_*), then start the probe's child Python again: a
+    child that inherits those variables fails in orte_init, and the builds after it would too."""
+    t0 = time.perf_counter()
+    with mpi_parent():
+        try:
+            probe_environment(work_dir / "probe-after-mpi.log", runner=runner)
+        except PipelineError as exc:
+            return Check(
+                name="child after MPI", ok=False, detail=exc.message, duration_s=time.perf_counter() - t0
+            )
+    detail = "TensorRT-LLM imported here, then a child Python imported it too"
+    return Check(name="child after MPI", ok=True, detail=detail, duration_s=time.perf_counter() - t0)
 
 
 def _finish(report: SelftestReport, work_dir: Path) -> SelftestReport:
