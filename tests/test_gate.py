@@ -212,7 +212,7 @@ def test_gate_passes_a_good_checkpoint(tmp_path_factory, tiny_model_dir, gate, p
     ]
     assert record.windows == 8 and record.window_len == 64 and record.prompts == 8
     # the same checkpoint, served with the same limits and batches: the same computation, bit for bit
-    assert record.served_exact_greedy_matches == 8
+    assert record.served_exact_greedy_matches == 8 and record.served_near_ties == 0
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
@@ -277,13 +277,14 @@ class Counting:
     def __init__(self, model) -> None:
         self.model = model
         self.calls: list[int] = []
+        self.generated: list[int] = []
 
     def context_logits(self, sequences):
         self.calls.append(len(sequences))
         return self.model.context_logits(sequences)
 
     def generate(self, prompts, **options):
-        self.calls.append(len(prompts))
+        self.generated.append(len(prompts))
         return self.model.generate(prompts, **options)
 
 
@@ -305,8 +306,13 @@ def test_gate_scores_in_its_own_small_batch_whatever_the_engines_allow(
         limits=wide,
     )
     assert record.batch_size == 3
-    for model in (counted_reference, *models.values()):
+    for model in (counted_reference, models["candidate"]):
         assert model.calls and max(model.calls) == 3
+    # Prompts are continued one at a time by every model: batch 1 is the shape the gate engine and a
+    # served engine of any profile share (issue 21, item 4); the served engine is only asked for them.
+    for model in (counted_reference, *models.values()):
+        assert model.generated and set(model.generated) == {1}
+    assert not models["served"].calls
 
 
 def test_token_scores_widen_a_slice_at_a_time_and_match_a_whole_log_softmax():
@@ -381,6 +387,7 @@ def _record(**changes) -> GateRecord:
         candidate_perplexity=5.274,
         exact_greedy_matches=3,
         served_exact_greedy_matches=8,
+        served_near_ties=0,
         reference_choice_accuracy=None,
         candidate_choice_accuracy=None,
         windows=8,
@@ -441,6 +448,7 @@ def test_checks_compare_each_measure_in_its_direction():
         candidate_choice_accuracy=0.59,
         served_greedy_match=0.85,
         served_exact_greedy_matches=6,
+        served_near_ties=0,
     )
     checks = {c.name: c.passed for c in checks_for(measures, thresholds, min_served_greedy_match=0.9)}
     assert checks == {
@@ -602,3 +610,60 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
     rejected = [m for m in manifests if not m.ok]
     assert len(rejected) == 1 and rejected[0].record["verdict"] is False
     assert "FAILED" in rejected[0].summary
+
+
+# ---------------------------------------------------------------- served vs gate at a near tie (issue 21, item 4)
+
+
+def test_fp16_step_is_the_distance_to_the_next_fp16_number():
+    from pipeline.gate.metrics import fp16_step
+
+    values = torch.tensor([0.75, 1.0, 3.0, 17.5, 30.0, 1000.0, -12.0], dtype=torch.float16)
+    following = torch.nextafter(values.abs(), torch.tensor(float("inf"), dtype=torch.float16))
+    assert torch.equal(fp16_step(values.float()), (following - values.abs()).float())
+
+
+def test_a_near_tie_is_within_the_stated_fp16_steps_of_the_top_logit():
+    from pipeline.gate.metrics import NEAR_TIE_FP16_STEPS, near_tie_tokens
+
+    step = 2.0**-6  # fp16's step at logits in [16, 32)
+    row = torch.tensor(
+        [[20.0, 20.0 - NEAR_TIE_FP16_STEPS * step, 20.0 - (NEAR_TIE_FP16_STEPS + 1) * step, 3.0]]
+    )
+    assert near_tie_tokens(row) == [frozenset({0, 1})]
+
+
+def test_a_served_divergence_at_a_near_tie_counts_as_agreement_and_is_counted():
+    from pipeline.gate.metrics import served_agreement
+
+    gate = [[1, 2, 3, 4], [1, 2, 3, 4], [5, 6]]
+    ties = [
+        [frozenset({1}), frozenset({2, 9}), frozenset({3}), frozenset({4}), frozenset({0})],
+        [frozenset({1}), frozenset({2}), frozenset({3}), frozenset({4}), frozenset({0})],
+        [],  # too long for the gate engine's input: no ties known
+    ]
+    served = [[1, 9, 7, 7], [1, 9, 7, 7], [5, 7]]
+    match, tied = served_agreement(gate, served, ties)
+    # The first diverges onto a token the gate engine had tied there; the second onto one it had not,
+    # a quarter in; the third has no logits to judge by, half in.
+    assert tied == 1 and match == pytest.approx((1.0 + 0.25 + 0.5) / 3)
+    assert served_agreement(gate, gate, ties) == (1.0, 0)
+
+
+def test_the_gate_notes_where_its_engine_had_a_near_tie(
+    tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings
+):
+    """observe() records, per prompt and position, the tokens within the margin of the top one, from the
+    model's own logits over prompt + continuation: the greedy token is always among them."""
+    from pipeline.gate.data import prepare_inputs
+    from pipeline.gate.evaluate import observe
+
+    limits = EngineLimits(max_batch_size=8, max_input_len=64, max_seq_len=96)
+    inputs = prepare_inputs(gate_settings, tokenizer, limits)
+    seen = observe(reference, inputs, batch_size=4, max_input_len=limits.max_input_len)
+    for prompt, continuation, ties in zip(inputs.prompts, seen.continuations, seen.ties, strict=True):
+        if len(prompt) + len(continuation) > limits.max_input_len:
+            assert ties == []
+            continue
+        assert len(ties) == len(continuation) + 1
+        assert all(token in at for token, at in zip(continuation, ties, strict=False))

@@ -61,18 +61,18 @@ def run_gate(
     reference/candidate/served are loaders: each model is loaded, observed and released in
     turn, so a GPU host never holds two of them at once. limits are the candidate's, served_limits
     the served engine's: windows and choices fit the first, prompts both. At most
-    settings.batch_size sequences are in flight at once, whatever the engines' max_batch_size.
+    settings.batch_size sequences are in flight at once, whatever the engines' max_batch_size; prompts
+    are continued one at a time, so the served engine and the gate engine are compared at one shape.
     """
     inputs = prepare_inputs(settings, tokenizer, limits, served=served_limits)
     batch = min(settings.batch_size, limits.max_batch_size)
-    served_batch = min(settings.batch_size, served_limits.max_batch_size)
     total = len(inputs.windows) + len(inputs.prompts) + len(inputs.choices)
 
     def full(model: LanguageModel, advance: Callable[[float], None]) -> Observation:
-        return observe(model, inputs, batch_size=batch, advance=advance)
+        return observe(model, inputs, batch_size=batch, max_input_len=limits.max_input_len, advance=advance)
 
     def prompts_only(model: LanguageModel, advance: Callable[[float], None]) -> list[list[int]]:
-        return continue_prompts(model, inputs, batch_size=served_batch, advance=advance)
+        return continue_prompts(model, inputs, advance=advance)
 
     memory: list[GpuStepMemory] = []
     reference_obs, reference_s = _timed("reference", reference, full, total, reporter, memory)
@@ -91,6 +91,7 @@ def run_gate(
         candidate_perplexity=measures.candidate_perplexity,
         exact_greedy_matches=measures.exact_greedy_matches,
         served_exact_greedy_matches=measures.served_exact_greedy_matches,
+        served_near_ties=measures.served_near_ties,
         reference_choice_accuracy=measures.reference_choice_accuracy,
         candidate_choice_accuracy=measures.candidate_choice_accuracy,
         windows=len(inputs.windows),

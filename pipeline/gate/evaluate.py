@@ -22,7 +22,9 @@ from pipeline.gate.metrics import (
     choice_logprob,
     exact_matches,
     greedy_match,
+    near_tie_tokens,
     perplexity_increase_pct,
+    served_agreement,
     token_scores,
     top1_agreement,
     window_stats,
@@ -42,8 +44,11 @@ class Observation:
     """One model's outputs on the gate inputs."""
 
     windows: WindowStats
-    continuations: list[list[int]]
+    continuations: list[list[int]]  # greedy, one prompt at a time
     choices: list[int]  # the choice each multiple-choice item picks
+    # Per prompt and continuation position: the tokens this model had at a near tie there (the last
+    # entry: where it stopped). Empty where the prompt and continuation exceed the model's input.
+    ties: list[list[frozenset[int]]]
 
 
 @dataclass(frozen=True)
@@ -58,27 +63,57 @@ class Measures:
     candidate_choice_accuracy: float | None
     served_greedy_match: float
     served_exact_greedy_matches: int
+    served_near_ties: int  # served divergences at a near tie of the gate engine, counted as agreement
 
 
 Progress = Callable[[float], None]
 
 
 def continue_prompts(
-    model: LanguageModel, inputs: GateInputs, *, batch_size: int, advance: Progress = lambda _: None
+    model: LanguageModel, inputs: GateInputs, *, advance: Progress = lambda _: None
 ) -> list[list[int]]:
-    """The model's greedy continuation of each prompt."""
+    """The model's greedy continuation of each prompt, one prompt at a time: an engine picks its
+    kernels by batch, so batch 1 is the one shape every engine compared here shares."""
     continuations = []
-    for start in range(0, len(inputs.prompts), batch_size):
-        batch = inputs.prompts[start : start + batch_size]
-        continuations += model.generate(batch, max_new_tokens=inputs.max_new_tokens, end_id=inputs.end_id)
-        advance(len(batch))
+    for prompt in inputs.prompts:
+        continuations += model.generate([prompt], max_new_tokens=inputs.max_new_tokens, end_id=inputs.end_id)
+        advance(1)
     return continuations
 
 
+def near_ties(
+    model: LanguageModel,
+    inputs: GateInputs,
+    continuations: list[list[int]],
+    *,
+    batch_size: int,
+    max_input_len: int,
+) -> list[list[frozenset[int]]]:
+    """Where the model's own greedy choice had a near tie, from its logits over prompt + continuation."""
+    ties: list[list[frozenset[int]]] = [[] for _ in inputs.prompts]
+    fits = [
+        i
+        for i, (p, c) in enumerate(zip(inputs.prompts, continuations, strict=True))
+        if len(p) + len(c) <= max_input_len
+    ]
+    for start in range(0, len(fits), batch_size):
+        batch = fits[start : start + batch_size]
+        sequences = [inputs.prompts[i] + continuations[i] for i in batch]
+        for i, logits in zip(batch, model.context_logits(sequences), strict=True):
+            ties[i] = near_tie_tokens(logits[len(inputs.prompts[i]) - 1 :])
+    return ties
+
+
 def observe(
-    model: LanguageModel, inputs: GateInputs, *, batch_size: int, advance: Progress = lambda _: None
+    model: LanguageModel,
+    inputs: GateInputs,
+    *,
+    batch_size: int,
+    max_input_len: int,
+    advance: Progress = lambda _: None,
 ) -> Observation:
-    """Score the windows, continue the prompts greedily and pick an answer per choice item.
+    """Score the windows, continue the prompts greedily (noting near ties) and pick an answer per
+    choice item.
 
     At most batch_size sequences are in flight at once; each sequence's logits are reduced to
     per-token NLL and top-1 as soon as they arrive.
@@ -90,7 +125,8 @@ def observe(
             token_scores(logits, ids) for ids, logits in zip(batch, model.context_logits(batch), strict=True)
         ]
         advance(len(batch))
-    continuations = continue_prompts(model, inputs, batch_size=batch_size, advance=advance)
+    continuations = continue_prompts(model, inputs, advance=advance)
+    ties = near_ties(model, inputs, continuations, batch_size=batch_size, max_input_len=max_input_len)
     picks = []
     for item in inputs.choices:
         sequences = [item.context + continuation for continuation in item.continuations]
@@ -105,13 +141,14 @@ def observe(
             ]
         picks.append(max(range(len(logprobs)), key=logprobs.__getitem__))
         advance(1)
-    return Observation(windows=window_stats(scores), continuations=continuations, choices=picks)
+    return Observation(windows=window_stats(scores), continuations=continuations, choices=picks, ties=ties)
 
 
 def compare(
     reference: Observation, candidate: Observation, served: list[list[int]], inputs: GateInputs
 ) -> Measures:
     """The candidate (the gate engine) against the reference; the served engine against the candidate."""
+    served_match, served_ties = served_agreement(candidate.continuations, served, candidate.ties)
     answers = [item.answer for item in inputs.choices]
 
     def accuracy(picks: list[int]) -> float | None:
@@ -128,8 +165,9 @@ def compare(
         exact_greedy_matches=exact_matches(reference.continuations, candidate.continuations),
         reference_choice_accuracy=accuracy(reference.choices),
         candidate_choice_accuracy=accuracy(candidate.choices),
-        served_greedy_match=greedy_match(candidate.continuations, served),
+        served_greedy_match=served_match,
         served_exact_greedy_matches=exact_matches(candidate.continuations, served),
+        served_near_ties=served_ties,
     )
 
 

@@ -97,6 +97,47 @@ def greedy_match(reference: list[list[int]], candidate: list[list[int]]) -> floa
     return sum(shares) / len(shares)
 
 
+# A near tie: two tokens whose gate-engine logits differ by less than this many fp16 steps (ulps) at
+# the larger logit. Engines write logits in fp16; two engines of one checkpoint that pick different
+# kernels round the lm_head GEMM's output each by up to half a step (one step between them, two on the
+# margin of two tokens), and its fp16 input, the final norm's output, by up to half a step of its own,
+# which reaches the logits at a like relative size: two more. A margin under 4 steps can flip on the
+# rounding of the last two operations alone, before anything earlier in the network differs.
+NEAR_TIE_FP16_STEPS = 4
+
+
+def fp16_step(x: torch.Tensor) -> torch.Tensor:
+    """The spacing of fp16 numbers at |x| (normal range: 2^(exponent - 10))."""
+    exponent = torch.floor(torch.log2(x.abs().clamp(min=2.0**-14)))
+    return torch.pow(2.0, exponent - 10)
+
+
+def near_tie_tokens(logits: torch.Tensor, steps: float = NEAR_TIE_FP16_STEPS) -> list[frozenset[int]]:
+    """Per row of logits [positions, vocab]: the tokens whose logit is within `steps` fp16 steps of
+    the row's largest."""
+    logits = logits.float()
+    top = logits.max(dim=-1, keepdim=True).values
+    close = logits >= top - steps * fp16_step(top)
+    return [frozenset(row.nonzero().flatten().tolist()) for row in close]
+
+
+def served_agreement(
+    gate: list[list[int]], served: list[list[int]], ties: list[list[frozenset[int]]]
+) -> tuple[float, int]:
+    """greedy_match of the served continuations against the gate engine's, where a first divergence
+    onto a token the gate engine had at a near tie (ties[prompt][position]) counts as agreement;
+    and how many prompts were so counted."""
+    shares, tied = [], 0
+    for ref, cand, at in zip(gate, served, ties, strict=True):
+        i = common_prefix(ref, cand)
+        if ref != cand and i < len(at) and i < len(cand) and cand[i] in at[i]:
+            shares.append(1.0)
+            tied += 1
+        else:
+            shares.append(greedy_match([ref], [cand]))
+    return sum(shares) / len(shares), tied
+
+
 def exact_matches(reference: list[list[int]], candidate: list[list[int]]) -> int:
     return sum(ref == cand for ref, cand in zip(reference, candidate, strict=True))
 

@@ -29,6 +29,9 @@ class GateResult(BaseModel):
     candidate_perplexity: float
     exact_greedy_matches: int
     served_exact_greedy_matches: int  # prompts the served engine continues exactly as the gate engine
+    # Prompts where the served engine first diverged onto a token the gate engine had at a near tie
+    # (gate.metrics.NEAR_TIE_FP16_STEPS), counted as agreement in served_greedy_match.
+    served_near_ties: int
     reference_choice_accuracy: float | None
     candidate_choice_accuracy: float | None
     windows: int
@@ -81,7 +84,8 @@ def render_markdown(record: GateResult) -> str:
         f"Greedy continuations: {record.exact_greedy_matches} of {record.prompts} prompts identical "
         f"({record.max_new_tokens} new tokens).",
         f"Served engine against the gate engine (same checkpoint, with context logits): "
-        f"{record.served_exact_greedy_matches} of {record.prompts} continuations identical.",
+        f"{record.served_exact_greedy_matches} of {record.prompts} continuations identical at batch 1, "
+        f"{record.served_near_ties} more first diverging at a near tie of the gate engine's logits.",
     ]
     if record.candidate_choice_accuracy is not None:
         lines.append(
