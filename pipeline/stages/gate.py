@@ -24,7 +24,7 @@ class Gate(Stage):
     """The precision's gate engine against the unquantized model, then the served engine against the gate engine."""
 
     name = "gate"
-    version = 3
+    version = 4  # 4: prompts continued at batch 1, near ties counted (served_near_ties)
     tools = ("torch", "transformers", "tensorrt-llm")
 
     def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
