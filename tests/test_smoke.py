@@ -48,6 +48,13 @@ def shm_regions() -> set[str]:
     return {p.name for p in SHM.glob("triton_python_backend_shm_region_*")} if SHM.is_dir() else set()
 
 
+def mapped_shm_regions(pid: int) -> set[str]:
+    """The Python backend's regions a process has mapped: this server's own, whatever other servers
+    on the machine create meanwhile."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {Path(line.split()[-1]).name for line in maps if "/triton_python_backend_shm_region_" in line}
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, tiny_model_dir):
     """A reference-backend repository of the tiny model's int8_sq checkpoint, published by the real publish stage."""
@@ -85,13 +92,12 @@ class GrpcTritonServer(TritonServer):
 
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
-    before = shm_regions()
     work = tmp_path_factory.mktemp("server")
     triton = GrpcTritonServer(smoke.serving_view(published[2], work), work_dir=work)
     triton.start()
     try:
         triton.wait_ready()
-        triton.shm_before = before
+        triton.shm_own = mapped_shm_regions(triton.process.pid)
         yield triton
     finally:
         triton.stop()
@@ -401,4 +407,4 @@ def test_the_server_stops_by_pid_and_frees_its_shared_memory(server):
     """Last in the module: it stops the module's server."""
     server.stop()
     assert server.process.returncode == 0
-    assert shm_regions() - server.shm_before == set()
+    assert server.shm_own and not server.shm_own & shm_regions()
