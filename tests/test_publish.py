@@ -427,9 +427,11 @@ def test_release_manifest_files_match_what_is_released(tmp_path):
 
 def test_a_copy_to_the_destination_that_fails_verification_leaves_nothing_there(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
-    real_sha256 = atomic.sha256_file
+    real_sha256 = atomic.sha256_and_stat
     monkeypatch.setattr(
-        atomic, "sha256_file", lambda p: "f" * 64 if "published" in str(p) else real_sha256(p)
+        atomic,
+        "sha256_and_stat",
+        lambda p: ("f" * 64, os.stat(p)) if "published" in str(p) else real_sha256(p),
     )
     config = config_with(tmp_path)
     report = run_publish(config, tmp_path / "work", Upstream())

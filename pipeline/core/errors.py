@@ -212,6 +212,19 @@ class IntegrityError(PipelineError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class ModifiedManifestError(IntegrityError):
+    """An artifact's manifest.json is unreadable or no longer matches its seal (edited since it was
+    written): the artifact counts as modified, as one whose files differ does."""
+
+    def __init__(self, manifest: Path, problem: str) -> None:
+        self.artifact = manifest.parent
+        self.problem = problem
+        super().__init__(
+            f"{manifest}: {problem}",
+            hint="`trtllm-pipeline run` sets the artifact aside and rebuilds it",
+        )
+
+
 class RemoteTaskError(PipelineError):
     """A task's error on a Ray worker, as the driver gets it: the same line, hint and exit code (the
     original class does not cross processes: its constructor takes other arguments than it pickles)."""
