@@ -64,6 +64,8 @@ def run_gate(
     settings.batch_size sequences are in flight at once, whatever the engines' max_batch_size.
     """
     inputs = prepare_inputs(settings, tokenizer, limits, served=served_limits)
+    if inputs.cut:
+        reporter.warn(inputs.cut)
     batch = min(settings.batch_size, limits.max_batch_size)
     served_batch = min(settings.batch_size, served_limits.max_batch_size)
     total = len(inputs.windows) + len(inputs.prompts) + len(inputs.choices)
