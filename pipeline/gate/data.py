@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.datasets.jsonl import load_texts
+from pipeline.datasets.jsonl import load_prompts, load_texts
 from pipeline.facts.config import GateSection
 from pipeline.runtime.limits import EngineLimits
 
@@ -48,7 +48,7 @@ def prepare_inputs(
     """Tokenize the configured sets; windows, prompts and choices are cut to fit `limits` (the scored
     engine's), prompts and their continuations the `served` engine's too."""
     evaluation = load_texts(settings.eval_dataset)
-    prompts = load_texts(settings.prompts, text_field="prompt")
+    prompts = load_prompts(settings.prompts)
     sources = {str(evaluation.path): evaluation.sha256, str(prompts.path): prompts.sha256}
     window_len = min(settings.eval_seq_len, limits.max_input_len)
     stream: list[int] = tokenizer("\n\n".join(evaluation.texts), add_special_tokens=False)["input_ids"]

@@ -228,9 +228,9 @@ def smoke_published(
     max_tokens: int | None = None,
 ) -> list[SmokeReport]:
     """Smoke every published variant the filters select, one server at a time."""
-    from pipeline.datasets.jsonl import load_texts
+    from pipeline.datasets.jsonl import load_prompts
 
-    texts = load_texts(config.gate.prompts, limit=prompts).texts
+    texts = load_prompts(config.gate.prompts, limit=prompts).texts
     reports = []
     for precision in config.quantization.precisions:
         for profile in config.profiles:
