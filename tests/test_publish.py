@@ -918,3 +918,62 @@ def test_a_gated_file_changed_while_publish_places_files_is_never_released(
         assert (version / RELEASED_AS[file]).read_bytes() == original, k
         assert check_version(version.resolve()).ok, k  # every file hashed against the manifest
     assert refused >= 1  # a change before the file is placed in the stage's repository, at least
+
+
+def test_a_full_destination_is_named_with_its_own_free_space(tmp_path, monkeypatch, capsys):
+    """The destination on another, full filesystem: a hard link there fails with EXDEV, and the copy
+    with ENOSPC from the write (sendfile names no file). The error names the destination and its
+    free space, not the work dir's; nothing is left there but the lock."""
+    config = config_with(tmp_path)
+    destination = config.publish.destination
+    real_link, real_copy = os.link, shutil.copyfile
+
+    def other_filesystem(src, dst):
+        if str(dst).startswith(str(destination)):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst)
+
+    def full(src, dst, **kwargs):
+        if str(dst).startswith(str(destination)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "link", other_filesystem)
+    monkeypatch.setattr(atomic.shutil, "copyfile", full)
+    report = run_publish(config, tmp_path / "work", Upstream())
+    error = report.error
+    assert isinstance(error, DiskSpaceError) and error.exit_code == 5
+    assert error.path == slot_of(config)
+    assert error.message.startswith(f"{slot_of(config)}: no space left")
+    assert "work" not in error.message and "publish destination" in error.hint
+    assert [p.name for p in destination.iterdir()] == [".lock"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 16 kB tmpfs (root only, where mounts are allowed: skipped elsewhere)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_destination_on_a_real_full_filesystem_is_named(tmp_path, small_filesystem):
+    config = config_with(
+        tmp_path, **{f'destination = "{tmp_path / "published"}"': f'destination = "{small_filesystem}"'}
+    )
+    report = run_publish(config, tmp_path / "work", Upstream())
+    error = report.error
+    slot = small_filesystem / "tiny-mistral" / "int8_sq" / "latency"
+    assert isinstance(error, DiskSpaceError) and error.path == slot, report.error
+    # What was free on this disk when the write failed (the work dir's disk has far more).
+    assert error.free < shutil.disk_usage(small_filesystem).total < shutil.disk_usage(tmp_path).free
+    assert "publish destination" in error.hint
+    assert [p.name for p in small_filesystem.iterdir()] == [".lock"]

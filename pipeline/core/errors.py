@@ -80,7 +80,13 @@ class DiskSpaceError(PipelineError):
     exit_code = ExitCode.STAGE_FAILED
 
     def __init__(
-        self, path: str | Path, *, free: int, needed: int | None = None, written: int | None = None
+        self,
+        path: str | Path,
+        *,
+        free: int,
+        needed: int | None = None,
+        written: int | None = None,
+        hint: str = "free some space, or point --work-dir at a larger disk",
     ) -> None:
         self.path = Path(path)
         self.free = free
@@ -93,7 +99,7 @@ class DiskSpaceError(PipelineError):
             what += f", and {_size(free)} is free"
         else:
             what = f"no space left on the device ({_size(free)} free there)"
-        super().__init__(f"{path}: {what}", hint="free some space, or point --work-dir at a larger disk")
+        super().__init__(f"{path}: {what}", hint=hint)
 
     @classmethod
     def from_error(

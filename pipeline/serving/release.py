@@ -15,6 +15,7 @@ a tampered version is reported and a fresh one published.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.core.atomic import link_or_copy, protect, remove_staged, staged_dir, swap_symlink
-from pipeline.core.errors import InputError
+from pipeline.core.errors import DiskSpaceError, InputError
 from pipeline.core.integrity import Problem, TreeCheck, check_tree
 from pipeline.core.locks import hold_lock
 from pipeline.core.manifest import FileEntry, StatKey, StatRecord, StoredFile
@@ -140,8 +141,14 @@ def publish_release(
                 return Release(current, slot / str(current), created=False, stats=check.stats)
         try:
             with staged_dir(slot) as tmp:
-                stats = {e.path: link_or_copy(source / e.path, tmp / e.path, e.sha256) for e in files}
-                (tmp / RELEASE_MANIFEST).write_bytes(manifest)  # the bytes compared above, not a re-read
+                try:
+                    stats = {e.path: link_or_copy(source / e.path, tmp / e.path, e.sha256) for e in files}
+                    (tmp / RELEASE_MANIFEST).write_bytes(manifest)  # the bytes compared, not a re-read
+                except OSError as exc:
+                    full = _destination_full(exc, slot, tmp)
+                    if full is None:
+                        raise
+                    raise full from exc
                 protect(tmp)
                 staged = check_tree(
                     tmp,
@@ -160,6 +167,21 @@ def publish_release(
             raise
         swap_symlink(slot / CURRENT, str(version))
     return Release(version, slot / str(version), created=True, stats=stats, tampered=tampered)
+
+
+def _destination_full(exc: OSError, slot: Path, tmp: Path) -> DiskSpaceError | None:
+    """A full destination, named as such: the version is staged beside its final name (on the
+    destination's filesystem, so that the rename that releases it is atomic), and it is that disk
+    that is full, whatever the work dir's has free."""
+    if DiskSpaceError.from_error(exc) is None:
+        return None
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+    return DiskSpaceError(
+        slot,
+        free=shutil.disk_usage(slot).free,
+        written=written,
+        hint="free space on the publish destination's disk, or set publish.destination to a larger one",
+    )
 
 
 def _remove_empty(folders: list[Path]) -> None:
