@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from pipeline.commands.checks import check_work_dir
 from pipeline.core.atomic import TMP_PREFIX
@@ -27,7 +27,7 @@ from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
 from pipeline.serving.release import check_current, check_variant, check_version, current_version, versions
 from pipeline.serving.release_manifest import RELEASE_MANIFEST
-from pipeline.stages.publish import Publish
+from pipeline.stages.publish import Publish, PublishRecord
 
 KEY = re.compile(r"[0-9a-f]{20}")
 SLOT_DEPTH = 3  # <destination>/<model>/<precision>/<profile> (pipeline.stages.publish.variant_destination)
@@ -78,8 +78,9 @@ def audit(store: ArtifactStore, destination: Path, *, all_versions: bool = False
             continue
         check = store.check(Artifact(path=path, manifest=manifest))
         findings += [Finding(path=str(path), problem=str(p), fix=REBUILD) for p in check.problems]
-        for version, sha256 in _released_manifest(manifest):
-            released.setdefault(version, set()).add(sha256)
+        release = _released_manifest(manifest)
+        if release is not None:
+            released.setdefault(release[0], set()).add(release[1])
     published = 0
     for slot in _slots(destination):
         model, precision, profile = slot.relative_to(destination).parts
@@ -103,14 +104,17 @@ def audit(store: ArtifactStore, destination: Path, *, all_versions: bool = False
     return AuditReport(artifacts=len(artifacts), published=published, findings=findings)
 
 
-def _released_manifest(manifest: Manifest) -> list[tuple[Path, str]]:
+def _released_manifest(manifest: Manifest) -> tuple[Path, str] | None:
     """(version folder, sha256 of the publish-manifest.json released there) for a publish artifact."""
     if manifest.stage != Publish.name:
-        return []
+        return None
+    try:
+        record = PublishRecord.model_validate(manifest.record)
+    except ValidationError:
+        return None  # the artifact's own check reports what is wrong with it
     written = f"{layout.REPOSITORY}/{RELEASE_MANIFEST}"
     sha256 = next((f.sha256 for f in manifest.files if f.path == written), None)
-    path = manifest.record.get("path")
-    return [(Path(path).resolve(), sha256)] if isinstance(path, str) and sha256 else []
+    return (Path(record.path).resolve(), sha256) if sha256 else None
 
 
 def _unrecorded(version: Path, released: dict[Path, set[str]]) -> str | None:
