@@ -933,6 +933,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
         engine_dir=engine.engine_dir,
         engine_sha256={p.name: sha256_file(p) for p in engine.engine_dir.iterdir()},
         tokenizer_dir=tiny_model_dir,
+        tokenizer_sha256={p.name: sha256_file(p) for p in tiny_model_dir.iterdir() if p.is_file()},
     )
     settings = BenchSettings(
         input_len=500, output_len=12, latency_runs=2, concurrency=(1, 3), requests_per_client=2

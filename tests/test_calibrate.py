@@ -677,3 +677,100 @@ def test_config_section_tracks_data_only_for_calibrated_precisions(tmp_path, off
     assert "dataset_sha256" not in STAGES["calibrate"].config_section(config, wo)
     missing = parse_config(CONFIG.format(dataset=tmp_path / "absent.jsonl"), "test.toml", tmp_path)
     assert STAGES["calibrate"].config_section(missing, sq)["dataset_sha256"] is None
+
+
+# --- a vocabulary ModelOpt pads for AWQ (issue 26, item 9) ---
+
+
+@pytest.fixture(scope="module")
+def vocab_1000_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with 1000 embedding rows (not a multiple of 64; hidden 128, a multiple of the
+    group size), its tokenizer unchanged: a model's vocabulary may exceed its tokenizer's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("vocab-1000")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.resize_token_embeddings(1000, mean_resizing=False)
+    model.save_pretrained(folder, safe_serialization=True)
+    for path in tiny_model_dir.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")) or path.suffix == ".jinja":
+            shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def awq_1000(vocab_1000_model, offline_mix, tmp_path_factory):
+    """vocab_1000_model exported to int4_awq once: (checkpoint folder, calibration record)."""
+    folder = tmp_path_factory.mktemp("awq-1000")
+    record = export_checkpoint(
+        vocab_1000_model,
+        "int4_awq",
+        settings(offline_mix, samples=4, seq_len=32),
+        folder,
+        reporter=RecordingReporter(),
+        log=LOG,
+    )
+    return folder, record
+
+
+@pytest.mark.slow
+def test_an_awq_export_padded_to_64_rows_is_accepted_and_runs_at_the_real_vocabulary(
+    vocab_1000_model, awq_1000
+):
+    """ModelOpt 0.37 pads vocab 1000 to 1024 for int4_awq (model_config_export.py, pad_embedding_lm_head
+    in postprocess.py: zero rows); the verifier takes the documented multiple, checks the rows are
+    zero and records the real size, which the reference runtime's logits then have."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.runtime import ReferenceModel
+    from pipeline.runtime.limits import EngineLimits
+
+    checkpoint, record = awq_1000
+    config = trt_config(checkpoint)
+    assert (config["vocab_size"], config["vocab_size_unpadded"]) == (1024, 1000)
+    assert [(r.field, r.fixed) for r in record.repairs] == [("vocab_size_unpadded", 1000)]
+    tensors = read_safetensors_header(checkpoint / "rank0.safetensors")
+    assert tensors["transformer.vocab_embedding.weight"] == ("F16", (1024, 128))
+    assert tensors["lm_head.weight"] == ("F16", (1024, 128))
+
+    limits = EngineLimits(max_batch_size=1, max_input_len=16, max_seq_len=24)
+    model = ReferenceModel.load(checkpoint, limits=limits)
+    ids = torch.tensor([[1, 2, 3, 999]])
+    hf = AutoModelForCausalLM.from_pretrained(vocab_1000_model, dtype=torch.float32)
+    assert model.logits(ids).shape[-1] == hf(ids).logits.shape[-1] == 1000
+    with pytest.raises(InputError, match=r"token ids must lie in \[0, 1000\)"):
+        model.logits(torch.tensor([[1000]]))
+
+
+@pytest.mark.slow
+def test_a_padding_that_is_not_zero_or_not_the_documented_multiple_is_refused(
+    vocab_1000_model, awq_1000, tmp_path
+):
+    from safetensors.torch import load_file, save_file
+
+    arch = Architecture.load(vocab_1000_model)
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(awq_1000[0], checkpoint)
+    weights = checkpoint / "rank0.safetensors"
+    tensors = load_file(weights)
+    tensors["lm_head.weight"][1010, 3] = 1.0  # a token the tokenizer cannot name, now pickable
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointMismatchError) as err:
+        verify_checkpoint(
+            checkpoint, arch, quant_algo="W4A16_AWQ", kv_cache_quant_algo=None, export_dtype="float16"
+        )
+    assert err.value.problems == ["tensor lm_head.weight: rows 1000..1023 (vocabulary padding) are not zero"]
+
+    config = trt_config(checkpoint)
+    # Only AWQ pads, and only to the next multiple of 64: int8_sq's 1024, or AWQ's 1088, is a mismatch.
+    sq = {"quant_algo": "W8A8_SQ_PER_CHANNEL", "kv_cache_quant_algo": None, "export_dtype": "float16"}
+    _, _, problems = check_config(config, arch, **sq)
+    assert "vocab_size is 1024, the Hugging Face config says 1000" in problems
+    awq = {"quant_algo": "W4A16_AWQ", "kv_cache_quant_algo": None, "export_dtype": "float16"}
+    _, _, problems = check_config(config | {"vocab_size": 1088}, arch, **awq)
+    assert problems == [
+        "vocab_size is 1088, expected 1000 (the Hugging Face config) padded to a multiple of 64: 1024"
+    ]

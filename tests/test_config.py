@@ -190,3 +190,93 @@ def test_missing_config_file_is_exit_2(tmp_path, capsys):
 def test_invalid_toml(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[model\n"))
+
+
+# --- every field as TOML writes it: numbers and booleans exact, strings never empty (issue 26, item 7) ---
+
+
+def _leaf_fields():
+    """(TOML table, key, field path in errors, annotation) of every scalar field of the config."""
+    import types
+    import typing
+
+    from pipeline.facts.config import GateThresholds, PipelineConfig, Profile, Strict
+
+    def scalar(annotation):
+        if typing.get_origin(annotation) is typing.Annotated:
+            return scalar(typing.get_args(annotation)[0])
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            return scalar(args[0]) if len(args) == 1 else None
+        return annotation
+
+    tables = [
+        (name, f"[{name}]", name, info.annotation) for name, info in PipelineConfig.model_fields.items()
+    ]
+    tables = [(n, t, p, a) for n, t, p, a in tables if isinstance(a, type) and issubclass(a, Strict)]
+    tables += [("profiles", "[[profiles]]", "profiles[0]", Profile)]
+    tables += [("thresholds", "[gate.thresholds.int8_sq]", "gate.thresholds.int8_sq", GateThresholds)]
+    for _, table, prefix, model in tables:
+        for key, info in model.model_fields.items():
+            yield table, key, f"{prefix}.{key}", scalar(info.annotation), info.metadata
+
+
+def _with(table: str, key: str, value: str) -> str:
+    """VALID with `key = value` in `table` (added, or replacing the key there)."""
+    import re
+
+    text = VALID + "\n[gate.thresholds.int8_sq]\nmax_perplexity_increase_pct = 3.0\n"
+    text += "min_top1_agreement = 0.9\nmin_greedy_match = 0.5\n"
+    head = text.index(table) + len(table) if table in text else None
+    if head is None:
+        return text + f"\n{table}\n{key} = {value}\n"
+    end = text.find("\n[", head)
+    end = len(text) if end == -1 else end
+    body = re.sub(rf"(?m)^{key} = .*\n", "", text[head:end])
+    return text[:head] + f"\n{key} = {value}" + body + text[end:]
+
+
+WRONG_TYPE = {int: ['"8"', "true", "8.0"], float: ['"0.5"', "true"], bool: ["1", '"true"']}
+NUMBERS_AND_BOOLEANS = [(t, k, f, a) for t, k, f, a, _ in _leaf_fields() if a in WRONG_TYPE]
+STRINGS = [
+    (t, k, f) for t, k, f, a, _ in _leaf_fields() if a in (str, Path) or str(a).startswith("typing.Literal")
+]
+
+
+@pytest.mark.parametrize(
+    "table, key, field, kind", NUMBERS_AND_BOOLEANS, ids=[x[2] for x in NUMBERS_AND_BOOLEANS]
+)
+def test_every_number_and_boolean_takes_only_its_own_toml_type(tmp_path, table, key, field, kind):
+    for value in WRONG_TYPE[kind]:
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, _with(table, key, value)))
+        assert info.value.field == field, (value, info.value.message)
+        assert (
+            f"valid {'boolean' if kind is bool else 'integer' if kind is int else 'number'}"
+            in info.value.problem
+        )
+
+
+def test_the_scalar_fields_are_all_found():
+    """The two tests around this one cover every field: a new one is in these lists by its type."""
+    fields = {f for _, _, f, _ in NUMBERS_AND_BOOLEANS}
+    assert {"profiles[0].max_batch_size", "publish.decoupled", "gate.eval_samples"} <= fields
+    assert {"gate.thresholds.int8_sq.min_top1_agreement", "calibration.smoothquant_alpha"} <= fields
+    assert {"profiles[0].max_num_tokens", "build.workers"} <= fields  # optional ones too
+    assert {"model.local_path", "model.revision", "publish.destination"} <= {f for _, _, f in STRINGS}
+
+
+@pytest.mark.parametrize("table, key, field", STRINGS, ids=[x[2] for x in STRINGS])
+def test_an_empty_string_is_refused_naming_its_field(tmp_path, table, key, field):
+    for value in ('""', '"  "'):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, _with(table, key, value)))
+        assert (info.value.field, info.value.problem) == (
+            field,
+            "is empty: give a value, or leave the key out for its default",
+        )
+
+
+def test_a_float_field_takes_a_toml_integer(tmp_path):
+    config = load_config(write(tmp_path, _with("[calibration]", "smoothquant_alpha", "1")))
+    assert config.calibration.smoothquant_alpha == 1.0

@@ -533,6 +533,21 @@ def test_windows_and_prompts_fit_the_engine_limits(tokenizer, gate_settings):
     assert inputs.max_new_tokens == 20 - max(len(p) for p in inputs.prompts)
 
 
+def test_more_windows_than_the_eval_set_holds_are_cut_and_the_cut_is_said(tokenizer, gate_settings):
+    from pipeline.gate.data import prepare_inputs
+
+    asked = gate_settings.model_copy(update={"eval_samples": 10_000_000_000})
+    inputs = prepare_inputs(asked, tokenizer, LIMITS)
+    held = prepare_inputs(
+        gate_settings.model_copy(update={"eval_samples": len(inputs.windows)}), tokenizer, LIMITS
+    )
+    assert inputs.windows == held.windows and held.cut == ""  # every window the set holds, once
+    assert inputs.cut.startswith("gate.eval_samples is 10000000000; ")
+    assert inputs.cut.endswith(
+        f"{len(inputs.windows)} window(s) of 64: the gate scores those {len(inputs.windows)}"
+    )
+
+
 # --- the stage, through the CLI: fetch (local) -> calibrate -> build (reference) -> gate ------------
 
 

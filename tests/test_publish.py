@@ -38,6 +38,7 @@ from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.serving import release
 from pipeline.serving.models import tensornames
+from pipeline.serving.release import check_version
 from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 from pipeline.serving.render import MODEL_NAMES, RepositoryValues, render_config, template_text
 from pipeline.stages.base import StageContext
@@ -427,9 +428,11 @@ def test_release_manifest_files_match_what_is_released(tmp_path):
 
 def test_a_copy_to_the_destination_that_fails_verification_leaves_nothing_there(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "link", lambda s, d: (_ for _ in ()).throw(OSError(errno.EXDEV, "x")))
-    real_sha256 = atomic.sha256_file
+    real_sha256 = atomic.sha256_and_stat
     monkeypatch.setattr(
-        atomic, "sha256_file", lambda p: "f" * 64 if "published" in str(p) else real_sha256(p)
+        atomic,
+        "sha256_and_stat",
+        lambda p: ("f" * 64, os.stat(p)) if "published" in str(p) else real_sha256(p),
     )
     config = config_with(tmp_path)
     report = run_publish(config, tmp_path / "work", Upstream())
@@ -826,3 +829,151 @@ def test_a_copied_release_is_verified_by_stat_on_later_runs(tmp_path, monkeypatc
     monkeypatch.setattr(integrity, "sha256_file", lambda p: hashed.append(p) or real(p))
     again = run_publish(config, tmp_path / "work", Upstream())
     assert result_of(again, "publish").state is TaskState.up_to_date and hashed == []
+
+
+# --- a gated file replaced while publish places its files (issue 26, item 1) ---
+
+# Where each gated file lies in the released repository.
+RELEASED_AS = {
+    "engine/rank0.safetensors": "tensorrt_llm/1/engine/rank0.safetensors",
+    "model/tokenizer_config.json": "preprocessing/tokenizer/tokenizer_config.json",
+    "gate.json": "gate.json",
+}
+
+
+def _restore(path: Path, data: bytes) -> None:
+    """The gated bytes back, as a new file (its stat differs from the manifest's: the check hashes it)."""
+    os.unlink(path)
+    path.write_bytes(data)
+
+
+# (stage, file, tamper, placement, stride): every delay for the engine (the file the attack replaced),
+# every third for the rest, to keep the suite fast.
+RACES = [
+    ("build", "engine/rank0.safetensors", _rewrite_weights, "hardlink", 1),
+    ("build", "engine/rank0.safetensors", _edit_weights_in_place, "hardlink", 1),
+    ("build", "engine/rank0.safetensors", _rewrite_weights, "copy", 3),
+    ("build", "engine/rank0.safetensors", _edit_weights_in_place, "copy", 3),
+    ("fetch", "model/tokenizer_config.json", _rewrite_weights, "hardlink", 3),
+    ("fetch", "model/tokenizer_config.json", _edit_weights_in_place, "hardlink", 3),
+    ("gate", "gate.json", _rewrite_weights, "hardlink", 3),
+    ("gate", "gate.json", _edit_weights_in_place, "hardlink", 3),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stage, file, tamper, placement, stride",
+    RACES,
+    ids=[f"{r[0]}-{'replaced' if r[2] is _rewrite_weights else 'in-place'}-{r[3]}" for r in RACES],
+)
+def test_a_gated_file_changed_while_publish_places_files_is_never_released(
+    tmp_path, monkeypatch, stage, file, tamper, placement, stride
+):
+    """The file changes just before the k-th file is placed, for every k of a publish (the repository
+    in the stage's folder, then the staged version at the destination): publish either refuses and
+    releases nothing, or releases exactly the gated bytes. Hooked at os.link, which every placement
+    calls first (a copy across filesystems follows its EXDEV), so each delay is one exact point."""
+    config = config_with(tmp_path)
+    work = tmp_path / "work"
+    report = run_publish(config, work, Upstream())
+    assert report.error is None
+    gated = result_of(report, stage).path / file
+    original = gated.read_bytes()
+    destination = config.publish.destination
+    real_link, calls, when = os.link, [], {"k": -1}
+
+    def hooked_link(src, dst):
+        if len(calls) == when["k"]:
+            tamper(gated)
+        calls.append(dst)
+        if placement == "copy":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst)
+
+    monkeypatch.setattr(atomic.os, "link", hooked_link)
+
+    def publish_once(k: int, out: Path):
+        shutil.rmtree(destination, ignore_errors=True)
+        calls.clear()
+        when["k"] = k
+        try:
+            return Publish().run(publish_context(config, work, report, out))
+        except InputError as exc:
+            return exc
+
+    assert not isinstance(publish_once(-1, tmp_path / "untouched"), InputError)  # counts the placements
+    placements = len(calls)
+    assert placements > 2 * len(RELEASED_AS)  # the repository's files, then the version's
+    refused = 0
+    for k in range(0, placements, stride):  # 42 placements in all with the stand-ins' files
+        _restore(gated, original)
+        outcome = publish_once(k, tmp_path / f"out-{k}")
+        slot = slot_of(config)
+        if isinstance(outcome, InputError):
+            refused += 1
+            assert release.versions(slot) == [] and not os.path.lexists(slot / "current"), k
+            continue
+        version = slot / "current"
+        assert (version / RELEASED_AS[file]).read_bytes() == original, k
+        assert check_version(version.resolve()).ok, k  # every file hashed against the manifest
+    assert refused >= 1  # a change before the file is placed in the stage's repository, at least
+
+
+def test_a_full_destination_is_named_with_its_own_free_space(tmp_path, monkeypatch, capsys):
+    """The destination on another, full filesystem: a hard link there fails with EXDEV, and the copy
+    with ENOSPC from the write (sendfile names no file). The error names the destination and its
+    free space, not the work dir's; nothing is left there but the lock."""
+    config = config_with(tmp_path)
+    destination = config.publish.destination
+    real_link, real_copy = os.link, shutil.copyfile
+
+    def other_filesystem(src, dst):
+        if str(dst).startswith(str(destination)):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst)
+
+    def full(src, dst, **kwargs):
+        if str(dst).startswith(str(destination)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "link", other_filesystem)
+    monkeypatch.setattr(atomic.shutil, "copyfile", full)
+    report = run_publish(config, tmp_path / "work", Upstream())
+    error = report.error
+    assert isinstance(error, DiskSpaceError) and error.exit_code == 5
+    assert error.path == slot_of(config)
+    assert error.message.startswith(f"{slot_of(config)}: no space left")
+    assert "work" not in error.message and "publish destination" in error.hint
+    assert [p.name for p in destination.iterdir()] == [".lock"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 16 kB tmpfs (root only, where mounts are allowed: skipped elsewhere)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_destination_on_a_real_full_filesystem_is_named(tmp_path, small_filesystem):
+    config = config_with(
+        tmp_path, **{f'destination = "{tmp_path / "published"}"': f'destination = "{small_filesystem}"'}
+    )
+    report = run_publish(config, tmp_path / "work", Upstream())
+    error = report.error
+    slot = small_filesystem / "tiny-mistral" / "int8_sq" / "latency"
+    assert isinstance(error, DiskSpaceError) and error.path == slot, report.error
+    # What was free on this disk when the write failed (the work dir's disk has far more).
+    assert error.free < shutil.disk_usage(small_filesystem).total < shutil.disk_usage(tmp_path).free
+    assert "publish destination" in error.hint
+    assert [p.name for p in small_filesystem.iterdir()] == [".lock"]

@@ -106,14 +106,16 @@ def test_the_selftest_plan_builds_one_engine_and_serves_it_where_it_lies(repo_ro
 
 
 def publishing_stages(config, gate_ok=lambda ctx: True):
-    """Stand-in stages; publish also makes the `current` folder a real publish leaves."""
+    """Stand-in stages; publish also leaves what a real one does at the destination: a version folder
+    and `current`, a link to it (smoke serves only a `current` that names a version of its variant)."""
     stages = fake_stages(gate_ok=gate_ok)
     fake_publish = stages["publish"]
 
     def run(ctx):
-        (variant_destination(config, ctx.task.precision, ctx.task.profile) / CURRENT).mkdir(
-            parents=True, exist_ok=True
-        )
+        slot = variant_destination(config, ctx.task.precision, ctx.task.profile)
+        (slot / "1").mkdir(parents=True, exist_ok=True)
+        if not (slot / CURRENT).is_symlink():
+            (slot / CURRENT).symlink_to("1")
         return fake_publish.run(ctx)
 
     return {

@@ -21,8 +21,8 @@ from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
 from pipeline.commands import smoke as smoke_command
-from pipeline.core.errors import StageError
-from pipeline.datasets.jsonl import load_texts
+from pipeline.core.errors import InputError, StageError
+from pipeline.datasets.jsonl import load_prompts, load_texts
 from pipeline.serving import release, smoke
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.server import TritonServer, free_port
@@ -261,6 +261,31 @@ def test_smoke_refuses_a_version_that_differs_from_its_manifest(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2
     assert "modified: tensorrt_llm/1/engine/rank0.safetensors" in err and "refusing to serve it" in err
+
+
+def test_smoke_reads_the_prompts_file_the_gate_reads_without_a_manifest(tmp_path, capsys):
+    """One schema for gate.prompts, {"prompt": ...} per line (the gate's tests read such a file with no
+    manifest beside it); smoke reads it too, and stops here only at the tampered version."""
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text('{"prompt": "Once upon a time"}\n{"prompt": "The engine"}\n')
+    config = config_with(tmp_path, **{'prompts = "calib_data/prompts.jsonl"': f'prompts = "{prompts}"'})
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    assert load_prompts(prompts).texts == ["Once upon a time", "The engine"]
+    version = config.publish.destination / "tiny-mistral/int8_sq/latency/1"
+    os.chmod(version / "gate.json", 0o644)
+    (version / "gate.json").write_text("{}")
+    code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])
+    err = capsys.readouterr().err
+    assert code == 2 and "modified: gate.json" in err and "refusing to serve it" in err
+
+
+def test_a_prompts_file_in_another_schema_is_refused_naming_the_field(tmp_path):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text('{"text": "Once upon a time"}\n')
+    with pytest.raises(InputError) as info:
+        load_prompts(prompts)
+    assert "line 1: field 'prompt' is missing" in info.value.message
+    assert info.value.hint == "each line must be a JSON object whose 'prompt' is a non-empty string"
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts import layout
 from pipeline.facts.formats import Precision
+from pipeline.runtime.checkpoint import real_vocab_size
 from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ def pack_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Engi
     # Verify: the packed engine loads on the reference runtime and a short forward is finite.
     runner = load_runner(engine_dir)
     length = min(8, ctx.profile.max_input_len)
-    vocab = int(checkpoint_config["vocab_size"])
+    vocab = real_vocab_size(checkpoint_config)
     (logits,) = runner.context_logits([[i % vocab for i in range(length)]])
     if tuple(logits.shape) != (length, vocab) or not bool(torch.isfinite(logits).all()):
         raise StageError(

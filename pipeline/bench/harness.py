@@ -30,6 +30,7 @@ from pipeline.bench.stats import (
 from pipeline.bench.workload import Case, Workload, synthetic_prompts
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
+from pipeline.runtime.checkpoint import real_vocab_size
 
 Clock = Callable[[], float]
 
@@ -100,7 +101,7 @@ def run_batch(runner: EngineRunner, prompts: list[list[int]], output_len: int, c
 
 def vocab_size_of(runner: EngineRunner) -> int:
     try:
-        return int(runner.engine_config["pretrained_config"]["vocab_size"])
+        return real_vocab_size(runner.engine_config["pretrained_config"])
     except (KeyError, TypeError, ValueError):
         raise StageError("bench", "the engine's config.json has no pretrained_config.vocab_size") from None
 

@@ -20,9 +20,13 @@ from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts.architecture import Architecture
 from pipeline.facts.formats import WeightFormat, format_for_quant_algo
+from pipeline.runtime.checkpoint import UNPADDED_VOCAB
 
 CHECKPOINT_CONFIG = "config.json"
 RANK0_WEIGHTS = "rank0.safetensors"
+
+EMBEDDING = "transformer.vocab_embedding.weight"
+LM_HEAD = "lm_head.weight"
 
 DTYPE_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 SCALE_CODE = "F32"  # ModelOpt exports every scaling factor in float32
@@ -57,8 +61,21 @@ def check_config(
     problems: list[str] = []
     if trt.get("dtype") != export_dtype:
         problems.append(f"dtype is {trt.get('dtype')!r}, expected {export_dtype!r}")
+    exported_vocab = format_for_quant_algo(quant_algo).exported_vocab_size(arch.vocab_size)
+    if exported_vocab != arch.vocab_size and trt.get(UNPADDED_VOCAB) != arch.vocab_size:
+        # The runtime and the tokenizer know the real size; TensorRT-LLM keeps an unknown key as an
+        # attribute (PretrainedConfig.__init__'s kwargs) and reads vocab_size for the padded rows.
+        fixed[UNPADDED_VOCAB] = arch.vocab_size
+        repairs.append(
+            Repair(
+                field=UNPADDED_VOCAB,
+                found=trt.get(UNPADDED_VOCAB),
+                fixed=arch.vocab_size,
+                reason=f"vocab_size padded to {exported_vocab} by the AWQ export (vocab_size)",
+            )
+        )
     shaping = {
-        "vocab_size": arch.vocab_size,
+        "vocab_size": exported_vocab,
         "hidden_size": arch.hidden_size,
         "intermediate_size": arch.intermediate_size,
         "num_hidden_layers": arch.num_hidden_layers,
@@ -68,7 +85,15 @@ def check_config(
     }
     for field, expected in shaping.items():
         if trt.get(field) != expected:
-            problems.append(f"{field} is {trt.get(field)!r}, the Hugging Face config says {expected!r}")
+            says = (
+                "the Hugging Face config says"
+                if field != "vocab_size" or expected == arch.vocab_size
+                else (
+                    f"expected {arch.vocab_size} (the Hugging Face config) padded to a multiple of "
+                    f"{format_for_quant_algo(quant_algo).pads_vocab_to}:"
+                )
+            )
+            problems.append(f"{field} is {trt.get(field)!r}, {says} {expected!r}")
     derivable: dict[str, tuple[Any, str]] = {
         "rotary_base": (arch.rope_theta, "rope_theta"),
         "norm_epsilon": (arch.rms_norm_eps, "rms_norm_eps"),
@@ -118,12 +143,13 @@ def expected_tensors(
     """Every tensor rank0.safetensors must hold, with dtype and shape. Pure."""
     act = DTYPE_CODES[export_dtype]
     h = arch.hidden_size
+    vocab = format_for_quant_algo(quant_algo).exported_vocab_size(arch.vocab_size)
     out: dict[str, TensorSpec] = {
-        "transformer.vocab_embedding.weight": (act, (arch.vocab_size, h)),
+        EMBEDDING: (act, (vocab, h)),
         "transformer.ln_f.weight": (act, (h,)),
     }
     if not arch.tie_word_embeddings:
-        out["lm_head.weight"] = (act, (arch.vocab_size, h))
+        out[LM_HEAD] = (act, (vocab, h))
     for n in range(arch.num_hidden_layers):
         prefix = f"transformer.layers.{n}."
         out[prefix + "input_layernorm.weight"] = (act, (h,))
@@ -202,6 +228,25 @@ def read_safetensors_header(path: Path) -> dict[str, TensorSpec]:
     }
 
 
+def padded_rows_problems(weights: Path, vocab_size: int) -> list[str]:
+    """The rows past the real vocabulary in the embedding and lm_head must be the zeros the export
+    pads with: a nonzero one is a token the tokenizer cannot name that the model could still pick."""
+    from safetensors import safe_open
+
+    problems = []
+    with safe_open(str(weights), framework="pt") as f:
+        for name in (EMBEDDING, LM_HEAD):
+            if name not in f.keys():
+                continue
+            tensor = f.get_slice(name)
+            rows = tensor.get_shape()[0]
+            if rows > vocab_size and bool(tensor[vocab_size:rows].any()):
+                problems.append(
+                    f"tensor {name}: rows {vocab_size}..{rows - 1} (vocabulary padding) are not zero"
+                )
+    return problems
+
+
 def verify_checkpoint(
     checkpoint_dir: Path,
     arch: Architecture,
@@ -230,6 +275,8 @@ def verify_checkpoint(
             arch, quant_algo=quant_algo, kv_cache_quant_algo=kv_cache_quant_algo, export_dtype=export_dtype
         ),
     )
+    if not problems:
+        problems += padded_rows_problems(checkpoint_dir / RANK0_WEIGHTS, arch.vocab_size)
     if problems:
         raise CheckpointMismatchError(checkpoint_dir, problems)
     if repair and repairs:

@@ -201,14 +201,14 @@ def run_selftest(
         checks.append(Check(name="serve", ok=None, detail="skipped: an earlier step failed"))
         return _finish(report, work_dir)
 
-    from pipeline.datasets.jsonl import load_texts
+    from pipeline.datasets.jsonl import load_prompts
     from pipeline.serving.smoke import published_repository
 
     t0 = time.perf_counter()
     try:
         repository = published_repository(config, PRECISION.value, PROFILE["name"])
         report.repository = str(repository.resolve())
-        prompts = load_texts(config.gate.prompts, limit=1).texts
+        prompts = load_prompts(config.gate.prompts, limit=1).texts
         answers = (serve or serve_in_container)(repository, prompts, MAX_TOKENS, work_dir / "serve")
     except PipelineError as exc:
         checks.append(Check(name="serve", ok=False, detail=exc.message, duration_s=time.perf_counter() - t0))

@@ -2,9 +2,12 @@
 version (every version with all_versions) against its manifest; each problem with the command
 that fixes it.
 
-The store is checked first; its verified files (by stat) then vouch for their
-hard links in the published versions, so an unchanged tree costs one stat per
-file and only copies are hashed.
+A store artifact is checked by stat against its sealed manifest (a file hashed
+again only where its stat changed). A published version is hashed file by file
+against its publish-manifest.json: what a server reads is checked by its bytes,
+never by a stat record. That publish-manifest.json must be the one the store's
+publish artifact wrote (its sha256 is in that artifact's manifest), and name the
+variant whose folder holds it; `current` must name a version of that variant.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.commands.checks import check_work_dir
 from pipeline.core.atomic import TMP_PREFIX
-from pipeline.core.errors import IntegrityError
-from pipeline.core.manifest import MANIFEST_NAME, Manifest, StatKey
-from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.core.errors import IntegrityError, ModifiedManifestError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.manifest import MANIFEST_NAME, Manifest
+from pipeline.core.store import Artifact, ArtifactStore, read_manifest
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
-from pipeline.serving.release import CURRENT, check_version, current_version, versions
+from pipeline.serving.release import check_current, check_variant, check_version, current_version, versions
+from pipeline.serving.release_manifest import RELEASE_MANIFEST
+from pipeline.stages.publish import Publish, PublishRecord
 
 KEY = re.compile(r"[0-9a-f]{20}")
 SLOT_DEPTH = 3  # <destination>/<model>/<precision>/<profile> (pipeline.stages.publish.variant_destination)
 
 
 REBUILD = "`trtllm-pipeline run` sets the artifact aside, rebuilds it and publishes from it"
+REPUBLISH = "`trtllm-pipeline run` points current at a fresh version of this variant"
 CLEAR_STAGED = "`trtllm-pipeline prune` (or the next publish) removes it"
 
 
@@ -58,37 +66,65 @@ class AuditReport(BaseModel):
 
 def audit(store: ArtifactStore, destination: Path, *, all_versions: bool = False) -> AuditReport:
     findings: list[Finding] = []
-    trusted: dict[StatKey, str] = {}
+    released: dict[Path, set[str]] = {}  # each version's publish-manifest.json sha256, as the store recorded
     artifacts = _artifact_dirs(store.root)
     for path in artifacts:
         try:
-            manifest = Manifest.model_validate_json((path / MANIFEST_NAME).read_text())
-        except (OSError, ValidationError, ValueError):
+            manifest = read_manifest(path)
+        except ModifiedManifestError as exc:
             findings.append(
-                Finding(path=str(path), problem=f"modified: {MANIFEST_NAME} (unreadable)", fix=REBUILD)
+                Finding(path=str(path), problem=f"modified: {MANIFEST_NAME} ({exc.problem})", fix=REBUILD)
             )
             continue
         check = store.check(Artifact(path=path, manifest=manifest))
-        trusted.update(check.trusted)
         findings += [Finding(path=str(path), problem=str(p), fix=REBUILD) for p in check.problems]
+        release = _released_manifest(manifest)
+        if release is not None:
+            released.setdefault(release[0], set()).add(release[1])
     published = 0
     for slot in _slots(destination):
+        model, precision, profile = slot.relative_to(destination).parts
+        variant = (model, precision, profile)
         for leftover in sorted(slot.glob(f"{TMP_PREFIX}*")):
             findings.append(
                 Finding(path=str(slot), problem=f"partial publish: {leftover.name}", fix=CLEAR_STAGED)
             )
+        wrong_current = check_current(slot, variant)
+        if wrong_current is not None:
+            findings.append(Finding(path=str(slot), problem=wrong_current, fix=REPUBLISH))
         current = current_version(slot)
-        if (slot / CURRENT).is_symlink() and current is None:
-            problem = f"missing: the version {CURRENT} points to"
-            findings.append(Finding(path=str(slot), problem=problem, fix=REBUILD))
         numbers = versions(slot)
         for number in numbers if all_versions else [current] if current is not None else []:
             version = slot / str(number)
             published += 1
-            check = check_version(version, trusted)
             fix = _version_fix(numbers, number, current)
-            findings += [Finding(path=str(version), problem=str(p), fix=fix) for p in check.problems]
+            problems = [str(p) for p in check_version(version).problems]
+            problems += filter(None, [check_variant(version, variant), _unrecorded(version, released)])
+            findings += [Finding(path=str(version), problem=p, fix=fix) for p in problems]
     return AuditReport(artifacts=len(artifacts), published=published, findings=findings)
+
+
+def _released_manifest(manifest: Manifest) -> tuple[Path, str] | None:
+    """(version folder, sha256 of the publish-manifest.json released there) for a publish artifact."""
+    if manifest.stage != Publish.name:
+        return None
+    try:
+        record = PublishRecord.model_validate(manifest.record)
+    except ValidationError:
+        return None  # the artifact's own check reports what is wrong with it
+    written = f"{layout.REPOSITORY}/{RELEASE_MANIFEST}"
+    sha256 = next((f.sha256 for f in manifest.files if f.path == written), None)
+    return (Path(record.path).resolve(), sha256) if sha256 else None
+
+
+def _unrecorded(version: Path, released: dict[Path, set[str]]) -> str | None:
+    """A publish-manifest.json other than the one the store's publish artifact released there (a version
+    the store has no record of, e.g. published from another work dir, is not judged)."""
+    recorded = released.get(version.resolve())
+    manifest = version / RELEASE_MANIFEST
+    if not recorded or not manifest.is_file() or sha256_file(manifest) in recorded:
+        return None
+    return f"modified: {RELEASE_MANIFEST} (not the one publish wrote: its sha256 differs from the store's record)"
 
 
 def _version_fix(numbers: list[int], number: int, current: int | None) -> str:

@@ -7,7 +7,7 @@ One home for the moves the store, the release and the build links make:
 - `replace_dir`: rename a staged folder over a final name, the old one moved aside first and put
   back should the rename fail (`recover_aside` finishes the job after a kill);
 - `swap_symlink`: a new link made under a temp name and renamed over the old one;
-- `link_or_copy`: a hard link, or a copy whose sha256 is checked before it counts;
+- `link_or_copy`: a hard link or a copy, whose bytes are hashed where they lie before they count;
 - `protect`: files read-only (0444) and world-readable, folders world-traversable.
 """
 
@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.core.errors import InputError
-from pipeline.core.hashing import sha256_file
+from pipeline.core.hashing import sha256_and_stat
+from pipeline.core.manifest import StatRecord
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 FILE_MODE = 0o444
 DIR_MODE = 0o755
-
-Placement = Literal["hardlink", "copy"]
 
 
 def _nonce() -> str:
@@ -160,28 +159,30 @@ def swap_symlink(link: Path, target: str) -> None:
             tmp.unlink()
 
 
-def link_or_copy(src: Path, dst: Path, sha256: str) -> Placement:
-    """Hard-link src at dst when both are on one filesystem; otherwise copy it and check its sha256.
+def link_or_copy(src: Path, dst: Path, sha256: str) -> StatRecord:
+    """Hard-link src at dst when both are on one filesystem, otherwise copy it; then hash the file now
+    at dst and refuse it (removed) unless it has `sha256`. Returns its stat as it was hashed.
 
-    A hard link shares the verified bytes, so only a copy needs hashing again.
+    The file at src was verified earlier, by name: it may have been replaced since (a rename leaves
+    no trace on the verified inode), so only the bytes placed count, link or copy.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
-        return "hardlink"
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-    shutil.copyfile(src, dst)
-    actual = sha256_file(dst)
+        shutil.copyfile(src, dst)
+    actual, st = sha256_and_stat(dst)
     if actual != sha256:
         dst.unlink()
         raise InputError(
-            f"copy has sha256 {actual[:12]}..., expected {sha256[:12]}... (source changed or disk error)",
+            f"placed file has sha256 {actual[:12]}..., expected {sha256[:12]}... (its source changed "
+            "since it was verified, or a disk error)",
             path=src,
-            hint="rerun the stage that produced the file (--force)",
+            hint="`trtllm-pipeline run` sets a modified artifact aside and rebuilds it; then publish again",
         )
-    return "copy"
+    return StatRecord.of(st)
 
 
 def protect(root: Path) -> None:

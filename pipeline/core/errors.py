@@ -80,7 +80,13 @@ class DiskSpaceError(PipelineError):
     exit_code = ExitCode.STAGE_FAILED
 
     def __init__(
-        self, path: str | Path, *, free: int, needed: int | None = None, written: int | None = None
+        self,
+        path: str | Path,
+        *,
+        free: int,
+        needed: int | None = None,
+        written: int | None = None,
+        hint: str = "free some space, or point --work-dir at a larger disk",
     ) -> None:
         self.path = Path(path)
         self.free = free
@@ -93,7 +99,7 @@ class DiskSpaceError(PipelineError):
             what += f", and {_size(free)} is free"
         else:
             what = f"no space left on the device ({_size(free)} free there)"
-        super().__init__(f"{path}: {what}", hint="free some space, or point --work-dir at a larger disk")
+        super().__init__(f"{path}: {what}", hint=hint)
 
     @classmethod
     def from_error(
@@ -210,6 +216,19 @@ class IntegrityError(PipelineError):
     """Files differ from the manifest that lists them: modified, missing, or not listed."""
 
     exit_code = ExitCode.BAD_INPUT
+
+
+class ModifiedManifestError(IntegrityError):
+    """An artifact's manifest.json is unreadable or no longer matches its seal (edited since it was
+    written): the artifact counts as modified, as one whose files differ does."""
+
+    def __init__(self, manifest: Path, problem: str) -> None:
+        self.artifact = manifest.parent
+        self.problem = problem
+        super().__init__(
+            f"{manifest}: {problem}",
+            hint="`trtllm-pipeline run` sets the artifact aside and rebuilds it",
+        )
 
 
 class RemoteTaskError(PipelineError):

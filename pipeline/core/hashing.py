@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,18 @@ CHUNK = 8 * 1024 * 1024
 
 
 def sha256_file(path: Path) -> str:
+    return sha256_and_stat(path)[0]
+
+
+def sha256_and_stat(path: Path) -> tuple[str, os.stat_result]:
+    """The sha256 of the file open at path, and that file's stat taken before it was read: a stat
+    that still matches later names these bytes (a file replaced or written since has another)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
         while chunk := f.read(CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest.hexdigest(), st
 
 
 def canonical_json(value: Any) -> str:

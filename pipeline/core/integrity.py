@@ -34,6 +34,7 @@ class TreeCheck:
     problems: list[Problem] = field(default_factory=list)
     trusted: dict[StatKey, str] = field(default_factory=dict)  # each matching file's sha256, by stat key
     restat: dict[str, StatRecord] = field(default_factory=dict)  # matched by hash after a stat change
+    stats: dict[str, StatRecord] = field(default_factory=dict)  # every matching file's stat, as judged
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,7 @@ def check_tree(
         if verdict == "ok":
             assert st is not None
             result.trusted[stat_key(st)] = entry.sha256
+            result.stats[entry.path] = StatRecord.of(st)
         else:
             result.problems.append(Problem(entry.path, verdict))  # type: ignore[arg-type]
     for rel in sorted(unlisted_files(root, listed | ignore)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -10,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.core.hashing import fingerprint_key, sha256_file
+from pipeline.core.hashing import canonical_json, fingerprint_key, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -79,6 +80,21 @@ class Manifest(BaseModel):
     started_at: datetime
     finished_at: datetime
     duration_s: float
+    # sha256 of everything above: a manifest edited by hand ("ok": false, a file's
+    # sha256) no longer matches it, and its artifact counts as modified. "" before it is sealed.
+    seal: str = ""
+
+    def sealed(self) -> Manifest:
+        return self.model_copy(update={"seal": self._content_seal()})
+
+    @property
+    def is_sealed(self) -> bool:
+        return self.seal == self._content_seal()
+
+    def _content_seal(self) -> str:
+        return hashlib.sha256(
+            canonical_json(self.model_dump(mode="json", exclude={"seal"})).encode()
+        ).hexdigest()
 
     @property
     def stage(self) -> str:

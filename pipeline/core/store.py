@@ -35,10 +35,30 @@ from pipeline.core.atomic import (
     staged_dir,
     write_text_atomic,
 )
-from pipeline.core.errors import InputError
+from pipeline.core.errors import ModifiedManifestError
 from pipeline.core.integrity import TreeCheck, check_tree
 from pipeline.core.locks import hold_lock
 from pipeline.core.manifest import MANIFEST_NAME, Manifest, StatRecord
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Write folder/manifest.json, sealed (atomically); return what was written."""
+    sealed = manifest.sealed()
+    write_text_atomic(folder / MANIFEST_NAME, sealed.model_dump_json(indent=2))
+    return sealed
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """folder/manifest.json, if readable and as sealed when written; else ModifiedManifestError."""
+    path = folder / MANIFEST_NAME
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except (OSError, ValidationError, ValueError) as exc:
+        problem = f"{exc.error_count()} errors" if isinstance(exc, ValidationError) else type(exc).__name__
+        raise ModifiedManifestError(path, f"unreadable ({problem})") from None
+    if not manifest.is_sealed:
+        raise ModifiedManifestError(path, "edited since it was written (its seal does not match)")
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -63,25 +83,22 @@ class ArtifactStore:
         return self.work_dir.joinpath("logs", stage, *variant, f"{key}.log")
 
     def get(self, stage: str, variant: tuple[str, ...], key: str) -> Artifact | None:
+        """The artifact at key, None if there is none; ModifiedManifestError if its manifest.json was
+        edited (or is unreadable) since it was written."""
         path = self.slot(stage, variant) / key
-        manifest_path = path / MANIFEST_NAME
-        if not manifest_path.is_file():
+        if not (path / MANIFEST_NAME).is_file():
             return None
-        try:
-            manifest = Manifest.model_validate_json(manifest_path.read_text())
-        except ValidationError as exc:
-            raise InputError(
-                f"unreadable manifest ({exc.error_count()} errors)",
-                path=manifest_path,
-                hint="delete that artifact directory and rerun",
-            ) from None
-        return Artifact(path=path, manifest=manifest)
+        return Artifact(path=path, manifest=read_manifest(path))
 
     def latest(self, stage: str, variant: tuple[str, ...]) -> Artifact | None:
+        """The newest artifact (to say why a stage is stale); None if none, or its manifest is modified."""
         pointer = self.slot(stage, variant) / "LATEST"
         if not pointer.is_file():
             return None
-        return self.get(stage, variant, pointer.read_text().strip())
+        try:
+            return self.get(stage, variant, pointer.read_text().strip())
+        except ModifiedManifestError:
+            return None
 
     @staticmethod
     def check(artifact: Artifact) -> TreeCheck:
@@ -94,16 +111,14 @@ class ArtifactStore:
         if not restat:
             return artifact
         files = [f.model_copy(update={"stat": restat.get(f.path, f.stat)}) for f in artifact.manifest.files]
-        manifest = artifact.manifest.model_copy(update={"files": files})
-        path = artifact.path / MANIFEST_NAME
-        write_text_atomic(path, manifest.model_dump_json(indent=2))
-        path.chmod(FILE_MODE)
+        manifest = write_manifest(artifact.path, artifact.manifest.model_copy(update={"files": files}))
+        (artifact.path / MANIFEST_NAME).chmod(FILE_MODE)
         return Artifact(path=artifact.path, manifest=manifest)
 
-    def set_aside(self, artifact: Artifact) -> Path:
-        """Move a modified artifact out of the way (kept for inspection); return where it now is."""
+    def set_aside(self, path: Path) -> Path:
+        """Move a modified artifact's folder out of the way (kept for inspection); return where it now is."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        return set_aside(artifact.path, f"modified-{stamp}")
+        return set_aside(path, f"modified-{stamp}")
 
     @contextmanager
     def writer(self, stage: str, variant: tuple[str, ...], key: str) -> Iterator[Path]:

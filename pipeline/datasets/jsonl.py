@@ -18,6 +18,8 @@ from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
 
 DEFAULT_TEXT_FIELD = "text"
+# A prompts file (gate.prompts), read by the gate, smoke and the self-test alike: {"prompt": str} per line.
+PROMPT_FIELD = "prompt"
 
 
 class DatasetManifest(BaseModel):
@@ -115,6 +117,12 @@ def load_texts(path: Path, *, text_field: str | None = None, limit: int | None =
     )
 
 
+def load_prompts(path: Path, *, limit: int | None = None) -> LoadedTexts:
+    """The prompts of a prompts file (gate.prompts): one schema, {"prompt": str} per line, for every
+    reader, with or without a manifest beside it."""
+    return load_texts(path, text_field=PROMPT_FIELD, limit=limit)
+
+
 def parse_jsonl_texts(path: Path, field: str) -> list[str]:
     """Every record's `field`; InputError naming the line of the first bad record."""
     texts = []
@@ -137,7 +145,7 @@ def parse_jsonl_texts(path: Path, field: str) -> list[str]:
             raise InputError(
                 f"line {number}: field '{field}' is {problem}",
                 path=path,
-                hint="each line must be a JSON object with a text field",
+                hint=f"each line must be a JSON object whose '{field}' is a non-empty string",
             )
         texts.append(value)
     if not texts:

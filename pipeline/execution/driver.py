@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import metadata
 
-from pipeline.core.errors import Interrupted, PipelineError
+from pipeline.core.errors import Interrupted, ModifiedManifestError, PipelineError
 from pipeline.core.hashing import fingerprint_key
 from pipeline.core.integrity import TreeCheck
 from pipeline.core.manifest import Fingerprint, StatKey
@@ -109,7 +109,12 @@ def status(
             continue
         prints = fingerprint(config, task, stage, {t.stage: digests[t] for t in task.inputs})
         key = key_of(prints)
-        artifact = store.get(task.stage, task.variant, key)
+        try:
+            artifact = store.get(task.stage, task.variant, key)
+        except ModifiedManifestError as exc:
+            path = exc.artifact
+            results.append(TaskResult(task, key, TaskState.modified, reason=exc.problem, path=path))
+            continue
         if artifact is not None:
             check, outside = _verified(stage, store, artifact, trusted)
             if not check.ok or outside:
@@ -165,14 +170,19 @@ def _reusable(
 ) -> tuple[Artifact | None, str]:
     """The stored artifact for key if it can be used as it is; else None and why it must run ("" when
     there is none: the caller says why). A modified artifact is set aside (kept, named in a warning)."""
-    existing = store.get(task.stage, task.variant, key)
+    try:
+        existing = store.get(task.stage, task.variant, key)
+    except ModifiedManifestError as exc:
+        aside = store.set_aside(exc.artifact)
+        reporter.warn(f"{task.id}: manifest.json {exc.problem}; the modified artifact is kept at {aside}")
+        return None, f"modified: manifest.json ({exc.problem})"
     if existing is None:
         return None, ""
     if forced:
         return None, "forced"
     check, outside = _verified(stage, store, existing, trusted)
     if not check.ok:
-        aside = store.set_aside(existing)
+        aside = store.set_aside(existing.path)
         reporter.warn(f"{task.id}: {check.summary()}; the modified artifact is kept at {aside}")
         return None, check.summary()
     if outside:

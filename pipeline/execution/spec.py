@@ -19,11 +19,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.core.atomic import write_text_atomic
 from pipeline.core.errors import DiskSpaceError, Interrupted, PipelineError
 from pipeline.core.logfile import StageLogHandler
-from pipeline.core.manifest import MANIFEST_NAME, Fingerprint, Manifest, StatKey, list_files
-from pipeline.core.store import Artifact, ArtifactStore
+from pipeline.core.manifest import Fingerprint, Manifest, StatKey, list_files
+from pipeline.core.store import Artifact, ArtifactStore, write_manifest
 from pipeline.core.tools import ToolRunner
 from pipeline.execution.events import Emit, EventReporter
 from pipeline.facts.config import PipelineConfig
@@ -156,7 +155,7 @@ def _run(
                 finished_at=datetime.now(timezone.utc),
                 duration_s=round(time.perf_counter() - t0, 3),
             )
-            write_text_atomic(out_dir / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+            write_manifest(out_dir, manifest)
     finally:
         logger.removeHandler(handler)
         handler.close()

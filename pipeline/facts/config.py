@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic import Strict as Exact
 
 from pipeline.core.errors import ConfigDeprecationWarning, ConfigError
 from pipeline.facts.build_options import (
@@ -55,8 +56,23 @@ def _one_of(value: str, known: Mapping[str, object], what: str) -> str:
     return value
 
 
+# TOML has its own integers, floats and booleans: a value of another type (`max_batch_size = "8"`,
+# `= true`) is a mistake to name, never to convert. A float field takes an integer (`= 1`).
+Int = Annotated[int, Exact()]
+Float = Annotated[float, Exact()]
+Bool = Annotated[bool, Exact()]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # Caught here, not later: Path("") is "." (the config's own folder), revision "" fails a download.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a value, or leave the key out for its default")
+        return value
 
 
 class ModelSection(Strict):
@@ -78,11 +94,11 @@ class ModelSection(Strict):
         "*.safetensors",
         "model.safetensors.index.json",
     )
-    allow_pickle: bool = False  # refuse .bin/.pt/.pth weights unless opted in
-    trust_remote_code: bool = False
-    instruct: bool = False  # apply the tokenizer's chat template to calibration/eval prompts
-    tiny_seed: int = 0
-    tiny_train_steps: Annotated[int, Field(ge=0)] = 300
+    allow_pickle: Bool = False  # refuse .bin/.pt/.pth weights unless opted in
+    trust_remote_code: Bool = False
+    instruct: Bool = False  # apply the tokenizer's chat template to calibration/eval prompts
+    tiny_seed: Int = 0
+    tiny_train_steps: Annotated[Int, Field(ge=0)] = 300
     tiny_size: str = "demo"  # a name in pipeline.hub.tiny_model.TINY_SIZES
 
     @model_validator(mode="after")
@@ -169,21 +185,21 @@ class QuantizationSection(Strict):
 
 class CalibrationSection(Strict):
     dataset: Path = Path("calib_data/offline-mix.jsonl")
-    samples: Annotated[int, Field(ge=1)] = 512
-    seq_len: Annotated[int, Field(ge=8)] = 512
-    batch_size: Annotated[int, Field(ge=1)] = 8
-    smoothquant_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    seed: int = 1234
+    samples: Annotated[Int, Field(ge=1)] = 512
+    seq_len: Annotated[Int, Field(ge=8)] = 512
+    batch_size: Annotated[Int, Field(ge=1)] = 8
+    smoothquant_alpha: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.5
+    seed: Int = 1234
 
 
 class Profile(Strict):
     name: Annotated[str, Field(pattern=SLUG.pattern)]
-    max_batch_size: Annotated[int, Field(ge=1)]
-    max_input_len: Annotated[int, Field(ge=1)]
+    max_batch_size: Annotated[Int, Field(ge=1)]
+    max_input_len: Annotated[Int, Field(ge=1)]
     # Always explicit: left unset, TensorRT-LLM takes 32768 from Mistral's config.
-    max_seq_len: Annotated[int, Field(ge=2)]
-    max_num_tokens: Annotated[int, Field(ge=1)] | None = None  # None: derived by the plan
-    opt_num_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_seq_len: Annotated[Int, Field(ge=2)]
+    max_num_tokens: Annotated[Int, Field(ge=1)] | None = None  # None: derived by the plan
+    opt_num_tokens: Annotated[Int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> Profile:
@@ -197,11 +213,11 @@ class Profile(Strict):
 class BuildSection(Strict):
     # Checked against the target by PipelineConfig (fp8 needs sm89, nvfp4 sm100).
     gemm_plugin: str = "auto"
-    multiple_profiles: bool = True
-    use_paged_context_fmha: bool = True
+    multiple_profiles: Bool = True
+    use_paged_context_fmha: Bool = True
     kv_cache_type: str = "paged"
-    workers: Annotated[int, Field(ge=1)] | None = None  # None: one per visible GPU
-    visualize: bool = False
+    workers: Annotated[Int, Field(ge=1)] | None = None  # None: one per visible GPU
+    visualize: Bool = False
 
     @field_validator("gemm_plugin")
     @classmethod
@@ -219,10 +235,10 @@ class BuildSection(Strict):
 
 
 class GateThresholds(Strict):
-    max_perplexity_increase_pct: Annotated[float, Field(ge=0)]
-    min_top1_agreement: Annotated[float, Field(ge=0, le=1)]
-    min_greedy_match: Annotated[float, Field(ge=0, le=1)]
-    min_multiple_choice_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_perplexity_increase_pct: Annotated[Float, Field(ge=0)]
+    min_top1_agreement: Annotated[Float, Field(ge=0, le=1)]
+    min_greedy_match: Annotated[Float, Field(ge=0, le=1)]
+    min_multiple_choice_accuracy: Annotated[Float, Field(ge=0, le=1)] | None = None
 
 
 def _default_thresholds() -> dict[Precision, GateThresholds]:
@@ -239,38 +255,30 @@ def _default_thresholds() -> dict[Precision, GateThresholds]:
 
 class GateSection(Strict):
     eval_dataset: Path = Path("calib_data/offline-eval.jsonl")
-    eval_samples: Annotated[int, Field(ge=1)] = 64
-    eval_seq_len: Annotated[int, Field(ge=8)] = 512
+    eval_samples: Annotated[Int, Field(ge=1)] = 64
+    eval_seq_len: Annotated[Int, Field(ge=8)] = 512
     prompts: Path = Path("calib_data/prompts.jsonl")
-    max_new_tokens: Annotated[int, Field(ge=1)] = 32
+    max_new_tokens: Annotated[Int, Field(ge=1)] = 32
     multiple_choice: Path | None = None
     thresholds: dict[Precision, GateThresholds] = Field(default_factory=_default_thresholds)
     # Sequences scored at once, whatever the served engines' max_batch_size: the gate engine's batch.
-    batch_size: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[Int, Field(ge=1)] = 8
     # Each served engine against its precision's gate engine (same checkpoint): greedy agreement.
-    min_served_greedy_match: Annotated[float, Field(ge=0, le=1)] = 0.9
+    min_served_greedy_match: Annotated[Float, Field(ge=0, le=1)] = 0.9
 
 
 class PublishSection(Strict):
     destination: Path = Path("model_repository")
     container: str = SERVING_CONTAINER.tag
-    decoupled: bool = True
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 100
-    preprocessing_instances: Annotated[int, Field(ge=1)] = 1
-    postprocessing_instances: Annotated[int, Field(ge=1)] = 1
-    enable_kv_cache_reuse: bool = False
-    enable_chunked_context: bool = True
+    decoupled: Bool = True
+    max_queue_delay_microseconds: Annotated[Int, Field(ge=0)] = 100
+    preprocessing_instances: Annotated[Int, Field(ge=1)] = 1
+    postprocessing_instances: Annotated[Int, Field(ge=1)] = 1
+    enable_kv_cache_reuse: Bool = False
+    enable_chunked_context: Bool = True
     # Where the serving container sees a published version (`-v <slot>/current:/models`):
     # the TensorRT-LLM backend reads the engine from an absolute gpt_model_path.
     mount_path: Annotated[str, Field(pattern=r"^/")] = "/models"
-
-    @field_validator("destination", mode="before")
-    @classmethod
-    def _not_empty(cls, value: object) -> object:
-        # Path("") is ".": an empty value would publish into the config's own folder.
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("is empty: name the folder the model repository is written to")
-        return value
 
 
 class ExecutionSection(Strict):

@@ -72,6 +72,14 @@ class WeightFormat:
     kv_cache: str | None  # the KV cache format it always uses; None: quantization.kv_cache_dtype
     export_dtype: Literal["float16", "bfloat16"]  # dtype of the unquantized tensors
     gate: GateDefaults
+    # ModelOpt pads the vocabulary to a multiple of this for the format (rows of zeros in
+    # vocab_embedding and lm_head, vocab_size raised to match); None: exported as it is.
+    pads_vocab_to: int | None = None
+
+    def exported_vocab_size(self, vocab_size: int) -> int:
+        """vocab_size as this format's export writes it (config.json, embedding and lm_head rows)."""
+        multiple = self.pads_vocab_to
+        return vocab_size if multiple is None else -(-vocab_size // multiple) * multiple
 
     @property
     def quantized(self) -> bool:
@@ -151,6 +159,10 @@ FORMATS: dict[Precision, WeightFormat] = {
                 "AWQ INT4 g128 moves Llama-2-7B's wikitext-2 perplexity 5.47 -> 5.60 (+2.4%, the AWQ "
                 "paper's table; round-to-nearest 5.73, +4.8%): 6% allows that loss and calibration noise",
             ),
+            # ModelOpt 0.37 modelopt/torch/export/model_config_export.py (torch_to_tensorrt_llm_checkpoint):
+            # for INT4_AWQ and W4A8_AWQ with vocab_size % 64 != 0 it calls postprocess.py's
+            # pad_embedding_lm_head (padding_factor=64): zero rows, vocab_size raised to match.
+            pads_vocab_to=64,
         ),
         WeightFormat(
             precision=Precision.fp8,

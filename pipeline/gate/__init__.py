@@ -65,6 +65,8 @@ def run_gate(
     are continued one at a time, so the served engine and the gate engine are compared at one shape.
     """
     inputs = prepare_inputs(settings, tokenizer, limits, served=served_limits)
+    if inputs.cut:
+        reporter.warn(inputs.cut)
     batch = min(settings.batch_size, limits.max_batch_size)
     total = len(inputs.windows) + len(inputs.prompts) + len(inputs.choices)
 

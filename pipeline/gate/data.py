@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
 from pipeline.core.hashing import sha256_file
-from pipeline.datasets.jsonl import load_texts
+from pipeline.datasets.jsonl import load_prompts, load_texts
 from pipeline.facts.config import GateSection
 from pipeline.runtime.limits import EngineLimits
 
@@ -39,6 +39,7 @@ class GateInputs:
     choices: list[ChoiceItem]
     end_id: int | None
     sources: dict[str, str]  # data file -> sha256
+    cut: str = ""  # how the windows asked for were cut to what the evaluation set holds ("": not cut)
 
 
 def prepare_inputs(
@@ -47,7 +48,7 @@ def prepare_inputs(
     """Tokenize the configured sets; windows, prompts and choices are cut to fit `limits` (the scored
     engine's), prompts and their continuations the `served` engine's too."""
     evaluation = load_texts(settings.eval_dataset)
-    prompts = load_texts(settings.prompts, text_field="prompt")
+    prompts = load_prompts(settings.prompts)
     sources = {str(evaluation.path): evaluation.sha256, str(prompts.path): prompts.sha256}
     window_len = min(settings.eval_seq_len, limits.max_input_len)
     stream: list[int] = tokenizer("\n\n".join(evaluation.texts), add_special_tokens=False)["input_ids"]
@@ -59,6 +60,13 @@ def prepare_inputs(
             hint="use a larger evaluation set or a smaller gate.eval_seq_len",
         )
     windows = [stream[i * window_len : (i + 1) * window_len] for i in range(count)]
+    cut = ""
+    if count < settings.eval_samples:
+        # The set is read once, in order, never repeated: more windows would score the same tokens twice.
+        cut = (
+            f"gate.eval_samples is {settings.eval_samples}; {evaluation.path} holds {len(stream)} tokens, "
+            f"{count} window(s) of {window_len}: the gate scores those {count}"
+        )
     both = [limits] if served is None else [limits, served]
     prompt_len = min(lim.max_input_len for lim in both)
     # A prompt keeps its end (what the model continues) when it is longer than the engine takes.
@@ -75,6 +83,7 @@ def prepare_inputs(
         choices=choices,
         end_id=tokenizer.eos_token_id,
         sources=sources,
+        cut=cut,
     )
 
 

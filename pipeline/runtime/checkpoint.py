@@ -66,6 +66,16 @@ class Mapping(BaseModel):
     pp_size: int = 1
 
 
+# The vocabulary the tokenizer knows, when an export padded vocab_size (pipeline.facts.formats'
+# pads_vocab_to): written by calibration's check, read by every runtime of the engine.
+UNPADDED_VOCAB = "vocab_size_unpadded"
+
+
+def real_vocab_size(pretrained_config: dict[str, Any]) -> int:
+    """The vocabulary of a checkpoint (or engine's pretrained_config) without its padding rows."""
+    return int(pretrained_config.get(UNPADDED_VOCAB) or pretrained_config["vocab_size"])
+
+
 class CheckpointConfig(BaseModel):
     """The fields of a TensorRT-LLM Llama-family checkpoint config this runtime reads: TensorRT-LLM's
     names and defaults as the file holds them. The model's shape is `arch`."""
@@ -76,7 +86,8 @@ class CheckpointConfig(BaseModel):
     num_hidden_layers: int
     num_attention_heads: int
     hidden_size: int
-    vocab_size: int
+    vocab_size: int  # rows of vocab_embedding and lm_head (padded by an AWQ export)
+    vocab_size_unpadded: int | None = None  # UNPADDED_VOCAB: the real size, when padded
     num_key_value_heads: int | None = None  # None: num_attention_heads (no GQA)
     head_size: int | None = None  # None: hidden_size // num_attention_heads
     intermediate_size: int | None = None  # None: 4 * hidden_size
@@ -117,7 +128,7 @@ class CheckpointConfig(BaseModel):
     def arch(self) -> Architecture:
         """The model's shape, a field the file leaves out taking TensorRT-LLM's default."""
         return Architecture(
-            vocab_size=self.vocab_size,
+            vocab_size=self.vocab_size_unpadded or self.vocab_size,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size or 4 * self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,

@@ -219,12 +219,25 @@ def build_weights(
             path=checkpoint_dir / CONFIG_NAME,
             hint="add '*vocab_embedding' to exclude_modules (TensorRT-LLM's default list has it)",
         )
-    embedding = reader.floating("transformer.vocab_embedding.weight", (arch.vocab_size, hidden))
+    # The rows past the real vocabulary are an export's zero padding (checked at export): the runtime
+    # keeps the real ones, so its logits have the tokenizer's width.
+    rows, vocab = config.vocab_size, arch.vocab_size
+    embedding = reader.floating("transformer.vocab_embedding.weight", (rows, hidden))[:vocab]
     final_norm = reader.floating("transformer.ln_f.weight", (hidden,))
     if arch.tie_word_embeddings and "lm_head.weight" not in reader.tensors:
         lm_head: Linear = DenseLinear(embedding)
     else:
-        lm_head = reader.linear("lm_head", arch.vocab_size, hidden)
+        lm_head = reader.linear("lm_head", rows, hidden)
+        if rows != vocab:
+            if not isinstance(lm_head, DenseLinear):
+                raise InputError(
+                    "a quantized lm_head with a padded vocabulary is not implemented",
+                    path=reader.path,
+                    hint="leave lm_head unquantized (ModelOpt's default)",
+                )
+            lm_head = DenseLinear(
+                lm_head.weight[:vocab], None if lm_head.bias is None else lm_head.bias[:vocab]
+            )
     if reader.tensors:
         unknown = ", ".join(sorted(reader.tensors)[:5])
         raise InputError(

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.core.atomic import link_or_copy, protect, remove_staged, staged_dir, swap_symlink
-from pipeline.core.errors import InputError
+from pipeline.core.errors import DiskSpaceError, InputError
 from pipeline.core.integrity import Problem, TreeCheck, check_tree
 from pipeline.core.locks import hold_lock
 from pipeline.core.manifest import FileEntry, StatKey, StatRecord, StoredFile
@@ -66,6 +66,32 @@ def current_version(slot: Path) -> int | None:
     return found[-1] if found else None
 
 
+def check_current(slot: Path, variant: tuple[str, str, str]) -> str | None:
+    """What is wrong with slot's `current`, or None: it must name a version folder of slot (a number)
+    whose publish-manifest.json names this variant, (model, precision, profile). A link to another
+    variant's version, or to a copy of one, would serve that engine under this variant's name."""
+    link = slot / CURRENT
+    if not link.is_symlink():
+        return f"{CURRENT} is not a link to a version" if os.path.lexists(link) else None
+    target = os.readlink(link)
+    if not target.isdigit() or not (slot / target).is_dir():
+        return f"{CURRENT} points to {target}, not a version folder of this variant"
+    return check_variant(slot / target, variant)
+
+
+def check_variant(version_dir: Path, variant: tuple[str, str, str]) -> str | None:
+    """None if the version's publish-manifest.json names `variant` (or is unreadable: check_version
+    reports that), else what it names instead."""
+    try:
+        manifest = ReleaseManifest.model_validate_json((version_dir / RELEASE_MANIFEST).read_text())
+    except (OSError, ValidationError, ValueError):
+        return None
+    if manifest.variant == variant:
+        return None
+    named, wanted = "/".join(manifest.variant), "/".join(variant)
+    return f"{RELEASE_MANIFEST} of version {version_dir.name} is for {named}, not {wanted}"
+
+
 def check_version(
     version_dir: Path,
     trusted: Mapping[StatKey, str] | None = None,
@@ -85,10 +111,6 @@ def check_version(
     return check_tree(version_dir, entries, trusted=trusted, ignore=frozenset({RELEASE_MANIFEST}))
 
 
-def _stats(version_dir: Path, files: list[FileEntry]) -> dict[str, StatRecord]:
-    return {f.path: StatRecord.of(os.stat(version_dir / f.path)) for f in files}
-
-
 def publish_release(
     source: Path,
     slot: Path,
@@ -99,7 +121,11 @@ def publish_release(
     on_wait: Callable[[Path], None] | None = None,
 ) -> Release:
     """Place `files` of `source` (plus its publish-manifest.json) as the next version of `slot`, unless
-    the current version is the same release and intact. Holds `lock_root`'s lock throughout."""
+    the current version is the same release and intact. Holds `lock_root`'s lock throughout.
+
+    Each file is hashed as it lies in the staged version and refused unless it has the sha256 `files`
+    gives (which the caller took from the gated artifacts' manifests); the staged tree is checked by
+    stat once more just before the rename, so a file changed after it was hashed is refused too."""
     check_destination(slot)
     manifest = (source / RELEASE_MANIFEST).read_bytes()
     created = [p for p in (slot, *slot.parents) if not p.exists()]  # deepest first
@@ -112,21 +138,50 @@ def publish_release(
             tampered = tuple(str(p) for p in check.problems)
             if check.ok and (slot / str(current) / RELEASE_MANIFEST).read_bytes() == manifest:
                 swap_symlink(slot / CURRENT, str(current))
-                stats = _stats(slot / str(current), files)
-                return Release(current, slot / str(current), created=False, stats=stats)
+                return Release(current, slot / str(current), created=False, stats=check.stats)
         try:
             with staged_dir(slot) as tmp:
-                for entry in files:
-                    link_or_copy(source / entry.path, tmp / entry.path, entry.sha256)
-                shutil.copyfile(source / RELEASE_MANIFEST, tmp / RELEASE_MANIFEST)
+                try:
+                    stats = {e.path: link_or_copy(source / e.path, tmp / e.path, e.sha256) for e in files}
+                    (tmp / RELEASE_MANIFEST).write_bytes(manifest)  # the bytes compared, not a re-read
+                except OSError as exc:
+                    full = _destination_full(exc, slot, tmp)
+                    if full is None:
+                        raise
+                    raise full from exc
                 protect(tmp)
+                staged = check_tree(
+                    tmp,
+                    [StoredFile(**e.model_dump(), stat=stats[e.path]) for e in files],
+                    ignore=frozenset({RELEASE_MANIFEST}),
+                )
+                if not staged.ok:
+                    raise InputError(
+                        f"a file changed while it was being published ({staged.summary()}); nothing released",
+                        path=source,
+                        hint="`trtllm-pipeline run` sets a modified artifact aside and rebuilds it",
+                    )
                 version = _commit(tmp, slot)
         except BaseException:
             _remove_empty(created)  # a failed first publish leaves only the destination's lock
             raise
         swap_symlink(slot / CURRENT, str(version))
-        stats = _stats(slot / str(version), files)
     return Release(version, slot / str(version), created=True, stats=stats, tampered=tampered)
+
+
+def _destination_full(exc: OSError, slot: Path, tmp: Path) -> DiskSpaceError | None:
+    """A full destination, named as such: the version is staged beside its final name (on the
+    destination's filesystem, so that the rename that releases it is atomic), and it is that disk
+    that is full, whatever the work dir's has free."""
+    if DiskSpaceError.from_error(exc) is None:
+        return None
+    written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+    return DiskSpaceError(
+        slot,
+        free=shutil.disk_usage(slot).free,
+        written=written,
+        hint="free space on the publish destination's disk, or set publish.destination to a larger one",
+    )
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -63,3 +63,8 @@ class ReleaseManifest(_Frozen):
     serving: ServingRef
     gate: GateRef
     files: list[FileEntry]  # every file of the repository but this manifest, sorted by path
+
+    @property
+    def variant(self) -> tuple[str, str, str]:
+        """(model, precision, profile): the folders of the destination that hold this variant's versions."""
+        return (self.model.name, self.precision, self.profile)

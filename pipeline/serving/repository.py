@@ -13,7 +13,6 @@ models find it through the relative `tokenizer_dir` parameter.
 
 from __future__ import annotations
 
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -75,8 +74,11 @@ def write_repository(
     engine_dir: Path,
     engine_sha256: dict[str, str],
     tokenizer_dir: Path,
+    tokenizer_sha256: dict[str, str],
 ) -> dict[str, str]:
-    """Write the repository at root (created); return the sha256 of every engine file placed, by path."""
+    """Write the repository at root (created); return the sha256 of every file placed from the gated
+    artifacts (engine and tokenizer), by path. Each is hashed where it lies and refused unless it has
+    the sha256 given (engine/, tokenizer files by name: from the artifacts' manifests)."""
     models = resources.files("pipeline.serving.models")
     python_models = dict(PYTHON_MODELS)
     if values.triton_backend == "python":
@@ -97,12 +99,15 @@ def write_repository(
                 (h, models.joinpath(h)) for h in HELPERS
             ]:
                 (version_dir / name).write_text(src.read_text())
-    for src in tokenizer_files(tokenizer_dir):
-        (root / TOKENIZER_SUBDIR).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, root / TOKENIZER_SUBDIR / src.name)
+    sources = {
+        f"{TOKENIZER_SUBDIR}/{f.name}": (f, tokenizer_sha256.get(f.name))
+        for f in tokenizer_files(tokenizer_dir)
+    }
+    sources |= {f"{ENGINE_SUBDIR}/{rel}": (engine_dir / rel, sha) for rel, sha in engine_sha256.items()}
     placed = {}
-    for rel, sha256 in sorted(engine_sha256.items()):
-        target = f"{ENGINE_SUBDIR}/{rel}"
-        link_or_copy(engine_dir / rel, root / target, sha256)
+    for target, (src, sha256) in sorted(sources.items()):
+        if sha256 is None:
+            raise InputError("not in its artifact's manifest", path=src, hint="rerun fetch (--force)")
+        link_or_copy(src, root / target, sha256)
         placed[target] = sha256
     return placed

@@ -195,16 +195,24 @@ def ask_server(url: str, prompts: list[str], expected: list[str], *, max_tokens:
 
 
 def published_repository(config: PipelineConfig, precision: str, profile: str) -> Path:
-    """The current published version of a variant (what `publish` last released)."""
-    from pipeline.serving.release import CURRENT
+    """The current published version of a variant (what `publish` last released), once `current`
+    is found to name a version of this variant."""
+    from pipeline.serving.release import CURRENT, check_current
     from pipeline.stages.publish import variant_destination
 
-    path = variant_destination(config, precision, profile) / CURRENT
+    slot = variant_destination(config, precision, profile)
+    path = slot / CURRENT
     if not path.is_dir():
         raise InputError(
             "nothing published for this variant",
             path=path,
             hint=f"run `trtllm-pipeline publish --precision {precision} --profile {profile}` first",
+        )
+    problem = check_current(slot, (config.model.name, precision, profile))
+    if problem is not None:
+        raise IntegrityError(
+            f"{slot}: {problem}; refusing to serve it as {precision}/{profile}",
+            hint=f"point {CURRENT} at a version of this variant, or `trtllm-pipeline publish` a fresh one",
         )
     return path
 
@@ -220,9 +228,9 @@ def smoke_published(
     max_tokens: int | None = None,
 ) -> list[SmokeReport]:
     """Smoke every published variant the filters select, one server at a time."""
-    from pipeline.datasets.jsonl import load_texts
+    from pipeline.datasets.jsonl import load_prompts
 
-    texts = load_texts(config.gate.prompts, limit=prompts).texts
+    texts = load_prompts(config.gate.prompts, limit=prompts).texts
     reports = []
     for precision in config.quantization.precisions:
         for profile in config.profiles:

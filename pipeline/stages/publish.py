@@ -19,7 +19,6 @@ run, so a tampered version is republished rather than taken as up to date.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from importlib import resources
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.backends import backend_of
 from pipeline.backends.base import EngineInfo, read_engine_info
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config, supports_chunked_context
+from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
 from pipeline.core.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
@@ -42,7 +42,7 @@ from pipeline.planning.memory import KV_FREE_FRACTION
 from pipeline.planning.tasks import Task
 from pipeline.runtime.limits import EngineLimits
 from pipeline.serving.compat import check_engine_fits
-from pipeline.serving.release import check_destination, check_version, publish_release
+from pipeline.serving.release import check_current, check_destination, check_version, publish_release
 from pipeline.serving.release_manifest import (
     RELEASE_MANIFEST,
     EngineRef,
@@ -105,7 +105,7 @@ class Publish(Stage):
         engine_config = read_engine_config(engine_dir)
         # What the serving config must agree with (the rest of build_config is the engine's business).
         limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
-        engine_sha256 = _engine_files(build)
+        engine_sha256 = _files_under(build, layout.ENGINE)
         built = read_engine_info(engine_dir)
         serving = backend_of(config).serving(config)
         check_engine_fits(
@@ -141,8 +141,11 @@ class Publish(Stage):
             engine_dir=engine_dir,
             engine_sha256=engine_sha256,
             tokenizer_dir=layout.model_dir(fetch.path),
+            tokenizer_sha256=_files_under(fetch, layout.MODEL),
         )
-        shutil.copyfile(gate_report, repository / layout.GATE_JSON)
+        # The verdict as the gate wrote it: hashed where it lies, against the gate's manifest.
+        placed[layout.GATE_JSON] = _files_under(gate, "")[layout.GATE_JSON]
+        link_or_copy(gate_report, repository / layout.GATE_JSON, placed[layout.GATE_JSON])
         ctx.known_sha256.update({f"{layout.REPOSITORY}/{rel}": sha for rel, sha in placed.items()})
 
         fetched = _validated(
@@ -215,6 +218,9 @@ class Publish(Stage):
             return [f"{artifact.path / MANIFEST_NAME}: record is not a publish record"]
         version = Path(record.path)
         where = f"published version {record.version} at {version}"
+        current = check_current(Path(record.destination), record.release.variant)
+        if current is not None:
+            return [f"{record.destination}: {current}"]
         check = check_version(version, trusted, record.version_stats)
         if not check.ok:
             return [f"{where}: {p}" for p in check.problems]
@@ -277,10 +283,10 @@ def _require_intact(artifact: Artifact) -> None:
         )
 
 
-def _engine_files(build: Artifact) -> dict[str, str]:
-    """sha256 of every engine file (relative to engine/), from the (verified) build manifest."""
-    prefix = f"{layout.ENGINE}/"
-    return {e.path[len(prefix) :]: e.sha256 for e in build.manifest.files if e.path.startswith(prefix)}
+def _files_under(artifact: Artifact, folder: str) -> dict[str, str]:
+    """sha256 of every file of the (verified) artifact's manifest under folder ("": all), by path in it."""
+    prefix = f"{folder}/" if folder else ""
+    return {e.path[len(prefix) :]: e.sha256 for e in artifact.manifest.files if e.path.startswith(prefix)}
 
 
 def _validated(model: type[M], data: Any, *, source: Path, prefix: str, stage: str) -> M:

@@ -77,6 +77,7 @@ class TritonPythonModel:
 
         from pipeline.backends import load_runner
         from pipeline.backends.base import NO_END_ID
+        from pipeline.runtime.checkpoint import real_vocab_size
 
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = model_config(args)
@@ -96,7 +97,7 @@ class TritonPythonModel:
             pb_utils=pb_utils,
             workers=self.runner.limits.max_batch_size,
         )
-        self.vocab_size = int(self.runner.engine_config["pretrained_config"]["vocab_size"])
+        self.vocab_size = real_vocab_size(self.runner.engine_config["pretrained_config"])
         self.no_end_id = NO_END_ID
 
     def finalize(self):
