@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from publish_upstream import ON_A100, REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
-from test_smoke import CONFIG_CHANGES, shm_regions
+from test_smoke import CONFIG_CHANGES, grpc_stream, shm_regions
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
@@ -101,27 +101,6 @@ def test_the_first_variant_is_served_when_none_is_named(tmp_path):
         chosen_variant(config, frozenset(), frozenset({"latency"}))
 
 
-def _grpc_stream(client, inputs) -> list[str]:
-    """Every text_output of one request over a gRPC stream (the decoupled models answer only there)."""
-    import queue
-
-    answers: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    try:
-        client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
-        pieces = []
-        while True:
-            result, error = answers.get(timeout=READY_TIMEOUT_S)
-            assert error is None, error
-            text = result.as_numpy("text_output")
-            if text is not None:  # the final response may carry the answer, or be empty
-                pieces.append(text.reshape(-1)[0].decode())
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                return pieces
-    finally:
-        client.stop_stream()
-
-
 def _wait_for_line(process: subprocess.Popen, needle: str, lines: list[str]) -> str:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -181,7 +160,9 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tmp_path
         ]
         inputs[0].set_data_from_numpy(np.array([[payload["text_input"].encode()]], dtype=object))
         inputs[1].set_data_from_numpy(np.array([[6]], dtype=np.int32))
-        over_grpc = "".join(_grpc_stream(client, inputs))
+        over_grpc = "".join(
+            r["text_output"].reshape(-1)[0].decode() for r in grpc_stream(client, "ensemble", inputs)
+        )
         assert over_grpc == over_http
         assert f"127.0.0.1:{metrics}" in ready
 

@@ -82,6 +82,29 @@ class GrpcTritonServer(TritonServer):
         return [*argv, "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}"]
 
 
+def grpc_stream(client, model: str, inputs) -> list[dict]:
+    """Every response of one request over a gRPC stream (the decoupled models answer only there), as
+    {output name: numpy array}; the final empty response left out."""
+    import queue
+
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        responses = []
+        while True:
+            result, error = answers.get(timeout=300)
+            if error is not None:
+                raise StageError("smoke", str(error))
+            outputs = {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+            if outputs:
+                responses.append(outputs)
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return responses
+    finally:
+        client.stop_stream()
+
+
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
     before = shm_regions()

@@ -20,14 +20,13 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from offvalues import refuse_unless_off  # noqa: E402
 from responding import Responder, batch_index_tensor  # noqa: E402
 from tensornames import PREPROCESSING_TO_ENGINE, TEXT_TO_ENGINE, TEXT_TO_PREPROCESSING, Engine, Text  # noqa: E402
 from textcodec import PieceDecoder, TextStream  # noqa: E402
 
-# The sampling options this model takes, passed through to the engine (the stream flag it sets itself).
-SAMPLING_INPUTS = {
-    name: TEXT_TO_ENGINE[name] for name in Text.BLS_INPUTS if name in TEXT_TO_ENGINE and name != Text.STREAM
-}
+# The client's options passed through to the engine as they are (the stream flag it sets itself).
+ENGINE_OPTIONS = {name: engine for name, engine in TEXT_TO_ENGINE.items() if name != Text.STREAM}
 
 
 def _raise_on_error(response):
@@ -70,6 +69,9 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _serve(self, request, sender):
+        for name in Text.BLS_ONLY_INPUTS:  # images and video, a draft model: none here
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            refuse_unless_off(name, None if tensor is None else tensor.as_numpy(), who="this text-only model")
         stream_in = pb_utils.get_input_tensor_by_name(request, Text.STREAM)
         streaming = bool(stream_in is not None and stream_in.as_numpy().reshape(-1)[0])
         if streaming and sender is None:
@@ -88,9 +90,11 @@ class TritonPythonModel:
         )
         engine_inputs = {}
         for pre_name, name in PREPROCESSING_TO_ENGINE.items():
-            engine_inputs[name] = pb_utils.get_output_tensor_by_name(pre, pre_name).as_numpy()
+            tensor = pb_utils.get_output_tensor_by_name(pre, pre_name)
+            if tensor is not None:  # a text-only tokenizer gives no decoder ids, bias or prompt-table ids
+                engine_inputs[name] = tensor.as_numpy()
         batch = engine_inputs[Engine.INPUT_IDS].shape[0]
-        for name, engine_name in SAMPLING_INPUTS.items():
+        for name, engine_name in ENGINE_OPTIONS.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 engine_inputs[engine_name] = tensor.as_numpy()

@@ -25,22 +25,40 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from offvalues import ZERO, refuse_unless_off  # noqa: E402
 from responding import Responder, batch_index_tensor  # noqa: E402
 from tensornames import Engine  # noqa: E402
 from textcodec import from_word_list, stop_position  # noqa: E402
 
-# input -> the value that means "off"; anything else is refused on this target
-UNSUPPORTED_UNLESS = {
-    Engine.BEAM_WIDTH: 1,
-    Engine.RUNTIME_TOP_P: None,  # any value: the reference runtime samples top-k only
-    Engine.LEN_PENALTY: None,
-    Engine.REPETITION_PENALTY: 1.0,
-    Engine.PRESENCE_PENALTY: 0.0,
-    Engine.FREQUENCY_PENALTY: 0.0,
-    Engine.MIN_TOKENS: None,
-    Engine.RETURN_LOG_PROBS: False,
-    Engine.ENCODER_INPUT_FEATURES: None,
+# The inputs this model acts on; every other input the backend declares is accepted at its "off"
+# value and refused by name otherwise (offvalues.py).
+ACTED_ON = {
+    Engine.INPUT_IDS,
+    Engine.INPUT_LENGTHS,
+    Engine.REQUEST_OUTPUT_LEN,
+    Engine.END_ID,
+    Engine.PAD_ID,
+    Engine.STOP_WORDS_LIST,
+    Engine.BAD_WORDS_LIST,  # refused when it names a word, below
+    Engine.TEMPERATURE,
+    Engine.RUNTIME_TOP_K,
+    Engine.SEED,
+    Engine.EXCLUDE_INPUT_IN_OUTPUT,
+    Engine.STREAMING,
+    Engine.STOP,
 }
+# Off values other than 0/false/empty: one beam and one sequence; top_p 1 keeps every token and 0 is
+# what clients send for "no top-p" (issue 22; not re-read in TensorRT-LLM's sampling layers); a length
+# penalty, top-p decay or repetition penalty of 1 leaves the logits as they are.
+OFF = {
+    Engine.BEAM_WIDTH: (1,),
+    Engine.NUM_RETURN_SEQUENCES: (1,),
+    Engine.RUNTIME_TOP_P: (0.0, 1.0),
+    Engine.LEN_PENALTY: (1.0,),
+    Engine.RUNTIME_TOP_P_DECAY: (1.0,),
+    Engine.REPETITION_PENALTY: (1.0,),
+}
+NOT_ACTED_ON = tuple(name for name in Engine.INPUTS if name not in ACTED_ON)
 
 
 # The TensorRT-LLM backend reads these with no fallback, so a config without one fails to load
@@ -113,14 +131,18 @@ class TritonPythonModel:
                 event.set()
             # the backend answers a stop with an empty (final) response
             return None if sender is not None else pb_utils.InferenceResponse(output_tensors=[])
-        for name, off in UNSUPPORTED_UNLESS.items():
-            value = _optional(request, name)
-            if value is not None and (off is None or value.reshape(-1)[0].item() != off):
-                raise ValueError(f"input '{name}' is not supported by the reference runtime")
+        for name in NOT_ACTED_ON:
+            refuse_unless_off(
+                name, _optional(request, name), OFF.get(name, ZERO), who="the reference runtime"
+            )
         bad = _optional(request, Engine.BAD_WORDS_LIST)
         if bad is not None and any(from_word_list(row) for row in bad.reshape(-1, 2, bad.shape[-1])):
             raise ValueError(f"input '{Engine.BAD_WORDS_LIST}' is not supported by the reference runtime")
-        ids = pb_utils.get_input_tensor_by_name(request, Engine.INPUT_IDS).as_numpy()
+        ids = _optional(request, Engine.INPUT_IDS)
+        if ids is None:  # optional only for encoder-decoder models, which give encoder features instead
+            raise ValueError(
+                f"input '{Engine.INPUT_IDS}' is required by the reference runtime (a decoder-only model)"
+            )
         lengths = pb_utils.get_input_tensor_by_name(request, Engine.INPUT_LENGTHS).as_numpy().reshape(-1)
         output_lens = (
             pb_utils.get_input_tensor_by_name(request, Engine.REQUEST_OUTPUT_LEN).as_numpy().reshape(-1)
@@ -148,13 +170,14 @@ class TritonPythonModel:
             top_k=int(_scalar(request, Engine.RUNTIME_TOP_K, 0)),
             seed=int(_scalar(request, Engine.SEED, 0)),
         )
+        exclude_input = bool(_scalar(request, Engine.EXCLUDE_INPUT_IN_OUTPUT, self.exclude_input))
         # batch_index only when the request asked for it and holds several prompts (fillTritonResponse)
         indexed = batch > 1 and Engine.BATCH_INDEX in request.requested_output_names()
         generation = _Generation(self, request, sender)
         try:
             if streaming:
                 return self._stream(prompts, stop_words, output_lens, options, generation, indexed)
-            return self._whole(prompts, stop_words, output_lens, options, generation, indexed)
+            return self._whole(prompts, stop_words, output_lens, options, generation, indexed, exclude_input)
         except _Cancelled:
             pb_utils.Logger.log_info(f"tensorrt_llm: request '{request.request_id()}' cancelled")
             if sender is None:
@@ -163,7 +186,7 @@ class TritonPythonModel:
         finally:
             generation.close()
 
-    def _whole(self, prompts, stop_words, output_lens, options, generation, indexed):
+    def _whole(self, prompts, stop_words, output_lens, options, generation, indexed, exclude_input):
         generated = self.runner.generate(prompts, on_token=generation.check, **options)
         answers = []
         for b, tokens in enumerate(generated):
@@ -173,7 +196,7 @@ class TritonPythonModel:
             end = stop_position(tokens, stop_words[b])
             tokens = tokens[:end] if end is not None else tokens
             steps = len(tokens) + int(ended)  # the decoding step at which this prompt finished
-            answers.append((steps, b, tokens if self.exclude_input else prompts[b] + tokens))
+            answers.append((steps, b, tokens if exclude_input else prompts[b] + tokens))
         pad = options["end_id"] or 0
         *first, last = sorted(answers)  # completion order; the last one travels with the final flag
         for _, b, tokens in first:
