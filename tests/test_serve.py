@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from publish_upstream import ON_A100, REPO_ROOT, Upstream, a100_engine_info, config_with, run_publish
-from test_smoke import CONFIG_CHANGES, grpc_stream, shm_regions
+from test_smoke import CONFIG_CHANGES, MAX_TOKENS, grpc_stream, shm_regions, shm_regions_of
+from test_upstream_clients import neutral_payload
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
 from pipeline.core.errors import InputError
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.serving import release
-from pipeline.serving.client import generate
+from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.server import free_port
 
 PROFILE = "latency"
@@ -123,14 +124,15 @@ def tiny_published(tmp_path, tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.triton
-def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tmp_path):
-    """As a user runs it: a child process, HTTP and gRPC clients, Ctrl-C. Exit 130, shared memory freed,
-    nothing written into the version; the logged command runs as is when pasted into a bare shell."""
+def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tiny_model_dir, tmp_path):
+    """As a user runs it: a child process, HTTP and gRPC clients, and a generate_stream with every
+    upstream input at its neutral value, then Ctrl-C. Exit 130, shared memory freed, nothing written
+    into the version; the logged command runs as is when pasted into a bare shell."""
     import tritonclient.grpc as grpcclient
+    from transformers import AutoTokenizer
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     work = tmp_path / "work"
-    before = shm_regions()
     argv = [
         sys.executable,
         "-m",
@@ -150,7 +152,7 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tmp_path
         assert f"http://127.0.0.1:{http}" in ready
         log = work / "serve" / "int8_sq" / PROFILE / "tritonserver.log"
         logged = log.read_text().splitlines()[0].removeprefix("$ ")
-        payload = {"text_input": "The library opens at", "max_tokens": 6}
+        payload = {"text_input": "The library opens at", "max_tokens": MAX_TOKENS}
         over_http = generate(f"http://127.0.0.1:{http}", "ensemble", payload)["text_output"]
 
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
@@ -159,26 +161,35 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tmp_path
             grpcclient.InferInput("max_tokens", [1, 1], "INT32"),
         ]
         inputs[0].set_data_from_numpy(np.array([[payload["text_input"].encode()]], dtype=object))
-        inputs[1].set_data_from_numpy(np.array([[6]], dtype=np.int32))
+        inputs[1].set_data_from_numpy(np.array([[MAX_TOKENS]], dtype=np.int32))
         over_grpc = "".join(
             r["text_output"].reshape(-1)[0].decode() for r in grpc_stream(client, "ensemble", inputs)
         )
         assert over_grpc == over_http
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        ids = {"end_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
+        neutral = neutral_payload("ensemble", payload["text_input"], ids, stream=True)
+        events = generate_stream(f"http://127.0.0.1:{http}", "ensemble", neutral)
+        assert "".join(e["text_output"] for e in events if "text_output" in e) == over_http
         assert f"127.0.0.1:{metrics}" in ready
+        ours = shm_regions_of(process.pid)  # other servers on this machine have regions of their own
+        assert ours
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=120) == 130
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed assertion: stop it as a user would, so it stops its server
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
     out = "".join(lines) + process.stdout.read()
     process.stdout.close()
     assert "stopped by SIGINT" in out and "Traceback" not in out
-    assert shm_regions() - before == set()
+    assert ours & shm_regions() == set()
     version = (tmp_path / "published" / "tiny-mistral" / "int8_sq" / PROFILE / "current").resolve()
     assert release.check_version(version).ok and not list(version.rglob("__pycache__"))
 
+    with socket.socket() as probe:  # serve's own server is gone: only the pasted one can answer below
+        assert probe.connect_ex(("127.0.0.1", http)) != 0
     # The logged command, pasted into a shell with a bare environment, serves too (the stub's libraries
     # and interpreter come from the line itself).
     pasted = subprocess.Popen(
@@ -196,7 +207,9 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tmp_path
             except Exception:  # noqa: BLE001 (not up yet)
                 time.sleep(0.5)
         assert generate(f"http://127.0.0.1:{http}", "ensemble", payload)["text_output"] == over_http
+        ours = shm_regions_of(pasted.pid)
+        assert ours
     finally:
         pasted.send_signal(signal.SIGTERM)
         pasted.wait(timeout=120)
-    assert shm_regions() - before == set()
+    assert ours & shm_regions() == set()

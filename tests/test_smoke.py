@@ -43,8 +43,33 @@ CONFIG_CHANGES = {'prompts = "calib_data/prompts.jsonl"': f'prompts = "{PROMPTS_
 SHM = Path("/dev/shm")
 
 
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
 def shm_regions() -> set[str]:
-    return {p.name for p in SHM.glob("triton_python_backend_shm_region_*")} if SHM.is_dir() else set()
+    return {p.name for p in SHM.glob(f"{SHM_PREFIX}*")} if SHM.is_dir() else set()
+
+
+def shm_regions_of(pid: int) -> set[str]:
+    """The Python backend regions mapped by `pid` and its descendants (tritonserver, its stubs): the ones a
+    server owns, told apart from those of other servers on the same machine."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the command name: state, ppid
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # it exited meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    pids, regions = [pid], set()
+    while pids:
+        current = pids.pop()
+        pids += children.get(current, [])
+        try:
+            maps = (Path("/proc") / str(current) / "maps").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        regions |= {line.rsplit("/", 1)[-1] for line in maps.splitlines() if SHM_PREFIX in line}
+    return regions
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +132,11 @@ def grpc_stream(client, model: str, inputs) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
-    before = shm_regions()
     work = tmp_path_factory.mktemp("server")
     triton = GrpcTritonServer(smoke.serving_view(published[2], work), work_dir=work)
     triton.start()
     try:
         triton.wait_ready()
-        triton.shm_before = before
         yield triton
     finally:
         triton.stop()
@@ -405,6 +428,8 @@ def test_an_engine_model_without_a_parameter_the_backend_requires_does_not_load(
 @pytest.mark.triton
 def test_the_server_stops_by_pid_and_frees_its_shared_memory(server):
     """Last in the module: it stops the module's server."""
+    ours = shm_regions_of(server.process.pid)
+    assert ours  # the probe sees the server's regions while it runs
     server.stop()
     assert server.process.returncode == 0
-    assert shm_regions() - server.shm_before == set()
+    assert ours & shm_regions() == set()
