@@ -63,3 +63,31 @@ def test_verify_lists_every_modified_file_and_exits_non_zero(tmp_path, capsys):
         (str(version.parent), "partial publish: .tmp-0123abcd"),
     }
     assert "verify found 5 problem(s)" in err and len(err.strip().splitlines()) == 2  # error + tip
+
+
+def test_verify_goes_green_again_after_a_version_was_served_in_place_and_prune_ran(tmp_path, capsys):
+    """A server run on version 1 in place writes __pycache__ into it: `run` publishes version 2, which
+    `verify` checks by default; `verify --all` still sees version 1 and names `prune`, which removes it."""
+    config = config_with(tmp_path)
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None
+    slot = config.publish.destination / "tiny-mistral" / "int8_sq" / "latency"
+    (slot / "1" / "preprocessing" / "1" / "__pycache__").mkdir()
+    (slot / "1" / "preprocessing" / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"\0")
+
+    code, body, err = _verify(tmp_path, capsys)
+    assert code == 2 and [f["path"] for f in body["findings"]] == [str(slot / "1")]
+    assert "TIP `trtllm-pipeline run` publishes a fresh version; `trtllm-pipeline prune --keep 1`" in err
+
+    assert run_publish(config, tmp_path / "work", Upstream()).error is None  # what `run` does next
+    assert os.readlink(slot / "current") == "2"
+    code, body, _ = _verify(tmp_path, capsys)
+    assert code == 0 and body["published"] == 1  # the current version only
+
+    args = ["--config", str(tmp_path / "pipeline.toml"), "--work-dir", str(tmp_path / "work")]
+    assert main(["verify", "--all", *args]) == 2
+    out = capsys.readouterr().out
+    assert "fix: `trtllm-pipeline prune --keep 1` removes it" in out
+    assert main(["prune", "--keep", "1", *args[:2]]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--all", "--json", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["published"] == 1

@@ -1,6 +1,9 @@
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from pipeline.cli import main
 
@@ -70,3 +73,61 @@ def test_every_command_refuses_a_work_dir_that_is_a_file_in_one_line(tmp_path, i
         assert err[0] == f"ERROR --work-dir {a_file}: {a_file} is a file, not a folder", command
         assert err[1].startswith("TIP point --work-dir at"), command
     assert a_file.read_text() == "not a folder"
+
+
+def test_version_names_the_tensorrt_llm_and_container_it_targets(capsys):
+    from pipeline import __version__
+    from pipeline.facts.container import SERVING_CONTAINER
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out
+        == f"trtllm-pipeline {__version__} (TensorRT-LLM {SERVING_CONTAINER.tensorrt_llm}, {SERVING_CONTAINER.tag})\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command, absent",
+    [
+        ("fetch", ["--precision", "--profile", "--mount-path", "--allow-arch-mismatch", "--visualize"]),
+        ("calibrate", ["--profile", "--mount-path", "--allow-arch-mismatch", "--visualize"]),
+        ("build", ["--mount-path"]),
+        ("gate", ["--mount-path"]),
+    ],
+)
+def test_a_stage_command_lists_only_the_options_it_reads(command, absent, capsys):
+    assert main([command, "--help"]) == 0
+    listed = set(re.findall(r"(--[a-z-]+)", capsys.readouterr().out))
+    assert {"--config", "--work-dir", "--force", "--json", "--dry-run"} <= listed
+    assert not listed & set(absent)
+    assert main([command, absent[0], "x"]) == 2
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_without_a_terminal_tables_do_not_wrap(tmp_path, in_repo_root, capsys, monkeypatch):
+    """A CI log has no terminal: a status row and its path stay on one line."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    work = tmp_path / ("a-work-dir-with-a-long-name-" * 4)
+    assert main(["status", "--work-dir", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert f"status of {work}" in out
+    assert any(
+        line.startswith("│ build[int8_sq/throughput]") and "never built" in line for line in out.splitlines()
+    )
+
+
+def test_status_shows_the_selected_variants_and_what_they_are_made_from(tmp_path, in_repo_root, capsys):
+    args = ["status", "--json", "--work-dir", str(tmp_path), "--precision", "int8_wo", "--profile", "latency"]
+    assert main(args) == 0
+    tasks = [r["task"] for r in json.loads(capsys.readouterr().out)]
+    assert tasks == [
+        "fetch",
+        "calibrate[int8_wo]",
+        "build[int8_wo/latency]",
+        "gate_engine[int8_wo/gate]",
+        "gate[int8_wo/latency]",
+        "publish[int8_wo/latency]",
+    ]
+    assert main(["status", "--work-dir", str(tmp_path), "--profile", "huge"]) == 2
+    assert "--profile huge: not in the config's profiles" in capsys.readouterr().err

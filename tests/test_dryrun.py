@@ -177,3 +177,46 @@ def test_a_dry_run_refuses_what_the_run_would_refuse(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "calibration.dataset" in captured.err and "file not found" in captured.err
+
+
+def test_the_dry_run_names_each_artifacts_store_folder_or_what_its_key_waits_for(tmp_path, capsys):
+    """Keys hash the bytes of a task's inputs: known for what is built, and otherwise said to wait."""
+    stages = fake_stages()
+    config = config_with(tmp_path, **ON_A100)
+    store = ArtifactStore(tmp_path / "work")
+    fetch_only = [t for t in plan_tasks(config) if t.stage == "fetch"]
+    execute(config, store, fetch_only, reporter=RecordingReporter(), stages=stages)
+    dry = plan_run(config, store, plan_tasks(config), find_architecture(config), stages=stages)
+    by_id = {t.id: t for t in dry.tasks}
+    fetch = by_id["fetch"]
+    assert fetch.key and fetch.path == str(store.slot("fetch", ()) / fetch.key) and not fetch.key_after
+    calibrate = by_id["calibrate[int8_sq]"]  # its input is built: its key is known before it runs
+    assert calibrate.would_run and calibrate.key and calibrate.path.endswith(f"/int8_sq/{calibrate.key}")
+    build = by_id["build[int8_sq/latency]"]
+    assert build.key is None and build.key_after == ["calibrate[int8_sq]"]
+    (command,) = build.commands
+    args = trtllm_build_parser().parse_args(command.argv[1:])
+    assert args.checkpoint_dir == f"{calibrate.path}/checkpoint"
+    assert args.output_dir == str(store.slot("build", ("int8_sq", "latency")) / "<key>" / "engine")
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (("max_batch_size = 4\n", "max_batch_size = 64\n"), "profiles[2]"),  # long-context: 64 x 32768
+        (("[gate]\n", "[gate]\nbatch_size = 4096\n"), "gate"),  # the gate engine's batch
+    ],
+)
+def test_a_dry_run_refuses_a_profile_that_cannot_fit_as_the_run_does(
+    repo_root, tmp_path, capsys, change, field
+):
+    text = (repo_root / "pipeline.toml").read_text()
+    assert change[0] in text
+    config = tmp_path / "big.toml"
+    config.write_text(text.replace(*change).replace('"calib_data/', f'"{repo_root}/calib_data/'))
+    args = ["--config", str(config), "--work-dir", str(tmp_path / "w")]
+    assert main(["run", "--dry-run", "--json", *args]) == 2
+    dry = capsys.readouterr()
+    assert dry.out == "" and field in dry.err and "does not fit" in dry.err
+    assert main(["plan", *args]) == 2  # the same refusal, from the plan
+    assert capsys.readouterr().err.splitlines()[0] == dry.err.splitlines()[0]

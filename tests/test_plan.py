@@ -268,3 +268,16 @@ def test_gpu_table_has_the_issue_targets():
         assert target.sm == sm
         assert (unsupported_on_sm("fp8", "fp16", sm) is None) == (sm >= 89)
     assert TARGETS["a100-40gb"].bandwidth_gb_s == 1555 and TARGETS["a100-80gb"].memory_gib == 80
+
+
+def test_plan_exits_2_when_a_profile_does_not_fit_a_target_asked_for(repo_root, tmp_path, capsys):
+    """pipeline.toml fits its A100 40GB; an L4 (24 GB) cannot hold the throughput profile's KV cache."""
+    args = ["plan", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
+    assert main([*args, "--target", "l4", "--summary"]) == 2
+    captured = capsys.readouterr()
+    assert "profiles[1]: 'throughput' does not fit l4 with int8_sq: needs 16.00 GiB" in captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith("│")]
+    config = load_config(repo_root / "pipeline.toml")
+    per_target = len(config.quantization.precisions) * (len(config.profiles) + 1)  # + the gate engine
+    assert len(rows) == 2 * per_target  # --summary: one row each, no derivations
+    assert "how:" not in captured.out

@@ -8,6 +8,7 @@ as `trtllm-pipeline smoke` does.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -328,6 +329,22 @@ def test_cli_smoke_exits_non_zero_when_an_answer_differs(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert code == 5
     assert "1 answer(s) differ from the reference runtime" in err and "' wrong'" in err
+
+
+def test_cli_smoke_json_stdout_is_only_the_json(tmp_path, monkeypatch, capsys):
+    """Progress goes to stderr with --json, so `smoke --json | python -m json.tool` works."""
+    config_with(tmp_path, **CONFIG_CHANGES)
+    same = SmokeCheck(ROUTES[0], "prompt", expected=" right", got=" right")
+
+    def smoke_published(config, *, reporter, **kwargs):
+        reporter.info("tritonserver ready at http://127.0.0.1:1")
+        return [SmokeReport(tmp_path, checks=[same])]
+
+    monkeypatch.setattr(smoke_command, "smoke_published", smoke_published)
+    assert main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["checks"][0]["ok"] is True
+    assert "tritonserver ready" in captured.err
 
 
 def test_cli_smoke_of_an_unpublished_variant_is_one_line(tmp_path, capsys):

@@ -7,6 +7,7 @@ one line and the exit code.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +47,27 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+        from pipeline.facts.container import SERVING_CONTAINER
+
+        print(
+            f"trtllm-pipeline {__version__} (TensorRT-LLM {SERVING_CONTAINER.tensorrt_llm}, {SERVING_CONTAINER.tag})"
+        )
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    pass
+
+
 class Invocation:
     """What `main` needs to know about the command being run."""
 
@@ -55,9 +77,9 @@ class Invocation:
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from pipeline.output.console import make_console
 
-    return Console(stderr=stderr, highlight=False)
+    return make_console(stderr)
 
 
 def _reporter(as_json: bool):
@@ -74,7 +96,12 @@ def _load(config_path: Path | None, debug: bool):
     return load_config(config_path)
 
 
-def _stage_command(stages: frozenset[str], name: str, help_text: str) -> None:
+def _stage_command(
+    stages: frozenset[str], name: str, help_text: str, *, unused: frozenset[str] = frozenset()
+) -> None:
+    """A command that runs `stages` (and what they need); `unused`: options it does not list,
+    because nothing it runs reads them."""
+
     def command(
         config: ConfigOpt = None,
         work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
@@ -114,7 +141,14 @@ def _stage_command(stages: frozenset[str], name: str, help_text: str) -> None:
             _run(cfg, work_dir, request, as_json)
 
     command.__doc__ = help_text
+    signature = inspect.signature(command, eval_str=True)
+    listed = [p for p in signature.parameters.values() if p.name not in unused]
+    command.__signature__ = signature.replace(parameters=listed)  # what typer reads for the options
     app.command(name)(command)
+
+
+# fetch reads no precision or profile; calibrate no profile; only publish writes under a mount path.
+_ENGINE_OPTIONS = frozenset({"allow_arch_mismatch", "visualize"})
 
 
 def _run(config, work_dir: Path, request, as_json: bool) -> None:
@@ -145,16 +179,28 @@ def _print_dry_run(config, work_dir: Path, request, as_json: bool) -> None:
 
 
 _stage_command(
-    frozenset({"fetch"}), "fetch", "Download the pinned model revision (safetensors only, verified)."
+    frozenset({"fetch"}),
+    "fetch",
+    "Download the pinned model revision (safetensors only, verified).",
+    unused=_ENGINE_OPTIONS | {"precision", "profile", "mount_path"},
 )
 _stage_command(
-    frozenset({"calibrate"}), "calibrate", "Calibrate INT8 with ModelOpt and export TensorRT-LLM checkpoints."
+    frozenset({"calibrate"}),
+    "calibrate",
+    "Calibrate INT8 with ModelOpt and export TensorRT-LLM checkpoints.",
+    unused=_ENGINE_OPTIONS | {"profile", "mount_path"},
 )
 _stage_command(
-    frozenset({"build"}), "build", "Build one engine per precision x profile (after the memory plan)."
+    frozenset({"build"}),
+    "build",
+    "Build one engine per precision x profile (after the memory plan).",
+    unused=frozenset({"mount_path"}),
 )
 _stage_command(
-    frozenset({"gate"}), "gate", "Measure accuracy against the unquantized model; exit 1 below thresholds."
+    frozenset({"gate"}),
+    "gate",
+    "Measure accuracy against the unquantized model; exit 1 below thresholds.",
+    unused=frozenset({"mount_path"}),
 )
 _stage_command(
     frozenset({"publish"}), "publish", "Write the Triton model repository (requires a passing gate)."
@@ -170,6 +216,8 @@ _stage_command(
 def status_command(
     config: ConfigOpt = None,
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    precision: PrecisionOpt = None,
+    profile: ProfileOpt = None,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -178,7 +226,12 @@ def status_command(
     from pipeline.output.console import results_table
     from pipeline.output.run_report import task_row
 
-    results = status_of(_load(config, debug), work_dir)
+    results = status_of(
+        _load(config, debug),
+        work_dir,
+        precisions=frozenset(precision or ()),
+        profiles=frozenset(profile or ()),
+    )
     if as_json:
         print(json.dumps([task_row(r) for r in results], indent=2))
     else:
@@ -189,15 +242,18 @@ def status_command(
 def verify_command(
     config: ConfigOpt = None,
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="Every published version, not only the one `current` points to.")
+    ] = False,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every artifact and every published version against its manifest; exit 2 if any differs."""
+    """Check every artifact and each current published version against its manifest; exit 2 if any differs."""
     from pipeline.commands.verify import verify
     from pipeline.output.views import print_audit
 
     cfg = _load(config, debug)
-    report = verify(cfg, work_dir)
+    report = verify(cfg, work_dir, all_versions=all_versions)
     if as_json:
         print(json.dumps({"ok": report.ok, **report.model_dump(mode="json")}, indent=2))
     else:
@@ -213,6 +269,9 @@ def plan_command(
     target: Annotated[
         list[str] | None, typer.Option("--target", help="Plan for this target too (repeatable).")
     ] = None,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="One row per target and profile, without the derivations.")
+    ] = False,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -223,9 +282,10 @@ def plan_command(
     if as_json:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
     else:
-        from pipeline.output.plan_table import plan_view
+        from pipeline.output.plan_table import plan_view, summary_table
 
-        _console().print(plan_view(f"plan: {report.model} ({report.architecture})", report.plans))
+        title = f"plan: {report.model} ({report.architecture})"
+        _console().print(summary_table(title, report.plans) if summary else plan_view(title, report.plans))
     if report.error is not None:
         raise report.error
 
@@ -316,6 +376,41 @@ def bench_command(
         console.print(f"report: {paths['markdown']} (bench.json, plots beside it)")
 
 
+@app.command("prune")
+def prune_command(
+    config: ConfigOpt = None,
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep", min=1, help="Versions to keep per variant, newest first (current always stays)."
+        ),
+    ] = 2,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
+    ] = False,
+    precision: PrecisionOpt = None,
+    profile: ProfileOpt = None,
+    debug: DebugOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove older published versions of each variant (never the one `current` points to)."""
+    from pipeline.commands.prune import prune
+    from pipeline.output.views import print_prune
+
+    results = prune(
+        _load(config, debug),
+        keep=keep,
+        dry_run=dry_run,
+        reporter=_reporter(as_json),
+        precisions=frozenset(precision or ()),
+        profiles=frozenset(profile or ()),
+    )
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "slots": [r.to_json() for r in results]}, indent=2))
+    else:
+        print_prune(_console(), results, dry_run)
+
+
 calib_data_app = typer.Typer(
     help="Calibration and evaluation data sets (JSONL + manifest) in calib_data/.", no_args_is_help=True
 )
@@ -375,14 +470,12 @@ def smoke_command(
 ) -> None:
     """Serve each published repository on a real tritonserver; its answers must equal the reference runtime's."""
     from pipeline.commands.smoke import smoke
-    from pipeline.output.console import RichReporter
     from pipeline.output.views import print_smoke
 
-    console = _console()
     result = smoke(
         _load(config, debug),
         work_dir,
-        reporter=RichReporter(console),
+        reporter=_reporter(as_json),
         precisions=frozenset(precision or ()),
         profiles=frozenset(profile or ()),
         prompts=prompts,
@@ -391,7 +484,7 @@ def smoke_command(
     if as_json:
         print(json.dumps([r.to_json() for r in result.reports], indent=2))
     else:
-        print_smoke(console, result.reports)
+        print_smoke(_console(), result.reports)
     if result.error is not None:
         raise result.error
 

@@ -31,6 +31,10 @@ from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
 from pipeline.stages.build import fetched_model_dir
+from pipeline.stages.build import preflight as build_preflight
+
+# Where a key stands in a path while it is not known: it hashes the bytes of inputs not built yet.
+UNKNOWN_KEY = "<key>"
 
 
 class PlannedTask(BaseModel):
@@ -38,6 +42,9 @@ class PlannedTask(BaseModel):
     stage: str
     would_run: bool
     reason: str  # why it would run, or why not
+    key: str | None  # None: not known before `key_after` are built
+    key_after: list[str] = []  # the inputs (task ids) whose bytes the key hashes, not built yet
+    path: str  # the artifact's folder in the store (UNKNOWN_KEY in place of an unknown key)
     commands: list[PlannedCommand] = []
 
 
@@ -79,12 +86,15 @@ def _decisions(results: list[TaskResult], force_stages: frozenset[str]) -> dict[
     return decisions
 
 
+def _artifact_dir(store: ArtifactStore, task: Task, keys: dict[Task, str]) -> Path:
+    return store.slot(task.stage, task.variant) / (keys[task] or UNKNOWN_KEY)
+
+
 def _build_paths(store: ArtifactStore, task: Task, keys: dict[Task, str]) -> BuildPaths:
     """Where the build of `task` would read and write: the artifact of its key, its input's checkpoint."""
-    calibrate = task.input("calibrate")
     return BuildPaths(
-        checkpoint=layout.checkpoint_dir(store.slot(calibrate.stage, calibrate.variant) / keys[calibrate]),
-        out_dir=store.slot(task.stage, task.variant) / keys[task],
+        checkpoint=layout.checkpoint_dir(_artifact_dir(store, task.input("calibrate"), keys)),
+        out_dir=_artifact_dir(store, task, keys),
         work_dir=store.work_dir,
     )
 
@@ -117,7 +127,15 @@ def plan_run(
     for result in results:
         task = result.task
         would_run, reason = decisions[task]
-        item = PlannedTask(id=task.id, stage=task.stage, would_run=would_run, reason=reason)
+        item = PlannedTask(
+            id=task.id,
+            stage=task.stage,
+            would_run=would_run,
+            reason=reason,
+            key=result.key or None,
+            key_after=[] if result.key else [i.id for i in task.inputs if decisions[i][0]],
+            path=str(_artifact_dir(store, task, keys)),
+        )
         if would_run and task.stage in ENGINE_STAGES:
             item.commands += backend.planned_build(config, task, arch, _build_paths(store, task, keys))
         planned[task] = item
@@ -132,9 +150,12 @@ def plan_run(
 
 
 def dry_run(config: PipelineConfig, work_dir: Path, request: RunRequest) -> DryRun:
-    """`run --dry-run`: what `run_pipeline` would do with the same request, running nothing."""
+    """`run --dry-run`: what `run_pipeline` would do with the same request, running nothing. It
+    refuses what the run would refuse without a GPU: the request, and a profile that cannot fit
+    (the host's own checks are the run's)."""
     config, tasks = prepare(config, work_dir, request)
     store = ArtifactStore(work_dir)
+    build_preflight(config, store, tasks, request.options, check_host=False)
     try:
         arch = find_architecture(config, fetched_model_dir(config, store))
     except InputError:

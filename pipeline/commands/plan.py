@@ -13,7 +13,7 @@ from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.store import ArtifactStore
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.targets import TARGETS
-from pipeline.planning.memory import ProfilePlan, find_architecture, plan_config
+from pipeline.planning.memory import ProfilePlan, find_architecture, fit_error, plan_config
 from pipeline.stages.build import fetched_model_dir
 
 
@@ -25,8 +25,8 @@ class PlanReport(BaseModel):
 
     @property
     def error(self) -> ConfigError | None:
-        """A profile that does not fit the config's own target: the build would refuse it, so the
-        plan exits as the build would (for CI)."""
+        """The first profile that does not fit a target asked for: the build refuses it on the
+        config's own target, and the plan says so of every target (for CI)."""
         return self._error
 
 
@@ -42,10 +42,7 @@ def plan(config: PipelineConfig, work_dir: Path, targets: Sequence[str] = ()) ->
         arch = find_architecture(config, fetched_model_dir(config, ArtifactStore(work_dir)))
     plans = plan_config(config, arch, tuple(dict.fromkeys([config.target.gpu, *targets])))
     report = PlanReport(model=config.model.name, architecture=arch.source, plans=plans)
-    unfit = next((p for p in plans if p.target == config.target.gpu and not p.fits), None)
+    unfit = next((p for p in plans if not p.fits), None)
     if unfit is not None:
-        index = [p.name for p in config.profiles].index(unfit.profile)
-        report._error = ConfigError(
-            config.source, f"profiles[{index}]", f"'{unfit.profile}' ({unfit.precision}): {unfit.problem}"
-        )
+        report._error = fit_error(config, unfit)
     return report

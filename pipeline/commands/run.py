@@ -53,6 +53,11 @@ class RunRequest:
     executor: str | None = None  # execution.executor
     ray_address: str | None = None  # execution.ray_address
 
+    @property
+    def options(self) -> RunOptions:
+        """What the stages read of the request."""
+        return RunOptions(allow_arch_mismatch=self.allow_arch_mismatch, debug=self.debug)
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -119,7 +124,7 @@ def run_pipeline(
     ):
         for action in store.recover():
             reporter.warn(action)
-        options = RunOptions(allow_arch_mismatch=request.allow_arch_mismatch, debug=request.debug)
+        options = request.options
         on_ray = config.execution.executor == "ray"
         # A build this host cannot do fails here, before any stage runs (not after calibration);
         # on Ray the builds run on other hosts, which check themselves.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -18,9 +19,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.core.reporter import ProgressUpdate
 from pipeline.execution.results import TaskResult, TaskState
+
+# In a log (no terminal), rich would wrap at 80 columns and split paths over lines; a CI log
+# scrolls sideways instead. COLUMNS, when set, still wins.
+LOG_WIDTH = 400
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for a command's output: the terminal's width, or LOG_WIDTH in a log."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
+    return console
+
 
 STATE_STYLE = {
     TaskState.up_to_date: "green",
@@ -83,8 +98,10 @@ class RichReporter:
                 self._bars = None
 
 
-def results_table(title: str, results: list[TaskResult]) -> Table:
-    table = Table(title=title, title_justify="left")
+def results_table(title: str, results: list[TaskResult]) -> Group:
+    # The title on a line of its own: a table's title wraps at the table's width, which would
+    # split a work dir's path in a log.
+    table = Table()
     table.add_column("task", no_wrap=True)
     for column in ("state", "key", "time", "detail"):
         table.add_column(column, overflow="fold")
@@ -99,4 +116,4 @@ def results_table(title: str, results: list[TaskResult]) -> Table:
             f"{r.duration_s:.1f}s" if r.duration_s else "",
             escape(detail),
         )
-    return table
+    return Group(Text(title, style="italic"), table)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # each command loads only its own result's module
     from pipeline.commands.dryrun import DryRun
+    from pipeline.commands.prune import SlotPrune
     from pipeline.commands.selftest import SelftestReport
     from pipeline.commands.verify import AuditReport
     from pipeline.serving.smoke import SmokeReport
@@ -21,7 +22,10 @@ def print_dry_run(console: Console, dry: DryRun) -> None:
     console.print(f"dry run: {escape(dry.model)} on {dry.target} ({dry.backend}); nothing runs")
     for task in dry.tasks:
         mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"
-        console.print(f"{mark} {escape(task.id)}: {escape(task.reason)}")
+        where = f"key known after {', '.join(task.key_after)} run" if task.key_after else task.path
+        console.print(
+            f"{mark} {escape(task.id)}: {escape(task.reason)} [dim]({escape(where)})[/]", soft_wrap=True
+        )
         for command in task.commands:
             console.print(f"    $ {escape(shlex.join(command.argv))}", soft_wrap=True)
             for note in command.notes:
@@ -34,7 +38,8 @@ def print_dry_run(console: Console, dry: DryRun) -> None:
 
 def print_audit(console: Console, report: AuditReport, work_dir: Path, destination: Path) -> None:
     for finding in report.findings:
-        console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}")
+        console.print(f"[red]{escape(finding.problem)}[/]  {escape(finding.path)}", soft_wrap=True)
+        console.print(f"  [dim]fix: {escape(finding.fix)}[/]", soft_wrap=True)
     console.print(
         f"{report.artifacts} artifacts in {work_dir}, {report.published} published versions in "
         f"{destination}: {'all intact' if report.ok else f'{len(report.findings)} problems'}"
@@ -63,3 +68,23 @@ def print_selftest(console: Console, report: SelftestReport, report_path: Path) 
         table.add_row(escape(check.name), result, time_s, escape(check.detail))
     console.print(table)
     console.print(f"report: {report_path}")
+
+
+def print_prune(console: Console, results: list[SlotPrune], dry_run: bool) -> None:
+    if not results:
+        console.print("nothing published for this config")
+        return
+    verb = "would remove" if dry_run else "removed"
+    table = Table(title=f"prune{' (dry run: nothing removed)' if dry_run else ''}", title_justify="left")
+    for column in ("variant", "current", "kept", verb, "freed"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        versions = ", ".join(map(str, r.removed)) or "-"
+        table.add_row(
+            escape(str(r.slot)),
+            str(r.current),
+            ", ".join(map(str, r.kept)),
+            versions,
+            f"{r.freed_bytes / 1e6:.1f} MB",
+        )
+    console.print(table)

@@ -370,14 +370,19 @@ def plan_profile(
     """The plan of one build task on the config's target, refusing a profile that does not fit."""
     plan = _plan(config, arch, TARGETS[config.target.gpu], precision, profile_name)
     if not plan.fits:
-        names = [p.name for p in config.profiles]
-        field = f"profiles[{names.index(profile_name)}]" if profile_name in names else "gate.batch_size"
-        raise ConfigError(
-            config.source,
-            field,
-            f"'{profile_name}' does not fit {config.target.gpu} with {precision.value}: {plan.problem}",
-            hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target"
-            if profile_name in names
-            else "lower gate.batch_size or gate.eval_seq_len (see `trtllm-pipeline plan`)",
-        )
+        raise fit_error(config, plan)
     return plan
+
+
+def fit_error(config: PipelineConfig, plan: ProfilePlan) -> ConfigError:
+    """A plan that does not fit, as the config field to change: its profile, or the gate's batch."""
+    names = [p.name for p in config.profiles]
+    field = f"profiles[{names.index(plan.profile)}]" if plan.profile in names else "gate.batch_size"
+    return ConfigError(
+        config.source,
+        field,
+        f"'{plan.profile}' does not fit {plan.target} with {plan.precision}: {plan.problem}",
+        hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target"
+        if plan.profile in names
+        else "lower gate.batch_size or gate.eval_seq_len (see `trtllm-pipeline plan`)",
+    )

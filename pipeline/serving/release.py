@@ -148,3 +148,17 @@ def _commit(tmp: Path, slot: Path) -> int:
             if not (slot / str(version)).exists():
                 raise
             version += 1
+
+
+def stale_versions(slot: Path, keep: int) -> list[int]:
+    """The versions of slot that `prune --keep keep` removes: all but the newest `keep`, never the one
+    `current` points to (which may be older, after a rollback by hand)."""
+    current = current_version(slot)
+    return [v for v in versions(slot)[: -keep or None] if v != current]
+
+
+def remove_version(slot: Path, version: int) -> None:
+    """Remove one version in one rename (to a staged name, which the next publish or prune clears if
+    this process dies before the delete ends): no half-deleted numbered version is ever seen."""
+    with staged_dir(slot, label=f"prune-{version}") as tmp:
+        os.rename(slot / str(version), tmp / str(version))
