@@ -7,7 +7,9 @@
 - samplingTopKKernels.h regularizeTopKTopP (e41b05cdc69021efb4116ed5f32eeb1840a47981): top_k 0 and
   top_p 0 is greedy, top_k > 0 with top_p 0 is top_p 1;
 - samplingTopKKernels.cu topKStage2Sampling (03961722f65265573cad179baca3bc5fe8c03f76): the draw is
-  uniform * top_p * (kept mass) against the descending running sum; the log probability is the log of
+  uniform * top_p * (kept mass) against the descending running sum (with top_k 0, samplingTopPKernels.cu
+  topPSsampling at 14e801da3632eb71367b847e335c4f2b09098651 draws uniform * top_p against the same
+  running sum of the whole softmax); the log probability is the log of
   the token's softmax probability over the whole vocabulary (normalizeLogProbs defaults to false,
   defaultDecodingParams.h).
 Worked figures are sums of small dyadic fractions, exact in float32, so they are compared exactly, or

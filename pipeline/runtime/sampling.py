@@ -16,7 +16,9 @@ What each step follows (TensorRT-LLM's C++ decoder; the tests cite the same file
   top_p 0 is top_p 1. topKStage2Sampling (samplingTopKKernels.cu, 03961722f65265573cad179baca3bc5fe8c03f76):
   a uniform draw scaled to top_p of the kept mass, matched against the running sum in descending
   order; the log probability returned is the log of the token's probability under the whole
-  vocabulary's softmax of the processed logits (not renormalized to the kept tokens).
+  vocabulary's softmax of the processed logits (not renormalized to the kept tokens). With top_k 0 the
+  top-p kernel (samplingTopPKernels.cu topPSsampling, 14e801da3632eb71367b847e335c4f2b09098651) draws
+  from the same distribution: uniform * top_p against the descending running sum of the softmax.
 """
 
 from __future__ import annotations
