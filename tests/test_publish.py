@@ -527,31 +527,6 @@ BACKEND_REQUIRED_PARAMETERS = (
     "xgrammar_tokenizer_info_path",
     "guided_decoding_backend",
 )
-# The tensor names the backend reads and writes: InputFieldsNames, OutputFieldsNames,
-# kStopInputTensorName and kStreamingInputTensorName in triton_backend/inflight_batcher_llm/src/utils.h at
-# NVIDIA/TensorRT-LLM 14c3afecc065 (read by utils.cc at 192908136e53: an input under any other name is
-# never looked up, so it is ignored). Only the names these templates could use are listed.
-BACKEND_INPUTS = {
-    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "bad_words_list",
-    "stop_words_list", "encoder_input_features", "embedding_bias", "num_return_sequences",
-    "return_log_probs", "return_generation_logits", "return_context_logits", "exclude_input_in_output",
-    "return_perf_metrics", "beam_width", "runtime_top_k", "runtime_top_p", "temperature", "len_penalty",
-    "early_stopping", "repetition_penalty", "min_tokens", "beam_search_diversity_rate",
-    "presence_penalty", "frequency_penalty", "seed", "no_repeat_ngram_size", "stop", "streaming",
-}  # fmt: skip
-BACKEND_OUTPUTS = {
-    "output_ids", "sequence_length", "context_logits", "generation_logits", "output_log_probs",
-    "cum_log_probs", "batch_index", "sequence_index",
-}  # fmt: skip
-# What clients of the backend's own ensemble and BLS model send (docs/model_config.md, "Common Inputs"
-# and "Unique Inputs for tensorrt_llm_bls model", triton-inference-server/tensorrtllm_backend 98bfe1d,
-# the commit that moved the backend to TensorRT-LLM 2fdb9e6 in April 2026): a client written for
-# those models works with ours.
-UPSTREAM_CLIENT_INPUTS = {
-    "text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p",
-    "temperature", "length_penalty", "repetition_penalty", "min_tokens", "presence_penalty",
-    "frequency_penalty", "seed", "beam_width", "stream", "return_log_probs",
-}  # fmt: skip
 GPU_VALUES = {"triton_backend": "tensorrtllm", "engine_dir": "/models/tensorrt_llm/1/engine"}
 
 
@@ -569,19 +544,12 @@ def test_the_engine_model_carries_every_parameter_the_backend_reads_without_a_de
     assert param(engine, "gpt_model_type") == "inflight_fused_batching"
 
 
-def test_the_engine_model_uses_only_tensor_names_the_backend_reads():
+def test_the_ensemble_feeds_the_engine_model_only_by_names_it_declares():
+    """Its names are the backend's own declarations (tests/test_upstream_interface.py)."""
     engine = parsed("tensorrt_llm", **GPU_VALUES)
-    assert {i.name for i in engine.input} - BACKEND_INPUTS == set()
-    assert {o.name for o in engine.output} - BACKEND_OUTPUTS == set()
-    # the ensemble feeds the engine model by those names, and reads only what it declares
     (step,) = [s for s in parsed("ensemble").ensemble_scheduling.step if s.model_name == "tensorrt_llm"]
     assert set(step.input_map) - {i.name for i in engine.input} == set()
     assert set(step.output_map) - {o.name for o in engine.output} == set()
-
-
-@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
-def test_client_inputs_are_the_upstream_models_names(model):
-    assert {i.name for i in parsed(model).input} - UPSTREAM_CLIENT_INPUTS == set()
 
 
 # --- the templates spell their tensor names; pipeline/serving/models/tensornames.py is their one home ---
@@ -616,7 +584,7 @@ def test_the_ensemble_wires_its_steps_as_the_names_module_says():
         ("ensemble", "tensorrt_llm"): tensornames.TEXT_TO_ENGINE,
         ("tensorrt_llm", "postprocessing"): tensornames.ENGINE_TO_POSTPROCESSING,
         ("postprocessing", "ensemble"): {tensornames.Postprocessing.OUTPUT: tensornames.Text.TEXT_OUTPUT},
-        ("tensorrt_llm", "ensemble"): {tensornames.Engine.BATCH_INDEX: tensornames.Text.BATCH_INDEX},
+        ("tensorrt_llm", "ensemble"): tensornames.ENGINE_TO_TEXT,
     }
 
 

@@ -604,9 +604,9 @@ def _step_logits(model: ReferenceModel, prompt: list[int], tokens: list[int], mo
         def __init__(self, **_options) -> None:
             pass
 
-        def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        def next_tokens(self, logits: torch.Tensor, *_counts, **_step) -> tuple[torch.Tensor, torch.Tensor]:
             seen.append(logits[0].clone())
-            return torch.tensor([next(fed)])
+            return torch.tensor([next(fed)]), torch.zeros(1)
 
     with monkeypatch.context() as patch:
         patch.setattr("pipeline.runtime.model.TokenSampler", Fed)

@@ -44,15 +44,33 @@ CONFIG_CHANGES = {'prompts = "calib_data/prompts.jsonl"': f'prompts = "{PROMPTS_
 SHM = Path("/dev/shm")
 
 
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
 def shm_regions() -> set[str]:
-    return {p.name for p in SHM.glob("triton_python_backend_shm_region_*")} if SHM.is_dir() else set()
+    return {p.name for p in SHM.glob(f"{SHM_PREFIX}*")} if SHM.is_dir() else set()
 
 
-def mapped_shm_regions(pid: int) -> set[str]:
-    """The Python backend's regions a process has mapped: this server's own, whatever other servers
-    on the machine create meanwhile."""
-    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return {Path(line.split()[-1]).name for line in maps if "/triton_python_backend_shm_region_" in line}
+def shm_regions_of(pid: int) -> set[str]:
+    """The Python backend regions mapped by `pid` and its descendants (tritonserver, its stubs): the ones a
+    server owns, told apart from those of other servers on the same machine."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the command name: state, ppid
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # it exited meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    pids, regions = [pid], set()
+    while pids:
+        current = pids.pop()
+        pids += children.get(current, [])
+        try:
+            maps = (Path("/proc") / str(current) / "maps").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        regions |= {line.rsplit("/", 1)[-1] for line in maps.splitlines() if SHM_PREFIX in line}
+    return regions
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +108,29 @@ class GrpcTritonServer(TritonServer):
         return [*argv, "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}"]
 
 
+def grpc_stream(client, model: str, inputs) -> list[dict]:
+    """Every response of one request over a gRPC stream (the decoupled models answer only there), as
+    {output name: numpy array}; the final empty response left out."""
+    import queue
+
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        responses = []
+        while True:
+            result, error = answers.get(timeout=300)
+            if error is not None:
+                raise StageError("smoke", str(error))
+            outputs = {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+            if outputs:
+                responses.append(outputs)
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return responses
+    finally:
+        client.stop_stream()
+
+
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
     work = tmp_path_factory.mktemp("server")
@@ -97,7 +138,6 @@ def server(published, tmp_path_factory):
     triton.start()
     try:
         triton.wait_ready()
-        triton.shm_own = mapped_shm_regions(triton.process.pid)
         yield triton
     finally:
         triton.stop()
@@ -200,10 +240,10 @@ def test_a_stop_word_ends_the_answer(server, prompts, expected):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("name, value", [("beam_width", 2), ("min_tokens", 3)])
+@pytest.mark.parametrize("name, value", [("beam_width", 2), ("length_penalty", 0.5)])
 def test_sampling_the_reference_runtime_lacks_is_refused_by_name(server, prompts, name, value):
-    """The input reaches the engine model under the backend's name (min_tokens, not min_length)."""
-    with pytest.raises(StageError, match=f"'{name}' is not supported"):
+    """Named as the client sent it, and as the engine model reads it (len_penalty)."""
+    with pytest.raises(StageError, match=f"'{name}'.* is not supported"):
         generate(server.url, "ensemble", {"text_input": prompts[0], "max_tokens": 4, name: value})
 
 
@@ -430,6 +470,8 @@ def test_an_engine_model_without_a_parameter_the_backend_requires_does_not_load(
 @pytest.mark.triton
 def test_the_server_stops_by_pid_and_frees_its_shared_memory(server):
     """Last in the module: it stops the module's server."""
+    ours = shm_regions_of(server.process.pid)
+    assert ours  # the probe sees the server's regions while it runs
     server.stop()
     assert server.process.returncode == 0
-    assert server.shm_own and not server.shm_own & shm_regions()
+    assert ours & shm_regions() == set()

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.core.errors import InputError
 from pipeline.facts import layout
-from pipeline.facts.container import ServingContainer
+from pipeline.facts.container import DEFAULT_PORTS, ServePorts, ServingContainer
 from pipeline.facts.targets import LEGACY_CPU_TARGET
 
 if TYPE_CHECKING:
@@ -136,6 +136,12 @@ class TritonServing(BaseModel):
     serve_with: str  # the container tag, or the tritonserver bundled with this project's install
     container: ServingContainer | None  # whose TensorRT-LLM and TensorRT the engine must match
     mount_path: str | None  # where the container mounts a published version (None: served in place)
+
+    @property
+    def served_here(self) -> bool:
+        """Served by the tritonserver bundled with this install (`serve` starts it); otherwise by the
+        container, whose command `serve` prints."""
+        return self.container is None
 
 
 class EngineRunner(Protocol):
@@ -275,9 +281,14 @@ class Backend(Protocol):
         ...
 
     def serve_command(
-        self, config: PipelineConfig, precision: str, profile: str, repository: Path
+        self,
+        config: PipelineConfig,
+        precision: str,
+        profile: str,
+        repository: Path,
+        ports: ServePorts = DEFAULT_PORTS,
     ) -> PlannedCommand:
-        """The command that serves a published version at `repository` (the dry run prints it)."""
+        """The command that serves a published version at `repository` (the dry run and `serve` print it)."""
         ...
 
     # --- bench --------------------------------------------------------------------------------

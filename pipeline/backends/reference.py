@@ -38,6 +38,7 @@ from pipeline.backends.trtllm_engine.engine import (
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts import layout
+from pipeline.facts.container import DEFAULT_PORTS, ServePorts
 from pipeline.facts.formats import Precision
 from pipeline.runtime.checkpoint import real_vocab_size
 from pipeline.runtime.limits import EngineLimits
@@ -127,11 +128,20 @@ class ReferenceBackend:
         )
 
     def serve_command(
-        self, config: PipelineConfig, precision: str, profile: str, repository: Path
+        self,
+        config: PipelineConfig,
+        precision: str,
+        profile: str,
+        repository: Path,
+        ports: ServePorts = DEFAULT_PORTS,
     ) -> PlannedCommand:
+        # The bundled tritonserver needs a view of the version and its environment: `serve` sets both up.
+        where = []
+        if ports != DEFAULT_PORTS:
+            where = ["--host", ports.host, *(a for o, port in ports.named().items() for a in (o, str(port)))]
         return PlannedCommand(
-            purpose=f"serve and check {precision}/{profile} on the bundled tritonserver",
-            argv=["trtllm-pipeline", "smoke", "--precision", precision, "--profile", profile],
+            purpose=f"serve {precision}/{profile} on the bundled tritonserver",
+            argv=["trtllm-pipeline", "serve", "--precision", precision, "--profile", profile, *where],
         )
 
     def bench_runtime(self) -> str:

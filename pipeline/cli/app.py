@@ -23,7 +23,11 @@ from pipeline.cli.options import (
     DryRunOpt,
     ExecutorOpt,
     ForceOpt,
+    GrpcPortOpt,
+    HostOpt,
+    HttpPortOpt,
     JsonOpt,
+    MetricsPortOpt,
     MountPathOpt,
     NoWaitOpt,
     PrecisionOpt,
@@ -32,6 +36,7 @@ from pipeline.cli.options import (
     VisualizeOpt,
     WorkDirOpt,
 )
+from pipeline.facts.container import DEFAULT_PORTS
 
 app = typer.Typer(
     name="trtllm-pipeline",
@@ -502,6 +507,43 @@ def smoke_command(
         print_smoke(_console(), result.reports)
     if result.error is not None:
         raise result.error
+
+
+@app.command("serve")
+def serve_command(
+    config: ConfigOpt = None,
+    work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    precision: PrecisionOpt = None,
+    profile: ProfileOpt = None,
+    host: HostOpt = DEFAULT_PORTS.host,
+    http_port: HttpPortOpt = DEFAULT_PORTS.http,
+    grpc_port: GrpcPortOpt = DEFAULT_PORTS.grpc,
+    metrics_port: MetricsPortOpt = DEFAULT_PORTS.metrics,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the current published version of a variant until Ctrl-C (or print the container's command)."""
+    import shlex
+
+    from pipeline.commands.serve import serve
+    from pipeline.core.errors import Interrupted
+    from pipeline.facts.container import ServePorts
+    from pipeline.output.console import RichReporter
+
+    console = _console()
+    try:
+        result = serve(
+            _load(config, debug),
+            work_dir,
+            reporter=RichReporter(console),
+            precisions=frozenset(precision or ()),
+            profiles=frozenset(profile or ()),
+            ports=ServePorts(host=host, http=http_port, grpc=grpc_port, metrics=metrics_port),
+        )
+    except Interrupted as stop:  # the way a server ends: not an error, but the signal's exit code
+        console.print(f"stopped by {stop.message.removeprefix('interrupted by ')}; the version is untouched")
+        raise typer.Exit(int(stop.exit_code)) from None
+    console.print(f"# {result.command.purpose}: run it on the GPU host", soft_wrap=True)
+    print(shlex.join(result.command.argv))
 
 
 @app.command("gpu-selftest")

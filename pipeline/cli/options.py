@@ -65,3 +65,11 @@ RayAddressOpt = Annotated[
 
 DEFAULT_WORK_DIR = Path("work")
 CalibDirOpt = Annotated[Path, typer.Option("--out", help="Folder the data sets are written to.")]
+
+# Where `serve` listens: tritonserver's own defaults (pipeline.facts.container.DEFAULT_PORTS).
+HostOpt = Annotated[str, typer.Option("--host", help="The address every endpoint listens on.")]
+HttpPortOpt = Annotated[
+    int, typer.Option("--http-port", min=1, max=65535, help="HTTP (KServe v2, /generate).")
+]
+GrpcPortOpt = Annotated[int, typer.Option("--grpc-port", min=1, max=65535, help="gRPC (streaming).")]
+MetricsPortOpt = Annotated[int, typer.Option("--metrics-port", min=1, max=65535, help="Prometheus metrics.")]

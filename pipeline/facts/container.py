@@ -51,16 +51,40 @@ SERVING_CONTAINER = ServingContainer(
 )
 # Where the image keeps Triton (the Triton images' layout; tritonserver is also on PATH).
 TRITON_HOME = Path("/opt/tritonserver")
-DEFAULT_HTTP_PORT = 8000
 
 
-def serve_argv(repository: Path, mount_path: str, *, http_port: int = DEFAULT_HTTP_PORT) -> list[str]:
+@dataclass(frozen=True)
+class ServePorts:
+    """Where a server listens. The defaults are tritonserver's own (its --help: --http-port 8000,
+    --grpc-port 8001, --metrics-port 8002), so its clients' defaults reach it; loopback unless told."""
+
+    host: str = "127.0.0.1"
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    def named(self) -> dict[str, int]:
+        """Each port by the option that sets it."""
+        return {"--http-port": self.http, "--grpc-port": self.grpc, "--metrics-port": self.metrics}
+
+
+# tritonserver's defaults: where `serve` listens unless told, and, in the container, what docker publishes.
+DEFAULT_PORTS = ServePorts()
+
+
+def serve_argv(repository: Path, mount_path: str, ports: ServePorts = DEFAULT_PORTS) -> list[str]:
     """`docker run` serving one published version: mounted where its gpt_model_path points, read-only
     (the Python backend writes __pycache__ beside each model.py, and its stub's isolated interpreter
     ignores PYTHONDONTWRITEBYTECODE, so only the mount keeps the verified version as it is)."""
+    # Inside, the server listens on its defaults; docker publishes them where `ports` says.
+    published = [
+        arg
+        for outside, inside in zip(ports.named().values(), DEFAULT_PORTS.named().values(), strict=True)
+        for arg in ("-p", f"{ports.host}:{outside}:{inside}")
+    ]
     return [
         "docker", "run", "--rm", "--gpus", "all", "--ipc=host",
-        "-p", f"{http_port}:8000",
+        *published,
         "-v", f"{repository}:{mount_path}:ro",
         SERVING_CONTAINER.tag,
         "tritonserver", f"--model-repository={mount_path}",

@@ -11,7 +11,7 @@ depend on what it is batched with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from pipeline.core.errors import InputError
 from pipeline.runtime.checkpoint import CheckpointConfig, load_tensors, read_checkpoint_config
 from pipeline.runtime.kvcache import KV_CODECS, KVCache
 from pipeline.runtime.limits import EngineLimits
-from pipeline.runtime.sampling import TokenSampler
+from pipeline.runtime.sampling import NO_PENALTIES, Penalties, TokenSampler, banned_tokens
 from pipeline.runtime.weights import DecoderLayer, ModelWeights, build_weights
 
 
@@ -81,16 +81,28 @@ class ReferenceModel:
         temperature: float = 0.0,
         top_k: int = 0,
         seed: int = 0,
+        top_p: float = 1.0,
+        penalties: Penalties = NO_PENALTIES,
+        bad_words: Sequence[Sequence[Sequence[int]]] = (),
+        log_probs: list[list[float]] | None = None,
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """New tokens per prompt (end_id stops a request and is not returned). Greedy when temperature is 0."""
+        """New tokens per prompt (end_id stops a request and is not returned). Greedy when temperature is 0
+        or top_k 1 (or both top_k and top_p 0); penalties, bad words (per prompt, token sequences) and
+        sampling as TensorRT-LLM's decoder applies them (sampling.py). `log_probs`, when given, receives
+        one list per prompt: each returned token's log probability."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InputError("generate needs at least one prompt, and no empty prompt")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if self.limits is not None:
             self.limits.check([len(p) for p in prompts], max_new_tokens)
-        sampler = TokenSampler(temperature=temperature, top_k=top_k, seed=seed)
+        bad_words = list(bad_words) or [[] for _ in prompts]
+        if len(bad_words) != len(prompts):
+            raise InputError(f"bad_words needs one list per prompt: {len(bad_words)} for {len(prompts)}")
+        sampler = TokenSampler(
+            temperature=temperature, top_k=top_k, seed=seed, top_p=top_p, penalties=penalties
+        )
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = torch.zeros(batch, longest, dtype=torch.long)
         valid = torch.zeros(batch, longest, dtype=torch.bool)
@@ -104,15 +116,31 @@ class ReferenceModel:
         logits = self._forward(ids, positions, valid, cache)[:, -1]
         outputs: list[list[int]] = [[] for _ in prompts]
         running = [True] * batch
+        sequences = [list(p) for p in prompts]  # the prompt and the tokens so far, as bad words match them
+        counts = None  # each token's occurrences in `sequences`, when a penalty counts them
+        if penalties.counts_tokens:
+            counts = torch.zeros(batch, logits.shape[-1])
+            for i, prompt in enumerate(prompts):
+                counts[i].index_add_(0, torch.tensor(prompt), torch.ones(len(prompt)))
+        if log_probs is not None:
+            log_probs[:] = [[] for _ in prompts]
         for step in range(max_new_tokens):
-            tokens = sampler.next_tokens(logits)
+            banned = [banned_tokens(s, words) for s, words in zip(sequences, bad_words, strict=True)]
+            tokens, token_log_probs = sampler.next_tokens(
+                logits, counts, generated=step, end_id=end_id, banned=banned
+            )
+            if counts is not None:
+                counts[torch.arange(batch), tokens] += 1
             for i, token in enumerate(tokens.tolist()):
+                sequences[i].append(token)
                 if not running[i]:
                     continue
                 if end_id is not None and token == end_id:
                     running[i] = False
                     continue
                 outputs[i].append(token)
+                if log_probs is not None:
+                    log_probs[i].append(float(token_log_probs[i]))
                 if on_token is not None:
                     on_token(i, token)
             if not any(running) or step == max_new_tokens - 1:

@@ -41,6 +41,7 @@ class RepositoryValues(BaseModel):
     max_beam_width: Annotated[int, Field(ge=1)] = 1
     logits_datatype: Literal["TYPE_FP32", "TYPE_FP16", "TYPE_BF16"] = "TYPE_FP32"
     encoder_input_features_data_type: Literal["TYPE_FP16", "TYPE_BF16", "TYPE_FP32"] = "TYPE_FP16"
+    prompt_embedding_table_data_type: Literal["TYPE_FP16", "TYPE_BF16", "TYPE_FP32"] = "TYPE_FP16"
     add_special_tokens: bool = True  # the prompt gets the tokenizer's BOS, as the reference does
     preprocessing_instance_count: Annotated[int, Field(ge=1)]
     postprocessing_instance_count: Annotated[int, Field(ge=1)]

@@ -29,7 +29,7 @@ PYTHON_MODELS = {
     "tensorrt_llm_bls": "tensorrt_llm_bls",
 }
 CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
-HELPERS = ("modelargs.py", "responding.py", "tensornames.py", "textcodec.py")
+HELPERS = ("modelargs.py", "offvalues.py", "responding.py", "tensornames.py", "textcodec.py")
 KEEP_FILE = ".keep"
 TOKENIZER_FILES = (
     "tokenizer.json",

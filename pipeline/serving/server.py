@@ -27,11 +27,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from pipeline.core.errors import MissingDependencyError, StageError
+from pipeline.core.errors import InputError, MissingDependencyError, StageError
 from pipeline.core.tools import child_environ
+from pipeline.facts.container import ServePorts
 
-STAGE = "smoke"
 # Errors every start logs on a machine without a GPU; never the reason it failed.
 LOG_NOISE = ("CudaDriverHelper has not been initialized",)
 
@@ -83,8 +84,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def require_free(ports: ServePorts) -> None:
+    """Each port the server would listen on can be bound on its host: one line naming the option, not
+    a server that dies after loading every model."""
+    for option, port in ports.named().items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As a listening server does: a port left in TIME_WAIT by a stopped server is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((ports.host, port))
+            except OSError as exc:
+                raise InputError(
+                    f"{option} {port}: cannot listen on {ports.host}:{port} ({exc.strerror})",
+                    hint=f"stop what holds it, or pass another {option}",
+                ) from None
+
+
 class TritonServer:
-    """Start, wait for, and stop one tritonserver serving `repository` over HTTP on localhost."""
+    """Start, wait for, and stop one tritonserver serving `repository`: HTTP on a free loopback port
+    unless `ports` says where (and then gRPC and metrics too)."""
 
     def __init__(
         self,
@@ -93,17 +111,22 @@ class TritonServer:
         work_dir: Path,
         install: TritonInstall | None = None,
         http_port: int | None = None,
+        ports: ServePorts | None = None,
+        stage: str = "smoke",  # the command its errors name
     ) -> None:
         self.repository = repository
+        self.stage = stage
         self.work_dir = work_dir
         self.install = install or TritonInstall.bundled()
-        self.http_port = http_port or free_port()
+        self.ports = ports
+        self.host = ports.host if ports else "127.0.0.1"
+        self.http_port = ports.http if ports else (http_port or free_port())
         self.log_path = work_dir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def _backends(self) -> Path:
         """A backend folder holding the Python backend with the stub for this interpreter."""
@@ -116,35 +139,57 @@ class TritonServer:
         return backends
 
     def argv(self, backends: Path) -> list[str]:
+        # Every endpoint on the given host (their default address is 0.0.0.0); smoke speaks HTTP alone,
+        # so there gRPC and metrics stay off. Flags as tritonserver 2.51's --help lists them.
+        if self.ports is None:
+            endpoints = ["--allow-grpc=false", "--allow-metrics=false"]
+        else:
+            endpoints = [
+                f"--grpc-address={self.host}",
+                f"--grpc-port={self.ports.grpc}",
+                f"--metrics-address={self.host}",
+                f"--metrics-port={self.ports.metrics}",
+            ]
         return [
             str(self.install.tritonserver),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
-            # Loopback only; smoke speaks HTTP alone, so gRPC and metrics stay off (their default address
-            # is 0.0.0.0 too). Flags as tritonserver 2.51's --help lists them.
-            "--http-address=127.0.0.1",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
-            "--allow-grpc=false",
-            "--allow-metrics=false",
+            *endpoints,
             "--exit-on-error=true",
             "--exit-timeout-secs=30",  # unloading Python models takes seconds on a busy CPU
         ]
 
+    def env_changes(self) -> dict[str, str]:
+        """What the server needs beyond the caller's environment: the wheel's libraries for the stub,
+        and this interpreter's bin first on PATH."""
+        libs = [str(self.install.libs)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+        return {
+            "LD_LIBRARY_PATH": ":".join(libs),
+            "PATH": os.pathsep.join([str(self.install.python_bin), os.environ.get("PATH", "")]),
+        }
+
     def env(self) -> dict[str, str]:
-        env = child_environ()
-        libs = [str(self.install.libs)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
-        env["LD_LIBRARY_PATH"] = ":".join(libs)
-        env["PATH"] = os.pathsep.join([str(self.install.python_bin), env.get("PATH", "")])
-        return env
+        return {**child_environ(), **self.env_changes()}
+
+    def command_line(self, backends: Path) -> str:
+        """The command as a shell runs it when pasted, its environment included."""
+        assignments = [f"{key}={value}" for key, value in self.env_changes().items()]
+        return shlex.join(["env", *assignments, *self.argv(backends)])
 
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        argv = self.argv(self._backends())
+        backends = self._backends()
         with open(self.log_path, "w") as log:
-            log.write(f"$ {shlex.join(argv)}\n")
+            log.write(f"$ {self.command_line(backends)}\n")
             log.flush()
             self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
+                self.argv(backends),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -154,7 +199,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise StageError(
-                    STAGE,
+                    self.stage,
                     f"tritonserver exited with code {self.process.returncode} before it was ready: "
                     f"{self.failure_line()}",
                     log=self.log_path,
@@ -163,7 +208,15 @@ class TritonServer:
                 return
             time.sleep(0.2)
         self.stop()
-        raise StageError(STAGE, f"tritonserver not ready after {timeout_s:.0f}s", log=self.log_path)
+        raise StageError(self.stage, f"tritonserver not ready after {timeout_s:.0f}s", log=self.log_path)
+
+    def wait_exit(self) -> NoReturn:
+        """Block while the server runs (a signal interrupts the wait); its exiting on its own is an error."""
+        assert self.process is not None, "start() first"
+        code = self.process.wait()
+        raise StageError(
+            self.stage, f"tritonserver exited with code {code}: {self.failure_line()}", log=self.log_path
+        )
 
     def ready(self) -> bool:
         try:

@@ -77,10 +77,11 @@ def _config(repository: Path, model: str):
 
 
 def reference_answers(
-    repository: Path, prompts: list[str], max_tokens: int | Sequence[int], **sampling
+    repository: Path, prompts: list[str], max_tokens: int | Sequence[int], *, sequences: int = 1, **sampling
 ) -> list[str]:
-    """The reference runtime's answers (greedy unless `sampling` says otherwise: temperature, top_k,
-    seed; max_tokens for all or per prompt), tokenized and decoded exactly as the serving models do."""
+    """The reference runtime's answers (greedy unless `sampling` says otherwise: the runtime's generate
+    options; max_tokens for all or per prompt), tokenized and decoded exactly as the serving models do.
+    With `sequences` > 1, that many answers per prompt, drawn together as the server draws them."""
     from transformers import AutoTokenizer
 
     from pipeline.backends import load_runner
@@ -94,8 +95,10 @@ def reference_answers(
     answers = []
     for prompt, limit in zip(prompts, limits, strict=True):  # one at a time, as the server runs each
         ids = tokenizer.encode(prompt, add_special_tokens=add_special)
-        (tokens,) = runner.generate([ids], max_new_tokens=limit, end_id=tokenizer.eos_token_id, **sampling)
-        answers.append(decoder.decode(list(tokens)[:limit]))
+        rows = runner.generate(
+            [ids] * sequences, max_new_tokens=limit, end_id=tokenizer.eos_token_id, **sampling
+        )
+        answers += [decoder.decode(list(tokens)[:limit]) for tokens in rows]
     return answers
 
 

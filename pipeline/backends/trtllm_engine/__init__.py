@@ -28,7 +28,7 @@ from pipeline.backends.base import (
     TritonServing,
 )
 from pipeline.backends.trtllm_engine import build
-from pipeline.facts.container import serve_argv
+from pipeline.facts.container import DEFAULT_PORTS, ServePorts, serve_argv
 from pipeline.facts.formats import Precision, unsupported_on_sm
 from pipeline.planning.tasks import ENGINE_STAGES
 
@@ -129,10 +129,16 @@ class TrtllmEngineBackend:
         )
 
     def serve_command(
-        self, config: PipelineConfig, precision: str, profile: str, repository: Path
+        self,
+        config: PipelineConfig,
+        precision: str,
+        profile: str,
+        repository: Path,
+        ports: ServePorts = DEFAULT_PORTS,
     ) -> PlannedCommand:
         return PlannedCommand(
-            purpose=f"serve {precision}/{profile}", argv=serve_argv(repository, config.publish.mount_path)
+            purpose=f"serve {precision}/{profile}",
+            argv=serve_argv(repository, config.publish.mount_path, ports),
         )
 
     def bench_runtime(self) -> str:

@@ -1,7 +1,7 @@
 """The project's own Triton Python-backend models, shipped as package data.
 
 Each folder holds one model's `model.py`, copied into `<model>/1/` of a published
-repository. The helper modules here (`modelargs`, `responding`, `tensornames`,
+repository. The helper modules here (`modelargs`, `offvalues`, `responding`, `tensornames`,
 `textcodec`: serving.repository.HELPERS) are copied next to each of them: the
 models must run in the serving container, where this package is not installed,
 so they import nothing from `pipeline` (except the CPU reference engine model,

@@ -9,8 +9,21 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from offvalues import refuse_unless_off  # noqa: E402
+from tensornames import TEXT_TO_PREPROCESSING  # noqa: E402
 from tensornames import Preprocessing as Pre  # noqa: E402
 from textcodec import to_word_lists  # noqa: E402
+
+# Encoder-decoder, multimodal, embedding-bias and prompt-tuning inputs: a text-only decoder tokenizer
+# takes them only when off (empty, or 0).
+UNSUPPORTED = (
+    Pre.DECODER_QUERY,
+    *Pre.MULTIMODAL_INPUTS,
+    Pre.EMBEDDING_BIAS_WORDS,
+    Pre.EMBEDDING_BIAS_WEIGHTS,
+    Pre.PROMPT_TABLE_EXTRA_ID,
+)
+CLIENT_NAMES = {pre: text for text, pre in TEXT_TO_PREPROCESSING.items()}
 
 
 def _optional(request, name):
@@ -46,6 +59,13 @@ class TritonPythonModel:
         return responses
 
     def _tensors(self, request):
+        for name in UNSUPPORTED:
+            refuse_unless_off(
+                name,
+                _optional(request, name),
+                who="the preprocessing model",
+                shown=CLIENT_NAMES.get(name, ""),
+            )
         queries = _strings(pb_utils.get_input_tensor_by_name(request, Pre.QUERY).as_numpy())
         batch = len(queries)
         ids = [self.tokenizer.encode(q, add_special_tokens=self.add_special_tokens) for q in queries]

@@ -5,7 +5,8 @@ Streamed text arrives as whole characters (TextStream), and with
 accumulate_tokens the text is decoded from every token so far rather than
 from each piece alone. A request of several prompts is answered as the engine
 answers it: one response per prompt (or per streamed piece), in completion
-order, each with `batch_index`. Decoupled, every request is served on its own
+order, each with `batch_index`; so are several returned sequences, each with `sequence_index`, and
+the engine's log probabilities go with the text they belong to. Decoupled, every request is served on its own
 worker thread, so streams do not queue behind each other, and a stream whose
 client has gone is stopped in the engine too (a `stop` request naming its id).
 """
@@ -20,14 +21,27 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from offvalues import refuse_unless_off  # noqa: E402
 from responding import Responder, batch_index_tensor  # noqa: E402
 from tensornames import PREPROCESSING_TO_ENGINE, TEXT_TO_ENGINE, TEXT_TO_PREPROCESSING, Engine, Text  # noqa: E402
 from textcodec import PieceDecoder, TextStream  # noqa: E402
 
-# The sampling options this model takes, passed through to the engine (the stream flag it sets itself).
-SAMPLING_INPUTS = {
-    name: TEXT_TO_ENGINE[name] for name in Text.BLS_INPUTS if name in TEXT_TO_ENGINE and name != Text.STREAM
-}
+# The client's options passed through to the engine as they are (the stream flag it sets itself).
+ENGINE_OPTIONS = {name: engine for name, engine in TEXT_TO_ENGINE.items() if name != Text.STREAM}
+# The engine's outputs that name which prompt and which returned sequence a response is for.
+INDEXES = (Engine.BATCH_INDEX, Engine.SEQUENCE_INDEX)
+# The engine's outputs handed on to the client unchanged (present when return_log_probs asked for them).
+PASSED = (Engine.CUM_LOG_PROBS, Engine.OUTPUT_LOG_PROBS)
+
+
+def response_tensor(response):
+    """name -> a copy of the response's output of that name, or None."""
+
+    def get(name):
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        return None if tensor is None else pb_utils.Tensor(name, tensor.as_numpy())
+
+    return get
 
 
 def _raise_on_error(response):
@@ -62,14 +76,24 @@ class TritonPythonModel:
         return self.responder.execute(requests)
 
     @staticmethod
-    def _text_response(text, index=None):
+    def _text_response(text, key=None, passed=()):
+        """`key`: (prompt or None, sequence or None), each given where the request holds several;
+        `passed`: the engine's log-probability tensors for this text, forwarded as they are."""
         out = np.array([[text.encode("utf-8")]], dtype=np.object_)
-        tensors = [pb_utils.Tensor(Text.TEXT_OUTPUT, out)]
-        if index is not None:
-            tensors.append(batch_index_tensor(pb_utils, index))
+        tensors = [pb_utils.Tensor(Text.TEXT_OUTPUT, out), *passed]
+        batch_index, sequence_index = key or (None, None)
+        if batch_index is not None:
+            tensors.append(batch_index_tensor(pb_utils, batch_index))
+        if sequence_index is not None:
+            tensors.append(
+                pb_utils.Tensor(Engine.SEQUENCE_INDEX, np.array([[sequence_index]], dtype=np.int32))
+            )
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _serve(self, request, sender):
+        for name in Text.BLS_ONLY_INPUTS:  # images and video, a draft model: none here
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            refuse_unless_off(name, None if tensor is None else tensor.as_numpy(), who="this text-only model")
         stream_in = pb_utils.get_input_tensor_by_name(request, Text.STREAM)
         streaming = bool(stream_in is not None and stream_in.as_numpy().reshape(-1)[0])
         if streaming and sender is None:
@@ -88,9 +112,11 @@ class TritonPythonModel:
         )
         engine_inputs = {}
         for pre_name, name in PREPROCESSING_TO_ENGINE.items():
-            engine_inputs[name] = pb_utils.get_output_tensor_by_name(pre, pre_name).as_numpy()
+            tensor = pb_utils.get_output_tensor_by_name(pre, pre_name)
+            if tensor is not None:  # a text-only tokenizer gives no decoder ids, bias or prompt-table ids
+                engine_inputs[name] = tensor.as_numpy()
         batch = engine_inputs[Engine.INPUT_IDS].shape[0]
-        for name, engine_name in SAMPLING_INPUTS.items():
+        for name, engine_name in ENGINE_OPTIONS.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 engine_inputs[engine_name] = tensor.as_numpy()
@@ -101,12 +127,20 @@ class TritonPythonModel:
         engine_request = pb_utils.InferenceRequest(
             model_name=self.engine_model,
             inputs=[pb_utils.Tensor(name, value) for name, value in engine_inputs.items()],
-            requested_output_names=[Engine.OUTPUT_IDS, Engine.SEQUENCE_LENGTH, Engine.BATCH_INDEX],
+            requested_output_names=[Engine.OUTPUT_IDS, Engine.SEQUENCE_LENGTH, *PASSED, *INDEXES],
             request_id=request_id,
         )
-        indexed = batch > 1  # one response per prompt, each naming it, as the engine answers
-        streams = [TextStream(self.decoder) for _ in range(batch)]
-        pieces = [[] for _ in range(batch)]
+        sequences = max(1, int(engine_inputs.get(Engine.NUM_RETURN_SEQUENCES, np.ones(1)).reshape(-1)[0]))
+        keys = [(b, s) for b in range(batch) for s in range(sequences)]
+        # one response per prompt and sequence, naming each where there are several, as the engine answers
+        indexed = len(keys) > 1
+
+        def label(key):
+            return (key[0] if batch > 1 else None, key[1] if sequences > 1 else None)
+
+        streams = {key: TextStream(self.decoder) for key in keys}
+        pieces = {key: [] for key in keys}
+        passed = {key: [] for key in keys}
         for response in engine_request.exec(decoupled=True):
             if sender is not None and sender.is_cancelled():
                 self._stop(request_id)  # the client has gone: free the engine's slot
@@ -114,28 +148,34 @@ class TritonPythonModel:
             _raise_on_error(response)
             if not response.output_tensors():
                 continue  # the final, empty response of a decoupled model
-            index_out = pb_utils.get_output_tensor_by_name(response, Engine.BATCH_INDEX)
-            b = 0 if index_out is None else int(index_out.as_numpy().reshape(-1)[0])
+            key = tuple(
+                0 if out is None else int(out.as_numpy().reshape(-1)[0])
+                for out in (pb_utils.get_output_tensor_by_name(response, name) for name in INDEXES)
+            )
             ids = pb_utils.get_output_tensor_by_name(response, Engine.OUTPUT_IDS).as_numpy()
             length = int(
                 pb_utils.get_output_tensor_by_name(response, Engine.SEQUENCE_LENGTH).as_numpy().reshape(-1)[0]
             )
             tokens = ids[0, 0, :length].tolist()
-            pieces[b].append(streams[b].push(tokens) if self.accumulate else self.decoder.decode(tokens))
-            if streaming and pieces[b][-1]:
-                sender.send(self._text_response(pieces[b][-1], b if indexed else None))
+            pieces[key].append(streams[key].push(tokens) if self.accumulate else self.decoder.decode(tokens))
+            passed[key] = [t for t in map(response_tensor(response), PASSED) if t is not None]
+            if streaming and pieces[key][-1]:
+                sender.send(self._text_response(pieces[key][-1], label(key), passed[key]))
             elif not streaming and indexed:  # this prompt's whole answer
-                sender.send(self._text_response(self._whole(pieces[b], streams[b]), b))
+                sender.send(
+                    self._text_response(self._whole(pieces[key], streams[key]), label(key), passed[key])
+                )
         if not indexed:
+            (key,) = keys
             if not streaming:
-                return self._text_response(self._whole(pieces[0], streams[0]))
-            tail = streams[0].flush() if self.accumulate else ""
+                return self._text_response(self._whole(pieces[key], streams[key]), passed=passed[key])
+            tail = streams[key].flush() if self.accumulate else ""
             return self._text_response(tail) if tail else None
         if streaming and self.accumulate:
-            for b, stream in enumerate(streams):
+            for key, stream in streams.items():
                 tail = stream.flush()
                 if tail:
-                    sender.send(self._text_response(tail, b))
+                    sender.send(self._text_response(tail, label(key)))
         return None
 
     def _whole(self, pieces, stream):

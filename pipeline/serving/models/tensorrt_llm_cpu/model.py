@@ -25,22 +25,45 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helpers copied next to this file
 
 from modelargs import model_config, parameters, repository_path  # noqa: E402
+from offvalues import ZERO, refuse_unless_off  # noqa: E402
 from responding import Responder, batch_index_tensor  # noqa: E402
-from tensornames import Engine  # noqa: E402
+from tensornames import TEXT_TO_ENGINE, Engine  # noqa: E402
 from textcodec import from_word_list, stop_position  # noqa: E402
 
-# input -> the value that means "off"; anything else is refused on this target
-UNSUPPORTED_UNLESS = {
-    Engine.BEAM_WIDTH: 1,
-    Engine.RUNTIME_TOP_P: None,  # any value: the reference runtime samples top-k only
-    Engine.LEN_PENALTY: None,
-    Engine.REPETITION_PENALTY: 1.0,
-    Engine.PRESENCE_PENALTY: 0.0,
-    Engine.FREQUENCY_PENALTY: 0.0,
-    Engine.MIN_TOKENS: None,
-    Engine.RETURN_LOG_PROBS: False,
-    Engine.ENCODER_INPUT_FEATURES: None,
+# The inputs this model acts on; every other input the backend declares is accepted at its "off"
+# value and refused by name otherwise (offvalues.py).
+ACTED_ON = {
+    Engine.INPUT_IDS,
+    Engine.INPUT_LENGTHS,
+    Engine.REQUEST_OUTPUT_LEN,
+    Engine.END_ID,
+    Engine.PAD_ID,
+    Engine.STOP_WORDS_LIST,
+    Engine.BAD_WORDS_LIST,
+    Engine.TEMPERATURE,
+    Engine.RUNTIME_TOP_K,
+    Engine.RUNTIME_TOP_P,
+    Engine.REPETITION_PENALTY,
+    Engine.PRESENCE_PENALTY,
+    Engine.FREQUENCY_PENALTY,
+    Engine.MIN_TOKENS,
+    Engine.SEED,
+    Engine.RETURN_LOG_PROBS,
+    Engine.NUM_RETURN_SEQUENCES,
+    Engine.EXCLUDE_INPUT_IN_OUTPUT,
+    Engine.STREAMING,
+    Engine.STOP,
 }
+# Off values other than 0/false/empty: one beam; a length penalty (beam search only)
+# or a top-p decay of 1 leaves the logits as they are.
+OFF = {
+    Engine.BEAM_WIDTH: (1,),
+    Engine.LEN_PENALTY: (1.0,),
+    Engine.RUNTIME_TOP_P_DECAY: (1.0,),
+}
+NOT_ACTED_ON = tuple(name for name in Engine.INPUTS if name not in ACTED_ON)
+# A refusal names the input as the ensemble's client sent it too (length_penalty reaches us as len_penalty).
+CLIENT_NAMES = {engine: text for text, engine in TEXT_TO_ENGINE.items() if engine != text}
 
 
 # The TensorRT-LLM backend reads these with no fallback, so a config without one fails to load
@@ -56,6 +79,13 @@ REQUIRED_PARAMETERS = (
 def _optional(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def _word_lists(array, batch):
+    """Per prompt, the token sequences of a [batch, 2, L] word list (none when the input is absent)."""
+    if array is None:
+        return [[] for _ in range(batch)]
+    return [from_word_list(row) for row in array.reshape(batch, 2, -1)]
 
 
 def _scalar(request, name, default):
@@ -107,6 +137,8 @@ class TritonPythonModel:
         return self.responder.execute(requests)
 
     def _serve(self, request, sender):
+        from pipeline.runtime.sampling import Penalties
+
         if bool(_scalar(request, Engine.STOP, False)):
             with self.lock:
                 event = self.stopped.get(request.request_id())
@@ -114,14 +146,19 @@ class TritonPythonModel:
                 event.set()
             # the backend answers a stop with an empty (final) response
             return None if sender is not None else pb_utils.InferenceResponse(output_tensors=[])
-        for name, off in UNSUPPORTED_UNLESS.items():
-            value = _optional(request, name)
-            if value is not None and (off is None or value.reshape(-1)[0].item() != off):
-                raise ValueError(f"input '{name}' is not supported by the reference runtime")
-        bad = _optional(request, Engine.BAD_WORDS_LIST)
-        if bad is not None and any(from_word_list(row) for row in bad.reshape(-1, 2, bad.shape[-1])):
-            raise ValueError(f"input '{Engine.BAD_WORDS_LIST}' is not supported by the reference runtime")
-        ids = pb_utils.get_input_tensor_by_name(request, Engine.INPUT_IDS).as_numpy()
+        for name in NOT_ACTED_ON:
+            refuse_unless_off(
+                name,
+                _optional(request, name),
+                OFF.get(name, ZERO),
+                who="the reference runtime",
+                shown=CLIENT_NAMES.get(name, ""),
+            )
+        ids = _optional(request, Engine.INPUT_IDS)
+        if ids is None:  # optional only for encoder-decoder models, which give encoder features instead
+            raise ValueError(
+                f"input '{Engine.INPUT_IDS}' is required by the reference runtime (a decoder-only model)"
+            )
         lengths = pb_utils.get_input_tensor_by_name(request, Engine.INPUT_LENGTHS).as_numpy().reshape(-1)
         output_lens = (
             pb_utils.get_input_tensor_by_name(request, Engine.REQUEST_OUTPUT_LEN).as_numpy().reshape(-1)
@@ -132,30 +169,60 @@ class TritonPythonModel:
             raise ValueError(
                 "Batch size > 1 requires the tensorrt_llm backend to be using decoupled transaction policy"
             )
+        sequences = int(_scalar(request, Engine.NUM_RETURN_SEQUENCES, 1))
+        if sequences < 1:
+            raise ValueError(f"input '{Engine.NUM_RETURN_SEQUENCES}' is {sequences}: it must be 1 or more")
+        if sender is None and sequences > 1:
+            raise ValueError(
+                f"input '{Engine.NUM_RETURN_SEQUENCES}' > 1 needs the model deployed in decoupled mode "
+                "(one response per sequence)"
+            )
         if sender is None and streaming:
             raise ValueError("Streaming is only supported if model is deployed using decoupled mode.")
-        prompts = [ids[b, : lengths[b]].tolist() for b in range(batch)]
-        stops = _optional(request, Engine.STOP_WORDS_LIST)
-        stop_words = [[] for _ in range(batch)]
-        if stops is not None:
-            stop_words = [from_word_list(row) for row in stops.reshape(batch, 2, -1)]
+        # One generation row per prompt and returned sequence: sequences > 1 are drawn as independent
+        # samples of the same prompt (beam_width 1), each answered on its own, as the executor's child
+        # requests are, with sequence_index when requested (fillTritonResponse).
+        rows = [(b, s) for b in range(batch) for s in range(sequences)]
+        named = set(request.requested_output_names())
+        labels = [
+            (
+                b if batch > 1 and Engine.BATCH_INDEX in named else None,
+                s if sequences > 1 and Engine.SEQUENCE_INDEX in named else None,
+            )
+            for b, s in rows
+        ]
+        prompts = [ids[b, : lengths[b]].tolist() for b, _ in rows]
+        output_lens = [int(output_lens[b]) for b, _ in rows]
+        stop_words = _word_lists(_optional(request, Engine.STOP_WORDS_LIST), batch)
+        stop_words = [stop_words[b] for b, _ in rows]
+        bad_words = _word_lists(_optional(request, Engine.BAD_WORDS_LIST), batch)
         end_id = _scalar(request, Engine.END_ID, None)
         self._check_token_id(Engine.END_ID, end_id, sentinel=self.no_end_id)
         self._check_token_id(Engine.PAD_ID, _scalar(request, Engine.PAD_ID, None))
         options = dict(
-            max_new_tokens=int(output_lens.max()),
+            max_new_tokens=max(output_lens),
             end_id=None if end_id is None else int(end_id),
-            temperature=float(_scalar(request, Engine.TEMPERATURE, 0.0)),
+            # an input left out takes TensorRT-LLM's default (layers/defaultDecodingParams.h): temperature
+            # 1, top_k 0, top_p 0, which together are greedy (sampling.py)
+            temperature=float(_scalar(request, Engine.TEMPERATURE, 1.0)),
             top_k=int(_scalar(request, Engine.RUNTIME_TOP_K, 0)),
+            top_p=float(_scalar(request, Engine.RUNTIME_TOP_P, 0.0)),
             seed=int(_scalar(request, Engine.SEED, 0)),
+            penalties=Penalties(
+                repetition=float(_scalar(request, Engine.REPETITION_PENALTY, 1.0)),
+                presence=float(_scalar(request, Engine.PRESENCE_PENALTY, 0.0)),
+                frequency=float(_scalar(request, Engine.FREQUENCY_PENALTY, 0.0)),
+                min_tokens=int(_scalar(request, Engine.MIN_TOKENS, 0)),
+            ),
+            bad_words=[bad_words[b] for b, _ in rows],
+            log_probs=[] if bool(_scalar(request, Engine.RETURN_LOG_PROBS, False)) else None,
         )
-        # batch_index only when the request asked for it and holds several prompts (fillTritonResponse)
-        indexed = batch > 1 and Engine.BATCH_INDEX in request.requested_output_names()
+        exclude_input = bool(_scalar(request, Engine.EXCLUDE_INPUT_IN_OUTPUT, self.exclude_input))
         generation = _Generation(self, request, sender)
         try:
             if streaming:
-                return self._stream(prompts, stop_words, output_lens, options, generation, indexed)
-            return self._whole(prompts, stop_words, output_lens, options, generation, indexed)
+                return self._stream(prompts, stop_words, output_lens, options, generation, labels)
+            return self._whole(prompts, stop_words, output_lens, options, generation, labels, exclude_input)
         except _Cancelled:
             pb_utils.Logger.log_info(f"tensorrt_llm: request '{request.request_id()}' cancelled")
             if sender is None:
@@ -164,8 +231,9 @@ class TritonPythonModel:
         finally:
             generation.close()
 
-    def _whole(self, prompts, stop_words, output_lens, options, generation, indexed):
+    def _whole(self, prompts, stop_words, output_lens, options, generation, labels, exclude_input):
         generated = self.runner.generate(prompts, on_token=generation.check, **options)
+        log_probs = options["log_probs"]
         answers = []
         for b, tokens in enumerate(generated):
             limit = int(output_lens[b])
@@ -174,13 +242,14 @@ class TritonPythonModel:
             end = stop_position(tokens, stop_words[b])
             tokens = tokens[:end] if end is not None else tokens
             steps = len(tokens) + int(ended)  # the decoding step at which this prompt finished
-            answers.append((steps, b, tokens if self.exclude_input else prompts[b] + tokens))
+            probs = None if log_probs is None else log_probs[b][: len(tokens)]
+            answers.append((steps, b, tokens if exclude_input else prompts[b] + tokens, probs))
         pad = options["end_id"] or 0
-        *first, last = sorted(answers)  # completion order; the last one travels with the final flag
-        for _, b, tokens in first:
-            generation.sender.send(self._response(tokens, pad=pad, index=b if indexed else None))
-        _, b, tokens = last
-        return self._response(tokens, pad=pad, index=b if indexed else None)
+        *first, last = sorted(answers, key=lambda answer: answer[:2])  # completion order; the last is final
+        for _, b, tokens, probs in first:
+            generation.sender.send(self._response(tokens, pad=pad, label=labels[b], log_probs=probs))
+        _, b, tokens, probs = last
+        return self._response(tokens, pad=pad, label=labels[b], log_probs=probs)
 
     def _check_token_id(self, name, value, sentinel=None):
         """A token id the engine cannot produce is a bad request, not a silent never-stop or garbage padding."""
@@ -190,16 +259,21 @@ class TritonPythonModel:
             )
             raise ValueError(f"input '{name}' is {int(value)}, outside the vocabulary: expected {allowed}")
 
-    def _stream(self, prompts, stop_words, output_lens, options, generation, indexed):
+    def _stream(self, prompts, stop_words, output_lens, options, generation, labels):
         sent: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
+        log_probs = options["log_probs"]  # filled by generate before it calls on_token
 
         def on_token(index, token):
             generation.check(index, token)
             if done[index]:
                 return  # the reference runtime has no early exit for one prompt; its tokens are dropped
             sent[index].append(int(token))
-            generation.sender.send(self._response([int(token)], pad=0, index=index if indexed else None))
+            probs = None if log_probs is None else log_probs[index][-1:]
+            cum = None if log_probs is None else sum(log_probs[index])
+            generation.sender.send(
+                self._response([int(token)], pad=0, label=labels[index], log_probs=probs, cum=cum)
+            )
             done[index] = (
                 len(sent[index]) >= int(output_lens[index])
                 or stop_position(sent[index], stop_words[index]) is not None
@@ -214,15 +288,30 @@ class TritonPythonModel:
         return None
 
     @staticmethod
-    def _response(tokens, *, pad, index):
+    def _response(tokens, *, pad, label, log_probs=None, cum=None):
+        """One response of batch 1 and one beam: output_ids [1, 1, len], sequence_length [1, 1]; with log
+        probabilities, output_log_probs [1, 1, len] (the generated tokens') and cum_log_probs [1, 1] (their
+        sum, or `cum`: the running sum a streamed step carries), the backend's config.pbtxt dims
+        with the batch dimension in front."""
         output_ids = np.full((1, 1, max(1, len(tokens))), pad, dtype=np.int32)
         output_ids[0, 0, : len(tokens)] = tokens
         tensors = [
             pb_utils.Tensor(Engine.OUTPUT_IDS, output_ids),
             pb_utils.Tensor(Engine.SEQUENCE_LENGTH, np.array([[len(tokens)]], dtype=np.int32)),
         ]
-        if index is not None:
-            tensors.append(batch_index_tensor(pb_utils, index))
+        if log_probs is not None:
+            total = sum(log_probs) if cum is None else cum
+            tensors.append(
+                pb_utils.Tensor(Engine.OUTPUT_LOG_PROBS, np.array([[log_probs]], dtype=np.float32))
+            )
+            tensors.append(pb_utils.Tensor(Engine.CUM_LOG_PROBS, np.array([[total]], dtype=np.float32)))
+        batch_index, sequence_index = label
+        if batch_index is not None:
+            tensors.append(batch_index_tensor(pb_utils, batch_index))
+        if sequence_index is not None:
+            tensors.append(
+                pb_utils.Tensor(Engine.SEQUENCE_INDEX, np.array([[sequence_index]], dtype=np.int32))
+            )
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
