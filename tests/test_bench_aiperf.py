@@ -298,3 +298,36 @@ def test_served_refuses_a_published_engine_other_than_the_built_one(published, t
     with pytest.raises(IntegrityError, match="publishes another int8_sq/throughput engine") as info:
         require_published_engine(repository, BuiltEngine("int8_sq", "throughput", other / "engine"))
     assert "trtllm-pipeline publish --precision int8_sq --profile throughput" in info.value.hint
+
+
+def test_the_cli_passes_served_and_every_compare_url(tmp_path, monkeypatch):
+    from pipeline.commands import bench as command
+
+    seen = []
+
+    def capture(config, work_dir, settings, **kwargs):
+        seen.append(settings)
+        raise InputError("captured")
+
+    monkeypatch.setattr(command, "bench", capture)
+    args = [
+        "bench",
+        "--work-dir",
+        str(tmp_path),
+        "--served",
+        "--compare",
+        "http://a:1",
+        "--compare",
+        "http://b:2",
+    ]
+    assert main(args) == ExitCode.BAD_INPUT
+    (settings,) = seen
+    assert settings.served and settings.compare == ("http://a:1", "http://b:2") and settings.wants_served_load
+    assert not BenchSettings().wants_served_load
+
+
+def test_served_and_server_url_together_are_refused_before_anything_runs(tmp_path, capsys):
+    args = ["bench", "--work-dir", str(tmp_path), "--served", "--server-url", "http://127.0.0.1:9"]
+    assert main(args) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--served starts a server per published variant" in err and "Traceback" not in err

@@ -334,9 +334,10 @@ def served_lines(report: BenchReport) -> list[str]:
         for peer in report.peers
     ]
     lines += [
-        "- Each row is one aiperf run: its own export (`aiperf/<endpoint>/c<clients>/profile_export_aiperf.json` "
-        "beside this report); output tokens are counted with the model's tokenizer, and inter-token "
-        "latency is aiperf's (request latency - TTFT) / (output tokens - 1).",
+        "- Each row is one aiperf run, read from its own export beside this report "
+        "(`aiperf/<precision>/<profile>/c<clients>/` or `aiperf/peers/<n>/c<clients>/`, "
+        "`profile_export_aiperf.json`); output tokens are counted with the model's tokenizer, and "
+        "inter-token latency is aiperf's (request latency - TTFT) / (output tokens - 1).",
     ]
     return lines
 

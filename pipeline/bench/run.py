@@ -390,6 +390,11 @@ def run_bench(
     stages: Mapping[str, Stage] = STAGES,
 ) -> tuple[BenchReport, dict[str, Path]]:
     """Measure every up-to-date engine, write bench.json, bench.md and the plots into out_dir."""
+    if settings.server_url is not None and settings.served:
+        raise InputError(
+            "--served starts a server per published variant; --server-url measures one you started",
+            hint="give one of the two",
+        )
     # Before anything is measured: a missing aiperf is one line on how to install it, not a late failure.
     aiperf = find_aiperf() if settings.wants_served_load else None
     found = find_engines(
@@ -399,11 +404,6 @@ def run_bench(
         raise InputError(
             f"--server-url measures the one engine the server publishes; {len(found.engines)} are selected",
             hint="choose it with --precision and --profile",
-        )
-    if settings.server_url is not None and settings.served:
-        raise InputError(
-            "--served starts a server per published variant; --server-url measures one you started",
-            hint="give one of the two",
         )
     backend = backend_of(config)
     arch = find_architecture(config, found.model_dir)
