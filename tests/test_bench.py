@@ -1454,3 +1454,27 @@ def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(t
     assert "fit (the plan's model of cpu, not of what ran here) |" in md
     assert "fit (the plan's model" not in write_bench_report(gpu, tmp_path / "gpu")["markdown"].read_text()
     assert "n/a" in _summary_text(cpu).split("int8_wo/throughput")[1].split("\n")[0]
+
+
+# ---------------------------------------------------------------- GPU utilization (issue 23, item 6)
+
+
+def test_utilization_below_what_back_to_back_steps_give_is_named_and_the_cpu_says_not_measured():
+    from pipeline.bench.memory import UtilizationReading
+    from pipeline.bench.report import UTILIZATION_FLOOR_PERCENT, render_markdown
+
+    v = _variant("int8_wo", "throughput", _plan())
+    assert "GPU utilization is not measured" in render_markdown(_report_of(v))  # the CPU: no NVML reading
+
+    def with_utilization(mean: float) -> str:
+        reading = UtilizationReading(mean_percent=mean, max_percent=100, samples=50, source="nvml")
+        memory = MemoryReading(
+            measure="gpu_device_used", peak_bytes=1 << 30, source="nvml", gpu_utilization=reading
+        )
+        return render_markdown(_report_of(v.model_copy(update={"memory": memory})))
+
+    low = with_utilization(UTILIZATION_FLOOR_PERCENT - 1)
+    assert f"**int8_wo/throughput: GPU busy {UTILIZATION_FLOOR_PERCENT - 1}% of the time (max 100%)**" in low
+    assert "over batches up to 4" in low and "bench --nsys" in low
+    fed = with_utilization(UTILIZATION_FLOOR_PERCENT)
+    assert "GPU busy" not in fed and f"stayed at or above {UTILIZATION_FLOOR_PERCENT}%" in fed
