@@ -62,6 +62,7 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
     points_of |= {peer_label(peer): peer_points(peer) for peer in report.peers}
     for ax, name, pick, budget in panels:
         xs_all: list[float] = []
+        ys_all: list[float] = []
         for index, (label, points) in enumerate(points_of.items()):
             if not points:
                 continue
@@ -70,6 +71,7 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
             held = [pick(p)[1] for p in points]
             rates = [p.tokens_per_s.median for p in points]
             xs_all += typical + held
+            ys_all += rates
             # In-process batches and served client counts are two curves: different loads, different tools.
             for kind, style in (("batch", "-"), ("clients", "--")):
                 curve = [(x, y) for p, x, y in zip(points, held, rates, strict=True) if p.load_kind == kind]
@@ -91,6 +93,7 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
         ax.axvline(budget, color="black", linestyle="--", linewidth=1)
         xs_all.append(budget)
         _log_if_wide(ax, "x", xs_all)
+        _log_if_wide(ax, "y", ys_all)  # a peer or a served curve far above in-process batches
         ax.set_xlabel(name)
         ax.set_ylabel("output tokens/s")
         ax.set_title(f"throughput against {name.rsplit(' ', 1)[0]}")
