@@ -14,9 +14,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from test_bench_aiperf import needs_aiperf
 
 from pipeline.bench.files import write_bench_report
-from pipeline.bench.harness import LATENCY_SOURCE, THROUGHPUT_SOURCE, measure_engine, run_batch, stream_one
+from pipeline.bench.harness import (
+    IN_PROCESS_HARNESS,
+    LATENCY_SOURCE,
+    THROUGHPUT_SOURCE,
+    measure_engine,
+    run_batch,
+    stream_one,
+)
 from pipeline.bench.machine import MachineSnapshot, MachineState, nvml_gpu_clocks, snapshot
 from pipeline.bench.memory import MemoryReading, ProcessRssProbe
 from pipeline.bench.reference import published_estimate, ratios
@@ -634,7 +642,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert BenchReport.model_validate(data) == report
     md = paths["markdown"].read_text()
     sq = report.variants[0]
-    assert f"| int8_sq/throughput | 2 | {sq.latency.ttft_ms.median:.2f} (" in md
+    assert f"| int8_sq/throughput | {IN_PROCESS_HARNESS} | 2 | {sq.latency.ttft_ms.median:.2f} (" in md
     assert f"| 800.0 | {sq.latency.decode_tokens_per_s.median / 800:.2f}x |" in md  # beside the ceiling
     four = {r.batch_size: r for r in sq.ratios.throughput_vs_ceiling}[4]
     assert f"| {four.ceiling_tokens_per_s:.1f} | {four.measured_vs_ceiling:.2f}x |" in md
@@ -900,10 +908,12 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert not report.plan_applies and "they are left out (n/a)" in md
 
 
+@needs_aiperf
 @pytest.mark.triton
 @pytest.mark.slow
 def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model_dir, tmp_path):
-    """The throughput engine in a repository written by the publish code, served by the real tritonserver."""
+    """The throughput engine in a repository written by the publish code, served by the real tritonserver,
+    measured through --server-url by aiperf: batch 1 from one client, then each client count."""
     from pipeline.bench.run import find_engines, run_bench
     from pipeline.core.hashing import sha256_file
     from pipeline.serving.render import RepositoryValues
@@ -936,7 +946,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
         tokenizer_sha256={p.name: sha256_file(p) for p in tiny_model_dir.iterdir() if p.is_file()},
     )
     settings = BenchSettings(
-        input_len=500, output_len=12, latency_runs=2, concurrency=(1, 3), requests_per_client=2
+        input_len=500, output_len=12, latency_runs=2, concurrency=(3,), requests_per_client=2
     )
     with TritonServer(tmp_path / "repository", work_dir=tmp_path / "server") as server:
         report, paths = run_bench(
@@ -951,12 +961,15 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     (variant,) = report.variants
     assert variant.throughput == ()  # the engine ran in the server, not here
     assert variant.latency.input_len == 96 and variant.latency.ttft_ms.runs == 2
-    assert variant.latency.itl.count == 2 * 11  # every request streamed all 12 tokens: no early stop
-    assert [(p.concurrency, p.requests, p.output_tokens) for p in variant.served] == [(1, 2, 24), (3, 6, 72)]
+    assert variant.latency.measured_by.startswith("aiperf 0.13")
+    # every request streamed all 12 tokens (end_id -1: no early stop), as the tokenizer counts them
+    assert [(p.concurrency, p.requests, p.output_tokens) for p in variant.served] == [(3, 6, 72)]
     assert all(p.output_tokens_per_s > 0 and p.ttft.count == p.requests for p in variant.served)
     assert variant.memory is None  # a CPU server's memory is not observable from the client
     md = paths["markdown"].read_text()
-    assert "| int8_wo/throughput | 3 | 6 |" in md and "not observable" in md
+    assert (
+        f"| int8_wo/throughput | {variant.served[0].measured_by} | 3 | 6 |" in md and "not observable" in md
+    )
     assert "Not measured: the engine ran in the server" in md
 
 
@@ -995,8 +1008,7 @@ def test_served_prompts_fit_the_input_limit_after_a_round_trip():
     assert min(len(p) for p in prompts) >= 10  # shortened to fit, not emptied
 
 
-def test_server_error_events_and_an_unreachable_server_are_stage_errors():
-    from pipeline.bench.served import stream_requests
+def test_server_error_events_are_stage_errors():
     from pipeline.serving.client import server_sent_events
 
     lines = [b"", b'data: {"text_output": "a"}', b"", b'data: {"error": "input too long"}']
@@ -1006,11 +1018,6 @@ def test_server_error_events_and_an_unreachable_server_are_stage_errors():
     assert next(events) == {"text_output": "a"}
     with pytest.raises(StageError, match="the server answered with an error: input too long"):
         next(events)
-    with pytest.raises(StageError, match="generate_stream: ConnectionError") as info:
-        stream_requests(
-            "http://127.0.0.1:9", ["hi"], output_len=2, concurrency=1, clock=FakeClock(), timeout_s=5
-        )
-    assert "is the server up" in info.value.hint
 
 
 # --- which GPU the NVML probe reads ---------------------------------------------------------------
@@ -1167,7 +1174,7 @@ def test_spread_is_the_median_with_the_extreme_runs_and_marks_wide_ones_noisy():
     assert dumped["noisy"] is False and Spread.model_validate(dumped) == s  # bench.json carries the mark
     with pytest.raises(ValueError):
         Spread.of([])
-    assert BENCH_REPORT_VERSION == 3  # spreads replaced single figures: readers must know
+    assert BENCH_REPORT_VERSION == 4  # 3: spreads replaced single figures; 4: aiperf served points
 
 
 class JitteryRunner(FakeRunner):
@@ -1336,12 +1343,15 @@ def _served(concurrency: int, rate: float, itl_p99: float, ttft_p99: float) -> S
         output_tokens_per_s=rate,
         ttft=Percentiles(p50_ms=ttft_p99 / 2, p90_ms=ttft_p99, p99_ms=ttft_p99, count=4),
         itl=Percentiles(p50_ms=itl_p99 / 2, p90_ms=itl_p99, p99_ms=itl_p99, count=28),
+        requests_per_s=rate / 8,
+        measured_by="aiperf 0.13.0",
+        endpoint="http://127.0.0.1:9/v2/models/ensemble/generate_stream",
         source="test",
     )
 
 
 def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
-    from pipeline.bench.sweetspot import IN_PROCESS, SERVED, operating_points
+    from pipeline.bench.sweetspot import IN_PROCESS, operating_points
 
     v = _variant("int8_wo", "latency", _plan(), JitteryRunner, latency_runs=3, throughput_runs=3)
     v = v.model_copy(update={"served": (_served(2, 90.0, itl_p99=30.0, ttft_p99=200.0),)})
@@ -1352,7 +1362,8 @@ def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
     assert (four.itl_ms, four.ttft_ms, four.itl_p50_ms) == (step.high, prefill.high, step.median)
     assert step.high > step.median and four.measured_by == IN_PROCESS
     served = points[3]
-    assert (served.itl_ms, served.ttft_ms, served.measured_by) == (30.0, 200.0, SERVED)
+    assert (served.itl_ms, served.ttft_ms) == (30.0, 200.0)
+    assert served.measured_by == "aiperf 0.13.0 (streamed requests to the server)"
     assert served.within(30.0, 200.0) and not served.within(29.9, 200.0) and not served.within(30.0, 199.9)
 
 
@@ -1451,3 +1462,27 @@ def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(t
     assert "fit (the plan's model of cpu, not of what ran here) |" in md
     assert "fit (the plan's model" not in write_bench_report(gpu, tmp_path / "gpu")["markdown"].read_text()
     assert "n/a" in _summary_text(cpu).split("int8_wo/throughput")[1].split("\n")[0]
+
+
+# ---------------------------------------------------------------- GPU utilization (issue 23, item 6)
+
+
+def test_utilization_below_what_back_to_back_steps_give_is_named_and_the_cpu_says_not_measured():
+    from pipeline.bench.memory import UtilizationReading
+    from pipeline.bench.report import UTILIZATION_FLOOR_PERCENT, render_markdown
+
+    v = _variant("int8_wo", "throughput", _plan())
+    assert "GPU utilization is not measured" in render_markdown(_report_of(v))  # the CPU: no NVML reading
+
+    def with_utilization(mean: float) -> str:
+        reading = UtilizationReading(mean_percent=mean, max_percent=100, samples=50, source="nvml")
+        memory = MemoryReading(
+            measure="gpu_device_used", peak_bytes=1 << 30, source="nvml", gpu_utilization=reading
+        )
+        return render_markdown(_report_of(v.model_copy(update={"memory": memory})))
+
+    low = with_utilization(UTILIZATION_FLOOR_PERCENT - 1)
+    assert f"**int8_wo/throughput: GPU busy {UTILIZATION_FLOOR_PERCENT - 1}% of the time (max 100%)**" in low
+    assert "over batches up to 4" in low and "bench --nsys" in low
+    fed = with_utilization(UTILIZATION_FLOOR_PERCENT)
+    assert "GPU busy" not in fed and f"stayed at or above {UTILIZATION_FLOOR_PERCENT}%" in fed

@@ -34,6 +34,7 @@ from pipeline.runtime.checkpoint import real_vocab_size
 
 Clock = Callable[[], float]
 
+IN_PROCESS_HARNESS = "in-process harness (this process's clock)"
 LATENCY_SOURCE = (
     "batch 1, streamed: each token timed on this process's monotonic clock when the runtime hands it "
     "over (on_token); includes the runtime's per-step host work for that one request. TTFT and decode "
@@ -162,9 +163,7 @@ def measure_engine(
     return EngineTimings(latency=latency_result(workload.latency, timelines), throughput=points)
 
 
-def latency_result(
-    case: Case, timelines: Sequence[RequestTimeline], source: str = LATENCY_SOURCE
-) -> LatencyResult:
+def latency_result(case: Case, timelines: Sequence[RequestTimeline]) -> LatencyResult:
     """Batch-1 figures from the timelines of requests sent one at a time."""
     itl = itl_percentiles(timelines)
     decode = decode_tokens_per_s_spread(timelines)
@@ -177,7 +176,8 @@ def latency_result(
         ttft_ms=ttft_ms_spread(timelines),
         itl=itl,
         decode_tokens_per_s=decode,
-        source=source,
+        measured_by=IN_PROCESS_HARNESS,
+        source=LATENCY_SOURCE,
     )
 
 

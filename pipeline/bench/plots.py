@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.bench.report import budget_text, check_names, variant_label
 from pipeline.bench.results import BenchReport
-from pipeline.bench.sweetspot import operating_points, recommend
+from pipeline.bench.sweetspot import operating_points, peer_label, peer_points, recommend
 from pipeline.core.atomic import write_bytes_atomic
 
 # 10 inches at 100 dpi: every plot is 1000 px wide, the width a report is read at.
@@ -59,8 +59,10 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
         (axes[1], "time to first token ms", lambda p: (p.ttft_p50_ms, p.ttft_ms), r.ttft_budget_ms),
     )
     points_of = {variant_label(v): operating_points(v) for v in report.variants}
+    points_of |= {peer_label(peer): peer_points(peer) for peer in report.peers}
     for ax, name, pick, budget in panels:
         xs_all: list[float] = []
+        ys_all: list[float] = []
         for index, (label, points) in enumerate(points_of.items()):
             if not points:
                 continue
@@ -69,11 +71,12 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
             held = [pick(p)[1] for p in points]
             rates = [p.tokens_per_s.median for p in points]
             xs_all += typical + held
+            ys_all += rates
             # In-process batches and served client counts are two curves: different loads, different tools.
             for kind, style in (("batch", "-"), ("clients", "--")):
                 curve = [(x, y) for p, x, y in zip(points, held, rates, strict=True) if p.load_kind == kind]
                 if curve:
-                    shown = label if kind == "batch" else f"{label} served"
+                    shown = label if kind == "batch" or label.startswith("peer") else f"{label} served"
                     ax.plot(*zip(*curve, strict=True), style, color=color, label=shown, linewidth=1.5)
             # From the typical (p50 / median run) to the figure held to the budget (p99 / slowest run).
             ax.hlines(rates, typical, held, color=color, linewidth=4, alpha=0.3)
@@ -90,6 +93,7 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
         ax.axvline(budget, color="black", linestyle="--", linewidth=1)
         xs_all.append(budget)
         _log_if_wide(ax, "x", xs_all)
+        _log_if_wide(ax, "y", ys_all)  # a peer or a served curve far above in-process batches
         ax.set_xlabel(name)
         ax.set_ylabel("output tokens/s")
         ax.set_title(f"throughput against {name.rsplit(' ', 1)[0]}")
@@ -101,7 +105,8 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
         loc="outside lower center",
         ncols=max(1, min(len(labels), 4)),
         title=(
-            f"b: batch (in process), c: clients (served); filled: within {budget_text(r)} (dashed lines)\n"
+            f"b: batch (in-process harness), c: clients (served, aiperf); filled: within {budget_text(r)} "
+            "(dashed lines)\n"
             "point: p99 (served) or slowest run (in process); shade: back to p50 or the median run"
         ),
         fontsize="small",
@@ -172,7 +177,7 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
                 marker="s",
                 linestyle="--",
                 color=color,
-                label=f"{variant_label(v)} served (x: clients)",
+                label=f"{variant_label(v)} served, aiperf (x: clients)",
             )
             ys += [p.output_tokens_per_s for p in v.served]
         if variant_label(v) in ceilings_of:
@@ -185,9 +190,20 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
                 label=f"{variant_label(v)}: plan's bandwidth ceiling",
             )
             ys += list(ceilings)
+    for index, peer in enumerate(report.peers, start=len(report.variants)):
+        ax.plot(
+            [p.concurrency for p in peer.served],
+            [p.output_tokens_per_s for p in peer.served],
+            marker="^",
+            linestyle="--",
+            color=f"C{index % 10}",
+            label=f"{peer_label(peer)} (x: clients)",
+        )
+        ys += [p.output_tokens_per_s for p in peer.served]
     loads = sorted(
         {p.batch_size for v in report.variants for p in v.throughput}
         | {p.concurrency for v in report.variants for p in v.served}
+        | {p.concurrency for peer in report.peers for p in peer.served}
     )
     if loads and loads[-1] / loads[0] > 4:
         ax.set_xscale("log", base=2)  # batch sizes double: equal steps on a base-2 axis

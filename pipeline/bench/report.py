@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pipeline.bench.machine import MachineSnapshot
 from pipeline.bench.results import BenchReport, VariantResult
 from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, Spread
-from pipeline.bench.sweetspot import OperatingPoint, Recommendation, recommend
+from pipeline.bench.sweetspot import IN_PROCESS, OperatingPoint, Recommendation, peer_label, recommend
 
 JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"
@@ -125,6 +125,37 @@ def _utilization(v: VariantResult) -> str:
     return "n/a" if u is None else f"{u.mean_percent:.0f}% mean, {u.max_percent}% max"
 
 
+# NVML's utilization is the share of each sample period in which a kernel ran. While an engine runs
+# step after step, a kernel is running nearly all the time whatever the batch (a larger batch makes
+# each kernel longer, not the GPU busier by this measure); a mean below this floor says the GPU waited
+# on the host (Python, tokenization, scheduling between steps) for a tenth of the bench or more.
+UTILIZATION_FLOOR_PERCENT = 90
+
+
+def utilization_lines(report: BenchReport) -> list[str]:
+    """Where GPU utilization fell below what back-to-back batches give; or why it is not measured."""
+    readings = [
+        (v, v.memory.gpu_utilization) for v in report.variants if v.memory and v.memory.gpu_utilization
+    ]
+    if not readings:
+        return [
+            f"GPU utilization is not measured: no NVML reading in this run ({report.runtime} on "
+            f"{report.target}); it is read on GPU targets only.",
+        ]
+    lines = []
+    for v, u in readings:
+        largest = max((p.batch_size for p in v.throughput), default=1)
+        if u.mean_percent < UTILIZATION_FLOOR_PERCENT:
+            lines.append(
+                f"- **{variant_label(v)}: GPU busy {u.mean_percent:.0f}% of the time (max {u.max_percent}%)** "
+                f"over batches up to {largest}, below the {UTILIZATION_FLOOR_PERCENT}% that steps run back to "
+                "back give: the GPU waited on the host; `bench --nsys` shows where."
+            )
+    if not lines:
+        return [f"GPU utilization stayed at or above {UTILIZATION_FLOOR_PERCENT}% for every engine."]
+    return lines
+
+
 def gate_verdict(v: VariantResult) -> str:
     return "not run" if v.gate is None else ("pass" if v.gate.verdict else "FAIL")
 
@@ -192,6 +223,10 @@ def figure_sources(report: BenchReport) -> dict[str, list[str]]:
             add("throughput (in process)", p.source)
         for p in v.served:
             add("served", p.source)
+    for peer in report.peers:
+        for p in peer.served:
+            add("served (peers)", p.source)
+    for v in report.variants:
         if v.memory is not None:
             add("peak memory", v.memory.source)
             if v.memory.gpu_utilization is not None:
@@ -246,7 +281,7 @@ def recommendation_lines(report: BenchReport) -> list[str]:
         "| engine | at | output tokens/s | inter-token ms | TTFT ms | held to | measured by |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, p in r.per_variant:
+    for label, p in (*r.per_variant, *r.per_peer):
         if p is None:
             lines.append(f"| {label} | none within the budget | | | | | |")
         else:
@@ -254,6 +289,12 @@ def recommendation_lines(report: BenchReport) -> list[str]:
                 f"| {label} | {p.at} | {spread_text(p.tokens_per_s)} | {p.itl_ms:.2f} | {p.ttft_ms:.2f} "
                 f"| {p.held_to} | {p.measured_by} |"
             )
+    if r.per_peer:
+        lines += [
+            "",
+            "Peers (`--compare`) ran the same aiperf workload beside the variants; the answer above is "
+            "the published variant to deploy.",
+        ]
     lines += [
         "",
         f"![latency against throughput]({PARETO_PLOT})",
@@ -261,6 +302,42 @@ def recommendation_lines(report: BenchReport) -> list[str]:
         "*Which batch size or client count buys how many tokens/s for how much latency: each variant's "
         "operating points, the budget dashed; up and to the left is better.*",
         "",
+    ]
+    return lines
+
+
+def served_lines(report: BenchReport) -> list[str]:
+    """Every aiperf run: the variants' servers, then the peers, one row per client count."""
+    rows = [(variant_label(v), p) for v in report.variants for p in v.served]
+    rows += [(peer_label(peer), p) for peer in report.peers for p in peer.served]
+    lines = ["## Served (concurrent streamed requests, in-flight batching)", ""]
+    if not rows:
+        return [
+            *lines,
+            "Not measured: `trtllm-pipeline bench --served` serves each published variant and measures it "
+            "with aiperf (`--server-url URL`: a server you started; `--compare URL`: a peer).",
+        ]
+    lines += [
+        "| endpoint | measured by | clients | requests | requests/s | output tokens/s "
+        "| TTFT p50 / p90 / p99 (ms) | inter-token p50 / p90 / p99 (ms) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {label} | {p.measured_by} | {p.concurrency} | {p.requests} | {p.requests_per_s:.2f} "
+        f"| {p.output_tokens_per_s:.1f} | {_pct(p.ttft)} | {_pct(p.itl)} |"
+        for label, p in rows
+    ]
+    lines.append("")
+    lines += [
+        f"- {peer_label(peer)}: serves `{peer.model}`; it ran the workload of {peer.workload_of} (the same "
+        "prompt file, output length and client counts)."
+        for peer in report.peers
+    ]
+    lines += [
+        "- Each row is one aiperf run, read from its own export beside this report "
+        "(`aiperf/<precision>/<profile>/c<clients>/` or `aiperf/peers/<n>/c<clients>/`, "
+        "`profile_export_aiperf.json`); output tokens are counted with the model's tokenizer, and "
+        "inter-token latency is aiperf's (request latency - TTFT) / (output tokens - 1).",
     ]
     return lines
 
@@ -288,13 +365,13 @@ def render_markdown(report: BenchReport) -> str:
         *plan_note(report),
         "## Latency (batch 1)",
         "",
-        "| engine | runs | TTFT ms | inter-token p50 / p90 / p99 (ms) | decode tokens/s "
+        "| engine | measured by | runs | TTFT ms | inter-token p50 / p90 / p99 (ms) | decode tokens/s "
         "| plan ceiling tokens/s | measured / ceiling |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for v in report.variants:
         lines.append(
-            f"| {variant_label(v)} | {v.latency.runs} | {spread_text(v.latency.ttft_ms, 2)} | {_pct(v.latency.itl)} "
+            f"| {variant_label(v)} | {v.latency.measured_by} | {v.latency.runs} | {spread_text(v.latency.ttft_ms, 2)} | {_pct(v.latency.itl)} "
             f"| {spread_text(v.latency.decode_tokens_per_s)} "
             f"| {plan_cell(report, f'{v.plan.decode_ceiling_tokens_per_s:.1f}')} "
             f"| {plan_cell(report, ratio_text(v.ratios.decode_vs_ceiling))} |"
@@ -302,6 +379,8 @@ def render_markdown(report: BenchReport) -> str:
     lines += [
         "",
         "## Throughput (static batches, in process, not streamed)",
+        "",
+        f"Measured by the {IN_PROCESS}.",
         "",
     ]
     if any(v.throughput for v in report.variants):
@@ -337,20 +416,7 @@ def render_markdown(report: BenchReport) -> str:
             else ".*"
         ),
     ]
-    served = [(v, p) for v in report.variants for p in v.served]
-    lines += ["", "## Served (concurrent requests, in-flight batching)", ""]
-    if served:
-        lines += [
-            "| engine | clients | requests | output tokens/s | TTFT p50 / p90 / p99 (ms) | inter-token p50 / p90 / p99 (ms) |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {variant_label(v)} | {p.concurrency} | {p.requests} | {p.output_tokens_per_s:.1f} "
-            f"| {_pct(p.ttft)} | {_pct(p.itl)} |"
-            for v, p in served
-        ]
-    else:
-        lines.append("Not measured: no server URL was given (`trtllm-pipeline bench --server-url URL`).")
+    lines += ["", *served_lines(report)]
     lines += [
         "",
         "## Peak memory",
@@ -368,6 +434,7 @@ def render_markdown(report: BenchReport) -> str:
         )
     if any(v.memory is None for v in report.variants):
         lines += ["", "- not observable: the engine ran in a CPU server process this client cannot measure"]
+    lines += ["", *utilization_lines(report)]
     lines += [
         "",
         f"![peak memory per engine]({MEMORY_PLOT})",

@@ -15,7 +15,8 @@ from pipeline.gate.verdict import GateCheck
 # 2: every figure names its source; in-process batches are timed without streaming; gate figures.
 # 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks;
 #    each batch's prefill (TTFT) and decode step; the latency budget in the settings; plan_applies.
-BENCH_REPORT_VERSION = 3
+# 4: served points measured by aiperf (requests/s, the tool and version, the endpoint); peers.
+BENCH_REPORT_VERSION = 4
 
 
 class Frozen(BaseModel):
@@ -31,6 +32,7 @@ class LatencyResult(Frozen):
     ttft_ms: Spread  # one time to first token per run
     itl: Percentiles  # over every gap of every run: the tail a client sees
     decode_tokens_per_s: Spread  # per run: (tokens after the first) / (their span); no prefill
+    measured_by: str  # the tool: the in-process harness, or aiperf and its version
     source: str  # how the times were taken, in words
 
 
@@ -50,7 +52,7 @@ class ThroughputPoint(Frozen):
 
 
 class ServedPoint(Frozen):
-    """A stream of requests from `concurrency` clients to a Triton server (in-flight batching)."""
+    """A stream of requests from `concurrency` clients to a server (in-flight batching), as aiperf measured it."""
 
     concurrency: int
     requests: int
@@ -59,9 +61,21 @@ class ServedPoint(Frozen):
     output_tokens: int
     wall_s: float
     output_tokens_per_s: float
+    requests_per_s: float
     ttft: Percentiles
     itl: Percentiles | None
+    measured_by: str  # the tool and its version: "aiperf 0.13.0"
+    endpoint: str  # the URL the requests went to
     source: str
+
+
+class PeerResult(Frozen):
+    """Another OpenAI-compatible server (`bench --compare URL`) under the same aiperf workload."""
+
+    name: str  # its base URL, as the tables and plots name it
+    model: str  # what its /v1/models listed
+    workload_of: str  # the variant whose served workload (prompts, lengths, client counts) it ran
+    served: tuple[ServedPoint, ...]
 
 
 class PlanFigures(Frozen):
@@ -150,4 +164,5 @@ class BenchReport(Frozen):
     machine: MachineState
     settings: BenchSettings
     variants: tuple[VariantResult, ...]
+    peers: tuple[PeerResult, ...] = ()
     published: PublishedEstimate

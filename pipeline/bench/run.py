@@ -14,7 +14,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.backends import backend_of, load_runner
 from pipeline.backends.base import Backend
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
+from pipeline.bench.aiperf import find_aiperf, openai_target, triton_target
 from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import Clock, measure_engine
 from pipeline.bench.machine import machine_state, snapshot
@@ -31,15 +32,17 @@ from pipeline.bench.results import (
     BenchReport,
     GateFigures,
     LatencyResult,
+    PeerResult,
     PlanFigures,
     PublishedEstimate,
     ServedPoint,
     ThroughputPoint,
     VariantResult,
 )
-from pipeline.bench.served import measure_server, text_prompts
+from pipeline.bench.served import LoadPlan, latency_through, load_plan, sweep
 from pipeline.bench.workload import BenchSettings, Workload, plan_workload
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, IntegrityError
+from pipeline.core.manifest import MANIFEST_NAME, Manifest
 from pipeline.core.reporter import Reporter
 from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import status
@@ -190,41 +193,152 @@ def measure_in_process(
     return Measured(workload, timings.latency, timings.throughput, (), memory)
 
 
+@dataclass(frozen=True)
+class ServedLoad:
+    """What served load needs, found before anything is measured: aiperf, the tokenizer, the folders."""
+
+    aiperf: Path
+    tokenizer: Any
+    tokenizer_dir: Path
+    out_dir: Path  # aiperf's artifacts (exports, logs) per endpoint
+    serve_dir: Path  # the serving views and tritonserver logs of --served
+
+    def plan(
+        self, engine: BuiltEngine, workload: Workload, facts: EngineFacts, settings: BenchSettings
+    ) -> LoadPlan:
+        return load_plan(
+            workload,
+            self.tokenizer,
+            tokenizer_dir=self.tokenizer_dir,
+            vocab_size=int(facts.pretrained_config["vocab_size"]),
+            seed=settings.seed,
+            warmup_runs=settings.warmup_runs,
+            path=self.out_dir / engine.precision / engine.profile / "prompts.jsonl",
+        )
+
+
+def served_load(
+    aiperf: Path | None, model_dir: Path | None, *, out_dir: Path, work_dir: Path
+) -> ServedLoad | None:
+    if aiperf is None:
+        return None
+    if model_dir is None:
+        raise InputError(
+            "served load writes prompts with the model's tokenizer, and the fetched model is not up to date",
+            hint="run `trtllm-pipeline fetch` first",
+        )
+    from transformers import AutoTokenizer
+
+    return ServedLoad(
+        aiperf=aiperf,
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+        tokenizer_dir=model_dir,
+        out_dir=out_dir / "aiperf",
+        serve_dir=work_dir / "bench-serve",
+    )
+
+
 def measure_through_server(
     engine: BuiltEngine,
     settings: BenchSettings,
     *,
     facts: EngineFacts,
-    model_dir: Path | None,
+    load: ServedLoad,
     backend: Backend,
     reporter: Reporter,
-    clock: Clock,
-) -> Measured:
-    """Measure the Triton server at settings.server_url, which must be serving this engine."""
+) -> tuple[Measured, LoadPlan]:
+    """Measure the Triton server at settings.server_url, which must be serving this engine: batch 1 and
+    every client count through aiperf."""
     assert settings.server_url is not None
-    if model_dir is None:
-        raise InputError(
-            "served mode writes prompts with the model's tokenizer, and the fetched model is not up to date",
-            hint="run `trtllm-pipeline fetch` first",
-        )
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     workload = plan_workload(facts.limits, settings)
     _tell_adjustments(engine, workload, reporter)
-    vocab_size = int(facts.pretrained_config["vocab_size"])
-
-    def prompts(count: int, seed: int) -> list[str]:
-        return text_prompts(tokenizer, count, workload.latency.input_len, vocab_size, settings.seed + seed)
-
+    plan = load.plan(engine, workload, facts, settings)
+    target = triton_target(engine.label, settings.server_url)
+    out_dir = load.out_dir / engine.precision / engine.profile
     probe = backend.memory_probe(served=True)
     if probe is not None:
         probe.start()
-    latency, served = measure_server(
-        settings.server_url, workload, prompts, reporter=reporter, label=engine.label, clock=clock
-    )
+    latency = latency_through(load.aiperf, target, plan, workload, out_dir=out_dir)
+    served = sweep(load.aiperf, target, plan, out_dir=out_dir, reporter=reporter)
     memory = probe.stop() if probe is not None else None
-    return Measured(workload, latency, (), served, memory)
+    return Measured(workload, latency, (), served, memory), plan
+
+
+def require_published_engine(repository: Path, engine: BuiltEngine) -> None:
+    """The published version must hold the very engine that was built (by the hashes both manifests list)."""
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    release = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    build = Manifest.model_validate_json((engine.engine_dir.parent / MANIFEST_NAME).read_text())
+    prefix = f"{layout.ENGINE}/"
+    built = {f.path.removeprefix(prefix): f.sha256 for f in build.files if f.path.startswith(prefix)}
+    engine_prefix = f"{release.engine.path}/"
+    published = {
+        f.path.removeprefix(engine_prefix): f.sha256
+        for f in release.files
+        if f.path.startswith(engine_prefix)
+    }
+    if built != published:
+        raise IntegrityError(
+            f"{repository.resolve()}: publishes another {engine.label} engine than the one built now",
+            hint=f"run `trtllm-pipeline publish --precision {engine.precision} --profile {engine.profile}`",
+        )
+
+
+def serve_published(
+    config: PipelineConfig,
+    engine: BuiltEngine,
+    plan: LoadPlan,
+    *,
+    load: ServedLoad,
+    reporter: Reporter,
+) -> tuple[ServedPoint, ...]:
+    """The variant's published repository on the bundled tritonserver, every client count through aiperf."""
+    from pipeline.serving.server import TritonServer
+    from pipeline.serving.smoke import (
+        published_repository,
+        require_intact,
+        require_servable_here,
+        serving_view,
+    )
+
+    repository = published_repository(config, engine.precision, engine.profile)
+    require_intact(repository, "refusing to serve it")
+    require_servable_here(repository)
+    require_published_engine(repository, engine)
+    work = load.serve_dir / engine.precision / engine.profile
+    with TritonServer(serving_view(repository, work), work_dir=work) as server:
+        reporter.info(
+            f"{engine.label}: {repository.resolve()} served at {server.url} (log: {server.log_path})"
+        )
+        target = triton_target(engine.label, server.url)
+        points = sweep(
+            load.aiperf,
+            target,
+            plan,
+            out_dir=load.out_dir / engine.precision / engine.profile,
+            reporter=reporter,
+        )
+    require_intact(repository, "the server wrote into it")
+    return points
+
+
+def measure_peers(
+    settings: BenchSettings, plans: dict[str, LoadPlan], *, load: ServedLoad, reporter: Reporter
+) -> tuple[PeerResult, ...]:
+    """Each --compare URL under the served workload of the variant with the most client counts."""
+    if not settings.compare:
+        return ()
+    label, plan = max(plans.items(), key=lambda item: len(item[1].cases))
+    peers = []
+    for index, url in enumerate(settings.compare):
+        target = openai_target(url)
+        reporter.info(f"peer {target.name} (model {target.model}): the served workload of {label}")
+        points = sweep(
+            load.aiperf, target, plan, out_dir=load.out_dir / "peers" / str(index), reporter=reporter
+        )
+        peers.append(PeerResult(name=target.name, model=target.model, workload_of=label, served=points))
+    return tuple(peers)
 
 
 def _tell_adjustments(engine: BuiltEngine, workload: Workload, reporter: Reporter) -> None:
@@ -276,6 +390,13 @@ def run_bench(
     stages: Mapping[str, Stage] = STAGES,
 ) -> tuple[BenchReport, dict[str, Path]]:
     """Measure every up-to-date engine, write bench.json, bench.md and the plots into out_dir."""
+    if settings.server_url is not None and settings.served:
+        raise InputError(
+            "--served starts a server per published variant; --server-url measures one you started",
+            hint="give one of the two",
+        )
+    # Before anything is measured: a missing aiperf is one line on how to install it, not a late failure.
+    aiperf = find_aiperf() if settings.wants_served_load else None
     found = find_engines(
         config, store, reporter=reporter, precisions=precisions, profiles=profiles, stages=stages
     )
@@ -291,31 +412,29 @@ def run_bench(
     published = published_estimate(
         pretrained_config=facts[found.engines[0]].pretrained_config, target=config.target.gpu
     )
+    load = served_load(aiperf, found.model_dir, out_dir=out_dir, work_dir=store.root.parent)
     variants = []
+    plans: dict[str, LoadPlan] = {}
     before = snapshot(backend.bench_gpu_clocks)
     for engine in found.engines:
         if settings.server_url is not None:
-            measured = measure_through_server(
-                engine,
-                settings,
-                facts=facts[engine],
-                model_dir=found.model_dir,
-                backend=backend,
-                reporter=reporter,
-                clock=clock,
+            assert load is not None
+            measured, plans[engine.label] = measure_through_server(
+                engine, settings, facts=facts[engine], load=load, backend=backend, reporter=reporter
             )
         else:
-            measured = measure_in_process(
-                engine,
-                settings,
-                backend=backend,
-                reporter=reporter,
-                clock=clock,
-            )
+            measured = measure_in_process(engine, settings, backend=backend, reporter=reporter, clock=clock)
+            if load is not None:
+                plans[engine.label] = load.plan(engine, measured.workload, facts[engine], settings)
+            if settings.served:
+                assert load is not None
+                served = serve_published(config, engine, plans[engine.label], load=load, reporter=reporter)
+                measured = replace(measured, served=served)
         plan = plan_figures(config, arch, engine.precision, engine.profile)
         variants.append(
             variant_result(engine, measured, limits=facts[engine].limits, plan=plan, published=published)
         )
+    peers = measure_peers(settings, plans, load=load, reporter=reporter) if load is not None else ()
     after = snapshot(backend.bench_gpu_clocks)
     report = BenchReport(
         created_at=datetime.now(timezone.utc),
@@ -327,6 +446,7 @@ def run_bench(
         machine=machine_state(before, after),
         settings=settings,
         variants=tuple(variants),
+        peers=peers,
         published=published,
     )
     return report, write_bench_report(report, out_dir)

@@ -1,36 +1,24 @@
-"""Served mode: a published Triton server measured as its clients see it.
+"""Served load: a server measured as its clients see it, by aiperf (pipeline.bench.aiperf).
 
-Latency comes from requests sent one at a time; throughput from a stream of
-concurrent requests: each of `concurrency` client threads sends its next
-request as soon as its previous answer ends, to
-`/v2/models/ensemble/generate_stream` (server-sent events), so the server's
-in-flight batcher always holds up to `concurrency` requests. The TensorRT-LLM
-backend streams one response per generated token; each `data:` event is
-counted as one token and timed when it arrives.
+Every endpoint (a published variant's Triton server, the server at --server-url,
+an OpenAI-compatible peer) gets the same prompt file and one aiperf run per
+client count; each run's export becomes one ServedPoint. Prompts are written
+with the model's tokenizer so that each fits the engine's max_input_len after
+the server's own tokenization.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from pipeline.backends.base import NO_END_ID
-from pipeline.bench.harness import Clock, latency_result
+from pipeline.bench.aiperf import Target, latency_of, run_level, served_point, write_prompts
 from pipeline.bench.results import LatencyResult, ServedPoint
-from pipeline.bench.stats import RequestTimeline, itl_percentiles, tokens_per_second, ttft_percentiles
 from pipeline.bench.workload import ServedCase, Workload, synthetic_prompts
-from pipeline.core.errors import InputError, StageError
+from pipeline.core.errors import InputError
 from pipeline.core.reporter import Reporter
-from pipeline.serving.client import GenerateClient, endpoint_url
-from pipeline.serving.models.tensornames import Text
-
-ENSEMBLE = "ensemble"
-UNREACHABLE = "is the server up and serving this engine? start it on the published repository"
-SERVED_SOURCE = (
-    "client side: each server-sent event of /v2/models/ensemble/generate_stream timed on this "
-    "process's monotonic clock as it arrives (HTTP, JSON and the server's tokenization included)"
-)
 
 
 class Tokenizer(Protocol):
@@ -62,127 +50,80 @@ def text_prompts(tokenizer: Tokenizer, count: int, input_len: int, vocab_size: i
     return prompts
 
 
-def _timeline(client: GenerateClient, body: dict[str, Any], clock: Clock) -> RequestTimeline:
-    sent = clock()
-    arrivals = tuple(clock() for _event in client.generate_stream(ENSEMBLE, body))
-    return RequestTimeline(sent, arrivals)
+@dataclass(frozen=True)
+class LoadPlan:
+    """What aiperf sends to every endpoint: one prompt file, the client counts, the warm-up."""
+
+    prompts_file: Path
+    tokenizer_dir: Path
+    cases: tuple[ServedCase, ...]
+    warmup_requests: int  # per run, before aiperf starts timing
 
 
-def stream_requests(
-    server_url: str,
-    prompts: Sequence[str],
+def load_plan(
+    workload: Workload,
+    tokenizer: Tokenizer,
     *,
-    output_len: int,
-    concurrency: int,
-    clock: Clock,
-    timeout_s: float,
-) -> tuple[list[RequestTimeline], float]:
-    """Send every prompt through `concurrency` clients; each request's timeline, and the wall time of all."""
-    pending = list(enumerate(prompts))
-    lock = threading.Lock()
-    timelines: list[RequestTimeline | None] = [None] * len(prompts)
-    failures: list[StageError] = []
-
-    def client() -> None:
-        with GenerateClient(
-            server_url, stage="bench", timeout_s=timeout_s, unreachable_hint=UNREACHABLE
-        ) as http:
-            while not failures:
-                with lock:
-                    if not pending:
-                        return
-                    index, text = pending.pop(0)
-                body = {
-                    Text.TEXT_INPUT: text,
-                    Text.MAX_TOKENS: output_len,
-                    # No token id is negative: no early stop, every request yields output_len tokens
-                    # (TensorRT-LLM's benchmarks ignore the end token the same way).
-                    Text.END_ID: NO_END_ID,
-                    Text.TEMPERATURE: 0.0,
-                    Text.STREAM: True,
-                }
-                try:
-                    timelines[index] = _timeline(http, body, clock)
-                except StageError as exc:
-                    failures.append(exc)
-
-    started = clock()
-    threads = [threading.Thread(target=client, name=f"bench-client-{i}") for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = clock() - started
-    if failures:
-        raise failures[0]
-    done = [t for t in timelines if t is not None]
-    if any(t.output_tokens == 0 for t in done):
-        url = endpoint_url(server_url, ENSEMBLE, "generate_stream")
-        raise StageError("bench", f"{url}: a request streamed no token")
-    return done, wall
-
-
-def served_point(case: ServedCase, timelines: Sequence[RequestTimeline], wall_s: float) -> ServedPoint:
-    tokens = sum(t.output_tokens for t in timelines)
-    return ServedPoint(
-        concurrency=case.concurrency,
-        requests=len(timelines),
-        input_len=case.input_len,
-        output_len=case.output_len,
-        output_tokens=tokens,
-        wall_s=wall_s,
-        output_tokens_per_s=tokens_per_second(tokens, wall_s),
-        ttft=ttft_percentiles(timelines),
-        itl=itl_percentiles(timelines),
-        source=SERVED_SOURCE,
+    tokenizer_dir: Path,
+    vocab_size: int,
+    seed: int,
+    warmup_runs: int,
+    path: Path,
+) -> LoadPlan:
+    cases = workload.served
+    count = max([c.requests for c in cases] + [workload.latency.runs])
+    prompts = text_prompts(tokenizer, count, workload.latency.input_len, vocab_size, seed)
+    return LoadPlan(
+        prompts_file=write_prompts(path, prompts, workload.latency.output_len),
+        tokenizer_dir=tokenizer_dir,
+        cases=cases,
+        warmup_requests=warmup_runs,
     )
 
 
-def measure_server(
-    server_url: str,
-    workload: Workload,
-    prompts: Callable[[int, int], list[str]],
+def sweep(
+    aiperf: Path,
+    target: Target,
+    plan: LoadPlan,
     *,
+    out_dir: Path,
     reporter: Reporter,
-    label: str,
-    clock: Clock,
-    timeout_s: float = 600.0,
-) -> tuple[LatencyResult, tuple[ServedPoint, ...]]:
-    """Batch-1 latency from requests sent one at a time, then one point per client count.
-
-    `prompts(count, seed)` gives prompt texts that fit the engine's max_input_len.
-    """
-    latency = workload.latency
-    total = 1 + len(workload.served)
-    with reporter.progress(f"bench {label} (served)", total=total, unit="level") as advance:
-        if workload.warmup is not None:
-            stream_requests(
-                server_url,
-                prompts(workload.warmup.runs, -1),
-                output_len=workload.warmup.output_len,
-                concurrency=1,
-                clock=clock,
-                timeout_s=timeout_s,
+    cases: Sequence[ServedCase] | None = None,
+) -> tuple[ServedPoint, ...]:
+    """One aiperf run per client count against `target`; artifacts under out_dir/c<N>."""
+    cases = plan.cases if cases is None else tuple(cases)
+    points = []
+    with reporter.progress(f"aiperf {target.name}", total=len(cases), unit="level") as advance:
+        for case in cases:
+            export, path = run_level(
+                aiperf,
+                target,
+                case,
+                prompts_file=plan.prompts_file,
+                tokenizer_dir=plan.tokenizer_dir,
+                out_dir=out_dir,
+                warmup_requests=plan.warmup_requests,
             )
-        timelines, _ = stream_requests(
-            server_url,
-            prompts(latency.runs, 0),
-            output_len=latency.output_len,
-            concurrency=1,
-            clock=clock,
-            timeout_s=timeout_s,
-        )
-        advance(1)
-        points = []
-        for case in workload.served:
-            done, wall = stream_requests(
-                server_url,
-                prompts(case.requests, case.concurrency),
-                output_len=case.output_len,
-                concurrency=case.concurrency,
-                clock=clock,
-                timeout_s=timeout_s,
-            )
-            points.append(served_point(case, done, wall))
+            points.append(served_point(export, case, target, path))
             advance(1)
-    return latency_result(latency, timelines, SERVED_SOURCE), tuple(points)
+    return tuple(points)
+
+
+def latency_through(
+    aiperf: Path, target: Target, plan: LoadPlan, workload: Workload, *, out_dir: Path
+) -> LatencyResult:
+    """Batch 1 through the server: one client sending workload.latency.runs requests, one after another."""
+    latency = workload.latency
+    case = ServedCase(
+        concurrency=1, requests=latency.runs, input_len=latency.input_len, output_len=latency.output_len
+    )
+    export, path = run_level(
+        aiperf,
+        target,
+        case,
+        prompts_file=plan.prompts_file,
+        tokenizer_dir=plan.tokenizer_dir,
+        out_dir=out_dir / "latency",
+        warmup_requests=plan.warmup_requests,
+    )
+    return latency_of(export, case, path)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.bench.results import BenchReport, VariantResult
+from pipeline.bench.results import BenchReport, PeerResult, ServedPoint, VariantResult
 from pipeline.bench.stats import Spread
 
 IN_PROCESS = "in-process harness (static batches, this process's clock)"
-SERVED = "served client (streamed requests to the server)"
 
 
 class OperatingPoint(BaseModel):
@@ -60,7 +59,11 @@ def operating_points(v: VariantResult) -> list[OperatingPoint]:
         )
         for p in v.throughput
     ]
-    points += [
+    return points + served_points(label, v.served)
+
+
+def served_points(label: str, served: tuple[ServedPoint, ...]) -> list[OperatingPoint]:
+    return [
         OperatingPoint(
             variant=label,
             load=p.concurrency,
@@ -71,12 +74,19 @@ def operating_points(v: VariantResult) -> list[OperatingPoint]:
             itl_p50_ms=p.itl.p50_ms,
             ttft_p50_ms=p.ttft.p50_ms,
             held_to="p99 inter-token and p99 TTFT over the requests",
-            measured_by=SERVED,
+            measured_by=f"{p.measured_by} (streamed requests to the server)",
         )
-        for p in v.served
+        for p in served
         if p.itl is not None  # one-token answers have no inter-token time to hold to a budget
     ]
-    return points
+
+
+def peer_label(peer: PeerResult) -> str:
+    return f"peer {peer.name}"
+
+
+def peer_points(peer: PeerResult) -> list[OperatingPoint]:
+    return served_points(peer_label(peer), peer.served)
 
 
 class LongContextPick(BaseModel):
@@ -93,6 +103,7 @@ class Recommendation(BaseModel):
     ttft_budget_ms: float
     best: OperatingPoint | None  # None: no point meets the budget
     per_variant: tuple[tuple[str, OperatingPoint | None], ...]  # each variant's best within the budget
+    per_peer: tuple[tuple[str, OperatingPoint | None], ...] = ()  # each --compare peer's, beside them
     fastest_outside: OperatingPoint | None  # the most tokens/s of any point, for a budget none meets
     long_context: LongContextPick
 
@@ -124,11 +135,17 @@ def recommend(report: BenchReport) -> Recommendation:
         everything += points
         per_variant.append((f"{v.precision}/{v.profile}", _most([p for p in points if p.within(itl, ttft)])))
     within = [p for _, p in per_variant if p is not None]
+    # Peers stand beside the variants for comparison; the answer is which published variant to deploy.
+    per_peer = [
+        (peer_label(peer), _most([p for p in peer_points(peer) if p.within(itl, ttft)]))
+        for peer in report.peers
+    ]
     return Recommendation(
         itl_budget_ms=itl,
         ttft_budget_ms=ttft,
         best=_most(within),
         per_variant=tuple(per_variant),
+        per_peer=tuple(per_peer),
         fastest_outside=_most(everything) if not within else None,
         long_context=long_context_pick(report),
     )

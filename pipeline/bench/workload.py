@@ -37,10 +37,18 @@ class BenchSettings(BaseModel):
     # a second before the first token as a prompt answer; both are the examples, and options.
     itl_budget_ms: Annotated[float, Field(gt=0)] = 50.0
     ttft_budget_ms: Annotated[float, Field(gt=0)] = 500.0
-    # Served mode (a Triton server publishing this engine); off without a URL.
+    # Served load, measured by aiperf: the Triton server at server_url (serving the one selected
+    # engine, nothing measured in process), or (served) each published variant on a tritonserver this
+    # bench starts, beside the in-process figures; and OpenAI-compatible peers under the same load.
     server_url: str | None = None
+    served: bool = False
+    compare: tuple[str, ...] = ()
     concurrency: tuple[Annotated[int, Field(ge=1)], ...] | None = None  # None: 1, 2, 4, ... max_batch_size
     requests_per_client: Annotated[int, Field(ge=1)] = 4
+
+    @property
+    def wants_served_load(self) -> bool:
+        return self.server_url is not None or self.served or bool(self.compare)
 
 
 class Case(BaseModel):
@@ -63,7 +71,7 @@ class Workload(BaseModel):
     model_config = ConfigDict(frozen=True)
     latency: Case  # batch 1: time to first token, inter-token latency, decode tokens/s
     throughput: tuple[Case, ...]  # one per batch size, ascending
-    served: tuple[ServedCase, ...]  # only with a server URL, and then no in-process throughput
+    served: tuple[ServedCase, ...]  # only with served load asked for (settings.wants_served_load)
     warmup: Case | None
     adjustments: tuple[str, ...]  # what was clamped to fit the profile, for the report
 
@@ -115,6 +123,7 @@ def plan_workload(limits: EngineLimits, settings: BenchSettings) -> Workload:
     if settings.server_url is not None:
         # The server holds the engine (and, on a GPU, most of the memory): nothing runs in-process.
         batch_sizes = ()
+    if settings.wants_served_load:
         # More clients than max_batch_size only queue in the server: allowed, it shows the plateau.
         levels = settings.concurrency or default_batch_sizes(limits.max_batch_size)
         served = tuple(

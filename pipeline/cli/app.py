@@ -334,7 +334,23 @@ def bench_command(
         typer.Option(
             "--server-url",
             help="Measure the Triton server serving the selected engine (e.g. http://localhost:8000) "
-            "with concurrent streamed requests, instead of loading the engine here.",
+            "with aiperf, instead of loading the engine here.",
+        ),
+    ] = None,
+    served: Annotated[
+        bool,
+        typer.Option(
+            "--served",
+            help="Also serve each published variant on the bundled tritonserver and measure it with aiperf "
+            "(CPU target; GPU repositories: --server-url with the serving container).",
+        ),
+    ] = False,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            help="An OpenAI-compatible server (base URL, e.g. vllm serve's) to run the same aiperf workload "
+            "against, named in the same tables and plots (repeatable).",
         ),
     ] = None,
     concurrency: Annotated[
@@ -376,6 +392,8 @@ def bench_command(
         ttft_budget_ms=ttft_budget_ms,
         batch_sizes=tuple(batch_size) if batch_size else None,
         server_url=server_url,
+        served=served,
+        compare=tuple(compare or ()),
         concurrency=tuple(concurrency) if concurrency else None,
     )
     report, paths = bench(

@@ -1,10 +1,9 @@
 """Triton's HTTP generate extension: one answer (/generate) or a stream of server-sent events (/generate_stream).
 
-The one client of the published models' generate endpoints: the smoke check asks through it and
-the bench times each streamed event as it arrives. tritonclient has no client for this extension
+The one client of the published models' generate endpoints, which the smoke check asks through
+(served load is aiperf's: pipeline/bench/aiperf.py). tritonclient has no client for this extension
 (its HTTP client speaks /infer, its streaming is gRPC only), so this is a thin layer over
-`requests`: a session per client keeps its connection open between requests, as a bench client
-thread needs. Every failure (unreachable, an HTTP error, an error event in the stream) is a
+`requests`, a session per client. Every failure (unreachable, an HTTP error, an error event in the stream) is a
 StageError naming the URL.
 """
 
@@ -23,13 +22,11 @@ SMOKE = "smoke"
 class GenerateClient:
     """A connection to one server's generate endpoints; `stage` names the failures it raises."""
 
-    def __init__(
-        self, base_url: str, *, stage: str, timeout_s: float = 300.0, unreachable_hint: str | None = None
-    ) -> None:
+    def __init__(self, base_url: str, *, stage: str, timeout_s: float = 300.0) -> None:
         import requests
 
         self.base_url = base_url
-        self.stage, self.timeout_s, self.unreachable_hint = stage, timeout_s, unreachable_hint
+        self.stage, self.timeout_s = stage, timeout_s
         self._session = requests.Session()
 
     def __enter__(self) -> GenerateClient:
@@ -72,9 +69,7 @@ class GenerateClient:
         try:
             yield
         except requests.RequestException as exc:
-            raise StageError(
-                self.stage, f"POST {url}: {type(exc).__name__}: {exc}", hint=self.unreachable_hint
-            ) from exc
+            raise StageError(self.stage, f"POST {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def endpoint_url(base_url: str, model: str, endpoint: str) -> str:

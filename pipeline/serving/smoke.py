@@ -112,13 +112,7 @@ def run_smoke(
     install: TritonInstall | None = None,
 ) -> SmokeReport:
     """Start tritonserver on `repository`, ask it `prompts`, compare with the reference, stop it."""
-    backend = _config(repository, "tensorrt_llm").backend
-    if backend != "python":
-        raise MissingDependencyError(
-            f"{repository}: its tensorrt_llm model needs the '{backend}' backend, which the bundled "
-            "tritonserver lacks",
-            hint="serve GPU repositories in the container named in publish-manifest.json",
-        )
+    require_servable_here(repository)
     reporter.info(f"reference answers from {repository / ENGINE_SUBDIR}")
     expected = reference_answers(repository, prompts, max_tokens)
     batch = batched_request(repository, prompts, max_tokens)
@@ -135,6 +129,17 @@ def run_smoke(
         if batch:
             report.checks += ask_batched(server.url, batch, batch_expected)
     return report
+
+
+def require_servable_here(repository: Path) -> None:
+    """The bundled tritonserver has the Python backend only: a GPU repository serves in its container."""
+    backend = _config(repository, "tensorrt_llm").backend
+    if backend != "python":
+        raise MissingDependencyError(
+            f"{repository}: its tensorrt_llm model needs the '{backend}' backend, which the bundled "
+            "tritonserver lacks",
+            hint="serve GPU repositories in the container named in publish-manifest.json",
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,333 @@
+"""Served load through aiperf (issue 23, items 2 and 4): its command line, its export, the peer, end to end.
+
+aiperf is not a test dependency (its pins conflict with constraints.txt; `make aiperf` installs it in
+.venv-aiperf). What needs no aiperf runs everywhere: the export is parsed from a real one
+(tests/data/aiperf-0.13.0-triton-c2.json: aiperf 0.13.0, two clients streaming the tiny model's
+published throughput repository on the bundled tritonserver, produced by this module's own argv).
+The end-to-end tests run aiperf itself where it is installed and are skipped, saying why, where not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+import jinja2
+import pytest
+from publish_upstream import Upstream, config_with, run_publish
+from tiny_checkpoints import tiny_checkpoint
+
+from pipeline.backends.base import NO_END_ID
+from pipeline.bench import aiperf as aiperf_module
+from pipeline.bench.aiperf import (
+    INSTALL_HINT,
+    TRITON_TEMPLATE,
+    aiperf_argv,
+    find_aiperf,
+    latency_of,
+    openai_target,
+    read_export,
+    served_point,
+    triton_target,
+)
+from pipeline.bench.workload import BenchSettings, ServedCase
+from pipeline.cli import main
+from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, StageError
+from pipeline.core.reporter import RecordingReporter
+from pipeline.serving.models.tensornames import Text
+
+FIXTURE = Path(__file__).parent / "data" / "aiperf-0.13.0-triton-c2.json"
+# What the fixture's run asked for: 4 requests from 2 clients, 12 output tokens each (its cli_command).
+FIXTURE_CASE = ServedCase(concurrency=2, requests=4, input_len=8, output_len=12)
+
+
+def _aiperf_or_none() -> Path | None:
+    try:
+        return find_aiperf()
+    except MissingDependencyError:
+        return None
+
+
+needs_aiperf = pytest.mark.skipif(
+    _aiperf_or_none() is None, reason=f"aiperf is not installed ({INSTALL_HINT})"
+)
+
+
+def test_a_real_export_gives_the_served_point_aiperf_measured():
+    raw = json.loads(FIXTURE.read_text())
+    export = read_export(FIXTURE)
+    target = triton_target("int8_wo/throughput", "http://127.0.0.1:8000")
+    point = served_point(export, FIXTURE_CASE, target, FIXTURE)
+    assert point.measured_by == "aiperf 0.13.0" and raw["aiperf_version"] == "0.13.0"
+    assert (point.requests, point.output_tokens) == (4, 48)  # no early stop: 4 x 12 tokens
+    assert point.output_tokens_per_s == raw["output_token_throughput"]["avg"]
+    assert point.requests_per_s == raw["request_throughput"]["avg"]
+    assert point.ttft.p99_ms == raw["time_to_first_token"]["p99"] and point.ttft.count == 4
+    assert point.itl is not None and point.itl.p50_ms == raw["inter_token_latency"]["p50"]
+    assert point.endpoint == "http://127.0.0.1:8000/v2/models/ensemble/generate_stream"
+    assert "aiperf 0.13.0 (export schema 1.4)" in point.source
+
+
+def test_one_client_gives_batch_1_latency_with_each_requests_spread():
+    raw = json.loads(FIXTURE.read_text())
+    latency = latency_of(read_export(FIXTURE), FIXTURE_CASE, FIXTURE)
+    ttft, per_user = raw["time_to_first_token"], raw["output_token_throughput_per_user"]
+    assert (latency.ttft_ms.median, latency.ttft_ms.low, latency.ttft_ms.high) == (
+        ttft["p50"],
+        ttft["min"],
+        ttft["max"],
+    )
+    assert latency.decode_tokens_per_s.median == per_user["p50"] and latency.runs == 4
+    assert latency.measured_by == "aiperf 0.13.0"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"is_complete": False}, "did not complete cleanly"),
+        ({"error_request_count": {"unit": "requests", "avg": 2.0}}, "2 failed request"),
+        ({"schema_version": "2.0"}, "export schema 2.0"),
+        ({"time_to_first_token": None}, "field time_to_first_token"),
+    ],
+)
+def test_an_export_bench_cannot_trust_is_one_line_naming_the_file(tmp_path, change, message):
+    raw = json.loads(FIXTURE.read_text())
+    path = tmp_path / "profile_export_aiperf.json"
+    path.write_text(json.dumps({**raw, **change}))
+    with pytest.raises(StageError, match=message) as info:
+        read_export(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(StageError, match="wrote no readable"):
+        read_export(tmp_path / "missing.json")
+
+
+def test_the_triton_body_aiperf_renders_is_the_ensembles_request():
+    """The template as aiperf's TemplateEndpoint renders it (aiperf 0.13.0, endpoints/template_endpoint.py:
+    jinja2.Environment(autoescape=True), `text` and `max_tokens` from the turn; the JSON must parse)."""
+    argv = aiperf_argv(
+        Path("aiperf"),
+        triton_target("v", "http://127.0.0.1:8000"),
+        FIXTURE_CASE,
+        prompts_file=Path("p.jsonl"),
+        tokenizer_dir=Path("tok"),
+        artifact_dir=Path("out"),
+        warmup_requests=1,
+    )
+    assert argv[argv.index("--endpoint-type") + 1] == "template"
+    assert argv[argv.index("--custom-endpoint") + 1] == "/v2/models/ensemble/generate_stream"
+    assert argv[argv.index("--concurrency") + 1] == "2" and argv[argv.index("--request-count") + 1] == "4"
+    extra = json.loads(argv[argv.index("--extra-inputs") + 1])
+    assert extra["payload_template"] == TRITON_TEMPLATE and extra["response_field"] == Text.TEXT_OUTPUT
+    text = 'a "quoted" <prompt> & more\n'
+    body = json.loads(
+        jinja2.Environment(autoescape=True).from_string(TRITON_TEMPLATE).render(text=text, max_tokens=7)
+    )
+    assert body == {
+        Text.TEXT_INPUT: text,
+        Text.MAX_TOKENS: 7,
+        Text.END_ID: NO_END_ID,  # no token matches: no early stop
+        Text.TEMPERATURE: 0.0,
+        Text.STREAM: True,
+    }
+    peer = aiperf_argv(
+        Path("aiperf"),
+        aiperf_module.Target(name="p", kind="openai", url="http://h:1", model="m"),
+        FIXTURE_CASE,
+        prompts_file=Path("p.jsonl"),
+        tokenizer_dir=Path("tok"),
+        artifact_dir=Path("out"),
+        warmup_requests=0,
+    )
+    assert peer[peer.index("--endpoint-type") + 1] == "completions"
+    assert json.loads(peer[peer.index("--extra-inputs") + 1]) == {"ignore_eos": True}
+    assert "--custom-endpoint" not in peer
+
+
+def test_without_aiperf_the_bench_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    with pytest.raises(MissingDependencyError) as info:
+        find_aiperf()
+    assert info.value.hint == INSTALL_HINT and "make aiperf" in INSTALL_HINT
+    code = main(["bench", "--work-dir", str(tmp_path / "work"), "--served"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.MISSING_DEPENDENCY
+    assert "aiperf is not installed" in err and "make aiperf" in err and "Traceback" not in err
+
+
+def _sse(url: str, body: dict) -> list[dict | str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    events: list[dict | str] = []
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.headers["Content-Type"] == "text/event-stream"
+        for line in answer.read().decode().split("\n\n"):
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_the_peer_streams_as_openais_schema_says():
+    """tests/openai_peer.py against the OpenAI API reference it cites (openapi.yaml at 5780008615)."""
+    from openai_peer import MODEL, WORD, serving
+
+    with serving(token_delay_s=0.0) as url:
+        chat = _sse(
+            f"{url}/v1/chat/completions", {"model": MODEL, "messages": [], "max_tokens": 3, "stream": True}
+        )
+        assert chat[-1] == "[DONE]" and all(e["object"] == "chat.completion.chunk" for e in chat[:-1])
+        assert chat[0]["choices"][0]["delta"] == {"role": "assistant", "content": WORD}
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in chat[:-1]) == WORD * 3
+        assert [e["choices"][0]["finish_reason"] for e in chat[:-1]] == [None, None, "length"]
+        done = _sse(
+            f"{url}/v1/completions",
+            {
+                "model": MODEL,
+                "prompt": "x",
+                "max_tokens": 2,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        assert [e["choices"][0]["text"] for e in done[:2]] == [WORD, WORD]
+        assert done[2]["choices"] == [] and done[2]["usage"]["completion_tokens"] == 2 and done[3] == "[DONE]"
+        target = openai_target(f"{url}/v1")  # the base URL with or without /v1
+        assert (target.name, target.model, target.route) == (url, MODEL, "/v1/completions")
+    with pytest.raises(InputError, match="/v1/models did not answer") as info:
+        openai_target(url)
+    assert "start the peer first" in info.value.hint
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, tiny_model_dir):
+    """The tiny model's int8_sq throughput variant (max batch 8) published by the real publish stage."""
+    tmp = tmp_path_factory.mktemp("bench-served")
+    config = config_with(tmp)
+    upstream = Upstream(
+        tokenizer_dir=tiny_model_dir,
+        checkpoint_dir=tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq"),
+    )
+    report = run_publish(config, tmp / "work", upstream, profile="throughput")
+    assert report.error is None, report.error
+    return config, tmp / "work", upstream
+
+
+def bench_stages(upstream: Upstream) -> dict:
+    """The publish stand-ins, but with the gate of another config: its minimal verdict (not a gate.json
+    bench reads) is then not current, and bench reports the gate as not run."""
+    from fake_stages import StandIn
+
+    return {**upstream.stages(), "gate": StandIn("gate", None, lambda config, task: {"another": "gate"})}
+
+
+@needs_aiperf
+@pytest.mark.triton
+@pytest.mark.slow
+def test_served_and_compare_put_aiperfs_rows_for_the_variant_and_the_peer_in_one_report(published, tmp_path):
+    from openai_peer import serving
+
+    from pipeline.bench.run import run_bench
+    from pipeline.core.store import ArtifactStore
+
+    config, work_dir, upstream = published
+    settings = BenchSettings(
+        input_len=16,
+        output_len=6,
+        latency_runs=2,
+        throughput_runs=1,
+        batch_sizes=(2,),
+        concurrency=(2,),  # one aiperf run per endpoint: each takes ~30 s to start on 2 cores
+        requests_per_client=2,
+        served=True,
+    )
+    with serving(token_delay_s=0.001) as peer:
+        report, paths = run_bench(
+            config,
+            ArtifactStore(work_dir),
+            settings=settings.model_copy(update={"compare": (peer,)}),
+            out_dir=tmp_path / "bench",
+            reporter=RecordingReporter(),
+            profiles={"throughput"},
+            stages=bench_stages(upstream),
+        )
+    (variant,) = report.variants
+    assert [p.batch_size for p in variant.throughput] == [2]  # the engine's own figures, in process
+    assert [(p.concurrency, p.requests) for p in variant.served] == [(2, 4)]
+    # end_id -1 through the template: every request streamed all 6 tokens (the tokenizer's count).
+    assert [p.output_tokens for p in variant.served] == [24]
+    assert all(p.measured_by.startswith("aiperf 0.13") for p in variant.served)
+    assert all(p.endpoint.endswith("/v2/models/ensemble/generate_stream") for p in variant.served)
+    (peer_result,) = report.peers
+    assert peer_result.name == peer and peer_result.workload_of == "int8_sq/throughput"
+    assert [(p.concurrency, p.requests) for p in peer_result.served] == [(2, 4)]
+    for p in variant.served + peer_result.served:
+        export = tmp_path / "bench" / "aiperf"
+        assert any(export.rglob(f"c{p.concurrency}/profile_export_aiperf.json"))
+    md = paths["markdown"].read_text()
+    assert f"| int8_sq/throughput | {variant.served[0].measured_by} | 2 | 4 |" in md
+    assert f"| peer {peer} | {peer_result.served[0].measured_by} | 2 | 4 |" in md
+    assert md.index("## Recommendation") < md.index(f"| peer {peer} | clients") < md.index("## Latency")
+    assert "GPU utilization is not measured" in md
+    assert paths["pareto_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The version the bench served is the one published, untouched.
+    assert not list((work_dir.parent / "published").rglob("__pycache__"))
+
+
+def test_served_refuses_a_published_engine_other_than_the_built_one(published, tmp_path):
+    from pipeline.bench.run import BuiltEngine, require_published_engine
+    from pipeline.core.errors import IntegrityError
+    from pipeline.serving.smoke import published_repository
+
+    config, work_dir, _ = published
+    repository = published_repository(config, "int8_sq", "throughput")
+    build = next(p for p in (work_dir / "store" / "build" / "int8_sq" / "throughput").iterdir() if p.is_dir())
+    engine = BuiltEngine("int8_sq", "throughput", build / "engine")
+    require_published_engine(repository, engine)  # the same bytes: accepted
+    other = tmp_path / "build"
+    shutil.copytree(build, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"].startswith("engine/"):
+            entry["sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="publishes another int8_sq/throughput engine") as info:
+        require_published_engine(repository, BuiltEngine("int8_sq", "throughput", other / "engine"))
+    assert "trtllm-pipeline publish --precision int8_sq --profile throughput" in info.value.hint
+
+
+def test_the_cli_passes_served_and_every_compare_url(tmp_path, monkeypatch):
+    from pipeline.commands import bench as command
+
+    seen = []
+
+    def capture(config, work_dir, settings, **kwargs):
+        seen.append(settings)
+        raise InputError("captured")
+
+    monkeypatch.setattr(command, "bench", capture)
+    args = [
+        "bench",
+        "--work-dir",
+        str(tmp_path),
+        "--served",
+        "--compare",
+        "http://a:1",
+        "--compare",
+        "http://b:2",
+    ]
+    assert main(args) == ExitCode.BAD_INPUT
+    (settings,) = seen
+    assert settings.served and settings.compare == ("http://a:1", "http://b:2") and settings.wants_served_load
+    assert not BenchSettings().wants_served_load
+
+
+def test_served_and_server_url_together_are_refused_before_anything_runs(tmp_path, capsys):
+    args = ["bench", "--work-dir", str(tmp_path), "--served", "--server-url", "http://127.0.0.1:9"]
+    assert main(args) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--served starts a server per published variant" in err and "Traceback" not in err
