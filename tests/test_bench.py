@@ -8,6 +8,7 @@ construction. The one other tolerance (the plan's rounded ceilings) says where i
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from datetime import datetime, timezone
@@ -973,9 +974,14 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     assert "Not measured: the engine ran in the server" in md
 
 
-def test_served_mode_needs_one_engine(tmp_path, in_repo_root):
+def test_served_mode_needs_one_engine(tmp_path, in_repo_root, monkeypatch):
     from pipeline.bench.run import run_bench
 
+    # An aiperf on PATH, as the bench looks for it first; the selection is refused before it runs.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "aiperf").write_text("#!/bin/sh\nexit 99\n")
+    (tmp_path / "bin" / "aiperf").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_sq"})
     with pytest.raises(InputError, match="2 are selected") as info:
         run_bench(
