@@ -1239,7 +1239,7 @@ def test_contract_tensorrt_runner_samples_from_the_distribution_the_reference_ru
     )
     engine = runner.generate([[1]], max_new_tokens=draws, temperature=temperature, top_k=top_k, seed=11)[0]
     sampler = TokenSampler(temperature=temperature, top_k=top_k, seed=11)
-    reference = sampler.next_tokens(SAMPLED_LOGITS.expand(draws, -1)).tolist()
+    reference = sampler.next_tokens(SAMPLED_LOGITS.expand(draws, -1))[0].tolist()
     expected = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
     if top_k:
         expected[top_k:] = 0.0  # SAMPLED_LOGITS is sorted: its first k are the top k
