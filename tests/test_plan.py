@@ -10,7 +10,7 @@ from pipeline.cli import main
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.facts.architecture import KNOWN_ARCHITECTURES
 from pipeline.facts.config import Precision, Profile, load_config
-from pipeline.facts.formats import unsupported_on_sm
+from pipeline.facts.formats import unsupported_on_gpu
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import find_architecture, plan_config, plan_memory, plan_profile
 
@@ -266,5 +266,5 @@ def test_gpu_table_has_the_issue_targets():
     }.items():
         target = TARGETS[name]
         assert target.sm == sm
-        assert (unsupported_on_sm("fp8", "fp16", sm) is None) == (sm >= 89)
+        assert (unsupported_on_gpu("trtllm-engine", "fp8", "fp16", sm) is None) == (sm >= 89)
     assert TARGETS["a100-40gb"].bandwidth_gb_s == 1555 and TARGETS["a100-80gb"].memory_gib == 80

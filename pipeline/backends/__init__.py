@@ -3,6 +3,8 @@
     base.py           the Backend protocol (what differs between runtimes), the runner API,
                       build_info.json (EngineInfo): read it first to see what each method is for
     trtllm_engine/    `trtllm-engine`: TensorRT-LLM 1.2.1 engines, Triton's tensorrtllm backend
+    trtllm_pytorch/   `trtllm-pytorch`: TensorRT-LLM 1.2.1's PyTorch backend (LLM API), no compile step
+    gpu.py            what the GPU backends decide alike (their columns of the format table)
     reference.py      `reference`: the PyTorch reference runtime on the CPU (CI and the demo)
 
 A target (pipeline.facts.targets) is only hardware; the backend is the runtime on it. Which backend
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 from pipeline.backends.base import BUILD_INFO, Backend, EngineRunner, read_engine_info
 from pipeline.backends.reference import ReferenceBackend
 from pipeline.backends.trtllm_engine import TrtllmEngineBackend
+from pipeline.backends.trtllm_pytorch import TrtllmPytorchBackend
 from pipeline.core.errors import InputError
 from pipeline.facts.targets import TARGETS, Target
 
@@ -26,7 +29,9 @@ if TYPE_CHECKING:
     from pipeline.facts.config import PipelineConfig
 
 # In order of preference: a target's default backend is the first that runs on it.
-BACKENDS: dict[str, Backend] = {b.name: b for b in (TrtllmEngineBackend(), ReferenceBackend())}
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (TrtllmEngineBackend(), TrtllmPytorchBackend(), ReferenceBackend())
+}
 
 
 def default_backend(target: Target) -> Backend:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pipeline.execution.resources import TaskResources
     from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
-    from pipeline.facts.formats import Precision
+    from pipeline.facts.formats import FormatGap, Precision
     from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
@@ -115,12 +115,20 @@ class EngineBuild(BaseModel):
     network_files: list[str] = []  # a network graph for viewing, relative to the artifact
 
 
+class PlannedFile(BaseModel):
+    """A file a run would write for a command to read (the LLM API options), shown whole by the dry run."""
+
+    path: str
+    text: str
+
+
 class PlannedCommand(BaseModel):
     """An external command a run would execute (the dry run shows it; nothing runs it from here)."""
 
     purpose: str
     argv: list[str]
     notes: list[str] = []
+    files: list[PlannedFile] = []
 
 
 class TritonServing(BaseModel):
@@ -208,9 +216,10 @@ class Backend(Protocol):
         first backend of the registry that can run on a target is that target's default."""
         ...
 
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
         """Why this backend cannot run the precision with this KV cache on `target`, or None: config
-        load refuses the format, and the plan marks the profile as not fitting."""
+        load refuses the format (naming the precision or the KV cache field), and the plan marks the
+        profile as not fitting."""
         ...
 
     # --- where its tasks run ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ from pipeline.backends.trtllm_engine.engine import (
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts import layout
-from pipeline.facts.formats import Precision
+from pipeline.facts.formats import FormatGap, Precision
 from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class ReferenceBackend:
             return "it runs on the host CPU (target 'cpu') only"
         return None
 
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
         return None  # it emulates every format's arithmetic, so no GPU architecture limits it
 
     def task_resources(self, stage: str, target: Target) -> TaskResources:

@@ -285,14 +285,19 @@ class PipelineConfig(Strict):
         from pipeline.backends import backend_of
 
         target, backend = TARGETS[self.target.gpu], backend_of(self)
+        kv_cache_dtype = self.quantization.kv_cache_dtype
         for i, precision in enumerate(self.quantization.precisions):
-            problem = backend.format_problem(precision, self.quantization.kv_cache_dtype, target)
-            if problem is not None:
-                raise _FieldError(
-                    f"quantization.precisions[{i}]",
-                    problem,
-                    "use int8_sq, int8_wo or int4_awq on this target",
-                )
+            gap = backend.format_problem(precision, kv_cache_dtype, target)
+            if gap is None:
+                continue
+            if gap.part == "kv_cache":
+                raise _FieldError("quantization.kv_cache_dtype", gap.problem, 'use kv_cache_dtype = "fp16"')
+            runs = [p.value for p in Precision if backend.format_problem(p, kv_cache_dtype, target) is None]
+            raise _FieldError(
+                f"quantization.precisions[{i}]",
+                gap.problem,
+                f"{backend.name} runs {', '.join(runs)} on '{target.name}'",
+            )
         if len(set(self.quantization.precisions)) != len(self.quantization.precisions):
             raise _FieldError("quantization.precisions", "lists a precision twice")
         names = [p.name for p in self.profiles]

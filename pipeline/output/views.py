@@ -26,10 +26,16 @@ def print_dry_run(console: Console, dry: DryRun) -> None:
             console.print(f"    $ {escape(shlex.join(command.argv))}", soft_wrap=True)
             for note in command.notes:
                 console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
+            for file in command.files:
+                console.print(f"      {escape(file.path)}:", soft_wrap=True)
+                for line in file.text.splitlines():
+                    console.print(f"        {escape(line)}", soft_wrap=True)
     for command in dry.serve:
         console.print(
             f"then, to {escape(command.purpose)}:\n    $ {escape(shlex.join(command.argv))}", soft_wrap=True
         )
+        for note in command.notes:
+            console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
 
 
 def print_audit(console: Console, report: AuditReport, work_dir: Path, destination: Path) -> None:

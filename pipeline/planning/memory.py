@@ -202,7 +202,7 @@ def plan_memory(
     unsupported = backend.format_problem(precision, kv_cache_dtype, target)
     problem = None
     if unsupported is not None:
-        problem = unsupported
+        problem = unsupported.problem
     elif headroom <= allowance:
         problem = (
             f"weights ({format_bytes(weights)}) and the activation allowance ({format_bytes(allowance)}) "

@@ -29,7 +29,7 @@ from pipeline.backends.base import (
 )
 from pipeline.backends.trtllm_engine import build
 from pipeline.facts.container import serve_argv
-from pipeline.facts.formats import Precision, unsupported_on_sm
+from pipeline.facts.formats import FormatGap, Precision
 from pipeline.planning.tasks import ENGINE_STAGES
 
 if TYPE_CHECKING:
@@ -59,10 +59,10 @@ class TrtllmEngineBackend:
             return "TensorRT engines are built for a GPU"
         return None
 
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
-        assert target.sm is not None, f"{self.name} does not run on {target.name}"
-        problem = unsupported_on_sm(precision, kv_cache_dtype, target.sm)
-        return None if problem is None else f"{problem}; target '{target.name}' is sm{target.sm}"
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
+        from pipeline.backends.gpu import gpu_format_problem
+
+        return gpu_format_problem(self.name, precision, kv_cache_dtype, target)
 
     def task_resources(self, stage: str, target: Target) -> TaskResources:
         from pipeline.execution.resources import TaskResources
