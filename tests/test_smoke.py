@@ -72,21 +72,12 @@ def expected(published, prompts):
     return reference_answers(published[2], prompts, MAX_TOKENS)
 
 
-class GrpcTritonServer(TritonServer):
-    """The smoke server with its gRPC endpoint on (a client can cancel a stream there)."""
-
-    grpc_port = free_port()
-
-    def argv(self, backends):
-        argv = [a for a in super().argv(backends) if a != "--allow-grpc=false"]
-        return [*argv, "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}"]
-
-
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
     before = shm_regions()
     work = tmp_path_factory.mktemp("server")
-    triton = GrpcTritonServer(smoke.serving_view(published[2], work), work_dir=work)
+    # gRPC on: a client can cancel a stream there.
+    triton = TritonServer(smoke.serving_view(published[2], work), work_dir=work, grpc_port=free_port())
     triton.start()
     try:
         triton.wait_ready()
@@ -347,7 +338,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
 def test_the_server_listens_on_loopback_only(server):
     """tritonserver 2.51 binds HTTP, gRPC and metrics to 0.0.0.0 unless told (its --help: --http-address,
     --grpc-address, --metrics-address; --allow-grpc, --allow-metrics)."""
-    # This module's server also has gRPC on (GrpcTritonServer; smoke's own has it off): both loopback.
+    # This module's server also has gRPC on (grpc_port; smoke's own has it off): both loopback.
     listening = listening_addresses(server.process.pid)
     assert {port for _, port in listening} == {server.http_port, server.grpc_port}
     assert {host for host, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}

@@ -16,6 +16,10 @@ reader who has an artifact's path never rebuilds a folder name:
         gate.json, gate.md, junit.xml
     store/publish/<precision>/<profile>/<key>/
         repository/           the Triton model repository (the tree in it: pipeline.serving.repository)
+                              or, for the PyTorch backend, a release of two consumers (llmapi_release):
+            llmapi/               Triton's llmapi model repository (tensorrt_llm/config.pbtxt, 1/model.yaml)
+            checkpoint/<model>/   the Hugging Face checkpoint both read (served_checkpoint_dir)
+            trtllm-serve/         llm_api_options.yaml and command.json, the exact trtllm-serve argv
     <work dir>/timing-cache/<model>/<target>-trt<version>.cache   shared by the builds (timing_cache_path)
     <work dir>/../engines/<model>/<precision>/<target>/<profile>  a link to a served build (engine_link)
     <work dir>/reports/run.json, run.junit.xml, bench/   what a run and the bench report (reports_dir)
@@ -46,6 +50,10 @@ REPORTS = "reports"
 RUN_REPORT = "run.json"
 RUN_JUNIT = "run.junit.xml"
 BENCH = "bench"
+LLMAPI_REPOSITORY = "llmapi"
+SERVED_CHECKPOINTS = "checkpoint"
+SERVE_BUNDLE = "trtllm-serve"
+SERVE_COMMAND = "command.json"
 
 
 def model_dir(fetch: Path) -> Path:
@@ -76,6 +84,12 @@ def timing_cache_path(work_dir: Path, model: str, target: Target, tensorrt_versi
 def engine_link(work_dir: Path, model: str, precision: str, target: str, profile: str) -> Path:
     """The engines/ link to a served engine's build artifact, beside the work dir."""
     return (work_dir.parent / ENGINES_ROOT).joinpath(model, precision, target, profile)
+
+
+def served_checkpoint_dir(release: Path, model: str) -> Path:
+    """The Hugging Face checkpoint inside a PyTorch-backend release. trtllm-serve names the model it
+    serves after this folder (/v1/models), so the folder is the model's name."""
+    return release / SERVED_CHECKPOINTS / model
 
 
 def reports_dir(work_dir: Path) -> Path:

@@ -92,17 +92,24 @@ class TritonServer:
         work_dir: Path,
         install: TritonInstall | None = None,
         http_port: int | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.repository = repository
         self.work_dir = work_dir
         self.install = install or TritonInstall.bundled()
         self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port  # None: gRPC off
         self.log_path = work_dir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        assert self.grpc_port is not None, "started without gRPC"
+        return f"127.0.0.1:{self.grpc_port}"
 
     def _backends(self) -> Path:
         """A backend folder holding the Python backend with the stub for this interpreter."""
@@ -119,11 +126,15 @@ class TritonServer:
             str(self.install.tritonserver),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
-            # Loopback only; smoke speaks HTTP alone, so gRPC and metrics stay off (their default address
-            # is 0.0.0.0 too). Flags as tritonserver 2.51's --help lists them.
+            # Loopback only; gRPC only when a client streams over it, metrics never (their default
+            # address is 0.0.0.0 too). Flags as tritonserver 2.51's --help lists them.
             "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
-            "--allow-grpc=false",
+            *(
+                ["--allow-grpc=false"]
+                if self.grpc_port is None
+                else ["--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}"]
+            ),
             "--allow-metrics=false",
             "--exit-on-error=true",
             "--exit-timeout-secs=30",  # unloading Python models takes seconds on a busy CPU

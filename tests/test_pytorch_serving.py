@@ -1,0 +1,228 @@
+"""The PyTorch backend's release: Triton's llmapi repository and the trtllm-serve bundle, and both served
+on the CPU by stand-ins driven with real clients (tritonclient, the openai client).
+
+Upstream behaviours relied on, read where stated:
+- llmapi config.pbtxt, model.yaml, model.py, helpers.py: NVIDIA/TensorRT-LLM
+  triton_backend/all_models/llmapi/tensorrt_llm/ (config.pbtxt @ 0a710573, model.yaml @ 0ebb1536,
+  model.py @ 044a90d2, helpers.py @ 0df60f9a; the stored index has no copy at the submodule commit
+  2fdb9e66 that tensorrtllm_backend r26.04 @ ce68ff5f pins, nor at v1.2.1) and tensorrtllm_backend
+  all_models/llmapi/tensorrt_llm/1/model.py @ dbae4e88 (the 2025 original). Stable across all of them:
+  the tensor names and dims, model.yaml's `triton_config` (max_batch_size 0, decoupled) read by
+  auto_complete_config, every other key passed to LLM(**args), a 1-D text_input, "Streaming is only
+  supported in decoupled mode.", text_output = RequestOutput.outputs[i].text (cumulative: executor
+  result.py CompletionOutput.text_diff = text[_last_text_len:]), exclude_input_from_output default False.
+  tensorrtllm_backend r26.04 docs/llmapi.md shows an answer that starts with its prompt, and the
+  perf-metrics outputs declared here.
+- trtllm-serve: tensorrt_llm/commands/serve.py @ 00209af1 (click: MODEL, --backend {pytorch,...},
+  --extra_llm_api_options/--config, --host default localhost, --port default 8000; the options file's
+  keys override the flags through update_llm_args_with_extra_dict), serve/openai_server.py @ 00057725
+  (routes /health, /v1/models, /v1/completions, /v1/chat/completions; model id = the checkpoint
+  folder's name), serve/openai_protocol.py @ 0076e939 (ModelCard owned_by "tensorrt_llm",
+  CompletionResponse "cmpl-"/"text_completion", ErrorResponse, extra="forbid"; chat requests'
+  add_special_tokens default False, completions' True). Newer than 1.2.1: only long-standing fields
+  are relied on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.core.hashing import sha256_file
+from pipeline.core.reporter import RecordingReporter
+from pipeline.facts import layout
+from pipeline.serving.models.tensornames import LlmApi
+from pipeline.serving.pytorch import release as llmapi_release
+from pipeline.serving.pytorch.llm import StandInLLM
+from pipeline.serving.pytorch.openai_server import parse_args
+from pipeline.serving.pytorch.smoke import OpenAIServer, ask_openai, run_release_smoke
+from pipeline.serving.render import parse_model_config
+
+MAX_TOKENS = 10
+PROMPTS = ["The quick brown fox", "Once upon a time"]
+# A profile's options as build writes them (pipeline.backends.trtllm_pytorch.options.llm_api_options).
+OPTIONS = {
+    "max_batch_size": 4,
+    "max_num_tokens": 128,
+    "max_seq_len": 128,
+    "enable_chunked_prefill": True,
+    "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True, "dtype": "auto"},
+    "cuda_graph_config": {"batch_sizes": [1, 2, 4], "enable_padding": True},
+}
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "generation_config.json")
+
+
+def _write(root: Path, model_dir: Path, *, mount_path: str | None, decoupled: bool = True) -> dict[str, str]:
+    files = {name: sha256_file(model_dir / name) for name in CHECKPOINT_FILES if (model_dir / name).is_file()}
+    return llmapi_release.write_release(
+        root,
+        model="tiny-mistral",
+        checkpoint_dir=model_dir,
+        checkpoint_sha256=files,
+        tokenizer_dir=model_dir,
+        options=OPTIONS,
+        mount_path=mount_path,
+        decoupled=decoupled,
+    )
+
+
+@pytest.fixture(scope="session")
+def cpu_release(tmp_path_factory, tiny_model_dir) -> Path:
+    root = tmp_path_factory.mktemp("pytorch-release") / "release"
+    _write(root, tiny_model_dir, mount_path=None)
+    return root
+
+
+# --- what publish writes ----------------------------------------------------------------------------
+
+
+def test_llmapi_config_declares_upstreams_tensors_and_passes_tritons_schema(cpu_release):
+    path = cpu_release / layout.LLMAPI_REPOSITORY / "tensorrt_llm" / "config.pbtxt"
+    config = parse_model_config(path.read_text(), str(path), expected_name="tensorrt_llm")
+    assert config.backend == "python"
+    assert tuple(i.name for i in config.input) == LlmApi.INPUTS
+    assert tuple(o.name for o in config.output) == LlmApi.OUTPUTS
+    # Upstream leaves both to model.yaml's triton_config (set by auto_complete_config).
+    assert config.max_batch_size == 0 and not config.HasField("model_transaction_policy")
+    text_input = next(i for i in config.input if i.name == LlmApi.TEXT_INPUT)
+    assert list(text_input.dims) == [-1]
+
+
+def test_model_yaml_is_the_profiles_options_with_upstreams_keys(cpu_release, tmp_path, tiny_model_dir):
+    model_yaml = yaml.safe_load(
+        (cpu_release / layout.LLMAPI_REPOSITORY / "tensorrt_llm" / "1" / "model.yaml").read_text()
+    )
+    assert model_yaml["triton_config"] == {"max_batch_size": 0, "decoupled": True}
+    assert model_yaml["backend"] == "pytorch"
+    assert {k: model_yaml[k] for k in OPTIONS} == OPTIONS
+    # On the CPU the checkpoint resolves against the model repository (llmapi/), as the stand-in reads it.
+    checkpoint = cpu_release / layout.LLMAPI_REPOSITORY / model_yaml["model"]
+    assert checkpoint.resolve() == layout.served_checkpoint_dir(cpu_release, "tiny-mistral").resolve()
+    assert (checkpoint / "tokenizer_config.json").is_file() and (checkpoint / "model.safetensors").is_file()
+
+    gpu = tmp_path / "gpu"
+    _write(gpu, tiny_model_dir, mount_path="/models", decoupled=False)
+    model_yaml = yaml.safe_load(
+        (gpu / layout.LLMAPI_REPOSITORY / "tensorrt_llm" / "1" / "model.yaml").read_text()
+    )
+    assert model_yaml["model"] == "/models/checkpoint/tiny-mistral"
+    assert model_yaml["triton_config"]["decoupled"] is False
+    # On a GPU upstream's model.py serves it (mounted by the serve command): the project ships none.
+    assert not (gpu / layout.LLMAPI_REPOSITORY / "tensorrt_llm" / "1" / "model.py").exists()
+    command = llmapi_release.read_command(gpu)
+    assert command["argv"] == [
+        "trtllm-serve", "/models/checkpoint/tiny-mistral",
+        "--backend", "pytorch",
+        "--extra_llm_api_options", "/models/trtllm-serve/llm_api_options.yaml",
+        "--host", "0.0.0.0", "--port", "8000",
+    ]  # fmt: skip
+    assert json.loads((gpu / "trtllm-serve" / "llm_api_options.yaml").read_text()) == OPTIONS
+
+
+def test_the_bundles_command_parses_as_trtllm_serves_options(cpu_release):
+    argv = llmapi_release.read_command(cpu_release)["argv"]
+    assert argv[0] == "trtllm-serve"
+    args = parse_args(argv[1:])
+    assert (args.model, args.backend, args.host, args.port) == (
+        "checkpoint/tiny-mistral",
+        "pytorch",
+        "0.0.0.0",
+        8000,
+    )
+    assert args.extra_llm_api_options == "trtllm-serve/llm_api_options.yaml"
+
+
+def test_docker_commands_mount_the_release_read_only():
+    version = Path("/srv/releases/tiny/int4_awq/latency/3")
+    argv = llmapi_release.docker_llmapi_argv(version, "/models")
+    assert f"{version}:/models:ro" in argv
+    assert argv[-1].endswith("exec tritonserver --model-repository=/tmp/llmapi")
+    serve = llmapi_release.serve_argv("/models/checkpoint/m", "/models/trtllm-serve/llm_api_options.yaml")
+    docker = llmapi_release.docker_serve_argv(version, "/models", serve)
+    assert docker[-len(serve) :] == serve and f"{version}:/models:ro" in docker
+
+
+# --- the reference runtime over a Hugging Face checkpoint --------------------------------------------
+
+
+def test_reference_runtime_over_the_hf_checkpoint_matches_transformers(tiny_model_dir):
+    """Both run float32 arithmetic on the same bf16 weights; they differ only in summation order.
+    A float32 dot product of K terms reordered moves by at most ~K * 2^-24 of the sum of |terms|;
+    with K <= the MLP width (a few hundred here) and a handful of layers compounding it, 1e-3 of
+    the largest logit is a bound with an order of magnitude to spare."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    llm = StandInLLM(tiny_model_dir, OPTIONS)
+    ids = llm.encode(PROMPTS[0])
+    ours = llm.model.logits(torch.tensor([ids]))[0]
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    with torch.inference_mode():
+        theirs = hf(torch.tensor([ids])).logits[0].float()
+    assert torch.allclose(ours, theirs, atol=1e-3 * theirs.abs().max().item(), rtol=0)
+
+
+# --- both consumers, served ---------------------------------------------------------------------------
+
+
+@pytest.mark.triton
+def test_smoke_serves_both_consumers_and_every_answer_is_the_references(cpu_release, tmp_path_factory):
+    import shutil
+
+    served = tmp_path_factory.mktemp("served") / "release"
+    shutil.copytree(cpu_release, served)  # the servers write __pycache__: never into the release
+    report = run_release_smoke(
+        served,
+        PROMPTS,
+        max_tokens=MAX_TOKENS,
+        work_dir=tmp_path_factory.mktemp("smoke"),
+        reporter=RecordingReporter(),
+    )
+    routes = {c.route for c in report.checks}
+    assert {
+        "llmapi/generate",
+        "llmapi/generate (prompt echoed)",
+        "llmapi/generate_stream",
+        "llmapi grpc stream (tritonclient)",
+        "openai /v1/models",
+        "openai /v1/completions",
+        "openai /v1/completions (stream)",
+        "openai /v1/chat/completions",
+        "openai /v1/chat/completions (stream)",
+    } == routes
+    assert report.ok, report.failures
+    echoed = next(c for c in report.checks if c.route == "llmapi/generate (prompt echoed)")
+    assert echoed.got.startswith(PROMPTS[0]) and len(echoed.got) > len(PROMPTS[0])
+
+
+@pytest.mark.triton
+def test_smoke_catches_an_answer_that_differs(cpu_release, tmp_path_factory, tiny_model_dir):
+    """The check fails when the served checkpoint is not the one the reference ran: here the server
+    serves the release, the reference a copy whose final norm is scaled."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    served = tmp_path_factory.mktemp("served-bad") / "release"
+    shutil.copytree(cpu_release, served)
+    other = tmp_path_factory.mktemp("other-model")
+    for src in tiny_model_dir.iterdir():
+        shutil.copyfile(src, other / src.name)
+    tensors = load_file(other / "model.safetensors")
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * torch.linspace(
+        0.2, 3.0, tensors["model.norm.weight"].numel()
+    ).to(tensors["model.norm.weight"].dtype)
+    save_file(tensors, other / "model.safetensors", metadata={"format": "pt"})
+    with OpenAIServer(served, work_dir=tmp_path_factory.mktemp("openai")) as server:
+        good = ask_openai(
+            server.url, "tiny-mistral", StandInLLM(tiny_model_dir, OPTIONS), PROMPTS, max_tokens=MAX_TOKENS
+        )
+        bad = ask_openai(
+            server.url, "tiny-mistral", StandInLLM(other, OPTIONS), PROMPTS, max_tokens=MAX_TOKENS
+        )
+    assert all(c.ok for c in good)
+    assert not all(c.ok for c in bad if c.route != "openai /v1/models")
