@@ -52,6 +52,7 @@ OPTIONS = {
     "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True, "dtype": "auto"},
     "cuda_graph_config": {"batch_sizes": [1, 2, 4], "enable_padding": True},
 }
+PRECISIONS = 'precisions = ["int8_sq", "int8_wo"]'  # the embedded default's
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
@@ -226,3 +227,110 @@ def test_smoke_catches_an_answer_that_differs(cpu_release, tmp_path_factory, tin
         )
     assert all(c.ok for c in good)
     assert not all(c.ok for c in bad if c.route != "openai /v1/models")
+
+
+# --- publish: a PyTorch-backend build becomes the release, with the engine path's manifests and checks ---
+
+
+def _as_pytorch_build(model_dir: Path):
+    """engine_edit for publish_upstream.Upstream: the build's engine/ as the PyTorch backend writes it
+    (pipeline.backends.trtllm_pytorch.build: the checkpoint's files, llm_api_options.yaml, build_info.json)."""
+
+    def edit(engine_dir: Path) -> None:
+        import shutil
+
+        from pipeline.backends.trtllm_pytorch.options import OPTIONS_FILE
+
+        for name in ("config.json", "rank0.safetensors", "rank0.engine"):
+            (engine_dir / name).unlink(missing_ok=True)
+        for name in CHECKPOINT_FILES:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, engine_dir / name)
+        (engine_dir / OPTIONS_FILE).write_text(json.dumps(OPTIONS, indent=2) + "\n")
+
+    return edit
+
+
+def _publish(tmp_path, tiny_model_dir, *, target_lines: str | None, info):
+    from publish_upstream import CPU_TARGET, Upstream, config_with, run_publish
+
+    # The PyTorch backend runs no int8_sq: the GPU config keeps int8_wo alone.
+    changes = (
+        {} if target_lines is None else {CPU_TARGET: target_lines, PRECISIONS: 'precisions = ["int8_wo"]'}
+    )
+    config = config_with(tmp_path, **changes)
+    upstream = Upstream(
+        tokenizer_dir=tiny_model_dir, engine_info=info, engine_edit=_as_pytorch_build(tiny_model_dir)
+    )
+    report = run_publish(config, tmp_path / "work", upstream, precision="int8_wo", profile="latency")
+    assert report.error is None, report.error
+    return config, config.publish.destination / "tiny-mistral" / "int8_wo" / "latency" / "current"
+
+
+def test_publish_writes_a_pytorch_build_as_a_verified_release_for_the_container(tmp_path, tiny_model_dir):
+    from publish_upstream import a100_engine_info
+
+    from pipeline.serving.release import check_version
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    info = a100_engine_info(backend="trtllm-pytorch")
+    config, version = _publish(
+        tmp_path, tiny_model_dir, target_lines='gpu = "a100-40gb"\nbackend = "trtllm-pytorch"', info=info
+    )
+    manifest = ReleaseManifest.model_validate_json((version / RELEASE_MANIFEST).read_text())
+    assert check_version(version.resolve()).ok
+    assert manifest.serving.llmapi_repository == "llmapi"
+    assert manifest.serving.gpt_model_path == "/models/checkpoint/tiny-mistral"
+    assert manifest.serving.trtllm_serve == llmapi_release.read_command(version)["argv"]
+    assert manifest.serving.trtllm_serve[:2] == ["trtllm-serve", "/models/checkpoint/tiny-mistral"]
+    assert (manifest.engine.max_batch_size, manifest.engine.max_seq_len) == (
+        OPTIONS["max_batch_size"],
+        OPTIONS["max_seq_len"],
+    )
+    files = {f.path for f in manifest.files}
+    assert (
+        "checkpoint/tiny-mistral/model.safetensors" in files and "llmapi/tensorrt_llm/1/model.yaml" in files
+    )
+    # The build's own records stay in the build: the options reach the consumers through their files.
+    assert not any(
+        p.endswith(("build_info.json", "checkpoint/tiny-mistral/llm_api_options.yaml")) for p in files
+    )
+    # A checkpoint loaded by another TensorRT-LLM than the container's is refused before anything is written.
+    other = tmp_path / "other"
+    other.mkdir()
+    from publish_upstream import CPU_TARGET, Upstream, config_with, run_publish
+
+    config = config_with(
+        other,
+        **{
+            CPU_TARGET: 'gpu = "a100-40gb"\nbackend = "trtllm-pytorch"',
+            PRECISIONS: 'precisions = ["int8_wo"]',
+        },
+    )
+    stale = Upstream(
+        tokenizer_dir=tiny_model_dir,
+        engine_info=a100_engine_info(backend="trtllm-pytorch", tensorrt_llm_version="1.1.0"),
+        engine_edit=_as_pytorch_build(tiny_model_dir),
+    )
+    report = run_publish(config, other / "work", stale, precision="int8_wo", profile="latency")
+    assert report.error is not None and "tensorrt_llm 1.1.0" in str(report.error)
+    assert not (config.publish.destination / "tiny-mistral").exists()
+
+
+@pytest.mark.triton
+def test_a_published_cpu_release_is_smoked_from_its_verified_version(tmp_path, tiny_model_dir):
+    from publish_upstream import cpu_engine_info
+
+    from pipeline.serving.smoke import require_intact, serving_view
+
+    _, version = _publish(tmp_path, tiny_model_dir, target_lines=None, info=cpu_engine_info())
+    work = tmp_path / "smoke"
+    report = run_release_smoke(
+        serving_view(version, work),
+        PROMPTS[:1],
+        max_tokens=MAX_TOKENS,
+        work_dir=work,
+        reporter=RecordingReporter(),
+    )
+    assert report.ok, report.failures
+    require_intact(version, "the servers wrote into it")

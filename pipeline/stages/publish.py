@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from pipeline.backends import backend_of
-from pipeline.backends.base import EngineInfo, read_engine_info
+from pipeline.backends.base import BUILD_INFO, EngineInfo, TritonServing, read_engine_info
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config, supports_chunked_context
+from pipeline.backends.trtllm_pytorch.options import OPTIONS_FILE as LLM_API_OPTIONS
 from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
 from pipeline.core.manifest import MANIFEST_NAME, StatKey, StatRecord, list_files
@@ -102,46 +103,13 @@ class Publish(Stage):
             _require_intact(artifact)
         gate_report = _check_gate(gate, ctx.task)
         engine_dir = layout.engine_dir(build.path)
-        engine_config = read_engine_config(engine_dir)
-        # What the serving config must agree with (the rest of build_config is the engine's business).
-        limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
-        engine_sha256 = _engine_files(build)
         built = read_engine_info(engine_dir)
         serving = backend_of(config).serving(config)
-        check_engine_fits(
-            str(engine_dir),
-            built,
-            engine_config.get("version"),
-            target=TARGETS[config.target.gpu],
-            container=serving.container,
-        )
-
-        decoupled = config.publish.decoupled
-        values = RepositoryValues(
-            triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
-            triton_backend=serving.triton_backend,
-            engine_dir=serving.engine_dir,
-            tokenizer_dir=TOKENIZER_SUBDIR,
-            decoupled_mode=decoupled,
-            # The plan's KV budget assumes this fraction; serving with another voids its proof.
-            kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
-            max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
-            enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
-            # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
-            enable_chunked_context=config.publish.enable_chunked_context
-            and supports_chunked_context(engine_config),
-            preprocessing_instance_count=config.publish.preprocessing_instances,
-            postprocessing_instance_count=config.publish.postprocessing_instances,
-            bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
-        )
         repository = ctx.out_dir / layout.REPOSITORY
-        placed = write_repository(
-            repository,
-            values,
-            engine_dir=engine_dir,
-            engine_sha256=engine_sha256,
-            tokenizer_dir=layout.model_dir(fetch.path),
-        )
+        if (engine_dir / LLM_API_OPTIONS).is_file():
+            placed, engine_ref, serving_ref = _pytorch_release(ctx, repository, build, built, serving)
+        else:
+            placed, engine_ref, serving_ref = _engine_repository(ctx, repository, build, built, serving)
         shutil.copyfile(gate_report, repository / layout.GATE_JSON)
         ctx.known_sha256.update({f"{layout.REPOSITORY}/{rel}": sha for rel, sha in placed.items()})
 
@@ -161,18 +129,9 @@ class Publish(Stage):
             ),
             precision=ctx.precision.value,
             profile=ctx.profile.name,
-            engine=EngineRef(target=built.target, sm=built.sm, **asdict(limits), path=ENGINE_SUBDIR),
+            engine=engine_ref,
             versions=_versions(built),
-            serving=ServingRef(
-                serve_with=serving.serve_with,
-                triton_backend=values.triton_backend,
-                decoupled=values.decoupled_mode,
-                batching_strategy=values.batching_strategy,
-                kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
-                triton_max_batch_size=values.triton_max_batch_size,
-                gpt_model_path=values.engine_dir,
-                mount_path=serving.mount_path,
-            ),
+            serving=serving_ref,
             gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
             files=[f.entry() for f in list_files(repository, placed)],
         )
@@ -222,6 +181,116 @@ class Publish(Stage):
         if not ours.is_file() or ours.read_bytes() != (version / RELEASE_MANIFEST).read_bytes():
             return [f"{where}: modified: {RELEASE_MANIFEST}"]
         return []
+
+
+def _engine_repository(
+    ctx: StageContext, repository: Path, build: Artifact, built: EngineInfo, serving: TritonServing
+) -> tuple[dict[str, str], EngineRef, ServingRef]:
+    """The five-model tensorrtllm repository of an engine (the engine hard-linked into it)."""
+    config = ctx.config
+    engine_dir = layout.engine_dir(build.path)
+    engine_config = read_engine_config(engine_dir)
+    # What the serving config must agree with (the rest of build_config is the engine's business).
+    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
+    check_engine_fits(
+        str(engine_dir),
+        built,
+        engine_config.get("version"),
+        target=TARGETS[config.target.gpu],
+        container=serving.container,
+    )
+    decoupled = config.publish.decoupled
+    values = RepositoryValues(
+        triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
+        triton_backend=serving.triton_backend,
+        engine_dir=serving.engine_dir,
+        tokenizer_dir=TOKENIZER_SUBDIR,
+        decoupled_mode=decoupled,
+        # The plan's KV budget assumes this fraction; serving with another voids its proof.
+        kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
+        max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
+        enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
+        # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
+        enable_chunked_context=config.publish.enable_chunked_context
+        and supports_chunked_context(engine_config),
+        preprocessing_instance_count=config.publish.preprocessing_instances,
+        postprocessing_instance_count=config.publish.postprocessing_instances,
+        bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
+    )
+    placed = write_repository(
+        repository,
+        values,
+        engine_dir=engine_dir,
+        engine_sha256=_engine_files(build),
+        tokenizer_dir=layout.model_dir(ctx.inputs["fetch"].path),
+    )
+    engine_ref = EngineRef(target=built.target, sm=built.sm, **asdict(limits), path=ENGINE_SUBDIR)
+    serving_ref = ServingRef(
+        serve_with=serving.serve_with,
+        triton_backend=values.triton_backend,
+        decoupled=values.decoupled_mode,
+        batching_strategy=values.batching_strategy,
+        kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
+        triton_max_batch_size=values.triton_max_batch_size,
+        gpt_model_path=values.engine_dir,
+        mount_path=serving.mount_path,
+    )
+    return placed, engine_ref, serving_ref
+
+
+def _pytorch_release(
+    ctx: StageContext, repository: Path, build: Artifact, built: EngineInfo, serving: TritonServing
+) -> tuple[dict[str, str], EngineRef, ServingRef]:
+    """A PyTorch-backend build (a Hugging Face checkpoint and its LLM API options) as Triton's llmapi
+    repository and a trtllm-serve bundle over the one checkpoint (pipeline.serving.pytorch.release)."""
+    from pipeline.serving.pytorch.llm import read_options
+    from pipeline.serving.pytorch.release import read_command, write_release
+
+    config = ctx.config
+    engine_dir = layout.engine_dir(build.path)
+    # No engine: only the TensorRT-LLM version that loaded the options, and the target, must match.
+    check_engine_fits(
+        str(engine_dir), built, None, target=TARGETS[config.target.gpu], container=serving.container
+    )
+    options = read_options(engine_dir / LLM_API_OPTIONS)
+    # The options go to both consumers' own files; build_info.json is the build's record, not the model's.
+    checkpoint = {
+        rel: sha for rel, sha in _engine_files(build).items() if rel not in (LLM_API_OPTIONS, BUILD_INFO)
+    }
+    placed = write_release(
+        repository,
+        model=config.model.name,
+        checkpoint_dir=engine_dir,
+        checkpoint_sha256=checkpoint,
+        tokenizer_dir=layout.model_dir(ctx.inputs["fetch"].path),
+        options=options,
+        mount_path=serving.mount_path,
+        decoupled=config.publish.decoupled,
+    )
+    limits = EngineLimits(
+        max_batch_size=options["max_batch_size"],
+        max_input_len=ctx.profile.max_input_len,
+        max_seq_len=options["max_seq_len"],
+    )
+    engine_ref = EngineRef(
+        target=built.target,
+        sm=built.sm,
+        **asdict(limits),
+        path=str(layout.served_checkpoint_dir(Path(), config.model.name)),
+    )
+    serving_ref = ServingRef(
+        serve_with=serving.serve_with,
+        triton_backend="python",
+        decoupled=config.publish.decoupled,
+        batching_strategy=None,
+        kv_cache_free_gpu_mem_fraction=options["kv_cache_config"]["free_gpu_memory_fraction"],
+        triton_max_batch_size=0,
+        gpt_model_path=serving.engine_dir,
+        mount_path=serving.mount_path,
+        llmapi_repository=layout.LLMAPI_REPOSITORY,
+        trtllm_serve=read_command(repository)["argv"],
+    )
+    return placed, engine_ref, serving_ref
 
 
 def _serving_files_digest() -> str:

@@ -9,9 +9,12 @@ releases run.
 Which precisions it runs is its column of the format table (pipeline.facts.formats): no W8A8
 SmoothQuant and no INT8 KV cache, which only the trtllm-engine backend builds.
 
-Not yet here (issue 25, items 2 and 4-7): the unified Hugging Face checkpoint from calibrate, the gate
-through the LLM API (load_runner), and the llmapi / trtllm-serve repositories publish would render; those
-methods refuse in one line until then, and the dry run's serve command says so.
+Publish turns a build into one release with two consumers of its checkpoint: Triton's llmapi model
+repository and a trtllm-serve bundle (pipeline.serving.pytorch.release), served by the container that
+loaded the options, the release mounted read-only at publish.mount_path.
+
+Not yet here (issue 25, items 2 and 4): the unified Hugging Face checkpoint from calibrate and the gate
+through the LLM API (load_runner); those methods refuse in one line until then.
 """
 
 from __future__ import annotations
@@ -108,14 +111,42 @@ class TrtllmPytorchBackend:
         return config.publish.container
 
     def serving(self, config: PipelineConfig) -> TritonServing:
-        raise _not_yet("publish a Triton llmapi repository or a trtllm-serve bundle")
+        from pipeline.serving.compat import serving_container
+        from pipeline.serving.pytorch.release import release_paths
+
+        container = serving_container(config.publish.container)
+        mount_path = config.publish.mount_path
+        checkpoint, _ = release_paths(mount_path, config.model.name)
+        return TritonServing(
+            # Triton's llmapi model is a Python model; the LLM API reads the checkpoint where it is mounted.
+            triton_backend="python",
+            engine_dir=checkpoint,
+            serve_with=container.tag,
+            container=container,
+            mount_path=mount_path,
+        )
 
     def serve_command(
         self, config: PipelineConfig, precision: str, profile: str, repository: Path
     ) -> PlannedCommand:
-        # The dry run plans a whole run: it says that nothing would serve this backend's builds yet.
-        note = "no command yet: publish renders no llmapi repository or trtllm-serve bundle (issue 25)"
-        return PlannedCommand(purpose=f"serve {precision}/{profile}", argv=[], notes=[note])
+        """trtllm-serve on the release's bundle; the note gives the llmapi repository's command."""
+        import shlex
+
+        from pipeline.serving.pytorch.release import (
+            docker_llmapi_argv,
+            docker_serve_argv,
+            release_paths,
+            serve_argv,
+        )
+
+        mount_path = config.publish.mount_path
+        checkpoint, options = release_paths(mount_path, config.model.name)
+        triton = docker_llmapi_argv(repository, mount_path)
+        return PlannedCommand(
+            purpose=f"serve {precision}/{profile} with trtllm-serve (OpenAI-compatible)",
+            argv=docker_serve_argv(repository, mount_path, serve_argv(checkpoint, options)),
+            notes=[f"or Triton's llmapi model: {shlex.join(triton)}"],
+        )
 
     def bench_runtime(self) -> str:
         raise _not_yet("bench")
