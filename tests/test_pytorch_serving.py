@@ -318,19 +318,27 @@ def test_publish_writes_a_pytorch_build_as_a_verified_release_for_the_container(
 
 
 @pytest.mark.triton
-def test_a_published_cpu_release_is_smoked_from_its_verified_version(tmp_path, tiny_model_dir):
-    from publish_upstream import cpu_engine_info
+def test_smoke_command_serves_a_published_cpu_release_both_ways(tmp_path, tiny_model_dir):
+    from publish_upstream import REPO_ROOT, cpu_engine_info
 
-    from pipeline.serving.smoke import require_intact, serving_view
+    from pipeline.commands.smoke import smoke
 
-    _, version = _publish(tmp_path, tiny_model_dir, target_lines=None, info=cpu_engine_info())
-    work = tmp_path / "smoke"
-    report = run_release_smoke(
-        serving_view(version, work),
-        PROMPTS[:1],
-        max_tokens=MAX_TOKENS,
-        work_dir=work,
+    config, version = _publish(tmp_path, tiny_model_dir, target_lines=None, info=cpu_engine_info())
+    prompts = REPO_ROOT / "calib_data" / "prompts.jsonl"
+    config = config.model_copy(update={"gate": config.gate.model_copy(update={"prompts": prompts})})
+    result = smoke(
+        config,
+        tmp_path / "work",
         reporter=RecordingReporter(),
+        precisions=frozenset({"int8_wo"}),
+        profiles=frozenset({"latency"}),
+        prompts=1,
+        max_tokens=MAX_TOKENS,
     )
-    assert report.ok, report.failures
-    require_intact(version, "the servers wrote into it")
+    assert result.error is None
+    (report,) = result.reports
+    assert report.repository == version and report.ok
+    assert {c.route for c in report.checks} >= {
+        "llmapi/generate_stream",
+        "openai /v1/chat/completions (stream)",
+    }

@@ -341,6 +341,16 @@ def test_dry_run_shows_each_profiles_options_file(tmp_path, capsys, monkeypatch)
         assert json.loads(file.text) == llm_api_options(
             parsed, parsed.profile(profile), plans[(precision, profile)]
         )
-    assert all(c.argv == [] and c.notes for c in dry.serve)
+    # Each served variant: trtllm-serve on the release's bundle, and Triton's llmapi repository in a note.
+    assert len(dry.serve) == 4
+    for command in dry.serve:
+        i = command.argv.index("trtllm-serve")
+        assert command.argv[i : i + 2] == ["trtllm-serve", "/models/checkpoint/tiny-mistral"]
+        assert command.argv[i + 2 : i + 6] == [
+            "--backend", "pytorch", "--extra_llm_api_options", "/models/trtllm-serve/llm_api_options.yaml",
+        ]  # fmt: skip
+        assert any(a.endswith(":/models:ro") for a in command.argv[:i])
+        (note,) = command.notes
+        assert "tritonserver --model-repository=/tmp/llmapi" in note
     assert main(["run", "--dry-run", "--config", str(config), "--work-dir", str(tmp_path / "w")]) == 0
     assert '"max_num_tokens":' in capsys.readouterr().out

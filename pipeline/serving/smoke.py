@@ -233,8 +233,9 @@ def smoke_published(
             repository = published_repository(config, precision.value, profile.name)
             require_intact(repository, "refusing to serve it")
             reporter.info(f"smoke {precision.value}/{profile.name}: serving {repository.resolve()}")
+            smoke_one = run_release_smoke if _is_pytorch_release(repository) else run_smoke
             reports.append(
-                run_smoke(
+                smoke_one(
                     repository,
                     texts,
                     max_tokens=max_tokens or config.gate.max_new_tokens,
@@ -244,6 +245,30 @@ def smoke_published(
             )
             require_intact(repository, "the server wrote into it")
     return reports
+
+
+def _is_pytorch_release(repository: Path) -> bool:
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    return manifest.serving.llmapi_repository is not None
+
+
+def run_release_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeReport:
+    """A PyTorch-backend release: its llmapi repository and trtllm-serve bundle, on the CPU stand-ins."""
+    from pipeline.serving.pytorch.smoke import run_release_smoke as smoke_both
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    if manifest.serving.mount_path is not None:
+        raise MissingDependencyError(
+            f"{repository}: a PyTorch-backend release for {manifest.serving.serve_with}: its llmapi model and "
+            "trtllm-serve need TensorRT-LLM on a GPU",
+            hint="serve it in the container named in publish-manifest.json (`run --dry-run` shows the commands)",
+        )
+    report = smoke_both(serving_view(repository, kwargs["work_dir"]), prompts, **kwargs)
+    report.repository = repository
+    return report
 
 
 def serving_view(repository: Path, work_dir: Path) -> Path:
