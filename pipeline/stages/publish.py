@@ -2,7 +2,7 @@
 
 The artifact (ctx.out_dir/repository) is the rendered repository itself, with
 the engine hardlinked from the build artifact; it is then released to
-`<publish.destination>/<model>/<precision>/<profile>/<version>/` (see
+`<publish.destination>/<model>/<backend>/<precision>/<profile>/<version>/` (see
 pipeline.serving.release). One repository per precision x profile: the
 TensorRT-LLM backend's ensemble refers to its models by fixed names, and each
 engine has its own max_batch_size, so variants side by side in one repository
@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.backends import backend_of
 from pipeline.backends.base import EngineInfo, read_engine_info
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config, supports_chunked_context
 from pipeline.core.errors import GateFailedError, InputError
@@ -87,7 +86,7 @@ class Publish(Stage):
         return {
             "publish": config.publish.model_dump(mode="json"),
             "target": config.target.gpu,
-            "backend": config.target.backend,
+            "backend": task.backend,
             "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
             # Templates and model code ship in the package: an edit republishes.
             "serving_files": _serving_files_digest(),
@@ -96,7 +95,7 @@ class Publish(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         config = ctx.config
         fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
-        slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
+        slot = variant_destination(config, ctx.backend.plays, ctx.precision.value, ctx.profile.name)
         check_destination(slot)
         for artifact in (fetch, build, gate):
             _require_intact(artifact)
@@ -107,7 +106,7 @@ class Publish(Stage):
         limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
         engine_sha256 = _engine_files(build)
         built = read_engine_info(engine_dir)
-        serving = backend_of(config).serving(config)
+        serving = ctx.backend.serving(config)
         check_engine_fits(
             str(engine_dir),
             built,
@@ -235,9 +234,9 @@ def _serving_files_digest() -> str:
     return fingerprint_key(digests)
 
 
-def variant_destination(config: PipelineConfig, precision: str, profile: str) -> Path:
+def variant_destination(config: PipelineConfig, backend: str, precision: str, profile: str) -> Path:
     """The folder whose numbered versions (and `current`) hold one variant's repository."""
-    return config.publish.destination / config.model.name / precision / profile
+    return config.publish.destination / config.model.name / backend / precision / profile
 
 
 def _check_gate(gate: Artifact, task: Task) -> Path:

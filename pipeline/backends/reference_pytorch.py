@@ -1,0 +1,57 @@
+"""The `reference-pytorch` backend: the reference runtime (pipeline.runtime) playing TensorRT-LLM's
+PyTorch backend on the CPU, so that the demo and CI run that path end to end with no GPU.
+
+What it plays: calibrate exports ModelOpt's unified Hugging Face checkpoint for it (as for
+trtllm-pytorch), its build puts that checkpoint's files in engine/ with the profile's LLM API options
+(the file trtllm-pytorch's build writes), and its runner reads the checkpoint the way the PyTorch
+backend's linear layers do (pipeline.runtime.unified) and enforces the options' limits. What
+differs from `reference` (which plays the engine path) is only that: the checkpoint, the options and
+the serving; the rest is the same runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.backends.base import BuildPaths, EngineBuild, EngineInfo, EngineRunner, PlannedCommand, TritonServing
+from pipeline.backends.reference import ReferenceBackend
+from pipeline.core.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.facts.config import PipelineConfig
+    from pipeline.planning.memory import ProfilePlan
+    from pipeline.stages.base import StageContext
+
+
+class ReferencePytorchBackend(ReferenceBackend):
+    name = "reference-pytorch"
+    description = (
+        "the PyTorch reference runtime on the CPU playing trtllm-pytorch (the unified Hugging Face "
+        "checkpoint and its LLM API options; CI and demo)"
+    )
+    plays = "trtllm-pytorch"
+    checkpoint = "hf-unified"
+
+    def build(self, ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> EngineBuild:
+        from pipeline.backends.trtllm_pytorch.pack import pack_unified
+
+        return pack_unified(ctx, paths, plan)
+
+    def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
+        from pipeline.backends.trtllm_pytorch.pack import UnifiedReferenceRunner
+
+        return UnifiedReferenceRunner.load(engine_dir, max_batch_size=max_batch_size)
+
+    def serving(self, config: PipelineConfig) -> TritonServing:
+        raise InputError(
+            "publishing the PyTorch backend's builds (a Triton llmapi repository, a trtllm-serve bundle) "
+            "is not here yet (issue 25, the serving side)",
+            hint="run the other stages with --backend trtllm-engine, or stop before publish",
+        )
+
+    def serve_command(
+        self, config: PipelineConfig, precision: str, profile: str, repository: Path
+    ) -> PlannedCommand:
+        note = "no command yet: publish renders no llmapi repository or trtllm-serve bundle (issue 25)"
+        return PlannedCommand(purpose=f"serve {precision}/{profile}", argv=[], notes=[note])
