@@ -52,7 +52,6 @@ OPTIONS = {
     "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True, "dtype": "auto"},
     "cuda_graph_config": {"batch_sizes": [1, 2, 4], "enable_padding": True},
 }
-PRECISIONS = 'precisions = ["int8_sq", "int8_wo"]'  # the embedded default's
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 
@@ -251,20 +250,34 @@ def _as_pytorch_build(model_dir: Path):
     return edit
 
 
-def _publish(tmp_path, tiny_model_dir, *, target_lines: str | None, info):
-    from publish_upstream import CPU_TARGET, Upstream, config_with, run_publish
+def _publish(tmp_path, tiny_model_dir, *, target_lines: str | None, info, work: str = "work"):
+    """The real publish stage on a PyTorch-backend build of the embedded default's trtllm-pytorch
+    int8_wo/latency variant (on the CPU the reference runtime plays that backend)."""
+    from publish_upstream import CPU_TARGET, Upstream, config_with
 
-    # The PyTorch backend runs no int8_sq: the GPU config keeps int8_wo alone.
-    changes = (
-        {} if target_lines is None else {CPU_TARGET: target_lines, PRECISIONS: 'precisions = ["int8_wo"]'}
-    )
-    config = config_with(tmp_path, **changes)
+    from pipeline.core.store import ArtifactStore
+    from pipeline.execution.driver import execute
+    from pipeline.planning.tasks import plan_tasks, select_tasks
+
+    config = config_with(tmp_path, **({} if target_lines is None else {CPU_TARGET: target_lines}))
     upstream = Upstream(
         tokenizer_dir=tiny_model_dir, engine_info=info, engine_edit=_as_pytorch_build(tiny_model_dir)
     )
-    report = run_publish(config, tmp_path / "work", upstream, precision="int8_wo", profile="latency")
-    assert report.error is None, report.error
-    return config, config.publish.destination / "tiny-mistral" / "int8_wo" / "latency" / "current"
+    tasks = select_tasks(
+        plan_tasks(config),
+        {"publish"},
+        precisions={"int8_wo"},
+        profiles={"latency"},
+        backends={"trtllm-pytorch"},
+    )
+    report = execute(
+        config, ArtifactStore(tmp_path / work), tasks, reporter=RecordingReporter(), stages=upstream.stages()
+    )
+    return (
+        config,
+        report,
+        config.publish.destination / "tiny-mistral" / "trtllm-pytorch" / "int8_wo" / "latency" / "current",
+    )
 
 
 def test_publish_writes_a_pytorch_build_as_a_verified_release_for_the_container(tmp_path, tiny_model_dir):
@@ -274,9 +287,9 @@ def test_publish_writes_a_pytorch_build_as_a_verified_release_for_the_container(
     from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
     info = a100_engine_info(backend="trtllm-pytorch")
-    config, version = _publish(
-        tmp_path, tiny_model_dir, target_lines='gpu = "a100-40gb"\nbackend = "trtllm-pytorch"', info=info
-    )
+    on_a100 = 'gpu = "a100-40gb"\n'
+    config, report, version = _publish(tmp_path, tiny_model_dir, target_lines=on_a100, info=info)
+    assert report.error is None, report.error
     manifest = ReleaseManifest.model_validate_json((version / RELEASE_MANIFEST).read_text())
     assert check_version(version.resolve()).ok
     assert manifest.serving.llmapi_repository == "llmapi"
@@ -291,30 +304,16 @@ def test_publish_writes_a_pytorch_build_as_a_verified_release_for_the_container(
     assert (
         "checkpoint/tiny-mistral/model.safetensors" in files and "llmapi/tensorrt_llm/1/model.yaml" in files
     )
-    # The build's own records stay in the build: the options reach the consumers through their files.
-    assert not any(
-        p.endswith(("build_info.json", "checkpoint/tiny-mistral/llm_api_options.yaml")) for p in files
-    )
+    # The options reach the consumers through their own files; build_info.json travels with the checkpoint.
+    assert "checkpoint/tiny-mistral/build_info.json" in files
+    assert "checkpoint/tiny-mistral/llm_api_options.yaml" not in files
     # A checkpoint loaded by another TensorRT-LLM than the container's is refused before anything is written.
     other = tmp_path / "other"
     other.mkdir()
-    from publish_upstream import CPU_TARGET, Upstream, config_with, run_publish
-
-    config = config_with(
-        other,
-        **{
-            CPU_TARGET: 'gpu = "a100-40gb"\nbackend = "trtllm-pytorch"',
-            PRECISIONS: 'precisions = ["int8_wo"]',
-        },
-    )
-    stale = Upstream(
-        tokenizer_dir=tiny_model_dir,
-        engine_info=a100_engine_info(backend="trtllm-pytorch", tensorrt_llm_version="1.1.0"),
-        engine_edit=_as_pytorch_build(tiny_model_dir),
-    )
-    report = run_publish(config, other / "work", stale, precision="int8_wo", profile="latency")
+    stale = a100_engine_info(backend="trtllm-pytorch", tensorrt_llm_version="1.1.0")
+    _, report, version = _publish(other, tiny_model_dir, target_lines=on_a100, info=stale)
     assert report.error is not None and "tensorrt_llm 1.1.0" in str(report.error)
-    assert not (config.publish.destination / "tiny-mistral").exists()
+    assert not (other / "published" / "tiny-mistral").exists()
 
 
 @pytest.mark.triton
@@ -323,7 +322,9 @@ def test_smoke_command_serves_a_published_cpu_release_both_ways(tmp_path, tiny_m
 
     from pipeline.commands.smoke import smoke
 
-    config, version = _publish(tmp_path, tiny_model_dir, target_lines=None, info=cpu_engine_info())
+    info = cpu_engine_info().model_copy(update={"backend": "reference-pytorch"})
+    config, report, version = _publish(tmp_path, tiny_model_dir, target_lines=None, info=info)
+    assert report.error is None, report.error
     prompts = REPO_ROOT / "calib_data" / "prompts.jsonl"
     config = config.model_copy(update={"gate": config.gate.model_copy(update={"prompts": prompts})})
     result = smoke(
@@ -332,6 +333,7 @@ def test_smoke_command_serves_a_published_cpu_release_both_ways(tmp_path, tiny_m
         reporter=RecordingReporter(),
         precisions=frozenset({"int8_wo"}),
         profiles=frozenset({"latency"}),
+        backends=frozenset({"trtllm-pytorch"}),
         prompts=1,
         max_tokens=MAX_TOKENS,
     )

@@ -219,7 +219,7 @@ def test_a_task_no_node_can_take_fails_the_run_before_anything_runs(tmp_path, co
     )
     with pytest.raises(MissingDependencyError) as caught:
         runner.refuse_unplaceable(config, plan_tasks(config))
-    assert "build[int8_sq/latency] cannot run on this Ray cluster" in caught.value.message
+    assert "build[trtllm-engine/int8_sq/latency] cannot run on this Ray cluster" in caught.value.message
     assert caught.value.message.endswith("has accelerator_type:L4")
 
 
@@ -260,13 +260,13 @@ def test_a_killed_worker_is_retried_once_and_leaves_no_partial_artifact(tmp_path
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
     marker = tmp_path / "killed-once"
-    connect(**{CRASH_ONCE_ENV: f"build[int8_sq/latency]={marker}"})
+    connect(**{CRASH_ONCE_ENV: f"build[trtllm-engine/int8_sq/latency]={marker}"})
     runner = ray_cluster.RayTaskRunner(stages=fake_stages())
     tasks = plan_tasks(config)
     report = execute(config, store, tasks, reporter=RecordingReporter(), runner=runner)
     assert marker.is_file()  # the first attempt was killed mid-task
     assert report.error is None and {r.state for r in report.results} == {TaskState.ran}
-    build = next(r for r in report.results if r.task.id == "build[int8_sq/latency]")
+    build = next(r for r in report.results if r.task.id == "build[trtllm-engine/int8_sq/latency]")
     assert store.check(store.get("build", build.task.variant, build.key)).ok
     # The dead attempt's staged folder is still there, never read; the driver removes it.
     removed = store.recover()
@@ -278,13 +278,13 @@ def test_a_worker_killed_on_each_try_fails_its_task_with_its_log_and_keeps_the_s
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
     tasks = plan_tasks(config)
-    connect(FAKE_STAGE_CRASH="calibrate[int8_wo]")
+    connect(FAKE_STAGE_CRASH="calibrate[trtllm-engine/int8_wo]")
     runner = ray_cluster.RayTaskRunner(stages=fake_stages())
     report = execute(config, store, tasks, reporter=RecordingReporter(), runner=runner)
     assert isinstance(report.error, RemoteTaskError) and report.error.exit_code == ExitCode.STAGE_FAILED
-    failed = next(r for r in report.results if r.task.id == "calibrate[int8_wo]")
+    failed = next(r for r in report.results if r.task.id == "calibrate[trtllm-engine/int8_wo]")
     assert failed.state is TaskState.failed and "its Ray worker died, 2 times" in failed.summary
-    assert failed.log is not None and "running calibrate[int8_wo]" in failed.log.read_text()
+    assert failed.log is not None and "running calibrate[trtllm-engine/int8_wo]" in failed.log.read_text()
     # CI sees it: the JSON row names the log, the JUnit case carries its tail.
     row = next(
         t
@@ -295,7 +295,7 @@ def test_a_worker_killed_on_each_try_fails_its_task_with_its_log_and_keeps_the_s
     suite = ET.parse(write_run_junit(tmp_path / "run.junit.xml", report)).getroot()
     case = next(c for c in suite if c.get("name") == failed.task.id)
     assert "died, 2 times" in case.find("error").get("message")
-    assert "running calibrate[int8_wo]" in case.find("system-out").text
+    assert "running calibrate[trtllm-engine/int8_wo]" in case.find("system-out").text
     assert store.get("calibrate", ("int8_wo",), failed.key) is None
     assert not any(r.task.precision == "int8_wo" and r.state is TaskState.ran for r in report.results[3:])
     assert len(store.recover()) == 2  # one staged folder per try, never committed

@@ -99,7 +99,7 @@ def test_the_selftest_plan_builds_one_engine_and_serves_it_where_it_lies(repo_ro
     assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (2, 96, 128)
     assert "h100-80gb" in args.input_timing_cache
     # gpt_model_path (= mount_path + /tensorrt_llm/1/engine) is the published version's own path.
-    current = variant_destination(config, "int8_sq", "selftest") / CURRENT
+    current = variant_destination(config, "trtllm-engine", "int8_sq", "selftest") / CURRENT
     assert config.publish.mount_path == str(current) and current.is_absolute()
     assert not (tmp_path / "st").exists()
 
@@ -110,7 +110,7 @@ def publishing_stages(config, gate_ok=lambda ctx: True):
     fake_publish = stages["publish"]
 
     def run(ctx):
-        (variant_destination(config, ctx.task.precision, ctx.task.profile) / CURRENT).mkdir(
+        (variant_destination(config, ctx.task.backend, ctx.task.precision, ctx.task.profile) / CURRENT).mkdir(
             parents=True, exist_ok=True
         )
         return fake_publish.run(ctx)
@@ -153,11 +153,11 @@ def test_a_passing_selftest_reports_every_step_and_writes_its_json(repo_root, tm
     assert names == [
         "environment",
         "fetch",
-        "calibrate[int8_sq]",
-        "build[int8_sq/selftest]",
-        "gate_engine[int8_sq/gate]",
-        "gate[int8_sq/selftest]",
-        "publish[int8_sq/selftest]",
+        "calibrate[trtllm-engine/int8_sq]",
+        "build[trtllm-engine/int8_sq/selftest]",
+        "gate_engine[trtllm-engine/int8_sq/gate]",
+        "gate[trtllm-engine/int8_sq/selftest]",
+        "publish[trtllm-engine/int8_sq/selftest]",
         *(f"serve {route}" for route in ROUTES),
     ]
     assert report.ok and all(c.ok for c in report.checks)
@@ -182,7 +182,7 @@ def test_a_failed_gate_fails_the_selftest_and_skips_serving(repo_root, tmp_path)
     serve = StandInServer()
     report = selftest(tmp_path, repo_root, serve=serve, gate_ok=lambda ctx: False)
     result = {c.name: c.ok for c in report.checks}
-    assert result["gate[int8_sq/selftest]"] is False and result["publish[int8_sq/selftest]"] is False
+    assert result["gate[trtllm-engine/int8_sq/selftest]"] is False and result["publish[trtllm-engine/int8_sq/selftest]"] is False
     assert result["serve"] is None and not serve.calls and not report.ok
 
 
@@ -260,7 +260,7 @@ def published_cpu_version(tmp_path):
 
     config = config_with(tmp_path)
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
-    return published_repository(config, "int8_sq", "latency")
+    return published_repository(config, "trtllm-engine", "int8_sq", "latency")
 
 
 def test_the_selftest_serves_a_view_and_the_version_stays_as_published(tmp_path, monkeypatch):

@@ -129,9 +129,9 @@ def test_contract_pytorch_column_of_the_format_table():
         for precision in (Precision.fp16, Precision.bf16, Precision.int8_wo, Precision.int4_awq):
             assert pytorch.format_problem(precision, "fp16", target) is None
         gap = pytorch.format_problem(Precision.int8_sq, "fp16", target)
-        assert gap.part == "precision" and 'target.backend = "trtllm-engine" runs it' in gap.problem
+        assert gap.part == "precision" and 'the trtllm-engine backend runs it' in gap.problem
         gap = pytorch.format_problem(Precision.int8_wo, "int8", target)
-        assert gap.part == "kv_cache" and 'target.backend = "trtllm-engine" runs it' in gap.problem
+        assert gap.part == "kv_cache" and 'the trtllm-engine backend runs it' in gap.problem
         assert engine.format_problem(Precision.int8_sq, "int8", target) is None
         fp8 = pytorch.format_problem(Precision.fp8, "fp16", target)
         assert (fp8 is None) == (target.sm >= 89)
@@ -160,13 +160,13 @@ def test_int8_sq_or_int8_kv_on_the_pytorch_backend_is_one_line_exit_2(tmp_path, 
         )
     with pytest.raises(ConfigError) as info:
         parse_config(text, "job.toml", tmp_path)
-    assert info.value.field == field and 'target.backend = "trtllm-engine"' in info.value.problem
+    assert info.value.field == field and "the trtllm-engine backend runs it" in info.value.problem
     config = tmp_path / "job.toml"
     config.write_text(text)
     assert main(["plan", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith(f"ERROR job.toml: {field}: ") or f"{field}: " in err.splitlines()[0]
-    assert 'target.backend = "trtllm-engine" runs it' in err.splitlines()[0] and "Traceback" not in err
+    assert 'the trtllm-engine backend runs it' in err.splitlines()[0] and "Traceback" not in err
 
 
 def test_the_pytorch_backend_is_refused_on_the_cpu(tmp_path):
@@ -183,8 +183,8 @@ def _plans(tmp_path, text=PYTORCH_ON_A100):
     config = parse_config(text, "job.toml", tmp_path)
     arch = find_architecture(config)
     return config, {
-        (p.value, prof.name): plan_profile(config, arch, p, prof.name)
-        for p in config.quantization.precisions
+        (p.value, prof.name): plan_profile(config, arch, b, p, prof.name)
+        for b, p in config.variants
         for prof in config.profiles
     }
 
@@ -304,7 +304,7 @@ def test_a_load_that_upstream_refuses_fails_the_build(tmp_path, tensorrt_llm, mo
     monkeypatch.setattr(_TorchLlmArgs, "model_fields", {"model": None})  # a release without these fields
     report = _run_builds(config, store, tasks, _write_hf_config, _write_dummy_checkpoint, FakeHost())
     assert report.error is not None and "llm-load.log" in str(report.error)
-    assert not list((tmp_path / "work" / "store").glob("build/*/*/[!.]*"))  # no build artifact
+    assert not list((tmp_path / "work" / "store").glob("build/*/*/*/[!.]*"))  # no build artifact
 
 
 def test_the_pytorch_build_host_needs_no_trtllm_build():
@@ -335,7 +335,8 @@ def test_dry_run_shows_each_profiles_options_file(tmp_path, capsys, monkeypatch)
     builds = {t.id: t.commands for t in dry.tasks if t.stage == "build"}
     assert len(builds) == 4
     for task_id, (command,) in builds.items():
-        precision, profile = task_id.split("[")[1].rstrip("]").split("/")
+        backend, precision, profile = task_id.split("[")[1].rstrip("]").split("/")
+        assert backend == "trtllm-pytorch"
         (file,) = command.files
         assert file.path.endswith(f"/engine/{OPTIONS_FILE}")
         assert json.loads(file.text) == llm_api_options(

@@ -1,9 +1,11 @@
 """The backend seam: what the pipeline asks of a runtime, and the records a runtime leaves behind.
 
 A backend is one runtime that runs a precision on a target: `trtllm-engine` (TensorRT-LLM 1.2.1
-engines, `trtllm-build`, Triton's C++ tensorrtllm backend) and `reference` (the CPU runtime in
-pipeline.runtime, which plays the engine in CI and the demo). The stages, commands and executor hold
-a `Backend` (pipeline.backends.backend_of) and ask it; none of them asks which runtime it is.
+engines, `trtllm-build`, Triton's C++ tensorrtllm backend), `trtllm-pytorch` (its PyTorch backend, the
+LLM API over a Hugging Face checkpoint), and on the CPU the reference runtime (pipeline.runtime)
+playing either (`reference`, `reference-pytorch`) in CI and the demo. A task names the backend it is
+for (Task.backend, a config [[backends]] name); the stages, commands and executor hold the `Backend`
+that plays it on the target (pipeline.backends.backend_of) and ask it; none asks which runtime it is.
 
 Every backend writes an engine/ folder with `build_info.json` (EngineInfo), which names the backend
 that built it: whoever loads the engine later (gate, bench, smoke, the served Python model) is sent
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pipeline.core.errors import InputError
 from pipeline.facts import layout
 from pipeline.facts.container import ServingContainer
+from pipeline.facts.layout import CheckpointKind
 from pipeline.facts.targets import LEGACY_CPU_TARGET
 
 if TYPE_CHECKING:
@@ -206,8 +209,14 @@ class Backend(Protocol):
     tensorrtllm repository `serving` describes today: that one grows a repository kind with it.
     """
 
-    name: str  # the config's `target.backend`, and what build_info.json records
+    name: str  # what build_info.json records (and the old single-backend form's `target.backend`)
     description: str
+    # The GPU runtime whose artifacts it makes: the config's [[backends]] name (itself on a GPU; the
+    # reference runtimes play one on the CPU).
+    plays: str
+    # What calibrate exports for it (pipeline.facts.layout): the TensorRT-LLM checkpoint, or ModelOpt's
+    # unified Hugging Face checkpoint.
+    checkpoint: CheckpointKind
 
     # --- the config ---------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from pipeline.backends.trtllm_engine.engine import (
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import InputError, StageError
 from pipeline.facts import layout
-from pipeline.facts.formats import FormatGap, Precision
+from pipeline.facts.formats import FormatGap, Precision, missing_kernels
 from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
@@ -60,7 +60,9 @@ CPU_SERVER = "nvidia-pytriton==0.7.0 (tritonserver 2.51.0, Python backend)"
 
 class ReferenceBackend:
     name = "reference"
-    description = "the PyTorch reference runtime on the CPU (runs the exported checkpoint; CI and demo)"
+    description = "the PyTorch reference runtime on the CPU playing trtllm-engine (its checkpoint; CI and demo)"
+    plays = "trtllm-engine"
+    checkpoint = "tensorrt-llm"
 
     def unavailable_on(self, target: Target) -> str | None:
         if target.sm is not None:
@@ -68,7 +70,9 @@ class ReferenceBackend:
         return None
 
     def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
-        return None  # it emulates every format's arithmetic, so no GPU architecture limits it
+        # It emulates every format's arithmetic, so no GPU architecture limits it; it refuses what the
+        # backend it plays has no kernels for on any GPU.
+        return missing_kernels(self.plays, precision, kv_cache_dtype)
 
     def task_resources(self, stage: str, target: Target) -> TaskResources:
         from pipeline.execution.resources import TaskResources
@@ -129,7 +133,7 @@ class ReferenceBackend:
     ) -> PlannedCommand:
         return PlannedCommand(
             purpose=f"serve and check {precision}/{profile} on the bundled tritonserver",
-            argv=["trtllm-pipeline", "smoke", "--precision", precision, "--profile", profile],
+            argv=["trtllm-pipeline", "smoke", "--backend", self.plays, "--precision", precision, "--profile", profile],
         )
 
     def bench_runtime(self) -> str:
@@ -234,7 +238,7 @@ def pack_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Engi
     engine_config = reference_engine_config(checkpoint_config, build_config)
     (engine_dir / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n")
     info = EngineInfo(
-        backend=ctx.config.target.backend, target=ctx.config.target.gpu, torch_version=torch.__version__
+        backend=ctx.backend.name, target=ctx.config.target.gpu, torch_version=torch.__version__
     )
     write_engine_info(engine_dir, info)
 

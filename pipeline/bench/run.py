@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.backends import backend_of, load_runner
+from pipeline.backends import BACKENDS, load_runner, read_engine_info
 from pipeline.backends.base import Backend
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
 from pipeline.bench.harness import Clock, measure_engine
@@ -78,11 +78,20 @@ def find_engines(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
+    backends: set[str] | None = None,
     stages: Mapping[str, Stage] = STAGES,
 ) -> BenchInputs:
     """The build artifacts that are up to date for `config`, each with the gate that judged it (passed
     or not) when that gate is current too; warns about the engines that are not up to date."""
-    tasks = select_tasks(plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles)
+    tasks = select_tasks(
+        plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles, backends=backends
+    )
+    measured = {t.backend for t in tasks if t.backend is not None}
+    if len(measured) > 1:
+        raise InputError(
+            f"bench measures one backend at a time; these are selected: {', '.join(sorted(measured))}",
+            hint="choose one with --backend",
+        )
     results = status(config, store, tasks, stages)
     gates = {
         (r.task.precision, r.task.profile): r.path
@@ -271,19 +280,26 @@ def run_bench(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
+    backends: set[str] | None = None,
     clock: Clock = time.perf_counter,
     stages: Mapping[str, Stage] = STAGES,
 ) -> tuple[BenchReport, dict[str, Path]]:
-    """Measure every up-to-date engine, write bench.json, bench.md and the plots into out_dir."""
+    """Measure every up-to-date engine of one backend, write bench.json, bench.md and the plots into out_dir."""
     found = find_engines(
-        config, store, reporter=reporter, precisions=precisions, profiles=profiles, stages=stages
+        config,
+        store,
+        reporter=reporter,
+        precisions=precisions,
+        profiles=profiles,
+        backends=backends,
+        stages=stages,
     )
     if settings.server_url is not None and len(found.engines) != 1:
         raise InputError(
             f"--server-url measures the one engine the server publishes; {len(found.engines)} are selected",
             hint="choose it with --precision and --profile",
         )
-    backend = backend_of(config)
+    backend = BACKENDS[read_engine_info(found.engines[0].engine_dir).backend]
     arch = find_architecture(config, found.model_dir)
     facts = {e: read_engine_facts(e.engine_dir) for e in found.engines}
     # Every engine of one config holds the same model: the first one's config says which.

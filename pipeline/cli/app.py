@@ -16,6 +16,7 @@ import typer
 from pipeline.cli.options import (
     DEFAULT_WORK_DIR,
     ArchOpt,
+    BackendOpt,
     CalibDirOpt,
     ConfigOpt,
     DebugOpt,
@@ -79,6 +80,7 @@ def _stage_command(stages: frozenset[str], name: str, help_text: str) -> None:
         no_wait: NoWaitOpt = False,
         precision: PrecisionOpt = None,
         profile: ProfileOpt = None,
+        backend: BackendOpt = None,
         allow_arch_mismatch: ArchOpt = False,
         visualize: VisualizeOpt = False,
         dry_run: DryRunOpt = False,
@@ -95,6 +97,7 @@ def _stage_command(stages: frozenset[str], name: str, help_text: str) -> None:
             force=stages if force else frozenset(),
             precisions=frozenset(precision or ()),
             profiles=frozenset(profile or ()),
+            backends=frozenset(backend or ()),
             no_wait=no_wait,
             allow_arch_mismatch=allow_arch_mismatch,
             debug=debug,
@@ -121,7 +124,8 @@ def _run(config, work_dir: Path, request, as_json: bool) -> None:
         print(result.report_path.read_text())
     else:
         console = _console()
-        title = f"trtllm-pipeline ({config.model.name} on {config.target.gpu}, {config.target.backend})"
+        backends = ", ".join(b.name for b in config.backends)
+        title = f"trtllm-pipeline ({config.model.name} on {config.target.gpu}, {backends})"
         console.print(results_table(title, result.report.results))
         console.print(f"report: {result.report_path}")
     if result.error is not None:
@@ -234,6 +238,7 @@ def bench_command(
     ] = None,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
+    backend: BackendOpt = None,
     input_len: Annotated[
         int, typer.Option("--input-len", min=1, help="Prompt tokens (clamped to each profile).")
     ] = 128,
@@ -280,8 +285,9 @@ def bench_command(
 
     cfg = _load(config, debug)
     precisions, profiles = frozenset(precision or ()), frozenset(profile or ())
+    backends = frozenset(backend or ())
     if nsys:
-        check_filters(cfg, precisions, profiles)
+        check_filters(cfg, precisions, profiles, backends)
         err = _console(stderr=True)
         say = lambda line: err.print(line, soft_wrap=True)  # noqa: E731
         raise typer.Exit(profile_bench(out or default_out_dir(work_dir), Invocation.argv, say=say))
@@ -301,6 +307,7 @@ def bench_command(
         out_dir=out,
         precisions=precisions,
         profiles=profiles,
+        backends=backends,
         no_wait=no_wait,
     )
     if as_json:
@@ -360,6 +367,7 @@ def smoke_command(
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
+    backend: BackendOpt = None,
     prompts: Annotated[int, typer.Option("--prompts", min=1, help="How many of gate.prompts to send.")] = 2,
     max_tokens: Annotated[
         int | None,
@@ -380,6 +388,7 @@ def smoke_command(
         reporter=RichReporter(console),
         precisions=frozenset(precision or ()),
         profiles=frozenset(profile or ()),
+        backends=frozenset(backend or ()),
         prompts=prompts,
         max_tokens=max_tokens,
     )

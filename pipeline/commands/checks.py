@@ -9,9 +9,18 @@ from pipeline.core.paths import dir_problem
 from pipeline.facts.config import PipelineConfig
 
 
-def check_filters(config: PipelineConfig, precisions: frozenset[str], profiles: frozenset[str]) -> None:
-    """--precision and --profile name what the config has."""
-    known_precisions = {p.value for p in config.quantization.precisions}
+def check_filters(
+    config: PipelineConfig,
+    precisions: frozenset[str],
+    profiles: frozenset[str],
+    backends: frozenset[str] = frozenset(),
+) -> None:
+    """--precision, --profile and --backend name what the config has."""
+    known_backends = {b.name for b in config.backends}
+    for b in sorted(backends):
+        if b not in known_backends:
+            raise InputError(f"--backend {b}: not in the config's backends ({', '.join(sorted(known_backends))})")
+    known_precisions = {p.value for b, p in config.variants if not backends or b in backends}
     for p in sorted(precisions):
         if p not in known_precisions:
             raise InputError(

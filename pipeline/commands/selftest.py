@@ -137,7 +137,7 @@ def selftest_config(target: str, work_dir: Path, data_dir: Path) -> PipelineConf
         "publish": {"destination": work_dir.absolute() / "model_repository"},
     }
     config = PipelineConfig.model_validate(data)
-    current = variant_destination(config, PRECISION.value, PROFILE["name"]) / CURRENT
+    current = variant_destination(config, BACKEND, PRECISION.value, PROFILE["name"]) / CURRENT
     publish = config.publish.model_copy(update={"mount_path": str(current)})
     return config.model_copy(update={"publish": publish})
 
@@ -201,7 +201,7 @@ def run_selftest(
 
     t0 = time.perf_counter()
     try:
-        repository = published_repository(config, PRECISION.value, PROFILE["name"])
+        repository = published_repository(config, BACKEND, PRECISION.value, PROFILE["name"])
         report.repository = str(repository.resolve())
         prompts = load_texts(config.gate.prompts, limit=1).texts
         answers = (serve or serve_in_container)(repository, prompts, MAX_TOKENS, work_dir / "serve")

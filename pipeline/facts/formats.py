@@ -252,12 +252,9 @@ def builds_paged_context_fmha(requested: bool, kv: KvCacheFormat) -> bool:
     return requested and kv.keeps_paged_context_fmha
 
 
-def unsupported_on_gpu(
-    backend: str, precision: Precision | str, kv_cache_dtype: str, sm: int
-) -> FormatGap | None:
-    """Why GPU backend `backend` cannot run the format on architecture `sm`, or None; a format that
-    another GPU backend runs there names it. Whether these limits apply at all is the backend's to say
-    (pipeline.backends: the reference runtime emulates every format on the CPU)."""
+def missing_kernels(backend: str, precision: Precision | str, kv_cache_dtype: str) -> FormatGap | None:
+    """Why GPU backend `backend` has no kernels for the format on any GPU, or None; names the backend that
+    has. The reference runtime playing `backend` on the CPU refuses the same formats."""
     fmt, kv = weight_format(precision), kv_cache_format(precision, kv_cache_dtype)
     parts = (
         ("precision", fmt.precision.value, fmt.kernels),
@@ -266,11 +263,25 @@ def unsupported_on_gpu(
     for part, name, kernels in parts:
         own = kernels[backend]
         if own.missing is not None:
-            runs = [b for b, k in kernels.items() if k.missing is None and (k.min_sm or 0) <= sm]
-            instead = "".join(f'; target.backend = "{b}" runs it' for b in runs)
+            runs = [b for b, k in kernels.items() if k.missing is None]
+            instead = "".join(f'; the {b} backend runs it (backends = [{{ name = "{b}", ... }}])' for b in runs)
             return FormatGap(part, f"{name} does not run on the {backend} backend: {own.missing}{instead}")
-        if own.min_sm is not None and sm < own.min_sm:
-            return FormatGap(part, f"{name} needs sm{own.min_sm} or newer")
+    return None
+
+
+def unsupported_on_gpu(
+    backend: str, precision: Precision | str, kv_cache_dtype: str, sm: int
+) -> FormatGap | None:
+    """Why GPU backend `backend` cannot run the format on architecture `sm`, or None (missing_kernels,
+    then each part's oldest architecture)."""
+    gap = missing_kernels(backend, precision, kv_cache_dtype)
+    if gap is not None:
+        return gap
+    fmt, kv = weight_format(precision), kv_cache_format(precision, kv_cache_dtype)
+    for name, kernels in ((fmt.precision.value, fmt.kernels), (f"a {kv.name} KV cache", kv.kernels)):
+        min_sm = kernels[backend].min_sm
+        if min_sm is not None and sm < min_sm:
+            return FormatGap("precision" if kernels is fmt.kernels else "kv_cache", f"{name} needs sm{min_sm} or newer")
     return None
 
 

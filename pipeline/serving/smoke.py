@@ -194,17 +194,17 @@ def ask_server(url: str, prompts: list[str], expected: list[str], *, max_tokens:
     return checks
 
 
-def published_repository(config: PipelineConfig, precision: str, profile: str) -> Path:
+def published_repository(config: PipelineConfig, backend: str, precision: str, profile: str) -> Path:
     """The current published version of a variant (what `publish` last released)."""
     from pipeline.serving.release import CURRENT
     from pipeline.stages.publish import variant_destination
 
-    path = variant_destination(config, precision, profile) / CURRENT
+    path = variant_destination(config, backend, precision, profile) / CURRENT
     if not path.is_dir():
         raise InputError(
             "nothing published for this variant",
             path=path,
-            hint=f"run `trtllm-pipeline publish --precision {precision} --profile {profile}` first",
+            hint=f"run `trtllm-pipeline publish --backend {backend} --precision {precision} --profile {profile}` first",
         )
     return path
 
@@ -216,6 +216,7 @@ def smoke_published(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
+    backends: set[str] | None = None,
     prompts: int = 2,
     max_tokens: int | None = None,
 ) -> list[SmokeReport]:
@@ -224,15 +225,17 @@ def smoke_published(
 
     texts = load_texts(config.gate.prompts, limit=prompts).texts
     reports = []
-    for precision in config.quantization.precisions:
+    for backend, precision in config.variants:
         for profile in config.profiles:
-            if (precisions and precision.value not in precisions) or (
-                profiles and profile.name not in profiles
+            if (
+                (precisions and precision.value not in precisions)
+                or (profiles and profile.name not in profiles)
+                or (backends and backend not in backends)
             ):
                 continue
-            repository = published_repository(config, precision.value, profile.name)
+            repository = published_repository(config, backend, precision.value, profile.name)
             require_intact(repository, "refusing to serve it")
-            reporter.info(f"smoke {precision.value}/{profile.name}: serving {repository.resolve()}")
+            reporter.info(f"smoke {backend}/{precision.value}/{profile.name}: serving {repository.resolve()}")
             smoke_one = run_release_smoke if _is_pytorch_release(repository) else run_smoke
             reports.append(
                 smoke_one(

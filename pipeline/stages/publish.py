@@ -2,7 +2,7 @@
 
 The artifact (ctx.out_dir/repository) is the rendered repository itself, with
 the engine hardlinked from the build artifact; it is then released to
-`<publish.destination>/<model>/<precision>/<profile>/<version>/` (see
+`<publish.destination>/<model>/<backend>/<precision>/<profile>/<version>/` (see
 pipeline.serving.release). One repository per precision x profile: the
 TensorRT-LLM backend's ensemble refers to its models by fixed names, and each
 engine has its own max_batch_size, so variants side by side in one repository
@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.backends import backend_of
-from pipeline.backends.base import BUILD_INFO, EngineInfo, TritonServing, read_engine_info
+from pipeline.backends.base import EngineInfo, TritonServing, read_engine_info
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config, supports_chunked_context
 from pipeline.backends.trtllm_pytorch.options import OPTIONS_FILE as LLM_API_OPTIONS
 from pipeline.core.errors import GateFailedError, InputError
@@ -88,7 +87,7 @@ class Publish(Stage):
         return {
             "publish": config.publish.model_dump(mode="json"),
             "target": config.target.gpu,
-            "backend": config.target.backend,
+            "backend": task.backend,
             "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
             # Templates and model code ship in the package: an edit republishes.
             "serving_files": _serving_files_digest(),
@@ -97,14 +96,14 @@ class Publish(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         config = ctx.config
         fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
-        slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
+        slot = variant_destination(config, ctx.backend.plays, ctx.precision.value, ctx.profile.name)
         check_destination(slot)
         for artifact in (fetch, build, gate):
             _require_intact(artifact)
         gate_report = _check_gate(gate, ctx.task)
         engine_dir = layout.engine_dir(build.path)
         built = read_engine_info(engine_dir)
-        serving = backend_of(config).serving(config)
+        serving = ctx.backend.serving(config)
         repository = ctx.out_dir / layout.REPOSITORY
         if (engine_dir / LLM_API_OPTIONS).is_file():
             placed, engine_ref, serving_ref = _pytorch_release(ctx, repository, build, built, serving)
@@ -253,10 +252,9 @@ def _pytorch_release(
         str(engine_dir), built, None, target=TARGETS[config.target.gpu], container=serving.container
     )
     options = read_options(engine_dir / LLM_API_OPTIONS)
-    # The options go to both consumers' own files; build_info.json is the build's record, not the model's.
-    checkpoint = {
-        rel: sha for rel, sha in _engine_files(build).items() if rel not in (LLM_API_OPTIONS, BUILD_INFO)
-    }
+    # The options reach both consumers through their own files; build_info.json stays with the checkpoint,
+    # as with an engine, naming what built it and for which target.
+    checkpoint = {rel: sha for rel, sha in _engine_files(build).items() if rel != LLM_API_OPTIONS}
     placed = write_release(
         repository,
         model=config.model.name,
@@ -304,9 +302,9 @@ def _serving_files_digest() -> str:
     return fingerprint_key(digests)
 
 
-def variant_destination(config: PipelineConfig, precision: str, profile: str) -> Path:
+def variant_destination(config: PipelineConfig, backend: str, precision: str, profile: str) -> Path:
     """The folder whose numbered versions (and `current`) hold one variant's repository."""
-    return config.publish.destination / config.model.name / precision / profile
+    return config.publish.destination / config.model.name / backend / precision / profile
 
 
 def _check_gate(gate: Artifact, task: Task) -> Path:

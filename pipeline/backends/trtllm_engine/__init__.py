@@ -52,6 +52,8 @@ ANY_GPU_STAGES = frozenset({"calibrate"})
 
 class TrtllmEngineBackend:
     name = "trtllm-engine"
+    plays = "trtllm-engine"
+    checkpoint = "tensorrt-llm"
     description = "TensorRT-LLM 1.2.1 engines (trtllm-build), served by Triton's tensorrtllm backend"
 
     def unavailable_on(self, target: Target) -> str | None:

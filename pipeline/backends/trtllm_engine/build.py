@@ -158,7 +158,7 @@ def build_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Eng
     graph = network_files(layout.network_dir(paths.out_dir)) if ctx.config.build.visualize else []
     gpu = env.gpus[0]
     info = EngineInfo(
-        backend=ctx.config.target.backend,
+        backend=ctx.backend.name,
         target=target.name,
         gpu_name=gpu.name,
         sm=gpu.sm,
@@ -188,8 +188,8 @@ def planned_build(
     if arch is None:
         note = "the argv needs the model's config.json: run `trtllm-pipeline fetch` first"
         return [PlannedCommand(purpose=purpose, argv=[], notes=[note])]
-    assert task.precision is not None and task.profile is not None, f"{task.id} is not a build"
-    plan = plan_profile(config, arch, Precision(task.precision), task.profile)
+    assert task.backend and task.precision and task.profile, f"{task.id} is not a build"
+    plan = plan_profile(config, arch, task.backend, Precision(task.precision), task.profile)
     argv = build_argv(
         config,
         config.profile(task.profile),

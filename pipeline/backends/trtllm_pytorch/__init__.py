@@ -56,6 +56,8 @@ def _not_yet(what: str) -> InputError:
 
 class TrtllmPytorchBackend:
     name = "trtllm-pytorch"
+    plays = "trtllm-pytorch"
+    checkpoint = "hf-unified"
     description = "TensorRT-LLM 1.2.1's PyTorch backend (LLM API): a Hugging Face checkpoint and its options"
 
     def unavailable_on(self, target: Target) -> str | None:

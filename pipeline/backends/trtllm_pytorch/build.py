@@ -71,7 +71,7 @@ def build_options(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> En
     ctx.log.info("the runtime reports: %s", report.read_text())
     gpu = env.gpus[0]
     info = EngineInfo(
-        backend=ctx.config.target.backend,
+        backend=ctx.backend.name,
         target=target.name,
         gpu_name=gpu.name,
         sm=gpu.sm,
@@ -92,8 +92,8 @@ def planned_build(
     if arch is None:
         note = "the options need the model's config.json: run `trtllm-pipeline fetch` first"
         return [PlannedCommand(purpose=purpose, argv=[], notes=[note])]
-    assert task.precision is not None and task.profile is not None, f"{task.id} is not a build"
-    plan = plan_profile(config, arch, Precision(task.precision), task.profile)
+    assert task.backend and task.precision and task.profile, f"{task.id} is not a build"
+    plan = plan_profile(config, arch, task.backend, Precision(task.precision), task.profile)
     options = llm_api_options(config, config.profile(task.profile), plan)
     engine_dir = paths.engine_dir
     out_dir = paths.out_dir

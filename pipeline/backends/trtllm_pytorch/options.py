@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Profile
 from pipeline.facts.formats import kv_cache_format
 from pipeline.planning.memory import KV_FREE_FRACTION, ProfilePlan
 
-OPTIONS_FILE = "llm_api_options.yaml"
+OPTIONS_FILE = layout.LLM_API_OPTIONS
 
 # Each LLM API model's fields that the options use, by the dotted path of the option that holds them.
 LLM_API_FIELDS: dict[str, frozenset[str]] = {
