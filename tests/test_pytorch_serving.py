@@ -26,6 +26,7 @@ Upstream behaviours relied on, read where stated:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,19 @@ def test_reference_runtime_over_the_hf_checkpoint_matches_transformers(tiny_mode
     with torch.inference_mode():
         theirs = hf(torch.tensor([ids])).logits[0].float()
     assert torch.allclose(ours, theirs, atol=1e-3 * theirs.abs().max().item(), rtol=0)
+
+
+def test_a_quantized_unified_checkpoint_is_refused_by_the_stand_ins_in_one_line(tmp_path, tiny_model_dir):
+    import shutil
+
+    from pipeline.core.errors import InputError
+
+    model = tmp_path / "quantized"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "hf_quant_config.json").write_text('{"quantization": {"quant_algo": "W4A16_AWQ"}}')
+    with pytest.raises(InputError) as info:
+        StandInLLM(model, OPTIONS)
+    assert "quantized unified checkpoint" in info.value.message and "\n" not in info.value.message
 
 
 # --- both consumers, served ---------------------------------------------------------------------------
@@ -307,6 +321,14 @@ def test_publish_writes_a_pytorch_build_as_a_verified_release_for_the_container(
     # The options reach the consumers through their own files; build_info.json travels with the checkpoint.
     assert "checkpoint/tiny-mistral/build_info.json" in files
     assert "checkpoint/tiny-mistral/llm_api_options.yaml" not in files
+    # smoke serves CPU releases only: this one is for its container, which the message names.
+    from pipeline.core.errors import MissingDependencyError
+    from pipeline.serving.smoke import run_pytorch_smoke
+
+    with pytest.raises(MissingDependencyError, match=r"nvcr\.io/nvidia/tritonserver:26\.04"):
+        run_pytorch_smoke(
+            version, PROMPTS, max_tokens=1, work_dir=tmp_path / "smoke", reporter=RecordingReporter()
+        )
     # A checkpoint loaded by another TensorRT-LLM than the container's is refused before anything is written.
     other = tmp_path / "other"
     other.mkdir()
@@ -344,3 +366,95 @@ def test_smoke_command_serves_a_published_cpu_release_both_ways(tmp_path, tiny_m
         "llmapi/generate_stream",
         "openai /v1/chat/completions (stream)",
     }
+
+
+# --- gpu-selftest's PyTorch rows (pipeline.serving.pytorch.gpu_check), TensorRT-LLM stood in for ---------
+
+
+class _Output:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _RequestOutput:
+    def __init__(self, text: str, finished: bool) -> None:
+        self.outputs, self.finished = [_Output(text)], finished
+
+
+class _SamplingParams:
+    def __init__(self, *, max_tokens: int, top_k: int) -> None:
+        self.max_tokens, self.top_k = max_tokens, top_k
+
+
+class _LLM:
+    """tensorrt_llm.LLM as llmapi/llm.py shapes it: LLM(model, **options); generate(prompt, params) ->
+    RequestOutput; generate_async(prompt, params, streaming=True) -> an async iterator of RequestOutputs
+    whose outputs[0].text is cumulative (executor/result.py); shutdown(). The reference runtime
+    computes (StandInLLM)."""
+
+    deltas = False  # True: a broken stand-in that streams deltas, which the streamed row must catch
+
+    def __init__(self, model: str, **options) -> None:
+        self.llm = StandInLLM(Path(model), options)
+
+    def generate(self, prompt, params):
+        done = self.llm.generate(self.llm.encode(prompt), max_tokens=params.max_tokens, top_k=params.top_k)
+        return _RequestOutput(done.text, True)
+
+    async def generate_async(self, prompt, params, streaming=False):
+        steps = []
+        self.llm.generate(
+            self.llm.encode(prompt),
+            max_tokens=params.max_tokens,
+            top_k=params.top_k,
+            on_step=lambda c: steps.append((c.text_diff if self.deltas else c.text, c.finished)),
+        )
+        for text, finished in steps:
+            yield _RequestOutput(text, finished)
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture
+def tensorrt_llm_on_path(monkeypatch, tmp_path):
+    """A tensorrt_llm module with _LLM, and a `trtllm-serve` on PATH that runs the CPU stand-in."""
+    import sys
+    import types
+
+    module = types.ModuleType("tensorrt_llm")
+    module.LLM, module.SamplingParams = _LLM, _SamplingParams
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", module)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "trtllm-serve"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m pipeline.serving.pytorch.openai_server "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return module
+
+
+def test_gpu_check_rows_load_generate_stream_and_ask_the_bundles_trtllm_serve(
+    cpu_release, tmp_path, tensorrt_llm_on_path, monkeypatch
+):
+    import shutil
+
+    from pipeline.serving.pytorch import gpu_check
+
+    release = tmp_path / "release"
+    shutil.copytree(cpu_release, release)
+    out = tmp_path / "rows.json"
+    assert gpu_check.main([str(release), PROMPTS[0], str(MAX_TOKENS), str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == [
+        gpu_check.LOAD,
+        gpu_check.GENERATE,
+        gpu_check.STREAM,
+        gpu_check.OPENAI,
+    ]
+    assert all(r["ok"] for r in rows), rows
+
+    monkeypatch.setattr(_LLM, "deltas", True)
+    assert gpu_check.main([str(release), PROMPTS[0], str(MAX_TOKENS), str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())}
+    assert rows[gpu_check.STREAM]["ok"] is False and rows[gpu_check.GENERATE]["ok"] is True

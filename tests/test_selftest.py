@@ -20,6 +20,7 @@ from pipeline.cli import main
 from pipeline.commands.dryrun import plan_run
 from pipeline.commands.selftest import (
     REPORT_NAME,
+    Check,
     ContainerTritonServer,
     SelftestReport,
     reference_in_child,
@@ -35,6 +36,7 @@ from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.hub.tiny_model import generate_tiny_mistral, tiny_spec
 from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks
+from pipeline.serving.pytorch.gpu_check import GENERATE, LOAD, OPENAI, STREAM
 from pipeline.serving.release import CURRENT
 from pipeline.serving.server import TritonInstall
 from pipeline.serving.smoke import ROUTES, SmokeCheck
@@ -133,6 +135,14 @@ class StandInServer:
         return [SmokeCheck(route, prompts[0], "the answer", self.got) for route in ROUTES]
 
 
+# What pipeline.serving.pytorch.gpu_check reports (tests/test_pytorch_serving.py runs it).
+PYTORCH_ROWS = (LOAD, GENERATE, STREAM, OPENAI)
+
+
+def pytorch_rows(config, fetched, prompt, work_dir):
+    return [Check(name=name, ok=True, detail="'the answer'") for name in PYTORCH_ROWS]
+
+
 def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A100):
     work = tmp_path / "st"
     config = selftest_config("a100-40gb", work, repo_root / "calib_data")
@@ -143,6 +153,7 @@ def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A
         runner=FakeTensorRTLLM(gpu=gpu),
         stages=publishing_stages(config, gate_ok),
         serve=serve or StandInServer(),
+        pytorch=pytorch_rows,
     )
 
 
@@ -159,6 +170,7 @@ def test_a_passing_selftest_reports_every_step_and_writes_its_json(repo_root, tm
         "gate[trtllm-engine/int8_sq/selftest]",
         "publish[trtllm-engine/int8_sq/selftest]",
         *(f"serve {route}" for route in ROUTES),
+        *PYTORCH_ROWS,
     ]
     assert report.ok and all(c.ok for c in report.checks)
     assert report.target == "a100-40gb" and report.container == SERVING_CONTAINER.tag

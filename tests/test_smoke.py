@@ -58,7 +58,9 @@ def published(tmp_path_factory, tiny_model_dir):
     )
     report = run_publish(config, tmp / "work", upstream, profile=PROFILE)
     assert report.error is None, report.error
-    repository = config.publish.destination / "tiny-mistral" / "int8_sq" / PROFILE / "current"
+    repository = (
+        config.publish.destination / "tiny-mistral" / "trtllm-engine" / "int8_sq" / PROFILE / "current"
+    )
     return config, tmp / "pipeline.toml", repository
 
 
@@ -226,7 +228,7 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
     version = published[2].resolve()
     assert not list(version.rglob("__pycache__"))
     assert release.check_version(version).ok
-    view = config_path.parent / "work" / "smoke" / "int8_sq" / PROFILE / "repository"
+    view = config_path.parent / "work" / "smoke" / "trtllm-engine" / "int8_sq" / PROFILE / "repository"
     assert list(view.rglob("__pycache__"))  # it does write one where it may
     served = view / "tensorrt_llm" / "1" / "engine" / "rank0.safetensors"
     assert (
@@ -238,7 +240,7 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
 def test_smoke_refuses_a_version_that_differs_from_its_manifest(tmp_path, capsys):
     config = config_with(tmp_path, **CONFIG_CHANGES)
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
-    engine = config.publish.destination / "tiny-mistral/int8_sq/latency/1/tensorrt_llm/1/engine"
+    engine = config.publish.destination / "tiny-mistral/trtllm-engine/int8_sq/latency/1/tensorrt_llm/1/engine"
     (engine / "rank0.safetensors").unlink()
     (engine / "rank0.safetensors").write_bytes(b"engine bytes " * 64 + b"!")
     code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])

@@ -236,13 +236,13 @@ def smoke_published(
             repository = published_repository(config, backend, precision.value, profile.name)
             require_intact(repository, "refusing to serve it")
             reporter.info(f"smoke {backend}/{precision.value}/{profile.name}: serving {repository.resolve()}")
-            smoke_one = run_release_smoke if _is_pytorch_release(repository) else run_smoke
+            smoke_one = run_pytorch_smoke if _is_pytorch_release(repository) else run_smoke
             reports.append(
                 smoke_one(
                     repository,
                     texts,
                     max_tokens=max_tokens or config.gate.max_new_tokens,
-                    work_dir=work_dir / "smoke" / precision.value / profile.name,
+                    work_dir=work_dir / "smoke" / backend / precision.value / profile.name,
                     reporter=reporter,
                 )
             )
@@ -257,9 +257,9 @@ def _is_pytorch_release(repository: Path) -> bool:
     return manifest.serving.llmapi_repository is not None
 
 
-def run_release_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeReport:
+def run_pytorch_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeReport:
     """A PyTorch-backend release: its llmapi repository and trtllm-serve bundle, on the CPU stand-ins."""
-    from pipeline.serving.pytorch.smoke import run_release_smoke as smoke_both
+    from pipeline.serving.pytorch.smoke import run_release_smoke
     from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
     manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
@@ -269,7 +269,7 @@ def run_release_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeRe
             "trtllm-serve need TensorRT-LLM on a GPU",
             hint="serve it in the container named in publish-manifest.json (`run --dry-run` shows the commands)",
         )
-    report = smoke_both(serving_view(repository, kwargs["work_dir"]), prompts, **kwargs)
+    report = run_release_smoke(serving_view(repository, kwargs["work_dir"]), prompts, **kwargs)
     report.repository = repository
     return report
 

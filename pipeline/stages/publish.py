@@ -9,6 +9,10 @@ engine has its own max_batch_size, so variants side by side in one repository
 would need renamed copies of all five models; one per variant is also the unit
 a deployment rolls out and back.
 
+A PyTorch-backend build (a Hugging Face checkpoint with its LLM API options, no engine) is released
+the same way as Triton's llmapi repository and a trtllm-serve bundle over the one checkpoint
+(pipeline.serving.pytorch.release).
+
 Every check runs before anything is written at the destination: a failed gate,
 an input artifact whose files differ from its manifest, an engine folder
 without config.json, an engine built for another target or TensorRT(-LLM)

@@ -34,7 +34,7 @@ from pipeline.serving.repository import HELPERS, tokenizer_files
 
 MODEL_NAME = "tensorrt_llm"  # the llmapi model's name in its config.pbtxt
 MODEL_YAML = "model.yaml"
-OPTIONS_FILE = "llm_api_options.yaml"
+OPTIONS_FILE = layout.LLM_API_OPTIONS  # the build's file, under the same name
 CPU_MODEL = "llmapi_cpu"  # the project's Python model that plays upstream's model.py on the CPU
 # In the container, where the serve command mounts upstream's llmapi model code (model.py, helpers.py)
 # from a TensorRT-LLM checkout at the container's tag: the Triton docs ask to clone it, the image

@@ -29,7 +29,7 @@ from pipeline.facts import layout
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.models.tensornames import LlmApi
 from pipeline.serving.pytorch.llm import StandInLLM, read_options
-from pipeline.serving.pytorch.release import MODEL_NAME, OPTIONS_FILE, read_command
+from pipeline.serving.pytorch.release import MODEL_NAME, MODEL_YAML, OPTIONS_FILE, read_command
 from pipeline.serving.server import TritonInstall, TritonServer, free_port
 from pipeline.serving.smoke import SmokeCheck, SmokeReport
 
@@ -263,11 +263,9 @@ def run_release_smoke(
     install: TritonInstall | None = None,
 ) -> SmokeReport:
     """Serve `release` (a copy the servers may write into: serving_view) both ways and check every answer."""
-    import json
-
     llm, model = release_llm(release)
-    yaml_path = release / layout.LLMAPI_REPOSITORY / MODEL_NAME / "1" / "model.yaml"
-    decoupled = bool(json.loads(yaml_path.read_text())["triton_config"]["decoupled"])
+    model_yaml = read_options(release / layout.LLMAPI_REPOSITORY / MODEL_NAME / "1" / MODEL_YAML)
+    decoupled = bool(model_yaml["triton_config"]["decoupled"])
     report = SmokeReport(release)
     started = time.perf_counter()
     with TritonServer(
