@@ -91,6 +91,16 @@ def read_engine_info(engine_dir: Path) -> EngineInfo:
         raise InputError(f"unreadable ({exc.error_count()} errors)", path=path) from None
 
 
+def checkpoint_sha256(ctx: StageContext, name: str) -> str:
+    """A calibrated checkpoint file's sha256, from the calibrate manifest (the executor verified it)."""
+    rel = f"{layout.CHECKPOINT}/{name}"
+    calibrate = ctx.inputs["calibrate"]
+    entry = next((f for f in calibrate.manifest.files if f.path == rel), None)
+    if entry is None:
+        raise InputError("not in the calibrate manifest", path=calibrate.path / rel, hint="rerun calibrate")
+    return entry.sha256
+
+
 def write_engine_info(engine_dir: Path, info: EngineInfo) -> None:
     (engine_dir / BUILD_INFO).write_text(info.model_dump_json(indent=2) + "\n")
 
@@ -275,6 +285,11 @@ class Backend(Protocol):
         ...
 
     # --- run (gate, bench, smoke) -------------------------------------------------------------
+
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        """The limits its build gave the engine in engine_dir (an engine's build_config, or the LLM API
+        options): what every runner of it enforces."""
+        ...
 
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         """The engine in engine_dir, loaded, enforcing its profile's limits. max_batch_size lowers the
