@@ -130,9 +130,9 @@ def test_contract_pytorch_column_of_the_format_table():
         for precision in (Precision.fp16, Precision.bf16, Precision.int8_wo, Precision.int4_awq):
             assert pytorch.format_problem(precision, "fp16", target) is None
         gap = pytorch.format_problem(Precision.int8_sq, "fp16", target)
-        assert gap.part == "precision" and 'the trtllm-engine backend runs it' in gap.problem
+        assert gap.part == "precision" and "the trtllm-engine backend runs it" in gap.problem
         gap = pytorch.format_problem(Precision.int8_wo, "int8", target)
-        assert gap.part == "kv_cache" and 'the trtllm-engine backend runs it' in gap.problem
+        assert gap.part == "kv_cache" and "the trtllm-engine backend runs it" in gap.problem
         assert engine.format_problem(Precision.int8_sq, "int8", target) is None
         fp8 = pytorch.format_problem(Precision.fp8, "fp16", target)
         assert (fp8 is None) == (target.sm >= 89)
@@ -167,7 +167,7 @@ def test_int8_sq_or_int8_kv_on_the_pytorch_backend_is_one_line_exit_2(tmp_path, 
     assert main(["plan", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith(f"ERROR job.toml: {field}: ") or f"{field}: " in err.splitlines()[0]
-    assert 'the trtllm-engine backend runs it' in err.splitlines()[0] and "Traceback" not in err
+    assert "the trtllm-engine backend runs it" in err.splitlines()[0] and "Traceback" not in err
 
 
 def test_the_pytorch_backend_is_refused_on_the_cpu(tmp_path):

@@ -35,9 +35,9 @@ import torch
 from numerics import U32, UBF16, use_test_threads
 from test_gate import (  # noqa: F401  (module fixtures, shared)
     gate_models,
-    gate_settings,
-    reference,
-    tokenizer,
+    gate_settings,  # noqa: F811 (a fixture shared from another test module)
+    reference,  # noqa: F811 (a fixture shared from another test module)
+    tokenizer,  # noqa: F811 (a fixture shared from another test module)
 )
 from test_runtime import FUSED_LINEARS, SMOOTHING_ROUNDINGS, _effective_weight, _hf_linears, hf_model  # noqa: F401
 from test_trtllm_pytorch import StandInLLM
@@ -78,7 +78,9 @@ def _engine_dir(checkpoint: Path, dest: Path, options: dict | None = None) -> Pa
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_contract_the_unified_export_is_what_the_pytorch_backend_loads(tmp_path_factory, tiny_model_dir, precision):
+def test_contract_the_unified_export_is_what_the_pytorch_backend_loads(
+    tmp_path_factory, tiny_model_dir, precision
+):
     checkpoint = unified(tmp_path_factory, tiny_model_dir, precision)
     quant = json.loads((checkpoint / HF_QUANT_CONFIG).read_text())["quantization"]
     hf = json.loads((checkpoint / "config.json").read_text())
@@ -86,9 +88,9 @@ def test_contract_the_unified_export_is_what_the_pytorch_backend_loads(tmp_path_
     assert quant["exclude_modules"] == ["lm_head"] and quant["kv_cache_quant_algo"] is None
     assert (checkpoint / "tokenizer.json").is_file()  # the LLM API reads the tokenizer from the folder
     arch = Architecture.load(tiny_model_dir)
-    assert verify_unified(checkpoint, arch, quant_algo=QUANT_ALGOS[precision], kv_cache_quant_algo=None, dtype="bfloat16") == len(
-        expected_unified_tensors(arch, quant_algo=QUANT_ALGOS[precision], dtype="bfloat16")
-    )
+    assert verify_unified(
+        checkpoint, arch, quant_algo=QUANT_ALGOS[precision], kv_cache_quant_algo=None, dtype="bfloat16"
+    ) == len(expected_unified_tensors(arch, quant_algo=QUANT_ALGOS[precision], dtype="bfloat16"))
     names = set(expected_unified_tensors(arch, quant_algo=QUANT_ALGOS[precision], dtype="bfloat16"))
     prequant = {n.split(".")[-2] for n in names if n.endswith("pre_quant_scale")}
     # AWQ: only the linears that do not share their input keep a pre_quant_scale; the rest is in the norm.
@@ -114,7 +116,10 @@ def _edit(checkpoint: Path, dest: Path, *, config=None, quant=None, tensors=None
 BAD_EXPORTS = {
     "rope_theta dropped": ({"config": lambda c: c.pop("rope_theta")}, "rope_theta"),
     "kv heads changed": ({"config": lambda c: c.update(num_key_value_heads=2)}, "num_key_value_heads"),
-    "labelled W8A8": ({"quant": lambda q: q["quantization"].update(quant_algo="W8A8_SQ_PER_CHANNEL")}, "quant_algo"),
+    "labelled W8A8": (
+        {"quant": lambda q: q["quantization"].update(quant_algo="W8A8_SQ_PER_CHANNEL")},
+        "quant_algo",
+    ),
     "lm_head quantized": ({"quant": lambda q: q["quantization"].update(exclude_modules=[])}, "lm_head"),
     "a scale lost": (
         {"tensors": lambda t: t.pop("model.layers.0.self_attn.q_proj.weight_scale")},
@@ -124,12 +129,18 @@ BAD_EXPORTS = {
 
 
 @pytest.mark.parametrize("bad", BAD_EXPORTS)
-def test_the_verifier_refuses_a_unified_checkpoint_that_is_not_the_model(tmp_path, tmp_path_factory, tiny_model_dir, bad):
+def test_the_verifier_refuses_a_unified_checkpoint_that_is_not_the_model(
+    tmp_path, tmp_path_factory, tiny_model_dir, bad
+):
     edits, words = BAD_EXPORTS[bad]
     checkpoint = _edit(unified(tmp_path_factory, tiny_model_dir, "int8_wo"), tmp_path / "bad", **edits)
     with pytest.raises(CheckpointMismatchError) as info:
         verify_unified(
-            checkpoint, Architecture.load(tiny_model_dir), quant_algo="W8A16", kv_cache_quant_algo=None, dtype="bfloat16"
+            checkpoint,
+            Architecture.load(tiny_model_dir),
+            quant_algo="W8A16",
+            kv_cache_quant_algo=None,
+            dtype="bfloat16",
         )
     assert words in " ".join(info.value.problems)
 
@@ -141,7 +152,10 @@ def _fold(model: ReferenceModel, hf, index: int, name: str) -> torch.Tensor:
     """What the export folded into the norm before a linear (AWQ's shared pre_quant_scale), per input:
     the unified norm's weight over the source model's; ones where nothing was folded."""
     layer, source = model._weights.layers[index], hf.model.layers[index]
-    norms = {"qkv": (layer.input_norm, source.input_layernorm), "fc": (layer.post_norm, source.post_attention_layernorm)}
+    norms = {
+        "qkv": (layer.input_norm, source.input_layernorm),
+        "fc": (layer.post_norm, source.post_attention_layernorm),
+    }
     norms["gate"] = norms["fc"]
     if name not in norms:
         return torch.ones(1)
@@ -167,7 +181,12 @@ def _bound(linear, name: str, weight: torch.Tensor, fold: torch.Tensor) -> torch
     step = linear.group_scale.float().repeat_interleave(linear.group_size, dim=1) / (1 - UBF16)
     pre_quant = linear._prequant[None, :] * fold[None, :]
     smoothing = ((1 + UBF16) ** SMOOTHING_ROUNDINGS[name] - 1) * weight.abs()
-    return (step / 2 + linear.qweight.abs() * UBF16 * step) * pre_quant + smoothing + 2 * UBF16 * effective.abs() + fp32
+    return (
+        (step / 2 + linear.qweight.abs() * UBF16 * step) * pre_quant
+        + smoothing
+        + 2 * UBF16 * effective.abs()
+        + fp32
+    )
 
 
 def _excess(model: ReferenceModel, hf) -> float:
@@ -207,7 +226,11 @@ CORRUPTIONS = {"q and k swapped": swap_q_and_k, "scales x4": scale_by_4}
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_source_linears_are_re_derived_from_the_unified_checkpoint(
-    tmp_path, tmp_path_factory, tiny_model_dir, hf_model, precision
+    tmp_path,
+    tmp_path_factory,
+    tiny_model_dir,
+    hf_model,  # noqa: F811 (a fixture shared from another test module)
+    precision,
 ):
     checkpoint = unified(tmp_path_factory, tiny_model_dir, precision)
     assert _excess(_runtime(checkpoint), hf_model) <= 1
@@ -221,7 +244,13 @@ def test_the_source_linears_are_re_derived_from_the_unified_checkpoint(
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_gate_passes_a_good_unified_checkpoint_and_fails_a_corrupted_one(
-    tmp_path, tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings, precision
+    tmp_path,
+    tmp_path_factory,
+    tiny_model_dir,
+    reference,  # noqa: F811 (a fixture shared from another test module)
+    tokenizer,  # noqa: F811 (a fixture shared from another test module)
+    gate_settings,  # noqa: F811 (a fixture shared from another test module)
+    precision,
 ):
     good = _engine_dir(unified(tmp_path_factory, tiny_model_dir, precision), tmp_path / "good")
 
@@ -266,9 +295,13 @@ class ReferenceLLM(StandInLLM):
         assert all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts)
         # SamplingParams._greedy_decoding: top_k None or 1 (and no top_p, which the runner never sets).
         assert params.top_k in (None, 1), "the gate decodes greedily"
-        logits = self.runner.context_logits(prompts) if params.return_context_logits else [None] * len(prompts)
+        logits = (
+            self.runner.context_logits(prompts) if params.return_context_logits else [None] * len(prompts)
+        )
         results = []
-        for prompt_logits, tokens in zip(logits, self.runner.generate(prompts, max_new_tokens=params.max_tokens), strict=True):
+        for prompt_logits, tokens in zip(
+            logits, self.runner.generate(prompts, max_new_tokens=params.max_tokens), strict=True
+        ):
             if params.end_id in tokens:
                 tokens = tokens[: tokens.index(params.end_id) + 1]  # upstream keeps the end token
             output = types.SimpleNamespace(token_ids=tokens)
@@ -287,11 +320,21 @@ def llm_api(monkeypatch):
 
 
 def test_contract_the_gate_through_the_llm_api_fails_a_corrupted_unified_checkpoint(
-    tmp_path, tmp_path_factory, tiny_model_dir, reference, tokenizer, gate_settings, llm_api
+    tmp_path,
+    tmp_path_factory,
+    tiny_model_dir,
+    reference,  # noqa: F811 (a fixture shared from another test module)
+    tokenizer,  # noqa: F811 (a fixture shared from another test module)
+    gate_settings,  # noqa: F811 (a fixture shared from another test module)
+    llm_api,
 ):
     info = EngineInfo(backend="trtllm-pytorch", target="a100-40gb")
     built = {**OPTIONS, "cuda_graph_config": {"batch_sizes": [1, 2, 4, 8, 16], "enable_padding": True}}
-    good = _engine_dir(unified(tmp_path_factory, tiny_model_dir, "int8_wo"), tmp_path / "good", {**built, "max_batch_size": 16})
+    good = _engine_dir(
+        unified(tmp_path_factory, tiny_model_dir, "int8_wo"),
+        tmp_path / "good",
+        {**built, "max_batch_size": 16},
+    )
 
     def gate(engine_dir: Path):
         runner = LlmApiRunner.load(engine_dir, info, max_batch_size=8)
@@ -316,6 +359,14 @@ def test_contract_the_gate_through_the_llm_api_fails_a_corrupted_unified_checkpo
 
 
 def test_runner_options_lower_the_batch_and_its_cuda_graphs_only():
-    options = {**OPTIONS, "max_batch_size": 64, "cuda_graph_config": {"batch_sizes": [1, 2, 4, 8, 16, 32, 64], "enable_padding": True}}
+    options = {
+        **OPTIONS,
+        "max_batch_size": 64,
+        "cuda_graph_config": {"batch_sizes": [1, 2, 4, 8, 16, 32, 64], "enable_padding": True},
+    }
     lowered = runner_options(options, EngineLimits(6, 64, 96))
-    assert lowered == {**options, "max_batch_size": 6, "cuda_graph_config": {"batch_sizes": [1, 2, 4, 6], "enable_padding": True}}
+    assert lowered == {
+        **options,
+        "max_batch_size": 6,
+        "cuda_graph_config": {"batch_sizes": [1, 2, 4, 6], "enable_padding": True},
+    }

@@ -211,12 +211,11 @@ class Backend(Protocol):
     registry); its methods import their implementation when called. Adding a backend is one module
     with a class that has these members, and one entry in pipeline.backends.BACKENDS.
 
-    The next one in view, TensorRT-LLM's PyTorch backend (a Hugging Face checkpoint run by the LLM
-    API, no compile step), maps onto these methods so: `build` writes its "engine" (the LLM API
-    options file beside the checkpoint) with build_info.json and returns no command, `planned_build`
-    shows that file, `load_runner` opens it with the LLM API, `format_problem` reads its own column
-    of the format table. Its consumers (Triton's llmapi model, trtllm-serve) are not the five-model
-    tensorrtllm repository `serving` describes today: that one grows a repository kind with it.
+    TensorRT-LLM's PyTorch backend maps onto these methods so: `build` writes its "engine" (the
+    unified checkpoint with the LLM API options beside it) with build_info.json, `limits` reads the
+    options, `load_runner` opens them with the LLM API, `format_problem` reads its own column of the
+    format table. Its consumers (Triton's llmapi model, trtllm-serve) are not the five-model
+    tensorrtllm repository `serving` describes: that one grows a repository kind with it.
     """
 
     name: str  # what build_info.json records (and the old single-backend form's `target.backend`)

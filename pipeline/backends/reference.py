@@ -39,7 +39,6 @@ from pipeline.backends.trtllm_engine.engine import (
 )
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import InputError, StageError
-from pipeline.facts import layout
 from pipeline.facts.formats import FormatGap, Precision, missing_kernels
 from pipeline.runtime.limits import EngineLimits
 
@@ -62,7 +61,9 @@ CPU_SERVER = "nvidia-pytriton==0.7.0 (tritonserver 2.51.0, Python backend)"
 
 class ReferenceBackend:
     name = "reference"
-    description = "the PyTorch reference runtime on the CPU playing trtllm-engine (its checkpoint; CI and demo)"
+    description = (
+        "the PyTorch reference runtime on the CPU playing trtllm-engine (its checkpoint; CI and demo)"
+    )
     plays = "trtllm-engine"
     checkpoint = "tensorrt-llm"
 
@@ -138,7 +139,16 @@ class ReferenceBackend:
     ) -> PlannedCommand:
         return PlannedCommand(
             purpose=f"serve and check {precision}/{profile} on the bundled tritonserver",
-            argv=["trtllm-pipeline", "smoke", "--backend", self.plays, "--precision", precision, "--profile", profile],
+            argv=[
+                "trtllm-pipeline",
+                "smoke",
+                "--backend",
+                self.plays,
+                "--precision",
+                precision,
+                "--profile",
+                profile,
+            ],
         )
 
     def bench_runtime(self) -> str:
@@ -231,9 +241,7 @@ def pack_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Engi
     build_config = expected_build_config(ctx.profile, ctx.config.build, plan)
     engine_config = reference_engine_config(checkpoint_config, build_config)
     (engine_dir / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n")
-    info = EngineInfo(
-        backend=ctx.backend.name, target=ctx.config.target.gpu, torch_version=torch.__version__
-    )
+    info = EngineInfo(backend=ctx.backend.name, target=ctx.config.target.gpu, torch_version=torch.__version__)
     write_engine_info(engine_dir, info)
 
     verify_forward(ctx, engine_dir, int(checkpoint_config["vocab_size"]))

@@ -44,7 +44,11 @@ _RENAMED = {
 }
 _NORMS = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_layernorm"}
 # What each unified tensor of a linear is in the TensorRT-LLM checkpoint.
-_PARTS = {"weight": "weight", "weight_scale": "weights_scaling_factor", "pre_quant_scale": "prequant_scaling_factor"}
+_PARTS = {
+    "weight": "weight",
+    "weight_scale": "weights_scaling_factor",
+    "pre_quant_scale": "prequant_scaling_factor",
+}
 
 
 def unified_config(checkpoint_dir: Path) -> CheckpointConfig:
@@ -129,7 +133,9 @@ def to_checkpoint_tensors(
                 if not found:
                     continue
                 if len(found) != len(members):
-                    raise InputError(f"only some of {members} have a {part}: they are one fused linear", path=source)
+                    raise InputError(
+                        f"only some of {members} have a {part}: they are one fused linear", path=source
+                    )
                 out[f"{trt}.{fused}.{renamed}"] = _fused_part(part, found, config, dtype)
             if config.quant_algo == "W4A16_AWQ" and f"{trt}.{fused}.prequant_scaling_factor" not in out:
                 # No pre_quant_scale: the PyTorch backend multiplies the input by nothing.
@@ -143,7 +149,9 @@ def to_checkpoint_tensors(
     return out
 
 
-def _fused_part(part: str, found: list[torch.Tensor], config: CheckpointConfig, dtype: torch.dtype) -> torch.Tensor:
+def _fused_part(
+    part: str, found: list[torch.Tensor], config: CheckpointConfig, dtype: torch.dtype
+) -> torch.Tensor:
     if part == "pre_quant_scale":
         if any(not torch.equal(found[0], t) for t in found[1:]):
             raise InputError("fused linears with different pre_quant_scale tensors share one input")

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
-from pipeline.runtime.limits import EngineLimits
-
 from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Profile
 from pipeline.facts.formats import kv_cache_format
 from pipeline.planning.memory import KV_FREE_FRACTION, ProfilePlan
+from pipeline.runtime.limits import EngineLimits
 
 OPTIONS_FILE = layout.LLM_API_OPTIONS
 
@@ -110,7 +109,9 @@ def options_limits(engine_dir: Path, max_batch_size: int | None = None) -> Engin
             int(options["max_batch_size"]), int(options["max_input_len"]), int(options["max_seq_len"])
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"no usable limit {exc}", path=engine_dir / OPTIONS_FILE, hint="rebuild (--force)") from None
+        raise InputError(
+            f"no usable limit {exc}", path=engine_dir / OPTIONS_FILE, hint="rebuild (--force)"
+        ) from None
     if max_batch_size is None:
         return limits
     return replace(limits, max_batch_size=min(max_batch_size, limits.max_batch_size))

@@ -67,7 +67,9 @@ def sampling_kwargs(
 class LlmApiRunner:
     """The unified checkpoint and its options in engine_dir, loaded by tensorrt_llm.LLM."""
 
-    def __init__(self, llm: Any, sampling_params: type, limits: EngineLimits, engine_config: dict[str, Any]) -> None:
+    def __init__(
+        self, llm: Any, sampling_params: type, limits: EngineLimits, engine_config: dict[str, Any]
+    ) -> None:
         self._llm = llm
         self._sampling_params = sampling_params
         self.limits = limits
@@ -133,4 +135,3 @@ class LlmApiRunner:
 def _until(tokens: list[int], stop: int) -> list[int]:
     tokens = list(tokens)
     return tokens[: tokens.index(stop)] if stop in tokens else tokens
-
