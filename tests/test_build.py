@@ -531,7 +531,15 @@ def test_contract_gpu_build_runs_trtllm_build_and_records_it(tmp_path):
             .with_suffix(".trtllm-build.log")
             .is_file()
         )
-        link = tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / result.task.profile
+        link = (
+            tmp_path
+            / "engines"
+            / "tiny-mistral"
+            / "trtllm-engine"
+            / "int8_sq"
+            / "a100-40gb"
+            / result.task.profile
+        )
         assert link.is_symlink() and not Path(link.readlink()).is_absolute()
         assert link.resolve() == result.path.resolve()
 
@@ -596,7 +604,9 @@ def test_contract_gate_engine_is_built_with_context_logits_and_never_linked(tmp_
             "--gather_context_logits"
             not in store.get("build", r.task.variant, r.key).manifest.record["command"]
         )
-    assert not (tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / "gate").exists()
+    assert not (
+        tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / "gate"
+    ).exists()
 
 
 def test_unchanged_gpu_build_rerun_does_no_work(tmp_path):
@@ -669,7 +679,9 @@ def test_a_gpu_build_writes_only_its_artifact_and_shares_through_after_commit(tm
     assert watched["build"].by_run == [set(), set()] and watched["gate_engine"].by_run == [set()]
     cache = "work/timing-cache/tiny-mistral/a100-40gb-trt10.14.1.48.cache"
     link = "engines/tiny-mistral/trtllm-engine/int8_sq/a100-40gb/{}"
-    assert watched["gate_engine"].by_after_commit == {"gate_engine[trtllm-engine/int8_sq/gate]": {cache}}  # no link
+    assert watched["gate_engine"].by_after_commit == {
+        "gate_engine[trtllm-engine/int8_sq/gate]": {cache}
+    }  # no link
     assert watched["build"].by_after_commit == {
         "build[trtllm-engine/int8_sq/latency]": {cache, link.format("latency")},
         "build[trtllm-engine/int8_sq/throughput]": {cache, link.format("throughput")},
@@ -690,7 +702,8 @@ def test_a_reference_build_writes_only_its_artifact_and_links_through_after_comm
     build_watch = next(w for w in watched if w.name == "build")
     assert build_watch.by_run == [set(), set()]
     assert build_watch.by_after_commit == {
-        f"build[trtllm-engine/int8_wo/{p}]": {f"engines/tiny-mistral/trtllm-engine/int8_wo/cpu/{p}"} for p in ("latency", "throughput")
+        f"build[trtllm-engine/int8_wo/{p}]": {f"engines/tiny-mistral/trtllm-engine/int8_wo/cpu/{p}"}
+        for p in ("latency", "throughput")
     }
 
 
@@ -698,7 +711,8 @@ def test_up_to_date_builds_restore_their_links_and_the_shared_cache_never_an_old
     fake = FakeTensorRTLLM()
     _, _, first = _gpu_build(tmp_path, fake)
     links = [
-        tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / p for p in ("latency", "throughput")
+        tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / p
+        for p in ("latency", "throughput")
     ]
     shared = tmp_path / "work" / "timing-cache" / "tiny-mistral" / "a100-40gb-trt10.14.1.48.cache"
     newest = shared.read_bytes()

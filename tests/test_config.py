@@ -45,7 +45,11 @@ def test_embedded_default_and_real_job_are_valid(repo_root):
     tiny = load_config(None)
     assert tiny.target.gpu == "cpu" and tiny.model.source == "tiny"
     # The demo runs both backends, the reference runtime playing each on the CPU.
-    assert {b.name for b in tiny.backends} == {"trtllm-engine", "trtllm-pytorch"}
+    assert [(b, p.value) for b, p in tiny.variants] == [
+        ("trtllm-engine", "int8_sq"),
+        ("trtllm-engine", "int8_wo"),
+        ("trtllm-pytorch", "int8_wo"),
+    ]
     assert {backend_of(tiny, b.name).name for b in tiny.backends} == {"reference", "reference-pytorch"}
     real = load_config(repo_root / "pipeline.toml")
     assert real.model.repo_id == "mistralai/Mistral-7B-Instruct-v0.3"
@@ -141,8 +145,13 @@ BOTH = VALID.replace(
 )
 
 
-@pytest.mark.parametrize("gpu, runtimes", [("a100-40gb", ("trtllm-engine", "trtllm-pytorch")), ("cpu", ("reference", "reference-pytorch"))])
-def test_backends_list_each_runtime_with_its_precisions_played_by_the_reference_on_the_cpu(tmp_path, gpu, runtimes):
+@pytest.mark.parametrize(
+    "gpu, runtimes",
+    [("a100-40gb", ("trtllm-engine", "trtllm-pytorch")), ("cpu", ("reference", "reference-pytorch"))],
+)
+def test_backends_list_each_runtime_with_its_precisions_played_by_the_reference_on_the_cpu(
+    tmp_path, gpu, runtimes
+):
     config = load_config(write(tmp_path, BOTH.replace('gpu = "a100-40gb"', f'gpu = "{gpu}"')))
     assert _runtimes(config) == list(zip(("trtllm-engine", "trtllm-pytorch"), runtimes, strict=True))
     assert [(b, p.value) for b, p in config.variants] == [
@@ -156,12 +165,36 @@ def test_backends_list_each_runtime_with_its_precisions_played_by_the_reference_
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
-        (('name = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_wo"]', 'name = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_sq"]'), "backends[1].precisions[1]", 'int8_sq does not run on the trtllm-pytorch backend'),
-        (('name = "trtllm-pytorch"', 'name = "reference"'), "backends[1].name", "unknown backend 'reference'"),
+        (
+            (
+                'name = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_wo"]',
+                'name = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_sq"]',
+            ),
+            "backends[1].precisions[1]",
+            "int8_sq does not run on the trtllm-pytorch backend",
+        ),
+        (
+            ("[[profiles]]", '[quantization]\nkv_cache_dtype = "int8"\n\n[[profiles]]'),
+            "quantization.kv_cache_dtype",
+            "a int8 KV cache does not run on the trtllm-pytorch backend",
+        ),
+        (
+            ('name = "trtllm-pytorch"', 'name = "reference"'),
+            "backends[1].name",
+            "unknown backend 'reference'",
+        ),
         (('name = "trtllm-pytorch"', 'name = "trtllm-engine"'), "backends[1].name", "listed twice"),
-        (('[target]\ngpu = "a100-40gb"', '[target]\ngpu = "a100-40gb"\nbackend = "trtllm-engine"'), "target.backend", "single-backend form"),
-        (('[[profiles]]', '[quantization]\nprecisions = ["int8_sq"]\n\n[[profiles]]'), "quantization.precisions", "single-backend form"),
-        (('precisions = ["int4_awq", "int8_wo"]', 'precisions = []'), "backends[1].precisions", "at least 1"),
+        (
+            ('[target]\ngpu = "a100-40gb"', '[target]\ngpu = "a100-40gb"\nbackend = "trtllm-engine"'),
+            "target.backend",
+            "single-backend form",
+        ),
+        (
+            ("[[profiles]]", '[quantization]\nprecisions = ["int8_sq"]\n\n[[profiles]]'),
+            "quantization.precisions",
+            "single-backend form",
+        ),
+        (('precisions = ["int4_awq", "int8_wo"]', "precisions = []"), "backends[1].precisions", "at least 1"),
     ],
 )
 def test_a_bad_backends_list_names_the_field(tmp_path, capsys, change, field, words):

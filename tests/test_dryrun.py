@@ -65,7 +65,9 @@ def test_the_real_job_dry_runs_here_without_a_gpu_or_the_model(repo_root, tmp_pa
     assert len(builds) == 12 and all(len(c) == 1 for c in builds.values())
     # Every engine build is a trtllm-build; every PyTorch-backend build shows its LLM API options file.
     options = {i: c for i, (c,) in builds.items() if i.startswith("build[trtllm-pytorch/")}
-    assert len(options) == 6 and all(c.files[0].path.endswith("/engine/llm_api_options.yaml") for c in options.values())
+    assert len(options) == 6 and all(
+        c.files[0].path.endswith("/engine/llm_api_options.yaml") for c in options.values()
+    )
     builds = {i: c for i, c in builds.items() if i not in options}
     assert len(builds) == 6
     for task_id, (command,) in builds.items():
@@ -106,7 +108,9 @@ def test_no_published_engine_is_built_with_context_logits(repo_root, tmp_path, c
 
 def test_the_text_dry_run_prints_each_command_as_a_shell_line(repo_root, tmp_path, capsys, no_processes):
     args = ["run", "--dry-run", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
-    assert main([*args, "--backend", "trtllm-engine", "--precision", "int8_wo", "--profile", "throughput"]) == 0
+    assert (
+        main([*args, "--backend", "trtllm-engine", "--precision", "int8_wo", "--profile", "throughput"]) == 0
+    )
     out = capsys.readouterr().out
     assert "trtllm-pytorch/" not in out
     assert "would run build[trtllm-engine/int8_wo/throughput]" in out and "int8_sq" not in out

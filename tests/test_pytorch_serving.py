@@ -166,19 +166,6 @@ def test_reference_runtime_over_the_hf_checkpoint_matches_transformers(tiny_mode
     assert torch.allclose(ours, theirs, atol=1e-3 * theirs.abs().max().item(), rtol=0)
 
 
-def test_a_quantized_unified_checkpoint_is_refused_by_the_stand_ins_in_one_line(tmp_path, tiny_model_dir):
-    import shutil
-
-    from pipeline.core.errors import InputError
-
-    model = tmp_path / "quantized"
-    shutil.copytree(tiny_model_dir, model)
-    (model / "hf_quant_config.json").write_text('{"quantization": {"quant_algo": "W4A16_AWQ"}}')
-    with pytest.raises(InputError) as info:
-        StandInLLM(model, OPTIONS)
-    assert "quantized unified checkpoint" in info.value.message and "\n" not in info.value.message
-
-
 # --- both consumers, served ---------------------------------------------------------------------------
 
 

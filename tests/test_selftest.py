@@ -194,7 +194,10 @@ def test_a_failed_gate_fails_the_selftest_and_skips_serving(repo_root, tmp_path)
     serve = StandInServer()
     report = selftest(tmp_path, repo_root, serve=serve, gate_ok=lambda ctx: False)
     result = {c.name: c.ok for c in report.checks}
-    assert result["gate[trtllm-engine/int8_sq/selftest]"] is False and result["publish[trtllm-engine/int8_sq/selftest]"] is False
+    assert (
+        result["gate[trtllm-engine/int8_sq/selftest]"] is False
+        and result["publish[trtllm-engine/int8_sq/selftest]"] is False
+    )
     assert result["serve"] is None and not serve.calls and not report.ok
 
 

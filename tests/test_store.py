@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_stages import RUNS, fake_stages
+from publish_upstream import ENGINE_ONLY
 
 from pipeline.core.errors import LockBusyError
 from pipeline.core.manifest import MANIFEST_NAME
@@ -19,7 +20,6 @@ from pipeline.core.store import ArtifactStore
 from pipeline.execution.driver import execute, status
 from pipeline.execution.results import TaskState
 from pipeline.facts.config import load_config
-from publish_upstream import ENGINE_ONLY
 from pipeline.planning.tasks import plan_tasks, select_tasks
 
 ALL = {"fetch", "calibrate", "build", "gate", "publish"}
@@ -74,7 +74,10 @@ def test_each_backend_has_its_own_tasks_slots_and_keys_for_the_same_precision(tm
     report = run_all(config, store)
     assert report.error is None
     by_id = {r.task.id: r for r in report.results}
-    engine, pytorch = by_id["build[trtllm-engine/int8_wo/latency]"], by_id["build[trtllm-pytorch/int8_wo/latency]"]
+    engine, pytorch = (
+        by_id["build[trtllm-engine/int8_wo/latency]"],
+        by_id["build[trtllm-pytorch/int8_wo/latency]"],
+    )
     assert engine.path.parent == store.slot("build", ("trtllm-engine", "int8_wo", "latency"))
     assert pytorch.path.parent == store.slot("build", ("trtllm-pytorch", "int8_wo", "latency"))
     assert engine.key != pytorch.key
@@ -111,7 +114,9 @@ def test_config_change_reruns_exactly_the_affected_stages(tmp_path):
     assert states["gate[trtllm-engine/int8_sq/throughput]"].reason == "input changed: build"
     run_all(changed, store)
     assert sorted(RUNS) == sorted(
-        f"{stage}[trtllm-engine/{p}/throughput]" for stage in ("build", "gate", "publish") for p in ("int8_sq", "int8_wo")
+        f"{stage}[trtllm-engine/{p}/throughput]"
+        for stage in ("build", "gate", "publish")
+        for p in ("int8_sq", "int8_wo")
     )
 
 
@@ -412,9 +417,13 @@ def test_status_table_names_the_modified_file(tmp_path):
 
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
-    gate = next(r for r in run_all(config, store).results if r.task.id == "gate[trtllm-engine/int8_wo/latency]")
+    gate = next(
+        r for r in run_all(config, store).results if r.task.id == "gate[trtllm-engine/int8_wo/latency]"
+    )
     _replace_file(gate.path / "result.txt")
     console = Console(record=True, width=200)
     console.print(results_table("status", list(_states(config, store).values())))
-    row = next(line for line in console.export_text().splitlines() if "gate[trtllm-engine/int8_wo/latency]" in line)
+    row = next(
+        line for line in console.export_text().splitlines() if "gate[trtllm-engine/int8_wo/latency]" in line
+    )
     assert "modified" in row and "modified: result.txt" in row

@@ -11,7 +11,8 @@ release/1.2.1, submodule 2fdb9e66):
 - docs/source/features/quantization.md @ 09d4c79b, Hardware Support Matrix: Ampere runs W4A16 AWQ, FP8
   (per tensor) from Ada;
 - llmapi/llm_args.py (1.2.0rc-era version; main @ 0004396720054fd8e205cbf616f21f0b57c6b412):
-  StrictBaseModel forbids extra fields; BaseLlmArgs max_batch_size, max_num_tokens, max_seq_len,
+  StrictBaseModel forbids extra fields; BaseLlmArgs max_batch_size, max_num_tokens, max_input_len
+  (default 1024 in the newest stored version, None in older ones), max_seq_len,
   kv_cache_config, enable_chunked_prefill; KvCacheConfig free_gpu_memory_fraction (a float in [0, 1],
   default 0.9), enable_block_reuse, dtype; TorchLlmArgs cuda_graph_config (CudaGraphConfig batch_sizes,
   max_batch_size, enable_padding; its validator sorts batch_sizes and sets max_batch_size to their
@@ -87,7 +88,7 @@ class _TorchLlmArgs(_Strict):
     model: str
     backend: Literal["pytorch"] = "pytorch"
     max_batch_size: int | None = None
-    max_input_len: int | None = None
+    max_input_len: int | None = 1024  # BaseLlmArgs' default in the newest stored llm_args.py
     max_seq_len: int | None = None
     max_num_tokens: int | None = 8192
     enable_chunked_prefill: bool = False
@@ -129,9 +130,9 @@ def test_contract_pytorch_column_of_the_format_table():
         for precision in (Precision.fp16, Precision.bf16, Precision.int8_wo, Precision.int4_awq):
             assert pytorch.format_problem(precision, "fp16", target) is None
         gap = pytorch.format_problem(Precision.int8_sq, "fp16", target)
-        assert gap.part == "precision" and 'the trtllm-engine backend runs it' in gap.problem
+        assert gap.part == "precision" and "the trtllm-engine backend runs it" in gap.problem
         gap = pytorch.format_problem(Precision.int8_wo, "int8", target)
-        assert gap.part == "kv_cache" and 'the trtllm-engine backend runs it' in gap.problem
+        assert gap.part == "kv_cache" and "the trtllm-engine backend runs it" in gap.problem
         assert engine.format_problem(Precision.int8_sq, "int8", target) is None
         fp8 = pytorch.format_problem(Precision.fp8, "fp16", target)
         assert (fp8 is None) == (target.sm >= 89)
@@ -166,7 +167,7 @@ def test_int8_sq_or_int8_kv_on_the_pytorch_backend_is_one_line_exit_2(tmp_path, 
     assert main(["plan", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith(f"ERROR job.toml: {field}: ") or f"{field}: " in err.splitlines()[0]
-    assert 'the trtllm-engine backend runs it' in err.splitlines()[0] and "Traceback" not in err
+    assert "the trtllm-engine backend runs it" in err.splitlines()[0] and "Traceback" not in err
 
 
 def test_the_pytorch_backend_is_refused_on_the_cpu(tmp_path):
@@ -196,6 +197,7 @@ def test_contract_options_of_a_profile_are_what_it_means_and_load_upstream(tmp_p
     assert options == {
         "max_batch_size": 8,
         "max_num_tokens": plan.max_num_tokens,
+        "max_input_len": 96,
         "max_seq_len": 128,
         "enable_chunked_prefill": True,
         "kv_cache_config": {

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.backends.base import BUILD_INFO, Backend, EngineRunner, read_engine_info
+from pipeline.backends.base import BUILD_INFO, Backend, EngineInfo, EngineRunner, read_engine_info
 from pipeline.backends.reference import ReferenceBackend
 from pipeline.backends.reference_pytorch import ReferencePytorchBackend
 from pipeline.backends.trtllm_engine import TrtllmEngineBackend
@@ -33,6 +33,7 @@ from pipeline.facts.targets import TARGETS, Target
 
 if TYPE_CHECKING:
     from pipeline.facts.config import PipelineConfig
+    from pipeline.runtime.limits import EngineLimits
 
 # In order of preference: a target's default backend is the first that runs on it.
 BACKENDS: dict[str, Backend] = {
@@ -62,13 +63,8 @@ def targets_of(backend: Backend) -> list[Target]:
     return [t for t in TARGETS.values() if backend.unavailable_on(t) is None]
 
 
-def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> EngineRunner:
-    """A runner for a build artifact's engine/ folder, loaded by the backend its build_info.json names,
-    enforcing the profile's limits.
-
-    max_batch_size lowers the batch the runtime takes (the gate scores in small batches); on a GPU it
-    also sizes the KV cache to that batch instead of most of the free memory.
-    """
+def engine_backend(engine_dir: Path) -> tuple[Backend, EngineInfo]:
+    """The backend that built a build artifact's engine/ folder (its build_info.json says which)."""
     info = read_engine_info(engine_dir)
     backend = BACKENDS.get(info.backend)
     if backend is None:
@@ -77,4 +73,20 @@ def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> Engin
             path=engine_dir / BUILD_INFO,
             hint="load it with the pipeline version that built it, or rebuild it",
         )
+    return backend, info
+
+
+def engine_limits(engine_dir: Path) -> EngineLimits:
+    """The limits the engine in engine_dir was built with, read by the backend that built it."""
+    return engine_backend(engine_dir)[0].limits(engine_dir)
+
+
+def load_runner(engine_dir: Path, *, max_batch_size: int | None = None) -> EngineRunner:
+    """A runner for a build artifact's engine/ folder, loaded by the backend its build_info.json names,
+    enforcing the profile's limits.
+
+    max_batch_size lowers the batch the runtime takes (the gate scores in small batches); on a GPU it
+    also sizes the KV cache to that batch instead of most of the free memory.
+    """
+    backend, info = engine_backend(engine_dir)
     return backend.load_runner(engine_dir, info, max_batch_size=max_batch_size)

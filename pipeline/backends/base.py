@@ -91,6 +91,16 @@ def read_engine_info(engine_dir: Path) -> EngineInfo:
         raise InputError(f"unreadable ({exc.error_count()} errors)", path=path) from None
 
 
+def checkpoint_sha256(ctx: StageContext, name: str) -> str:
+    """A calibrated checkpoint file's sha256, from the calibrate manifest (the executor verified it)."""
+    rel = f"{layout.CHECKPOINT}/{name}"
+    calibrate = ctx.inputs["calibrate"]
+    entry = next((f for f in calibrate.manifest.files if f.path == rel), None)
+    if entry is None:
+        raise InputError("not in the calibrate manifest", path=calibrate.path / rel, hint="rerun calibrate")
+    return entry.sha256
+
+
 def write_engine_info(engine_dir: Path, info: EngineInfo) -> None:
     (engine_dir / BUILD_INFO).write_text(info.model_dump_json(indent=2) + "\n")
 
@@ -201,12 +211,11 @@ class Backend(Protocol):
     registry); its methods import their implementation when called. Adding a backend is one module
     with a class that has these members, and one entry in pipeline.backends.BACKENDS.
 
-    The next one in view, TensorRT-LLM's PyTorch backend (a Hugging Face checkpoint run by the LLM
-    API, no compile step), maps onto these methods so: `build` writes its "engine" (the LLM API
-    options file beside the checkpoint) with build_info.json and returns no command, `planned_build`
-    shows that file, `load_runner` opens it with the LLM API, `format_problem` reads its own column
-    of the format table. Its consumers (Triton's llmapi model, trtllm-serve) are not the five-model
-    tensorrtllm repository `serving` describes today: that one grows a repository kind with it.
+    TensorRT-LLM's PyTorch backend maps onto these methods so: `build` writes its "engine" (the
+    unified checkpoint with the LLM API options beside it) with build_info.json, `limits` reads the
+    options, `load_runner` opens them with the LLM API, `format_problem` reads its own column of the
+    format table. Its consumers (Triton's llmapi model, trtllm-serve) are not the five-model
+    tensorrtllm repository `serving` describes: that one grows a repository kind with it.
     """
 
     name: str  # what build_info.json records (and the old single-backend form's `target.backend`)
@@ -275,6 +284,11 @@ class Backend(Protocol):
         ...
 
     # --- run (gate, bench, smoke) -------------------------------------------------------------
+
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        """The limits its build gave the engine in engine_dir (an engine's build_config, or the LLM API
+        options): what every runner of it enforces."""
+        ...
 
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         """The engine in engine_dir, loaded, enforcing its profile's limits. max_batch_size lowers the

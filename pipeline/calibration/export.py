@@ -20,12 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.calibration import unified
 from pipeline.calibration.data import token_samples
 from pipeline.calibration.loop import CalibrationLoop, Forward, model_forward
 from pipeline.calibration.quiet import output_to_log
 from pipeline.calibration.ranges import linear_input_ranges, summarize_layers
 from pipeline.calibration.recipes import Recipe, recipe_for
-from pipeline.calibration import unified
 from pipeline.calibration.records import CalibrationRecord, CalibrationRun, DatasetRef, Repair
 from pipeline.calibration.verify import (
     CHECKPOINT_CONFIG,

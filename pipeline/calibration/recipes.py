@@ -23,7 +23,6 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.facts.layout import CheckpointKind
 from pipeline.facts.formats import (
     KvCacheFormat,
     Precision,
@@ -32,6 +31,7 @@ from pipeline.facts.formats import (
     reads_calibration_data,
     weight_format,
 )
+from pipeline.facts.layout import CheckpointKind
 
 # Every quantizer off: the base for precisions whose weights ModelOpt must not touch.
 DISABLED_CFG: dict[str, Any] = {

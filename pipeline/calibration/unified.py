@@ -51,7 +51,9 @@ UNIFIED_PRECISIONS = (Precision.fp16, Precision.bf16, Precision.int8_wo, Precisi
 # ModelOpt 0.37 labels any 8-bit weight quantizer int8_sq (quant_utils.get_quantization_format).
 MODELOPT_INT8_LABEL = "W8A8_SQ_PER_CHANNEL"
 # Linears whose pre_quant_scale AWQ folds into the RMSNorm before them (they share its output).
-AWQ_FUSED = frozenset({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"})
+AWQ_FUSED = frozenset(
+    {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"}
+)
 
 
 def weight_files(checkpoint_dir: Path) -> list[Path]:
@@ -65,7 +67,9 @@ def export_dtype(recipe: Recipe, load_dtype: str) -> str:
     return load_dtype if recipe.quantizes else recipe.format.export_dtype
 
 
-def export_unified(model: Any, tokenizer: Any, recipe: Recipe, out_dir: Path, dtype: str, log: logging.Logger) -> None:
+def export_unified(
+    model: Any, tokenizer: Any, recipe: Recipe, out_dir: Path, dtype: str, log: logging.Logger
+) -> None:
     """export_hf_checkpoint into out_dir, with the tokenizer (the LLM API loads it from the checkpoint
     folder), labelled W8A16 when the weights are INT8 weight-only."""
     import torch
@@ -75,7 +79,7 @@ def export_unified(model: Any, tokenizer: Any, recipe: Recipe, out_dir: Path, dt
         raise InputError(
             f"the unified Hugging Face checkpoint of {recipe.precision.value} is not checked by this "
             f"pipeline yet; it exports {', '.join(p.value for p in UNIFIED_PRECISIONS)}",
-            hint='use the trtllm-engine backend for this precision, or another precision',
+            hint="use the trtllm-engine backend for this precision, or another precision",
         )
     torch_dtype = getattr(torch, dtype)
     if not recipe.quantizes:
@@ -100,13 +104,16 @@ def _relabel(out_dir: Path, *, found: str, label: str) -> None:
         data = json.loads(path.read_text())
         if data[section].get("quant_algo") != found:
             raise CheckpointMismatchError(
-                out_dir, [f"{name}: {section}.quant_algo is {data[section].get('quant_algo')!r}, expected {found!r}"]
+                out_dir,
+                [f"{name}: {section}.quant_algo is {data[section].get('quant_algo')!r}, expected {found!r}"],
             )
         data[section]["quant_algo"] = label
         write_text_atomic(path, json.dumps(data, indent=4) + "\n")
 
 
-def expected_unified_tensors(arch: Architecture, *, quant_algo: str | None, dtype: str) -> dict[str, TensorSpec]:
+def expected_unified_tensors(
+    arch: Architecture, *, quant_algo: str | None, dtype: str
+) -> dict[str, TensorSpec]:
     """Every tensor the unified checkpoint must hold, with dtype and shape. Pure."""
     act = DTYPE_CODES[dtype]
     h = arch.hidden_size
@@ -166,18 +173,27 @@ def check_unified_config(
         expected |= {"group_size": group_size, "has_zero_point": False}
     for key, value in expected.items():
         if section.get(key) != value:
-            problems.append(f"{HF_QUANT_CONFIG}: quantization.{key} is {section.get(key)!r}, expected {value!r}")
+            problems.append(
+                f"{HF_QUANT_CONFIG}: quantization.{key} is {section.get(key)!r}, expected {value!r}"
+            )
     if quant_algo is not None:
         if "lm_head" not in (section.get("exclude_modules") or []):
             problems.append(f"{HF_QUANT_CONFIG}: quantization.exclude_modules does not name lm_head")
         labelled = (hf.get("quantization_config") or {}).get("quant_algo")
         if labelled != quant_algo:
-            problems.append(f"{HF_CONFIG}: quantization_config.quant_algo is {labelled!r}, expected {quant_algo!r}")
+            problems.append(
+                f"{HF_CONFIG}: quantization_config.quant_algo is {labelled!r}, expected {quant_algo!r}"
+            )
     return problems
 
 
 def verify_unified(
-    checkpoint_dir: Path, arch: Architecture, *, quant_algo: str | None, kv_cache_quant_algo: str | None, dtype: str
+    checkpoint_dir: Path,
+    arch: Architecture,
+    *,
+    quant_algo: str | None,
+    kv_cache_quant_algo: str | None,
+    dtype: str,
 ) -> int:
     """Check config.json, hf_quant_config.json and the weights against the source model's shape and
     the recipe; the number of tensors. Raises CheckpointMismatchError."""

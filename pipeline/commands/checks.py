@@ -19,7 +19,9 @@ def check_filters(
     known_backends = {b.name for b in config.backends}
     for b in sorted(backends):
         if b not in known_backends:
-            raise InputError(f"--backend {b}: not in the config's backends ({', '.join(sorted(known_backends))})")
+            raise InputError(
+                f"--backend {b}: not in the config's backends ({', '.join(sorted(known_backends))})"
+            )
     known_precisions = {p.value for b, p in config.variants if not backends or b in backends}
     for p in sorted(precisions):
         if p not in known_precisions:

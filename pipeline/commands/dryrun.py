@@ -2,7 +2,7 @@
 each external command (each build the backend runs outside the pipeline; the server for each
 published version).
 
-It reads the task graph, the store (which artifacts exist) and asks the config's backend for the
+It reads the task graph, the store (which artifacts exist) and asks each task's backend for the
 commands, which builds them with the functions its build calls (pipeline.backends), so what it
 shows is what the run would execute. It starts no process, probes no GPU and imports nothing
 heavy: it works on any host.
@@ -99,7 +99,9 @@ def _serve_command(config: PipelineConfig, task: Task) -> PlannedCommand:
     from pipeline.stages.publish import variant_destination
 
     assert task.backend and task.precision and task.profile, f"{task.id} is not a publish"
-    repository = (variant_destination(config, task.backend, task.precision, task.profile) / CURRENT).absolute()
+    repository = (
+        variant_destination(config, task.backend, task.precision, task.profile) / CURRENT
+    ).absolute()
     return backend_of(config, task.backend).serve_command(config, task.precision, task.profile, repository)
 
 

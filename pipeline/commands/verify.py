@@ -21,7 +21,9 @@ from pipeline.facts.config import PipelineConfig
 from pipeline.serving.release import CURRENT, check_version, current_version, versions
 
 KEY = re.compile(r"[0-9a-f]{20}")
-SLOT_DEPTH = 4  # <destination>/<model>/<backend>/<precision>/<profile> (pipeline.stages.publish.variant_destination)
+SLOT_DEPTH = (
+    4  # <destination>/<model>/<backend>/<precision>/<profile> (pipeline.stages.publish.variant_destination)
+)
 
 
 class Finding(BaseModel):

@@ -68,7 +68,10 @@ class Architecture:
         """Each layer's linears by their Hugging Face names (HF_LINEARS), as (output, input) features."""
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         rows = {"self_attn.q_proj": q, "self_attn.k_proj": kv, "self_attn.v_proj": kv}
-        return {name: (rows.get(name, self.linears[trt][0]), self.linears[trt][1]) for name, trt in HF_LINEARS.items()}
+        return {
+            name: (rows.get(name, self.linears[trt][0]), self.linears[trt][1])
+            for name, trt in HF_LINEARS.items()
+        }
 
     @property
     def linear_inputs(self) -> dict[str, int]:

@@ -338,8 +338,12 @@ class PipelineConfig(Strict):
                 if gap is None:
                     continue
                 if gap.part == "kv_cache":
-                    raise _FieldError("quantization.kv_cache_dtype", gap.problem, 'use kv_cache_dtype = "fp16"')
-                runs = [p.value for p in Precision if backend.format_problem(p, kv_cache_dtype, target) is None]
+                    raise _FieldError(
+                        "quantization.kv_cache_dtype", gap.problem, 'use kv_cache_dtype = "fp16"'
+                    )
+                runs = [
+                    p.value for p in Precision if backend.format_problem(p, kv_cache_dtype, target) is None
+                ]
                 raise _FieldError(
                     f"{field}[{i}]",
                     gap.problem,

@@ -264,7 +264,9 @@ def missing_kernels(backend: str, precision: Precision | str, kv_cache_dtype: st
         own = kernels[backend]
         if own.missing is not None:
             runs = [b for b, k in kernels.items() if k.missing is None]
-            instead = "".join(f'; the {b} backend runs it (backends = [{{ name = "{b}", ... }}])' for b in runs)
+            instead = "".join(
+                f'; the {b} backend runs it (backends = [{{ name = "{b}", ... }}])' for b in runs
+            )
             return FormatGap(part, f"{name} does not run on the {backend} backend: {own.missing}{instead}")
     return None
 
@@ -281,7 +283,9 @@ def unsupported_on_gpu(
     for name, kernels in ((fmt.precision.value, fmt.kernels), (f"a {kv.name} KV cache", kv.kernels)):
         min_sm = kernels[backend].min_sm
         if min_sm is not None and sm < min_sm:
-            return FormatGap("precision" if kernels is fmt.kernels else "kv_cache", f"{name} needs sm{min_sm} or newer")
+            return FormatGap(
+                "precision" if kernels is fmt.kernels else "kv_cache", f"{name} needs sm{min_sm} or newer"
+            )
     return None
 
 

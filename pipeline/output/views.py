@@ -18,7 +18,9 @@ if TYPE_CHECKING:  # each command loads only its own result's module
 
 
 def print_dry_run(console: Console, dry: DryRun) -> None:
-    backends = ", ".join(b.name if b.name == b.runtime else f"{b.name} played by {b.runtime}" for b in dry.backends)
+    backends = ", ".join(
+        b.name if b.name == b.runtime else f"{b.name} played by {b.runtime}" for b in dry.backends
+    )
     console.print(f"dry run: {escape(dry.model)} on {dry.target} ({escape(backends)}); nothing runs")
     for task in dry.tasks:
         mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"

@@ -71,7 +71,11 @@ class Build(Stage):
             work_dir=ctx.work_dir,
         )
         plan = plan_profile(
-            ctx.config, find_architecture(ctx.config, fetched), ctx.task.backend, ctx.precision, ctx.profile.name
+            ctx.config,
+            find_architecture(ctx.config, fetched),
+            ctx.task.backend,
+            ctx.precision,
+            ctx.profile.name,
         )
         ctx.log.info("plan: %s", plan.model_dump_json())
         built = ctx.backend.build(ctx, paths, plan)
@@ -138,9 +142,11 @@ def preflight(
         arch = find_architecture(config, fetched_model_dir(config, store))
     except InputError:
         arch = None  # not known before the fetch
-    plans = {
-        t: plan_profile(config, arch, t.backend, Precision(t.precision), t.profile) for t in builds
-    } if arch else {}
+    plans = (
+        {t: plan_profile(config, arch, t.backend, Precision(t.precision), t.profile) for t in builds}
+        if arch
+        else {}
+    )
     if not check_host:
         return
     done: set[Task] | None = None

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
+    from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
 
 # What builds or runs an engine needs a GPU of the target's type (an engine runs only on the GPU type
@@ -100,6 +101,11 @@ class TrtllmEngineBackend:
 
     def after_build(self, config: PipelineConfig, work_dir: Path, artifact: Path, built: EngineBuild) -> None:
         build.share_timing_cache(config, work_dir, artifact, built)
+
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        from pipeline.backends.trtllm_engine.engine import read_engine_limits
+
+        return read_engine_limits(engine_dir)
 
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         from pipeline.backends.trtllm_engine.engine import read_engine_config, runtime_limits

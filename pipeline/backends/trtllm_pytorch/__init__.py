@@ -9,12 +9,13 @@ releases run.
 Which precisions it runs is its column of the format table (pipeline.facts.formats): no W8A8
 SmoothQuant and no INT8 KV cache, which only the trtllm-engine backend builds.
 
+    runner.py   the gate's (and bench's) runner over tensorrt_llm.LLM: context logits, greedy generation
+
+calibrate exports ModelOpt's unified Hugging Face checkpoint for it (pipeline.calibration.unified).
 Publish turns a build into one release with two consumers of its checkpoint: Triton's llmapi model
 repository and a trtllm-serve bundle (pipeline.serving.pytorch.release), served by the container that
-loaded the options, the release mounted read-only at publish.mount_path.
-
-Not yet here (issue 25, items 2 and 4): the unified Hugging Face checkpoint from calibrate and the gate
-through the LLM API (load_runner); those methods refuse in one line until then.
+loaded the options, the release mounted read-only at publish.mount_path. Not here yet: bench (refused in
+one line).
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ if TYPE_CHECKING:
     from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
+    from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
 
 
 def _not_yet(what: str) -> InputError:
     return InputError(
         f"the trtllm-pytorch backend does not {what} yet (issue 25)",
-        hint='build with it; for gate, publish, smoke and bench use target.backend = "trtllm-engine"',
+        hint="stop before publish (`trtllm-pipeline gate`), or publish and bench the trtllm-engine backend",
     )
 
 
@@ -106,8 +108,15 @@ class TrtllmPytorchBackend:
     def after_build(self, config: PipelineConfig, work_dir: Path, artifact: Path, built: EngineBuild) -> None:
         """Its builds share nothing (no TensorRT timing cache: nothing is compiled)."""
 
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        from pipeline.backends.trtllm_pytorch.options import options_limits
+
+        return options_limits(engine_dir)
+
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
-        raise _not_yet("run its checkpoint through the LLM API for the gate, bench or smoke")
+        from pipeline.backends.trtllm_pytorch.runner import LlmApiRunner
+
+        return LlmApiRunner.load(engine_dir, info, max_batch_size=max_batch_size)
 
     def container(self, config: PipelineConfig) -> str | None:
         return config.publish.container

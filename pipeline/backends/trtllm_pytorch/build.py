@@ -17,13 +17,13 @@ from pipeline.backends.base import (
     EngineInfo,
     PlannedCommand,
     PlannedFile,
+    checkpoint_sha256,
     write_engine_info,
 )
 from pipeline.backends.trtllm_engine.build import check_host
 from pipeline.backends.trtllm_engine.environment import BuildEnvironment, build_needs, probe_environment
 from pipeline.backends.trtllm_pytorch.options import OPTIONS_FILE, llm_api_options, options_text
 from pipeline.core.atomic import TMP_PREFIX, link_or_copy
-from pipeline.core.hashing import sha256_file
 from pipeline.core.tools import ToolRunner, run_tool
 from pipeline.facts.architecture import Architecture
 from pipeline.facts.config import PipelineConfig, Precision
@@ -51,6 +51,17 @@ def load_argv(engine_dir: Path, report: Path, *, python: str = sys.executable) -
     return [python, "-m", "pipeline.backends.trtllm_pytorch.load", str(engine_dir), str(report)]
 
 
+def place_checkpoint(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> None:
+    """engine/: the unified checkpoint's files (hard links, or copies checked against the calibrate
+    manifest) and the profile's LLM API options beside them: what `LLM(engine/, **options)` and
+    `trtllm-serve engine/ --extra_llm_api_options engine/llm_api_options.yaml` read."""
+    engine_dir = paths.engine_dir
+    engine_dir.mkdir(parents=True)
+    for src in sorted(p for p in paths.checkpoint.iterdir() if p.is_file()):
+        link_or_copy(src, engine_dir / src.name, checkpoint_sha256(ctx, src.name))
+    (engine_dir / OPTIONS_FILE).write_text(options_text(llm_api_options(ctx.config, ctx.profile, plan)))
+
+
 def build_options(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> EngineBuild:
     """Check the host, put the checkpoint and the options in engine/, load them once, record it."""
     target = TARGETS[ctx.config.target.gpu]
@@ -59,10 +70,7 @@ def build_options(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> En
     env = probe_environment(load_log, runner=ctx.tools)
     _check_host(env, target, build_needs(plan), ctx.work_dir, ctx.options)
     engine_dir = paths.engine_dir
-    engine_dir.mkdir(parents=True)
-    for src in sorted(p for p in paths.checkpoint.iterdir() if p.is_file()):
-        link_or_copy(src, engine_dir / src.name, sha256_file(src))
-    (engine_dir / OPTIONS_FILE).write_text(options_text(llm_api_options(ctx.config, ctx.profile, plan)))
+    place_checkpoint(ctx, paths, plan)
     report = paths.out_dir / LOAD_REPORT
     argv = load_argv(engine_dir, report)
     ctx.log.info("$ %s", shlex.join(argv))

@@ -2,7 +2,8 @@
 --extra_llm_api_options <file>` read. Pure: tested field by field against TensorRT-LLM's own names.
 
 Field names (vendored in LLM_API_FIELDS) are those of tensorrt_llm/llmapi/llm_args.py: BaseLlmArgs
-(max_batch_size, max_num_tokens, max_seq_len, kv_cache_config, enable_chunked_prefill), TorchLlmArgs
+(max_batch_size, max_num_tokens, max_input_len, max_seq_len, kv_cache_config, enable_chunked_prefill;
+max_input_len defaults to 1024 in the newest stored version, so it is always written), TorchLlmArgs
 (cuda_graph_config), KvCacheConfig (free_gpu_memory_fraction, enable_block_reuse, dtype) and
 CudaGraphConfig (batch_sizes, enable_padding). Every one of these models is a StrictBaseModel
 (extra = "forbid"): a misspelt key fails the load. The 1.2.1 tag's own file is not in the stored
@@ -15,12 +16,16 @@ tensorrtllm_backend r26.04 @ ce68ff5f pins release/1.2.1 (its tensorrt_llm submo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import InputError
 from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig, Profile
 from pipeline.facts.formats import kv_cache_format
 from pipeline.planning.memory import KV_FREE_FRACTION, ProfilePlan
+from pipeline.runtime.limits import EngineLimits
 
 OPTIONS_FILE = layout.LLM_API_OPTIONS
 
@@ -30,6 +35,7 @@ LLM_API_FIELDS: dict[str, frozenset[str]] = {
         {
             "max_batch_size",
             "max_num_tokens",
+            "max_input_len",
             "max_seq_len",
             "enable_chunked_prefill",
             "kv_cache_config",
@@ -58,6 +64,8 @@ def llm_api_options(config: PipelineConfig, profile: Profile, plan: ProfilePlan)
     options = {
         "max_batch_size": profile.max_batch_size,
         "max_num_tokens": plan.max_num_tokens,
+        # Explicit: left unset, newer releases take 1024.
+        "max_input_len": profile.max_input_len,
         # Always explicit: left unset, TensorRT-LLM takes the model's max_position_embeddings.
         "max_seq_len": profile.max_seq_len,
         # The plan's chunked context: a prompt longer than max_num_tokens is prefilled in chunks.
@@ -76,6 +84,37 @@ def llm_api_options(config: PipelineConfig, profile: Profile, plan: ProfilePlan)
     unknown = unknown_fields(options)
     assert not unknown, f"options outside the vendored LLM API fields: {unknown}"
     return options
+
+
+def read_options(engine_dir: Path) -> dict[str, Any]:
+    """The options file a build wrote beside the checkpoint, or one line naming it."""
+    path = engine_dir / OPTIONS_FILE
+    try:
+        options = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("the LLM API options are missing", path=path, hint="rebuild (--force)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON/YAML as the build writes it: {exc}", path=path) from None
+    unknown = unknown_fields(options)
+    if unknown:
+        raise InputError(f"options outside TensorRT-LLM's fields: {', '.join(unknown)}", path=path)
+    return options
+
+
+def options_limits(engine_dir: Path, max_batch_size: int | None = None) -> EngineLimits:
+    """The limits the LLM API enforces with these options (its batch lowered to max_batch_size)."""
+    options = read_options(engine_dir)
+    try:
+        limits = EngineLimits(
+            int(options["max_batch_size"]), int(options["max_input_len"]), int(options["max_seq_len"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"no usable limit {exc}", path=engine_dir / OPTIONS_FILE, hint="rebuild (--force)"
+        ) from None
+    if max_batch_size is None:
+        return limits
+    return replace(limits, max_batch_size=min(max_batch_size, limits.max_batch_size))
 
 
 def unknown_fields(options: dict[str, Any], prefix: str = "") -> list[str]:

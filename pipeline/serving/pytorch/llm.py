@@ -70,8 +70,10 @@ class StandInLLM:
     def __init__(self, checkpoint_dir: Path, options: dict[str, Any]) -> None:
         from transformers import AutoTokenizer
 
-        from pipeline.runtime.hf import load_model
+        from pipeline.runtime import ReferenceModel
         from pipeline.runtime.limits import EngineLimits
+        from pipeline.runtime.unified import load_unified
+        from pipeline.runtime.weights import build_weights
 
         self.checkpoint_dir = checkpoint_dir
         self.options = options
@@ -79,10 +81,13 @@ class StandInLLM:
             batch, seq = int(options["max_batch_size"]), int(options["max_seq_len"])
         except KeyError as exc:
             raise InputError(f"the LLM API options give no {exc.args[0]}") from None
-        # The PyTorch backend has no separate input limit: a prompt may take the whole sequence.
-        self.limits = EngineLimits(max_batch_size=batch, max_input_len=seq, max_seq_len=seq)
+        # max_input_len is TorchLlmArgs' (the build writes the profile's); unset, a prompt may take it all.
+        prompt = int(options.get("max_input_len", seq))
+        self.limits = EngineLimits(max_batch_size=batch, max_input_len=prompt, max_seq_len=seq)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-        self.model = load_model(checkpoint_dir, self.limits)
+        # Read as the gate's runner reads it: the PyTorch backend's linear methods on the unified checkpoint.
+        config, tensors = load_unified(checkpoint_dir)
+        self.model = ReferenceModel(config, build_weights(tensors, config, checkpoint_dir), self.limits)
         # The runtime runs one generation at a time; requests queue for it as they would for a slot.
         self._lock = threading.Lock()
 
