@@ -159,12 +159,15 @@ def run_publish(
     work_dir: Path,
     upstream: Upstream,
     *,
+    backend: str = "trtllm-engine",
     precision: str = "int8_sq",
     profile: str = "latency",
     force: bool = False,
     reporter: RecordingReporter | None = None,
 ):
-    tasks = select_tasks(plan_tasks(config), {"publish"}, precisions={precision}, profiles={profile})
+    tasks = select_tasks(
+        plan_tasks(config), {"publish"}, precisions={precision}, profiles={profile}, backends={backend}
+    )
     return execute(
         config,
         ArtifactStore(work_dir),

@@ -42,7 +42,7 @@ def test_verify_lists_every_modified_file_and_exits_non_zero(tmp_path, capsys):
     gate = next(r for r in report.results if r.task.stage == "gate")
     (gate.path / "gate.json").unlink()
     (gate.path / "gate.json").write_text('{"ok": true}')  # a forged verdict, as a new file
-    version = config.publish.destination / "tiny-mistral" / "int8_sq" / "latency" / "1"
+    version = config.publish.destination / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "latency" / "1"
     (version / "ensemble" / "1" / "__pycache__").mkdir()
     (version / "ensemble" / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"\0")
     os.chmod(version / "preprocessing" / "config.pbtxt", 0o644)

@@ -745,7 +745,7 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
 
     from pipeline.core.store import ArtifactStore
     from pipeline.execution.driver import execute
-    from pipeline.facts.config import Precision, load_config
+    from pipeline.facts.config import BackendSection, Precision, load_config
     from pipeline.planning.tasks import plan_tasks, select_tasks
     from pipeline.stages import STAGES
     from pipeline.stages.base import StageOutcome
@@ -763,7 +763,7 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
     stages = {**STAGES, "fetch": StandIn("fetch", fetch), "calibrate": StandIn("calibrate", calibrate)}
     config = load_config(None)
     config = config.model_copy(
-        update={"quantization": config.quantization.model_copy(update={"precisions": (Precision.int8_wo,)})}
+        update={"backends": (BackendSection(name="trtllm-engine", precisions=(Precision.int8_wo,)),)}
     )
     store = ArtifactStore(tmp_path_factory.mktemp("bench-work"))
     for selected, profiles in (({"build"}, None), ({"gate"}, {"throughput"})):
@@ -1095,3 +1095,17 @@ def test_bench_nsys_runs_this_bench_under_nsys_profile(tmp_path, in_repo_root, c
     assert "no engine of tiny-mistral" in capsys.readouterr().err
     monkeypatch.setenv("NSYS_EXIT", "5")  # the child's exit code is the command's
     assert main(args) == 5
+
+
+def test_bench_measures_one_backend_the_configs_first_unless_named(tmp_path: Path, in_repo_root):
+    from pipeline.bench.run import find_engines
+
+    config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_sq"}, profiles={"latency"})
+    assert [b.name for b in config.backends] == ["trtllm-engine", "trtllm-pytorch"]
+    reporter = RecordingReporter()
+    find_engines(config, store, reporter=reporter, stages=stages)
+    assert "the trtllm-engine backend's engines (--backend to choose another)" in reporter.text()
+    with pytest.raises(InputError, match="bench measures one backend at a time") as info:
+        both = {"trtllm-engine", "trtllm-pytorch"}
+        find_engines(config, store, reporter=RecordingReporter(), backends=both, stages=stages)
+    assert "--backend" in info.value.hint

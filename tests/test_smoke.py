@@ -58,7 +58,7 @@ def published(tmp_path_factory, tiny_model_dir):
     )
     report = run_publish(config, tmp / "work", upstream, profile=PROFILE)
     assert report.error is None, report.error
-    repository = config.publish.destination / "tiny-mistral" / "int8_sq" / PROFILE / "current"
+    repository = config.publish.destination / "tiny-mistral" / "trtllm-engine" / "int8_sq" / PROFILE / "current"
     return config, tmp / "pipeline.toml", repository
 
 
@@ -247,7 +247,7 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
 def test_smoke_refuses_a_version_that_differs_from_its_manifest(tmp_path, capsys):
     config = config_with(tmp_path, **CONFIG_CHANGES)
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
-    engine = config.publish.destination / "tiny-mistral/int8_sq/latency/1/tensorrt_llm/1/engine"
+    engine = config.publish.destination / "tiny-mistral/trtllm-engine/int8_sq/latency/1/tensorrt_llm/1/engine"
     (engine / "rank0.safetensors").unlink()
     (engine / "rank0.safetensors").write_bytes(b"engine bytes " * 64 + b"!")
     code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])

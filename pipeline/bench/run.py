@@ -83,6 +83,10 @@ def find_engines(
 ) -> BenchInputs:
     """The build artifacts that are up to date for `config`, each with the gate that judged it (passed
     or not) when that gate is current too; warns about the engines that are not up to date."""
+    if not backends and len(config.backends) > 1:
+        # One backend's engines in one report: the config's first unless --backend names others.
+        backends = {config.backends[0].name}
+        reporter.info(f"bench: the {config.backends[0].name} backend's engines (--backend to choose another)")
     tasks = select_tasks(
         plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles, backends=backends
     )
