@@ -26,9 +26,12 @@ from pipeline.stages.base import StageOutcome
 from pipeline.stages.publish import Publish
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The embedded default's target lines (the CPU, reference backend), and the same config on an A100.
-CPU_TARGET = 'gpu = "cpu"\nbackend = "reference"'
-ON_A100 = {CPU_TARGET: 'gpu = "a100-40gb"\nbackend = "trtllm-engine"'}
+# The embedded default's target line (the CPU: the reference runtime plays each backend), its PyTorch
+# backend's entry, and the same config on an A100 with the engine backend alone.
+CPU_TARGET = 'gpu = "cpu"\n'
+PYTORCH_BACKEND = '[[backends]]\nname = "trtllm-pytorch"\nprecisions = ["int8_wo"]\n'
+ENGINE_ONLY = {PYTORCH_BACKEND: ""}
+ON_A100 = {CPU_TARGET: 'gpu = "a100-40gb"\n', **ENGINE_ONLY}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -156,12 +159,15 @@ def run_publish(
     work_dir: Path,
     upstream: Upstream,
     *,
+    backend: str = "trtllm-engine",
     precision: str = "int8_sq",
     profile: str = "latency",
     force: bool = False,
     reporter: RecordingReporter | None = None,
 ):
-    tasks = select_tasks(plan_tasks(config), {"publish"}, precisions={precision}, profiles={profile})
+    tasks = select_tasks(
+        plan_tasks(config), {"publish"}, precisions={precision}, profiles={profile}, backends={backend}
+    )
     return execute(
         config,
         ArtifactStore(work_dir),

@@ -18,7 +18,7 @@ from pipeline.serving.smoke import published_repository
 
 
 def slot_of(config, profile: str = "latency"):
-    return config.publish.destination / "tiny-mistral" / "int8_sq" / profile
+    return config.publish.destination / "tiny-mistral" / "trtllm-engine" / "int8_sq" / profile
 
 
 def _found(body: dict) -> set[tuple[str, str]]:
@@ -57,7 +57,7 @@ def test_verify_lists_every_modified_file_and_exits_non_zero(tmp_path, capsys):
     gate = next(r for r in report.results if r.task.stage == "gate")
     (gate.path / "gate.json").unlink()
     (gate.path / "gate.json").write_text('{"ok": true}')  # a forged verdict, as a new file
-    version = config.publish.destination / "tiny-mistral" / "int8_sq" / "latency" / "1"
+    version = config.publish.destination / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "latency" / "1"
     (version / "ensemble" / "1" / "__pycache__").mkdir()
     (version / "ensemble" / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"\0")
     os.chmod(version / "preprocessing" / "config.pbtxt", 0o644)
@@ -85,7 +85,7 @@ def test_verify_goes_green_again_after_a_version_was_served_in_place_and_prune_r
     `verify` checks by default; `verify --all` still sees version 1 and names `prune`, which removes it."""
     config = config_with(tmp_path)
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
-    slot = config.publish.destination / "tiny-mistral" / "int8_sq" / "latency"
+    slot = slot_of(config)
     (slot / "1" / "preprocessing" / "1" / "__pycache__").mkdir()
     (slot / "1" / "preprocessing" / "1" / "__pycache__" / "model.cpython-312.pyc").write_bytes(b"\0")
 
@@ -145,10 +145,13 @@ def test_verify_and_smoke_refuse_a_current_that_names_another_variants_version(t
 
     code, body, err = _verify(tmp_path, capsys)
     assert code == 2
-    wrong = "publish-manifest.json of version 2 is for tiny-mistral/int8_sq/throughput, not tiny-mistral/int8_sq/latency"
+    wrong = (
+        "publish-manifest.json of version 2 is for tiny-mistral/trtllm-engine/int8_sq/throughput, "
+        "not tiny-mistral/trtllm-engine/int8_sq/latency"
+    )
     assert {(str(latency), wrong), (str(latency / "2"), wrong)} <= _found(body)
-    with pytest.raises(IntegrityError, match="refusing to serve it as int8_sq/latency"):
-        published_repository(config, "int8_sq", "latency")
+    with pytest.raises(IntegrityError, match="refusing to serve it as trtllm-engine/int8_sq/latency"):
+        published_repository(config, "trtllm-engine", "int8_sq", "latency")
 
     os.unlink(latency / "current")
     os.symlink("../throughput/1", latency / "current")  # a link out of the variant's folder
@@ -159,12 +162,12 @@ def test_verify_and_smoke_refuse_a_current_that_names_another_variants_version(t
         "current points to ../throughput/1, not a version folder of this variant",
     ) in _found(body)
     with pytest.raises(IntegrityError, match="not a version folder of this variant"):
-        published_repository(config, "int8_sq", "latency")
+        published_repository(config, "trtllm-engine", "int8_sq", "latency")
 
     # `run` (status says modified) publishes a fresh version of this variant and points current at it.
     report = run_publish(config, tmp_path / "work", Upstream())
     assert report.error is None and os.readlink(latency / "current") == "3"
-    assert published_repository(config, "int8_sq", "latency") == latency / "current"
+    assert published_repository(config, "trtllm-engine", "int8_sq", "latency") == latency / "current"
 
 
 def test_verify_finds_an_edited_publish_manifest(tmp_path, capsys):
@@ -213,7 +216,7 @@ def test_an_edited_build_manifest_is_a_modified_artifact_verify_names_and_run_re
     reporter = RecordingReporter()
     again = run_publish(config, tmp_path / "work", upstream, reporter=reporter)
     assert again.error is None, again.error
-    assert "build[int8_sq/latency]" in upstream.runs  # rebuilt, and the rest up to date again
+    assert "build[trtllm-engine/int8_sq/latency]" in upstream.runs  # rebuilt, and the rest up to date again
     assert next(r for r in again.results if r.task.stage == "build").state is TaskState.ran
     aside = [p for p in build.path.parent.iterdir() if ".modified-" in p.name]
     assert len(aside) == 1 and f"kept at {aside[0]}" in reporter.text()

@@ -789,7 +789,7 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
 
     from pipeline.core.store import ArtifactStore
     from pipeline.execution.driver import execute
-    from pipeline.facts.config import Precision, load_config
+    from pipeline.facts.config import BackendSection, Precision, load_config
     from pipeline.planning.tasks import plan_tasks, select_tasks
     from pipeline.stages import STAGES
     from pipeline.stages.base import StageOutcome
@@ -807,7 +807,7 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
     stages = {**STAGES, "fetch": StandIn("fetch", fetch), "calibrate": StandIn("calibrate", calibrate)}
     config = load_config(None)
     config = config.model_copy(
-        update={"quantization": config.quantization.model_copy(update={"precisions": (Precision.int8_wo,)})}
+        update={"backends": (BackendSection(name="trtllm-engine", precisions=(Precision.int8_wo,)),)}
     )
     store = ArtifactStore(tmp_path_factory.mktemp("bench-work"))
     for selected, profiles in (({"build"}, None), ({"gate"}, {"throughput"})):
@@ -1451,8 +1451,8 @@ def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(t
     from pipeline.facts.config import load_config
 
     # The backend answers: the reference runtime (CPU target) is not what the plan models; an engine is.
-    assert not backend_of(load_config(None)).bench_plan_applies()
-    assert backend_of(load_config(in_repo_root / "pipeline.toml")).bench_plan_applies()
+    assert not backend_of(load_config(None), "trtllm-engine").bench_plan_applies()
+    assert backend_of(load_config(in_repo_root / "pipeline.toml"), "trtllm-engine").bench_plan_applies()
     v = _variant("int8_wo", "throughput", _plan(1e6))
     cpu = _report_of(v)
     gpu = cpu.model_copy(update={"plan_applies": True})
@@ -1492,3 +1492,17 @@ def test_utilization_below_what_back_to_back_steps_give_is_named_and_the_cpu_say
     assert "over batches up to 4" in low and "bench --nsys" in low
     fed = with_utilization(UTILIZATION_FLOOR_PERCENT)
     assert "GPU busy" not in fed and f"stayed at or above {UTILIZATION_FLOOR_PERCENT}%" in fed
+
+
+def test_bench_measures_one_backend_the_configs_first_unless_named(tmp_path: Path, in_repo_root):
+    from pipeline.bench.run import find_engines
+
+    config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_sq"}, profiles={"latency"})
+    assert [b.name for b in config.backends] == ["trtllm-engine", "trtllm-pytorch"]
+    reporter = RecordingReporter()
+    find_engines(config, store, reporter=reporter, stages=stages)
+    assert "the trtllm-engine backend's engines (--backend to choose another)" in reporter.text()
+    with pytest.raises(InputError, match="bench measures one backend at a time") as info:
+        both = {"trtllm-engine", "trtllm-pytorch"}
+        find_engines(config, store, reporter=RecordingReporter(), backends=both, stages=stages)
+    assert "--backend" in info.value.hint

@@ -284,9 +284,13 @@ def test_served_refuses_a_published_engine_other_than_the_built_one(published, t
     from pipeline.serving.smoke import published_repository
 
     config, work_dir, _ = published
-    repository = published_repository(config, "int8_sq", "throughput")
-    build = next(p for p in (work_dir / "store" / "build" / "int8_sq" / "throughput").iterdir() if p.is_dir())
-    engine = BuiltEngine("int8_sq", "throughput", build / "engine")
+    repository = published_repository(config, "trtllm-engine", "int8_sq", "throughput")
+    build = next(
+        p
+        for p in (work_dir / "store" / "build" / "trtllm-engine" / "int8_sq" / "throughput").iterdir()
+        if p.is_dir()
+    )
+    engine = BuiltEngine("trtllm-engine", "int8_sq", "throughput", build / "engine")
     require_published_engine(repository, engine)  # the same bytes: accepted
     other = tmp_path / "build"
     shutil.copytree(build, other)
@@ -296,8 +300,12 @@ def test_served_refuses_a_published_engine_other_than_the_built_one(published, t
             entry["sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="publishes another int8_sq/throughput engine") as info:
-        require_published_engine(repository, BuiltEngine("int8_sq", "throughput", other / "engine"))
-    assert "trtllm-pipeline publish --precision int8_sq --profile throughput" in info.value.hint
+        require_published_engine(
+            repository, BuiltEngine("trtllm-engine", "int8_sq", "throughput", other / "engine")
+        )
+    assert "trtllm-pipeline publish --backend trtllm-engine --precision int8_sq --profile throughput" in (
+        info.value.hint
+    )
 
 
 def test_the_cli_passes_served_and_every_compare_url(tmp_path, monkeypatch):

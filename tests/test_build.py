@@ -46,7 +46,7 @@ from pipeline.execution.driver import execute
 from pipeline.execution.inprocess import InProcessTaskRunner
 from pipeline.execution.results import TaskState
 from pipeline.facts.architecture import KNOWN_ARCHITECTURES
-from pipeline.facts.config import BuildSection, Precision, load_config, parse_config
+from pipeline.facts.config import BackendSection, BuildSection, Precision, load_config, parse_config
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import plan_memory, plan_profile
@@ -174,7 +174,7 @@ def test_contract_default_profile_argv(repo_root, name, batch, input_len, seq_le
 
 def test_contract_only_the_gate_engine_gathers_context_logits(repo_root):
     config = load_config(repo_root / "pipeline.toml")
-    plan = plan_profile(config, MISTRAL, Precision.int8_sq, "gate")
+    plan = plan_profile(config, MISTRAL, "trtllm-engine", Precision.int8_sq, "gate")
     argv = trtllm_build_argv(
         Path("/c"), Path("/o"), config.gate_profile, config.build, plan, Path("/t"), Path("/u")
     )
@@ -611,7 +611,15 @@ def test_contract_gpu_build_runs_trtllm_build_and_records_it(tmp_path):
             .with_suffix(".trtllm-build.log")
             .is_file()
         )
-        link = tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / result.task.profile
+        link = (
+            tmp_path
+            / "engines"
+            / "tiny-mistral"
+            / "trtllm-engine"
+            / "int8_sq"
+            / "a100-40gb"
+            / result.task.profile
+        )
         assert link.is_symlink() and not Path(link.readlink()).is_absolute()
         assert link.resolve() == result.path.resolve()
 
@@ -676,7 +684,9 @@ def test_contract_gate_engine_is_built_with_context_logits_and_never_linked(tmp_
             "--gather_context_logits"
             not in store.get("build", r.task.variant, r.key).manifest.record["command"]
         )
-    assert not (tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / "gate").exists()
+    assert not (
+        tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / "gate"
+    ).exists()
 
 
 def test_unchanged_gpu_build_rerun_does_no_work(tmp_path):
@@ -748,11 +758,13 @@ def test_a_gpu_build_writes_only_its_artifact_and_shares_through_after_commit(tm
     assert report.error is None, report.error
     assert watched["build"].by_run == [set(), set()] and watched["gate_engine"].by_run == [set()]
     cache = "work/timing-cache/tiny-mistral/a100-40gb-trt10.14.1.48.cache"
-    link = "engines/tiny-mistral/int8_sq/a100-40gb/{}"
-    assert watched["gate_engine"].by_after_commit == {"gate_engine[int8_sq/gate]": {cache}}  # no link
+    link = "engines/tiny-mistral/trtllm-engine/int8_sq/a100-40gb/{}"
+    assert watched["gate_engine"].by_after_commit == {
+        "gate_engine[trtllm-engine/int8_sq/gate]": {cache}
+    }  # no link
     assert watched["build"].by_after_commit == {
-        "build[int8_sq/latency]": {cache, link.format("latency")},
-        "build[int8_sq/throughput]": {cache, link.format("throughput")},
+        "build[trtllm-engine/int8_sq/latency]": {cache, link.format("latency")},
+        "build[trtllm-engine/int8_sq/throughput]": {cache, link.format("throughput")},
     }
 
 
@@ -770,7 +782,8 @@ def test_a_reference_build_writes_only_its_artifact_and_links_through_after_comm
     build_watch = next(w for w in watched if w.name == "build")
     assert build_watch.by_run == [set(), set()]
     assert build_watch.by_after_commit == {
-        f"build[int8_wo/{p}]": {f"engines/tiny-mistral/int8_wo/cpu/{p}"} for p in ("latency", "throughput")
+        f"build[trtllm-engine/int8_wo/{p}]": {f"engines/tiny-mistral/trtllm-engine/int8_wo/cpu/{p}"}
+        for p in ("latency", "throughput")
     }
 
 
@@ -778,7 +791,8 @@ def test_up_to_date_builds_restore_their_links_and_the_shared_cache_never_an_old
     fake = FakeTensorRTLLM()
     _, _, first = _gpu_build(tmp_path, fake)
     links = [
-        tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / p for p in ("latency", "throughput")
+        tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / p
+        for p in ("latency", "throughput")
     ]
     shared = tmp_path / "work" / "timing-cache" / "tiny-mistral" / "a100-40gb-trt10.14.1.48.cache"
     newest = shared.read_bytes()
@@ -797,7 +811,7 @@ def test_up_to_date_builds_restore_their_links_and_the_shared_cache_never_an_old
 
 
 def test_a_file_where_the_engines_link_goes_fails_the_task_after_its_commit(tmp_path):
-    blocker = tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "a100-40gb" / "latency"
+    blocker = tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "a100-40gb" / "latency"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a link")
     _, store, report = _gpu_build(tmp_path, FakeTensorRTLLM())
@@ -888,7 +902,7 @@ def _reference_build(tmp_path, tiny_model_dir, checkpoint, force=frozenset(), wr
 
     config = load_config(None)
     config = config.model_copy(
-        update={"quantization": config.quantization.model_copy(update={"precisions": (Precision.int8_wo,)})}
+        update={"backends": (BackendSection(name="trtllm-engine", precisions=(Precision.int8_wo,)),)}
     )
     store = ArtifactStore(tmp_path / "work")
     tasks = select_tasks(plan_tasks(config), {"build"})
@@ -912,7 +926,7 @@ def test_reference_build_end_to_end(tmp_path, tiny_model_dir, int8_wo_checkpoint
     weights = next(f for f in manifest.files if f.path == "engine/rank0.safetensors")
     assert weights.size == (int8_wo_checkpoint / "rank0.safetensors").stat().st_size
     assert manifest.record["engine"]["backend"] == "reference" and manifest.record["command"] == []
-    link = tmp_path / "engines" / "tiny-mistral" / "int8_wo" / "cpu" / "latency"
+    link = tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_wo" / "cpu" / "latency"
     assert link.resolve() == latency.path.resolve()
 
     runner = load_runner(engine)
@@ -967,16 +981,16 @@ def test_the_build_manifest_hashes_the_bytes_it_wrote(tmp_path, tiny_model_dir, 
 
 
 def _link(work: Path, key: str, reporter: RecordingReporter) -> Path | None:
-    """build's engines/ link for the artifact <key> of build[int8_sq/latency] in work's store."""
-    store, task = ArtifactStore(work), Task("build", "int8_sq", "latency")
+    """build's engines/ link for the artifact <key> of build[trtllm-engine/int8_sq/latency] in work's store."""
+    store, task = ArtifactStore(work), Task("build", "trtllm-engine", "int8_sq", "latency")
     final = store.slot("build", task.variant) / key
     return build._link_engine(load_config(None), store, task, final, reporter)
 
 
 def test_an_engines_link_belongs_to_one_work_dir(tmp_path):
-    mine = tmp_path / "work-a" / "store" / "build" / "int8_sq" / "latency"
+    mine = tmp_path / "work-a" / "store" / "build" / "trtllm-engine" / "int8_sq" / "latency"
     link = _link(tmp_path / "work-a", "a" * 20, RecordingReporter())
-    assert link == tmp_path / "engines" / "tiny-mistral" / "int8_sq" / "cpu" / "latency"
+    assert link == tmp_path / "engines" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "cpu" / "latency"
     assert link.resolve() == mine / ("a" * 20)
 
     other = RecordingReporter()

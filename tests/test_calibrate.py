@@ -653,21 +653,21 @@ def test_stage_writes_checkpoint_and_reruns_only_when_the_data_changes(tmp_path,
     report = execute(config, store, tasks, reporter=RecordingReporter(), stages=stages)
     assert report.error is None
     by_id = {r.task.id: r for r in report.results}
-    sq = by_id["calibrate[int8_sq]"]
+    sq = by_id["calibrate[trtllm-engine/int8_sq]"]
     assert sq.state is TaskState.ran and sq.summary.startswith("W8A8_SQ_PER_CHANNEL, 8 samples x 48 tokens")
-    artifact = store.get("calibrate", ("int8_sq",), sq.key)
+    artifact = store.get("calibrate", ("trtllm-engine", "int8_sq"), sq.key)
     assert artifact is not None and (artifact.path / "checkpoint" / "rank0.safetensors").is_file()
     assert artifact.manifest.record["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
     assert artifact.manifest.record["calibration"]["dataset"]["sha256"] == sha256_file(dataset)
     # The step's GPU memory (none on this host), proven released before the build (tests/test_gpu_memory.py).
     assert [m["step"] for m in artifact.manifest.record["gpu_memory"]] == ["calibration"]
-    assert by_id["calibrate[int8_wo]"].summary.startswith("W8A16, no calibration")
+    assert by_id["calibrate[trtllm-engine/int8_wo]"].summary.startswith("W8A16, no calibration")
 
     # Edited data: SmoothQuant reruns, weight-only (which reads no data) stays up to date.
     dataset.write_text(dataset.read_text().replace("The engineer", "The mechanic"))
     states = {r.task.id: (r.state, r.reason) for r in status(config, store, tasks, stages)}
-    assert states["calibrate[int8_sq]"] == (TaskState.stale, "config changed: dataset_sha256")
-    assert states["calibrate[int8_wo]"][0] is TaskState.up_to_date
+    assert states["calibrate[trtllm-engine/int8_sq]"] == (TaskState.stale, "config changed: dataset_sha256")
+    assert states["calibrate[trtllm-engine/int8_wo]"][0] is TaskState.up_to_date
 
 
 def test_config_section_tracks_data_only_for_calibrated_precisions(tmp_path, offline_mix):

@@ -113,21 +113,28 @@ def test_without_a_terminal_tables_do_not_wrap(tmp_path, in_repo_root, capsys, m
     out = capsys.readouterr().out
     assert f"status of {work}" in out
     assert any(
-        line.startswith("│ build[int8_sq/throughput]") and "never built" in line for line in out.splitlines()
+        line.startswith("│ build[trtllm-engine/int8_sq/throughput]") and "never built" in line
+        for line in out.splitlines()
     )
 
 
 def test_status_shows_the_selected_variants_and_what_they_are_made_from(tmp_path, in_repo_root, capsys):
     args = ["status", "--json", "--work-dir", str(tmp_path), "--precision", "int8_wo", "--profile", "latency"]
-    assert main(args) == 0
+    assert main([*args, "--backend", "trtllm-pytorch"]) == 0
     tasks = [r["task"] for r in json.loads(capsys.readouterr().out)]
     assert tasks == [
         "fetch",
-        "calibrate[int8_wo]",
-        "build[int8_wo/latency]",
-        "gate_engine[int8_wo/gate]",
-        "gate[int8_wo/latency]",
-        "publish[int8_wo/latency]",
+        "calibrate[trtllm-pytorch/int8_wo]",
+        "build[trtllm-pytorch/int8_wo/latency]",
+        "gate_engine[trtllm-pytorch/int8_wo/gate]",
+        "gate[trtllm-pytorch/int8_wo/latency]",
+        "publish[trtllm-pytorch/int8_wo/latency]",
     ]
+    assert main(args) == 0  # int8_wo of both backends
+    tasks = [r["task"] for r in json.loads(capsys.readouterr().out)]
+    assert (
+        "publish[trtllm-engine/int8_wo/latency]" in tasks
+        and "publish[trtllm-pytorch/int8_wo/latency]" in tasks
+    )
     assert main(["status", "--work-dir", str(tmp_path), "--profile", "huge"]) == 2
     assert "--profile huge: not in the config's profiles" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_a_request_names_its_stages_filters_and_what_to_rerun(config, tmp_path):
         stages=frozenset({"calibrate"}), force=frozenset({"calibrate"}), precisions=frozenset({"int8_wo"})
     )
     result = run_pipeline(config, work, request, reporter=RecordingReporter(), stages=fake_stages())
-    assert RUNS == ["calibrate[int8_wo]"]
+    assert RUNS == ["calibrate[trtllm-engine/int8_wo]"]
     assert [r.state for r in result.report.results] == [TaskState.up_to_date, TaskState.ran]
 
 

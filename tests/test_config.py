@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.backends import backend_of
 from pipeline.cli import main
 from pipeline.core.errors import ConfigDeprecationWarning, ConfigError
 from pipeline.facts.config import Precision, load_config
@@ -35,19 +36,31 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_valid_config_resolves_paths_against_its_folder(tmp_path):
     config = load_config(write(tmp_path, VALID))
-    assert config.quantization.precisions == (Precision.int8_sq,)
+    assert config.variants == [("trtllm-engine", Precision.int8_sq)]
     assert config.calibration.dataset == tmp_path / "calib_data/offline-mix.jsonl"
     assert config.model.revision_is_commit
 
 
 def test_embedded_default_and_real_job_are_valid(repo_root):
     tiny = load_config(None)
-    assert (tiny.target.gpu, tiny.target.backend) == ("cpu", "reference") and tiny.model.source == "tiny"
+    assert tiny.target.gpu == "cpu" and tiny.model.source == "tiny"
+    # The demo runs both backends, the reference runtime playing each on the CPU.
+    assert [(b, p.value) for b, p in tiny.variants] == [
+        ("trtllm-engine", "int8_sq"),
+        ("trtllm-engine", "int8_wo"),
+        ("trtllm-pytorch", "int8_wo"),
+    ]
+    assert {backend_of(tiny, b.name).name for b in tiny.backends} == {"reference", "reference-pytorch"}
     real = load_config(repo_root / "pipeline.toml")
     assert real.model.repo_id == "mistralai/Mistral-7B-Instruct-v0.3"
     assert real.model.revision_is_commit
-    assert (real.target.gpu, real.target.backend) == ("a100-40gb", "trtllm-engine")
-    assert {p.value for p in real.quantization.precisions} == {"int8_sq", "int8_wo"}
+    assert real.target.gpu == "a100-40gb"
+    assert {(b, p.value) for b, p in real.variants} == {
+        ("trtllm-engine", "int8_sq"),
+        ("trtllm-engine", "int8_wo"),
+        ("trtllm-pytorch", "int4_awq"),
+        ("trtllm-pytorch", "int8_wo"),
+    }
     assert {"latency", "throughput", "long-context"} <= {p.name for p in real.profiles}
     assert all(p.max_seq_len for p in real.profiles)
 
@@ -148,18 +161,93 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
     assert f"{path}: target.colour: unknown key" in " ".join(err.split())
 
 
+def _runtimes(config) -> list[tuple[str, str]]:
+    return [(b.name, backend_of(config, b.name).name) for b in config.backends]
+
+
 def test_target_and_backend_change_independently_each_backend_defaulted_by_its_target(tmp_path):
-    for gpu, backend in (
+    for gpu, runtime in (
         ("a100-40gb", "trtllm-engine"),
         ("h100-80gb", "trtllm-engine"),
         ("cpu", "reference"),
     ):
-        target = load_config(write(tmp_path, VALID.replace('gpu = "a100-40gb"', f'gpu = "{gpu}"'))).target
-        assert (target.gpu, target.backend) == (gpu, backend)
+        config = load_config(write(tmp_path, VALID.replace('gpu = "a100-40gb"', f'gpu = "{gpu}"')))
+        assert config.target.gpu == gpu and _runtimes(config) == [("trtllm-engine", runtime)]
     explicit = VALID.replace('gpu = "a100-40gb"', 'gpu = "l4"\nbackend = "trtllm-engine"')
-    assert load_config(write(tmp_path, explicit)).target.backend == "trtllm-engine"
+    assert _runtimes(load_config(write(tmp_path, explicit))) == [("trtllm-engine", "trtllm-engine")]
     without_section = VALID.replace('[target]\ngpu = "a100-40gb"\n', "")
-    assert load_config(write(tmp_path, without_section)).target.backend == "trtllm-engine"
+    assert _runtimes(load_config(write(tmp_path, without_section))) == [("trtllm-engine", "trtllm-engine")]
+
+
+BOTH = VALID.replace(
+    '[quantization]\nprecisions = ["int8_sq"]\n',
+    '[[backends]]\nname = "trtllm-engine"\nprecisions = ["int8_sq", "int8_wo"]\n\n'
+    '[[backends]]\nname = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_wo"]\n',
+)
+
+
+@pytest.mark.parametrize(
+    "gpu, runtimes",
+    [("a100-40gb", ("trtllm-engine", "trtllm-pytorch")), ("cpu", ("reference", "reference-pytorch"))],
+)
+def test_backends_list_each_runtime_with_its_precisions_played_by_the_reference_on_the_cpu(
+    tmp_path, gpu, runtimes
+):
+    config = load_config(write(tmp_path, BOTH.replace('gpu = "a100-40gb"', f'gpu = "{gpu}"')))
+    assert _runtimes(config) == list(zip(("trtllm-engine", "trtllm-pytorch"), runtimes, strict=True))
+    assert [(b, p.value) for b, p in config.variants] == [
+        ("trtllm-engine", "int8_sq"),
+        ("trtllm-engine", "int8_wo"),
+        ("trtllm-pytorch", "int4_awq"),
+        ("trtllm-pytorch", "int8_wo"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (
+            (
+                'name = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_wo"]',
+                'name = "trtllm-pytorch"\nprecisions = ["int4_awq", "int8_sq"]',
+            ),
+            "backends[1].precisions[1]",
+            "int8_sq does not run on the trtllm-pytorch backend",
+        ),
+        (
+            ("[[profiles]]", '[quantization]\nkv_cache_dtype = "int8"\n\n[[profiles]]'),
+            "quantization.kv_cache_dtype",
+            "a int8 KV cache does not run on the trtllm-pytorch backend",
+        ),
+        (
+            ('name = "trtllm-pytorch"', 'name = "reference"'),
+            "backends[1].name",
+            "unknown backend 'reference'",
+        ),
+        (('name = "trtllm-pytorch"', 'name = "trtllm-engine"'), "backends[1].name", "listed twice"),
+        (
+            ('[target]\ngpu = "a100-40gb"', '[target]\ngpu = "a100-40gb"\nbackend = "trtllm-engine"'),
+            "target.backend",
+            "single-backend form",
+        ),
+        (
+            ("[[profiles]]", '[quantization]\nprecisions = ["int8_sq"]\n\n[[profiles]]'),
+            "quantization.precisions",
+            "single-backend form",
+        ),
+        (('precisions = ["int4_awq", "int8_wo"]', "precisions = []"), "backends[1].precisions", "at least 1"),
+    ],
+)
+def test_a_bad_backends_list_names_the_field(tmp_path, capsys, change, field, words):
+    assert change[0] in BOTH
+    for gpu in ("a100-40gb", "cpu"):
+        path = write(tmp_path, BOTH.replace(*change, 1).replace('gpu = "a100-40gb"', f'gpu = "{gpu}"'))
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert (info.value.field, gpu) == (field, gpu) and words in info.value.problem
+        assert main(["status", "--config", str(path), "--work-dir", str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: {field}: " in " ".join(err.split()) and "Traceback" not in err
 
 
 def test_a_backend_that_cannot_run_on_the_target_is_one_line_exit_2(tmp_path, capsys):

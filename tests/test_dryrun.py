@@ -55,15 +55,25 @@ def test_the_real_job_dry_runs_here_without_a_gpu_or_the_model(repo_root, tmp_pa
     config = load_config(repo_root / "pipeline.toml")
     assert [t.id for t in dry.tasks] == [t.id for t in plan_tasks(config)]
     assert all(t.would_run and t.reason == "never built" for t in dry.tasks)
-    assert dry.container == SERVING_CONTAINER.tag
+    assert [(b.name, b.runtime, b.container) for b in dry.backends] == [
+        ("trtllm-engine", "trtllm-engine", SERVING_CONTAINER.tag),
+        ("trtllm-pytorch", "trtllm-pytorch", SERVING_CONTAINER.tag),
+    ]
     assert not work.exists()  # no store, lock, log or report written
 
     builds = {t.id: t.commands for t in dry.tasks if t.stage == "build"}
-    assert len(builds) == 6 and all(len(c) == 1 for c in builds.values())
+    assert len(builds) == 12 and all(len(c) == 1 for c in builds.values())
+    # Every engine build is a trtllm-build; every PyTorch-backend build shows its LLM API options file.
+    options = {i: c for i, (c,) in builds.items() if i.startswith("build[trtllm-pytorch/")}
+    assert len(options) == 6 and all(
+        c.files[0].path.endswith("/engine/llm_api_options.yaml") for c in options.values()
+    )
+    builds = {i: c for i, c in builds.items() if i not in options}
+    assert len(builds) == 6
     for task_id, (command,) in builds.items():
         args = trtllm_build_parser().parse_args(command.argv[1:])  # every flag is one 1.2.1 accepts
         assert command.argv[0] == "trtllm-build"
-        profile = config.profile(task_id.split("/")[1].rstrip("]"))
+        profile = config.profile(task_id.split("/")[2].rstrip("]"))
         assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (
             profile.max_batch_size,
             profile.max_input_len,
@@ -75,11 +85,11 @@ def test_the_real_job_dry_runs_here_without_a_gpu_or_the_model(repo_root, tmp_pa
         )
         assert args.input_timing_cache.endswith(f"a100-40gb-trt{SERVING_CONTAINER.tensorrt}.cache")
         assert args.output_timing_cache == str(Path(args.output_dir).parent / "timing.cache")  # its own
-    # Only engine builds run an external command; afterwards each published version is served by the container.
+    # Only builds run an external command; afterwards each published version is served by the container.
     assert all(not t.commands for t in dry.tasks if t.stage not in ("build", "gate_engine"))
-    assert len(dry.serve) == 6
+    assert len(dry.serve) == 12
     first = dry.serve[0].argv
-    slot = variant_destination(config, "int8_sq", "latency") / CURRENT
+    slot = variant_destination(config, "trtllm-engine", "int8_sq", "latency") / CURRENT
     assert first[first.index("-v") + 1] == f"{slot.absolute()}:{config.publish.mount_path}:ro"
     assert SERVING_CONTAINER.tag in first and first[-2] == "tritonserver"
 
@@ -90,15 +100,20 @@ def test_no_published_engine_is_built_with_context_logits(repo_root, tmp_path, c
     argvs = [c.argv for t in dry.tasks if t.id in published for c in t.commands]
     assert argvs and not any("--gather_context_logits" in argv for argv in argvs)
     # The gate's own engine (one per precision, never published) is the one that gathers them.
-    gate_engines = [c.argv for t in dry.tasks if t.stage == "gate_engine" for c in t.commands]
+    gate_engines = [
+        c.argv for t in dry.tasks if t.stage == "gate_engine" and "trtllm-engine" in t.id for c in t.commands
+    ]
     assert len(gate_engines) == 2 and all("--gather_context_logits" in argv for argv in gate_engines)
 
 
 def test_the_text_dry_run_prints_each_command_as_a_shell_line(repo_root, tmp_path, capsys, no_processes):
     args = ["run", "--dry-run", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
-    assert main([*args, "--precision", "int8_wo", "--profile", "throughput"]) == 0
+    assert (
+        main([*args, "--backend", "trtllm-engine", "--precision", "int8_wo", "--profile", "throughput"]) == 0
+    )
     out = capsys.readouterr().out
-    assert "would run build[int8_wo/throughput]" in out and "int8_sq" not in out
+    assert "trtllm-pytorch/" not in out
+    assert "would run build[trtllm-engine/int8_wo/throughput]" in out and "int8_sq" not in out
     assert out.count("$ trtllm-build --checkpoint_dir ") == 2  # the served engine and the gate engine
     assert "tritonserver --model-repository=/models" in out
 
@@ -112,7 +127,7 @@ def predicted(dry: DryRun) -> list[str]:
 
 
 def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
-    bad = "gate[int8_sq/latency]"
+    bad = "gate[trtllm-engine/int8_sq/latency]"
     stages = fake_stages(gate_ok=lambda ctx: ctx.task.id != bad)
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
@@ -124,12 +139,12 @@ def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
     states = {t.id: t.reason for t in dry.tasks}
     assert (
         states[bad].startswith("rejected")
-        and states["publish[int8_sq/latency]"] == f"blocked: {bad} did not pass"
+        and states["publish[trtllm-engine/int8_sq/latency]"] == f"blocked: {bad} did not pass"
     )
 
     changed = config_with(tmp_path, **{"max_batch_size = 8": "max_batch_size = 4"})
     dry = plan_run(changed, store, plan_tasks(changed), arch, stages=stages)
-    assert {t.id: t.reason for t in dry.tasks if t.would_run}["build[int8_wo/throughput]"] == (
+    assert {t.id: t.reason for t in dry.tasks if t.would_run}["build[trtllm-engine/int8_wo/throughput]"] == (
         "config changed: max_batch_size"
     )
     RUNS.clear()
@@ -141,7 +156,7 @@ def test_the_dry_run_predicts_what_the_run_then_runs(tmp_path):
     )
     gates = [t.id for t in plan_tasks(changed) if t.stage == "gate"]
     # The failed gate reruns, so its publish (never built) is planned: it runs only if the gate passes.
-    assert predicted(forced) == [*gates, "publish[int8_sq/latency]"]
+    assert predicted(forced) == [*gates, "publish[trtllm-engine/int8_sq/latency]"]
     assert {t.reason for t in forced.tasks if t.stage == "gate"} == {"forced"}
     RUNS.clear()
     run_fake(changed, store, stages=stages, force_stages=frozenset({"gate"}))
@@ -154,11 +169,11 @@ def test_a_gpu_build_that_would_run_gets_the_argv_of_its_real_inputs(tmp_path):
     gpu = config_with(tmp_path, **ON_A100)
     store = ArtifactStore(tmp_path / "work")
     report = run_fake(gpu, store, stages=stages)
-    calibrated = next(r.path for r in report.results if r.task.id == "calibrate[int8_sq]")
+    calibrated = next(r.path for r in report.results if r.task.id == "calibrate[trtllm-engine/int8_sq]")
 
     changed = config_with(tmp_path, **ON_A100, **{"max_input_len = 96": "max_input_len = 64"})
     dry = plan_run(changed, store, plan_tasks(changed), find_architecture(changed), stages=stages)
-    (command,) = next(t for t in dry.tasks if t.id == "build[int8_sq/throughput]").commands
+    (command,) = next(t for t in dry.tasks if t.id == "build[trtllm-engine/int8_sq/throughput]").commands
     args = trtllm_build_parser().parse_args(command.argv[1:])
     assert args.checkpoint_dir == str(calibrated / "checkpoint")
     assert args.max_input_len == 64
@@ -190,14 +205,19 @@ def test_the_dry_run_names_each_artifacts_store_folder_or_what_its_key_waits_for
     by_id = {t.id: t for t in dry.tasks}
     fetch = by_id["fetch"]
     assert fetch.key and fetch.path == str(store.slot("fetch", ()) / fetch.key) and not fetch.key_after
-    calibrate = by_id["calibrate[int8_sq]"]  # its input is built: its key is known before it runs
-    assert calibrate.would_run and calibrate.key and calibrate.path.endswith(f"/int8_sq/{calibrate.key}")
-    build = by_id["build[int8_sq/latency]"]
-    assert build.key is None and build.key_after == ["calibrate[int8_sq]"]
+    calibrate = by_id[
+        "calibrate[trtllm-engine/int8_sq]"
+    ]  # its input is built: its key is known before it runs
+    assert calibrate.would_run and calibrate.key
+    assert calibrate.path.endswith(f"/trtllm-engine/int8_sq/{calibrate.key}")
+    build = by_id["build[trtllm-engine/int8_sq/latency]"]
+    assert build.key is None and build.key_after == ["calibrate[trtllm-engine/int8_sq]"]
     (command,) = build.commands
     args = trtllm_build_parser().parse_args(command.argv[1:])
     assert args.checkpoint_dir == f"{calibrate.path}/checkpoint"
-    assert args.output_dir == str(store.slot("build", ("int8_sq", "latency")) / "<key>" / "engine")
+    assert args.output_dir == str(
+        store.slot("build", ("trtllm-engine", "int8_sq", "latency")) / "<key>" / "engine"
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from fake_stages import fake_stages
-from publish_upstream import CPU_TARGET
+from publish_upstream import CPU_TARGET, ENGINE_ONLY
 from test_store import config_with
 
 from pipeline.core.reporter import RecordingReporter
@@ -88,7 +88,8 @@ def _config(tmp_path, gpu: str, precisions: str = '["int8_sq"]'):
     return config_with(
         tmp_path,
         **{
-            CPU_TARGET: f'gpu = "{gpu}"\nbackend = "trtllm-engine"',
+            CPU_TARGET: f'gpu = "{gpu}"\n',
+            **ENGINE_ONLY,
             'precisions = ["int8_sq", "int8_wo"]': f"precisions = {precisions}",
         },
     )

@@ -16,7 +16,7 @@ from pipeline.facts.formats import (
     builds_paged_context_fmha,
     kv_cache_format,
     reads_calibration_data,
-    unsupported_on_sm,
+    unsupported_on_gpu,
 )
 from pipeline.facts.targets import TARGETS
 
@@ -50,17 +50,20 @@ def test_gate_defaults_come_from_the_rows_each_with_its_reason():
 def test_sm_limits_apply_to_engines_on_gpus_and_the_reference_backend_runs_every_format():
     engine, reference = BACKENDS["trtllm-engine"], BACKENDS["reference"]
     for name in ("a100-40gb", "a100-80gb", "a10g"):
-        assert unsupported_on_sm("fp8", "fp16", TARGETS[name].sm) == "fp8 needs sm89 or newer"
-        assert engine.format_problem(Precision.fp8, "fp16", TARGETS[name]).startswith(
+        assert (
+            unsupported_on_gpu("trtllm-engine", "fp8", "fp16", TARGETS[name].sm).problem
+            == "fp8 needs sm89 or newer"
+        )
+        assert engine.format_problem(Precision.fp8, "fp16", TARGETS[name]).problem.startswith(
             "fp8 needs sm89 or newer"
         )
     for name in ("l4", "h100-80gb", "h200"):
-        assert unsupported_on_sm("fp8", "fp16", TARGETS[name].sm) is None
+        assert unsupported_on_gpu("trtllm-engine", "fp8", "fp16", TARGETS[name].sm) is None
         assert engine.format_problem(Precision.fp8, "fp16", TARGETS[name]) is None
     for precision in Precision:
         assert reference.format_problem(precision, "int8", TARGETS["cpu"]) is None
-        assert unsupported_on_sm(precision, "int8", 89) is None
-    assert unsupported_on_sm("int4_awq", "int8", TARGETS["a100-40gb"].sm) is None
+        assert unsupported_on_gpu("trtllm-engine", precision, "int8", 89) is None
+    assert unsupported_on_gpu("trtllm-engine", "int4_awq", "int8", TARGETS["a100-40gb"].sm) is None
 
 
 def test_fp8_brings_its_own_kv_cache_and_int8_kv_turns_paged_context_fmha_off():

@@ -597,7 +597,7 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
     work = tmp_path / "work"
     passing = _pipeline_config(tmp_path / "pass.toml", tiny_model_dir, gate_settings.prompts)
     assert main(["gate", "--config", str(passing), "--work-dir", str(work)]) == 0
-    (artifact,) = (work / "store" / "gate" / "int8_sq" / "small").glob("*/manifest.json")
+    (artifact,) = (work / "store" / "gate" / "trtllm-engine" / "int8_sq" / "small").glob("*/manifest.json")
     manifest = Manifest.model_validate_json(artifact.read_text())
     assert manifest.ok and manifest.record["verdict"] is True
     assert {"gate.json", "gate.md", "junit.xml"} <= {f.path for f in manifest.files}
@@ -608,12 +608,16 @@ def test_gate_stage_writes_its_reports_and_a_failed_verdict_exits_1(
         "gate: served engine",
     ]
     # The gate engine is built per precision for the gate and never linked for serving.
-    (gate_engine,) = (work / "store" / "gate_engine" / "int8_sq" / "gate").glob("*/manifest.json")
+    (gate_engine,) = (work / "store" / "gate_engine" / "trtllm-engine" / "int8_sq" / "gate").glob(
+        "*/manifest.json"
+    )
     record = Manifest.model_validate_json(gate_engine.read_text()).record
     assert record["plan"]["gather_context_logits"]
-    engines = tmp_path / "engines" / "tiny" / "int8_sq" / "cpu"
+    engines = tmp_path / "engines" / "tiny" / "trtllm-engine" / "int8_sq" / "cpu"
     assert [p.name for p in engines.iterdir()] == ["small"] and (engines / "small").is_symlink()
-    assert (engines / "small").resolve().parent == (work / "store" / "build" / "int8_sq" / "small").resolve()
+    assert (engines / "small").resolve().parent == (
+        work / "store" / "build" / "trtllm-engine" / "int8_sq" / "small"
+    ).resolve()
 
     # Thresholds no int8 model can meet: the stage runs, records the failure, and the CLI exits 1.
     strict = "[gate.thresholds.int8_sq]\nmax_perplexity_increase_pct = 0.0\nmin_top1_agreement = 1.0\nmin_greedy_match = 1.0"

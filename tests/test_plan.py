@@ -10,7 +10,7 @@ from pipeline.cli import main
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.facts.architecture import KNOWN_ARCHITECTURES
 from pipeline.facts.config import Precision, Profile, load_config
-from pipeline.facts.formats import unsupported_on_sm
+from pipeline.facts.formats import unsupported_on_gpu
 from pipeline.facts.targets import TARGETS
 from pipeline.planning.memory import find_architecture, plan_config, plan_memory, plan_profile
 
@@ -143,7 +143,7 @@ def test_profile_that_does_not_fit_is_refused_with_what_would():
         update={"target": config.target.model_copy(update={"gpu": "a100-40gb"}), "profiles": (big,)}
     )
     with pytest.raises(ConfigError) as info:
-        plan_profile(config, MISTRAL, Precision.int8_sq, "huge")
+        plan_profile(config, MISTRAL, "trtllm-engine", Precision.int8_sq, "huge")
     assert info.value.field == "profiles[0]"
     # budget 0.9 x (32.99 - 2.99) GiB = 27.19 GiB; 4 GiB per 32768-token sequence -> 6
     assert "largest batch at max_seq_len 32768: 7" in info.value.message
@@ -186,7 +186,8 @@ def test_architecture_sources(tmp_path, repo_root):
 def test_plan_config_covers_every_target_precision_and_profile(repo_root):
     real = load_config(repo_root / "pipeline.toml")
     plans = plan_config(real, MISTRAL, ("a100-40gb", "a100-80gb"))
-    assert len(plans) == 2 * 2 * (3 + 1)  # each precision's gate engine too
+    assert len(plans) == 2 * 4 * (3 + 1)  # 2 targets x 4 (backend, precision) x 3 profiles and the gate's
+    assert {(p.backend, p.precision) for p in plans} == {(b, p.value) for b, p in real.variants}
     assert all(p.fits for p in plans)
     assert [p.gather_context_logits for p in plans] == [p.profile == "gate" for p in plans]
 
@@ -195,7 +196,7 @@ def test_the_gate_engine_plan_states_the_gates_own_memory_need(repo_root):
     """The gate's engine: gate.batch_size windows of eval_seq_len tokens, with the context logits it
     returns (the engine's FP32 output rows and ModelRunnerCpp's padded (batch, max_input_len, vocab) copy)."""
     real = load_config(repo_root / "pipeline.toml")
-    gate = plan_profile(real, MISTRAL, Precision.int8_sq, "gate")
+    gate = plan_profile(real, MISTRAL, "trtllm-engine", Precision.int8_sq, "gate")
     assert (gate.max_batch_size, gate.max_input_len, gate.max_seq_len) == (8, 1024, 1024 + 64)
     assert gate.gather_context_logits and gate.max_num_tokens == 8192
     logits = (8192 + 8 * 1024) * 32_768 * 4  # 2 GiB
@@ -203,7 +204,7 @@ def test_the_gate_engine_plan_states_the_gates_own_memory_need(repo_root):
     assert gate.kv_needed_bytes == 8 * 1088 * KV_PER_TOKEN_FP16
     allowance = {line.figure: line for line in gate.derivation}["activation/workspace allowance"]
     assert "context logits (the engine's, and the runner's padded copy)" in allowance.how
-    served = plan_profile(real, MISTRAL, Precision.int8_sq, "throughput")
+    served = plan_profile(real, MISTRAL, "trtllm-engine", Precision.int8_sq, "throughput")
     assert (
         "no context logits"
         in {line.figure: line for line in served.derivation}["activation/workspace allowance"].how
@@ -215,12 +216,15 @@ def test_plan_command_prints_the_derivation(repo_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "7.01 GiB" in out and "32.99 GiB" in out and "214 tok/s" in out
-    assert "how: a100-40gb / int8_sq / long-context" in out
+    assert "how: a100-40gb / trtllm-engine / int8_sq / long-context" in out
+    assert "how: a100-40gb / trtllm-pytorch / int4_awq / long-context" in out
 
 
 def test_plan_command_on_the_documented_int4_awq_variant(repo_root, tmp_path, capsys):
     text = (repo_root / "pipeline.toml").read_text()
+    # The engine backend alone: the PyTorch backend has no INT8 KV cache.
     text = text.replace('precisions = ["int8_sq", "int8_wo"]', 'precisions = ["int4_awq"]')
+    text = text[: text.index('[[backends]]\nname = "trtllm-pytorch"')] + text[text.index("[quantization]") :]
     path = tmp_path / "awq.toml"
     path.write_text(text.replace('kv_cache_dtype = "fp16"', 'kv_cache_dtype = "int8"'))
     assert main(["plan", "--config", str(path), "--work-dir", str(tmp_path), "--json"]) == 0
@@ -266,7 +270,7 @@ def test_gpu_table_has_the_issue_targets():
     }.items():
         target = TARGETS[name]
         assert target.sm == sm
-        assert (unsupported_on_sm("fp8", "fp16", sm) is None) == (sm >= 89)
+        assert (unsupported_on_gpu("trtllm-engine", "fp8", "fp16", sm) is None) == (sm >= 89)
     assert TARGETS["a100-40gb"].bandwidth_gb_s == 1555 and TARGETS["a100-80gb"].memory_gib == 80
 
 
@@ -275,9 +279,12 @@ def test_plan_exits_2_when_a_profile_does_not_fit_a_target_asked_for(repo_root, 
     args = ["plan", "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
     assert main([*args, "--target", "l4", "--summary"]) == 2
     captured = capsys.readouterr()
-    assert "profiles[1]: 'throughput' does not fit l4 with int8_sq: needs 16.00 GiB" in captured.err
+    assert (
+        "profiles[1]: 'throughput' does not fit l4 with trtllm-engine int8_sq: needs 16.00 GiB"
+        in captured.err
+    )
     rows = [line for line in captured.out.splitlines() if line.startswith("│")]
     config = load_config(repo_root / "pipeline.toml")
-    per_target = len(config.quantization.precisions) * (len(config.profiles) + 1)  # + the gate engine
+    per_target = len(config.variants) * (len(config.profiles) + 1)  # + the gate engine
     assert len(rows) == 2 * per_target  # --summary: one row each, no derivations
     assert "how:" not in captured.out

@@ -15,9 +15,9 @@ from pipeline.serving.release import CURRENT, stale_versions, versions
 from pipeline.stages.publish import variant_destination
 
 
-def published(config, precision, profile, count, current=None):
+def published(config, precision, profile, count, current=None, backend="trtllm-engine"):
     """A slot with versions 1..count, each a read-only folder as publish leaves it."""
-    slot = variant_destination(config, precision, profile)
+    slot = variant_destination(config, backend, precision, profile)
     for v in range(1, count + 1):
         (slot / str(v) / "tensorrt_llm" / "1").mkdir(parents=True)
         (slot / str(v) / "tensorrt_llm" / "1" / "model.py").write_text(f"version {v}\n" * 100)

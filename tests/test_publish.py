@@ -56,7 +56,7 @@ def param(config: model_config_pb2.ModelConfig, key: str) -> str:
 
 
 def slot_of(config, profile: str = "latency") -> Path:
-    return config.publish.destination.joinpath("tiny-mistral", "int8_sq", profile)
+    return config.publish.destination.joinpath("tiny-mistral", "trtllm-engine", "int8_sq", profile)
 
 
 def result_of(report, stage: str):
@@ -117,7 +117,9 @@ def test_publishes_an_inflight_batching_repository_for_the_variant(tmp_path, pro
     assert release.check_version(version).ok  # with its sha256 and size, and nothing else
 
     record = result_of(report, "publish")
-    stored = ArtifactStore(tmp_path / "work").get("publish", ("int8_sq", profile), record.key)
+    stored = ArtifactStore(tmp_path / "work").get(
+        "publish", ("trtllm-engine", "int8_sq", profile), record.key
+    )
     assert stored.manifest.record["version"] == 1 and stored.manifest.record["created"] is True
 
 
@@ -507,7 +509,7 @@ def test_one_variant_published_at_once_from_three_processes_gets_one_whole_versi
     manifests = [(slot / str(v) / RELEASE_MANIFEST).read_bytes() for v in found]
     assert all(a != b for a, b in zip(manifests, manifests[1:], strict=False))
     for work in outcomes:
-        artifact = ArtifactStore(Path(work)).latest("publish", ("int8_sq", "latency"))
+        artifact = ArtifactStore(Path(work)).latest("publish", ("trtllm-engine", "int8_sq", "latency"))
         assert artifact is not None and Publish().check_outputs(artifact, {}) == []
     assert sum("waiting for another publish" in o[3] for o in outcomes.values()) >= 1  # they contended
 
@@ -939,7 +941,7 @@ def test_a_destination_on_a_real_full_filesystem_is_named(tmp_path, small_filesy
     )
     report = run_publish(config, tmp_path / "work", Upstream())
     error = report.error
-    slot = small_filesystem / "tiny-mistral" / "int8_sq" / "latency"
+    slot = small_filesystem / "tiny-mistral" / "trtllm-engine" / "int8_sq" / "latency"
     assert isinstance(error, DiskSpaceError) and error.path == slot, report.error
     # What was free on this disk when the write failed (the work dir's disk has far more).
     assert error.free < shutil.disk_usage(small_filesystem).total < shutil.disk_usage(tmp_path).free

@@ -21,6 +21,7 @@ from pipeline.cli import main
 from pipeline.commands.dryrun import plan_run
 from pipeline.commands.selftest import (
     REPORT_NAME,
+    Check,
     ContainerTritonServer,
     SelftestReport,
     reference_in_child,
@@ -36,6 +37,7 @@ from pipeline.facts.container import SERVING_CONTAINER, TRITON_HOME
 from pipeline.hub.tiny_model import generate_tiny_mistral, tiny_spec
 from pipeline.planning.memory import find_architecture
 from pipeline.planning.tasks import plan_tasks
+from pipeline.serving.pytorch.gpu_check import GENERATE, LOAD, OPENAI, STREAM
 from pipeline.serving.release import CURRENT
 from pipeline.serving.server import TritonInstall
 from pipeline.serving.smoke import ROUTES, SmokeCheck
@@ -100,7 +102,7 @@ def test_the_selftest_plan_builds_one_engine_and_serves_it_where_it_lies(repo_ro
     assert (args.max_batch_size, args.max_input_len, args.max_seq_len) == (2, 96, 128)
     assert "h100-80gb" in args.input_timing_cache
     # gpt_model_path (= mount_path + /tensorrt_llm/1/engine) is the published version's own path.
-    current = variant_destination(config, "int8_sq", "selftest") / CURRENT
+    current = variant_destination(config, "trtllm-engine", "int8_sq", "selftest") / CURRENT
     assert config.publish.mount_path == str(current) and current.is_absolute()
     assert not (tmp_path / "st").exists()
 
@@ -112,7 +114,7 @@ def publishing_stages(config, gate_ok=lambda ctx: True):
     fake_publish = stages["publish"]
 
     def run(ctx):
-        slot = variant_destination(config, ctx.task.precision, ctx.task.profile)
+        slot = variant_destination(config, ctx.task.backend, ctx.task.precision, ctx.task.profile)
         (slot / "1").mkdir(parents=True, exist_ok=True)
         if not (slot / CURRENT).is_symlink():
             (slot / CURRENT).symlink_to("1")
@@ -136,6 +138,14 @@ class StandInServer:
         return [SmokeCheck(route, prompts[0], "the answer", self.got) for route in ROUTES]
 
 
+# What pipeline.serving.pytorch.gpu_check reports (tests/test_pytorch_serving.py runs it).
+PYTORCH_ROWS = (LOAD, GENERATE, STREAM, OPENAI)
+
+
+def pytorch_rows(config, fetched, prompt, work_dir):
+    return [Check(name=name, ok=True, detail="'the answer'") for name in PYTORCH_ROWS]
+
+
 def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A100):
     work = tmp_path / "st"
     config = selftest_config("a100-40gb", work, repo_root / "calib_data")
@@ -148,6 +158,7 @@ def selftest(tmp_path, repo_root, *, serve=None, gate_ok=lambda ctx: True, gpu=A
         serve=serve or StandInServer(),
         # What `import tensorrt_llm` leaves in this process: Open MPI's singleton PMIx variables.
         mpi_parent=singleton_mpi_parent,
+        pytorch=pytorch_rows,
     )
 
 
@@ -159,12 +170,13 @@ def test_a_passing_selftest_reports_every_step_and_writes_its_json(repo_root, tm
         "environment",
         "child after MPI",
         "fetch",
-        "calibrate[int8_sq]",
-        "build[int8_sq/selftest]",
-        "gate_engine[int8_sq/gate]",
-        "gate[int8_sq/selftest]",
-        "publish[int8_sq/selftest]",
+        "calibrate[trtllm-engine/int8_sq]",
+        "build[trtllm-engine/int8_sq/selftest]",
+        "gate_engine[trtllm-engine/int8_sq/gate]",
+        "gate[trtllm-engine/int8_sq/selftest]",
+        "publish[trtllm-engine/int8_sq/selftest]",
         *(f"serve {route}" for route in ROUTES),
+        *PYTORCH_ROWS,
     ]
     assert report.ok and all(c.ok for c in report.checks)
     assert report.target == "a100-40gb" and report.container == SERVING_CONTAINER.tag
@@ -200,7 +212,10 @@ def test_a_failed_gate_fails_the_selftest_and_skips_serving(repo_root, tmp_path)
     serve = StandInServer()
     report = selftest(tmp_path, repo_root, serve=serve, gate_ok=lambda ctx: False)
     result = {c.name: c.ok for c in report.checks}
-    assert result["gate[int8_sq/selftest]"] is False and result["publish[int8_sq/selftest]"] is False
+    assert (
+        result["gate[trtllm-engine/int8_sq/selftest]"] is False
+        and result["publish[trtllm-engine/int8_sq/selftest]"] is False
+    )
     assert result["serve"] is None and not serve.calls and not report.ok
 
 
@@ -278,7 +293,7 @@ def published_cpu_version(tmp_path):
 
     config = config_with(tmp_path)
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
-    return published_repository(config, "int8_sq", "latency")
+    return published_repository(config, "trtllm-engine", "int8_sq", "latency")
 
 
 def test_the_selftest_serves_a_view_and_the_version_stays_as_published(tmp_path, monkeypatch):

@@ -44,7 +44,10 @@ def test_filters_that_select_several_variants_are_one_line(tmp_path, capsys):
     code = main(["serve", "--config", str(config), "--precision", "int8_sq"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "select 2 variants (int8_sq/latency, int8_sq/throughput); serve runs one" in err
+    assert (
+        "select 2 variants (trtllm-engine/int8_sq/latency, trtllm-engine/int8_sq/throughput); serve runs one"
+        in err
+    )
     assert "Traceback" not in err
 
 
@@ -67,7 +70,10 @@ def test_a_port_in_use_is_one_line_exit_2(tmp_path, capsys):
 
 def test_an_unpublished_variant_is_one_line(tmp_path, capsys):
     config = _published(tmp_path, Upstream())
-    code = main(["serve", "--config", str(config), "--precision", "int8_wo", "--profile", PROFILE])
+    code = main(
+        ["serve", "--config", str(config), "--backend", "trtllm-engine", "--precision", "int8_wo"]
+        + ["--profile", PROFILE]
+    )
     assert code == 2
     assert "nothing published for this variant" in capsys.readouterr().err
 
@@ -93,13 +99,18 @@ def test_the_first_variant_is_served_when_none_is_named(tmp_path):
     from pipeline.facts.config import load_config
 
     config = load_config(_published(tmp_path, Upstream()))
-    assert chosen_variant(config, frozenset(), frozenset()) == ("int8_sq", "latency")
-    assert chosen_variant(config, frozenset({"int8_wo"}), frozenset({"throughput"})) == (
+    none = frozenset()
+    assert chosen_variant(config, none, none, none) == ("trtllm-engine", "int8_sq", "latency")
+    pytorch = frozenset({"trtllm-pytorch"})
+    assert chosen_variant(config, frozenset({"int8_wo"}), frozenset({"throughput"}), pytorch) == (
+        "trtllm-pytorch",
         "int8_wo",
         "throughput",
     )
     with pytest.raises(InputError, match="serve runs one"):
-        chosen_variant(config, frozenset(), frozenset({"latency"}))
+        chosen_variant(config, none, frozenset({"latency"}), none)
+    with pytest.raises(InputError, match=r"select 2 variants .*trtllm-pytorch/int8_wo/throughput"):
+        chosen_variant(config, frozenset({"int8_wo"}), frozenset({"throughput"}), none)
 
 
 def _wait_for_line(process: subprocess.Popen, needle: str, lines: list[str]) -> str:
@@ -150,7 +161,7 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tiny_mod
     try:
         ready = _wait_for_line(process, "ready: ", lines)
         assert f"http://127.0.0.1:{http}" in ready
-        log = work / "serve" / "int8_sq" / PROFILE / "tritonserver.log"
+        log = work / "serve" / "trtllm-engine" / "int8_sq" / PROFILE / "tritonserver.log"
         logged = log.read_text().splitlines()[0].removeprefix("$ ")
         payload = {"text_input": "The library opens at", "max_tokens": MAX_TOKENS}
         over_http = generate(f"http://127.0.0.1:{http}", "ensemble", payload)["text_output"]
@@ -185,7 +196,9 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tiny_mod
     process.stdout.close()
     assert "stopped by SIGINT" in out and "Traceback" not in out
     assert ours & shm_regions() == set()
-    version = (tmp_path / "published" / "tiny-mistral" / "int8_sq" / PROFILE / "current").resolve()
+    version = (
+        tmp_path / "published" / "tiny-mistral" / "trtllm-engine" / "int8_sq" / PROFILE / "current"
+    ).resolve()
     assert release.check_version(version).ok and not list(version.rglob("__pycache__"))
 
     with socket.socket() as probe:  # serve's own server is gone: only the pasted one can answer below

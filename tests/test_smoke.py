@@ -84,7 +84,9 @@ def published(tmp_path_factory, tiny_model_dir):
     )
     report = run_publish(config, tmp / "work", upstream, profile=PROFILE)
     assert report.error is None, report.error
-    repository = config.publish.destination / "tiny-mistral" / "int8_sq" / PROFILE / "current"
+    repository = (
+        config.publish.destination / "tiny-mistral" / "trtllm-engine" / "int8_sq" / PROFILE / "current"
+    )
     return config, tmp / "pipeline.toml", repository
 
 
@@ -96,16 +98,6 @@ def prompts():
 @pytest.fixture(scope="module")
 def expected(published, prompts):
     return reference_answers(published[2], prompts, MAX_TOKENS)
-
-
-class GrpcTritonServer(TritonServer):
-    """The smoke server with its gRPC endpoint on (a client can cancel a stream there)."""
-
-    grpc_port = free_port()
-
-    def argv(self, backends):
-        argv = [a for a in super().argv(backends) if a != "--allow-grpc=false"]
-        return [*argv, "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}"]
 
 
 def grpc_stream(client, model: str, inputs) -> list[dict]:
@@ -134,7 +126,8 @@ def grpc_stream(client, model: str, inputs) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(published, tmp_path_factory):
     work = tmp_path_factory.mktemp("server")
-    triton = GrpcTritonServer(smoke.serving_view(published[2], work), work_dir=work)
+    # gRPC on: a client can cancel a stream there.
+    triton = TritonServer(smoke.serving_view(published[2], work), work_dir=work, grpc_port=free_port())
     triton.start()
     try:
         triton.wait_ready()
@@ -282,7 +275,7 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
     version = published[2].resolve()
     assert not list(version.rglob("__pycache__"))
     assert release.check_version(version).ok
-    view = config_path.parent / "work" / "smoke" / "int8_sq" / PROFILE / "repository"
+    view = config_path.parent / "work" / "smoke" / "trtllm-engine" / "int8_sq" / PROFILE / "repository"
     assert list(view.rglob("__pycache__"))  # it does write one where it may
     served = view / "tensorrt_llm" / "1" / "engine" / "rank0.safetensors"
     assert (
@@ -294,7 +287,7 @@ def test_cli_smoke_serves_the_published_repository_end_to_end(published, capsys)
 def test_smoke_refuses_a_version_that_differs_from_its_manifest(tmp_path, capsys):
     config = config_with(tmp_path, **CONFIG_CHANGES)
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
-    engine = config.publish.destination / "tiny-mistral/int8_sq/latency/1/tensorrt_llm/1/engine"
+    engine = config.publish.destination / "tiny-mistral/trtllm-engine/int8_sq/latency/1/tensorrt_llm/1/engine"
     (engine / "rank0.safetensors").unlink()
     (engine / "rank0.safetensors").write_bytes(b"engine bytes " * 64 + b"!")
     code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])
@@ -311,7 +304,7 @@ def test_smoke_reads_the_prompts_file_the_gate_reads_without_a_manifest(tmp_path
     config = config_with(tmp_path, **{'prompts = "calib_data/prompts.jsonl"': f'prompts = "{prompts}"'})
     assert run_publish(config, tmp_path / "work", Upstream()).error is None
     assert load_prompts(prompts).texts == ["Once upon a time", "The engine"]
-    version = config.publish.destination / "tiny-mistral/int8_sq/latency/1"
+    version = config.publish.destination / "tiny-mistral/trtllm-engine/int8_sq/latency/1"
     os.chmod(version / "gate.json", 0o644)
     (version / "gate.json").write_text("{}")
     code = main(["smoke", "--config", str(tmp_path / "pipeline.toml"), "--profile", "latency"])
@@ -435,7 +428,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
 def test_the_server_listens_on_loopback_only(server):
     """tritonserver 2.51 binds HTTP, gRPC and metrics to 0.0.0.0 unless told (its --help: --http-address,
     --grpc-address, --metrics-address; --allow-grpc, --allow-metrics)."""
-    # This module's server also has gRPC on (GrpcTritonServer; smoke's own has it off): both loopback.
+    # This module's server also has gRPC on (grpc_port; smoke's own has it off): both loopback.
     listening = listening_addresses(server.process.pid)
     assert {port for _, port in listening} == {server.http_port, server.grpc_port}
     assert {host for host, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_stages import RUNS, fake_stages
+from publish_upstream import ENGINE_ONLY
 
 from pipeline.core.errors import LockBusyError
 from pipeline.core.manifest import MANIFEST_NAME
@@ -29,8 +30,12 @@ def _clear_runs():
     RUNS.clear()
 
 
-def config_with(tmp_path: Path, **replacements: str):
+def config_with(tmp_path: Path, *, both_backends: bool = False, **replacements: str):
+    """The embedded default with replacements; the engine backend alone unless both_backends (the
+    counts below are per backend)."""
     text = (Path(__file__).parent.parent / "pipeline" / "defaults" / "tiny.toml").read_text()
+    if not both_backends:
+        replacements = {**ENGINE_ONLY, **replacements}
     for old, new in replacements.items():
         assert old in text
         text = text.replace(old, new)
@@ -63,6 +68,30 @@ def test_first_run_builds_everything_with_manifests(tmp_path):
         assert store.check(artifact).ok
 
 
+def test_each_backend_has_its_own_tasks_slots_and_keys_for_the_same_precision(tmp_path):
+    config = config_with(tmp_path, both_backends=True)
+    store = ArtifactStore(tmp_path / "work")
+    report = run_all(config, store)
+    assert report.error is None
+    by_id = {r.task.id: r for r in report.results}
+    engine, pytorch = (
+        by_id["build[trtllm-engine/int8_wo/latency]"],
+        by_id["build[trtllm-pytorch/int8_wo/latency]"],
+    )
+    assert engine.path.parent == store.slot("build", ("trtllm-engine", "int8_wo", "latency"))
+    assert pytorch.path.parent == store.slot("build", ("trtllm-pytorch", "int8_wo", "latency"))
+    assert engine.key != pytorch.key
+    calibrations = {r.task.id for r in report.results if r.task.stage == "calibrate"}
+    assert calibrations == {
+        "calibrate[trtllm-engine/int8_sq]",
+        "calibrate[trtllm-engine/int8_wo]",
+        "calibrate[trtllm-pytorch/int8_wo]",
+    }
+    # Only that backend's tasks when the filter names it.
+    only = select_tasks(plan_tasks(config), {"publish"}, backends={"trtllm-pytorch"})
+    assert {t.backend for t in only} == {None, "trtllm-pytorch"}
+
+
 def test_unchanged_rerun_does_no_work(tmp_path):
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
@@ -80,12 +109,14 @@ def test_config_change_reruns_exactly_the_affected_stages(tmp_path):
     # A profile change touches that profile's build, gate and publish, for each precision, nothing else.
     changed = config_with(tmp_path, **{"max_batch_size = 8": "max_batch_size = 4"})
     states = {r.task.id: r for r in status(changed, store, plan_tasks(changed), fake_stages())}
-    assert states["build[int8_sq/throughput]"].state is TaskState.stale
-    assert "config changed: max_batch_size" in states["build[int8_sq/throughput]"].reason
-    assert states["gate[int8_sq/throughput]"].reason == "input changed: build"
+    assert states["build[trtllm-engine/int8_sq/throughput]"].state is TaskState.stale
+    assert "config changed: max_batch_size" in states["build[trtllm-engine/int8_sq/throughput]"].reason
+    assert states["gate[trtllm-engine/int8_sq/throughput]"].reason == "input changed: build"
     run_all(changed, store)
     assert sorted(RUNS) == sorted(
-        f"{stage}[{p}/throughput]" for stage in ("build", "gate", "publish") for p in ("int8_sq", "int8_wo")
+        f"{stage}[trtllm-engine/{p}/throughput]"
+        for stage in ("build", "gate", "publish")
+        for p in ("int8_sq", "int8_wo")
     )
 
 
@@ -113,20 +144,20 @@ def test_force_reruns_only_the_named_stage(tmp_path):
         stages=fake_stages(),
         force_stages=frozenset({"calibrate"}),
     )
-    assert sorted(RUNS) == ["calibrate[int8_sq]", "calibrate[int8_wo]"]
+    assert sorted(RUNS) == ["calibrate[trtllm-engine/int8_sq]", "calibrate[trtllm-engine/int8_wo]"]
 
 
 def test_failed_gate_blocks_its_publish_only_and_stays_failed_when_cached(tmp_path):
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
-    bad = "gate[int8_sq/latency]"
+    bad = "gate[trtllm-engine/int8_sq/latency]"
     stages = fake_stages(gate_ok=lambda ctx: ctx.task.id != bad)
     for _ in range(2):
         report = execute(config, store, plan_tasks(config), reporter=RecordingReporter(), stages=stages)
         states = {r.task.id: r.state for r in report.results}
         assert states[bad] is TaskState.rejected
-        assert states["publish[int8_sq/latency]"] is TaskState.blocked
-        assert states["publish[int8_wo/latency]"] in (TaskState.ran, TaskState.up_to_date)
+        assert states["publish[trtllm-engine/int8_sq/latency]"] is TaskState.blocked
+        assert states["publish[trtllm-engine/int8_wo/latency]"] in (TaskState.ran, TaskState.up_to_date)
         assert [r.task.id for r in report.rejected] == [bad]
 
 
@@ -154,7 +185,7 @@ def test_stage_killed_midway_leaves_previous_artifact_and_no_partial(tmp_path):
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
     run_all(config, store)
-    victim = next(t for t in plan_tasks(config) if t.id == "build[int8_sq/latency]")
+    victim = next(t for t in plan_tasks(config) if t.id == "build[trtllm-engine/int8_sq/latency]")
     before = store.latest("build", victim.variant)
     before_files = {p.name: p.read_bytes() for p in before.path.iterdir()}
 
@@ -234,7 +265,7 @@ def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
     from pipeline.output.run_report import write_run_junit, write_run_report
 
     config = config_with(tmp_path)
-    bad = "gate[int8_wo/throughput]"
+    bad = "gate[trtllm-engine/int8_wo/throughput]"
     stages = fake_stages(gate_ok=lambda ctx: ctx.task.id != bad)
     report = execute(
         config,
@@ -249,7 +280,7 @@ def test_run_reports_name_the_rejected_and_blocked_tasks(tmp_path):
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("17", "1", "1")
     failed = [c.get("name") for c in suite if c.find("failure") is not None]
     skipped = [c.get("name") for c in suite if c.find("skipped") is not None]
-    assert failed == [bad] and skipped == ["publish[int8_wo/throughput]"]
+    assert failed == [bad] and skipped == ["publish[trtllm-engine/int8_wo/throughput]"]
 
 
 # --- trust: artifacts verified by their content -----------------------------------------------------
@@ -317,15 +348,15 @@ def test_a_rebuild_that_writes_other_bytes_reruns_every_task_below_it(tmp_path):
     run_all(config, store, tasks=builds, stages=stages, force_stages=frozenset({"build"}))
     assert sorted(RUNS) == sorted(t.id for t in builds if t.stage == "build")
     states = _states(config, store, stages)
-    assert states["gate[int8_sq/latency]"].state is TaskState.stale
-    assert states["gate[int8_sq/latency]"].reason == "input changed: build"
+    assert states["gate[trtllm-engine/int8_sq/latency]"].state is TaskState.stale
+    assert states["gate[trtllm-engine/int8_sq/latency]"].reason == "input changed: build"
 
     RUNS.clear()
     report = run_all(config, store, stages=stages)
     assert sorted(RUNS) == sorted(r.task.id for r in report.results if r.task.stage in ("gate", "publish"))
     assert len(RUNS) == 2 * 2 * 2  # gate and publish of each precision x profile
-    gate = next(r for r in report.results if r.task.id == "gate[int8_sq/latency]")
-    build = next(r for r in report.results if r.task.id == "build[int8_sq/latency]")
+    gate = next(r for r in report.results if r.task.id == "gate[trtllm-engine/int8_sq/latency]")
+    build = next(r for r in report.results if r.task.id == "build[trtllm-engine/int8_sq/latency]")
     judged = store.get("gate", gate.task.variant, gate.key).manifest.fingerprint.inputs["build"]
     assert judged == store.get("build", build.task.variant, build.key).manifest.content_digest
 
@@ -386,9 +417,13 @@ def test_status_table_names_the_modified_file(tmp_path):
 
     config = config_with(tmp_path)
     store = ArtifactStore(tmp_path / "work")
-    gate = next(r for r in run_all(config, store).results if r.task.id == "gate[int8_wo/latency]")
+    gate = next(
+        r for r in run_all(config, store).results if r.task.id == "gate[trtllm-engine/int8_wo/latency]"
+    )
     _replace_file(gate.path / "result.txt")
     console = Console(record=True, width=200)
     console.print(results_table("status", list(_states(config, store).values())))
-    row = next(line for line in console.export_text().splitlines() if "gate[int8_wo/latency]" in line)
+    row = next(
+        line for line in console.export_text().splitlines() if "gate[trtllm-engine/int8_wo/latency]" in line
+    )
     assert "modified" in row and "modified: result.txt" in row

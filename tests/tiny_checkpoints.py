@@ -1,4 +1,5 @@
-"""TensorRT-LLM checkpoints of the tiny model, made by the pipeline's own export (shared by tests).
+"""Checkpoints of the tiny model (TensorRT-LLM's, and ModelOpt's unified Hugging Face one), made by the
+pipeline's own export (shared by tests).
 
 Each precision is exported once per test session into a temp folder.
 """
@@ -16,7 +17,7 @@ from pipeline.facts.config import CalibrationSection
 TINY_CALIBRATION = CalibrationSection(samples=64, seq_len=128, batch_size=8)
 # AWQ's scale search runs a forward per candidate scale: a quarter of the data keeps it to seconds.
 SMALL_CALIBRATION = {"int4_awq": {"samples": 16, "seq_len": 64}}
-_EXPORTED: dict[tuple[Path, str, str], Path] = {}
+_EXPORTED: dict[tuple[Path, str, str, str], Path] = {}
 
 
 def tiny_checkpoint(
@@ -26,6 +27,7 @@ def tiny_checkpoint(
     *,
     kv_cache_dtype: str = "fp16",
     forward: Any = None,
+    checkpoint: str = "tensorrt-llm",
 ) -> Path:
     """The checkpoint/ folder for `precision` (any row of pipeline.facts.formats), exported with export_checkpoint.
 
@@ -35,10 +37,10 @@ def tiny_checkpoint(
     from pipeline.calibration import export_checkpoint
     from pipeline.core.reporter import RecordingReporter
 
-    key = (model_dir, precision, kv_cache_dtype)
+    key = (model_dir, precision, kv_cache_dtype, checkpoint)
     if forward is None and key in _EXPORTED:
         return _EXPORTED[key]
-    out = tmp_path_factory.mktemp(f"checkpoint-{precision}-kv{kv_cache_dtype}")
+    out = tmp_path_factory.mktemp(f"{checkpoint}-{precision}-kv{kv_cache_dtype}")
     extra = {} if forward is None else {"forward": forward}
     export_checkpoint(
         model_dir,
@@ -53,6 +55,7 @@ def tiny_checkpoint(
         reporter=RecordingReporter(),
         log=logging.getLogger("tests.tiny_checkpoints"),
         kv_cache_dtype=kv_cache_dtype,
+        checkpoint=checkpoint,
         **extra,
     )
     if forward is None:

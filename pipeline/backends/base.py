@@ -1,9 +1,11 @@
 """The backend seam: what the pipeline asks of a runtime, and the records a runtime leaves behind.
 
 A backend is one runtime that runs a precision on a target: `trtllm-engine` (TensorRT-LLM 1.2.1
-engines, `trtllm-build`, Triton's C++ tensorrtllm backend) and `reference` (the CPU runtime in
-pipeline.runtime, which plays the engine in CI and the demo). The stages, commands and executor hold
-a `Backend` (pipeline.backends.backend_of) and ask it; none of them asks which runtime it is.
+engines, `trtllm-build`, Triton's C++ tensorrtllm backend), `trtllm-pytorch` (its PyTorch backend, the
+LLM API over a Hugging Face checkpoint), and on the CPU the reference runtime (pipeline.runtime)
+playing either (`reference`, `reference-pytorch`) in CI and the demo. A task names the backend it is
+for (Task.backend, a config [[backends]] name); the stages, commands and executor hold the `Backend`
+that plays it on the target (pipeline.backends.backend_of) and ask it; none asks which runtime it is.
 
 Every backend writes an engine/ folder with `build_info.json` (EngineInfo), which names the backend
 that built it: whoever loads the engine later (gate, bench, smoke, the served Python model) is sent
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pipeline.core.errors import InputError
 from pipeline.facts import layout
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts, ServingContainer
+from pipeline.facts.layout import CheckpointKind
 from pipeline.facts.targets import LEGACY_CPU_TARGET
 
 if TYPE_CHECKING:
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from pipeline.execution.resources import TaskResources
     from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
-    from pipeline.facts.formats import Precision
+    from pipeline.facts.formats import FormatGap, Precision
     from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
@@ -89,6 +92,16 @@ def read_engine_info(engine_dir: Path) -> EngineInfo:
         raise InputError(f"unreadable ({exc.error_count()} errors)", path=path) from None
 
 
+def checkpoint_sha256(ctx: StageContext, name: str) -> str:
+    """A calibrated checkpoint file's sha256, from the calibrate manifest (the executor verified it)."""
+    rel = f"{layout.CHECKPOINT}/{name}"
+    calibrate = ctx.inputs["calibrate"]
+    entry = next((f for f in calibrate.manifest.files if f.path == rel), None)
+    if entry is None:
+        raise InputError("not in the calibrate manifest", path=calibrate.path / rel, hint="rerun calibrate")
+    return entry.sha256
+
+
 def write_engine_info(engine_dir: Path, info: EngineInfo) -> None:
     (engine_dir / BUILD_INFO).write_text(info.model_dump_json(indent=2) + "\n")
 
@@ -116,12 +129,20 @@ class EngineBuild(BaseModel):
     network_files: list[str] = []  # a network graph for viewing, relative to the artifact
 
 
+class PlannedFile(BaseModel):
+    """A file a run would write for a command to read (the LLM API options), shown whole by the dry run."""
+
+    path: str
+    text: str
+
+
 class PlannedCommand(BaseModel):
     """An external command a run would execute (the dry run shows it; nothing runs it from here)."""
 
     purpose: str
     argv: list[str]
     notes: list[str] = []
+    files: list[PlannedFile] = []
 
 
 class TritonServing(BaseModel):
@@ -197,16 +218,21 @@ class Backend(Protocol):
     registry); its methods import their implementation when called. Adding a backend is one module
     with a class that has these members, and one entry in pipeline.backends.BACKENDS.
 
-    The next one in view, TensorRT-LLM's PyTorch backend (a Hugging Face checkpoint run by the LLM
-    API, no compile step), maps onto these methods so: `build` writes its "engine" (the LLM API
-    options file beside the checkpoint) with build_info.json and returns no command, `planned_build`
-    shows that file, `load_runner` opens it with the LLM API, `format_problem` reads its own column
-    of the format table. Its consumers (Triton's llmapi model, trtllm-serve) are not the five-model
-    tensorrtllm repository `serving` describes today: that one grows a repository kind with it.
+    TensorRT-LLM's PyTorch backend maps onto these methods so: `build` writes its "engine" (the
+    unified checkpoint with the LLM API options beside it) with build_info.json, `limits` reads the
+    options, `load_runner` opens them with the LLM API, `format_problem` reads its own column of the
+    format table. Its consumers (Triton's llmapi model, trtllm-serve) are not the five-model
+    tensorrtllm repository `serving` describes: that one grows a repository kind with it.
     """
 
-    name: str  # the config's `target.backend`, and what build_info.json records
+    name: str  # what build_info.json records (and the old single-backend form's `target.backend`)
     description: str
+    # The GPU runtime whose artifacts it makes: the config's [[backends]] name (itself on a GPU; the
+    # reference runtimes play one on the CPU).
+    plays: str
+    # What calibrate exports for it (pipeline.facts.layout): the TensorRT-LLM checkpoint, or ModelOpt's
+    # unified Hugging Face checkpoint.
+    checkpoint: CheckpointKind
 
     # --- the config ---------------------------------------------------------------------------
 
@@ -215,9 +241,10 @@ class Backend(Protocol):
         first backend of the registry that can run on a target is that target's default."""
         ...
 
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
         """Why this backend cannot run the precision with this KV cache on `target`, or None: config
-        load refuses the format, and the plan marks the profile as not fitting."""
+        load refuses the format (naming the precision or the KV cache field), and the plan marks the
+        profile as not fitting."""
         ...
 
     # --- where its tasks run ---------------------------------------------------------------------
@@ -264,6 +291,11 @@ class Backend(Protocol):
         ...
 
     # --- run (gate, bench, smoke) -------------------------------------------------------------
+
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        """The limits its build gave the engine in engine_dir (an engine's build_config, or the LLM API
+        options): what every runner of it enforces."""
+        ...
 
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         """The engine in engine_dir, loaded, enforcing its profile's limits. max_batch_size lowers the

@@ -26,6 +26,7 @@ from pipeline.backends.base import (
     PlannedCommand,
     TritonServing,
     by_length,
+    checkpoint_sha256,
     write_engine_info,
 )
 from pipeline.backends.trtllm_engine.engine import (
@@ -33,13 +34,13 @@ from pipeline.backends.trtllm_engine.engine import (
     REFERENCE_WEIGHTS,
     expected_build_config,
     read_engine_config,
+    read_engine_limits,
     runtime_limits,
 )
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import InputError, StageError
-from pipeline.facts import layout
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts
-from pipeline.facts.formats import Precision
+from pipeline.facts.formats import FormatGap, Precision, missing_kernels
 from pipeline.runtime.checkpoint import real_vocab_size
 from pipeline.runtime.limits import EngineLimits
 
@@ -63,15 +64,21 @@ CPU_SERVER = "nvidia-pytriton==0.7.0 (tritonserver 2.51.0, Python backend)"
 
 class ReferenceBackend:
     name = "reference"
-    description = "the PyTorch reference runtime on the CPU (runs the exported checkpoint; CI and demo)"
+    description = (
+        "the PyTorch reference runtime on the CPU playing trtllm-engine (its checkpoint; CI and demo)"
+    )
+    plays = "trtllm-engine"
+    checkpoint = "tensorrt-llm"
 
     def unavailable_on(self, target: Target) -> str | None:
         if target.sm is not None:
             return "it runs on the host CPU (target 'cpu') only"
         return None
 
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
-        return None  # it emulates every format's arithmetic, so no GPU architecture limits it
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
+        # It emulates every format's arithmetic, so no GPU architecture limits it; it refuses what the
+        # backend it plays has no kernels for on any GPU.
+        return missing_kernels(self.plays, precision, kv_cache_dtype)
 
     def task_resources(self, stage: str, target: Target) -> TaskResources:
         from pipeline.execution.resources import TaskResources
@@ -105,6 +112,9 @@ class ReferenceBackend:
 
     def after_build(self, config: PipelineConfig, work_dir: Path, artifact: Path, built: EngineBuild) -> None:
         """Its builds share nothing."""
+
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        return read_engine_limits(engine_dir)
 
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         engine_config = read_engine_config(engine_dir)
@@ -141,7 +151,17 @@ class ReferenceBackend:
             where = ["--host", ports.host, *(a for o, port in ports.named().items() for a in (o, str(port)))]
         return PlannedCommand(
             purpose=f"serve {precision}/{profile} on the bundled tritonserver",
-            argv=["trtllm-pipeline", "serve", "--precision", precision, "--profile", profile, *where],
+            argv=[
+                "trtllm-pipeline",
+                "serve",
+                "--backend",
+                self.plays,
+                "--precision",
+                precision,
+                "--profile",
+                profile,
+                *where,
+            ],
         )
 
     def bench_runtime(self) -> str:
@@ -177,6 +197,7 @@ class ReferenceRunner:
 
     @classmethod
     def load(cls, engine_dir: Path, engine_config: dict[str, Any], limits: EngineLimits) -> ReferenceRunner:
+        """A packed TensorRT-LLM checkpoint (the engine path's)."""
         from pipeline.runtime import ReferenceModel
         from pipeline.runtime.checkpoint import load_tensors, parse_checkpoint_config
         from pipeline.runtime.weights import build_weights
@@ -220,20 +241,8 @@ def reference_engine_config(
     }
 
 
-def _checkpoint_sha256(ctx: StageContext, name: str) -> str:
-    rel = f"{layout.CHECKPOINT}/{name}"
-    entry = next((f for f in ctx.inputs["calibrate"].manifest.files if f.path == rel), None)
-    if entry is None:
-        raise InputError(
-            "not in the calibrate manifest", path=ctx.inputs["calibrate"].path / rel, hint="rerun calibrate"
-        )
-    return entry.sha256
-
-
 def pack_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> EngineBuild:
     import torch
-
-    from pipeline.backends import load_runner
 
     checkpoint, engine_dir = paths.checkpoint, paths.engine_dir
     config_path = checkpoint / ENGINE_CONFIG
@@ -247,19 +256,25 @@ def pack_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Engi
     engine_dir.mkdir()
     # A hard link costs no space (the executor verified the checkpoint; the manifest then knows these
     # bytes by their stat); a copy is checked against the checkpoint's sha256 before it counts.
-    link_or_copy(weights, engine_dir / REFERENCE_WEIGHTS, _checkpoint_sha256(ctx, REFERENCE_WEIGHTS))
+    link_or_copy(weights, engine_dir / REFERENCE_WEIGHTS, checkpoint_sha256(ctx, REFERENCE_WEIGHTS))
     build_config = expected_build_config(ctx.profile, ctx.config.build, plan)
     engine_config = reference_engine_config(checkpoint_config, build_config)
     (engine_dir / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n")
-    info = EngineInfo(
-        backend=ctx.config.target.backend, target=ctx.config.target.gpu, torch_version=torch.__version__
-    )
+    info = EngineInfo(backend=ctx.backend.name, target=ctx.config.target.gpu, torch_version=torch.__version__)
     write_engine_info(engine_dir, info)
 
-    # Verify: the packed engine loads on the reference runtime and a short forward is finite.
+    verify_forward(ctx, engine_dir, real_vocab_size(checkpoint_config))
+    return EngineBuild(engine=info, command=[])
+
+
+def verify_forward(ctx: StageContext, engine_dir: Path, vocab: int) -> None:
+    """The packed engine loads on the reference runtime and a short forward pass is finite."""
+    import torch
+
+    from pipeline.backends import load_runner
+
     runner = load_runner(engine_dir)
     length = min(8, ctx.profile.max_input_len)
-    vocab = real_vocab_size(checkpoint_config)
     (logits,) = runner.context_logits([[i % vocab for i in range(length)]])
     if tuple(logits.shape) != (length, vocab) or not bool(torch.isfinite(logits).all()):
         raise StageError(
@@ -267,4 +282,3 @@ def pack_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Engi
             f"the packed checkpoint's forward pass gave logits {tuple(logits.shape)}, not finite {(length, vocab)}",
         )
     ctx.log.info("verified: logits %s, finite", tuple(logits.shape))
-    return EngineBuild(engine=info, command=[])

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.backends import backend_of, load_runner
+from pipeline.backends import BACKENDS, load_runner, read_engine_info
 from pipeline.backends.base import Backend
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
 from pipeline.bench.aiperf import find_aiperf, openai_target, triton_target
@@ -59,6 +59,7 @@ from pipeline.stages.base import Stage
 
 @dataclass(frozen=True)
 class BuiltEngine:
+    backend: str  # the config's [[backends]] name
     precision: str
     profile: str
     engine_dir: Path
@@ -67,6 +68,11 @@ class BuiltEngine:
     @property
     def label(self) -> str:
         return f"{self.precision}/{self.profile}"
+
+    @property
+    def filters(self) -> str:
+        """The command-line options that select this variant."""
+        return f"--backend {self.backend} --precision {self.precision} --profile {self.profile}"
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,24 @@ def find_engines(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
+    backends: set[str] | None = None,
     stages: Mapping[str, Stage] = STAGES,
 ) -> BenchInputs:
     """The build artifacts that are up to date for `config`, each with the gate that judged it (passed
     or not) when that gate is current too; warns about the engines that are not up to date."""
-    tasks = select_tasks(plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles)
+    if not backends and len(config.backends) > 1:
+        # One backend's engines in one report: the config's first unless --backend names others.
+        backends = {config.backends[0].name}
+        reporter.info(f"bench: the {config.backends[0].name} backend's engines (--backend to choose another)")
+    tasks = select_tasks(
+        plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles, backends=backends
+    )
+    measured = {t.backend for t in tasks if t.backend is not None}
+    if len(measured) > 1:
+        raise InputError(
+            f"bench measures one backend at a time; these are selected: {', '.join(sorted(measured))}",
+            hint="choose one with --backend",
+        )
     results = status(config, store, tasks, stages)
     gates = {
         (r.task.precision, r.task.profile): r.path
@@ -101,11 +120,13 @@ def find_engines(
             model_dir = layout.model_dir(result.path)
         if task.stage != "build":
             continue
-        assert task.precision is not None and task.profile is not None
+        assert task.backend is not None and task.precision is not None and task.profile is not None
         if result.state is TaskState.up_to_date and result.path is not None:
             gate_dir = gates.get((task.precision, task.profile))
             engines.append(
-                BuiltEngine(task.precision, task.profile, layout.engine_dir(result.path), gate_dir)
+                BuiltEngine(
+                    task.backend, task.precision, task.profile, layout.engine_dir(result.path), gate_dir
+                )
             )
         else:
             why = f" ({result.reason})" if result.reason else ""
@@ -281,7 +302,7 @@ def require_published_engine(repository: Path, engine: BuiltEngine) -> None:
     if built != published:
         raise IntegrityError(
             f"{repository.resolve()}: publishes another {engine.label} engine than the one built now",
-            hint=f"run `trtllm-pipeline publish --precision {engine.precision} --profile {engine.profile}`",
+            hint=f"run `trtllm-pipeline publish {engine.filters}`",
         )
 
 
@@ -302,7 +323,7 @@ def serve_published(
         serving_view,
     )
 
-    repository = published_repository(config, engine.precision, engine.profile)
+    repository = published_repository(config, engine.backend, engine.precision, engine.profile)
     require_intact(repository, "refusing to serve it")
     require_servable_here(repository)
     require_published_engine(repository, engine)
@@ -386,10 +407,11 @@ def run_bench(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
+    backends: set[str] | None = None,
     clock: Clock = time.perf_counter,
     stages: Mapping[str, Stage] = STAGES,
 ) -> tuple[BenchReport, dict[str, Path]]:
-    """Measure every up-to-date engine, write bench.json, bench.md and the plots into out_dir."""
+    """Measure every up-to-date engine of one backend, write bench.json, bench.md and the plots into out_dir."""
     if settings.server_url is not None and settings.served:
         raise InputError(
             "--served starts a server per published variant; --server-url measures one you started",
@@ -398,14 +420,20 @@ def run_bench(
     # Before anything is measured: a missing aiperf is one line on how to install it, not a late failure.
     aiperf = find_aiperf() if settings.wants_served_load else None
     found = find_engines(
-        config, store, reporter=reporter, precisions=precisions, profiles=profiles, stages=stages
+        config,
+        store,
+        reporter=reporter,
+        precisions=precisions,
+        profiles=profiles,
+        backends=backends,
+        stages=stages,
     )
     if settings.server_url is not None and len(found.engines) != 1:
         raise InputError(
             f"--server-url measures the one engine the server publishes; {len(found.engines)} are selected",
             hint="choose it with --precision and --profile",
         )
-    backend = backend_of(config)
+    backend = BACKENDS[read_engine_info(found.engines[0].engine_dir).backend]
     arch = find_architecture(config, found.model_dir)
     facts = {e: read_engine_facts(e.engine_dir) for e in found.engines}
     # Every engine of one config holds the same model: the first one's config says which.

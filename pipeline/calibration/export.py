@@ -1,11 +1,13 @@
-"""Calibrate (when the precision needs it) and export a TensorRT-LLM checkpoint, verified.
+"""Calibrate (when the precision needs it) and export a checkpoint, verified.
 
-    export_checkpoint(model_dir, precision, settings, out_dir, reporter=..., log=...)
+    export_checkpoint(model_dir, precision, settings, out_dir, reporter=..., log=..., checkpoint=...)
 
 loads the Hugging Face model (bf16, on the GPU when one is visible), runs the
-ModelOpt recipe for the precision over the calibration data, exports with
-ModelOpt's export_tensorrt_llm_checkpoint (tp 1), labels weight-only exports the
-way TensorRT-LLM 1.2.1 does, then verifies (and where safe repairs) the result.
+ModelOpt recipe for the precision over the calibration data, then exports what the
+backend reads (`checkpoint`): the TensorRT-LLM checkpoint with ModelOpt's
+export_tensorrt_llm_checkpoint (tp 1), weight-only exports labelled the way
+TensorRT-LLM 1.2.1 does, verified (and where safe repaired); or ModelOpt's unified
+Hugging Face checkpoint (pipeline.calibration.unified), verified.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.calibration import unified
 from pipeline.calibration.data import token_samples
 from pipeline.calibration.loop import CalibrationLoop, Forward, model_forward
 from pipeline.calibration.quiet import output_to_log
 from pipeline.calibration.ranges import linear_input_ranges, summarize_layers
 from pipeline.calibration.recipes import Recipe, recipe_for
-from pipeline.calibration.records import CalibrationRecord, CalibrationRun, DatasetRef
+from pipeline.calibration.records import CalibrationRecord, CalibrationRun, DatasetRef, Repair
 from pipeline.calibration.verify import (
     CHECKPOINT_CONFIG,
     RANK0_WEIGHTS,
@@ -37,6 +40,7 @@ from pipeline.core.reporter import Reporter
 from pipeline.datasets.jsonl import LoadedTexts, load_texts
 from pipeline.facts.architecture import HF_CONFIG, Architecture
 from pipeline.facts.config import CalibrationSection, Precision
+from pipeline.facts.layout import CheckpointKind
 
 VERSIONED = ("nvidia-modelopt", "torch", "transformers")
 
@@ -63,6 +67,7 @@ def export_checkpoint(
     log: logging.Logger,
     instruct: bool = False,
     kv_cache_dtype: str = "fp16",
+    checkpoint: CheckpointKind = "tensorrt-llm",
     forward: Forward = model_forward,
 ) -> CalibrationRecord:
     """Write a verified TensorRT-LLM checkpoint (config.json + rank0.safetensors) into out_dir.
@@ -83,7 +88,10 @@ def export_checkpoint(
     placement = choose_placement(torch.cuda.is_available())
     with output_to_log(log):  # importing ModelOpt warns about the transformers version
         recipe = recipe_for(
-            precision, smoothquant_alpha=settings.smoothquant_alpha, kv_cache_dtype=kv_cache_dtype
+            precision,
+            smoothquant_alpha=settings.smoothquant_alpha,
+            kv_cache_dtype=kv_cache_dtype,
+            checkpoint=checkpoint,
         )
     arch = Architecture.load(model_dir)
     unfit = block_problems(arch, recipe.format)
@@ -103,25 +111,40 @@ def export_checkpoint(
     reporter.info(f"loaded {model_dir.name} ({placement.dtype_name} on {placement.device}) in {load_s:.1f}s")
 
     t0 = time.perf_counter()
+    calibration = None
     if data is not None:
         calibration = _calibrate(
             model, tokenizer, recipe, data, settings, placement, instruct, reporter, log, forward
         )
+    elif recipe.quantizes:
+        _quantize_weights(model, recipe, log)
     else:
-        calibration = None
         log.info("%s: no ModelOpt quantization (weights exported as they are)", precision.value)
     calibration_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    export_dtype = recipe.format.export_dtype
-    _export(model, recipe, out_dir, export_dtype, log)
-    repairs = verify_checkpoint(
-        out_dir,
-        arch,
-        quant_algo=recipe.quant_algo,
-        kv_cache_quant_algo=recipe.kv_cache_quant_algo,
-        export_dtype=export_dtype,
-    )
+    repairs: list[Repair] = []
+    if checkpoint == "tensorrt-llm":
+        export_dtype = recipe.format.export_dtype
+        _export(model, recipe, out_dir, export_dtype, log)
+        repairs = verify_checkpoint(
+            out_dir,
+            arch,
+            quant_algo=recipe.quant_algo,
+            kv_cache_quant_algo=recipe.kv_cache_quant_algo,
+            export_dtype=export_dtype,
+        )
+        tensors = len(read_safetensors_header(out_dir / RANK0_WEIGHTS))
+    else:
+        export_dtype = unified.export_dtype(recipe, placement.dtype_name)
+        unified.export_unified(model, tokenizer, recipe, out_dir, export_dtype, log)
+        tensors = unified.verify_unified(
+            out_dir,
+            arch,
+            quant_algo=recipe.quant_algo,
+            kv_cache_quant_algo=recipe.kv_cache_quant_algo,
+            dtype=export_dtype,
+        )
     export_s = time.perf_counter() - t0
     for r in repairs:
         reporter.warn(f"checkpoint config: set {r.field} = {r.fixed!r} (was {r.found!r}: {r.reason})")
@@ -140,7 +163,7 @@ def export_checkpoint(
         calibration_s=round(calibration_s, 3),
         export_s=round(export_s, 3),
         repairs=repairs,
-        tensors=len(read_safetensors_header(out_dir / RANK0_WEIGHTS)),
+        tensors=tensors,
     )
 
 
@@ -209,6 +232,15 @@ def _calibrate(
         instruct_template=instruct,
         activation_ranges=summarize_layers(linear_input_ranges(model)),
     )
+
+
+def _quantize_weights(model: Any, recipe: Recipe, log: logging.Logger) -> None:
+    """A recipe that reads no data (weight-only INT8): ModelOpt's max calibration of the weights alone."""
+    import modelopt.torch.quantization as mtq
+
+    log.info("quantizing %s weights (no calibration data)", recipe.precision.value)
+    with output_to_log(log):
+        mtq.quantize(model, recipe.modelopt_cfg, forward_loop=None)
 
 
 def _export(model: Any, recipe: Recipe, out_dir: Path, export_dtype: str, log: logging.Logger) -> None:

@@ -17,6 +17,7 @@ import typer
 from pipeline.cli.options import (
     DEFAULT_WORK_DIR,
     ArchOpt,
+    BackendOpt,
     CalibDirOpt,
     ConfigOpt,
     DebugOpt,
@@ -111,6 +112,7 @@ def _stage_command(
         no_wait: NoWaitOpt = False,
         precision: PrecisionOpt = None,
         profile: ProfileOpt = None,
+        backend: BackendOpt = None,
         allow_arch_mismatch: ArchOpt = False,
         visualize: VisualizeOpt = False,
         dry_run: DryRunOpt = False,
@@ -127,6 +129,7 @@ def _stage_command(
             force=stages if force else frozenset(),
             precisions=frozenset(precision or ()),
             profiles=frozenset(profile or ()),
+            backends=frozenset(backend or ()),
             no_wait=no_wait,
             allow_arch_mismatch=allow_arch_mismatch,
             debug=debug,
@@ -160,7 +163,8 @@ def _run(config, work_dir: Path, request, as_json: bool) -> None:
         print(result.report_path.read_text())
     else:
         console = _console()
-        title = f"trtllm-pipeline ({config.model.name} on {config.target.gpu}, {config.target.backend})"
+        backends = ", ".join(b.name for b in config.backends)
+        title = f"trtllm-pipeline ({config.model.name} on {config.target.gpu}, {backends})"
         console.print(results_table(title, result.report.results))
         console.print(f"report: {result.report_path}")
     if result.error is not None:
@@ -216,6 +220,7 @@ _stage_command(
 def status_command(
     config: ConfigOpt = None,
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
     debug: DebugOpt = False,
@@ -231,6 +236,7 @@ def status_command(
         work_dir,
         precisions=frozenset(precision or ()),
         profiles=frozenset(profile or ()),
+        backends=frozenset(backend or ()),
     )
     if as_json:
         print(json.dumps([task_row(r) for r in results], indent=2))
@@ -299,6 +305,7 @@ def bench_command(
     ] = None,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
+    backend: BackendOpt = None,
     input_len: Annotated[
         int, typer.Option("--input-len", min=1, help="Prompt tokens (clamped to each profile).")
     ] = 128,
@@ -378,8 +385,9 @@ def bench_command(
 
     cfg = _load(config, debug)
     precisions, profiles = frozenset(precision or ()), frozenset(profile or ())
+    backends = frozenset(backend or ())
     if nsys:
-        check_filters(cfg, precisions, profiles)
+        check_filters(cfg, precisions, profiles, backends)
         err = _console(stderr=True)
         say = lambda line: err.print(line, soft_wrap=True)  # noqa: E731
         raise typer.Exit(profile_bench(out or default_out_dir(work_dir), Invocation.argv, say=say))
@@ -404,6 +412,7 @@ def bench_command(
         out_dir=out,
         precisions=precisions,
         profiles=profiles,
+        backends=backends,
         no_wait=no_wait,
     )
     if as_json:
@@ -426,6 +435,7 @@ def prune_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
     ] = False,
+    backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
     debug: DebugOpt = False,
@@ -442,6 +452,7 @@ def prune_command(
         reporter=_reporter(as_json),
         precisions=frozenset(precision or ()),
         profiles=frozenset(profile or ()),
+        backends=frozenset(backend or ()),
     )
     if as_json:
         print(json.dumps({"dry_run": dry_run, "slots": [r.to_json() for r in results]}, indent=2))
@@ -498,6 +509,7 @@ def smoke_command(
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
+    backend: BackendOpt = None,
     prompts: Annotated[int, typer.Option("--prompts", min=1, help="How many of gate.prompts to send.")] = 2,
     max_tokens: Annotated[
         int | None,
@@ -516,6 +528,7 @@ def smoke_command(
         reporter=_reporter(as_json),
         precisions=frozenset(precision or ()),
         profiles=frozenset(profile or ()),
+        backends=frozenset(backend or ()),
         prompts=prompts,
         max_tokens=max_tokens,
     )
@@ -531,6 +544,7 @@ def smoke_command(
 def serve_command(
     config: ConfigOpt = None,
     work_dir: WorkDirOpt = DEFAULT_WORK_DIR,
+    backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     profile: ProfileOpt = None,
     host: HostOpt = DEFAULT_PORTS.host,
@@ -555,6 +569,7 @@ def serve_command(
             reporter=RichReporter(console),
             precisions=frozenset(precision or ()),
             profiles=frozenset(profile or ()),
+            backends=frozenset(backend or ()),
             ports=ServePorts(host=host, http=http_port, grpc=grpc_port, metrics=metrics_port),
         )
     except Interrupted as stop:  # the way a server ends: not an error, but the signal's exit code

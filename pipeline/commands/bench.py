@@ -34,10 +34,11 @@ def bench(
     out_dir: Path | None = None,
     precisions: frozenset[str] = frozenset(),
     profiles: frozenset[str] = frozenset(),
+    backends: frozenset[str] = frozenset(),
     no_wait: bool = False,
 ) -> tuple[BenchReport, dict[str, Path]]:
     """Measure the selected engines; bench.json, bench.md and the plots go to out_dir."""
-    check_filters(config, precisions, profiles)
+    check_filters(config, precisions, profiles, backends)
     check_work_dir(work_dir)
     store = ArtifactStore(work_dir)
     # Held so that no build replaces an engine while it is measured, nor competes for the machine.
@@ -52,6 +53,7 @@ def bench(
             reporter=reporter,
             precisions=set(precisions),
             profiles=set(profiles),
+            backends=set(backends),
         )
 
 

@@ -2,7 +2,7 @@
 each external command (each build the backend runs outside the pipeline; the server for each
 published version).
 
-It reads the task graph, the store (which artifacts exist) and asks the config's backend for the
+It reads the task graph, the store (which artifacts exist) and asks each task's backend for the
 commands, which builds them with the functions its build calls (pipeline.backends), so what it
 shows is what the run would execute. It starts no process, probes no GPU and imports nothing
 heavy: it works on any host.
@@ -48,11 +48,16 @@ class PlannedTask(BaseModel):
     commands: list[PlannedCommand] = []
 
 
+class DryBackend(BaseModel):
+    name: str  # the config's [[backends]] name
+    runtime: str  # the backend that plays it on the target
+    container: str | None  # the image its builds run in and serving uses (None: it needs none)
+
+
 class DryRun(BaseModel):
     model: str
     target: str
-    backend: str
-    container: str | None  # the image builds run in and serving uses (None: the backend needs none)
+    backends: list[DryBackend]
     tasks: list[PlannedTask]
     serve: list[PlannedCommand]  # after the run: serving each published version
 
@@ -103,9 +108,11 @@ def _serve_command(config: PipelineConfig, task: Task) -> PlannedCommand:
     from pipeline.serving.release import CURRENT
     from pipeline.stages.publish import variant_destination
 
-    assert task.precision is not None and task.profile is not None, f"{task.id} is not a publish"
-    repository = (variant_destination(config, task.precision, task.profile) / CURRENT).absolute()
-    return backend_of(config).serve_command(config, task.precision, task.profile, repository)
+    assert task.backend and task.precision and task.profile, f"{task.id} is not a publish"
+    repository = (
+        variant_destination(config, task.backend, task.precision, task.profile) / CURRENT
+    ).absolute()
+    return backend_of(config, task.backend).serve_command(config, task.precision, task.profile, repository)
 
 
 def plan_run(
@@ -119,7 +126,6 @@ def plan_run(
 ) -> DryRun:
     """The dry run of `tasks` (topological order). arch is None when the model's shape is not known
     before its fetch: the build argv then cannot be planned, and a note says so."""
-    backend = backend_of(config)
     results = status(config, store, tasks, stages)
     keys = {r.task: r.key for r in results}
     planned: dict[Task, PlannedTask] = {}
@@ -137,13 +143,19 @@ def plan_run(
             path=str(_artifact_dir(store, task, keys)),
         )
         if would_run and task.stage in ENGINE_STAGES:
-            item.commands += backend.planned_build(config, task, arch, _build_paths(store, task, keys))
+            assert task.backend is not None
+            item.commands += backend_of(config, task.backend).planned_build(
+                config, task, arch, _build_paths(store, task, keys)
+            )
         planned[task] = item
     return DryRun(
         model=config.model.name,
         target=config.target.gpu,
-        backend=backend.name,
-        container=backend.container(config),
+        backends=[
+            DryBackend(name=entry.name, runtime=runtime.name, container=runtime.container(config))
+            for entry in config.backends
+            for runtime in [backend_of(config, entry.name)]
+        ],
         tasks=list(planned.values()),
         serve=[_serve_command(config, t) for t in tasks if t.stage == "publish"],
     )

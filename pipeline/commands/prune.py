@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.commands.checks import check_filters
+from pipeline.commands.checks import selected_variants
 from pipeline.core.atomic import remove_staged
 from pipeline.core.locks import hold_lock
 from pipeline.core.reporter import Reporter
@@ -43,16 +43,14 @@ def prune(
     reporter: Reporter,
     precisions: frozenset[str] = frozenset(),
     profiles: frozenset[str] = frozenset(),
+    backends: frozenset[str] = frozenset(),
 ) -> list[SlotPrune]:
     """Each published variant of the config that the filters select, older versions removed."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
-    check_filters(config, precisions, profiles)
     slots = [
-        variant_destination(config, precision.value, profile.name)
-        for precision in config.quantization.precisions
-        for profile in config.profiles
-        if (not precisions or precision.value in precisions) and (not profiles or profile.name in profiles)
+        variant_destination(config, *variant)
+        for variant in selected_variants(config, precisions, profiles, backends)
     ]
     destination = config.publish.destination
     if not destination.is_dir():

@@ -45,6 +45,7 @@ class RunRequest:
     force: frozenset[str] = frozenset()
     precisions: frozenset[str] = frozenset()
     profiles: frozenset[str] = frozenset()
+    backends: frozenset[str] = frozenset()
     no_wait: bool = False  # fail at once if another run holds the work dir
     allow_arch_mismatch: bool = False
     debug: bool = False
@@ -98,8 +99,9 @@ def prepare(config: PipelineConfig, work_dir: Path, request: RunRequest) -> tupl
         set(request.stages),
         precisions=set(request.precisions),
         profiles=set(request.profiles),
+        backends=set(request.backends),
     )
-    check_filters(config, request.precisions, request.profiles)
+    check_filters(config, request.precisions, request.profiles, request.backends)
     for field, problem in input_file_problems(config, {t.stage for t in tasks}):
         raise ConfigError(config.source, field, problem)
     check_work_dir(work_dir)

@@ -138,13 +138,15 @@ def selftest_config(target: str, work_dir: Path, data_dir: Path) -> PipelineConf
         "publish": {"destination": work_dir.absolute() / "model_repository"},
     }
     config = PipelineConfig.model_validate(data)
-    current = variant_destination(config, PRECISION.value, PROFILE["name"]) / CURRENT
+    current = variant_destination(config, BACKEND, PRECISION.value, PROFILE["name"]) / CURRENT
     publish = config.publish.model_copy(update={"mount_path": str(current)})
     return config.model_copy(update={"publish": publish})
 
 
 # (published repository, prompts, max_tokens, work dir) -> one check per route
 Serve = Callable[[Path, list[str], int, Path], list["SmokeCheck"]]
+# (config, fetch artifact, prompt, work dir) -> the PyTorch backend's rows (pytorch_checks)
+PytorchChecks = Callable[[PipelineConfig, Path, str, Path], list["Check"]]
 
 
 def run_selftest(
@@ -156,6 +158,7 @@ def run_selftest(
     stages: Mapping[str, Stage] = STAGES,
     serve: Serve | None = None,
     mpi_parent: Callable[[], AbstractContextManager[None]] | None = None,
+    pytorch: PytorchChecks | None = None,
 ) -> SelftestReport:
     """Run every step, record each as a check, write work_dir/report.json; never raises for a failed step
     (a work dir it cannot write to is no step: it is refused before the first)."""
@@ -206,7 +209,7 @@ def run_selftest(
 
     t0 = time.perf_counter()
     try:
-        repository = published_repository(config, PRECISION.value, PROFILE["name"])
+        repository = published_repository(config, BACKEND, PRECISION.value, PROFILE["name"])
         report.repository = str(repository.resolve())
         prompts = load_prompts(config.gate.prompts, limit=1).texts
         answers = (serve or serve_in_container)(repository, prompts, MAX_TOKENS, work_dir / "serve")
@@ -219,6 +222,9 @@ def run_selftest(
         checks.append(
             Check(name=f"serve {a.route}", ok=a.ok, detail=detail, duration_s=time.perf_counter() - t0)
         )
+    fetched = next(r.path for r in run.results if r.task.stage == "fetch")
+    pytorch = pytorch or (lambda *args: pytorch_checks(*args, runner=runner))
+    checks += pytorch(config, fetched, prompts[0], work_dir / "pytorch")
     return _finish(report, work_dir)
 
 
@@ -245,6 +251,53 @@ def children_after_mpi(
             )
     detail = "TensorRT-LLM imported here, then a child Python imported it too"
     return Check(name="child after MPI", ok=True, detail=detail, duration_s=time.perf_counter() - t0)
+
+
+def pytorch_checks(
+    config: PipelineConfig, fetched: Path, prompt: str, work_dir: Path, *, runner: ToolRunner = subprocess.run
+) -> list[Check]:
+    """TensorRT-LLM's PyTorch backend on the fetched model, served as publish releases it: a release
+    written from the Hugging Face folder (served in place: its own path is the mount path), then
+    pipeline.serving.pytorch.gpu_check in a child: LLM load, one generate, one streamed, one
+    OpenAI request to the bundle's trtllm-serve command."""
+    from pipeline.backends.trtllm_pytorch.options import llm_api_options
+    from pipeline.core.hashing import sha256_file
+    from pipeline.facts import layout
+    from pipeline.facts.architecture import Architecture
+    from pipeline.planning.memory import plan_profile
+    from pipeline.serving.pytorch.release import write_release
+
+    t0 = time.perf_counter()
+    out = work_dir / "pytorch-checks.json"
+    try:
+        model_dir = layout.model_dir(fetched)
+        release = work_dir.absolute() / "release"
+        shutil.rmtree(release, ignore_errors=True)
+        release.parent.mkdir(parents=True, exist_ok=True)
+        # The profile's options from the same plan the engine build checked (its shape; the KV cache
+        # dtype follows the unquantized checkpoint either way).
+        plan = plan_profile(config, Architecture.load(model_dir), BACKEND, PRECISION, PROFILE["name"])
+        files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+        write_release(
+            release,
+            model=config.model.name,
+            checkpoint_dir=model_dir,
+            checkpoint_sha256=files,
+            tokenizer_dir=model_dir,
+            tokenizer_sha256=files,
+            options=llm_api_options(config, config.profile(PROFILE["name"]), plan),
+            mount_path=str(release),
+            decoupled=True,
+        )
+        argv = [sys.executable, "-m", "pipeline.serving.pytorch.gpu_check", str(release), prompt]
+        argv += [str(MAX_TOKENS), str(out)]
+        run_tool(argv, stage=STAGE, log_path=work_dir / "gpu-check.log", runner=runner)
+        rows = json.loads(out.read_text())
+    except (PipelineError, OSError, ValueError) as exc:
+        detail = exc.message if isinstance(exc, PipelineError) else str(exc)
+        return [Check(name="pytorch", ok=False, detail=detail, duration_s=time.perf_counter() - t0)]
+    elapsed = time.perf_counter() - t0
+    return [Check(name=r["name"], ok=r["ok"], detail=r["detail"], duration_s=elapsed) for r in rows]
 
 
 def _finish(report: SelftestReport, work_dir: Path) -> SelftestReport:

@@ -13,13 +13,14 @@ from typing import NoReturn
 
 from pipeline.backends import backend_of
 from pipeline.backends.base import PlannedCommand
-from pipeline.commands.checks import check_filters, check_work_dir
+from pipeline.commands.checks import check_work_dir, selected_variants
 from pipeline.core.errors import InputError
 from pipeline.core.reporter import Reporter
+from pipeline.facts import layout
 from pipeline.facts.config import PipelineConfig
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts
 from pipeline.serving.server import TritonInstall, TritonServer, require_free
-from pipeline.serving.smoke import published_repository, require_intact, serving_view
+from pipeline.serving.smoke import is_pytorch_release, published_repository, require_intact, serving_view
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,15 @@ class ServeResult:
 
 
 def chosen_variant(
-    config: PipelineConfig, precisions: frozenset[str], profiles: frozenset[str]
-) -> tuple[str, str]:
+    config: PipelineConfig, precisions: frozenset[str], profiles: frozenset[str], backends: frozenset[str]
+) -> tuple[str, str, str]:
     """The one variant the filters select; with none given, the config's first (one server, one variant)."""
-    selected = [
-        (precision.value, profile.name)
-        for precision in config.quantization.precisions
-        for profile in config.profiles
-        if (not precisions or precision.value in precisions) and (not profiles or profile.name in profiles)
-    ]
-    if len(selected) > 1 and (precisions or profiles):
-        names = ", ".join(f"{p}/{q}" for p, q in selected)
+    selected = selected_variants(config, precisions, profiles, backends)
+    if len(selected) > 1 and (precisions or profiles or backends):
+        names = ", ".join("/".join(v) for v in selected)
         raise InputError(
-            f"--precision/--profile select {len(selected)} variants ({names}); serve runs one",
-            hint="name one precision and one profile",
+            f"--backend/--precision/--profile select {len(selected)} variants ({names}); serve runs one",
+            hint="name one backend, one precision and one profile",
         )
     return selected[0]
 
@@ -55,19 +51,20 @@ def serve(
     reporter: Reporter,
     precisions: frozenset[str] = frozenset(),
     profiles: frozenset[str] = frozenset(),
+    backends: frozenset[str] = frozenset(),
     ports: ServePorts = DEFAULT_PORTS,
     install: TritonInstall | None = None,
 ) -> ServeResult:
     """Serve the variant until interrupted (the bundled server), or return the command that serves it."""
-    check_filters(config, precisions, profiles)
     check_work_dir(work_dir)
-    precision, profile = chosen_variant(config, precisions, profiles)
-    repository = published_repository(config, precision, profile)
+    name, precision, profile = chosen_variant(config, precisions, profiles, backends)
+    repository = published_repository(config, name, precision, profile)
     require_intact(repository, "refusing to serve it")
-    backend = backend_of(config)
+    backend = backend_of(config, name)
     if not backend.serving(config).served_here:
         return ServeResult(backend.serve_command(config, precision, profile, repository.absolute(), ports))
-    run_here(repository, work_dir / "serve" / precision / profile, ports, reporter=reporter, install=install)
+    folder = work_dir / "serve" / name / precision / profile
+    run_here(repository, folder, ports, reporter=reporter, install=install)
 
 
 def run_here(
@@ -77,9 +74,10 @@ def run_here(
     it; the server leaving on its own is a StageError. Either way it is stopped by its PID, so it frees
     its shared memory."""
     require_free(ports)
-    server = TritonServer(
-        serving_view(repository, folder), work_dir=folder, install=install, ports=ports, stage="serve"
-    )
+    view = serving_view(repository, folder)
+    # A PyTorch-backend release holds Triton's llmapi repository in a folder of its own.
+    models = view / layout.LLMAPI_REPOSITORY if is_pytorch_release(repository) else view
+    server = TritonServer(models, work_dir=folder, install=install, ports=ports, stage="serve")
     # The log's first line is the command, runnable as is when pasted (its environment included).
     reporter.info(f"serving {repository.resolve()} (command and log: {server.log_path})")
     with server:

@@ -37,10 +37,11 @@ def smoke(
     reporter: Reporter,
     precisions: frozenset[str] = frozenset(),
     profiles: frozenset[str] = frozenset(),
+    backends: frozenset[str] = frozenset(),
     prompts: int = 2,
     max_tokens: int | None = None,
 ) -> SmokeResult:
-    check_filters(config, precisions, profiles)
+    check_filters(config, precisions, profiles, backends)
     check_work_dir(work_dir)
     reports = smoke_published(
         config,
@@ -48,6 +49,7 @@ def smoke(
         reporter=reporter,
         precisions=set(precisions),
         profiles=set(profiles),
+        backends=set(backends),
         prompts=prompts,
         max_tokens=max_tokens,
     )

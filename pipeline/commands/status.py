@@ -19,9 +19,16 @@ def status_of(
     *,
     precisions: frozenset[str] = frozenset(),
     profiles: frozenset[str] = frozenset(),
+    backends: frozenset[str] = frozenset(),
 ) -> list[TaskResult]:
     """The state of every task, or of the selected variants' tasks and what they are made from."""
-    check_filters(config, precisions, profiles)
+    check_filters(config, precisions, profiles, backends)
     check_work_dir(work_dir, writes=False)
-    tasks = select_tasks(plan_tasks(config), set(STAGES), precisions=set(precisions), profiles=set(profiles))
+    tasks = select_tasks(
+        plan_tasks(config),
+        set(STAGES),
+        precisions=set(precisions),
+        profiles=set(profiles),
+        backends=set(backends),
+    )
     return status(config, ArtifactStore(work_dir), tasks)

@@ -30,7 +30,9 @@ from pipeline.serving.release_manifest import RELEASE_MANIFEST
 from pipeline.stages.publish import Publish, PublishRecord
 
 KEY = re.compile(r"[0-9a-f]{20}")
-SLOT_DEPTH = 3  # <destination>/<model>/<precision>/<profile> (pipeline.stages.publish.variant_destination)
+SLOT_DEPTH = (
+    4  # <destination>/<model>/<backend>/<precision>/<profile> (pipeline.stages.publish.variant_destination)
+)
 
 
 REBUILD = "`trtllm-pipeline run` sets the artifact aside, rebuilds it and publishes from it"
@@ -83,8 +85,7 @@ def audit(store: ArtifactStore, destination: Path, *, all_versions: bool = False
             released.setdefault(release[0], set()).add(release[1])
     published = 0
     for slot in _slots(destination):
-        model, precision, profile = slot.relative_to(destination).parts
-        variant = (model, precision, profile)
+        variant = slot.relative_to(destination).parts  # (model, backend, precision, profile)
         for leftover in sorted(slot.glob(f"{TMP_PREFIX}*")):
             findings.append(
                 Finding(path=str(slot), problem=f"partial publish: {leftover.name}", fix=CLEAR_STAGED)

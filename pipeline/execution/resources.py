@@ -51,7 +51,9 @@ def _name(resource: str, amount: float) -> str:
 
 
 def task_resources(config: PipelineConfig, task: Task) -> TaskResources:
-    return backend_of(config).task_resources(task.stage, TARGETS[config.target.gpu])
+    if task.backend is None:  # fetch: whichever backend, a CPU
+        return TaskResources(cpus=1)
+    return backend_of(config, task.backend).task_resources(task.stage, TARGETS[config.target.gpu])
 
 
 def unplaceable(resources: TaskResources, nodes: list[Mapping[str, float]]) -> str | None:

@@ -18,6 +18,17 @@ from pipeline.core.errors import InputError
 
 HF_CONFIG = "config.json"
 DEFAULT_ROPE_THETA = 10000.0  # what transformers uses when the config names none
+# Each layer's linears by their Hugging Face names (a unified checkpoint's), and the TensorRT-LLM
+# linear each is part of: q, k and v, in this order, are rows of attention.qkv.
+HF_LINEARS: dict[str, str] = {
+    "self_attn.q_proj": "attention.qkv",
+    "self_attn.k_proj": "attention.qkv",
+    "self_attn.v_proj": "attention.qkv",
+    "self_attn.o_proj": "attention.dense",
+    "mlp.gate_proj": "mlp.fc",
+    "mlp.up_proj": "mlp.gate",
+    "mlp.down_proj": "mlp.proj",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,16 @@ class Architecture:
             "mlp.fc": (f, h),
             "mlp.gate": (f, h),
             "mlp.proj": (h, f),
+        }
+
+    @property
+    def hf_linears(self) -> dict[str, tuple[int, int]]:
+        """Each layer's linears by their Hugging Face names (HF_LINEARS), as (output, input) features."""
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        rows = {"self_attn.q_proj": q, "self_attn.k_proj": kv, "self_attn.v_proj": kv}
+        return {
+            name: (rows.get(name, self.linears[trt][0]), self.linears[trt][1])
+            for name, trt in HF_LINEARS.items()
         }
 
     @property

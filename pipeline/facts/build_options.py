@@ -17,7 +17,7 @@ Read by config validation (pipeline.facts.config, before any stage runs) and by 
 
 from __future__ import annotations
 
-from pipeline.facts.formats import FORMATS, Precision
+from pipeline.facts.formats import ENGINE, FORMATS, Precision
 
 # gemm_plugin value -> the oldest GPU architecture that runs it (None: every GPU's).
 GEMM_PLUGINS: dict[str, int | None] = {
@@ -26,7 +26,7 @@ GEMM_PLUGINS: dict[str, int | None] = {
     "float32": None,
     "bfloat16": None,
     "int32": None,
-    "fp8": FORMATS[Precision.fp8].min_sm,
+    "fp8": FORMATS[Precision.fp8].kernels[ENGINE].min_sm,
     "nvfp4": 100,
     "disable": None,
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -122,18 +122,16 @@ class ModelSection(Strict):
 
 
 class TargetSection(Strict):
-    """Which hardware (`gpu`: a GPU, or "cpu") and which runtime on it (`backend`): two fields, each
-    free to change alone. Left out, the backend is the target's default (pipeline.backends)."""
+    """Which hardware (`gpu`: a GPU, or "cpu"). `backend` is the old single-backend form's runtime (with
+    quantization.precisions); a config now lists its backends in [[backends]]."""
 
     gpu: str = "a100-40gb"
-    backend: str
+    backend: str | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve_backend(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        if data.get("gpu") == LEGACY_CPU_TARGET:
+    def _legacy_cpu(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("gpu") == LEGACY_CPU_TARGET:
             warnings.warn(
                 f'target.gpu = "{LEGACY_CPU_TARGET}" is deprecated: it means gpu = "cpu" with '
                 'backend = "reference"; write those two',
@@ -141,12 +139,6 @@ class TargetSection(Strict):
                 stacklevel=2,
             )
             data = {**data, "gpu": "cpu", "backend": data.get("backend", "reference")}
-        gpu = data.get("gpu", cls.model_fields["gpu"].default)
-        if data.get("backend") is None and gpu in TARGETS:
-            # The backends build on these facts: their registry is read when a config is validated.
-            from pipeline.backends import default_backend
-
-            data = {**data, "backend": default_backend(TARGETS[gpu]).name}
         return data
 
     @field_validator("gpu")
@@ -156,13 +148,17 @@ class TargetSection(Strict):
 
     @field_validator("backend")
     @classmethod
-    def _known_backend(cls, value: str) -> str:
+    def _known_backend(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         from pipeline.backends import BACKENDS
 
         return _one_of(value, BACKENDS, "backend")
 
     @model_validator(mode="after")
     def _runs_there(self) -> TargetSection:
+        if self.backend is None:
+            return self
         from pipeline.backends import BACKENDS
 
         target = TARGETS[self.gpu]
@@ -177,8 +173,29 @@ class TargetSection(Strict):
         return self
 
 
+class BackendSection(Strict):
+    """One runtime's precisions: `name` is the GPU runtime the artifacts are for (on the cpu target the
+    reference runtime plays it, pipeline.backends)."""
+
+    name: str
+    precisions: Annotated[tuple[Precision, ...], Field(min_length=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from pipeline.backends import PLAYED
+
+        if value not in PLAYED:
+            raise ValueError(
+                f"unknown backend '{value}'; known: {', '.join(PLAYED)} (on target 'cpu' the reference "
+                "runtime plays each)"
+            )
+        return value
+
+
 class QuantizationSection(Strict):
-    precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] = (Precision.int8_sq,)
+    # The old single-backend form (with target.backend); a config now lists them in [[backends]].
+    precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] | None = None
     # The fp8 precision always has an FP8 KV cache (pipeline.facts.formats); this sets the others'.
     kv_cache_dtype: Literal[SELECTABLE_KV_CACHES] = "fp16"
 
@@ -294,7 +311,10 @@ class ExecutionSection(Strict):
 
 class PipelineConfig(Strict):
     model: ModelSection
-    target: TargetSection = Field(default_factory=TargetSection)
+    target: TargetSection = TargetSection()
+    # Each backend with its precisions; left out, the single-backend form (target.backend and
+    # quantization.precisions, or the target's default backend with int8_sq) fills it.
+    backends: tuple[BackendSection, ...] = ()
     quantization: QuantizationSection = QuantizationSection()
     calibration: CalibrationSection = CalibrationSection()
     profiles: Annotated[tuple[Profile, ...], Field(min_length=1)]
@@ -309,21 +329,57 @@ class PipelineConfig(Strict):
     def source(self) -> str:
         return self._source
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data: Any) -> Any:
+        """[[backends]] or the single-backend form, never both: which precisions go where would be a guess."""
+        if not isinstance(data, dict) or "backends" not in data:
+            return data
+        for section, key in (("target", "backend"), ("quantization", "precisions")):
+            if isinstance(data.get(section), dict) and key in data[section]:
+                raise _FieldError(
+                    f"{section}.{key}",
+                    "is the single-backend form, and this config lists [[backends]]",
+                    "remove it: each [[backends]] entry names its backend and its precisions",
+                )
+        return data
+
     @model_validator(mode="after")
     def _combinations(self) -> PipelineConfig:
-        from pipeline.backends import backend_of
+        from pipeline.backends import BACKENDS, default_backend, runtime_for
 
-        target, backend = TARGETS[self.target.gpu], backend_of(self)
-        for i, precision in enumerate(self.quantization.precisions):
-            problem = backend.format_problem(precision, self.quantization.kv_cache_dtype, target)
-            if problem is not None:
+        target = TARGETS[self.target.gpu]
+        single = not self.backends
+        if single:
+            runtime = BACKENDS[self.target.backend] if self.target.backend else default_backend(target)
+            precisions = self.quantization.precisions or (Precision.int8_sq,)
+            # The model is frozen; this fills the field once, while it is validated.
+            object.__setattr__(self, "backends", (BackendSection(name=runtime.plays, precisions=precisions),))
+        kv_cache_dtype = self.quantization.kv_cache_dtype
+        names = [b.name for b in self.backends]
+        for b, entry in enumerate(self.backends):
+            if names.index(entry.name) != b:
+                raise _FieldError(f"backends[{b}].name", f"backend '{entry.name}' is listed twice")
+            field = "quantization.precisions" if single else f"backends[{b}].precisions"
+            backend = runtime_for(entry.name, target)
+            for i, precision in enumerate(entry.precisions):
+                gap = backend.format_problem(precision, kv_cache_dtype, target)
+                if gap is None:
+                    continue
+                if gap.part == "kv_cache":
+                    raise _FieldError(
+                        "quantization.kv_cache_dtype", gap.problem, 'use kv_cache_dtype = "fp16"'
+                    )
+                runs = [
+                    p.value for p in Precision if backend.format_problem(p, kv_cache_dtype, target) is None
+                ]
                 raise _FieldError(
-                    f"quantization.precisions[{i}]",
-                    problem,
-                    "use int8_sq, int8_wo or int4_awq on this target",
+                    f"{field}[{i}]",
+                    gap.problem,
+                    f"{entry.name} runs {', '.join(runs)} on '{target.name}'",
                 )
-        if len(set(self.quantization.precisions)) != len(self.quantization.precisions):
-            raise _FieldError("quantization.precisions", "lists a precision twice")
+            if len(set(entry.precisions)) != len(entry.precisions):
+                raise _FieldError(field, "lists a precision twice")
         names = [p.name for p in self.profiles]
         for i, name in enumerate(names):
             if names.index(name) != i:
@@ -348,10 +404,32 @@ class PipelineConfig(Strict):
                 f"{problem}; target '{target.name}' is sm{target.sm}",
                 "use 'auto' (the checkpoint's dtype)",
             )
-        for precision in self.quantization.precisions:
+        for precision in dict.fromkeys(p for entry in self.backends for p in entry.precisions):
             if precision not in self.gate.thresholds:
                 raise _FieldError("gate.thresholds", f"no thresholds for precision '{precision.value}'")
         return self
+
+    @property
+    def variants(self) -> list[tuple[str, Precision]]:
+        """Every (backend, precision) the config builds, in the config's order."""
+        return [(entry.name, precision) for entry in self.backends for precision in entry.precisions]
+
+    def published_variants(
+        self,
+        backends: Collection[str] | None = None,
+        precisions: Collection[str] | None = None,
+        profiles: Collection[str] | None = None,
+    ) -> list[tuple[str, str, str]]:
+        """(backend, precision, profile) of every variant publish releases that the filters (empty: any)
+        select, in the config's order."""
+        return [
+            (backend, precision.value, profile.name)
+            for backend, precision in self.variants
+            for profile in self.profiles
+            if (not backends or backend in backends)
+            and (not precisions or precision.value in precisions)
+            and (not profiles or profile.name in profiles)
+        ]
 
     def profile(self, name: str) -> Profile:
         if name == GATE_PROFILE:

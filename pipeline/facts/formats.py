@@ -13,14 +13,30 @@ Sources of the facts:
 - TensorRT-LLM 1.2.x (NVIDIA/TensorRT-LLM builder.py @ 008b2b8d, build(): "Paged Context FMHA is
   disabled because it doesn't work with int8 kv cache currently"; modeling_utils.py @ 27712aa7,
   preprocess_perlayer_weights and process_kv_scaling_factor) for how each is built and read;
+- which GPU backend has kernels for each format (`Kernels`, one column per backend):
+  - trtllm-engine: TensorRT-LLM 1.2.x's engine builder (fp8 kernels from sm89);
+  - trtllm-pytorch: TensorRT-LLM's PyTorch backend, _torch/modules/linear.py get_quant_method (the 1.2-era
+    version stored at NVIDIA/TensorRT-LLM; newest stored @ ed53795b): FP8 QDQ/rowwise/block scales,
+    NVFP4, weight-only INT8/INT4 per channel (WeightOnlyQuantLinearMethod), W4A16/W4A8 AWQ; any other
+    quant mode raises "unsupported quant mode", so W8A8 SmoothQuant has no method;
+    docs/source/features/quantization.md @ 09d4c79b, "Hardware Support Matrix": Ampere runs W4A16 AWQ
+    and GPTQ and the FP8 KV cache, FP8 weights from Ada (sm89); llmapi/llm_args.py
+    (TorchLlmArgs.sync_quant_config_with_kv_cache_config_dtype) turns only kv_cache_config.dtype 'fp8'
+    into a quantized KV cache; upstream's parity tracker (#3701) lists W8A8 SmoothQuant and the INT8 KV
+    cache as missing from the PyTorch backend;
 - the gate defaults' published figures, cited beside each row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
+
+# The GPU backends' names (pipeline.backends), the columns of the kernel table below.
+ENGINE = "trtllm-engine"
+PYTORCH = "trtllm-pytorch"
 
 
 class Precision(str, Enum):
@@ -30,6 +46,26 @@ class Precision(str, Enum):
     int8_sq = "int8_sq"  # W8A8 SmoothQuant, per-channel weights, per-tensor activations
     int4_awq = "int4_awq"  # W4A16 AWQ, one scale per 128 inputs of each output channel
     fp8 = "fp8"  # W8A8 FP8 (E4M3), per-tensor scales, FP8 KV cache
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Whether a GPU backend has kernels for a format: from which architecture on, or none at all."""
+
+    min_sm: int | None = None  # oldest GPU architecture whose kernels run it (None: every GPU's)
+    missing: str | None = None  # why the backend has no kernels for it on any GPU (None: it has)
+
+
+EVERY_GPU = Kernels()
+FROM_ADA = Kernels(min_sm=89)
+
+
+@dataclass(frozen=True)
+class FormatGap:
+    """Why a backend cannot run a format on a GPU: the weights' precision or the KV cache, and the words."""
+
+    part: Literal["precision", "kv_cache"]
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -67,7 +103,7 @@ class WeightFormat:
     # Who turns the weights into the engine's: ModelOpt at export, or trtllm-build from fp16 (W8A16).
     weights_quantized_by: Literal["modelopt", "trtllm-build", "none"]
     layout: LinearLayout | None  # None: floating-point weights in the checkpoint
-    min_sm: int | None  # oldest GPU architecture whose kernels run it (None: every GPU's)
+    kernels: Mapping[str, Kernels]  # per GPU backend (ENGINE, PYTORCH)
     reads_calibration_data: bool  # activation statistics (SmoothQuant, AWQ search, FP8 amax)
     kv_cache: str | None  # the KV cache format it always uses; None: quantization.kv_cache_dtype
     export_dtype: Literal["float16", "bfloat16"]  # dtype of the unquantized tensors
@@ -93,7 +129,7 @@ class KvCacheFormat:
     quant_algo: str | None  # the checkpoint's quantization.kv_cache_quant_algo
     # ModelOpt quantizer settings for K and V ("*[kv]_bmm_quantizer"); None: not quantized.
     modelopt_num_bits: int | tuple[int, int] | None
-    min_sm: int | None
+    kernels: Mapping[str, Kernels]  # per GPU backend (ENGINE, PYTORCH)
     # TensorRT-LLM's builder switches paged context FMHA (so chunked context) off for an INT8 KV cache.
     keeps_paged_context_fmha: bool
 
@@ -108,6 +144,8 @@ _UNQUANTIZED = GateDefaults(
 _INT8 = LinearLayout("I8", 1, "channel", activation_scale=True, prequant_scale=True)
 _INT4_AWQ = LinearLayout("I8", 2, "group", activation_scale=False, prequant_scale=True)
 _FP8 = LinearLayout("F8_E4M3", 1, "tensor", activation_scale=True, prequant_scale=False)
+_BOTH = {ENGINE: EVERY_GPU, PYTORCH: EVERY_GPU}
+_FP8_KERNELS = {ENGINE: FROM_ADA, PYTORCH: FROM_ADA}
 
 FORMATS: dict[Precision, WeightFormat] = {
     f.precision: f
@@ -115,20 +153,20 @@ FORMATS: dict[Precision, WeightFormat] = {
         WeightFormat(
             precision=Precision.fp16, description="FP16, unquantized",
             weight_bits=16, group_size=None, scale_bytes=0, quant_algo=None, modelopt_config=None,
-            weights_quantized_by="none", layout=None, min_sm=None, reads_calibration_data=False,
+            weights_quantized_by="none", layout=None, kernels=_BOTH, reads_calibration_data=False,
             kv_cache=None, export_dtype="float16", gate=_UNQUANTIZED,
         ),
         WeightFormat(
             precision=Precision.bf16, description="BF16, unquantized",
             weight_bits=16, group_size=None, scale_bytes=0, quant_algo=None, modelopt_config=None,
-            weights_quantized_by="none", layout=None, min_sm=None, reads_calibration_data=False,
+            weights_quantized_by="none", layout=None, kernels=_BOTH, reads_calibration_data=False,
             kv_cache=None, export_dtype="bfloat16",
             gate=GateDefaults(1.0, 0.97, 0.8, "bf16 keeps 8 mantissa bits: more rounding than fp16, still lossless"),
         ),
         WeightFormat(
             precision=Precision.int8_wo, description="W8A16: INT8 weights per channel, FP16 activations",
             weight_bits=8, group_size=None, scale_bytes=4, quant_algo="W8A16", modelopt_config=None,
-            weights_quantized_by="trtllm-build", layout=None, min_sm=None, reads_calibration_data=False,
+            weights_quantized_by="trtllm-build", layout=None, kernels=_BOTH, reads_calibration_data=False,
             kv_cache=None, export_dtype="float16",
             gate=GateDefaults(
                 2.0, 0.93, 0.6,
@@ -141,7 +179,10 @@ FORMATS: dict[Precision, WeightFormat] = {
             description="W8A8 SmoothQuant: INT8 weights per channel, INT8 activations per tensor",
             weight_bits=8, group_size=None, scale_bytes=4, quant_algo="W8A8_SQ_PER_CHANNEL",
             modelopt_config="INT8_SMOOTHQUANT_CFG", weights_quantized_by="modelopt", layout=_INT8,
-            min_sm=None, reads_calibration_data=True, kv_cache=None, export_dtype="float16",
+            kernels={
+                ENGINE: EVERY_GPU,
+                PYTORCH: Kernels(missing="its linear layers have no W8A8 INT8 method (get_quant_method)"),
+            }, reads_calibration_data=True, kv_cache=None, export_dtype="float16",
             gate=GateDefaults(
                 3.0, 0.90, 0.5,
                 "SmoothQuant W8A8 moves Mistral-7B's wikitext-2 perplexity 5.253 -> 5.277 (+0.5%, the "
@@ -153,7 +194,7 @@ FORMATS: dict[Precision, WeightFormat] = {
             description="W4A16 AWQ: INT4 weights, one FP16 scale per 128 inputs per output",
             weight_bits=4, group_size=128, scale_bytes=2, quant_algo="W4A16_AWQ",
             modelopt_config="INT4_AWQ_CFG", weights_quantized_by="modelopt", layout=_INT4_AWQ,
-            min_sm=None, reads_calibration_data=True, kv_cache=None, export_dtype="float16",
+            kernels=_BOTH, reads_calibration_data=True, kv_cache=None, export_dtype="float16",
             gate=GateDefaults(
                 6.0, 0.85, 0.4,
                 "AWQ INT4 g128 moves Llama-2-7B's wikitext-2 perplexity 5.47 -> 5.60 (+2.4%, the AWQ "
@@ -169,7 +210,7 @@ FORMATS: dict[Precision, WeightFormat] = {
             description="W8A8 FP8 (E4M3): per-tensor weight and activation scales, FP8 KV cache",
             weight_bits=8, group_size=None, scale_bytes=4, quant_algo="FP8",
             modelopt_config="FP8_DEFAULT_CFG", weights_quantized_by="modelopt", layout=_FP8,
-            min_sm=89, reads_calibration_data=True, kv_cache="fp8", export_dtype="float16",
+            kernels=_FP8_KERNELS, reads_calibration_data=True, kv_cache="fp8", export_dtype="float16",
             gate=GateDefaults(
                 2.0, 0.93, 0.6,
                 "FP8 E4M3 W8A8 with per-tensor scales is reported near-lossless on 7B models (within ~1% "
@@ -182,9 +223,19 @@ FORMATS: dict[Precision, WeightFormat] = {
 KV_CACHE_FORMATS: dict[str, KvCacheFormat] = {
     k.name: k
     for k in (
-        KvCacheFormat("fp16", 2, None, None, None, keeps_paged_context_fmha=True),
-        KvCacheFormat("int8", 1, "INT8", 8, None, keeps_paged_context_fmha=False),
-        KvCacheFormat("fp8", 1, "FP8", (4, 3), 89, keeps_paged_context_fmha=True),
+        KvCacheFormat("fp16", 2, None, None, _BOTH, keeps_paged_context_fmha=True),
+        KvCacheFormat(
+            "int8",
+            1,
+            "INT8",
+            8,
+            {
+                ENGINE: EVERY_GPU,
+                PYTORCH: Kernels(missing="its KV cache takes only kv_cache_config.dtype 'fp8'"),
+            },
+            keeps_paged_context_fmha=False,
+        ),
+        KvCacheFormat("fp8", 1, "FP8", (4, 3), _FP8_KERNELS, keeps_paged_context_fmha=True),
     )
 }
 # The KV cache formats a user may choose (fp8 comes with the fp8 precision, whose attention is FP8 too).
@@ -213,14 +264,40 @@ def builds_paged_context_fmha(requested: bool, kv: KvCacheFormat) -> bool:
     return requested and kv.keeps_paged_context_fmha
 
 
-def unsupported_on_sm(precision: Precision | str, kv_cache_dtype: str, sm: int) -> str | None:
-    """Why a GPU of architecture `sm` cannot run the format's kernels, or None. Whether these limits
-    apply at all is the backend's to say (pipeline.backends: the reference runtime emulates every
-    format on the CPU)."""
+def missing_kernels(backend: str, precision: Precision | str, kv_cache_dtype: str) -> FormatGap | None:
+    """Why GPU backend `backend` has no kernels for the format on any GPU, or None; names the backend that
+    has. The reference runtime playing `backend` on the CPU refuses the same formats."""
     fmt, kv = weight_format(precision), kv_cache_format(precision, kv_cache_dtype)
-    for name, min_sm in ((fmt.precision.value, fmt.min_sm), (f"a {kv.name} KV cache", kv.min_sm)):
+    parts = (
+        ("precision", fmt.precision.value, fmt.kernels),
+        ("kv_cache", f"a {kv.name} KV cache", kv.kernels),
+    )
+    for part, name, kernels in parts:
+        own = kernels[backend]
+        if own.missing is not None:
+            runs = [b for b, k in kernels.items() if k.missing is None]
+            instead = "".join(
+                f'; the {b} backend runs it (backends = [{{ name = "{b}", ... }}])' for b in runs
+            )
+            return FormatGap(part, f"{name} does not run on the {backend} backend: {own.missing}{instead}")
+    return None
+
+
+def unsupported_on_gpu(
+    backend: str, precision: Precision | str, kv_cache_dtype: str, sm: int
+) -> FormatGap | None:
+    """Why GPU backend `backend` cannot run the format on architecture `sm`, or None (missing_kernels,
+    then each part's oldest architecture)."""
+    gap = missing_kernels(backend, precision, kv_cache_dtype)
+    if gap is not None:
+        return gap
+    fmt, kv = weight_format(precision), kv_cache_format(precision, kv_cache_dtype)
+    for name, kernels in ((fmt.precision.value, fmt.kernels), (f"a {kv.name} KV cache", kv.kernels)):
+        min_sm = kernels[backend].min_sm
         if min_sm is not None and sm < min_sm:
-            return f"{name} needs sm{min_sm} or newer"
+            return FormatGap(
+                "precision" if kernels is fmt.kernels else "kv_cache", f"{name} needs sm{min_sm} or newer"
+            )
     return None
 
 

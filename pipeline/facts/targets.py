@@ -1,8 +1,9 @@
 """The hardware the pipeline can build for: the GPUs, and the host CPU.
 
-A target is only hardware; which runtime runs on it is the config's
-`target.backend` (pipeline.backends), and which precisions it runs follows from
-the backend and each format's row (pipeline.facts.formats).
+A target is only hardware; which runtimes run on it follows from the config's
+[[backends]] (pipeline.backends: on the cpu target the reference runtime plays
+each), and which precisions each runs from its column of each format's row
+(pipeline.facts.formats).
 
 Figures are the vendors' datasheet numbers (dense, no sparsity). Memory is the
 card's nominal capacity in GiB, as the memory plan uses it; CUDA reports a little

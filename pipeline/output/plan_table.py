@@ -12,7 +12,7 @@ from pipeline.planning.memory import ProfilePlan, format_bytes
 def summary_table(title: str, plans: list[ProfilePlan]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in (
-        "target / precision / profile",
+        "target / backend / precision / profile",
         "batch x seq, tokens",
         "weights, headroom",
         "KV need / budget",
@@ -23,7 +23,7 @@ def summary_table(title: str, plans: list[ProfilePlan]) -> Table:
         table.add_column(column, overflow="fold")
     for p in plans:
         table.add_row(
-            escape(f"{p.target} / {p.precision} / {p.profile}"),
+            escape(f"{p.target} / {p.backend} / {p.precision} / {p.profile}"),
             f"{p.max_batch_size} x {p.max_seq_len}, {p.max_num_tokens}",
             f"{format_bytes(p.weight_bytes)}, {format_bytes(p.headroom_bytes)}",
             f"{format_bytes(p.kv_needed_bytes)} / {format_bytes(p.kv_budget_bytes)}",
@@ -36,7 +36,8 @@ def summary_table(title: str, plans: list[ProfilePlan]) -> Table:
 
 def derivation_table(plan: ProfilePlan) -> Table:
     table = Table(
-        title=f"how: {plan.target} / {plan.precision} / {escape(plan.profile)} (KV cache {plan.kv_cache_dtype})",
+        title=f"how: {plan.target} / {plan.backend} / {plan.precision} / {escape(plan.profile)} "
+        f"(KV cache {plan.kv_cache_dtype})",
         title_justify="left",
     )
     for column in ("figure", "value", "how"):

@@ -19,7 +19,10 @@ if TYPE_CHECKING:  # each command loads only its own result's module
 
 
 def print_dry_run(console: Console, dry: DryRun) -> None:
-    console.print(f"dry run: {escape(dry.model)} on {dry.target} ({dry.backend}); nothing runs")
+    backends = ", ".join(
+        b.name if b.name == b.runtime else f"{b.name} played by {b.runtime}" for b in dry.backends
+    )
+    console.print(f"dry run: {escape(dry.model)} on {dry.target} ({escape(backends)}); nothing runs")
     for task in dry.tasks:
         mark = "[yellow]would run[/]" if task.would_run else "[green]skip[/]"
         where = f"key known after {', '.join(task.key_after)} run" if task.key_after else task.path
@@ -30,10 +33,16 @@ def print_dry_run(console: Console, dry: DryRun) -> None:
             console.print(f"    $ {escape(shlex.join(command.argv))}", soft_wrap=True)
             for note in command.notes:
                 console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
+            for file in command.files:
+                console.print(f"      {escape(file.path)}:", soft_wrap=True)
+                for line in file.text.splitlines():
+                    console.print(f"        {escape(line)}", soft_wrap=True)
     for command in dry.serve:
         console.print(
             f"then, to {escape(command.purpose)}:\n    $ {escape(shlex.join(command.argv))}", soft_wrap=True
         )
+        for note in command.notes:
+            console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
 
 
 def print_audit(console: Console, report: AuditReport, work_dir: Path, destination: Path) -> None:

@@ -78,10 +78,11 @@ class PlanLine(BaseModel):
 
 
 class ProfilePlan(BaseModel):
-    """The plan of one (target, precision, profile): what fits, and how each figure was obtained."""
+    """The plan of one (target, backend, precision, profile): what fits, and how each figure was obtained."""
 
     model_config = ConfigDict(frozen=True)
     target: str
+    backend: str  # the config [[backends]] name it is for (the runtime on the target plays it)
     precision: str
     kv_cache_dtype: str
     profile: str
@@ -202,7 +203,7 @@ def plan_memory(
     unsupported = backend.format_problem(precision, kv_cache_dtype, target)
     problem = None
     if unsupported is not None:
-        problem = unsupported
+        problem = unsupported.problem
     elif headroom <= allowance:
         problem = (
             f"weights ({format_bytes(weights)}) and the activation allowance ({format_bytes(allowance)}) "
@@ -308,6 +309,7 @@ def plan_memory(
     )
     return ProfilePlan(
         target=target.name,
+        backend=backend.plays,
         precision=precision.value,
         kv_cache_dtype=kv.name,
         profile=profile.name,
@@ -335,9 +337,9 @@ def plan_memory(
 
 
 def _plan(
-    config: PipelineConfig, arch: Architecture, target: Target, precision: Precision, name: str
+    config: PipelineConfig, arch: Architecture, target: Target, backend: str, precision: Precision, name: str
 ) -> ProfilePlan:
-    from pipeline.backends import backend_for
+    from pipeline.backends import runtime_for
 
     return plan_memory(
         arch,
@@ -348,27 +350,29 @@ def _plan(
         paged_context_fmha=config.build.use_paged_context_fmha,
         # Only the gate's own engine gathers context logits (they cost memory and copying per response).
         gather_context_logits=name == GATE_PROFILE,
-        backend=backend_for(config, target),
+        backend=runtime_for(backend, target),
     )
 
 
 def plan_config(
     config: PipelineConfig, arch: Architecture, targets: tuple[str, ...] = ()
 ) -> list[ProfilePlan]:
-    """Every (target, precision, profile) plan, the gate engine's included; targets default to the config's own."""
+    """Every (target, backend, precision, profile) plan, the gate engine's included; targets default to
+    the config's own."""
     return [
-        _plan(config, arch, TARGETS[name], precision, profile)
+        _plan(config, arch, TARGETS[name], backend, precision, profile)
         for name in targets or (config.target.gpu,)
-        for precision in config.quantization.precisions
+        for backend, precision in config.variants
         for profile in (*(p.name for p in config.profiles), GATE_PROFILE)
     ]
 
 
 def plan_profile(
-    config: PipelineConfig, arch: Architecture, precision: Precision, profile_name: str
+    config: PipelineConfig, arch: Architecture, backend: str, precision: Precision, profile_name: str
 ) -> ProfilePlan:
-    """The plan of one build task on the config's target, refusing a profile that does not fit."""
-    plan = _plan(config, arch, TARGETS[config.target.gpu], precision, profile_name)
+    """The plan of one build task (its backend, precision, profile) on the config's target, refusing a
+    profile that does not fit."""
+    plan = _plan(config, arch, TARGETS[config.target.gpu], backend, precision, profile_name)
     if not plan.fits:
         raise fit_error(config, plan)
     return plan
@@ -381,7 +385,7 @@ def fit_error(config: PipelineConfig, plan: ProfilePlan) -> ConfigError:
     return ConfigError(
         config.source,
         field,
-        f"'{plan.profile}' does not fit {plan.target} with {plan.precision}: {plan.problem}",
+        f"'{plan.profile}' does not fit {plan.target} with {plan.backend} {plan.precision}: {plan.problem}",
         hint="lower max_batch_size or max_seq_len (see `trtllm-pipeline plan`), or use a larger target"
         if plan.profile in names
         else "lower gate.batch_size or gate.eval_seq_len (see `trtllm-pipeline plan`)",

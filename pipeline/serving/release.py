@@ -66,9 +66,9 @@ def current_version(slot: Path) -> int | None:
     return found[-1] if found else None
 
 
-def check_current(slot: Path, variant: tuple[str, str, str]) -> str | None:
+def check_current(slot: Path, variant: tuple[str, ...]) -> str | None:
     """What is wrong with slot's `current`, or None: it must name a version folder of slot (a number)
-    whose publish-manifest.json names this variant, (model, precision, profile). A link to another
+    whose publish-manifest.json names this variant, (model, backend, precision, profile). A link to another
     variant's version, or to a copy of one, would serve that engine under this variant's name."""
     link = slot / CURRENT
     if not link.is_symlink():
@@ -79,7 +79,7 @@ def check_current(slot: Path, variant: tuple[str, str, str]) -> str | None:
     return check_variant(slot / target, variant)
 
 
-def check_variant(version_dir: Path, variant: tuple[str, str, str]) -> str | None:
+def check_variant(version_dir: Path, variant: tuple[str, ...]) -> str | None:
     """None if the version's publish-manifest.json names `variant` (or is unreadable: check_version
     reports that), else what it names instead."""
     try:

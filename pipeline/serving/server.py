@@ -112,6 +112,7 @@ class TritonServer:
         install: TritonInstall | None = None,
         http_port: int | None = None,
         ports: ServePorts | None = None,
+        grpc_port: int | None = None,  # without ports: gRPC on loopback too (off when None)
         stage: str = "smoke",  # the command its errors name
     ) -> None:
         self.repository = repository
@@ -121,12 +122,18 @@ class TritonServer:
         self.ports = ports
         self.host = ports.host if ports else "127.0.0.1"
         self.http_port = ports.http if ports else (http_port or free_port())
+        self.grpc_port = ports.grpc if ports else grpc_port
         self.log_path = work_dir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        assert self.grpc_port is not None, "started without gRPC"
+        return f"{self.host}:{self.grpc_port}"
 
     def _backends(self) -> Path:
         """A backend folder holding the Python backend with the stub for this interpreter."""
@@ -139,10 +146,11 @@ class TritonServer:
         return backends
 
     def argv(self, backends: Path) -> list[str]:
-        # Every endpoint on the given host (their default address is 0.0.0.0); smoke speaks HTTP alone,
-        # so there gRPC and metrics stay off. Flags as tritonserver 2.51's --help lists them.
+        # Every endpoint on the given host (their default address is 0.0.0.0); smoke speaks HTTP (and gRPC
+        # when given a port), so there metrics stay off. Flags as tritonserver 2.51's --help lists them.
         if self.ports is None:
-            endpoints = ["--allow-grpc=false", "--allow-metrics=false"]
+            grpc = [f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}"] if self.grpc_port else []
+            endpoints = [*(grpc or ["--allow-grpc=false"]), "--allow-metrics=false"]
         else:
             endpoints = [
                 f"--grpc-address={self.host}",

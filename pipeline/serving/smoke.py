@@ -202,24 +202,24 @@ def ask_server(url: str, prompts: list[str], expected: list[str], *, max_tokens:
     return checks
 
 
-def published_repository(config: PipelineConfig, precision: str, profile: str) -> Path:
+def published_repository(config: PipelineConfig, backend: str, precision: str, profile: str) -> Path:
     """The current published version of a variant (what `publish` last released), once `current`
     is found to name a version of this variant."""
     from pipeline.serving.release import CURRENT, check_current
     from pipeline.stages.publish import variant_destination
 
-    slot = variant_destination(config, precision, profile)
+    slot = variant_destination(config, backend, precision, profile)
     path = slot / CURRENT
     if not path.is_dir():
         raise InputError(
             "nothing published for this variant",
             path=path,
-            hint=f"run `trtllm-pipeline publish --precision {precision} --profile {profile}` first",
+            hint=f"run `trtllm-pipeline publish --backend {backend} --precision {precision} --profile {profile}` first",
         )
-    problem = check_current(slot, (config.model.name, precision, profile))
+    problem = check_current(slot, (config.model.name, backend, precision, profile))
     if problem is not None:
         raise IntegrityError(
-            f"{slot}: {problem}; refusing to serve it as {precision}/{profile}",
+            f"{slot}: {problem}; refusing to serve it as {backend}/{precision}/{profile}",
             hint=f"point {CURRENT} at a version of this variant, or `trtllm-pipeline publish` a fresh one",
         )
     return path
@@ -232,6 +232,7 @@ def smoke_published(
     reporter: Reporter,
     precisions: set[str] | None = None,
     profiles: set[str] | None = None,
+    backends: set[str] | None = None,
     prompts: int = 2,
     max_tokens: int | None = None,
 ) -> list[SmokeReport]:
@@ -240,26 +241,46 @@ def smoke_published(
 
     texts = load_prompts(config.gate.prompts, limit=prompts).texts
     reports = []
-    for precision in config.quantization.precisions:
-        for profile in config.profiles:
-            if (precisions and precision.value not in precisions) or (
-                profiles and profile.name not in profiles
-            ):
-                continue
-            repository = published_repository(config, precision.value, profile.name)
-            require_intact(repository, "refusing to serve it")
-            reporter.info(f"smoke {precision.value}/{profile.name}: serving {repository.resolve()}")
-            reports.append(
-                run_smoke(
-                    repository,
-                    texts,
-                    max_tokens=max_tokens or config.gate.max_new_tokens,
-                    work_dir=work_dir / "smoke" / precision.value / profile.name,
-                    reporter=reporter,
-                )
+    for backend, precision, profile in config.published_variants(backends, precisions, profiles):
+        repository = published_repository(config, backend, precision, profile)
+        require_intact(repository, "refusing to serve it")
+        reporter.info(f"smoke {backend}/{precision}/{profile}: serving {repository.resolve()}")
+        smoke_one = run_pytorch_smoke if is_pytorch_release(repository) else run_smoke
+        reports.append(
+            smoke_one(
+                repository,
+                texts,
+                max_tokens=max_tokens or config.gate.max_new_tokens,
+                work_dir=work_dir / "smoke" / backend / precision / profile,
+                reporter=reporter,
             )
-            require_intact(repository, "the server wrote into it")
+        )
+        require_intact(repository, "the server wrote into it")
     return reports
+
+
+def is_pytorch_release(repository: Path) -> bool:
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    return manifest.serving.llmapi_repository is not None
+
+
+def run_pytorch_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeReport:
+    """A PyTorch-backend release: its llmapi repository and trtllm-serve bundle, on the CPU stand-ins."""
+    from pipeline.serving.pytorch.smoke import run_release_smoke
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+    if manifest.serving.mount_path is not None:
+        raise MissingDependencyError(
+            f"{repository}: a PyTorch-backend release for {manifest.serving.serve_with}: its llmapi model and "
+            "trtllm-serve need TensorRT-LLM on a GPU",
+            hint="serve it in the container named in publish-manifest.json (`run --dry-run` shows the commands)",
+        )
+    report = run_release_smoke(serving_view(repository, kwargs["work_dir"]), prompts, **kwargs)
+    report.repository = repository
+    return report
 
 
 def serving_view(repository: Path, work_dir: Path) -> Path:

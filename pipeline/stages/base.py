@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -42,6 +42,9 @@ from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.core.tools import ToolRunner
 from pipeline.facts.config import PipelineConfig, Precision, Profile
 from pipeline.planning.tasks import Task
+
+if TYPE_CHECKING:
+    from pipeline.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,14 @@ class StageContext:
     trusted: Mapping[StatKey, str] = field(default_factory=dict)
     # How the stage runs external tools (pipeline.core.tools.run_tool's runner); tests replace the process.
     tools: ToolRunner = subprocess.run
+
+    @property
+    def backend(self) -> Backend:
+        """The runtime that plays the task's backend on the config's target."""
+        from pipeline.backends import backend_of
+
+        assert self.task.backend is not None, f"{self.task.id} has no backend"
+        return backend_of(self.config, self.task.backend)
 
     @property
     def precision(self) -> Precision:

@@ -7,7 +7,7 @@ the same layout and verifies it with a forward pass. Either way engine/ holds
 build_info.json naming the backend, so every later stage loads it the same way.
 
 After each run of a build, up to date or not, `after_commit` makes
-engines/<model>/<precision>/<target>/<profile> (next to the work dir) a
+engines/<model>/<backend>/<precision>/<target>/<profile> (next to the work dir) a
 relative symlink to the artifact, and lets the backend update what its builds
 share (a TensorRT timing cache); a link that points into another work dir's
 store is left alone, with a warning. A gate engine (pipeline.stages.gate_engine,
@@ -50,13 +50,14 @@ class Build(Stage):
 
     name = "build"
     # 5: build_info.json names the backend that built the engine (it named a runtime before).
-    version = 5
+    # 6: the variant names its backend (the record's plan too).
+    version = 6
     tools = ("tensorrt-llm", "tensorrt")
 
     def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
         return {
             "target": config.target.gpu,
-            "backend": config.target.backend,
+            "backend": task.backend,
             "profile": config.profile(task.profile).model_dump(mode="json"),
             "build": config.build.model_dump(mode="json"),
             "kv_cache_dtype": config.quantization.kv_cache_dtype,
@@ -70,10 +71,14 @@ class Build(Stage):
             work_dir=ctx.work_dir,
         )
         plan = plan_profile(
-            ctx.config, find_architecture(ctx.config, fetched), ctx.precision, ctx.profile.name
+            ctx.config,
+            find_architecture(ctx.config, fetched),
+            ctx.task.backend,
+            ctx.precision,
+            ctx.profile.name,
         )
         ctx.log.info("plan: %s", plan.model_dump_json())
-        built = backend_of(ctx.config).build(ctx, paths, plan)
+        built = ctx.backend.build(ctx, paths, plan)
         record = BuildRecord(
             **dict(built),
             target=ctx.config.target.gpu,
@@ -96,7 +101,8 @@ class Build(Stage):
         record = BuildRecord.model_validate(artifact.manifest.record)
         if not record.plan.gather_context_logits:
             _link_engine(config, store, task, artifact.path, reporter)
-        backend_of(config).after_build(config, store.work_dir, artifact.path, record)
+        assert task.backend is not None, f"{task.id} has no backend"
+        backend_of(config, task.backend).after_build(config, store.work_dir, artifact.path, record)
 
 
 def fetched_model_dir(config: PipelineConfig, store: ArtifactStore) -> Path | None:
@@ -136,23 +142,33 @@ def preflight(
         arch = find_architecture(config, fetched_model_dir(config, store))
     except InputError:
         arch = None  # not known before the fetch
-    plans = [plan_profile(config, arch, Precision(t.precision), t.profile) for t in builds] if arch else []
+    plans = (
+        {t: plan_profile(config, arch, t.backend, Precision(t.precision), t.profile) for t in builds}
+        if arch
+        else {}
+    )
     if not check_host:
         return
+    done: set[Task] | None = None
 
-    def pending() -> bool:
-        built = {r.task for r in status(config, store, tasks) if r.state is TaskState.up_to_date}
-        return force or not all(t in built for t in builds)
+    def up_to_date() -> set[Task]:
+        nonlocal done
+        if done is None:
+            done = {r.task for r in status(config, store, tasks) if r.state is TaskState.up_to_date}
+        return done
 
-    backend_of(config).preflight(
-        config,
-        plans,
-        options,
-        work_dir=store.work_dir,
-        log_path=store.log_path(Build.name, (), "preflight"),
-        pending=pending,
-        runner=runner,
-    )
+    for backend in dict.fromkeys(t.backend for t in builds):
+        assert backend is not None
+        own = [t for t in builds if t.backend == backend]
+        backend_of(config, backend).preflight(
+            config,
+            [plans[t] for t in own if t in plans],
+            options,
+            work_dir=store.work_dir,
+            log_path=store.log_path(Build.name, (backend,), "preflight"),
+            pending=lambda own=own: force or not all(t in up_to_date() for t in own),
+            runner=runner,
+        )
 
 
 # --- after the commit (the driver): the engines/ link --------------------------------------------
@@ -170,14 +186,16 @@ def engine_link_owner(link: Path, build_slots: Path) -> Path | None:
 def _link_engine(
     config: PipelineConfig, store: ArtifactStore, task: Task, artifact_path: Path, reporter: Reporter
 ) -> Path | None:
-    """engines/<model>/<precision>/<target>/<profile> -> the committed artifact, replaced atomically.
+    """engines/<model>/<backend>/<precision>/<target>/<profile> -> the committed artifact, replaced atomically.
 
     The link belongs to one work dir: one pointing into another work dir's store is left as it is,
     with a warning (None is returned).
     """
     work_dir = store.work_dir.resolve()
-    assert task.precision is not None and task.profile is not None, f"{task.id} is not a build"
-    link = layout.engine_link(work_dir, config.model.name, task.precision, config.target.gpu, task.profile)
+    assert task.backend and task.precision and task.profile, f"{task.id} is not a build"
+    link = layout.engine_link(
+        work_dir, config.model.name, task.backend, task.precision, config.target.gpu, task.profile
+    )
     if link.exists() and not link.is_symlink():
         raise StageError(Build.name, f"{link} exists and is not a link; move it away")
     owner = engine_link_owner(link, ArtifactStore(work_dir).slot(Build.name, ()))

@@ -1,6 +1,7 @@
-"""The calibrate stage: the fetched model -> a verified TensorRT-LLM checkpoint per precision.
+"""The calibrate stage: the fetched model -> a verified checkpoint per backend and precision.
 
-Writes ctx.out_dir/checkpoint (config.json + rank0.safetensors); the record is a
+Writes ctx.out_dir/checkpoint, of the kind the task's backend reads (pipeline.facts.layout: the
+TensorRT-LLM checkpoint, or ModelOpt's unified Hugging Face checkpoint); the record is a
 CalibrationRecord (precision, versions, data set and sha256, timings, per-layer
 activation ranges, config repairs) and the step's GPU memory: calibration runs in
 this process, so it must give its GPU memory back before the build (pipeline.core.gpu_memory).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.backends import backend_of
 from pipeline.calibration.records import CalibrationRecord
 from pipeline.core.gpu_memory import GpuStepMemory, gpu_step
 from pipeline.facts import layout
@@ -29,14 +31,18 @@ class Calibrate(Stage):
     """The fetched model quantized by ModelOpt and exported as a verified TensorRT-LLM checkpoint, per precision."""
 
     name = "calibrate"
-    version = 1
+    # 2: a backend's variant: the TensorRT-LLM checkpoint or the unified Hugging Face one.
+    version = 2
     tools = ("nvidia-modelopt", "torch", "transformers", "safetensors")
 
     def config_section(self, config: PipelineConfig, task: Task) -> dict[str, Any]:
         precision = Precision(task.precision)
         kv = config.quantization.kv_cache_dtype
         # The KV cache this precision really gets (fp8 always has its own).
+        assert task.backend is not None, f"{task.id} has no backend"
         section: dict[str, Any] = {
+            # Which checkpoint the backend reads (the task's slot names the backend already).
+            "checkpoint": backend_of(config, task.backend).checkpoint,
             "precision": precision.value,
             "kv_cache_dtype": kv_cache_format(precision, kv).name,
         }
@@ -62,6 +68,7 @@ class Calibrate(Stage):
                 log=ctx.log,
                 instruct=ctx.config.model.instruct,
                 kv_cache_dtype=ctx.config.quantization.kv_cache_dtype,
+                checkpoint=ctx.backend.checkpoint,
             )
         record = CalibrateRecord(**exported.model_dump(), gpu_memory=memory)
         run = record.calibration

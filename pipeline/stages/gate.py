@@ -48,8 +48,7 @@ class Gate(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         from transformers import AutoTokenizer
 
-        from pipeline.backends import load_runner
-        from pipeline.backends.trtllm_engine.engine import read_engine_limits
+        from pipeline.backends import engine_limits, load_runner
         from pipeline.gate import HuggingFaceModel, run_gate, write_reports
 
         model_dir = layout.model_dir(ctx.inputs["fetch"].path)
@@ -64,8 +63,8 @@ class Gate(Stage):
             tokenizer=AutoTokenizer.from_pretrained(model_dir),
             settings=ctx.config.gate,
             thresholds=ctx.config.gate.thresholds[ctx.precision],
-            limits=read_engine_limits(gate_engine),
-            served_limits=read_engine_limits(served),
+            limits=engine_limits(gate_engine),
+            served_limits=engine_limits(served),
             precision=ctx.precision.value,
             profile=ctx.profile.name,
             reporter=ctx.reporter,

@@ -2,12 +2,16 @@
 
 The artifact (ctx.out_dir/repository) is the rendered repository itself, with
 the engine hardlinked from the build artifact; it is then released to
-`<publish.destination>/<model>/<precision>/<profile>/<version>/` (see
+`<publish.destination>/<model>/<backend>/<precision>/<profile>/<version>/` (see
 pipeline.serving.release). One repository per precision x profile: the
 TensorRT-LLM backend's ensemble refers to its models by fixed names, and each
 engine has its own max_batch_size, so variants side by side in one repository
 would need renamed copies of all five models; one per variant is also the unit
 a deployment rolls out and back.
+
+A PyTorch-backend build (a Hugging Face checkpoint with its LLM API options, no engine) is released
+the same way as Triton's llmapi repository and a trtllm-serve bundle over the one checkpoint
+(pipeline.serving.pytorch.release).
 
 Every check runs before anything is written at the destination: a failed gate,
 an input artifact whose files differ from its manifest, an engine folder
@@ -27,9 +31,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.backends import backend_of
-from pipeline.backends.base import EngineInfo, read_engine_info
+from pipeline.backends.base import EngineInfo, TritonServing, read_engine_info
 from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config, supports_chunked_context
+from pipeline.backends.trtllm_pytorch.options import OPTIONS_FILE as LLM_API_OPTIONS
 from pipeline.core.atomic import link_or_copy
 from pipeline.core.errors import GateFailedError, InputError
 from pipeline.core.hashing import fingerprint_key, sha256_file
@@ -87,7 +91,7 @@ class Publish(Stage):
         return {
             "publish": config.publish.model_dump(mode="json"),
             "target": config.target.gpu,
-            "backend": config.target.backend,
+            "backend": task.backend,
             "kv_cache_free_gpu_mem_fraction": KV_FREE_FRACTION,
             # Templates and model code ship in the package: an edit republishes.
             "serving_files": _serving_files_digest(),
@@ -96,53 +100,19 @@ class Publish(Stage):
     def run(self, ctx: StageContext) -> StageOutcome:
         config = ctx.config
         fetch, build, gate = ctx.inputs["fetch"], ctx.inputs["build"], ctx.inputs["gate"]
-        slot = variant_destination(config, ctx.precision.value, ctx.profile.name)
+        slot = variant_destination(config, ctx.backend.plays, ctx.precision.value, ctx.profile.name)
         check_destination(slot)
         for artifact in (fetch, build, gate):
             _require_intact(artifact)
         gate_report = _check_gate(gate, ctx.task)
         engine_dir = layout.engine_dir(build.path)
-        engine_config = read_engine_config(engine_dir)
-        # What the serving config must agree with (the rest of build_config is the engine's business).
-        limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
-        engine_sha256 = _files_under(build, layout.ENGINE)
         built = read_engine_info(engine_dir)
-        serving = backend_of(config).serving(config)
-        check_engine_fits(
-            str(engine_dir),
-            built,
-            engine_config.get("version"),
-            target=TARGETS[config.target.gpu],
-            container=serving.container,
-        )
-
-        decoupled = config.publish.decoupled
-        values = RepositoryValues(
-            triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
-            triton_backend=serving.triton_backend,
-            engine_dir=serving.engine_dir,
-            tokenizer_dir=TOKENIZER_SUBDIR,
-            decoupled_mode=decoupled,
-            # The plan's KV budget assumes this fraction; serving with another voids its proof.
-            kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
-            max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
-            enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
-            # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
-            enable_chunked_context=config.publish.enable_chunked_context
-            and supports_chunked_context(engine_config),
-            preprocessing_instance_count=config.publish.preprocessing_instances,
-            postprocessing_instance_count=config.publish.postprocessing_instances,
-            bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
-        )
+        serving = ctx.backend.serving(config)
         repository = ctx.out_dir / layout.REPOSITORY
-        placed = write_repository(
-            repository,
-            values,
-            engine_dir=engine_dir,
-            engine_sha256=engine_sha256,
-            tokenizer_dir=layout.model_dir(fetch.path),
-            tokenizer_sha256=_files_under(fetch, layout.MODEL),
-        )
+        if (engine_dir / LLM_API_OPTIONS).is_file():
+            placed, engine_ref, serving_ref = _pytorch_release(ctx, repository, build, built, serving)
+        else:
+            placed, engine_ref, serving_ref = _engine_repository(ctx, repository, build, built, serving)
         # The verdict as the gate wrote it: hashed where it lies, against the gate's manifest.
         placed[layout.GATE_JSON] = _files_under(gate, "")[layout.GATE_JSON]
         link_or_copy(gate_report, repository / layout.GATE_JSON, placed[layout.GATE_JSON])
@@ -162,20 +132,12 @@ class Publish(Stage):
                 repo_id=fetched.repo_id or config.model.repo_id,
                 commit=fetched.commit,
             ),
+            backend=ctx.backend.plays,
             precision=ctx.precision.value,
             profile=ctx.profile.name,
-            engine=EngineRef(target=built.target, sm=built.sm, **asdict(limits), path=ENGINE_SUBDIR),
+            engine=engine_ref,
             versions=_versions(built),
-            serving=ServingRef(
-                serve_with=serving.serve_with,
-                triton_backend=values.triton_backend,
-                decoupled=values.decoupled_mode,
-                batching_strategy=values.batching_strategy,
-                kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
-                triton_max_batch_size=values.triton_max_batch_size,
-                gpt_model_path=values.engine_dir,
-                mount_path=serving.mount_path,
-            ),
+            serving=serving_ref,
             gate=GateRef(ok=gate.manifest.ok, summary=gate.manifest.summary, key=gate.key),
             files=[f.entry() for f in list_files(repository, placed)],
         )
@@ -230,6 +192,119 @@ class Publish(Stage):
         return []
 
 
+def _engine_repository(
+    ctx: StageContext, repository: Path, build: Artifact, built: EngineInfo, serving: TritonServing
+) -> tuple[dict[str, str], EngineRef, ServingRef]:
+    """The five-model tensorrtllm repository of an engine (the engine hard-linked into it)."""
+    config = ctx.config
+    engine_dir = layout.engine_dir(build.path)
+    engine_config = read_engine_config(engine_dir)
+    # What the serving config must agree with (the rest of build_config is the engine's business).
+    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
+    check_engine_fits(
+        str(engine_dir),
+        built,
+        engine_config.get("version"),
+        target=TARGETS[config.target.gpu],
+        container=serving.container,
+    )
+    decoupled = config.publish.decoupled
+    values = RepositoryValues(
+        triton_max_batch_size=client_batch_size(limits.max_batch_size, decoupled=decoupled),
+        triton_backend=serving.triton_backend,
+        engine_dir=serving.engine_dir,
+        tokenizer_dir=TOKENIZER_SUBDIR,
+        decoupled_mode=decoupled,
+        # The plan's KV budget assumes this fraction; serving with another voids its proof.
+        kv_cache_free_gpu_mem_fraction=KV_FREE_FRACTION,
+        max_queue_delay_microseconds=config.publish.max_queue_delay_microseconds,
+        enable_kv_cache_reuse=config.publish.enable_kv_cache_reuse,
+        # Only where the engine can chunk a prompt (not with an INT8 KV cache: no paged context FMHA).
+        enable_chunked_context=config.publish.enable_chunked_context
+        and supports_chunked_context(engine_config),
+        preprocessing_instance_count=config.publish.preprocessing_instances,
+        postprocessing_instance_count=config.publish.postprocessing_instances,
+        bls_instance_count=bls_instance_count(limits.max_batch_size, decoupled=decoupled),
+    )
+    placed = write_repository(
+        repository,
+        values,
+        engine_dir=engine_dir,
+        engine_sha256=_files_under(build, layout.ENGINE),
+        tokenizer_dir=layout.model_dir(ctx.inputs["fetch"].path),
+        tokenizer_sha256=_files_under(ctx.inputs["fetch"], layout.MODEL),
+    )
+    engine_ref = EngineRef(target=built.target, sm=built.sm, **asdict(limits), path=ENGINE_SUBDIR)
+    serving_ref = ServingRef(
+        serve_with=serving.serve_with,
+        triton_backend=values.triton_backend,
+        decoupled=values.decoupled_mode,
+        batching_strategy=values.batching_strategy,
+        kv_cache_free_gpu_mem_fraction=values.kv_cache_free_gpu_mem_fraction,
+        triton_max_batch_size=values.triton_max_batch_size,
+        gpt_model_path=values.engine_dir,
+        mount_path=serving.mount_path,
+    )
+    return placed, engine_ref, serving_ref
+
+
+def _pytorch_release(
+    ctx: StageContext, repository: Path, build: Artifact, built: EngineInfo, serving: TritonServing
+) -> tuple[dict[str, str], EngineRef, ServingRef]:
+    """A PyTorch-backend build (a Hugging Face checkpoint and its LLM API options) as Triton's llmapi
+    repository and a trtllm-serve bundle over the one checkpoint (pipeline.serving.pytorch.release)."""
+    from pipeline.serving.pytorch.llm import read_options
+    from pipeline.serving.pytorch.release import read_command, write_release
+
+    config = ctx.config
+    engine_dir = layout.engine_dir(build.path)
+    # No engine: only the TensorRT-LLM version that loaded the options, and the target, must match.
+    check_engine_fits(
+        str(engine_dir), built, None, target=TARGETS[config.target.gpu], container=serving.container
+    )
+    options = read_options(engine_dir / LLM_API_OPTIONS)
+    # The options reach both consumers through their own files; build_info.json stays with the checkpoint,
+    # as with an engine, naming what built it and for which target.
+    checkpoint = {
+        rel: sha for rel, sha in _files_under(build, layout.ENGINE).items() if rel != LLM_API_OPTIONS
+    }
+    placed = write_release(
+        repository,
+        model=config.model.name,
+        checkpoint_dir=engine_dir,
+        checkpoint_sha256=checkpoint,
+        tokenizer_dir=layout.model_dir(ctx.inputs["fetch"].path),
+        tokenizer_sha256=_files_under(ctx.inputs["fetch"], layout.MODEL),
+        options=options,
+        mount_path=serving.mount_path,
+        decoupled=config.publish.decoupled,
+    )
+    limits = EngineLimits(
+        max_batch_size=options["max_batch_size"],
+        max_input_len=ctx.profile.max_input_len,
+        max_seq_len=options["max_seq_len"],
+    )
+    engine_ref = EngineRef(
+        target=built.target,
+        sm=built.sm,
+        **asdict(limits),
+        path=str(layout.served_checkpoint_dir(Path(), config.model.name)),
+    )
+    serving_ref = ServingRef(
+        serve_with=serving.serve_with,
+        triton_backend="python",
+        decoupled=config.publish.decoupled,
+        batching_strategy=None,
+        kv_cache_free_gpu_mem_fraction=options["kv_cache_config"]["free_gpu_memory_fraction"],
+        triton_max_batch_size=0,
+        gpt_model_path=serving.engine_dir,
+        mount_path=serving.mount_path,
+        llmapi_repository=layout.LLMAPI_REPOSITORY,
+        trtllm_serve=read_command(repository)["argv"],
+    )
+    return placed, engine_ref, serving_ref
+
+
 def _serving_files_digest() -> str:
     root = resources.files("pipeline.serving")
     digests = {}
@@ -241,9 +316,9 @@ def _serving_files_digest() -> str:
     return fingerprint_key(digests)
 
 
-def variant_destination(config: PipelineConfig, precision: str, profile: str) -> Path:
+def variant_destination(config: PipelineConfig, backend: str, precision: str, profile: str) -> Path:
     """The folder whose numbered versions (and `current`) hold one variant's repository."""
-    return config.publish.destination / config.model.name / precision / profile
+    return config.publish.destination / config.model.name / backend / precision / profile
 
 
 def _check_gate(gate: Artifact, task: Task) -> Path:

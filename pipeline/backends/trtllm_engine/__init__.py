@@ -29,7 +29,7 @@ from pipeline.backends.base import (
 )
 from pipeline.backends.trtllm_engine import build
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts, serve_argv
-from pipeline.facts.formats import Precision, unsupported_on_sm
+from pipeline.facts.formats import FormatGap, Precision
 from pipeline.planning.tasks import ENGINE_STAGES
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
+    from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
 
 # What builds or runs an engine needs a GPU of the target's type (an engine runs only on the GPU type
@@ -53,6 +54,8 @@ ANY_GPU_STAGES = frozenset({"calibrate"})
 
 class TrtllmEngineBackend:
     name = "trtllm-engine"
+    plays = "trtllm-engine"
+    checkpoint = "tensorrt-llm"
     description = "TensorRT-LLM 1.2.1 engines (trtllm-build), served by Triton's tensorrtllm backend"
 
     def unavailable_on(self, target: Target) -> str | None:
@@ -60,10 +63,10 @@ class TrtllmEngineBackend:
             return "TensorRT engines are built for a GPU"
         return None
 
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> str | None:
-        assert target.sm is not None, f"{self.name} does not run on {target.name}"
-        problem = unsupported_on_sm(precision, kv_cache_dtype, target.sm)
-        return None if problem is None else f"{problem}; target '{target.name}' is sm{target.sm}"
+    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
+        from pipeline.backends.gpu import gpu_format_problem
+
+        return gpu_format_problem(self.name, precision, kv_cache_dtype, target)
 
     def task_resources(self, stage: str, target: Target) -> TaskResources:
         from pipeline.execution.resources import TaskResources
@@ -99,6 +102,11 @@ class TrtllmEngineBackend:
 
     def after_build(self, config: PipelineConfig, work_dir: Path, artifact: Path, built: EngineBuild) -> None:
         build.share_timing_cache(config, work_dir, artifact, built)
+
+    def limits(self, engine_dir: Path) -> EngineLimits:
+        from pipeline.backends.trtllm_engine.engine import read_engine_limits
+
+        return read_engine_limits(engine_dir)
 
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         from pipeline.backends.trtllm_engine.engine import read_engine_config, runtime_limits

@@ -27,6 +27,7 @@ from pipeline.backends.base import BuildPaths, EngineBuild, EngineInfo, PlannedC
 from pipeline.backends.trtllm_engine.argv import trtllm_build_argv
 from pipeline.backends.trtllm_engine.engine import check_built_engine, expected_build_config
 from pipeline.backends.trtllm_engine.environment import (
+    ENGINE_ARCH_REASON,
     BuildEnvironment,
     build_needs,
     host_resources,
@@ -84,8 +85,17 @@ def build_argv(
 
 
 def check_host(
-    env: BuildEnvironment, target: Target, needs: tuple[int, int], disk_path: Path, options: RunOptions
+    env: BuildEnvironment,
+    target: Target,
+    needs: tuple[int, int],
+    disk_path: Path,
+    options: RunOptions,
+    *,
+    needs_trtllm_build: bool = True,
+    arch_reason: str = ENGINE_ARCH_REASON,
 ) -> None:
+    """require_build_host over this host's RAM and disk (the PyTorch backend's build needs no
+    trtllm-build, and gives its own reason to hold the GPU to the target)."""
     ram, disk = host_resources(disk_path)
     require_build_host(
         preflight_problems(
@@ -96,6 +106,8 @@ def check_host(
             ram_available=ram,
             disk_needed=needs[1],
             disk_free=disk,
+            needs_trtllm_build=needs_trtllm_build,
+            arch_reason=arch_reason,
         )
     )
 
@@ -146,7 +158,7 @@ def build_engine(ctx: StageContext, paths: BuildPaths, plan: ProfilePlan) -> Eng
     graph = network_files(layout.network_dir(paths.out_dir)) if ctx.config.build.visualize else []
     gpu = env.gpus[0]
     info = EngineInfo(
-        backend=ctx.config.target.backend,
+        backend=ctx.backend.name,
         target=target.name,
         gpu_name=gpu.name,
         sm=gpu.sm,
@@ -176,8 +188,8 @@ def planned_build(
     if arch is None:
         note = "the argv needs the model's config.json: run `trtllm-pipeline fetch` first"
         return [PlannedCommand(purpose=purpose, argv=[], notes=[note])]
-    assert task.precision is not None and task.profile is not None, f"{task.id} is not a build"
-    plan = plan_profile(config, arch, Precision(task.precision), task.profile)
+    assert task.backend and task.precision and task.profile, f"{task.id} is not a build"
+    plan = plan_profile(config, arch, task.backend, Precision(task.precision), task.profile)
     argv = build_argv(
         config,
         config.profile(task.profile),

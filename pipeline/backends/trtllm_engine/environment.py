@@ -66,6 +66,10 @@ ENGINE_DISK_FACTOR = 1.1  # an engine is about its weights' size
 DISK_EXTRA_BYTES = 1 * GIB  # timing cache, logs, config
 
 
+# Why a build refuses a GPU of another architecture than the target's (--allow-arch-mismatch overrides).
+ENGINE_ARCH_REASON = "an engine runs only on the architecture that built it"
+
+
 class GpuInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -178,8 +182,11 @@ def preflight_problems(
     ram_available: int,
     disk_needed: int,
     disk_free: int,
+    needs_trtllm_build: bool = True,
+    arch_reason: str = ENGINE_ARCH_REASON,
 ) -> list[str]:
-    """Every reason this host cannot build for `target`; empty when it can."""
+    """Every reason this host cannot build for `target`; empty when it can. The PyTorch backend's
+    build compiles nothing (no trtllm-build), and holds its GPU to the target for the memory plan."""
     if env.tensorrt_llm is None:
         return ["TensorRT-LLM is not installed"]
     problems = []
@@ -187,7 +194,7 @@ def preflight_problems(
         problems.append(
             f"TensorRT-LLM {env.tensorrt_llm} is installed, the pipeline is pinned to {SERVING_CONTAINER.tensorrt_llm}"
         )
-    if env.trtllm_build is None:
+    if needs_trtllm_build and env.trtllm_build is None:
         problems.append("the trtllm-build command is not on PATH")
     if not env.gpus:
         problems.append(no_gpu_problem(env))
@@ -195,8 +202,8 @@ def preflight_problems(
         for i, gpu in enumerate(env.gpus):
             if gpu.sm != target.sm:
                 problems.append(
-                    f"GPU {i} ({gpu.name}) is sm{gpu.sm} but target {target.name} is sm{target.sm}: an engine runs "
-                    "only on the architecture that built it (pass --allow-arch-mismatch to build anyway)"
+                    f"GPU {i} ({gpu.name}) is sm{gpu.sm} but target {target.name} is sm{target.sm}: {arch_reason} "
+                    "(pass --allow-arch-mismatch to build anyway)"
                 )
     if ram_available < ram_needed:
         problems.append(

@@ -448,3 +448,69 @@ ENGINE_TO_POSTPROCESSING = {
 }
 # The engine's outputs a client gets as they are (all the ensemble's outputs but text_output).
 ENGINE_TO_TEXT = {name: name for name in Text.OUTPUTS if name != Text.TEXT_OUTPUT}
+
+
+class LlmApi:
+    """Triton's llmapi model (the PyTorch backend's one-model repository): text in, text out, the
+    sampling options as `sampling_param_<SamplingParams field>`. Names as TensorRT-LLM's
+    triton_backend/all_models/llmapi/tensorrt_llm/config.pbtxt and 1/helpers.py declare and read them
+    (tensorrtllm_backend r26.04 @ ce68ff5f, submodule tensorrt_llm @ 2fdb9e66)."""
+
+    MODEL = "tensorrt_llm"
+    TEXT_INPUT = "text_input"
+    STREAMING = "streaming"
+    BEST_OF = "sampling_param_best_of"
+    TEMPERATURE = "sampling_param_temperature"
+    TOP_K = "sampling_param_top_k"
+    TOP_P = "sampling_param_top_p"
+    FREQUENCY_PENALTY = "sampling_param_frequency_penalty"
+    PRESENCE_PENALTY = "sampling_param_presence_penalty"
+    MAX_TOKENS = "sampling_param_max_tokens"
+    STOP_WORDS = "sampling_param_stop"
+    SEED = "sampling_param_seed"
+    EXCLUDE_INPUT = "sampling_param_exclude_input_from_output"
+    RETURN_PERF_METRICS = "sampling_param_return_perf_metrics"
+    RETURN_FINISH_REASON = "return_finish_reason"
+    RETURN_STOP_REASON = "return_stop_reason"
+    RETURN_CUMULATIVE_LOGPROB = "return_cumulative_logprob"
+    STOP = "stop"
+
+    TEXT_OUTPUT = "text_output"
+    FINISH_REASON = "finish_reason"
+    STOP_REASON = "stop_reason"
+    CUMULATIVE_LOGPROB = "cumulative_logprob"
+    PERF_OUTPUTS = (
+        "kv_cache_reused_block",
+        "kv_cache_missed_block",
+        "kv_cache_alloc_new_blocks",
+        "kv_cache_alloc_total_blocks",
+        "kv_cache_hit_rate",
+        "arrival_time_ns",
+        "first_scheduled_time_ns",
+        "first_token_time_ns",
+        "last_token_time_ns",
+        "acceptance_rate",
+        "total_accepted_draft_tokens",
+        "total_draft_tokens",
+    )
+
+    INPUTS = (
+        TEXT_INPUT,
+        STREAMING,
+        BEST_OF,
+        TEMPERATURE,
+        TOP_K,
+        TOP_P,
+        FREQUENCY_PENALTY,
+        PRESENCE_PENALTY,
+        MAX_TOKENS,
+        STOP_WORDS,
+        SEED,
+        EXCLUDE_INPUT,
+        RETURN_PERF_METRICS,
+        RETURN_FINISH_REASON,
+        RETURN_STOP_REASON,
+        RETURN_CUMULATIVE_LOGPROB,
+        STOP,
+    )
+    OUTPUTS = (TEXT_OUTPUT, FINISH_REASON, STOP_REASON, CUMULATIVE_LOGPROB, *PERF_OUTPUTS)
