@@ -42,7 +42,7 @@ def test_committed_offline_manifests_match_their_files(repo_root):
     for name in OFFLINE_SETS:
         path = repo_root / "calib_data" / name
         manifest = read_manifest(path)
-        assert manifest is not None and manifest.file == name
+        assert manifest is not None and manifest.file == Path(name).name
         assert manifest.sha256 == sha256_file(path)
         assert manifest.count == len(path.read_text().splitlines())
         assert len(load_texts(path).texts) == manifest.count
@@ -277,4 +277,5 @@ def test_cli_fetch_and_write_offline(dataset_hub, tmp_path, capsys):
     )
     assert "ERROR" in capsys.readouterr().err
     assert main(["calib-data", "write-offline", "--out", str(out)]) == 0
-    assert {p.name for p in out.glob("*.jsonl")} == {"news-3.0.0-train-5.jsonl", *OFFLINE_SETS}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*.jsonl")}
+    assert written == {"news-3.0.0-train-5.jsonl", *OFFLINE_SETS}

@@ -146,11 +146,44 @@ def offline_prompts(count: int, seed: int) -> list[dict[str, str]]:
     return out
 
 
+# The object phrases whose last word the words before it decide: "a quiet" is always "a quiet harbour".
+_DECIDED_OBJECTS = [o for o in OBJECTS if len(o.split()) > 2 or o.split()[0] in ("a", "an", "every")]
+
+
+def next_word_items(count: int, seed: int) -> list[dict]:
+    """Multiple choice (the gate's tiny_next_word task): a prose clause cut before its object's last
+    word, the choices every such last word. Chance is 1 in len(_DECIDED_OBJECTS)."""
+    rng = random.Random(seed)
+    nouns = [o.split()[-1] for o in _DECIDED_OBJECTS]
+    items = []
+    for i in range(count):
+        target = i % len(_DECIDED_OBJECTS)
+        lead = " ".join(_DECIDED_OBJECTS[target].split()[:-1])
+        context = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {lead}"
+        items.append({"context": context, "choices": nouns, "answer": target})
+    return items
+
+
+def dialogue_items(count: int, seed: int) -> list[dict]:
+    """Generation (the gate's tiny_dialogue task): a question turn and the next speaker's name; the
+    answer is the line the offline dialogues always give to that question."""
+    rng = random.Random(seed)
+    items = []
+    for i in range(count):
+        q = i % len(QUESTIONS)
+        a, b = rng.sample(NAMES, 2)
+        items.append({"context": f"{a}: {QUESTIONS[q]}\n{b}:", "answer": ANSWERS[q]})
+    return items
+
+
 OFFLINE_SETS = {
     # file name -> (builder, count, seed, text field)
     "offline-mix.jsonl": (offline_texts, 512, 1234, "text"),
     "offline-eval.jsonl": (offline_texts, 128, 4321, "text"),
     "prompts.jsonl": (offline_prompts, 32, 777, "prompt"),
+    # The lm-evaluation-harness tasks of calib_data/tasks/ (their YAMLs sit beside them).
+    "tasks/tiny_next_word.jsonl": (next_word_items, 64, 2024, "context"),
+    "tasks/tiny_dialogue.jsonl": (dialogue_items, 24, 2025, "context"),
 }
 
 

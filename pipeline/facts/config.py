@@ -256,6 +256,23 @@ class GateThresholds(Strict):
     min_top1_agreement: Annotated[Float, Field(ge=0, le=1)]
     min_greedy_match: Annotated[Float, Field(ge=0, le=1)]
     min_multiple_choice_accuracy: Annotated[Float, Field(ge=0, le=1)] | None = None
+    # gate.tasks: candidate score / unquantized score at least this (None: the format's default,
+    # pipeline.facts.formats), and, when set, at most this many points (score x 100) lost.
+    min_task_recovery: Annotated[Float, Field(ge=0, le=1)] | None = None
+    max_task_drop_points: Annotated[Float, Field(ge=0)] | None = None
+
+
+class GateTask(Strict):
+    """One lm-evaluation-harness task (or group, e.g. mmlu) both models are scored on."""
+
+    name: Annotated[str, Field(min_length=1)]
+    num_fewshot: Annotated[Int, Field(ge=0)] | None = None  # None: the task's own
+    limit: Annotated[Int, Field(ge=1)] | None = None  # items per task (each of a group's); None: all
+    # The hub data set's commit: the task's data is part of the gate's key. Tasks of gate.task_dir
+    # (JSONL files beside their YAML) have none: their files' sha256 are keyed instead.
+    revision: Annotated[str, Field(pattern=COMMIT_SHA.pattern)] | None = None
+    # lm-eval's result key "<metric>,<filter>" (e.g. "exact_match,strict-match"); None: the task's first.
+    metric: str | None = None
 
 
 def _default_thresholds() -> dict[Precision, GateThresholds]:
@@ -265,6 +282,7 @@ def _default_thresholds() -> dict[Precision, GateThresholds]:
             max_perplexity_increase_pct=fmt.gate.max_perplexity_increase_pct,
             min_top1_agreement=fmt.gate.min_top1_agreement,
             min_greedy_match=fmt.gate.min_greedy_match,
+            min_task_recovery=fmt.gate.min_task_recovery,
         )
         for precision, fmt in FORMATS.items()
     }
@@ -282,6 +300,21 @@ class GateSection(Strict):
     batch_size: Annotated[Int, Field(ge=1)] = 8
     # Each served engine against its precision's gate engine (same checkpoint): greedy agreement.
     min_served_greedy_match: Annotated[Float, Field(ge=0, le=1)] = 0.9
+    # Task accuracy, the gate engine against the unquantized model (lm-evaluation-harness).
+    tasks: tuple[GateTask, ...] = ()
+    task_dir: Path | None = None  # a folder of the project's own task YAMLs (lm-eval's include path)
+
+    @model_validator(mode="after")
+    def _tasks_once(self) -> GateSection:
+        names = [t.name for t in self.tasks]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise _FieldError(f"gate.tasks[{i}].name", f"task '{name}' is listed twice")
+        return self
+
+    def min_task_recovery(self, precision: Precision) -> float:
+        configured = self.thresholds[precision].min_task_recovery
+        return FORMATS[precision].gate.min_task_recovery if configured is None else configured
 
 
 class PublishSection(Strict):
@@ -479,6 +512,7 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
                     "eval_dataset": fix(config.gate.eval_dataset),
                     "prompts": fix(config.gate.prompts),
                     "multiple_choice": fix(config.gate.multiple_choice),
+                    "task_dir": fix(config.gate.task_dir),
                 }
             ),
             "publish": config.publish.model_copy(update={"destination": fix(config.publish.destination)}),
@@ -553,6 +587,9 @@ def input_file_problems(config: PipelineConfig, stages: set[str]) -> list[tuple[
             ("gate.multiple_choice", config.gate.multiple_choice),
         ]
     problems = [(field, file_problem(path)) for field, path in needed if path is not None]
+    if "gate" in stages and config.gate.tasks and config.gate.task_dir is not None:
+        task_dir = config.gate.task_dir
+        problems.append(("gate.task_dir", None if task_dir.is_dir() else f"not a folder: {task_dir}"))
     if "fetch" in stages and config.model.source == "local" and config.model.local_path is not None:
         path = config.model.local_path
         problems.append(("model.local_path", None if path.is_dir() else f"not a folder: {path}"))

@@ -76,6 +76,20 @@ class GateDefaults:
     min_top1_agreement: float
     min_greedy_match: float
     reason: str
+    # gate.tasks: the least task score the format keeps, as a share of the unquantized model's.
+    min_task_recovery: float
+    task_recovery_source: str
+
+
+# NVIDIA's published MMLU loss per format (TensorRT-LLM's quantization accuracy tables, as cited in
+# issue 24: FP8 0.1-0.9 points, INT4 AWQ 0.85-2.1, INT8 SmoothQuant 1.5-2.75 on 7B-180B models), taken
+# at its worst over a 60-point baseline (Mistral-7B-Instruct-v0.3 scores about 62 on MMLU) and rounded
+# down to the percent: the recovery a sound export of the format keeps.
+_MMLU_BASELINE = 60.0
+
+
+def _recovery_after(points_lost: float) -> float:
+    return int((1 - points_lost / _MMLU_BASELINE) * 100) / 100
 
 
 # How a quantized linear's tensors look in the exported checkpoint (per TensorRT-LLM linear module).
@@ -139,7 +153,12 @@ class KvCacheFormat:
 
 
 _UNQUANTIZED = GateDefaults(
-    0.5, 0.98, 0.9, "fp16 engine vs the model: only kernel rounding differs; anything more is a defect"
+    0.5,
+    0.98,
+    0.9,
+    "fp16 engine vs the model: only kernel rounding differs; anything more is a defect",
+    min_task_recovery=0.99,
+    task_recovery_source="16-bit: only kernel rounding differs from the model",
 )
 _INT8 = LinearLayout("I8", 1, "channel", activation_scale=True, prequant_scale=True)
 _INT4_AWQ = LinearLayout("I8", 2, "group", activation_scale=False, prequant_scale=True)
@@ -161,7 +180,8 @@ FORMATS: dict[Precision, WeightFormat] = {
             weight_bits=16, group_size=None, scale_bytes=0, quant_algo=None, modelopt_config=None,
             weights_quantized_by="none", layout=None, kernels=_BOTH, reads_calibration_data=False,
             kv_cache=None, export_dtype="bfloat16",
-            gate=GateDefaults(1.0, 0.97, 0.8, "bf16 keeps 8 mantissa bits: more rounding than fp16, still lossless"),
+            gate=GateDefaults(1.0, 0.97, 0.8, "bf16 keeps 8 mantissa bits: more rounding than fp16, still lossless",
+                              min_task_recovery=0.99, task_recovery_source="16-bit: lossless, as fp16"),
         ),
         WeightFormat(
             precision=Precision.int8_wo, description="W8A16: INT8 weights per channel, FP16 activations",
@@ -172,6 +192,9 @@ FORMATS: dict[Precision, WeightFormat] = {
                 2.0, 0.93, 0.6,
                 "INT8 weight-only typically loses under 0.5 points on averaged 7B benchmarks; 2% leaves "
                 "room for calibration noise and still catches a collapse",
+                min_task_recovery=_recovery_after(0.9),
+                task_recovery_source="no NVIDIA MMLU row of its own: held to FP8's worst loss (0.9 "
+                "points), the 8-bit format that also rounds activations",
             ),
         ),
         WeightFormat(
@@ -187,6 +210,8 @@ FORMATS: dict[Precision, WeightFormat] = {
                 3.0, 0.90, 0.5,
                 "SmoothQuant W8A8 moves Mistral-7B's wikitext-2 perplexity 5.253 -> 5.277 (+0.5%, the "
                 "SmoothQuant authors' table); per-tensor SmoothQuant can collapse, which 3% catches",
+                min_task_recovery=_recovery_after(2.75),
+                task_recovery_source="NVIDIA's INT8 SmoothQuant MMLU loss, 1.5-2.75 points",
             ),
         ),
         WeightFormat(
@@ -199,6 +224,8 @@ FORMATS: dict[Precision, WeightFormat] = {
                 6.0, 0.85, 0.4,
                 "AWQ INT4 g128 moves Llama-2-7B's wikitext-2 perplexity 5.47 -> 5.60 (+2.4%, the AWQ "
                 "paper's table; round-to-nearest 5.73, +4.8%): 6% allows that loss and calibration noise",
+                min_task_recovery=_recovery_after(2.1),
+                task_recovery_source="NVIDIA's INT4 AWQ MMLU loss, 0.85-2.1 points",
             ),
             # ModelOpt 0.37 modelopt/torch/export/model_config_export.py (torch_to_tensorrt_llm_checkpoint):
             # for INT4_AWQ and W4A8_AWQ with vocab_size % 64 != 0 it calls postprocess.py's
@@ -215,6 +242,8 @@ FORMATS: dict[Precision, WeightFormat] = {
                 2.0, 0.93, 0.6,
                 "FP8 E4M3 W8A8 with per-tensor scales is reported near-lossless on 7B models (within ~1% "
                 "of FP16 accuracy; Intel's 'Efficient Post-training Quantization with FP8 Formats', 2023)",
+                min_task_recovery=_recovery_after(0.9),
+                task_recovery_source="NVIDIA's FP8 MMLU loss, 0.1-0.9 points",
             ),
         ),
     )

@@ -29,6 +29,8 @@ reader who has an artifact's path never rebuilds a folder name:
     <work dir>/timing-cache/<model>/<target>-trt<version>.cache   shared by the builds (timing_cache_path)
     <work dir>/../engines/<model>/<backend>/<precision>/<target>/<profile>  a link to a served build (engine_link)
     <work dir>/reports/run.json, run.junit.xml, bench/   what a run and the bench report (reports_dir)
+    <work dir>/task-scores/<key>.json   a model's gate.tasks scores, reused by every gate (task_scores_dir)
+    <work dir>/datasets/                the hub data sets of gate.tasks, at their revisions (datasets_cache_dir)
 
 Every artifact's manifest.json is pipeline.core.manifest's; the store's own folders (store/,
 logs/) are pipeline.core.store's.
@@ -69,6 +71,8 @@ LLMAPI_REPOSITORY = "llmapi"
 SERVED_CHECKPOINTS = "checkpoint"
 SERVE_BUNDLE = "trtllm-serve"
 SERVE_COMMAND = "command.json"
+TASK_SCORES = "task-scores"
+DATASETS = "datasets"
 
 
 def model_dir(fetch: Path) -> Path:
@@ -110,3 +114,11 @@ def served_checkpoint_dir(release: Path, model: str) -> Path:
 def reports_dir(work_dir: Path) -> Path:
     """The work dir's reports: run.json and run.junit.xml of the last run, bench/ by default."""
     return work_dir / REPORTS
+
+
+def task_scores_dir(work_dir: Path) -> Path:
+    return work_dir / TASK_SCORES
+
+
+def datasets_cache_dir(work_dir: Path) -> Path:
+    return work_dir / DATASETS

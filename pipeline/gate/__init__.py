@@ -34,12 +34,14 @@ from pipeline.gate.evaluate import (
     observe,
 )
 from pipeline.gate.report import GateRecord, write_reports
-from pipeline.gate.verdict import checks_for
+from pipeline.gate.tasks import ScoreCache, TaskGate, TaskScore
+from pipeline.gate.verdict import TaskResult, checks_for, task_checks, task_result
 from pipeline.runtime.limits import EngineLimits
 
-__all__ = ["GateRecord", "HuggingFaceModel", "run_gate", "write_reports"]
+__all__ = ["GateRecord", "HuggingFaceModel", "ScoreCache", "TaskGate", "run_gate", "write_reports"]
 
 T = TypeVar("T")
+Scored = tuple[Observation, list[TaskScore]]
 
 
 def run_gate(
@@ -55,6 +57,7 @@ def run_gate(
     precision: str,
     profile: str,
     reporter: Reporter,
+    tasks: TaskGate | None = None,
 ) -> GateRecord:
     """Measure the candidate (gate engine) against the reference, the served engine against the candidate.
 
@@ -63,6 +66,8 @@ def run_gate(
     the served engine's: windows and choices fit the first, prompts both. At most
     settings.batch_size sequences are in flight at once, whatever the engines' max_batch_size; prompts
     are continued one at a time, so the served engine and the gate engine are compared at one shape.
+    With `tasks`, the reference and the candidate are also scored on its lm-eval tasks, through the
+    same adapter with the candidate's limits (pipeline.gate.lm_adapter), each score kept in its cache.
     """
     inputs = prepare_inputs(settings, tokenizer, limits, served=served_limits)
     if inputs.cut:
@@ -70,20 +75,42 @@ def run_gate(
     batch = min(settings.batch_size, limits.max_batch_size)
     total = len(inputs.windows) + len(inputs.prompts) + len(inputs.choices)
 
-    def full(model: LanguageModel, advance: Callable[[float], None]) -> Observation:
-        return observe(model, inputs, batch_size=batch, max_input_len=limits.max_input_len, advance=advance)
+    def full(cache: ScoreCache) -> Callable[[LanguageModel, Callable[[float], None]], Scored]:
+        def work(model: LanguageModel, advance: Callable[[float], None]) -> Scored:
+            observation = observe(
+                model, inputs, batch_size=batch, max_input_len=limits.max_input_len, advance=advance
+            )
+            if tasks is None:
+                return observation, []
+            return observation, tasks.scores(
+                model, cache, tokenizer=tokenizer, limits=limits, batch_size=batch
+            )
+
+        return work
 
     def prompts_only(model: LanguageModel, advance: Callable[[float], None]) -> list[list[int]]:
         return continue_prompts(model, inputs, advance=advance)
 
     memory: list[GpuStepMemory] = []
-    reference_obs, reference_s = _timed("reference", reference, full, total, reporter, memory)
-    candidate_obs, candidate_s = _timed("gate engine", candidate, full, total, reporter, memory)
+    no_cache = ScoreCache(None)
+    (reference_obs, reference_tasks), reference_s = _timed(
+        "reference", reference, full(tasks.reference_scores if tasks else no_cache), total, reporter, memory
+    )
+    (candidate_obs, candidate_tasks), candidate_s = _timed(
+        "gate engine", candidate, full(tasks.candidate_scores if tasks else no_cache), total, reporter, memory
+    )
     served_out, served_s = _timed(
         "served engine", served, prompts_only, len(inputs.prompts), reporter, memory
     )
     measures = compare(reference_obs, candidate_obs, served_out, inputs)
     checks = checks_for(measures, thresholds, min_served_greedy_match=settings.min_served_greedy_match)
+    task_results: list[TaskResult] = []
+    if tasks is not None:
+        task_results = [
+            task_result(r, c, min_recovery=tasks.min_recovery, max_drop_points=tasks.max_drop_points)
+            for r, c in zip(reference_tasks, candidate_tasks, strict=True)
+        ]
+        checks += [check for result in task_results for check in task_checks(result)]
     return GateRecord(
         verdict=all(c.passed for c in checks),
         precision=precision,
@@ -103,6 +130,7 @@ def run_gate(
         choice_items=len(inputs.choices),
         batch_size=batch,
         data=inputs.sources,
+        tasks=task_results,
         reference_s=round(reference_s, 3),
         candidate_s=round(candidate_s, 3),
         served_s=round(served_s, 3),

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pipeline.core.atomic import write_text_atomic
 from pipeline.core.gpu_memory import GpuStepMemory
 from pipeline.facts.layout import GATE_JSON, GATE_MD, JUNIT_XML
-from pipeline.gate.verdict import GateCheck
+from pipeline.gate.verdict import GateCheck, TaskResult
 
 
 class GateResult(BaseModel):
@@ -41,6 +41,7 @@ class GateResult(BaseModel):
     choice_items: int
     batch_size: int  # sequences scored at once (gate.batch_size, capped by each engine)
     data: dict[str, str]  # data file -> sha256
+    tasks: list[TaskResult] = []  # gate.tasks: lm-eval scores, the candidate's against the reference's
 
     @property
     def failed(self) -> list[GateCheck]:
@@ -87,12 +88,40 @@ def render_markdown(record: GateResult) -> str:
         f"{record.served_exact_greedy_matches} of {record.prompts} continuations identical at batch 1, "
         f"{record.served_near_ties} more first diverging at a near tie of the gate engine's logits.",
     ]
+    if record.tasks:
+        lines += [
+            "",
+            "| task | metric | items | unquantized | candidate | recovery | drop (points) | needs | result |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        lines += [
+            f"| {t.task} | {t.metric} | {t.samples} | {t.reference_score:.4f} ± {t.reference_stderr:.4f} "
+            f"| {t.score:.4f} ± {t.stderr:.4f} | {t.recovery:.4f} ± {t.recovery_stderr:.4f} "
+            f"| {t.drop_points:.2f} ± {t.drop_stderr_points:.2f}{' (within noise)' if t.within_noise else ''} "
+            f"| {_task_rule(t)} | {'pass' if t.passed else '**FAIL**'} |"
+            for t in record.tasks
+        ]
     if record.candidate_choice_accuracy is not None:
         lines.append(
             f"Multiple choice: reference {record.reference_choice_accuracy:.3f}, candidate "
             f"{record.candidate_choice_accuracy:.3f} over {record.choice_items} items."
         )
     return "\n".join(lines) + "\n"
+
+
+def _task_rule(task: TaskResult) -> str:
+    rule = f"recovery >= {task.min_recovery:g}"
+    return rule if task.max_drop_points is None else f"{rule}, drop <= {task.max_drop_points:g}"
+
+
+def _task_line(task: TaskResult) -> str:
+    noise = "within noise" if task.within_noise else "beyond its standard error"
+    return (
+        f"{task.task} ({task.metric}, {task.samples} items): {task.score:.4f} ± {task.stderr:.4f} against "
+        f"unquantized {task.reference_score:.4f} ± {task.reference_stderr:.4f}; recovery {task.recovery:.4f} "
+        f"± {task.recovery_stderr:.4f}, drop {task.drop_points:.2f} ± {task.drop_stderr_points:.2f} points "
+        f"({noise}); needs {_task_rule(task)}"
+    )
 
 
 def render_junit(record: GateResult) -> str:
@@ -103,10 +132,24 @@ def render_junit(record: GateResult) -> str:
         failures=str(len(record.failed)),
         errors="0",
     )
+    tasks = {f"task:{t.task}": t for t in record.tasks}
     for check in record.checks:
         case = ET.SubElement(
             suite, "testcase", classname=f"gate.{record.precision}.{record.profile}", name=check.name
         )
+        task = tasks.get(check.name)
+        if task is not None:
+            # One testcase per task, carrying every figure the verdict rests on.
+            properties = ET.SubElement(case, "properties")
+            for name in ("score", "stderr", "reference_score", "reference_stderr", "recovery",
+                         "recovery_stderr", "drop_points", "drop_stderr_points", "samples", "within_noise"):  # fmt: skip
+                ET.SubElement(properties, "property", name=name, value=str(getattr(task, name)))
+            if not task.passed:
+                failure = ET.SubElement(case, "failure", message=_task_line(task))
+                failure.text = _task_line(task)
+            else:
+                ET.SubElement(case, "system-out").text = _task_line(task)
+            continue
         if not check.passed:
             failure = ET.SubElement(
                 case, "failure", message=f"{check.name} = {check.value:.6g}, needs {check.rule}"
