@@ -240,3 +240,15 @@ def test_a_dry_run_refuses_a_profile_that_cannot_fit_as_the_run_does(
     assert dry.out == "" and field in dry.err and "does not fit" in dry.err
     assert main(["plan", *args]) == 2  # the same refusal, from the plan
     assert capsys.readouterr().err.splitlines()[0] == dry.err.splitlines()[0]
+
+
+@pytest.mark.parametrize("target", [{}, ON_A100])
+def test_each_serve_command_names_the_variant_it_serves(tmp_path, target):
+    """int8_wo is built by both backends: "to serve int8_wo/latency" twice would not say which is which."""
+    config = config_with(tmp_path, **target)
+    dry = plan_run(config, ArtifactStore(tmp_path / "work"), plan_tasks(config), find_architecture(config))
+    purposes = [c.purpose for c in dry.serve]
+    published = [t for t in plan_tasks(config) if t.stage == "publish"]
+    assert len(purposes) == len(set(purposes)) == len(published)
+    for task, purpose in zip(published, purposes, strict=True):
+        assert f"serve {task.backend}/{task.precision}/{task.profile}" in purpose

@@ -150,7 +150,7 @@ class ReferenceBackend:
         if ports != DEFAULT_PORTS:
             where = ["--host", ports.host, *(a for o, port in ports.named().items() for a in (o, str(port)))]
         return PlannedCommand(
-            purpose=f"serve {precision}/{profile} on the bundled tritonserver",
+            purpose=f"serve {self.plays}/{precision}/{profile} on the bundled tritonserver",
             argv=[
                 "trtllm-pipeline",
                 "serve",

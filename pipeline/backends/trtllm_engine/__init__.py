@@ -145,7 +145,7 @@ class TrtllmEngineBackend:
         ports: ServePorts = DEFAULT_PORTS,
     ) -> PlannedCommand:
         return PlannedCommand(
-            purpose=f"serve {precision}/{profile}",
+            purpose=f"serve {self.name}/{precision}/{profile}",
             argv=serve_argv(repository, config.publish.mount_path, ports),
         )
 

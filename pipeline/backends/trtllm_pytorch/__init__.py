@@ -160,7 +160,7 @@ class TrtllmPytorchBackend:
         checkpoint, options = release_paths(mount_path, config.model.name)
         triton = docker_llmapi_argv(repository, mount_path, ports)
         return PlannedCommand(
-            purpose=f"serve {precision}/{profile} with trtllm-serve (OpenAI-compatible)",
+            purpose=f"serve {self.name}/{precision}/{profile} with trtllm-serve (OpenAI-compatible)",
             argv=docker_serve_argv(repository, mount_path, serve_argv(checkpoint, options), ports),
             notes=[f"or Triton's llmapi model: {shlex.join(triton)}"],
         )
