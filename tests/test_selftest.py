@@ -40,7 +40,8 @@ from pipeline.planning.tasks import plan_tasks
 from pipeline.serving.pytorch.gpu_check import GENERATE, LOAD, OPENAI, STREAM
 from pipeline.serving.release import CURRENT
 from pipeline.serving.server import TritonInstall
-from pipeline.serving.smoke import ROUTES, SmokeCheck
+from pipeline.serving.smoke import ROUTES
+from pipeline.serving.smoke_report import SmokeCheck
 from pipeline.stages.publish import variant_destination
 
 

@@ -45,7 +45,7 @@ from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
 
 if TYPE_CHECKING:
-    from pipeline.serving.smoke import SmokeCheck
+    from pipeline.serving.smoke_report import SmokeCheck
 
 STAGE = "gpu-selftest"
 BACKEND = TrtllmEngineBackend.name  # the GPU path it proves: TensorRT-LLM engines on Triton

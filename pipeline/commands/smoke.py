@@ -10,7 +10,8 @@ from pipeline.commands.checks import check_filters, check_work_dir
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
 from pipeline.facts.config import PipelineConfig
-from pipeline.serving.smoke import SmokeReport, smoke_published
+from pipeline.serving.smoke import smoke_published
+from pipeline.serving.smoke_report import SmokeReport
 
 
 @dataclass(frozen=True)

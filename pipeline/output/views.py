@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # each command loads only its own result's module
     from pipeline.commands.prune import SlotPrune
     from pipeline.commands.selftest import SelftestReport
     from pipeline.commands.verify import AuditReport
-    from pipeline.serving.smoke import SmokeReport
+    from pipeline.serving.smoke_report import SmokeReport
 
 
 def print_dry_run(console: Console, dry: DryRun) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import InputError, IntegrityError, MissingDependencyError, StageError
@@ -26,45 +26,10 @@ from pipeline.serving.models.tensornames import Text
 from pipeline.serving.render import CONFIG_NAME, parse_model_config
 from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR
 from pipeline.serving.server import TritonInstall, TritonServer
+from pipeline.serving.smoke_report import SmokeCheck, SmokeReport
 
 ROUTES = ("ensemble/generate", "ensemble/generate_stream", "tensorrt_llm_bls/generate_stream")
 BATCH_ROUTES = ("ensemble/generate_stream (batch)", "tensorrt_llm_bls/generate_stream (batch)")
-
-
-@dataclass(frozen=True)
-class SmokeCheck:
-    route: str  # <model>/<endpoint>
-    prompt: str
-    expected: str
-    got: str
-
-    @property
-    def ok(self) -> bool:
-        return self.got == self.expected
-
-
-@dataclass
-class SmokeReport:
-    repository: Path
-    startup_s: float = 0.0
-    checks: list[SmokeCheck] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    @property
-    def failures(self) -> list[SmokeCheck]:
-        return [c for c in self.checks if not c.ok]
-
-    def to_json(self) -> dict:
-        return {
-            "repository": str(self.repository),
-            "version": self.repository.resolve().name,
-            "startup_s": round(self.startup_s, 2),
-            "ok": self.ok,
-            "checks": [{**asdict(c), "ok": c.ok} for c in self.checks],
-        }
 
 
 def _config(repository: Path, model: str):

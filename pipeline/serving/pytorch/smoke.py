@@ -31,7 +31,7 @@ from pipeline.serving.models.tensornames import LlmApi
 from pipeline.serving.pytorch.llm import StandInLLM, read_options
 from pipeline.serving.pytorch.release import MODEL_NAME, MODEL_YAML, OPTIONS_FILE, read_command
 from pipeline.serving.server import TritonInstall, TritonServer, free_port
-from pipeline.serving.smoke import SmokeCheck, SmokeReport
+from pipeline.serving.smoke_report import SmokeCheck, SmokeReport
 
 STAGE = "smoke"
 
