@@ -7,6 +7,7 @@ with two variants; the others look at the combined repository and the container'
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -237,3 +238,47 @@ def test_two_variants_answer_on_one_server_under_their_own_names_until_sigint(
     for variant in (LATENCY, THROUGHPUT):
         version = _version(tmp_path, variant)
         assert release.check_version(version).ok and not list(version.rglob("__pycache__"))
+
+
+def test_a_pytorch_release_joins_through_its_llmapi_model(tmp_path, tiny_model_dir):
+    """A CPU trtllm-pytorch version: its llmapi model renamed, and model.yaml's checkpoint (relative to the
+    llmapi repository in the version) pointing into the version."""
+    from publish_upstream import cpu_engine_info
+    from test_pytorch_serving import _publish
+
+    info = cpu_engine_info().model_copy(update={"backend": "reference-pytorch"})
+    _, report, current = _publish(tmp_path, tiny_model_dir, target_lines=None, info=info)
+    assert report.error is None, report.error
+    variant = ("trtllm-pytorch", "int8_wo", "latency")
+    version = current.resolve()
+    served = write_combined([Member(variant, version, str(version))], tmp_path / "combined")
+    assert served == {variant: ["trtllm-pytorch.int8_wo.latency.tensorrt_llm"]}
+    model = tmp_path / "combined" / "trtllm-pytorch.int8_wo.latency.tensorrt_llm"
+    assert _config(model.parent, model.name).backend == "python"
+    args = json.loads((model / "1" / "model.yaml").read_text())
+    assert args["model"] == f"{version}/checkpoint/tiny-mistral"
+    assert (version / "checkpoint" / "tiny-mistral" / "model.safetensors").is_file()
+    assert (model / "1" / "model.py").resolve() == version / "llmapi/tensorrt_llm/1/model.py"
+    assert release.check_version(version).ok
+
+
+def test_on_a_gpu_target_a_pytorch_release_gets_one_command_per_variant(tmp_path, tiny_model_dir, capsys):
+    from test_pytorch_serving import _publish
+
+    on_a100 = 'gpu = "a100-40gb"\n'
+    info = a100_engine_info(backend="trtllm-pytorch")
+    config, report, _ = _publish(tmp_path, tiny_model_dir, target_lines=on_a100, info=info)
+    assert report.error is None, report.error
+    engine = Upstream(engine_info=a100_engine_info())
+    assert run_publish(config, tmp_path / "work", engine, precision="int8_wo").error is None
+    argv = ["serve", "--config", str(config.source), "--work-dir", str(tmp_path / "work")]
+    argv += ["--backend", "trtllm-engine", "--backend", "trtllm-pytorch", "--precision", "int8_wo"]
+    code = main([*argv, "--profile", "latency"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "trtllm-pytorch/int8_wo/latency is a PyTorch-backend release" in out
+    commands = [shlex.split(line) for line in out.splitlines() if line.startswith("docker run")]
+    assert len(commands) == 2
+    published = [[a for i, a in enumerate(c) if i and c[i - 1] == "-p"] for c in commands]
+    assert published[0][0] == "127.0.0.1:8000:8000" and published[1][0] == "127.0.0.1:8010:8000"
+    assert not (tmp_path / "work" / "serve" / "combined").exists()
