@@ -23,7 +23,6 @@ from test_upstream_clients import neutral_payload
 from tiny_checkpoints import tiny_checkpoint
 
 from pipeline.cli import main
-from pipeline.core.errors import InputError
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.serving import release
 from pipeline.serving.client import generate, generate_stream
@@ -37,18 +36,6 @@ def _published(tmp_path: Path, upstream: Upstream, **changes: str) -> Path:
     config = config_with(tmp_path, **CONFIG_CHANGES, **changes)
     assert run_publish(config, tmp_path / "work", upstream, profile=PROFILE).error is None
     return tmp_path / "pipeline.toml"
-
-
-def test_filters_that_select_several_variants_are_one_line(tmp_path, capsys):
-    config = _published(tmp_path, Upstream())
-    code = main(["serve", "--config", str(config), "--precision", "int8_sq"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert (
-        "select 2 variants (trtllm-engine/int8_sq/latency, trtllm-engine/int8_sq/throughput); serve runs one"
-        in err
-    )
-    assert "Traceback" not in err
 
 
 def test_a_port_in_use_is_one_line_exit_2(tmp_path, capsys):
@@ -95,22 +82,25 @@ def test_on_a_gpu_target_it_prints_the_containers_docker_run(tmp_path, capsys):
 
 
 def test_the_first_variant_is_served_when_none_is_named(tmp_path):
-    from pipeline.commands.serve import chosen_variant
+    """Without filters or --all, one variant (model names unchanged); filters that select several, or
+    --all, serve every one they select together (tests/test_serve_together.py)."""
+    from pipeline.commands.serve import chosen_variants
     from pipeline.facts.config import load_config
 
     config = load_config(_published(tmp_path, Upstream()))
     none = frozenset()
-    assert chosen_variant(config, none, none, none) == ("trtllm-engine", "int8_sq", "latency")
+    assert chosen_variants(config, none, none, none) == [("trtllm-engine", "int8_sq", "latency")]
     pytorch = frozenset({"trtllm-pytorch"})
-    assert chosen_variant(config, frozenset({"int8_wo"}), frozenset({"throughput"}), pytorch) == (
-        "trtllm-pytorch",
-        "int8_wo",
-        "throughput",
-    )
-    with pytest.raises(InputError, match="serve runs one"):
-        chosen_variant(config, none, frozenset({"latency"}), none)
-    with pytest.raises(InputError, match=r"select 2 variants .*trtllm-pytorch/int8_wo/throughput"):
-        chosen_variant(config, frozenset({"int8_wo"}), frozenset({"throughput"}), none)
+    assert chosen_variants(config, frozenset({"int8_wo"}), frozenset({"throughput"}), pytorch) == [
+        ("trtllm-pytorch", "int8_wo", "throughput")
+    ]
+    assert chosen_variants(config, none, frozenset({"latency"}), none) == [
+        ("trtllm-engine", "int8_sq", "latency"),
+        ("trtllm-engine", "int8_wo", "latency"),
+        ("trtllm-pytorch", "int8_wo", "latency"),
+    ]
+    assert chosen_variants(config, none, none, none, every=True) == config.published_variants()
+    assert len(config.published_variants()) == 6
 
 
 def _wait_for_line(process: subprocess.Popen, needle: str, lines: list[str]) -> str:

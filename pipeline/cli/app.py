@@ -551,9 +551,18 @@ def serve_command(
     http_port: HttpPortOpt = DEFAULT_PORTS.http,
     grpc_port: GrpcPortOpt = DEFAULT_PORTS.grpc,
     metrics_port: MetricsPortOpt = DEFAULT_PORTS.metrics,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Every variant the filters select, on one server (filters that select several do too); "
+            "each model is named <backend>.<precision>.<profile>.<model>.",
+        ),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Serve the current published version of a variant until Ctrl-C (or print the container's command)."""
+    """Serve the current published version of a variant (or several at once) until Ctrl-C, or print the
+    container's command."""
     import shlex
 
     from pipeline.commands.serve import serve
@@ -570,13 +579,19 @@ def serve_command(
             precisions=frozenset(precision or ()),
             profiles=frozenset(profile or ()),
             backends=frozenset(backend or ()),
+            every=every,
             ports=ServePorts(host=host, http=http_port, grpc=grpc_port, metrics=metrics_port),
         )
     except Interrupted as stop:  # the way a server ends: not an error, but the signal's exit code
-        console.print(f"stopped by {stop.message.removeprefix('interrupted by ')}; the version is untouched")
+        console.print(
+            f"stopped by {stop.message.removeprefix('interrupted by ')}; the versions are untouched"
+        )
         raise typer.Exit(int(stop.exit_code)) from None
-    console.print(f"# {result.command.purpose}: run it on the GPU host", soft_wrap=True)
-    print(shlex.join(result.command.argv))
+    if result.why_several is not None:
+        console.print(f"# {result.why_several}", soft_wrap=True)
+    for command in result.commands:
+        console.print(f"# {command.purpose}: run it on the GPU host", soft_wrap=True)
+        print(shlex.join(command.argv))
 
 
 @app.command("gpu-selftest")

@@ -72,22 +72,48 @@ class ServePorts:
 DEFAULT_PORTS = ServePorts()
 
 
-def serve_argv(repository: Path, mount_path: str, ports: ServePorts = DEFAULT_PORTS) -> list[str]:
-    """`docker run` serving one published version: mounted where its gpt_model_path points, read-only
-    (the Python backend writes __pycache__ beside each model.py, and its stub's isolated interpreter
-    ignores PYTHONDONTWRITEBYTECODE, so only the mount keeps the verified version as it is)."""
-    # Inside, the server listens on its defaults; docker publishes them where `ports` says.
-    published = [
+# Where `serve` mounts a combined repository of several variants (pipeline.serving.combined), and, each
+# in a folder of its own below VARIANTS_MOUNT, the versions its models read.
+COMBINED_MOUNT = "/models"
+VARIANTS_MOUNT = "/variants"
+
+
+def _published(ports: ServePorts) -> list[str]:
+    """docker's -p for each port: inside, the server listens on its defaults; docker publishes them
+    where `ports` says."""
+    return [
         arg
         for outside, inside in zip(ports.named().values(), DEFAULT_PORTS.named().values(), strict=True)
         for arg in ("-p", f"{ports.host}:{outside}:{inside}")
     ]
+
+
+def serve_argv(repository: Path, mount_path: str, ports: ServePorts = DEFAULT_PORTS) -> list[str]:
+    """`docker run` serving one published version: mounted where its gpt_model_path points, read-only
+    (the Python backend writes __pycache__ beside each model.py, and its stub's isolated interpreter
+    ignores PYTHONDONTWRITEBYTECODE, so only the mount keeps the verified version as it is)."""
     return [
         "docker", "run", "--rm", "--gpus", "all", "--ipc=host",
-        *published,
+        *_published(ports),
         "-v", f"{repository}:{mount_path}:ro",
         SERVING_CONTAINER.tag,
         "tritonserver", f"--model-repository={mount_path}",
+    ]  # fmt: skip
+
+
+def combined_serve_argv(
+    repository: Path, versions: dict[str, Path], ports: ServePorts = DEFAULT_PORTS
+) -> list[str]:
+    """`docker run` serving a combined repository: it at COMBINED_MOUNT and each version (by its folder
+    name below VARIANTS_MOUNT) read-only where the combined repository's links and paths point."""
+    mounts = [("-v", f"{version}:{VARIANTS_MOUNT}/{name}:ro") for name, version in versions.items()]
+    return [
+        "docker", "run", "--rm", "--gpus", "all", "--ipc=host",
+        *_published(ports),
+        "-v", f"{repository}:{COMBINED_MOUNT}:ro",
+        *(arg for mount in mounts for arg in mount),
+        SERVING_CONTAINER.tag,
+        "tritonserver", f"--model-repository={COMBINED_MOUNT}",
     ]  # fmt: skip
 
 

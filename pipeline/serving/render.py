@@ -48,6 +48,7 @@ class RepositoryValues(BaseModel):
     bls_instance_count: Annotated[int, Field(ge=1)] = 1  # repository.bls_instance_count
     accumulate_tokens: bool = True
     tensorrt_llm_model_name: str = "tensorrt_llm"
+    preprocessing_model_name: str = "preprocessing"
 
     def substitutions(self) -> dict[str, str]:
         """Template text for each value: pbtxt booleans are lowercase."""

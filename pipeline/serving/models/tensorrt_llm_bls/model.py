@@ -1,6 +1,6 @@
 """tensorrt_llm_bls: the ensemble's job in Python: tokenize, generate, detokenize.
 
-Calls `preprocessing` and the engine model through business logic scripting.
+Calls the preprocessing and engine models, named by its parameters, through business logic scripting.
 Streamed text arrives as whole characters (TextStream), and with
 accumulate_tokens the text is decoded from every token so far rather than
 from each piece alone. A request of several prompts is answered as the engine
@@ -58,6 +58,7 @@ class TritonPythonModel:
         params = parameters(config)
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.engine_model = params["tensorrt_llm_model_name"]
+        self.preprocessing_model = params["preprocessing_model_name"]
         self.accumulate = params["accumulate_tokens"] == "true"
         tokenizer = AutoTokenizer.from_pretrained(repository_path(args, params["tokenizer_dir"]))
         self.decoder = PieceDecoder(tokenizer)
@@ -105,7 +106,7 @@ class TritonPythonModel:
                 pre_inputs.append(pb_utils.Tensor(pre_name, tensor.as_numpy()))
         pre = _raise_on_error(
             pb_utils.InferenceRequest(
-                model_name="preprocessing",
+                model_name=self.preprocessing_model,
                 inputs=pre_inputs,
                 requested_output_names=list(PREPROCESSING_TO_ENGINE),
             ).exec()
