@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,22 +211,29 @@ def test_a_failing_hub_is_one_line_in_bounded_time(box, hub, fault):
 
 
 def interrupt(box: Sandbox, argv: list[str], env: dict[str, str], signum: int, ready) -> Outcome:
-    """Start the CLI, wait for `ready()`, send `signum`, and collect what it did."""
+    """Start the CLI, wait until `ready(its stdout so far)`, send `signum`, and collect what it did.
+    Its output goes to files outside the sandbox, so that `ready` can read it while it runs."""
     t0 = time.monotonic()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready():
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the moment to interrupt never came"
-            time.sleep(0.05)
-        process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return Outcome(process.returncode, stdout, stderr, time.monotonic() - t0)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not ready(_written(out)):
+                assert process.poll() is None, (_written(out), _written(err))
+                assert time.monotonic() < deadline, "the moment to interrupt never came"
+                time.sleep(0.05)
+            process.send_signal(signum)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        return Outcome(process.returncode, _written(out), _written(err), time.monotonic() - t0)
+
+
+def _written(file) -> str:
+    file.seek(0)
+    return file.read()
 
 
 def check_interrupted(box: Sandbox, before: dict, outcome: Outcome, signum: int, *, task_ran: bool) -> None:
@@ -250,10 +258,10 @@ def check_interrupted(box: Sandbox, before: dict, outcome: Outcome, signum: int,
 def test_an_interrupted_fetch_exits_128_plus_the_signal(box, hub, signum, moment):
     if moment == "the listing":
         hub.hangs.add(LISTING)
-        ready = lambda: any(r.path.startswith("/api/models/") for r in hub.requests)  # noqa: E731
+        ready = lambda out: any(r.path.startswith("/api/models/") for r in hub.requests)  # noqa: E731
     else:
         hub.hangs.add("model.safetensors")
-        ready = lambda: bool(hub.gets("model.safetensors"))  # noqa: E731
+        ready = lambda out: bool(hub.gets("model.safetensors"))  # noqa: E731
     config = hub_config(box)
     before = box.snapshot()
     env = box.env(hub.url, HF_HUB_ETAG_TIMEOUT="60", HF_HUB_DOWNLOAD_TIMEOUT="60")
@@ -264,7 +272,7 @@ def test_an_interrupted_fetch_exits_128_plus_the_signal(box, hub, signum, moment
 def test_sigint_while_the_tiny_model_trains(box):
     config = write_config(box, 'source = "tiny"', "tiny_train_steps = 100000")
     before = box.snapshot()
-    started = lambda: bool(list(box.work.glob("store/fetch/.tmp-*/model")))  # noqa: E731
+    started = lambda out: bool(list(box.work.glob("store/fetch/.tmp-*/model")))  # noqa: E731
     outcome = interrupt(
         box, cli_argv(config, box.work), box.env("http://127.0.0.1:9"), signal.SIGINT, started
     )
@@ -279,9 +287,13 @@ def test_sigterm_while_waiting_for_the_lock(box):
     try:
         before = box.snapshot()
         argv = cli_argv(config, box.work)
-        started = time.monotonic()
+        # Signalled once it says it waits (not after a fixed time: a busy machine prints it later).
         outcome = interrupt(
-            box, argv, box.env("http://127.0.0.1:9"), signal.SIGTERM, lambda: time.monotonic() - started > 3
+            box,
+            argv,
+            box.env("http://127.0.0.1:9"),
+            signal.SIGTERM,
+            lambda out: "waiting for another run" in out,
         )
     finally:
         held.release()
