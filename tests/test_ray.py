@@ -360,7 +360,7 @@ def test_ctrl_c_on_the_driver_cancels_the_ray_task_and_exits_130(tmp_path, clust
     config = write_config(box, 'source = "tiny"', "tiny_train_steps = 100000")
     argv = [*cli_argv(config, box.work), "--executor", "ray", "--ray-address", cluster.address]
     before = box.snapshot()
-    training = lambda: bool(list(box.work.glob("store/fetch/.tmp-*/model")))  # noqa: E731
+    training = lambda out: bool(list(box.work.glob("store/fetch/.tmp-*/model")))  # noqa: E731
     outcome = interrupt(box, argv, box.env("http://127.0.0.1:9"), signal.SIGINT, training)
     check_case(box, before, outcome, 130, "interrupted by SIGINT")
     body = json.loads((box.work / "reports" / "run.json").read_text())
