@@ -225,6 +225,23 @@ def test_an_uncached_hub_task_offline_is_one_line_exit_2(tmp_path, tokenizer, mo
     assert "hub_task" in err.value.message
 
 
+def test_a_task_whose_data_is_here_runs_offline(tmp_path, tokenizer, monkeypatch, reference):
+    """HF_HUB_OFFLINE=1: the tiny model's own tasks read only their files, so they score as online."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    (score,) = score_tasks(
+        reference,
+        tokenizer=tokenizer,
+        limits=LIMITS,
+        batch_size=8,
+        tasks=(GateTask(name="tiny_next_word", limit=4),),
+        task_dir=TASK_DIR,
+        datasets_cache=tmp_path / "datasets",
+    )
+    assert score.samples == 4 and score.score > 1 / 8  # above chance: the data was read and asked
+
+
 def test_a_hub_task_without_a_revision_is_refused(tmp_path, tokenizer, reference):
     folder = tmp_path / "tasks"
     folder.mkdir()
