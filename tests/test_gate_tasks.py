@@ -378,3 +378,32 @@ def test_the_dry_run_times_only_the_gate_engines_the_request_selects(repo_root, 
 
     config = load_config(repo_root / "pipeline.toml")
     assert dry_run(config, tmp_path, RunRequest(stages=frozenset({"build"}))).task_gate is None
+
+
+def test_the_unquantized_scores_are_keyed_by_the_model_and_task_set_not_the_precision(in_repo_root, tmp_path):
+    """The stage keys the unquantized scores by the fetched model and the tasks, so every precision's
+    gate finds those of the first; a gate engine's are its own, and another task set scores again."""
+    from types import SimpleNamespace
+
+    from pipeline.facts.config import load_config
+    from pipeline.stages.gate import Gate
+
+    config = load_config(None)  # the demo's: its own tasks
+    assert config.gate.tasks
+
+    def keyed(precision: str, engine_key: str, config=config) -> TaskGate:
+        ctx = SimpleNamespace(
+            config=config,
+            precision=Precision(precision),
+            work_dir=tmp_path,
+            inputs={"fetch": SimpleNamespace(key="fetched"), "gate_engine": SimpleNamespace(key=engine_key)},
+        )
+        return Gate()._task_gate(ctx, LIMITS)
+
+    int8_sq, int8_wo = keyed("int8_sq", "engine-a"), keyed("int8_wo", "engine-b")
+    assert int8_sq.reference_scores == int8_wo.reference_scores
+    assert int8_sq.candidate_scores != int8_wo.candidate_scores
+    fewer = config.model_copy(
+        update={"gate": config.gate.model_copy(update={"tasks": config.gate.tasks[:1]})}
+    )
+    assert keyed("int8_sq", "engine-a", fewer).reference_scores != int8_sq.reference_scores
