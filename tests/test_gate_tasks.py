@@ -225,6 +225,23 @@ def test_an_uncached_hub_task_offline_is_one_line_exit_2(tmp_path, tokenizer, mo
     assert "hub_task" in err.value.message
 
 
+def test_a_task_whose_data_is_here_runs_offline(tmp_path, tokenizer, monkeypatch, reference):
+    """HF_HUB_OFFLINE=1: the tiny model's own tasks read only their files, so they score as online."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    (score,) = score_tasks(
+        reference,
+        tokenizer=tokenizer,
+        limits=LIMITS,
+        batch_size=8,
+        tasks=(GateTask(name="tiny_next_word", limit=4),),
+        task_dir=TASK_DIR,
+        datasets_cache=tmp_path / "datasets",
+    )
+    assert score.samples == 4 and score.score > 1 / 8  # above chance: the data was read and asked
+
+
 def test_a_hub_task_without_a_revision_is_refused(tmp_path, tokenizer, reference):
     folder = tmp_path / "tasks"
     folder.mkdir()
@@ -256,3 +273,137 @@ def test_a_task_that_samples_is_refused(tokenizer, gen_kwargs):
     request = SimpleNamespace(args=("Once upon a time", {"until": ["\n"], **gen_kwargs}))
     with pytest.raises(InputError, match="samples"):
         lm.generate_until([request])
+
+
+# ---------------------------------------------------------------- the dry run's task gate (items 5, 6)
+
+
+def test_the_real_jobs_dry_run_lists_the_task_gate_its_data_and_time(repo_root, tmp_path, capsys):
+    """`run --config pipeline.toml --dry-run`: each task with its pinned data, its items under `limit`,
+    its tokens, and a time per model scored (the unquantized model once, each gate engine once)."""
+    from test_dryrun import dry_run_json
+
+    from pipeline.facts.config import load_config
+    from pipeline.facts.eval_tasks import CHARS_PER_TOKEN, KNOWN_TASK_SIZES
+    from pipeline.facts.targets import TARGETS
+
+    config = load_config(repo_root / "pipeline.toml")
+    dry = dry_run_json(capsys, "--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path))
+    estimate = dry.task_gate
+    assert estimate is not None and estimate.target == "a100-40gb"
+    mmlu, gsm8k = estimate.tasks
+    assert (mmlu.task, gsm8k.task) == ("mmlu", "gsm8k")
+    assert config.gate.tasks[0].revision in mmlu.data and config.gate.tasks[1].revision in gsm8k.data
+    # lm-eval's limit takes that many items from each of MMLU's 57 subjects; each item asks 4 choices.
+    assert mmlu.items == 57 * config.gate.tasks[0].limit and mmlu.requests == 4 * mmlu.items
+    assert gsm8k.items == config.gate.tasks[1].limit == gsm8k.requests
+    # A 5-shot MMLU prompt is 6 examples' characters; it fits the gate engine's input, so it is not cut.
+    shots = 6 * KNOWN_TASK_SIZES["mmlu"].chars_per_shot / CHARS_PER_TOKEN
+    assert mmlu.prefill_tokens == mmlu.requests * -(-shots // 1) < mmlu.requests * config.gate.eval_seq_len
+    assert gsm8k.generated_tokens == gsm8k.items * 256  # gsm8k.yaml sets no max_gen_toks: lm-eval's 256
+    assert [m.model for m in estimate.models] == ["unquantized"] + [
+        f"{backend}/{precision.value}" for backend, precision in config.variants
+    ]
+    # The unquantized model reads 16-bit weights at every decode step: no gate engine is slower.
+    assert all(m.seconds < estimate.models[0].seconds for m in estimate.models[1:])
+    assert estimate.total_s == pytest.approx(sum(m.seconds for m in estimate.models))
+    # At least the prefill at the A100's FP16 peak: the floor a user reads before paying for it.
+    target = TARGETS["a100-40gb"]
+    floor = (
+        (mmlu.prefill_tokens + gsm8k.prefill_tokens)
+        * 2
+        * estimate_params(config)
+        / (target.fp16_tflops * 1e12)
+    )
+    assert estimate.models[0].seconds > floor
+    # What README.md and pipeline.toml's comment state of it.
+    minutes = [m.seconds / 60 for m in estimate.models]
+    assert (round(min(minutes), 1), round(max(minutes), 1), round(estimate.total_s / 60)) == (3.3, 4.2, 18)
+
+
+def estimate_params(config) -> int:
+    from pipeline.planning.memory import find_architecture
+
+    return find_architecture(config).params
+
+
+def test_a_larger_limit_costs_proportionally_more_and_the_text_dry_run_prints_it(repo_root, tmp_path, capsys):
+    from pipeline.cli import main
+
+    text = (repo_root / "pipeline.toml").read_text()
+    assert "limit = 20\n" in text
+    config = tmp_path / "larger-limit.toml"
+    config.write_text(
+        text.replace("limit = 20\n", "limit = 40\n").replace('"calib_data/', f'"{repo_root}/calib_data/')
+    )
+    args = ["run", "--dry-run", "--work-dir", str(tmp_path / "w")]
+    assert main([*args, "--json", "--config", str(repo_root / "pipeline.toml")]) == 0
+    small = json.loads(capsys.readouterr().out)["task_gate"]["tasks"][0]
+    assert main([*args, "--json", "--config", str(config)]) == 0
+    large = json.loads(capsys.readouterr().out)["task_gate"]["tasks"][0]
+    assert main([*args, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert large["prefill_tokens"] == 2 * small["prefill_tokens"]
+    assert "task gate (lm-evaluation-harness) on a100-40gb:" in out
+    assert "mmlu: hub data set of lm-eval's 'mmlu' @ c30699e8356da336a370243923dbaf21066bb9fe" in out
+    assert "2,280 items" in out and "total: " in out and "min" in out
+
+
+def test_the_demos_dry_run_sizes_its_own_tasks_from_their_files(in_repo_root, tmp_path, capsys):
+    from test_dryrun import dry_run_json
+
+    dry = dry_run_json(capsys, "--work-dir", str(tmp_path))
+    assert dry.task_gate is not None
+    by_task = {t.task: t for t in dry.task_gate.tasks}
+    assert by_task["tiny_next_word"].data.endswith("calib_data/tasks/tiny_next_word.jsonl")
+    # The embedded default's limits (32, 12) and the files' own items: 8 choices, a 24-token answer.
+    assert (by_task["tiny_next_word"].items, by_task["tiny_next_word"].requests) == (32, 32 * 8)
+    assert (by_task["tiny_dialogue"].items, by_task["tiny_dialogue"].generated_tokens) == (12, 12 * 24)
+    assert dry.task_gate.total_s is not None
+
+
+def test_the_dry_run_times_only_the_gate_engines_the_request_selects(repo_root, tmp_path, capsys):
+    from test_dryrun import dry_run_json
+
+    args = ["--config", str(repo_root / "pipeline.toml"), "--work-dir", str(tmp_path)]
+    everything = dry_run_json(capsys, *args).task_gate
+    one = dry_run_json(capsys, *args, "--backend", "trtllm-engine", "--precision", "int8_wo").task_gate
+    assert [m.model for m in one.models] == ["unquantized", "trtllm-engine/int8_wo"]
+    assert one.models == [everything.models[0], everything.models[2]]
+    assert one.total_s == pytest.approx(everything.models[0].seconds + everything.models[2].seconds)
+    # A run that gates nothing has no task gate to time.
+    from pipeline.commands.dryrun import dry_run
+    from pipeline.commands.run import RunRequest
+    from pipeline.facts.config import load_config
+
+    config = load_config(repo_root / "pipeline.toml")
+    assert dry_run(config, tmp_path, RunRequest(stages=frozenset({"build"}))).task_gate is None
+
+
+def test_the_unquantized_scores_are_keyed_by_the_model_and_task_set_not_the_precision(in_repo_root, tmp_path):
+    """The stage keys the unquantized scores by the fetched model and the tasks, so every precision's
+    gate finds those of the first; a gate engine's are its own, and another task set scores again."""
+    from types import SimpleNamespace
+
+    from pipeline.facts.config import load_config
+    from pipeline.stages.gate import Gate
+
+    config = load_config(None)  # the demo's: its own tasks
+    assert config.gate.tasks
+
+    def keyed(precision: str, engine_key: str, config=config) -> TaskGate:
+        ctx = SimpleNamespace(
+            config=config,
+            precision=Precision(precision),
+            work_dir=tmp_path,
+            inputs={"fetch": SimpleNamespace(key="fetched"), "gate_engine": SimpleNamespace(key=engine_key)},
+        )
+        return Gate()._task_gate(ctx, LIMITS)
+
+    int8_sq, int8_wo = keyed("int8_sq", "engine-a"), keyed("int8_wo", "engine-b")
+    assert int8_sq.reference_scores == int8_wo.reference_scores
+    assert int8_sq.candidate_scores != int8_wo.candidate_scores
+    fewer = config.model_copy(
+        update={"gate": config.gate.model_copy(update={"tasks": config.gate.tasks[:1]})}
+    )
+    assert keyed("int8_sq", "engine-a", fewer).reference_scores != int8_sq.reference_scores

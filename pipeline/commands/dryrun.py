@@ -25,8 +25,10 @@ from pipeline.execution.results import TaskResult, TaskState
 from pipeline.execution.scheduler import Schedule
 from pipeline.facts import layout
 from pipeline.facts.architecture import Architecture
-from pipeline.facts.config import PipelineConfig
+from pipeline.facts.config import PipelineConfig, Precision
+from pipeline.gate.tasks import describe_data, task_size
 from pipeline.planning.memory import find_architecture
+from pipeline.planning.task_time import TaskGateEstimate, estimate_task_gate
 from pipeline.planning.tasks import ENGINE_STAGES, Task
 from pipeline.stages import STAGES
 from pipeline.stages.base import Stage
@@ -60,6 +62,9 @@ class DryRun(BaseModel):
     backends: list[DryBackend]
     tasks: list[PlannedTask]
     serve: list[PlannedCommand]  # after the run: serving each published version
+    # gate.tasks: each task's data and size, and the time it costs per model scored (None: no task
+    # gate runs, or the model's shape is not known before its fetch)
+    task_gate: TaskGateEstimate | None = None
 
     @property
     def commands(self) -> list[PlannedCommand]:
@@ -158,7 +163,20 @@ def plan_run(
         ],
         tasks=list(planned.values()),
         serve=[_serve_command(config, t) for t in tasks if t.stage == "publish"],
+        task_gate=_task_gate(config, arch, tasks),
     )
+
+
+def _task_gate(
+    config: PipelineConfig, arch: Architecture | None, tasks: list[Task]
+) -> TaskGateEstimate | None:
+    """The task gate of the gates in `tasks`: each (backend, precision)'s gate engine is scored once."""
+    gate = config.gate
+    variants = list(dict.fromkeys((t.backend, Precision(t.precision)) for t in tasks if t.stage == "gate"))
+    if not gate.tasks or arch is None or not variants:
+        return None
+    sized = [(t, describe_data(t, gate.task_dir), task_size(t, gate.task_dir)) for t in gate.tasks]
+    return estimate_task_gate(config, arch, sized, variants)
 
 
 def dry_run(config: PipelineConfig, work_dir: Path, request: RunRequest) -> DryRun:

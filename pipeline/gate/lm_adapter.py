@@ -21,6 +21,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from pipeline.core.errors import InputError
+from pipeline.facts.eval_tasks import DEFAULT_MAX_GEN_TOKS
 from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class RunnerLM(TemplateLM):
                 "a gate task samples (do_sample, or temperature > 0): its score would change from run to run",
                 hint="gate only on tasks that decode greedily",
             )
-        return min(int(gen_kwargs.get("max_gen_toks", 256)), self.limits.max_seq_len - 1)
+        return min(int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)), self.limits.max_seq_len - 1)
 
     def _fit_prompt(self, context: str, max_new: int) -> list[int]:
         room = min(self.limits.max_input_len, self.limits.max_seq_len - max_new)

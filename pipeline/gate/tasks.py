@@ -15,7 +15,9 @@ Nothing here reads the environment at import; lm-eval itself is imported when a 
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from pipeline.core.atomic import write_bytes_atomic
 from pipeline.core.errors import InputError, MissingDependencyError
 from pipeline.core.hashing import fingerprint_key, sha256_file
 from pipeline.facts.config import GateTask
+from pipeline.facts.eval_tasks import DEFAULT_MAX_GEN_TOKS, KNOWN_TASK_SIZES, TaskSize
 from pipeline.runtime.limits import EngineLimits
 
 if TYPE_CHECKING:
@@ -84,6 +87,41 @@ def describe_data(task: GateTask, task_dir: Path | None) -> str:
     if task.name in local and _reads_jsonl(local[task.name]):
         return ", ".join(str(p) for p in _data_files(local[task.name]).values())
     return f"hub data set of lm-eval's '{task.name}' @ {task.revision or 'UNPINNED'}"
+
+
+def task_size(task: GateTask, task_dir: Path | None) -> TaskSize | None:
+    """What `task` weighs (pipeline.facts.eval_tasks): a local task's from its JSONL (the field its
+    `doc_to_text` names, the list its `doc_to_choice` names), a hub task's from the known sizes; None
+    when neither is known before its data is read."""
+    local = local_tasks(task_dir)
+    if not (task.name in local and _reads_jsonl(local[task.name])):
+        return KNOWN_TASK_SIZES.get(task.name)
+    spec = _read_yaml(local[task.name])
+    records = [json.loads(line) for path in _data_files(local[task.name]).values() for line in _lines(path)]
+    text, choice = _template_field(spec.get("doc_to_text")), _template_field(spec.get("doc_to_choice"))
+    multiple_choice = spec.get("output_type") == "multiple_choice"
+    chars = [len(str(r.get(text) if text else json.dumps(r))) for r in records] or [0]
+    choices = [len(r[choice]) if choice and isinstance(r.get(choice), list) else 1 for r in records] or [1]
+    generation = spec.get("generation_kwargs") or {}
+    return TaskSize(
+        items=len(records),
+        subtasks=1,
+        smallest_subtask=len(records),
+        choices=max(choices) if multiple_choice else 0,
+        chars_per_shot=sum(chars) / len(chars),
+        max_gen_toks=0 if multiple_choice else int(generation.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)),
+        source=f"{len(records)} items in {local[task.name].parent.name}/, their '{text or 'records'}' measured",
+    )
+
+
+def _template_field(template: Any) -> str | None:
+    """The record field a plain `{{field}}` template names (None: any other template)."""
+    match = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", template) if isinstance(template, str) else None
+    return match.group(1) if match else None
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def score_tasks(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # each command loads only its own result's module
     from pipeline.commands.prune import SlotPrune
     from pipeline.commands.selftest import SelftestReport
     from pipeline.commands.verify import AuditReport
+    from pipeline.planning.task_time import TaskGateEstimate
     from pipeline.serving.smoke_report import SmokeReport
 
 
@@ -37,12 +38,41 @@ def print_dry_run(console: Console, dry: DryRun) -> None:
                 console.print(f"      {escape(file.path)}:", soft_wrap=True)
                 for line in file.text.splitlines():
                     console.print(f"        {escape(line)}", soft_wrap=True)
+    if dry.task_gate is not None:
+        _print_task_gate(console, dry.task_gate)
     for command in dry.serve:
         console.print(
             f"then, to {escape(command.purpose)}:\n    $ {escape(shlex.join(command.argv))}", soft_wrap=True
         )
         for note in command.notes:
             console.print(f"      [dim]{escape(note)}[/]", soft_wrap=True)
+
+
+def _print_task_gate(console: Console, estimate: TaskGateEstimate) -> None:
+    console.print(f"task gate (lm-evaluation-harness) on {estimate.target}:")
+    for task in estimate.tasks:
+        size = "size unknown"
+        if task.items is not None:
+            size = f"{task.items:,} items, {task.requests:,} requests, {task.prefill_tokens:,} prompt tokens"
+            if task.generated_tokens:
+                size += f", up to {task.generated_tokens:,} generated"
+        console.print(
+            f"    {escape(task.task)}: {escape(task.data)}; {size} [dim]({escape(task.how)})[/]",
+            soft_wrap=True,
+        )
+    for model in estimate.models:
+        console.print(f"    {escape(model.model)}: {_duration(model.seconds)}", soft_wrap=True)
+    console.print(
+        f"    total: {_duration(estimate.total_s)} [dim]({escape(estimate.note)})[/]", soft_wrap=True
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not known before the tasks' data is read"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 def print_audit(console: Console, report: AuditReport, work_dir: Path, destination: Path) -> None:
