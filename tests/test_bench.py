@@ -188,7 +188,13 @@ def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
     runner = FakeRunner(limits, clock)
     settings = BenchSettings(input_len=32, output_len=11, latency_runs=3, throughput_runs=2, warmup_runs=1)
     timings = measure_engine(
-        runner, plan_workload(limits, settings), seed=0, reporter=RecordingReporter(), label="x", clock=clock
+        runner,
+        plan_workload(limits, settings),
+        seed=0,
+        reporter=RecordingReporter(),
+        label="x",
+        runtime="the fake runner",
+        clock=clock,
     )
     lat = timings.latency
     assert (lat.ttft_ms.median, lat.ttft_ms.high, lat.ttft_ms.runs) == (
@@ -206,6 +212,8 @@ def test_harness_times_batch_1_streamed_and_batches_as_whole_calls():
     assert four.output_tokens_per_s.median == pytest.approx(44 / 0.080)
     assert not four.output_tokens_per_s.noisy  # the fake runner costs the same every run
     assert (lat.source, four.source) == (LATENCY_SOURCE, THROUGHPUT_SOURCE)
+    # Every figure names the harness and the runtime it drove.
+    assert lat.measured_by == four.measured_by == f"{IN_PROCESS_HARNESS} over the fake runner"
     # The fake's cost model: a prefill of 10 ms per request, then a step of 2 + 0.5 x batch ms.
     assert four.ttft_ms.median == pytest.approx(40.0) and four.step_ms.median == pytest.approx(4.0)
     assert four.step_ms.runs == four.ttft_ms.runs == 2
@@ -231,7 +239,9 @@ def test_harness_never_sends_a_prompt_beyond_max_input_len():
     limits = EngineLimits(max_batch_size=2, max_input_len=24, max_seq_len=40)
     runner = FakeRunner(limits, clock)
     workload = plan_workload(limits, BenchSettings(input_len=4096, output_len=4096, latency_runs=1))
-    measure_engine(runner, workload, seed=0, reporter=RecordingReporter(), label="x", clock=clock)
+    measure_engine(
+        runner, workload, seed=0, reporter=RecordingReporter(), label="x", runtime="fake", clock=clock
+    )
     assert max(max(lens) for lens, _ in runner.calls) == 24
     assert max(max(lens) + n for lens, n in runner.calls) <= 40
     assert max(len(lens) for lens, _ in runner.calls) == 2
@@ -534,6 +544,7 @@ def test_ratios_are_taken_only_against_comparable_figures():
         output_tokens_per_s=Spread.of([80.0]),
         ttft_ms=Spread.of([100.0]),
         step_ms=Spread.of([11.0]),
+        measured_by="test harness",
         source="test",
     )
     r = ratios(
@@ -568,13 +579,16 @@ def _variant(
         seed=0,
         reporter=RecordingReporter(),
         label=precision,
+        runtime="the fake runner",
         clock=clock,
     )
     memory = MemoryReading(measure="process_peak_rss", peak_bytes=3 << 30, source="peak RSS")
     published = published_estimate(pretrained_config={"vocab_size": 512}, target="cpu")
     return VariantResult(
+        backend="trtllm-engine",
         precision=precision,
         profile=profile,
+        runtime="the fake runner",
         engine_dir="/e",
         limits={"max_batch_size": 4, "max_input_len": 32, "max_seq_len": 48},
         adjustments=("input_len 64 -> 32 (max_input_len)",),
@@ -629,7 +643,6 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
         created_at=datetime(2026, 11, 26, tzinfo=timezone.utc),
         model="tiny-mistral",
         target="cpu",
-        runtime="reference (PyTorch)",
         plan_applies=True,  # as on a GPU target: every figure stands beside the plan's
         host={"cpu": "test"},
         machine=_machine(),
@@ -643,17 +656,20 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     assert BenchReport.model_validate(data) == report
     md = paths["markdown"].read_text()
     sq = report.variants[0]
-    assert f"| int8_sq/throughput | {IN_PROCESS_HARNESS} | 2 | {sq.latency.ttft_ms.median:.2f} (" in md
+    assert (
+        f"| trtllm-engine/int8_sq/throughput | {IN_PROCESS_HARNESS} over the fake runner | 2 | {sq.latency.ttft_ms.median:.2f} ("
+        in md
+    )
     assert f"| 800.0 | {sq.latency.decode_tokens_per_s.median / 800:.2f}x |" in md  # beside the ceiling
     four = {r.batch_size: r for r in sq.ratios.throughput_vs_ceiling}[4]
     assert f"| {four.ceiling_tokens_per_s:.1f} | {four.measured_vs_ceiling:.2f}x |" in md
     wo = report.variants[1]
     assert f"| 1000000.0 | {wo.ratios.decode_vs_ceiling:.1e}x |" in md  # far below a ceiling: still a figure
-    wo_rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
+    wo_rows = [line for line in md.splitlines() if line.startswith("| trtllm-engine/int8_wo/latency | ")]
     # the recommendation's per-variant row, latency, a throughput row per batch size (1, 2, 4), memory, formats
     assert len(wo_rows) == 1 + 1 + 3 + 1 + 1
     assert (
-        "| int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a | n/a |" in md
+        "| trtllm-engine/int8_sq/throughput | process_peak_rss | 3.00 GiB | 10.00 GiB | n/a | n/a |" in md
     )  # RSS: no ratio
     # The formats table: one row per engine, a column per gate check any engine has.
     formats = md[md.index("## Formats side by side") :].splitlines()
@@ -662,18 +678,19 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     best_sq = max(p.output_tokens_per_s.median for p in sq.throughput)
     decode_sq = sq.latency.decode_tokens_per_s.median
     assert (
-        f"| int8_sq/throughput | {decode_sq:.1f} ({decode_sq:.1f}-{decode_sq:.1f}) | 800.0 | "
+        f"| trtllm-engine/int8_sq/throughput | {decode_sq:.1f} ({decode_sq:.1f}-{decode_sq:.1f}) | 800.0 | "
         f"{sq.ratios.decode_vs_ceiling:.2f}x | {best_sq:.1f} ({best_sq:.1f}-{best_sq:.1f}) at batch 4 "
         "| 3.00 GiB | 10.00 GiB | n/a | 1,000 | 8 "
         "| 1.5 (<= 5) pass | 0.97 (>= 0.9) pass | n/a | pass |"
     ) in formats
     assert any(
-        line.startswith("| int4_awq/throughput |")
+        line.startswith("| trtllm-engine/int4_awq/throughput |")
         and line.endswith("| 9 (<= 8) FAIL | n/a | 0.01 (<= 0.05) pass | FAIL |")
         for line in formats
     )
     assert any(
-        line.startswith("| int8_wo/latency |") and line.endswith("| n/a | n/a | n/a | not run |")
+        line.startswith("| trtllm-engine/int8_wo/latency |")
+        and line.endswith("| n/a | n/a | n/a | not run |")
         for line in formats
     )
     # Every figure says where it comes from, in bench.json and in bench.md.
@@ -690,7 +707,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path: Path):
     ):
         assert line in sources
     assert "applies only to Mistral 7B INT8 on a100-40gb" in md
-    assert "- int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
+    assert "- trtllm-engine/int8_sq/throughput: input_len 64 -> 32 (max_input_len)" in md
     from matplotlib.image import imread
 
     # One figure per question, each 1000 px wide (the width a report is read at), none a strip.
@@ -749,7 +766,10 @@ def test_only_up_to_date_engines_are_benchmarked(tmp_path: Path, in_repo_root):
     assert found.model_dir is not None and found.model_dir.name == "model"
     assert [(e.precision, e.profile) for e in engines] == [("int8_sq", "latency")]
     assert engines[0].engine_dir.parent.parent.name == "latency" and engines[0].engine_dir.name == "engine"
-    assert "the int8_wo/throughput engine is missing (never built): not benchmarked" in reporter.text()
+    assert (
+        "the trtllm-engine/int8_wo/throughput engine is missing (never built): not benchmarked"
+        in reporter.text()
+    )
 
     # the profile changes: the built engine no longer matches the config and is not measured
     latency, throughput = config.profiles
@@ -776,11 +796,13 @@ def test_bench_command_without_engines_exits_2_and_says_to_build(tmp_path, in_re
 
 @pytest.fixture(scope="module")
 def reference_engines(tmp_path_factory, tiny_model_dir):
-    """A store holding real reference-backend engines (int8_wo, both profiles) built by the build stage,
-    and the real gate's verdict on the throughput one.
+    """A store holding real builds of both backends of the embedded config (int8_wo, both profiles),
+    played on the CPU (`reference`: the engine path's checkpoint; `reference-pytorch`: the unified one
+    with its LLM API options) and built by the build stage, and the real gate's verdict on the engine
+    backend's throughput build.
 
-    fetch and calibrate are stand-ins that copy the tiny model and its checkpoint
-    (exported by the pipeline's own export, shared with the other tests).
+    fetch and calibrate are stand-ins that copy the tiny model and the checkpoint of the task's
+    backend's kind (exported by the pipeline's own export, shared with the other tests).
     """
     import shutil
 
@@ -794,24 +816,32 @@ def reference_engines(tmp_path_factory, tiny_model_dir):
     from pipeline.stages import STAGES
     from pipeline.stages.base import StageOutcome
 
-    checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo")
-
     def fetch(ctx):
         shutil.copytree(tiny_model_dir, ctx.out_dir / "model")
         return StageOutcome(summary="tiny model")
 
     def calibrate(ctx):
+        kind = ctx.backend.checkpoint
+        checkpoint = tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_wo", checkpoint=kind)
         shutil.copytree(checkpoint, ctx.out_dir / "checkpoint")
-        return StageOutcome(summary="int8_wo checkpoint")
+        return StageOutcome(summary=f"int8_wo {kind} checkpoint")
 
     stages = {**STAGES, "fetch": StandIn("fetch", fetch), "calibrate": StandIn("calibrate", calibrate)}
     config = load_config(None)
     config = config.model_copy(
-        update={"backends": (BackendSection(name="trtllm-engine", precisions=(Precision.int8_wo,)),)}
+        update={
+            "backends": tuple(
+                BackendSection(name=name, precisions=(Precision.int8_wo,))
+                for name in ("trtllm-engine", "trtllm-pytorch")
+            )
+        }
     )
     store = ArtifactStore(tmp_path_factory.mktemp("bench-work"))
-    for selected, profiles in (({"build"}, None), ({"gate"}, {"throughput"})):
-        tasks = select_tasks(plan_tasks(config), selected, profiles=profiles)
+    for selected, profiles, backends in (
+        ({"build"}, None, None),
+        ({"gate"}, {"throughput"}, {"trtllm-engine"}),
+    ):
+        tasks = select_tasks(plan_tasks(config), selected, profiles=profiles, backends=backends)
         report = execute(config, store, tasks, reporter=RecordingReporter(), stages=stages)
         assert report.error is None, report.error
     return config, store, stages
@@ -829,6 +859,8 @@ def one_torch_thread():
 
 
 def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines, tmp_path, one_torch_thread):
+    """Both backends' builds in one report: every row labelled backend/precision/profile and naming
+    the runtime that ran it; each figure there for each."""
     from pipeline.bench.run import run_bench
 
     config, store, stages = reference_engines
@@ -842,9 +874,29 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
         config, store, settings=settings, out_dir=tmp_path / "bench", reporter=reporter, stages=stages
     )
 
-    by_profile = {v.profile: v for v in report.variants}
-    assert set(by_profile) == {"latency", "throughput"}
-    latency, throughput = by_profile["latency"], by_profile["throughput"]
+    labels = [v.label for v in report.variants]
+    assert sorted(labels) == [
+        f"{backend}/int8_wo/{profile}"
+        for backend in ("trtllm-engine", "trtllm-pytorch")
+        for profile in ("latency", "throughput")
+    ]
+    by_label = {v.label: v for v in report.variants}
+    # Each build was run by the reference runtime playing its backend, and each row says so.
+    runtimes = {v.backend: v.runtime for v in report.variants}
+    assert runtimes["trtllm-engine"].endswith("on the CPU, playing trtllm-engine")
+    assert runtimes["trtllm-pytorch"].endswith("on the CPU, playing trtllm-pytorch")
+    for v in report.variants:
+        assert v.latency.measured_by == f"{IN_PROCESS_HARNESS} over {v.runtime}"
+        assert {p.measured_by for p in v.throughput} == {v.latency.measured_by}
+    pytorch = by_label["trtllm-pytorch/int8_wo/throughput"]
+    # The pytorch build's limits are its LLM API options' (the same profile's as the engine's).
+    assert pytorch.limits == by_label["trtllm-engine/int8_wo/throughput"].limits
+    # The gate that judged the engine backend's build is not the PyTorch backend's (none has run).
+    assert pytorch.gate is None
+    latency, throughput = (
+        by_label["trtllm-engine/int8_wo/latency"],
+        by_label["trtllm-engine/int8_wo/throughput"],
+    )
     assert (latency.latency.input_len, latency.latency.output_len) == (192, 6)
     assert (throughput.latency.input_len, throughput.latency.output_len) == (96, 6)
     assert [p.batch_size for p in latency.throughput] == [1]
@@ -877,7 +929,8 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert "gate.json" in throughput.gate.source
     assert {c.name for c in throughput.gate.checks} >= {"perplexity_increase_pct", "top1_agreement"}
     assert not report.published.applies and report.variants[0].ratios.decode_vs_published is None
-    assert report.runtime.startswith("reference") and report.host["torch_threads"] == "1"
+    assert report.runtime == "; ".join(dict.fromkeys(v.runtime for v in report.variants))
+    assert report.host["torch_threads"] == "1"
     # The machine as the OS saw it before and after; the reference backend reads no GPU clock.
     machine = report.machine
     assert (
@@ -896,15 +949,28 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     ):
         assert section in md
     formats = md[md.index("## Formats side by side") :]
-    assert "| int8_wo/latency |" in formats and "| not run |" in formats
+    assert "| trtllm-engine/int8_wo/latency |" in formats and "| not run |" in formats
+    # One bench.md: every table has a row for each backend's build, with what measured it.
+    for section, first in (("## Latency", "## Throughput"), ("## Throughput", "## Served")):
+        rows = md[md.index(section) : md.index(first, md.index(section) + 1)].splitlines()
+        for v in report.variants:
+            assert any(row.startswith(f"| {v.label} | {v.latency.measured_by} |") for row in rows), v.label
+    for section in ("## Peak memory", "## Formats side by side", "## Recommendation"):
+        table = md[md.index(section) :]
+        assert all(f"| {label} |" in table for label in labels)
+    data = json.loads(paths["json"].read_text())
+    assert data["report_version"] == BENCH_REPORT_VERSION
+    assert [(v["backend"], v["runtime"]) for v in data["variants"]] == [
+        (v.backend, v.runtime) for v in report.variants
+    ]
     verdict = "pass" if throughput.gate.verdict else "FAIL"
     assert any(
-        line.startswith("| int8_wo/throughput |") and line.endswith(f"| {verdict} |")
+        line.startswith("| trtllm-engine/int8_wo/throughput |") and line.endswith(f"| {verdict} |")
         for line in formats.splitlines()
     )
     for kind in ("pareto_plot", "throughput_plot", "memory_plot", "gate_plot"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "int8_wo/throughput: input_len 4096 -> 96 (max_input_len)" in reporter.text()
+    assert "trtllm-engine/int8_wo/throughput: input_len 4096 -> 96 (max_input_len)" in reporter.text()
     # The reference backend runs on the CPU: the plan (a model of the target GPU) is not set beside it.
     assert not report.plan_applies and "they are left out (n/a)" in md
 
@@ -922,8 +988,14 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     from pipeline.serving.server import TritonServer
 
     config, store, stages = reference_engines
+    engine_backend = {"trtllm-engine"}
     (engine,) = find_engines(
-        config, store, reporter=RecordingReporter(), profiles={"throughput"}, stages=stages
+        config,
+        store,
+        reporter=RecordingReporter(),
+        profiles={"throughput"},
+        backends=engine_backend,
+        stages=stages,
     ).engines
     values = RepositoryValues(
         triton_max_batch_size=8,
@@ -957,6 +1029,7 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
             out_dir=tmp_path / "bench",
             reporter=RecordingReporter(),
             profiles={"throughput"},
+            backends=engine_backend,
             stages=stages,
         )
     (variant,) = report.variants
@@ -969,7 +1042,8 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     assert variant.memory is None  # a CPU server's memory is not observable from the client
     md = paths["markdown"].read_text()
     assert (
-        f"| int8_wo/throughput | {variant.served[0].measured_by} | 3 | 6 |" in md and "not observable" in md
+        f"| trtllm-engine/int8_wo/throughput | {variant.served[0].measured_by} | 3 | 6 |" in md
+        and "not observable" in md
     )
     assert "Not measured: the engine ran in the server" in md
 
@@ -1180,7 +1254,8 @@ def test_spread_is_the_median_with_the_extreme_runs_and_marks_wide_ones_noisy():
     assert dumped["noisy"] is False and Spread.model_validate(dumped) == s  # bench.json carries the mark
     with pytest.raises(ValueError):
         Spread.of([])
-    assert BENCH_REPORT_VERSION == 4  # 3: spreads replaced single figures; 4: aiperf served points
+    # 3: spreads replaced single figures; 4: aiperf served points; 5: every backend's builds, labelled
+    assert BENCH_REPORT_VERSION == 5
 
 
 class JitteryRunner(FakeRunner):
@@ -1206,7 +1281,6 @@ def _report_of(variant: VariantResult, machine: MachineState | None = None) -> B
         created_at=datetime(2026, 12, 3, tzinfo=timezone.utc),
         model="tiny-mistral",
         target="cpu",
-        runtime="reference (PyTorch)",
         plan_applies=False,
         host={},
         machine=machine or _machine(),
@@ -1223,7 +1297,7 @@ def test_a_noisy_figure_is_marked_in_bench_md_and_the_summary(tmp_path):
         p.output_tokens_per_s.noisy for p in noisy.throughput
     )
     md = write_bench_report(_report_of(noisy), tmp_path)["markdown"].read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| int8_wo/latency | ")]
+    rows = [line for line in md.splitlines() if line.startswith("| trtllm-engine/int8_wo/latency | ")]
     ranges = [m for row in rows for m in re.findall(r"\(\d+\.\d+-\d+\.\d+(, noisy)?\)", row)]
     # latency: TTFT and decode; throughput: tokens/s, TTFT and step at batches 1, 2, 4; the
     # recommendation's best point; formats: decode and best
@@ -1357,7 +1431,7 @@ def _served(concurrency: int, rate: float, itl_p99: float, ttft_p99: float) -> S
 
 
 def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
-    from pipeline.bench.sweetspot import IN_PROCESS, operating_points
+    from pipeline.bench.sweetspot import operating_points
 
     v = _variant("int8_wo", "latency", _plan(), JitteryRunner, latency_runs=3, throughput_runs=3)
     v = v.model_copy(update={"served": (_served(2, 90.0, itl_p99=30.0, ttft_p99=200.0),)})
@@ -1366,7 +1440,7 @@ def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
     four = points[2]
     step, prefill = v.throughput[2].step_ms, v.throughput[2].ttft_ms
     assert (four.itl_ms, four.ttft_ms, four.itl_p50_ms) == (step.high, prefill.high, step.median)
-    assert step.high > step.median and four.measured_by == IN_PROCESS
+    assert step.high > step.median and four.measured_by == v.throughput[2].measured_by
     served = points[3]
     assert (served.itl_ms, served.ttft_ms) == (30.0, 200.0)
     assert served.measured_by == "aiperf 0.13.0 (streamed requests to the server)"
@@ -1392,16 +1466,16 @@ def test_the_recommendation_is_the_most_tokens_within_the_budget(tmp_path):
     )
     assert r.best is not None and r.best.load_kind == "batch"
     assert r.best.tokens_per_s == best_in_process.output_tokens_per_s and r.fastest_outside is None
-    assert dict(r.per_variant)["int8_sq/throughput"].load_kind == "batch"
+    assert dict(r.per_variant)["trtllm-engine/int8_sq/throughput"].load_kind == "batch"
     # Every variant here has the same max_seq_len (48): the plan's largest batch decides.
-    assert r.long_context.variants == ("int8_wo/throughput",) and r.long_context.sequences == 12
+    assert r.long_context.variants == ("trtllm-engine/int8_wo/throughput",) and r.long_context.sequences == 12
     md = write_bench_report(report, tmp_path)["markdown"].read_text()
     lines = md.splitlines()
     assert lines[2] == "## Recommendation"  # bench.md opens with it, under its title
     assert "Latency budget: inter-token <= 50 ms and TTFT <= 500 ms" in md
     assert f"| most output tokens/s within the budget | {r.best.variant} at {r.best.at} |" in md
     assert (
-        "| most sequences at the long-context profile (throughput, max_seq_len 48) | int8_wo/throughput |"
+        "| most sequences at the long-context profile (throughput, max_seq_len 48) | trtllm-engine/int8_wo/throughput |"
         in md
     )
     assert "![latency against throughput](pareto.png)" in md
@@ -1412,8 +1486,11 @@ def test_the_recommendation_is_the_most_tokens_within_the_budget(tmp_path):
     assert r.best is None and all(p is None for _, p in r.per_variant)
     assert r.fastest_outside is not None and r.fastest_outside.at == "clients 8"
     md = write_bench_report(tight, tmp_path / "tight")["markdown"].read_text()
-    assert "| none: no point meets the budget | the fastest, int8_sq/throughput at clients 8, needs:" in md
-    assert "| int8_wo/throughput | none within the budget |" in md
+    assert (
+        "| none: no point meets the budget | the fastest, trtllm-engine/int8_sq/throughput at clients 8, needs:"
+        in md
+    )
+    assert "| trtllm-engine/int8_wo/throughput | none within the budget |" in md
 
 
 def test_the_long_context_answer_is_the_longest_profile_and_keeps_ties():
@@ -1428,7 +1505,7 @@ def test_the_long_context_answer_is_the_longest_profile_and_keeps_ties():
     ]
     pick = long_context_pick(_report_of(short).model_copy(update={"variants": (short, *longs)}))
     assert (pick.profile, pick.max_seq_len, pick.sequences) == ("long", 8192, 28)
-    assert pick.variants == ("int8_sq/long", "int8_wo/long")
+    assert pick.variants == ("trtllm-engine/int8_sq/long", "trtllm-engine/int8_wo/long")
 
 
 def test_the_pareto_plot_is_1000_px_wide(tmp_path):
@@ -1457,17 +1534,19 @@ def test_the_plan_stands_beside_figures_only_where_the_backend_says_it_applies(t
     cpu = _report_of(v)
     gpu = cpu.model_copy(update={"plan_applies": True})
     assert ceiling_lines(cpu) == {} and plan_memory_bars(cpu) is None
-    assert [b for b, _ in ceiling_lines(gpu)["int8_wo/throughput"]] == [1, 2, 4]
+    assert [b for b, _ in ceiling_lines(gpu)["trtllm-engine/int8_wo/throughput"]] == [1, 2, 4]
     assert plan_memory_bars(gpu) == [10.0]
     md = write_bench_report(cpu, tmp_path)["markdown"].read_text()
     (latency_row,) = [
-        line for line in md[md.index("## Latency") :].splitlines() if line.startswith("| int8_wo/")
+        line
+        for line in md[md.index("## Latency") :].splitlines()
+        if line.startswith("| trtllm-engine/int8_wo/")
     ][:1]
     assert latency_row.endswith("| n/a | n/a |")  # no ceiling, no ratio (was 9.3e-04x on the CPU)
     assert "e-0" not in md  # no ratio against a ceiling the CPU never approaches
     assert "fit (the plan's model of cpu, not of what ran here) |" in md
     assert "fit (the plan's model" not in write_bench_report(gpu, tmp_path / "gpu")["markdown"].read_text()
-    assert "n/a" in _summary_text(cpu).split("int8_wo/throughput")[1].split("\n")[0]
+    assert "n/a" in _summary_text(cpu).split("trtllm-engine/int8_wo/throughput")[1].split("\n")[0]
 
 
 # ---------------------------------------------------------------- GPU utilization (issue 23, item 6)
@@ -1488,21 +1567,31 @@ def test_utilization_below_what_back_to_back_steps_give_is_named_and_the_cpu_say
         return render_markdown(_report_of(v.model_copy(update={"memory": memory})))
 
     low = with_utilization(UTILIZATION_FLOOR_PERCENT - 1)
-    assert f"**int8_wo/throughput: GPU busy {UTILIZATION_FLOOR_PERCENT - 1}% of the time (max 100%)**" in low
+    assert (
+        f"**trtllm-engine/int8_wo/throughput: GPU busy {UTILIZATION_FLOOR_PERCENT - 1}% of the time (max 100%)**"
+        in low
+    )
     assert "over batches up to 4" in low and "bench --nsys" in low
     fed = with_utilization(UTILIZATION_FLOOR_PERCENT)
     assert "GPU busy" not in fed and f"stayed at or above {UTILIZATION_FLOOR_PERCENT}%" in fed
 
 
-def test_bench_measures_one_backend_the_configs_first_unless_named(tmp_path: Path, in_repo_root):
+def test_bench_finds_every_selected_backends_builds_and_each_ones_own_gate(tmp_path: Path, in_repo_root):
     from pipeline.bench.run import find_engines
 
-    config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_sq"}, profiles={"latency"})
+    config, store, stages = _fake_builds(tmp_path / "work", precisions={"int8_wo"}, profiles={"latency"})
     assert [b.name for b in config.backends] == ["trtllm-engine", "trtllm-pytorch"]
-    reporter = RecordingReporter()
-    find_engines(config, store, reporter=reporter, stages=stages)
-    assert "the trtllm-engine backend's engines (--backend to choose another)" in reporter.text()
-    with pytest.raises(InputError, match="bench measures one backend at a time") as info:
-        both = {"trtllm-engine", "trtllm-pytorch"}
-        find_engines(config, store, reporter=RecordingReporter(), backends=both, stages=stages)
-    assert "--backend" in info.value.hint
+    found = find_engines(config, store, reporter=RecordingReporter(), stages=stages)
+    assert [e.label for e in found.engines] == [
+        "trtllm-engine/int8_wo/latency",
+        "trtllm-pytorch/int8_wo/latency",
+    ]
+    assert [e.folder for e in found.engines] == [
+        Path("trtllm-engine/int8_wo/latency"),
+        Path("trtllm-pytorch/int8_wo/latency"),
+    ]
+    assert all(e.gate_dir is None for e in found.engines)
+    (pytorch,) = find_engines(
+        config, store, reporter=RecordingReporter(), backends={"trtllm-pytorch"}, stages=stages
+    ).engines
+    assert pytorch.label == "trtllm-pytorch/int8_wo/latency"

@@ -263,13 +263,13 @@ def test_served_and_compare_put_aiperfs_rows_for_the_variant_and_the_peer_in_one
     assert all(p.measured_by.startswith("aiperf 0.13") for p in variant.served)
     assert all(p.endpoint.endswith("/v2/models/ensemble/generate_stream") for p in variant.served)
     (peer_result,) = report.peers
-    assert peer_result.name == peer and peer_result.workload_of == "int8_sq/throughput"
+    assert peer_result.name == peer and peer_result.workload_of == "trtllm-engine/int8_sq/throughput"
     assert [(p.concurrency, p.requests) for p in peer_result.served] == [(2, 4)]
     for p in variant.served + peer_result.served:
         export = tmp_path / "bench" / "aiperf"
         assert any(export.rglob(f"c{p.concurrency}/profile_export_aiperf.json"))
     md = paths["markdown"].read_text()
-    assert f"| int8_sq/throughput | {variant.served[0].measured_by} | 2 | 4 |" in md
+    assert f"| trtllm-engine/int8_sq/throughput | {variant.served[0].measured_by} | 2 | 4 |" in md
     assert f"| peer {peer} | {peer_result.served[0].measured_by} | 2 | 4 |" in md
     assert md.index("## Recommendation") < md.index(f"| peer {peer} | clients") < md.index("## Latency")
     assert "GPU utilization is not measured" in md
@@ -299,7 +299,9 @@ def test_served_refuses_a_published_engine_other_than_the_built_one(published, t
         if entry["path"].startswith("engine/"):
             entry["sha256"] = "0" * 64
     (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IntegrityError, match="publishes another int8_sq/throughput engine") as info:
+    with pytest.raises(
+        IntegrityError, match="publishes another trtllm-engine/int8_sq/throughput engine"
+    ) as info:
         require_published_engine(
             repository, BuiltEngine("trtllm-engine", "int8_sq", "throughput", other / "engine")
         )

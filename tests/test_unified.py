@@ -309,6 +309,15 @@ class ReferenceLLM(StandInLLM):
             results.append(types.SimpleNamespace(context_logits=context, outputs=[output]))
         return results
 
+    def generate_async(self, prompt, params, streaming=False):
+        """executor/result.py GenerationResult @ 005bc848893f575ec14b45d6b13139360d67c790: iterating it
+        (__iter__/__next__) yields the same result after each step, its outputs[0].token_ids growing."""
+        assert streaming
+        (result,) = self.generate([prompt], params)
+        tokens = result.outputs[0].token_ids
+        for n in range(1, len(tokens) + 1):
+            yield types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=tokens[:n])])
+
 
 @pytest.fixture
 def llm_api(monkeypatch):
@@ -370,3 +379,32 @@ def test_runner_options_lower_the_batch_and_its_cuda_graphs_only():
         "max_batch_size": 6,
         "cuda_graph_config": {"batch_sizes": [1, 2, 4, 6], "enable_padding": True},
     }
+
+
+def test_bench_times_a_pytorch_build_through_the_llm_api(tmp_path, tmp_path_factory, tiny_model_dir, llm_api):
+    """On a GPU, bench's harness drives trtllm-pytorch's runner: batch 1 streamed through
+    generate_async(streaming=True), batches through LLM.generate; every figure names the LLM API."""
+    from pipeline.backends import BACKENDS
+    from pipeline.bench.harness import IN_PROCESS_HARNESS, measure_engine
+    from pipeline.bench.workload import BenchSettings, plan_workload
+    from pipeline.core.reporter import RecordingReporter
+
+    engine_dir = _engine_dir(unified(tmp_path_factory, tiny_model_dir, "int8_wo"), tmp_path / "engine")
+    runner = LlmApiRunner.load(
+        engine_dir, EngineInfo(backend="trtllm-pytorch", target="a100-40gb"), max_batch_size=None
+    )
+    runtime = BACKENDS["trtllm-pytorch"].bench_runtime()
+    assert "LLM API (PyTorch backend)" in runtime
+    settings = BenchSettings(input_len=16, output_len=4, latency_runs=1, throughput_runs=1, batch_sizes=(2,))
+    timings = measure_engine(
+        runner,
+        plan_workload(runner.limits, settings),
+        seed=0,
+        reporter=RecordingReporter(),
+        label="trtllm-pytorch/int8_wo/x",
+        runtime=runtime,
+    )
+    assert timings.latency.itl.count == 3  # every streamed token timed: 4 tokens, 3 gaps
+    (point,) = timings.throughput
+    assert point.output_tokens == 2 * 4  # no early stop through end_id NO_END_ID
+    assert timings.latency.measured_by == point.measured_by == f"{IN_PROCESS_HARNESS} over {runtime}"

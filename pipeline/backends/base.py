@@ -302,6 +302,12 @@ class Backend(Protocol):
         batch the runtime takes (the gate scores in small batches) and sizes its KV cache to it."""
         ...
 
+    def model_config(self, engine_dir: Path) -> dict[str, Any]:
+        """The model the build in engine_dir holds, in TensorRT-LLM's pretrained_config names
+        (architecture, vocab_size, hidden_size...), read without loading it: what its runners'
+        engine_config["pretrained_config"] holds."""
+        ...
+
     # --- serve (publish, smoke, the dry run) --------------------------------------------------
 
     def container(self, config: PipelineConfig) -> str | None:
@@ -326,7 +332,8 @@ class Backend(Protocol):
     # --- bench --------------------------------------------------------------------------------
 
     def bench_runtime(self) -> str:
-        """What ran the engines, with its version, for the bench report's title."""
+        """What runs its builds in bench's process, with its version: each row of the report names it
+        beside the harness that timed it."""
         ...
 
     def bench_host_facts(self) -> dict[str, str]:

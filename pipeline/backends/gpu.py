@@ -1,4 +1,5 @@
-"""What the GPU backends (trtllm-engine, trtllm-pytorch) decide alike: which formats run on a target."""
+"""What the GPU backends (trtllm-engine, trtllm-pytorch) decide alike: which formats run on a target, and
+the host facts their bench figures depend on."""
 
 from __future__ import annotations
 
@@ -15,3 +16,10 @@ def gpu_format_problem(
     if gap is None:
         return None
     return FormatGap(gap.part, f"{gap.problem}; target '{target.name}' is sm{target.sm}")
+
+
+def gpu_host_facts() -> dict[str, str]:
+    """The GPU the figures were measured on (torch is loaded already: the runtime imported it)."""
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}

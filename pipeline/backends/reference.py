@@ -122,6 +122,9 @@ class ReferenceBackend:
             engine_dir, engine_config, runtime_limits(engine_config, engine_dir, max_batch_size)
         )
 
+    def model_config(self, engine_dir: Path) -> dict[str, Any]:
+        return read_engine_config(engine_dir)["pretrained_config"]
+
     def container(self, config: PipelineConfig) -> str | None:
         return None
 
@@ -167,7 +170,7 @@ class ReferenceBackend:
     def bench_runtime(self) -> str:
         from pipeline.execution.driver import tool_version
 
-        return f"reference (PyTorch {tool_version('torch')} reference runtime on the CPU)"
+        return f"{self.name}: the reference runtime (PyTorch {tool_version('torch')}) on the CPU, playing {self.plays}"
 
     def bench_host_facts(self) -> dict[str, str]:
         import torch  # the runtime has loaded it already

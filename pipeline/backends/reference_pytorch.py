@@ -61,13 +61,18 @@ class ReferencePytorchBackend(ReferenceBackend):
     def load_runner(self, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> EngineRunner:
         return load_unified_runner(engine_dir, max_batch_size=max_batch_size)
 
+    def model_config(self, engine_dir: Path) -> dict[str, Any]:
+        from pipeline.runtime.unified import unified_pretrained_config
+
+        return unified_pretrained_config(engine_dir)
+
 
 def load_unified_runner(engine_dir: Path, *, max_batch_size: int | None) -> ReferenceRunner:
     """The unified checkpoint in engine_dir on the reference runtime, read as the PyTorch backend reads
     it (pipeline.runtime.unified), enforcing its LLM API options' limits."""
     from pipeline.backends.trtllm_pytorch.options import options_limits, read_options
     from pipeline.runtime import ReferenceModel
-    from pipeline.runtime.unified import load_unified
+    from pipeline.runtime.unified import load_unified, unified_pretrained_config
     from pipeline.runtime.weights import build_weights
 
     limits = options_limits(engine_dir, max_batch_size)
@@ -75,7 +80,7 @@ def load_unified_runner(engine_dir: Path, *, max_batch_size: int | None) -> Refe
     model = ReferenceModel(config, build_weights(tensors, config, engine_dir), limits)
     # Who reads engine_config reads the model's shape from pretrained_config (as in an engine's config.json).
     engine_config: dict[str, Any] = {
-        "pretrained_config": config.model_dump(mode="json"),
+        "pretrained_config": unified_pretrained_config(engine_dir),
         "llm_api_options": read_options(engine_dir),
     }
     return ReferenceRunner(model, engine_config)

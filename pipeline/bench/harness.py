@@ -35,6 +35,13 @@ from pipeline.runtime.checkpoint import real_vocab_size
 Clock = Callable[[], float]
 
 IN_PROCESS_HARNESS = "in-process harness (this process's clock)"
+
+
+def in_process(runtime: str) -> str:
+    """What measured an in-process figure: this harness, driving the runtime that ran the build."""
+    return f"{IN_PROCESS_HARNESS} over {runtime}"
+
+
 LATENCY_SOURCE = (
     "batch 1, streamed: each token timed on this process's monotonic clock when the runtime hands it "
     "over (on_token); includes the runtime's per-step host work for that one request. TTFT and decode "
@@ -120,9 +127,11 @@ def measure_engine(
     seed: int,
     reporter: Reporter,
     label: str,
+    runtime: str,
     clock: Clock = time.perf_counter,
 ) -> EngineTimings:
-    """Warm up, then batch-1 latency runs, then one point per batch size."""
+    """Warm up, then batch-1 latency runs, then one point per batch size. `runtime` names what runs
+    `runner` (Backend.bench_runtime), for every figure's measured_by."""
     vocab_size = vocab_size_of(runner)
     warmups = workload.warmup.runs if workload.warmup else 0
     calls = warmups + workload.latency.runs
@@ -159,11 +168,16 @@ def measure_engine(
         if workload.warmup is not None:
             streamed(workload.warmup, advance)
         timelines = streamed(workload.latency, advance)
-        points = tuple(_throughput_point(case, batched(case, advance)) for case in workload.throughput)
-    return EngineTimings(latency=latency_result(workload.latency, timelines), throughput=points)
+        points = tuple(
+            _throughput_point(case, batched(case, advance), in_process(runtime))
+            for case in workload.throughput
+        )
+    return EngineTimings(
+        latency=latency_result(workload.latency, timelines, in_process(runtime)), throughput=points
+    )
 
 
-def latency_result(case: Case, timelines: Sequence[RequestTimeline]) -> LatencyResult:
+def latency_result(case: Case, timelines: Sequence[RequestTimeline], measured_by: str) -> LatencyResult:
     """Batch-1 figures from the timelines of requests sent one at a time."""
     itl = itl_percentiles(timelines)
     decode = decode_tokens_per_s_spread(timelines)
@@ -176,12 +190,12 @@ def latency_result(case: Case, timelines: Sequence[RequestTimeline]) -> LatencyR
         ttft_ms=ttft_ms_spread(timelines),
         itl=itl,
         decode_tokens_per_s=decode,
-        measured_by=IN_PROCESS_HARNESS,
+        measured_by=measured_by,
         source=LATENCY_SOURCE,
     )
 
 
-def _throughput_point(case: Case, runs: list[TimedBatch]) -> ThroughputPoint:
+def _throughput_point(case: Case, runs: list[TimedBatch], measured_by: str) -> ThroughputPoint:
     return ThroughputPoint(
         batch_size=case.batch_size,
         input_len=case.input_len,
@@ -194,5 +208,6 @@ def _throughput_point(case: Case, runs: list[TimedBatch]) -> ThroughputPoint:
         ),
         ttft_ms=Spread.of([r.prefill.wall_s * 1000 for r in runs]),
         step_ms=Spread.of([r.step_s * 1000 for r in runs]),
+        measured_by=measured_by,
         source=THROUGHPUT_SOURCE,
     )

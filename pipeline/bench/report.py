@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pipeline.bench.machine import MachineSnapshot
 from pipeline.bench.results import BenchReport, VariantResult
 from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, Spread
-from pipeline.bench.sweetspot import IN_PROCESS, OperatingPoint, Recommendation, peer_label, recommend
+from pipeline.bench.sweetspot import OperatingPoint, Recommendation, peer_label, recommend
 
 JSON_NAME = "bench.json"
 MARKDOWN_NAME = "bench.md"
@@ -18,7 +18,7 @@ GATE_PLOT = "gate.png"
 
 
 def variant_label(v: VariantResult) -> str:
-    return f"{v.precision}/{v.profile}"
+    return v.label
 
 
 def _pct(p: Percentiles | None) -> str:
@@ -335,7 +335,7 @@ def served_lines(report: BenchReport) -> list[str]:
     ]
     lines += [
         "- Each row is one aiperf run, read from its own export beside this report "
-        "(`aiperf/<precision>/<profile>/c<clients>/` or `aiperf/peers/<n>/c<clients>/`, "
+        "(`aiperf/<backend>/<precision>/<profile>/c<clients>/` or `aiperf/peers/<n>/c<clients>/`, "
         "`profile_export_aiperf.json`); output tokens are counted with the model's tokenizer, and "
         "inter-token latency is aiperf's (request latency - TTFT) / (output tokens - 1).",
     ]
@@ -380,17 +380,16 @@ def render_markdown(report: BenchReport) -> str:
         "",
         "## Throughput (static batches, in process, not streamed)",
         "",
-        f"Measured by the {IN_PROCESS}.",
-        "",
     ]
     if any(v.throughput for v in report.variants):
         lines += [
-            "| engine | batch | runs | output tokens/s | TTFT ms (prefill) | decode step ms | wall (s, median) "
-            "| bandwidth ceiling tokens/s | measured / ceiling |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| engine | measured by | batch | runs | output tokens/s | TTFT ms (prefill) | decode step ms "
+            "| wall (s, median) | bandwidth ceiling tokens/s | measured / ceiling |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
-            f"| {variant_label(v)} | {p.batch_size} | {p.runs} | {spread_text(p.output_tokens_per_s)} "
+            f"| {variant_label(v)} | {p.measured_by} | {p.batch_size} | {p.runs} "
+            f"| {spread_text(p.output_tokens_per_s)} "
             f"| {spread_text(p.ttft_ms, 2)} | {spread_text(p.step_ms, 2)} | {p.wall_s:.3f} "
             f"| {plan_cell(report, f'{c.ceiling_tokens_per_s:.1f}')} "
             f"| {plan_cell(report, ratio_text(c.measured_vs_ceiling))} |"

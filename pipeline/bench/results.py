@@ -16,7 +16,9 @@ from pipeline.gate.verdict import GateCheck
 # 3: repeated figures are spreads (median, min, max, runs, noisy); the machine's load and clocks;
 #    each batch's prefill (TTFT) and decode step; the latency budget in the settings; plan_applies.
 # 4: served points measured by aiperf (requests/s, the tool and version, the endpoint); peers.
-BENCH_REPORT_VERSION = 4
+# 5: one report holds every selected backend's builds: each variant names its backend and the runtime
+#    that ran it (the report-wide `runtime` is gone), in-process points say what measured them.
+BENCH_REPORT_VERSION = 5
 
 
 class Frozen(BaseModel):
@@ -48,6 +50,7 @@ class ThroughputPoint(Frozen):
     output_tokens_per_s: Spread  # per run: every output token / the whole call, prefill included
     ttft_ms: Spread  # per run: the batch's prefill, a generate call for one output token
     step_ms: Spread  # per run: (whole call - prefill call) / (output_len - 1): the inter-token time
+    measured_by: str  # the harness and the runtime it drove
     source: str
 
 
@@ -126,8 +129,10 @@ class GateFigures(Frozen):
 
 
 class VariantResult(Frozen):
+    backend: str  # the config's [[backends]] name: the GPU runtime the build is for
     precision: str
     profile: str
+    runtime: str  # what ran the build in this process (Backend.bench_runtime), with its version
     engine_dir: str
     limits: dict[str, int]
     adjustments: tuple[str, ...]  # how the requested shape was clamped to the profile
@@ -138,6 +143,11 @@ class VariantResult(Frozen):
     plan: PlanFigures
     ratios: Ratios
     gate: GateFigures | None = None  # None: no gate of this engine has run on these inputs
+
+    @property
+    def label(self) -> str:
+        """How every table and plot names it (and --backend/--precision/--profile select it)."""
+        return f"{self.backend}/{self.precision}/{self.profile}"
 
 
 class PublishedEstimate(Frozen):
@@ -158,11 +168,15 @@ class BenchReport(Frozen):
     created_at: datetime
     model: str
     target: str
-    runtime: str  # what ran the engines: "reference (PyTorch ...)", "TensorRT-LLM 1.2.1"
-    plan_applies: bool  # whether the plan's ceilings and memory estimate describe what ran (the backend's)
+    plan_applies: bool  # whether the plan's ceilings and memory estimate describe what ran (the backends')
     host: dict[str, str]
     machine: MachineState
     settings: BenchSettings
     variants: tuple[VariantResult, ...]
     peers: tuple[PeerResult, ...] = ()
     published: PublishedEstimate
+
+    @property
+    def runtime(self) -> str:
+        """What ran the builds, each runtime once, in the variants' order."""
+        return "; ".join(dict.fromkeys(v.runtime for v in self.variants))

@@ -1,4 +1,5 @@
-"""`trtllm-pipeline bench`: measure every engine that is built and up to date for the config.
+"""`trtllm-pipeline bench`: measure every engine that is built and up to date for the config, of every
+selected backend, in one report (each row names its backend, and the runtime and tool that measured it).
 
 Bench is not a stage: timings are measurements of a machine at a moment, not
 functions of the inputs, so nothing is cached; the report goes to a plain
@@ -13,19 +14,18 @@ import gc
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.backends import BACKENDS, load_runner, read_engine_info
+from pipeline.backends import engine_backend, load_runner
 from pipeline.backends.base import Backend
-from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, read_engine_config
 from pipeline.bench.aiperf import find_aiperf, openai_target, triton_target
 from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import Clock, measure_engine
-from pipeline.bench.machine import machine_state, snapshot
+from pipeline.bench.machine import GpuClocks, machine_state, snapshot
 from pipeline.bench.memory import MemoryReading
 from pipeline.bench.reference import plan_figures, published_estimate, ratios
 from pipeline.bench.results import (
@@ -67,7 +67,12 @@ class BuiltEngine:
 
     @property
     def label(self) -> str:
-        return f"{self.precision}/{self.profile}"
+        return f"{self.backend}/{self.precision}/{self.profile}"
+
+    @property
+    def folder(self) -> Path:
+        """Where its files go under a folder of bench's (aiperf's exports, the served views)."""
+        return Path(self.backend, self.precision, self.profile)
 
     @property
     def filters(self) -> str:
@@ -91,24 +96,15 @@ def find_engines(
     backends: set[str] | None = None,
     stages: Mapping[str, Stage] = STAGES,
 ) -> BenchInputs:
-    """The build artifacts that are up to date for `config`, each with the gate that judged it (passed
-    or not) when that gate is current too; warns about the engines that are not up to date."""
-    if not backends and len(config.backends) > 1:
-        # One backend's engines in one report: the config's first unless --backend names others.
-        backends = {config.backends[0].name}
-        reporter.info(f"bench: the {config.backends[0].name} backend's engines (--backend to choose another)")
+    """The build artifacts of every selected backend that are up to date for `config`, each with the
+    gate that judged it (passed or not) when that gate is current too; warns about the engines that are
+    not up to date."""
     tasks = select_tasks(
         plan_tasks(config), {"build", "gate"}, precisions=precisions, profiles=profiles, backends=backends
     )
-    measured = {t.backend for t in tasks if t.backend is not None}
-    if len(measured) > 1:
-        raise InputError(
-            f"bench measures one backend at a time; these are selected: {', '.join(sorted(measured))}",
-            hint="choose one with --backend",
-        )
     results = status(config, store, tasks, stages)
     gates = {
-        (r.task.precision, r.task.profile): r.path
+        (r.task.backend, r.task.precision, r.task.profile): r.path
         for r in results
         if r.task.stage == "gate" and r.state in (TaskState.up_to_date, TaskState.rejected)
     }
@@ -122,7 +118,7 @@ def find_engines(
             continue
         assert task.backend is not None and task.precision is not None and task.profile is not None
         if result.state is TaskState.up_to_date and result.path is not None:
-            gate_dir = gates.get((task.precision, task.profile))
+            gate_dir = gates.get((task.backend, task.precision, task.profile))
             engines.append(
                 BuiltEngine(
                     task.backend, task.precision, task.profile, layout.engine_dir(result.path), gate_dir
@@ -130,7 +126,9 @@ def find_engines(
             )
         else:
             why = f" ({result.reason})" if result.reason else ""
-            skipped.append(f"the {task.precision}/{task.profile} engine is {result.state.value}{why}")
+            skipped.append(
+                f"the {task.backend}/{task.precision}/{task.profile} engine is {result.state.value}{why}"
+            )
     if not engines:
         raise InputError(
             f"no engine of {config.model.name} for {config.target.gpu} is built and up to date",
@@ -143,16 +141,16 @@ def find_engines(
 
 @dataclass(frozen=True)
 class EngineFacts:
-    """What bench reads from an engine's config.json without loading the engine."""
+    """What bench reads about a build without loading it, from the backend that built it."""
 
+    backend: Backend  # the runtime that built it, and runs it here
     pretrained_config: dict[str, Any]
     limits: EngineLimits
 
 
 def read_engine_facts(engine_dir: Path) -> EngineFacts:
-    engine_config = read_engine_config(engine_dir)
-    limits = EngineLimits.of_engine(engine_config, source=engine_dir / ENGINE_CONFIG)
-    return EngineFacts(engine_config["pretrained_config"], limits)
+    backend, _ = engine_backend(engine_dir)
+    return EngineFacts(backend, backend.model_config(engine_dir), backend.limits(engine_dir))
 
 
 def gate_figures(gate_dir: Path | None) -> GateFigures | None:
@@ -170,13 +168,21 @@ def gate_figures(gate_dir: Path | None) -> GateFigures | None:
     )
 
 
-def host_facts(backend: Backend) -> dict[str, str]:
-    return {
+def host_facts(backends: list[Backend]) -> dict[str, str]:
+    facts = {
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
         "cpus": str(os.cpu_count()),
-        **backend.bench_host_facts(),
     }
+    for backend in backends:
+        facts |= backend.bench_host_facts()
+    return facts
+
+
+def gpu_clocks(backends: list[Backend]) -> Callable[[], tuple[GpuClocks, ...]]:
+    """The clocks of the GPUs the backends run on: those of one target run on the same GPUs, so the
+    first one that reads any answers."""
+    return lambda: next((clocks for b in backends if (clocks := b.bench_gpu_clocks())), ())
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,13 @@ def measure_in_process(
         if probe is not None:
             probe.start()
         timings = measure_engine(
-            runner, workload, seed=settings.seed, reporter=reporter, label=engine.label, clock=clock
+            runner,
+            workload,
+            seed=settings.seed,
+            reporter=reporter,
+            label=engine.label,
+            runtime=backend.bench_runtime(),
+            clock=clock,
         )
         memory = probe.stop() if probe is not None else None
     finally:
@@ -234,7 +246,7 @@ class ServedLoad:
             vocab_size=int(facts.pretrained_config["vocab_size"]),
             seed=settings.seed,
             warmup_runs=settings.warmup_runs,
-            path=self.out_dir / engine.precision / engine.profile / "prompts.jsonl",
+            path=self.out_dir / engine.folder / "prompts.jsonl",
         )
 
 
@@ -265,7 +277,6 @@ def measure_through_server(
     *,
     facts: EngineFacts,
     load: ServedLoad,
-    backend: Backend,
     reporter: Reporter,
 ) -> tuple[Measured, LoadPlan]:
     """Measure the Triton server at settings.server_url, which must be serving this engine: batch 1 and
@@ -275,8 +286,8 @@ def measure_through_server(
     _tell_adjustments(engine, workload, reporter)
     plan = load.plan(engine, workload, facts, settings)
     target = triton_target(engine.label, settings.server_url)
-    out_dir = load.out_dir / engine.precision / engine.profile
-    probe = backend.memory_probe(served=True)
+    out_dir = load.out_dir / engine.folder
+    probe = facts.backend.memory_probe(served=True)
     if probe is not None:
         probe.start()
     latency = latency_through(load.aiperf, target, plan, workload, out_dir=out_dir)
@@ -306,9 +317,41 @@ def require_published_engine(repository: Path, engine: BuiltEngine) -> None:
         )
 
 
+def servable_releases(config: PipelineConfig, engines: list[BuiltEngine]) -> dict[BuiltEngine, Path]:
+    """Each engine's published version, checked before anything is measured: intact, servable here,
+    holding that very engine, and of the one kind --served drives (the five-model repository)."""
+    from pipeline.serving.smoke import (
+        is_pytorch_release,
+        published_repository,
+        require_intact,
+        require_servable_here,
+    )
+
+    releases = {}
+    for engine in engines:
+        repository = published_repository(config, engine.backend, engine.precision, engine.profile)
+        require_intact(repository, "refusing to serve it")
+        if is_pytorch_release(repository):
+            # Its consumers (Triton's llmapi model, trtllm-serve) take other requests than the ensemble's
+            # template that aiperf sends here.
+            raise InputError(
+                f"bench --served drives Triton's ensemble; {engine.label} is published for the llmapi "
+                "model and trtllm-serve, which --served does not drive yet",
+                hint=f"bench it in process (without --served), or leave it out: --backend {_others(config, engine)}",
+            )
+        require_servable_here(repository)
+        require_published_engine(repository, engine)
+        releases[engine] = repository
+    return releases
+
+
+def _others(config: PipelineConfig, engine: BuiltEngine) -> str:
+    return " ".join(b.name for b in config.backends if b.name != engine.backend) or "NAME"
+
+
 def serve_published(
-    config: PipelineConfig,
     engine: BuiltEngine,
+    repository: Path,
     plan: LoadPlan,
     *,
     load: ServedLoad,
@@ -316,18 +359,9 @@ def serve_published(
 ) -> tuple[ServedPoint, ...]:
     """The variant's published repository on the bundled tritonserver, every client count through aiperf."""
     from pipeline.serving.server import TritonServer
-    from pipeline.serving.smoke import (
-        published_repository,
-        require_intact,
-        require_servable_here,
-        serving_view,
-    )
+    from pipeline.serving.smoke import require_intact, serving_view
 
-    repository = published_repository(config, engine.backend, engine.precision, engine.profile)
-    require_intact(repository, "refusing to serve it")
-    require_servable_here(repository)
-    require_published_engine(repository, engine)
-    work = load.serve_dir / engine.precision / engine.profile
+    work = load.serve_dir / engine.folder
     with TritonServer(serving_view(repository, work), work_dir=work) as server:
         reporter.info(
             f"{engine.label}: {repository.resolve()} served at {server.url} (log: {server.log_path})"
@@ -337,7 +371,7 @@ def serve_published(
             load.aiperf,
             target,
             plan,
-            out_dir=load.out_dir / engine.precision / engine.profile,
+            out_dir=load.out_dir / engine.folder,
             reporter=reporter,
         )
     require_intact(repository, "the server wrote into it")
@@ -371,15 +405,17 @@ def variant_result(
     engine: BuiltEngine,
     measured: Measured,
     *,
-    limits: EngineLimits,
+    facts: EngineFacts,
     plan: PlanFigures,
     published: PublishedEstimate,
 ) -> VariantResult:
     return VariantResult(
+        backend=engine.backend,
         precision=engine.precision,
         profile=engine.profile,
+        runtime=facts.backend.bench_runtime(),
         engine_dir=str(engine.engine_dir),
-        limits=asdict(limits),
+        limits=asdict(facts.limits),
         adjustments=measured.workload.adjustments,
         latency=measured.latency,
         throughput=measured.throughput,
@@ -411,7 +447,8 @@ def run_bench(
     clock: Clock = time.perf_counter,
     stages: Mapping[str, Stage] = STAGES,
 ) -> tuple[BenchReport, dict[str, Path]]:
-    """Measure every up-to-date engine of one backend, write bench.json, bench.md and the plots into out_dir."""
+    """Measure every up-to-date engine of the selected backends, write bench.json, bench.md and the plots
+    into out_dir."""
     if settings.server_url is not None and settings.served:
         raise InputError(
             "--served starts a server per published variant; --server-url measures one you started",
@@ -431,11 +468,12 @@ def run_bench(
     if settings.server_url is not None and len(found.engines) != 1:
         raise InputError(
             f"--server-url measures the one engine the server publishes; {len(found.engines)} are selected",
-            hint="choose it with --precision and --profile",
+            hint="choose it with --backend, --precision and --profile",
         )
-    backend = BACKENDS[read_engine_info(found.engines[0].engine_dir).backend]
+    releases = servable_releases(config, found.engines) if settings.served else {}
     arch = find_architecture(config, found.model_dir)
     facts = {e: read_engine_facts(e.engine_dir) for e in found.engines}
+    backends = list(dict.fromkeys(f.backend for f in facts.values()))
     # Every engine of one config holds the same model: the first one's config says which.
     published = published_estimate(
         pretrained_config=facts[found.engines[0]].pretrained_config, target=config.target.gpu
@@ -443,34 +481,35 @@ def run_bench(
     load = served_load(aiperf, found.model_dir, out_dir=out_dir, work_dir=store.root.parent)
     variants = []
     plans: dict[str, LoadPlan] = {}
-    before = snapshot(backend.bench_gpu_clocks)
+    before = snapshot(gpu_clocks(backends))
     for engine in found.engines:
         if settings.server_url is not None:
             assert load is not None
             measured, plans[engine.label] = measure_through_server(
-                engine, settings, facts=facts[engine], load=load, backend=backend, reporter=reporter
+                engine, settings, facts=facts[engine], load=load, reporter=reporter
             )
         else:
-            measured = measure_in_process(engine, settings, backend=backend, reporter=reporter, clock=clock)
+            measured = measure_in_process(
+                engine, settings, backend=facts[engine].backend, reporter=reporter, clock=clock
+            )
             if load is not None:
                 plans[engine.label] = load.plan(engine, measured.workload, facts[engine], settings)
             if settings.served:
                 assert load is not None
-                served = serve_published(config, engine, plans[engine.label], load=load, reporter=reporter)
+                served = serve_published(
+                    engine, releases[engine], plans[engine.label], load=load, reporter=reporter
+                )
                 measured = replace(measured, served=served)
         plan = plan_figures(config, arch, engine.precision, engine.profile)
-        variants.append(
-            variant_result(engine, measured, limits=facts[engine].limits, plan=plan, published=published)
-        )
+        variants.append(variant_result(engine, measured, facts=facts[engine], plan=plan, published=published))
     peers = measure_peers(settings, plans, load=load, reporter=reporter) if load is not None else ()
-    after = snapshot(backend.bench_gpu_clocks)
+    after = snapshot(gpu_clocks(backends))
     report = BenchReport(
         created_at=datetime.now(timezone.utc),
         model=config.model.name,
         target=config.target.gpu,
-        runtime=backend.bench_runtime(),
-        plan_applies=backend.bench_plan_applies(),
-        host=host_facts(backend),
+        plan_applies=all(b.bench_plan_applies() for b in backends),
+        host=host_facts(backends),
         machine=machine_state(before, after),
         settings=settings,
         variants=tuple(variants),

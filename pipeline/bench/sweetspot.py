@@ -18,12 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.bench.results import BenchReport, PeerResult, ServedPoint, VariantResult
 from pipeline.bench.stats import Spread
 
-IN_PROCESS = "in-process harness (static batches, this process's clock)"
-
 
 class OperatingPoint(BaseModel):
     model_config = ConfigDict(frozen=True)
-    variant: str  # precision/profile
+    variant: str  # backend/precision/profile
     load: int  # batch size (in process) or concurrent clients (served)
     load_kind: str  # "batch" or "clients"
     tokens_per_s: Spread
@@ -43,7 +41,7 @@ class OperatingPoint(BaseModel):
 
 
 def operating_points(v: VariantResult) -> list[OperatingPoint]:
-    label = f"{v.precision}/{v.profile}"
+    label = v.label
     points = [
         OperatingPoint(
             variant=label,
@@ -55,7 +53,7 @@ def operating_points(v: VariantResult) -> list[OperatingPoint]:
             itl_p50_ms=p.step_ms.median,
             ttft_p50_ms=p.ttft_ms.median,
             held_to="decode step and prefill of the slowest run",
-            measured_by=IN_PROCESS,
+            measured_by=p.measured_by,
         )
         for p in v.throughput
     ]
@@ -121,7 +119,7 @@ def long_context_pick(report: BenchReport) -> LongContextPick:
     return LongContextPick(
         profile=", ".join(dict.fromkeys(v.profile for v in winners)),
         max_seq_len=longest,
-        variants=tuple(f"{v.precision}/{v.profile}" for v in winners),
+        variants=tuple(v.label for v in winners),
         sequences=most,
     )
 
@@ -133,7 +131,7 @@ def recommend(report: BenchReport) -> Recommendation:
     for v in report.variants:
         points = operating_points(v)
         everything += points
-        per_variant.append((f"{v.precision}/{v.profile}", _most([p for p in points if p.within(itl, ttft)])))
+        per_variant.append((v.label, _most([p for p in points if p.within(itl, ttft)])))
     within = [p for _, p in per_variant if p is not None]
     # Peers stand beside the variants for comparison; the answer is which published variant to deploy.
     per_peer = [

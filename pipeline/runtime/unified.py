@@ -95,6 +95,12 @@ def unified_config(checkpoint_dir: Path) -> CheckpointConfig:
     return parse_checkpoint_config(data, hf_path)
 
 
+def unified_pretrained_config(checkpoint_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config as an engine's pretrained_config holds it (what runners' engine_config
+    and bench read the model's shape from, whichever backend built it)."""
+    return unified_config(checkpoint_dir).model_dump(mode="json")
+
+
 def load_unified(checkpoint_dir: Path) -> tuple[CheckpointConfig, dict[str, torch.Tensor]]:
     """The config and the tensors in the TensorRT-LLM checkpoint's names and layout
     (pipeline.runtime.weights.build_weights reads them)."""

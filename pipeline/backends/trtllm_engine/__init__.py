@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.backends.base import (
     BuildPaths,
@@ -118,6 +118,11 @@ class TrtllmEngineBackend:
             engine_dir, engine_config, info, limits, size_kv_cache_to_batch=max_batch_size is not None
         )
 
+    def model_config(self, engine_dir: Path) -> dict[str, Any]:
+        from pipeline.backends.trtllm_engine.engine import read_engine_config
+
+        return read_engine_config(engine_dir)["pretrained_config"]
+
     def container(self, config: PipelineConfig) -> str | None:
         return config.publish.container
 
@@ -152,12 +157,12 @@ class TrtllmEngineBackend:
     def bench_runtime(self) -> str:
         from pipeline.execution.driver import tool_version
 
-        return f"TensorRT-LLM {tool_version('tensorrt-llm')}"
+        return f"{self.name}: TensorRT-LLM {tool_version('tensorrt-llm')}'s engine runner (ModelRunnerCpp)"
 
     def bench_host_facts(self) -> dict[str, str]:
-        import torch  # the runtime has loaded it already
+        from pipeline.backends.gpu import gpu_host_facts
 
-        return {"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}
+        return gpu_host_facts()
 
     def bench_plan_applies(self) -> bool:
         return True  # engines of the target's GPU, which the plan models

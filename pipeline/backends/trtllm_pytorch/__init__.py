@@ -14,15 +14,15 @@ SmoothQuant and no INT8 KV cache, which only the trtllm-engine backend builds.
 calibrate exports ModelOpt's unified Hugging Face checkpoint for it (pipeline.calibration.unified).
 Publish turns a build into one release with two consumers of its checkpoint: Triton's llmapi model
 repository and a trtllm-serve bundle (pipeline.serving.pytorch.release), served by the container that
-loaded the options, the release mounted read-only at publish.mount_path. Not here yet: bench (refused in
-one line).
+loaded the options, the release mounted read-only at publish.mount_path. bench times a build in its own
+process through the same runner (the LLM API), with the harness that times the engine backend's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.backends.base import (
     BuildPaths,
@@ -33,11 +33,11 @@ from pipeline.backends.base import (
     TritonServing,
 )
 from pipeline.backends.gpu import gpu_format_problem
-from pipeline.core.errors import InputError
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts
 from pipeline.facts.formats import FormatGap, Precision
 
 if TYPE_CHECKING:
+    from pipeline.bench.machine import GpuClocks
     from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
     from pipeline.execution.resources import TaskResources
@@ -48,13 +48,6 @@ if TYPE_CHECKING:
     from pipeline.planning.tasks import Task
     from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
-
-
-def _not_yet(what: str) -> InputError:
-    return InputError(
-        f"the trtllm-pytorch backend does not {what} yet (issue 25)",
-        hint="stop before publish (`trtllm-pipeline gate`), or publish and bench the trtllm-engine backend",
-    )
 
 
 class TrtllmPytorchBackend:
@@ -165,11 +158,31 @@ class TrtllmPytorchBackend:
             notes=[f"or Triton's llmapi model: {shlex.join(triton)}"],
         )
 
+    def model_config(self, engine_dir: Path) -> dict[str, Any]:
+        from pipeline.runtime.unified import unified_pretrained_config
+
+        return unified_pretrained_config(engine_dir)
+
     def bench_runtime(self) -> str:
-        raise _not_yet("bench")
+        from pipeline.execution.driver import tool_version
+
+        return f"{self.name}: TensorRT-LLM {tool_version('tensorrt-llm')}'s LLM API (PyTorch backend)"
 
     def bench_host_facts(self) -> dict[str, str]:
-        raise _not_yet("bench")
+        from pipeline.backends.gpu import gpu_host_facts
+
+        return gpu_host_facts()
+
+    def bench_plan_applies(self) -> bool:
+        return True  # it runs on the target's GPU, which the plan models
+
+    def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
+        from pipeline.bench.machine import nvml_gpu_clocks
+
+        return nvml_gpu_clocks()
 
     def memory_probe(self, *, served: bool) -> MemoryProbe | None:
-        raise _not_yet("bench")
+        from pipeline.bench.memory import NvmlDeviceProbe
+
+        # The LLM API's executor may run in a worker process; the device's memory counts it wherever.
+        return NvmlDeviceProbe()

@@ -77,8 +77,6 @@ class LlmApiRunner:
 
     @classmethod
     def load(cls, engine_dir: Path, info: EngineInfo, *, max_batch_size: int | None) -> LlmApiRunner:
-        import json
-
         try:
             from tensorrt_llm import LLM, SamplingParams
         except ImportError:
@@ -88,9 +86,14 @@ class LlmApiRunner:
             ) from None
         limits = options_limits(engine_dir, max_batch_size)
         options = runner_options(read_options(engine_dir), limits)
+        from pipeline.runtime.unified import unified_pretrained_config
+
         llm = LLM(model=str(engine_dir), **options)
-        hf = json.loads((engine_dir / "config.json").read_text())
-        return cls(llm, SamplingParams, limits, {"pretrained_config": hf, "llm_api_options": options})
+        engine_config = {
+            "pretrained_config": unified_pretrained_config(engine_dir),
+            "llm_api_options": options,
+        }
+        return cls(llm, SamplingParams, limits, engine_config)
 
     def context_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         self.limits.check([len(s) for s in sequences])
