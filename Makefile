@@ -13,7 +13,7 @@ CLI := $(VENV)/bin/trtllm-pipeline
 STAMP := $(VENV)/.installed-stamp
 endif
 
-.PHONY: setup test demo build-engine gpu-selftest bench aiperf lint lock clean
+.PHONY: setup test demo build-engine gpu-selftest bench lint lock clean
 
 setup: $(STAMP)
 
@@ -50,14 +50,6 @@ gpu-selftest: setup
 
 bench: setup
 	$(PY) -m benchmarks
-
-# aiperf, which `trtllm-pipeline bench --served / --compare / --server-url` runs as a child process, in an
-# environment of its own: its pins (rich, pillow, pyzmq) cannot resolve against constraints.txt.
-AIPERF_VENV ?= .venv-aiperf
-aiperf: setup
-	test -x $(AIPERF_VENV)/bin/python || $(PYTHON) -m venv $(AIPERF_VENV)
-	$(AIPERF_VENV)/bin/python -m pip install -q "$$($(PY) -c 'from pipeline.bench.aiperf import REQUIREMENT; print(REQUIREMENT)')"
-	$(AIPERF_VENV)/bin/aiperf --version
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline tests benchmarks

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from test_bench_aiperf import needs_aiperf
 
 from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import (
@@ -38,7 +37,14 @@ from pipeline.bench.results import (
     ThroughputPoint,
     VariantResult,
 )
-from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, RequestTimeline, Spread, percentile
+from pipeline.bench.stats import (
+    NOISY_RELATIVE_SPREAD,
+    Percentiles,
+    RequestTimeline,
+    RunPercentiles,
+    Spread,
+    percentile,
+)
 from pipeline.bench.workload import BenchSettings, default_batch_sizes, plan_workload, synthetic_prompts
 from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import RecordingReporter
@@ -975,7 +981,6 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert not report.plan_applies and "they are left out (n/a)" in md
 
 
-@needs_aiperf
 @pytest.mark.triton
 @pytest.mark.slow
 def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model_dir, tmp_path):
@@ -1019,7 +1024,12 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
         tokenizer_sha256={p.name: sha256_file(p) for p in tiny_model_dir.iterdir() if p.is_file()},
     )
     settings = BenchSettings(
-        input_len=500, output_len=12, latency_runs=2, concurrency=(3,), requests_per_client=2
+        input_len=500,
+        output_len=12,
+        latency_runs=2,
+        concurrency=(3,),
+        requests_per_client=2,
+        served_runs=1,  # the spread over runs is tested with --served (test_bench_aiperf.py)
     )
     with TritonServer(tmp_path / "repository", work_dir=tmp_path / "server") as server:
         report, paths = run_bench(
@@ -1037,12 +1047,12 @@ def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model
     assert variant.latency.input_len == 96 and variant.latency.ttft_ms.runs == 2
     assert variant.latency.measured_by.startswith("aiperf 0.13")
     # every request streamed all 12 tokens (end_id -1: no early stop), as the tokenizer counts them
-    assert [(p.concurrency, p.requests, p.output_tokens) for p in variant.served] == [(3, 6, 72)]
-    assert all(p.output_tokens_per_s > 0 and p.ttft.count == p.requests for p in variant.served)
+    assert [(p.concurrency, p.runs, p.requests, p.output_tokens) for p in variant.served] == [(3, 1, 6, 72)]
+    assert all(p.output_tokens_per_s.low > 0 and p.ttft.count == p.requests for p in variant.served)
     assert variant.memory is None  # a CPU server's memory is not observable from the client
     md = paths["markdown"].read_text()
     assert (
-        f"| trtllm-engine/int8_wo/throughput | {variant.served[0].measured_by} | 3 | 6 |" in md
+        f"| trtllm-engine/int8_wo/throughput | {variant.served[0].measured_by} | 3 | 1 | 6 |" in md
         and "not observable" in md
     )
     assert "Not measured: the engine ran in the server" in md
@@ -1254,8 +1264,9 @@ def test_spread_is_the_median_with_the_extreme_runs_and_marks_wide_ones_noisy():
     assert dumped["noisy"] is False and Spread.model_validate(dumped) == s  # bench.json carries the mark
     with pytest.raises(ValueError):
         Spread.of([])
-    # 3: spreads replaced single figures; 4: aiperf served points; 5: every backend's builds, labelled
-    assert BENCH_REPORT_VERSION == 5
+    # 3: spreads replaced single figures; 4: aiperf served points; 5: every backend's builds, labelled;
+    # 6: served points over repeated runs
+    assert BENCH_REPORT_VERSION == 6
 
 
 class JitteryRunner(FakeRunner):
@@ -1413,17 +1424,26 @@ def test_bench_options_reach_the_settings(tmp_path, in_repo_root, monkeypatch):
 
 
 def _served(concurrency: int, rate: float, itl_p99: float, ttft_p99: float) -> ServedPoint:
+    """Three aiperf runs at `rate` tokens/s (median), the slowest of them at the p99s given."""
+    factors = (0.9, 1.0, 0.95)
+
+    def runs(p99: float, count: int) -> RunPercentiles:
+        return RunPercentiles.of(
+            [Percentiles(p50_ms=p99 * f / 2, p90_ms=p99 * f, p99_ms=p99 * f, count=count) for f in factors]
+        )
+
     return ServedPoint(
         concurrency=concurrency,
+        runs=len(factors),
         requests=4 * concurrency,
         input_len=32,
         output_len=8,
         output_tokens=32 * concurrency,
         wall_s=1.0,
-        output_tokens_per_s=rate,
-        ttft=Percentiles(p50_ms=ttft_p99 / 2, p90_ms=ttft_p99, p99_ms=ttft_p99, count=4),
-        itl=Percentiles(p50_ms=itl_p99 / 2, p90_ms=itl_p99, p99_ms=itl_p99, count=28),
-        requests_per_s=rate / 8,
+        output_tokens_per_s=Spread.of([rate * 0.98, rate, rate * 1.01]),
+        ttft=runs(ttft_p99, 4),
+        itl=runs(itl_p99, 28),
+        requests_per_s=Spread.of([rate / 8]),
         measured_by="aiperf 0.13.0",
         endpoint="http://127.0.0.1:9/v2/models/ensemble/generate_stream",
         source="test",
@@ -1442,7 +1462,9 @@ def test_operating_points_hold_batches_to_their_slowest_run_and_served_to_p99():
     assert (four.itl_ms, four.ttft_ms, four.itl_p50_ms) == (step.high, prefill.high, step.median)
     assert step.high > step.median and four.measured_by == v.throughput[2].measured_by
     served = points[3]
-    assert (served.itl_ms, served.ttft_ms) == (30.0, 200.0)
+    assert (served.itl_ms, served.ttft_ms) == (30.0, 200.0)  # the slowest run's p99s
+    assert (served.itl_p50_ms, served.ttft_p50_ms) == (30.0 * 0.95 / 2, 200.0 * 0.95 / 2)  # the median run's
+    assert served.tokens_per_s == v.served[0].output_tokens_per_s and served.tokens_per_s.runs == 3
     assert served.measured_by == "aiperf 0.13.0 (streamed requests to the server)"
     assert served.within(30.0, 200.0) and not served.within(29.9, 200.0) and not served.within(30.0, 199.9)
 

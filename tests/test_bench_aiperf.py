@@ -1,14 +1,14 @@
 """Served load through aiperf (issue 23, items 2 and 4): its command line, its export, the peer, end to end.
 
-aiperf is not a test dependency (its pins conflict with constraints.txt; `make aiperf` installs it in
-.venv-aiperf). What needs no aiperf runs everywhere: the export is parsed from a real one
-(tests/data/aiperf-0.13.0-triton-c2.json: aiperf 0.13.0, two clients streaming the tiny model's
-published throughput repository on the bundled tritonserver, produced by this module's own argv).
-The end-to-end tests run aiperf itself where it is installed and are skipped, saying why, where not.
+aiperf is a dev dependency (the `bench` extra), so the end-to-end tests run wherever the tests do. The
+export is parsed from a real one (tests/data/aiperf-0.13.0-triton-c2.json: aiperf 0.13.0, two clients
+streaming the tiny model's published throughput repository on the bundled tritonserver, produced by
+this module's own argv).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import sys
@@ -24,8 +24,10 @@ from pipeline.backends.base import NO_END_ID
 from pipeline.bench import aiperf as aiperf_module
 from pipeline.bench.aiperf import (
     INSTALL_HINT,
+    REQUIREMENT,
     TRITON_TEMPLATE,
     aiperf_argv,
+    export_paths,
     find_aiperf,
     latency_of,
     openai_target,
@@ -33,6 +35,7 @@ from pipeline.bench.aiperf import (
     served_point,
     triton_target,
 )
+from pipeline.bench.stats import Spread
 from pipeline.bench.workload import BenchSettings, ServedCase
 from pipeline.cli import main
 from pipeline.core.errors import ExitCode, InputError, MissingDependencyError, StageError
@@ -41,34 +44,66 @@ from pipeline.serving.models.tensornames import Text
 
 FIXTURE = Path(__file__).parent / "data" / "aiperf-0.13.0-triton-c2.json"
 # What the fixture's run asked for: 4 requests from 2 clients, 12 output tokens each (its cli_command).
-FIXTURE_CASE = ServedCase(concurrency=2, requests=4, input_len=8, output_len=12)
-
-
-def _aiperf_or_none() -> Path | None:
-    try:
-        return find_aiperf()
-    except MissingDependencyError:
-        return None
-
-
-needs_aiperf = pytest.mark.skipif(
-    _aiperf_or_none() is None, reason=f"aiperf is not installed ({INSTALL_HINT})"
-)
+FIXTURE_CASE = ServedCase(concurrency=2, requests=4, runs=1, input_len=8, output_len=12)
 
 
 def test_a_real_export_gives_the_served_point_aiperf_measured():
     raw = json.loads(FIXTURE.read_text())
     export = read_export(FIXTURE)
     target = triton_target("int8_wo/throughput", "http://127.0.0.1:8000")
-    point = served_point(export, FIXTURE_CASE, target, FIXTURE)
+    point = served_point([export], FIXTURE_CASE, target)
     assert point.measured_by == "aiperf 0.13.0" and raw["aiperf_version"] == "0.13.0"
-    assert (point.requests, point.output_tokens) == (4, 48)  # no early stop: 4 x 12 tokens
-    assert point.output_tokens_per_s == raw["output_token_throughput"]["avg"]
-    assert point.requests_per_s == raw["request_throughput"]["avg"]
-    assert point.ttft.p99_ms == raw["time_to_first_token"]["p99"] and point.ttft.count == 4
-    assert point.itl is not None and point.itl.p50_ms == raw["inter_token_latency"]["p50"]
+    assert (point.runs, point.requests, point.output_tokens) == (1, 4, 48)  # no early stop: 4 x 12 tokens
+    assert point.output_tokens_per_s == Spread.of([raw["output_token_throughput"]["avg"]])
+    assert point.requests_per_s.median == raw["request_throughput"]["avg"]
+    assert point.ttft.p99_ms.median == raw["time_to_first_token"]["p99"] and point.ttft.count == 4
+    assert point.itl is not None and point.itl.p50_ms.median == raw["inter_token_latency"]["p50"]
     assert point.endpoint == "http://127.0.0.1:8000/v2/models/ensemble/generate_stream"
     assert "aiperf 0.13.0 (export schema 1.4)" in point.source
+
+
+def _run_exports(artifact_dir: Path, scales: list[float]) -> list[Path]:
+    """The fixture as aiperf lays out N profile runs, each run's throughput and latencies scaled."""
+    raw = json.loads(FIXTURE.read_text())
+    paths = export_paths(artifact_dir, len(scales))
+    for path, k in zip(paths, scales, strict=True):
+        run = json.loads(json.dumps(raw))
+        run["output_token_throughput"]["avg"] *= k
+        run["request_throughput"]["avg"] *= k
+        for metric in ("time_to_first_token", "inter_token_latency"):
+            for q in ("p50", "p90", "p99"):
+                run[metric][q] /= k
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+    return paths
+
+
+def test_repeated_profile_runs_give_each_served_figure_its_median_and_range(tmp_path):
+    """aiperf 0.13.0 with --num-profile-runs N > 1 (no sweep) writes run k's export under
+    profile_runs/run_000k/ (aiperf/orchestrator/orchestrator.py, _resolve_artifact_dir); one run: the
+    artifact directory itself."""
+    assert export_paths(tmp_path, 1) == [tmp_path / "profile_export_aiperf.json"]
+    assert [p.relative_to(tmp_path).as_posix() for p in export_paths(tmp_path, 3)] == [
+        f"profile_runs/run_000{k}/profile_export_aiperf.json" for k in (1, 2, 3)
+    ]
+    raw = json.loads(FIXTURE.read_text())
+    rate, ttft_p99 = raw["output_token_throughput"]["avg"], raw["time_to_first_token"]["p99"]
+    case = FIXTURE_CASE.model_copy(update={"runs": 3})
+    target = triton_target("int8_wo/throughput", "http://127.0.0.1:8000")
+    steady = [read_export(p) for p in _run_exports(tmp_path / "steady", [1.0, 1.04, 0.98])]
+    point = served_point(steady, case, target)
+    assert point.runs == 3 and point.output_tokens_per_s.runs == 3
+    tokens = point.output_tokens_per_s
+    assert (tokens.median, tokens.low, tokens.high) == pytest.approx((rate, rate * 0.98, rate * 1.04))
+    assert not tokens.noisy  # 6% across runs: within NOISY_RELATIVE_SPREAD
+    assert point.ttft.p99_ms.high == pytest.approx(ttft_p99 / 0.98)  # the slowest run's p99
+    assert point.ttft.count == 3 * raw["time_to_first_token"]["count"]
+    assert "3 profile run(s) per client count (--num-profile-runs)" in point.source
+    # A run that served at two thirds the speed of the others: the row says noisy, not a settled figure.
+    busy = [read_export(p) for p in _run_exports(tmp_path / "busy", [1.0, 0.66, 1.01])]
+    noisy = served_point(busy, case, target)
+    assert noisy.output_tokens_per_s.noisy and noisy.output_tokens_per_s.median == pytest.approx(rate)
+    assert noisy.ttft.p50_ms.noisy
 
 
 def test_one_client_gives_batch_1_latency_with_each_requests_spread():
@@ -119,6 +154,7 @@ def test_the_triton_body_aiperf_renders_is_the_ensembles_request():
     assert argv[argv.index("--endpoint-type") + 1] == "template"
     assert argv[argv.index("--custom-endpoint") + 1] == "/v2/models/ensemble/generate_stream"
     assert argv[argv.index("--concurrency") + 1] == "2" and argv[argv.index("--request-count") + 1] == "4"
+    assert argv[argv.index("--num-profile-runs") + 1] == "1"  # the case's runs, one invocation
     extra = json.loads(argv[argv.index("--extra-inputs") + 1])
     assert extra["payload_template"] == TRITON_TEMPLATE and extra["response_field"] == Text.TEXT_OUTPUT
     text = 'a "quoted" <prompt> & more\n'
@@ -151,11 +187,28 @@ def test_without_aiperf_the_bench_says_how_to_install_it(tmp_path, monkeypatch, 
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     with pytest.raises(MissingDependencyError) as info:
         find_aiperf()
-    assert info.value.hint == INSTALL_HINT and "make aiperf" in INSTALL_HINT
+    assert info.value.hint == INSTALL_HINT and 'pip install "trtllm-pipeline[bench]"' in INSTALL_HINT
     code = main(["bench", "--work-dir", str(tmp_path / "work"), "--served"])
     err = capsys.readouterr().err
     assert code == ExitCode.MISSING_DEPENDENCY
-    assert "aiperf is not installed" in err and "make aiperf" in err and "Traceback" not in err
+    assert "aiperf is not installed" in err and "trtllm-pipeline[bench]" in err and "Traceback" not in err
+
+
+def test_aiperf_is_the_bench_extra_and_a_dev_dependency_of_the_range_bench_reads():
+    """One range: the extra users install, the dev environment the tests run in, and what bench names."""
+    from packaging.requirements import Requirement
+
+    wanted = Requirement(REQUIREMENT)
+    declared = [Requirement(r) for r in importlib.metadata.requires("trtllm-pipeline") or ()]
+    extras = {
+        extra
+        for r in declared
+        if r.name == wanted.name and r.specifier == wanted.specifier and r.marker is not None
+        for extra in ("bench", "dev")
+        if r.marker.evaluate({"extra": extra})
+    }
+    assert extras == {"bench", "dev"}
+    assert find_aiperf().is_file()  # installed with the dev dependencies: the served tests run here
 
 
 def _sse(url: str, body: dict) -> list[dict | str]:
@@ -225,7 +278,6 @@ def bench_stages(upstream: Upstream) -> dict:
     return {**upstream.stages(), "gate": StandIn("gate", None, lambda config, task: {"another": "gate"})}
 
 
-@needs_aiperf
 @pytest.mark.triton
 @pytest.mark.slow
 def test_served_and_compare_put_aiperfs_rows_for_the_variant_and_the_peer_in_one_report(published, tmp_path):
@@ -241,8 +293,9 @@ def test_served_and_compare_put_aiperfs_rows_for_the_variant_and_the_peer_in_one
         latency_runs=2,
         throughput_runs=1,
         batch_sizes=(2,),
-        concurrency=(2,),  # one aiperf run per endpoint: each takes ~30 s to start on 2 cores
+        concurrency=(2,),  # one aiperf invocation per endpoint: each takes ~30 s to start on 2 cores
         requests_per_client=2,
+        served_runs=2,  # a range over runs, at the least cost
         served=True,
     )
     with serving(token_delay_s=0.001) as peer:
@@ -257,20 +310,22 @@ def test_served_and_compare_put_aiperfs_rows_for_the_variant_and_the_peer_in_one
         )
     (variant,) = report.variants
     assert [p.batch_size for p in variant.throughput] == [2]  # the engine's own figures, in process
-    assert [(p.concurrency, p.requests) for p in variant.served] == [(2, 4)]
-    # end_id -1 through the template: every request streamed all 6 tokens (the tokenizer's count).
+    assert [(p.concurrency, p.runs, p.requests) for p in variant.served] == [(2, 2, 4)]
+    # end_id -1 through the template: every request of every run streamed all 6 tokens (the tokenizer's).
     assert [p.output_tokens for p in variant.served] == [24]
+    assert all(p.output_tokens_per_s.runs == 2 and p.ttft.count == 8 for p in variant.served)
     assert all(p.measured_by.startswith("aiperf 0.13") for p in variant.served)
     assert all(p.endpoint.endswith("/v2/models/ensemble/generate_stream") for p in variant.served)
     (peer_result,) = report.peers
     assert peer_result.name == peer and peer_result.workload_of == "trtllm-engine/int8_sq/throughput"
-    assert [(p.concurrency, p.requests) for p in peer_result.served] == [(2, 4)]
-    for p in variant.served + peer_result.served:
-        export = tmp_path / "bench" / "aiperf"
-        assert any(export.rglob(f"c{p.concurrency}/profile_export_aiperf.json"))
+    assert [(p.concurrency, p.runs, p.requests) for p in peer_result.served] == [(2, 2, 4)]
+    aiperf_dir = tmp_path / "bench" / "aiperf"
+    for where in (aiperf_dir / "trtllm-engine" / "int8_sq" / "throughput", aiperf_dir / "peers" / "0"):
+        assert all(p.is_file() for p in export_paths(where / "c2", 2))
     md = paths["markdown"].read_text()
-    assert f"| trtllm-engine/int8_sq/throughput | {variant.served[0].measured_by} | 2 | 4 |" in md
-    assert f"| peer {peer} | {peer_result.served[0].measured_by} | 2 | 4 |" in md
+    assert f"| trtllm-engine/int8_sq/throughput | {variant.served[0].measured_by} | 2 | 2 | 4 |" in md
+    assert f"| peer {peer} | {peer_result.served[0].measured_by} | 2 | 2 | 4 |" in md
+    assert "2 aiperf profile runs per client count served" in md
     assert md.index("## Recommendation") < md.index(f"| peer {peer} | clients") < md.index("## Latency")
     assert "GPU utilization is not measured" in md
     assert paths["pareto_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -329,10 +384,15 @@ def test_the_cli_passes_served_and_every_compare_url(tmp_path, monkeypatch):
         "http://a:1",
         "--compare",
         "http://b:2",
+        "--served-runs",
+        "5",
     ]
     assert main(args) == ExitCode.BAD_INPUT
     (settings,) = seen
     assert settings.served and settings.compare == ("http://a:1", "http://b:2") and settings.wants_served_load
+    assert settings.served_runs == 5 and BenchSettings().served_runs == 3
+    # aiperf takes 1 to 10 profile runs (config/flags/cli_config.py, num_profile_runs): refused before it runs.
+    assert main([*args[:-1], "11"]) == ExitCode.BAD_INPUT and len(seen) == 1
     assert not BenchSettings().wants_served_load
 
 

@@ -1,13 +1,15 @@
 """Served load through aiperf, NVIDIA's benchmark client (genai-perf's successor), run as a child process.
 
-aiperf 0.13 pins rich, pillow and pyzmq to versions other than this project's
-lock (pip reports ResolutionImpossible against constraints.txt), so it lives in
-an environment of its own (`make aiperf`: .venv-aiperf beside this one) and
-runs as a child process; bench reads only its JSON export.
+aiperf is the `bench` extra (and a dev dependency: `make setup` installs it,
+so the served tests run wherever the tests do). It runs as a child process;
+bench reads only its JSON export.
 
-One aiperf run per concurrency level: `--concurrency N` clients, each sending
-its next request when its previous one ends, over the same prompt file for
-every endpoint (so the variants and the peers answer the same workload). A
+One aiperf invocation per concurrency level: `--concurrency N` clients, each
+sending its next request when its previous one ends, over the same prompt file
+for every endpoint (so the variants and the peers answer the same workload),
+repeated `--num-profile-runs` times (the warm-up before the first run only,
+aiperf's default): each run writes its own export, and a served figure is the
+median run's with the lowest and highest run, as the in-process figures are. A
 published Triton repository is driven through aiperf's template endpoint
 (aiperf/endpoints/template_endpoint.py in the aiperf-0.13.0 wheel: a Jinja2
 body, `text` and `max_tokens` from the prompt file, the streamed JSON's
@@ -18,6 +20,10 @@ asks with `end_id` -1.
 The export read is profile_export_aiperf.json (aiperf/exporters/
 metrics_json_exporter.py; its fields in aiperf/common/models/export_models.py,
 JsonExportData schema 1.4): per metric a unit, avg, p1..p99, min, max, count.
+With one run it lies in the artifact directory; with N > 1 in
+profile_runs/run_0001 .. run_000N beneath it (aiperf/orchestrator/
+orchestrator.py, _resolve_artifact_dir); aiperf's own aggregate (mean and
+confidence interval, aggregate/) is not read: bench states medians and ranges.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.backends.base import NO_END_ID
 from pipeline.bench.results import LatencyResult, ServedPoint
-from pipeline.bench.stats import Percentiles, Spread
+from pipeline.bench.stats import Percentiles, RunPercentiles, Spread
 from pipeline.bench.workload import ServedCase
 from pipeline.core.errors import InputError, MissingDependencyError, StageError
 from pipeline.core.tools import ToolRunner, run_tool
@@ -43,10 +49,9 @@ from pipeline.serving.models.tensornames import Text
 
 STAGE = "bench"
 REQUIREMENT = "aiperf>=0.13,<0.14"
-ENVIRONMENT = ".venv-aiperf"  # beside the project's .venv: `make aiperf` creates it
 INSTALL_HINT = (
-    f"make aiperf (installs {REQUIREMENT} into {ENVIRONMENT}: its pins conflict with this project's "
-    "lock), or put an `aiperf` executable on PATH"
+    f'pip install "trtllm-pipeline[bench]" (that is, {REQUIREMENT}; `make setup` installs it), or put an '
+    "`aiperf` executable on PATH"
 )
 EXPORT = "profile_export_aiperf.json"
 # The export layout this module reads (JsonExportData.SCHEMA_VERSION); a new major may move fields.
@@ -67,11 +72,11 @@ TRITON_TEMPLATE = (
 
 
 def find_aiperf() -> Path:
-    """The aiperf executable: on PATH, else in the .venv-aiperf beside this interpreter's environment."""
+    """The aiperf executable: on PATH, else the one installed beside this interpreter (the bench extra)."""
     found = shutil.which("aiperf")
     if found:
         return Path(found)
-    beside = Path(sys.prefix).parent / ENVIRONMENT / "bin" / "aiperf"
+    beside = Path(sys.prefix) / "bin" / "aiperf"
     if beside.is_file():
         return beside
     raise MissingDependencyError(
@@ -155,6 +160,8 @@ def aiperf_argv(
         str(case.concurrency),
         "--request-count",
         str(case.requests),
+        "--num-profile-runs",
+        str(case.runs),
         "--warmup-request-count",
         str(warmup_requests),
         "--artifact-dir",
@@ -210,9 +217,8 @@ class Export(BaseModel):
     input_sequence_length: Metric | None = None
 
 
-def _ms(m: Metric, what: str, path: Path) -> Percentiles:
-    if m.unit != "ms" or None in (m.p50, m.p90, m.p99):
-        raise StageError(STAGE, f"{path}: {what} is not in ms with p50/p90/p99 (unit {m.unit!r})")
+def _ms(m: Metric) -> Percentiles:
+    """A latency read_export has checked: in ms, with p50/p90/p99."""
     assert m.p50 is not None and m.p90 is not None and m.p99 is not None
     return Percentiles(p50_ms=m.p50, p90_ms=m.p90, p99_ms=m.p99, count=m.count or 0)
 
@@ -244,29 +250,47 @@ def read_export(path: Path) -> Export:
             f"complete {export.is_complete}, cancelled {export.was_cancelled})",
             hint=f"its log is in {path.parent / 'logs'}; is the server serving this engine?",
         )
+    for what in ("time_to_first_token", "inter_token_latency"):
+        m = getattr(export, what)
+        if m is not None and (m.unit != "ms" or None in (m.p50, m.p90, m.p99)):
+            raise StageError(STAGE, f"{path}: {what} is not in ms with p50/p90/p99 (unit {m.unit!r})")
     return export
 
 
-def served_point(export: Export, case: ServedCase, target: Target, path: Path) -> ServedPoint:
-    assert export.request_throughput.avg is not None and export.output_token_throughput.avg is not None
+def export_paths(artifact_dir: Path, runs: int) -> list[Path]:
+    """Where aiperf writes each run's export (orchestrator.py _resolve_artifact_dir, no sweep)."""
+    if runs == 1:
+        return [artifact_dir / EXPORT]
+    return [artifact_dir / "profile_runs" / f"run_{i:04d}" / EXPORT for i in range(1, runs + 1)]
+
+
+def served_point(exports: Sequence[Export], case: ServedCase, target: Target) -> ServedPoint:
+    """One client count from its runs' exports: each figure the median run's, with the range of runs."""
+    first = exports[0]
+
+    def spread(metric: str) -> Spread:
+        return Spread.of([getattr(e, metric).avg or 0.0 for e in exports])
+
+    itls = [e.inter_token_latency for e in exports]
+    runs = len(exports)
     return ServedPoint(
         concurrency=case.concurrency,
-        requests=int(export.request_count.avg or 0),
+        runs=runs,
+        requests=int(first.request_count.avg or 0),
         input_len=case.input_len,
         output_len=case.output_len,
-        output_tokens=int(export.total_output_tokens.avg or 0),
-        wall_s=(export.benchmark_duration.avg or 0.0),
-        output_tokens_per_s=export.output_token_throughput.avg,
-        requests_per_s=export.request_throughput.avg,
-        ttft=_ms(export.time_to_first_token, "time_to_first_token", path),
-        itl=None
-        if export.inter_token_latency is None
-        else _ms(export.inter_token_latency, "inter_token_latency", path),
-        measured_by=f"aiperf {export.aiperf_version}",
+        output_tokens=int(spread("total_output_tokens").median),
+        wall_s=spread("benchmark_duration").median,
+        output_tokens_per_s=spread("output_token_throughput"),
+        requests_per_s=spread("request_throughput"),
+        ttft=RunPercentiles.of([_ms(e.time_to_first_token) for e in exports]),
+        itl=None if None in itls else RunPercentiles.of([_ms(m) for m in itls if m is not None]),
+        measured_by=f"aiperf {first.aiperf_version}",
         endpoint=f"{target.url}{target.route}",
         source=(
-            f"aiperf {export.aiperf_version} (export schema {export.schema_version}), the {EXPORT} of each "
-            f"client count: clients streaming {target.route}, tokens counted with the model's tokenizer"
+            f"aiperf {first.aiperf_version} (export schema {first.schema_version}), {runs} profile run(s) "
+            f"per client count (--num-profile-runs), each its own {EXPORT}: clients streaming "
+            f"{target.route}, tokens counted with the model's tokenizer; median run, lowest-highest run"
         ),
     )
 
@@ -285,7 +309,7 @@ def latency_of(export: Export, case: ServedCase, path: Path) -> LatencyResult:
         output_len=case.output_len,
         runs=count,
         ttft_ms=Spread(median=ttft.p50, low=ttft.min, high=ttft.max, runs=count),  # type: ignore[arg-type]
-        itl=_ms(export.inter_token_latency, "inter_token_latency", path),
+        itl=_ms(export.inter_token_latency),
         # aiperf's tokens/s per user is 1 / its inter-token latency: the decode speed, no prefill.
         decode_tokens_per_s=Spread(median=per_user.p50, low=per_user.min, high=per_user.max, runs=count),  # type: ignore[arg-type]
         measured_by=f"aiperf {export.aiperf_version}",
@@ -303,8 +327,9 @@ def run_level(
     out_dir: Path,
     warmup_requests: int,
     runner: ToolRunner | None = None,
-) -> tuple[Export, Path]:
-    """One aiperf run (a child process, logged to out_dir/aiperf.log); its export and where it is."""
+) -> list[tuple[Export, Path]]:
+    """One client count, its profile runs in one aiperf child process (logged to out_dir/aiperf.log): each
+    run's export and where it is."""
     artifact_dir = out_dir / f"c{case.concurrency}"
     shutil.rmtree(artifact_dir, ignore_errors=True)
     argv = aiperf_argv(
@@ -317,5 +342,4 @@ def run_level(
         warmup_requests=warmup_requests,
     )
     run_tool(argv, stage=STAGE, log_path=out_dir / "aiperf.log", **({"runner": runner} if runner else {}))
-    path = artifact_dir / EXPORT
-    return read_export(path), path
+    return [(read_export(path), path) for path in export_paths(artifact_dir, case.runs)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.bench.report import budget_text, check_names, variant_label
 from pipeline.bench.results import BenchReport
+from pipeline.bench.stats import Spread
 from pipeline.bench.sweetspot import operating_points, peer_label, peer_points, recommend
 from pipeline.core.atomic import write_bytes_atomic
 
@@ -150,6 +151,21 @@ def plan_memory_bars(report: BenchReport) -> list[float] | None:
     return [v.plan.memory_estimate_bytes / 2**30 for v in report.variants]
 
 
+def _spread_line(ax, points: list[tuple[int, Spread]], **style) -> list[float]:
+    """Medians joined, each run's range as a bar; the values drawn, for the axis scale."""
+    if not points:
+        return []
+    xs, rates = zip(*points, strict=True)
+    ax.errorbar(
+        xs,
+        [r.median for r in rates],
+        yerr=[[r.median - r.low for r in rates], [r.high - r.median for r in rates]],
+        capsize=3,
+        **style,
+    )
+    return [r.low for r in rates] + [r.high for r in rates]
+
+
 def plot_throughput(report: BenchReport, path: Path) -> None:
     """Speed against the ceiling: output tokens/s (median, min-max bars) against batch size per engine;
     the plan's bandwidth ceilings dotted only where the plan describes what ran (plan_applies)."""
@@ -158,28 +174,17 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
     ceilings_of = ceiling_lines(report)
     for index, v in enumerate(report.variants):
         color = f"C{index % 10}"
-        rates = [p.output_tokens_per_s for p in v.throughput]
-        if rates:
-            ax.errorbar(
-                [p.batch_size for p in v.throughput],
-                [r.median for r in rates],
-                yerr=[[r.median - r.low for r in rates], [r.high - r.median for r in rates]],
-                marker="o",
-                capsize=3,
-                color=color,
-                label=variant_label(v),
-            )
-            ys += [r.low for r in rates] + [r.high for r in rates]
-        if v.served:
-            ax.plot(
-                [p.concurrency for p in v.served],
-                [p.output_tokens_per_s for p in v.served],
-                marker="s",
-                linestyle="--",
-                color=color,
-                label=f"{variant_label(v)} served, aiperf (x: clients)",
-            )
-            ys += [p.output_tokens_per_s for p in v.served]
+        batches = [(p.batch_size, p.output_tokens_per_s) for p in v.throughput]
+        ys += _spread_line(ax, batches, color=color, marker="o", linestyle="-", label=variant_label(v))
+        served = [(p.concurrency, p.output_tokens_per_s) for p in v.served]
+        ys += _spread_line(
+            ax,
+            served,
+            color=color,
+            marker="s",
+            linestyle="--",
+            label=f"{variant_label(v)} served, aiperf (x: clients)",
+        )
         if variant_label(v) in ceilings_of:
             batches, ceilings = zip(*ceilings_of[variant_label(v)], strict=True)
             ax.plot(
@@ -191,15 +196,14 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
             )
             ys += list(ceilings)
     for index, peer in enumerate(report.peers, start=len(report.variants)):
-        ax.plot(
-            [p.concurrency for p in peer.served],
-            [p.output_tokens_per_s for p in peer.served],
+        ys += _spread_line(
+            ax,
+            [(p.concurrency, p.output_tokens_per_s) for p in peer.served],
+            color=f"C{index % 10}",
             marker="^",
             linestyle="--",
-            color=f"C{index % 10}",
             label=f"{peer_label(peer)} (x: clients)",
         )
-        ys += [p.output_tokens_per_s for p in peer.served]
     loads = sorted(
         {p.batch_size for v in report.variants for p in v.throughput}
         | {p.concurrency for v in report.variants for p in v.served}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.bench.machine import MachineSnapshot
 from pipeline.bench.results import BenchReport, VariantResult
-from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, Spread
+from pipeline.bench.stats import NOISY_RELATIVE_SPREAD, Percentiles, RunPercentiles, Spread
 from pipeline.bench.sweetspot import OperatingPoint, Recommendation, peer_label, recommend
 
 JSON_NAME = "bench.json"
@@ -23,6 +23,10 @@ def variant_label(v: VariantResult) -> str:
 
 def _pct(p: Percentiles | None) -> str:
     return "n/a" if p is None else f"{p.p50_ms:.2f} / {p.p90_ms:.2f} / {p.p99_ms:.2f}"
+
+
+def _run_pct(p: RunPercentiles | None, which: str) -> str:
+    return "n/a" if p is None else spread_text(getattr(p, which), 2)
 
 
 def spread_text(s: Spread, digits: int = 1) -> str:
@@ -84,7 +88,7 @@ class Best:
 def best_point(v: VariantResult) -> Best | None:
     """Output tokens/s only: batch 1's decode speed times no prefill and is not a candidate."""
     points = [Best(p.output_tokens_per_s, f"batch {p.batch_size}") for p in v.throughput]
-    points += [Best(Spread.of([p.output_tokens_per_s]), f"{p.concurrency} clients") for p in v.served]
+    points += [Best(p.output_tokens_per_s, f"{p.concurrency} clients") for p in v.served]
     return max(points, key=lambda b: b.rate.median, default=None)
 
 
@@ -318,13 +322,15 @@ def served_lines(report: BenchReport) -> list[str]:
             "with aiperf (`--server-url URL`: a server you started; `--compare URL`: a peer).",
         ]
     lines += [
-        "| endpoint | measured by | clients | requests | requests/s | output tokens/s "
-        "| TTFT p50 / p90 / p99 (ms) | inter-token p50 / p90 / p99 (ms) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| endpoint | measured by | clients | runs | requests per run | requests/s | output tokens/s "
+        "| TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms |",
+        "|" + " --- |" * 11,
     ]
     lines += [
-        f"| {label} | {p.measured_by} | {p.concurrency} | {p.requests} | {p.requests_per_s:.2f} "
-        f"| {p.output_tokens_per_s:.1f} | {_pct(p.ttft)} | {_pct(p.itl)} |"
+        f"| {label} | {p.measured_by} | {p.concurrency} | {p.runs} | {p.requests} "
+        f"| {spread_text(p.requests_per_s, 2)} | {spread_text(p.output_tokens_per_s)} "
+        f"| {spread_text(p.ttft.p50_ms, 2)} | {spread_text(p.ttft.p99_ms, 2)} "
+        f"| {_run_pct(p.itl, 'p50_ms')} | {_run_pct(p.itl, 'p99_ms')} |"
         for label, p in rows
     ]
     lines.append("")
@@ -334,10 +340,12 @@ def served_lines(report: BenchReport) -> list[str]:
         for peer in report.peers
     ]
     lines += [
-        "- Each row is one aiperf run, read from its own export beside this report "
-        "(`aiperf/<backend>/<precision>/<profile>/c<clients>/` or `aiperf/peers/<n>/c<clients>/`, "
-        "`profile_export_aiperf.json`); output tokens are counted with the model's tokenizer, and "
-        "inter-token latency is aiperf's (request latency - TTFT) / (output tokens - 1).",
+        "- Each row is one aiperf invocation of `runs` profile runs (`--num-profile-runs`, the warm-up "
+        "before the first only); each figure is the median run's with the lowest and highest run, "
+        "marked *noisy* as above. Every run's export lies beside this report "
+        "(`aiperf/<backend>/<precision>/<profile>/c<clients>/` or `aiperf/peers/<n>/c<clients>/`, then "
+        "`profile_runs/run_NNNN/profile_export_aiperf.json`); output tokens are counted with the model's "
+        "tokenizer, and inter-token latency is aiperf's (request latency - TTFT) / (output tokens - 1).",
     ]
     return lines
 
@@ -353,7 +361,13 @@ def render_markdown(report: BenchReport) -> str:
         + ".",
         f"Requested shape: {report.settings.input_len} input tokens, {report.settings.output_len} output "
         f"tokens, {report.settings.latency_runs} latency runs and {report.settings.throughput_runs} runs per "
-        f"batch size after {report.settings.warmup_runs} warm-up run(s), synthetic prompts "
+        f"batch size after {report.settings.warmup_runs} warm-up run(s)"
+        + (
+            f", {report.settings.served_runs} aiperf profile runs per client count served"
+            if report.settings.wants_served_load
+            else ""
+        )
+        + f", synthetic prompts "
         f"(seed {report.settings.seed}), no early stop.",
         "",
         *machine_lines(report),

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.bench.machine import MachineState
 from pipeline.bench.memory import MemoryReading
-from pipeline.bench.stats import Percentiles, Spread
+from pipeline.bench.stats import Percentiles, RunPercentiles, Spread
 from pipeline.bench.workload import BenchSettings
 from pipeline.gate.verdict import GateCheck
 
@@ -18,7 +18,8 @@ from pipeline.gate.verdict import GateCheck
 # 4: served points measured by aiperf (requests/s, the tool and version, the endpoint); peers.
 # 5: one report holds every selected backend's builds: each variant names its backend and the runtime
 #    that ran it (the report-wide `runtime` is gone), in-process points say what measured them.
-BENCH_REPORT_VERSION = 5
+# 6: a served point is the median of repeated aiperf profile runs, with each figure's range.
+BENCH_REPORT_VERSION = 6
 
 
 class Frozen(BaseModel):
@@ -55,18 +56,20 @@ class ThroughputPoint(Frozen):
 
 
 class ServedPoint(Frozen):
-    """A stream of requests from `concurrency` clients to a server (in-flight batching), as aiperf measured it."""
+    """A stream of requests from `concurrency` clients to a server (in-flight batching), as aiperf measured
+    it in `runs` repeated profile runs: each figure the median run's, with the lowest and highest run."""
 
     concurrency: int
-    requests: int
+    runs: int
+    requests: int  # per run
     input_len: int
     output_len: int
-    output_tokens: int
-    wall_s: float
-    output_tokens_per_s: float
-    requests_per_s: float
-    ttft: Percentiles
-    itl: Percentiles | None
+    output_tokens: int  # per run (the median run's)
+    wall_s: float  # median over runs
+    output_tokens_per_s: Spread
+    requests_per_s: Spread
+    ttft: RunPercentiles
+    itl: RunPercentiles | None
     measured_by: str  # the tool and its version: "aiperf 0.13.0"
     endpoint: str  # the URL the requests went to
     source: str

@@ -2,9 +2,9 @@
 
 Every endpoint (a published variant's Triton server, the server at --server-url,
 an OpenAI-compatible peer) gets the same prompt file and one aiperf run per
-client count; each run's export becomes one ServedPoint. Prompts are written
-with the model's tokenizer so that each fits the engine's max_input_len after
-the server's own tokenization.
+client count, repeated (aiperf's profile runs); the runs' exports become one
+ServedPoint. Prompts are written with the model's tokenizer so that each fits
+the engine's max_input_len after the server's own tokenization.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def sweep(
     points = []
     with reporter.progress(f"aiperf {target.name}", total=len(cases), unit="level") as advance:
         for case in cases:
-            export, path = run_level(
+            runs = run_level(
                 aiperf,
                 target,
                 case,
@@ -104,7 +104,7 @@ def sweep(
                 out_dir=out_dir,
                 warmup_requests=plan.warmup_requests,
             )
-            points.append(served_point(export, case, target, path))
+            points.append(served_point([export for export, _ in runs], case, target))
             advance(1)
     return tuple(points)
 
@@ -114,10 +114,15 @@ def latency_through(
 ) -> LatencyResult:
     """Batch 1 through the server: one client sending workload.latency.runs requests, one after another."""
     latency = workload.latency
+    # One profile run: its requests are the runs of batch 1, as the in-process harness's are.
     case = ServedCase(
-        concurrency=1, requests=latency.runs, input_len=latency.input_len, output_len=latency.output_len
+        concurrency=1,
+        requests=latency.runs,
+        runs=1,
+        input_len=latency.input_len,
+        output_len=latency.output_len,
     )
-    export, path = run_level(
+    ((export, path),) = run_level(
         aiperf,
         target,
         case,

@@ -78,6 +78,23 @@ class Spread(BaseModel):
         return self.relative_spread > NOISY_RELATIVE_SPREAD
 
 
+class RunPercentiles(BaseModel):
+    """A latency's p50 and p99 as each of several runs reported them: the median run's, with the range."""
+
+    model_config = ConfigDict(frozen=True)
+    p50_ms: Spread
+    p99_ms: Spread
+    count: int  # samples over all runs
+
+    @classmethod
+    def of(cls, runs: Sequence[Percentiles]) -> RunPercentiles:
+        return cls(
+            p50_ms=Spread.of([r.p50_ms for r in runs]),
+            p99_ms=Spread.of([r.p99_ms for r in runs]),
+            count=sum(r.count for r in runs),
+        )
+
+
 @dataclass(frozen=True)
 class RequestTimeline:
     """When one request was sent and when each of its output tokens arrived."""

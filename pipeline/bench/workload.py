@@ -45,6 +45,9 @@ class BenchSettings(BaseModel):
     compare: tuple[str, ...] = ()
     concurrency: tuple[Annotated[int, Field(ge=1)], ...] | None = None  # None: 1, 2, 4, ... max_batch_size
     requests_per_client: Annotated[int, Field(ge=1)] = 4
+    # aiperf's repeated profile runs per client count (--num-profile-runs), three as for the in-process
+    # batches: a median with a range; aiperf takes at most 10 (config/flags/cli_config.py, num_profile_runs).
+    served_runs: Annotated[int, Field(ge=1, le=10)] = 3
 
     @property
     def wants_served_load(self) -> bool:
@@ -62,7 +65,8 @@ class Case(BaseModel):
 class ServedCase(BaseModel):
     model_config = ConfigDict(frozen=True)
     concurrency: int  # clients, each sending its next request when its previous one ends
-    requests: int
+    requests: int  # per run
+    runs: int  # aiperf profile runs, the warm-up before the first only
     input_len: int
     output_len: int
 
@@ -130,6 +134,7 @@ def plan_workload(limits: EngineLimits, settings: BenchSettings) -> Workload:
             ServedCase(
                 concurrency=c,
                 requests=c * settings.requests_per_client,
+                runs=settings.served_runs,
                 input_len=input_len,
                 output_len=output_len,
             )

@@ -366,6 +366,15 @@ def bench_command(
             "--concurrency", min=1, help="Served: concurrent clients (repeatable). Default: 1, 2, 4... max."
         ),
     ] = None,
+    served_runs: Annotated[
+        int,
+        typer.Option(
+            "--served-runs",
+            min=1,
+            max=10,
+            help="Served: aiperf profile runs per client count (median, min-max; aiperf allows 1-10).",
+        ),
+    ] = 3,
     nsys: Annotated[
         bool,
         typer.Option(
@@ -403,6 +412,7 @@ def bench_command(
         served=served,
         compare=tuple(compare or ()),
         concurrency=tuple(concurrency) if concurrency else None,
+        served_runs=served_runs,
     )
     report, paths = bench(
         cfg,
