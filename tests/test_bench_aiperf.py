@@ -333,6 +333,60 @@ def test_served_and_compare_put_aiperfs_rows_for_the_variant_and_the_peer_in_one
     assert not list((work_dir.parent / "published").rglob("__pycache__"))
 
 
+@pytest.mark.triton
+@pytest.mark.slow
+def test_served_drives_a_pytorch_release_through_its_own_trtllm_serve_command(tmp_path, tiny_model_dir):
+    """A trtllm-pytorch release is served as its users serve it: the bundle's trtllm-serve command (on the
+    CPU, the stand-in it names), aiperf on its OpenAI /v1/completions with ignore_eos."""
+    from publish_upstream import cpu_engine_info
+    from test_pytorch_serving import _as_pytorch_build, _publish
+
+    from pipeline.bench.run import run_bench
+    from pipeline.core.store import ArtifactStore
+
+    info = cpu_engine_info().model_copy(update={"backend": "reference-pytorch"})
+    config, published, current = _publish(tmp_path, tiny_model_dir, target_lines=None, info=info)
+    assert published.error is None, published.error
+    upstream = Upstream(
+        tokenizer_dir=tiny_model_dir, engine_info=info, engine_edit=_as_pytorch_build(tiny_model_dir)
+    )
+    settings = BenchSettings(
+        input_len=16,
+        output_len=6,
+        latency_runs=1,
+        throughput_runs=1,
+        batch_sizes=(1,),
+        concurrency=(2,),
+        requests_per_client=1,
+        served_runs=1,
+        served=True,
+    )
+    report, paths = run_bench(
+        config,
+        ArtifactStore(tmp_path / "work"),
+        settings=settings,
+        out_dir=tmp_path / "bench",
+        reporter=RecordingReporter(),
+        backends={"trtllm-pytorch"},
+        profiles={"latency"},
+        stages=bench_stages(upstream),
+    )
+    (variant,) = report.variants
+    assert variant.label == "trtllm-pytorch/int8_wo/latency"
+    # ignore_eos: both requests wrote all 6 tokens, as aiperf counts them with the tokenizer
+    assert [(p.concurrency, p.requests, p.output_tokens) for p in variant.served] == [(2, 2, 12)]
+    assert all(p.endpoint.endswith("/v1/completions") for p in variant.served)
+    assert all(p.measured_by.startswith("aiperf 0.13") for p in variant.served)
+    log = tmp_path / "work" / "bench-serve" / "trtllm-pytorch" / "int8_wo" / "latency" / "trtllm-serve.log"
+    assert "pipeline.serving.pytorch.openai_server" in log.read_text().splitlines()[0]
+    assert (
+        f"| trtllm-pytorch/int8_wo/latency | {variant.served[0].measured_by} | 2 |"
+        in paths["markdown"].read_text()
+    )
+    version = current.resolve()
+    assert not list(version.rglob("__pycache__"))
+
+
 def test_served_refuses_a_published_engine_other_than_the_built_one(published, tmp_path):
     from pipeline.bench.run import BuiltEngine, require_published_engine
     from pipeline.core.errors import IntegrityError

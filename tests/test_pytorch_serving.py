@@ -48,6 +48,7 @@ PROMPTS = ["The quick brown fox", "Once upon a time"]
 OPTIONS = {
     "max_batch_size": 4,
     "max_num_tokens": 128,
+    "max_input_len": 112,
     "max_seq_len": 128,
     "enable_chunked_prefill": True,
     "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "enable_block_reuse": True, "dtype": "auto"},
@@ -202,6 +203,26 @@ def test_smoke_serves_both_consumers_and_every_answer_is_the_references(cpu_rele
 
 
 @pytest.mark.triton
+def test_the_trtllm_serve_stand_in_writes_past_the_end_token_with_ignore_eos(cpu_release):
+    """trtllm-serve's CompletionRequest takes ignore_eos and hands it to SamplingParams.ignore_eos
+    (tensorrt_llm/serve/openai_protocol.py @ 0076e939); aiperf sends it so every request writes its
+    max_tokens. The end token stops a request unless it is set."""
+    from pipeline.serving.pytorch.openai_server import CompletionRequest
+    from pipeline.serving.pytorch.smoke import release_llm
+
+    llm, name = release_llm(cpu_release)
+    ids = llm.encode(PROMPTS[0])
+    (first,) = llm.generate(ids, max_tokens=1).token_ids
+    llm.tokenizer.eos_token_id = first  # the model's first answer is now its end token
+    assert llm.tokenizer.eos_token_id == first
+    stopped = llm.generate(ids, max_tokens=4)
+    assert (stopped.token_ids, stopped.finish_reason) == ([], "stop")
+    ignoring = llm.generate(ids, max_tokens=4, ignore_eos=True)
+    assert (len(ignoring.token_ids), ignoring.token_ids[0], ignoring.finish_reason) == (4, first, "length")
+    request = CompletionRequest.model_validate({"model": name, "prompt": "x", "ignore_eos": True})
+    assert request.ignore_eos and request.refused() is None
+
+
 def test_smoke_catches_an_answer_that_differs(cpu_release, tmp_path_factory, tiny_model_dir):
     """The check fails when the served checkpoint is not the one the reference ran: here the server
     serves the release, the reference a copy whose final norm is scaled."""

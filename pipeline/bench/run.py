@@ -14,7 +14,8 @@ import gc
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 from pipeline.backends import engine_backend, load_runner
 from pipeline.backends.base import Backend
-from pipeline.bench.aiperf import find_aiperf, openai_target, triton_target
+from pipeline.bench.aiperf import Target, find_aiperf, openai_target, triton_target
 from pipeline.bench.files import write_bench_report
 from pipeline.bench.harness import Clock, measure_engine
 from pipeline.bench.machine import GpuClocks, machine_state, snapshot
@@ -310,7 +311,12 @@ def require_published_engine(repository: Path, engine: BuiltEngine) -> None:
         for f in release.files
         if f.path.startswith(engine_prefix)
     }
-    if built != published:
+    if release.serving.llmapi_repository is None:
+        same = built == published
+    else:
+        # The release's checkpoint folder holds the tokenizer too: trtllm-serve reads it from there.
+        same = layout.released_checkpoint(built).items() <= published.items()
+    if not same:
         raise IntegrityError(
             f"{repository.resolve()}: publishes another {engine.label} engine than the one built now",
             hint=f"run `trtllm-pipeline publish {engine.filters}`",
@@ -318,35 +324,36 @@ def require_published_engine(repository: Path, engine: BuiltEngine) -> None:
 
 
 def servable_releases(config: PipelineConfig, engines: list[BuiltEngine]) -> dict[BuiltEngine, Path]:
-    """Each engine's published version, checked before anything is measured: intact, servable here,
-    holding that very engine, and of the one kind --served drives (the five-model repository)."""
-    from pipeline.serving.smoke import (
-        is_pytorch_release,
-        published_repository,
-        require_intact,
-        require_servable_here,
-    )
+    """Each engine's published version, checked before anything is measured: intact, servable here and
+    holding that very engine."""
+    from pipeline.serving.smoke import published_repository, require_intact, require_servable_here
 
     releases = {}
     for engine in engines:
         repository = published_repository(config, engine.backend, engine.precision, engine.profile)
         require_intact(repository, "refusing to serve it")
-        if is_pytorch_release(repository):
-            # Its consumers (Triton's llmapi model, trtllm-serve) take other requests than the ensemble's
-            # template that aiperf sends here.
-            raise InputError(
-                f"bench --served drives Triton's ensemble; {engine.label} is published for the llmapi "
-                "model and trtllm-serve, which --served does not drive yet",
-                hint=f"bench it in process (without --served), or leave it out: --backend {_others(config, engine)}",
-            )
         require_servable_here(repository)
         require_published_engine(repository, engine)
         releases[engine] = repository
     return releases
 
 
-def _others(config: PipelineConfig, engine: BuiltEngine) -> str:
-    return " ".join(b.name for b in config.backends if b.name != engine.backend) or "NAME"
+@contextmanager
+def serving(engine: BuiltEngine, repository: Path, work: Path) -> Iterator[tuple[Target, Path]]:
+    """The published version served here as its users serve it, the endpoint aiperf drives, and the
+    server's log: an engine repository on the bundled tritonserver (its ensemble's generate_stream), a
+    PyTorch-backend release through its own trtllm-serve command (OpenAI /v1/completions)."""
+    from pipeline.serving.pytorch.smoke import OpenAIServer
+    from pipeline.serving.server import TritonServer
+    from pipeline.serving.smoke import is_pytorch_release, serving_view
+
+    view = serving_view(repository, work)
+    if is_pytorch_release(repository):
+        with OpenAIServer(view, work_dir=work) as server:
+            yield openai_target(server.url), server.log_path
+    else:
+        with TritonServer(view, work_dir=work) as server:
+            yield triton_target(engine.label, server.url), server.log_path
 
 
 def serve_published(
@@ -357,23 +364,12 @@ def serve_published(
     load: ServedLoad,
     reporter: Reporter,
 ) -> tuple[ServedPoint, ...]:
-    """The variant's published repository on the bundled tritonserver, every client count through aiperf."""
-    from pipeline.serving.server import TritonServer
-    from pipeline.serving.smoke import require_intact, serving_view
+    """The variant's published version served here, every client count through aiperf."""
+    from pipeline.serving.smoke import require_intact
 
-    work = load.serve_dir / engine.folder
-    with TritonServer(serving_view(repository, work), work_dir=work) as server:
-        reporter.info(
-            f"{engine.label}: {repository.resolve()} served at {server.url} (log: {server.log_path})"
-        )
-        target = triton_target(engine.label, server.url)
-        points = sweep(
-            load.aiperf,
-            target,
-            plan,
-            out_dir=load.out_dir / engine.folder,
-            reporter=reporter,
-        )
+    with serving(engine, repository, load.serve_dir / engine.folder) as (target, log):
+        reporter.info(f"{engine.label}: {repository.resolve()} served at {target.url} (log: {log})")
+        points = sweep(load.aiperf, target, plan, out_dir=load.out_dir / engine.folder, reporter=reporter)
     require_intact(repository, "the server wrote into it")
     return points
 

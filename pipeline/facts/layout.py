@@ -122,3 +122,9 @@ def task_scores_dir(work_dir: Path) -> Path:
 
 def datasets_cache_dir(work_dir: Path) -> Path:
     return work_dir / DATASETS
+
+
+def released_checkpoint(build_files: dict[str, str]) -> dict[str, str]:
+    """Of a PyTorch-backend build's engine/ files (path: sha256), those its release's checkpoint folder
+    holds: all but the LLM API options, which reach both consumers through files of their own."""
+    return {path: sha for path, sha in build_files.items() if path != LLM_API_OPTIONS}

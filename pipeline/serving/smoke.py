@@ -97,7 +97,19 @@ def run_smoke(
 
 
 def require_servable_here(repository: Path) -> None:
-    """The bundled tritonserver has the Python backend only: a GPU repository serves in its container."""
+    """The bundled tritonserver has the Python backend only, and the CPU stand-ins of TensorRT-LLM serve
+    only a CPU release: a GPU repository or release serves in its container."""
+    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
+
+    if is_pytorch_release(repository):
+        manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
+        if manifest.serving.mount_path is not None:
+            raise MissingDependencyError(
+                f"{repository}: a PyTorch-backend release for {manifest.serving.serve_with}: its llmapi model "
+                "and trtllm-serve need TensorRT-LLM on a GPU",
+                hint="serve it in the container named in publish-manifest.json (`run --dry-run` shows the commands)",
+            )
+        return
     backend = _config(repository, "tensorrt_llm").backend
     if backend != "python":
         raise MissingDependencyError(
@@ -234,15 +246,8 @@ def is_pytorch_release(repository: Path) -> bool:
 def run_pytorch_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeReport:
     """A PyTorch-backend release: its llmapi repository and trtllm-serve bundle, on the CPU stand-ins."""
     from pipeline.serving.pytorch.smoke import run_release_smoke
-    from pipeline.serving.release_manifest import RELEASE_MANIFEST, ReleaseManifest
 
-    manifest = ReleaseManifest.model_validate_json((repository / RELEASE_MANIFEST).read_text())
-    if manifest.serving.mount_path is not None:
-        raise MissingDependencyError(
-            f"{repository}: a PyTorch-backend release for {manifest.serving.serve_with}: its llmapi model and "
-            "trtllm-serve need TensorRT-LLM on a GPU",
-            hint="serve it in the container named in publish-manifest.json (`run --dry-run` shows the commands)",
-        )
+    require_servable_here(repository)
     report = run_release_smoke(serving_view(repository, kwargs["work_dir"]), prompts, **kwargs)
     report.repository = repository
     return report

@@ -265,9 +265,7 @@ def _pytorch_release(
     options = read_options(engine_dir / LLM_API_OPTIONS)
     # The options reach both consumers through their own files; build_info.json stays with the checkpoint,
     # as with an engine, naming what built it and for which target.
-    checkpoint = {
-        rel: sha for rel, sha in _files_under(build, layout.ENGINE).items() if rel != LLM_API_OPTIONS
-    }
+    checkpoint = layout.released_checkpoint(_files_under(build, layout.ENGINE))
     placed = write_release(
         repository,
         model=config.model.name,

@@ -123,6 +123,7 @@ class StandInLLM:
         temperature: float = 0.0,
         top_k: int = 0,
         seed: int = 0,
+        ignore_eos: bool = False,
         on_step: Callable[[Completion], None] | None = None,
     ) -> Completion:
         """Generate; on_step sees the completion after each step whose text is whole (a character
@@ -146,7 +147,7 @@ class StandInLLM:
             self.model.generate(
                 [list(prompt_token_ids)],
                 max_new_tokens=max_tokens,
-                end_id=self.tokenizer.eos_token_id,
+                end_id=None if ignore_eos else self.tokenizer.eos_token_id,
                 temperature=temperature,
                 top_k=top_k,
                 seed=seed,

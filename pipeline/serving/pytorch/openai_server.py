@@ -59,6 +59,9 @@ class _Request(BaseModel):
     presence_penalty: float | None = None
     logprobs: Any = None
     user: str | None = None
+    # trtllm-serve's own sampling field (CompletionRequest @ 0076e939): generate max_tokens whatever the
+    # model says; load generators (aiperf) send it so every request writes the same number of tokens.
+    ignore_eos: bool = False
 
     def refused(self) -> str | None:
         """The first field the stand-in cannot honour, as `name=value`, or None."""
@@ -217,6 +220,7 @@ class OpenAIStandIn:
             temperature=body.temperature or 0.0,
             top_k=body.top_k,
             seed=body.seed or 0,
+            ignore_eos=body.ignore_eos,
         )
         if not body.stream:
             try:
