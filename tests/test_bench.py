@@ -50,6 +50,7 @@ from pipeline.core.errors import InputError, StageError
 from pipeline.core.reporter import RecordingReporter
 from pipeline.gate.verdict import GateCheck
 from pipeline.runtime.limits import EngineLimits
+from pipeline.runtime.sampling import GREEDY
 
 MISTRAL_7B = {
     "architecture": "MistralForCausalLM",
@@ -169,9 +170,7 @@ class FakeRunner:
         self.calls: list[tuple[list[int], int]] = []  # (prompt lengths, max_new_tokens)
         self.streamed: list[bool] = []  # per call: was on_token given
 
-    def generate(
-        self, prompts, *, max_new_tokens, end_id=None, temperature=0.0, top_k=0, seed=0, on_token=None
-    ):
+    def generate(self, prompts, *, max_new_tokens, end_id=None, sampling=GREEDY, on_token=None):
         assert end_id is None, "bench must not stop early"
         self.calls.append(([len(p) for p in prompts], max_new_tokens))
         self.streamed.append(on_token is not None)

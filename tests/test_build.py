@@ -1187,27 +1187,57 @@ def test_tensorrt_runner_refuses_an_engine_without_context_logits_and_frees_its_
 
 
 # What ModelRunnerCpp.generate does with sampling keyword arguments, TensorRT-LLM 1.2.x:
-# tensorrt_llm/runtime/model_runner_cpp.py @ 03832911 keeps only its accepted_parameters, renames
-# random_seed to seed, turns top_p 0.0 into None, and builds executor.SamplingConfig, which checks
-# top_k >= 0 and 0 < top_p <= 1 (cpp/tensorrt_llm/executor/samplingConfig.cpp) and leaves unset ones
-# at the runtime's defaults: top_k 0, top_p 0 (cpp/include/tensorrt_llm/executor/executor.h @ 879039f6).
-# The sampling layers then apply setupTopKRuntimeArgs (cpp/tensorrt_llm/kernels/samplingTopKKernels.cu
-# @ 03961722): k == 0 and p == 0 -> k = 1 (greedy); k > 0 and p == 0 -> p = 1; k > 0 samples the top k
-# (topKStage2Sampling, threshold p of their mass), k == 0 is left to top-p sampling over the vocabulary.
-_ACCEPTED_SAMPLING = {"num_beams", "top_k", "top_p", "temperature", "min_tokens", "random_seed"}
+# tensorrt_llm/runtime/model_runner_cpp.py @ 03832911f05dbe10232949eb3c56aac45578e30a keeps only the
+# kwargs among its accepted_parameters (any other name is dropped without a word, so the stand-in
+# refuses it), renames num_beams to beam_width and random_seed to seed, turns top_p 0.0 into None, and
+# builds executor.SamplingConfig, whose constructor checks its values (cpp/tensorrt_llm/executor/
+# samplingConfig.cpp @ 3585984b32cded5cc002d3087d3da4b0fd9fb8a5); unset ones stay at the runtime's
+# defaults: top_k 0, top_p 0 (layers/defaultDecodingParams.h @ 1020a8d799d04a1776f8eec19496ecafa2558506).
+# runtime/samplingConfig.h validate() (@ 09e2cf77a868f246600630ab5adc4c6135db9c28) makes temperature 0
+# greedy: temperature 1, top_k 1 and top_p 1 where set. The sampling layers then apply
+# setupTopKRuntimeArgs (cpp/tensorrt_llm/kernels/samplingTopKKernels.cu @ 03961722): k == 0 and p == 0
+# -> k = 1 (greedy); k > 0 and p == 0 -> p = 1; k > 0 samples the top k (topKStage2Sampling, threshold p
+# of their mass), k == 0 is left to top-p sampling over the vocabulary. Outputs (_fill_output):
+# output_ids [batch, sequences, max_seq_len] (prompt + new tokens, padded with end_id),
+# sequence_lengths [batch, sequences], log_probs [batch, sequences, new tokens].
+_ACCEPTED_SAMPLING = frozenset(
+    {
+        "num_beams", "top_k", "top_p", "top_p_min", "top_p_reset_ids", "top_p_decay", "temperature",
+        "min_tokens", "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
+        "frequency_penalty", "length_penalty", "early_stopping", "no_repeat_ngram_size", "random_seed",
+        "num_return_sequences", "min_p", "beam_width_array",
+    }
+)  # fmt: skip
 
 
-def _upstream_sampling(kwargs: dict) -> tuple[float, int, float, int]:
-    params = {k: v for k, v in kwargs.items() if k in _ACCEPTED_SAMPLING}
-    if params.get("top_p") == 0.0:
-        params["top_p"] = None
-    k, p = params.get("top_k") or 0, params.get("top_p") or 0.0
-    assert k >= 0 and (params.get("top_p") is None or 0.0 < p <= 1.0), "SamplingConfig refuses it"
-    if k == 0 and p == 0.0:
-        k = 1
-    if k > 0 and p == 0.0:
-        p = 1.0
-    return params.get("temperature") or 1.0, k, p, params.get("random_seed") or 0
+def upstream_sampling_config(kwargs: dict) -> dict:
+    """The executor SamplingConfig ModelRunnerCpp.generate builds from its kwargs, checked as its
+    constructor checks it, with temperature 0 and the top-k/top-p defaults resolved as the runtime does."""
+    unknown = set(kwargs) - _ACCEPTED_SAMPLING
+    assert not unknown, f"ModelRunnerCpp.generate would drop {sorted(unknown)} without a word"
+    renames = {"num_beams": "beam_width", "random_seed": "seed"}
+    config = {renames.get(k, k): v for k, v in kwargs.items()}
+    if config.get("top_p") == 0.0:
+        config["top_p"] = None
+    beam = config.setdefault("beam_width", 1)
+    checks = {
+        "beam_width": lambda v: v > 0,
+        "top_k": lambda v: v >= 0,
+        "top_p": lambda v: 0.0 < v <= 1.0,
+        "temperature": lambda v: v >= 0.0,
+        "min_tokens": lambda v: v >= 0,
+        "repetition_penalty": lambda v: v > 0.0,
+        "length_penalty": lambda v: v >= 0.0,
+        "num_return_sequences": lambda v: v > 0 and (beam == 1 or v <= beam),
+    }
+    for name, ok in checks.items():
+        assert config.get(name) is None or ok(config[name]), f"SamplingConfig refuses {name}={config[name]}"
+    if config.get("temperature") == 0.0:
+        config["temperature"] = 1.0
+        config.update({name: 1 for name in ("top_k", "top_p") if config.get(name) is not None})
+    k, p = config.get("top_k") or 0, config.get("top_p") or 0.0
+    config["top_k"], config["top_p"] = (1 if k == 0 and p == 0.0 else k), (1.0 if k > 0 and p == 0.0 else p)
+    return config
 
 
 SAMPLED_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5])
@@ -1215,27 +1245,81 @@ SAMPLED_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5])
 
 class SamplingModelRunnerCpp:
     """A ModelRunnerCpp whose engine gives every step the same logits, SAMPLED_LOGITS, and samples from
-    them as the C++ runtime would for the keyword arguments it is given."""
+    them as the C++ runtime would for the keyword arguments it is given. generate's named parameters
+    are upstream's (model_runner_cpp.py @ 03832911); it records the SamplingConfig and word lists."""
 
     max_seq_len = 4096
 
-    def generate(self, batch_input_ids, *, max_new_tokens, end_id, pad_id, return_dict, **kwargs):
-        temperature, k, p, seed = _upstream_sampling(kwargs)
-        probs = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.words: dict = {}
+
+    def generate(
+        self,
+        batch_input_ids,
+        position_ids=None,
+        encoder_input_ids=None,
+        encoder_input_features=None,
+        encoder_output_lengths=None,
+        cross_attention_masks=None,
+        mrope_params=None,
+        sampling_config=None,
+        lora_uids=None,
+        lookahead_config=None,
+        streaming=False,
+        stopping_criteria=None,
+        logits_processor_names=None,
+        max_new_tokens=1,
+        end_id=None,
+        pad_id=None,
+        bad_words_list=None,
+        stop_words_list=None,
+        return_dict=False,
+        output_sequence_lengths=False,
+        output_generation_logits=False,
+        output_log_probs=False,
+        output_cum_log_probs=False,
+        prompt_table=None,
+        prompt_tasks=None,
+        input_token_extra_ids=None,
+        return_all_generated_tokens=False,
+        language_adapter_uids=None,
+        mm_embedding_offloading=False,
+        **kwargs,
+    ):
+        config = self.config = upstream_sampling_config(kwargs)
+        self.words = {"bad_words_list": bad_words_list, "stop_words_list": stop_words_list}
+        probs = torch.softmax(SAMPLED_LOGITS / config.get("temperature", 1.0), dim=-1)
+        log_softmax = probs.log()  # the whole vocabulary's, as topKStage2Sampling returns it
+        k, p = config["top_k"], config["top_p"]
         if k > 0:
             probs = probs.masked_fill(probs < probs.topk(k).values[-1], 0.0)
         else:  # top-p: the smallest set of most likely tokens whose mass reaches p
             ordered, order = probs.sort(descending=True)
             keep = (ordered.cumsum(0) - ordered) < p
             probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
-        generator = torch.Generator().manual_seed(seed)
-        tokens = torch.multinomial(probs, max_new_tokens * len(batch_input_ids), True, generator=generator)
-        ids = torch.full((len(batch_input_ids), 1, self.max_seq_len), end_id, dtype=torch.int32)
-        lengths = torch.zeros(len(batch_input_ids), 1, dtype=torch.int32)
-        for i, (prompt, new) in enumerate(zip(batch_input_ids, tokens.view(-1, max_new_tokens), strict=True)):
-            ids[i, 0, : len(prompt) + max_new_tokens] = torch.cat([prompt, new.int()])
-            lengths[i, 0] = len(prompt) + max_new_tokens
-        return {"output_ids": ids, "sequence_lengths": lengths}
+        generator = torch.Generator().manual_seed(config.get("seed") or 0)
+        batch, sequences = len(batch_input_ids), config.get("num_return_sequences") or 1
+        drawn = torch.multinomial(probs, batch * sequences * max_new_tokens, True, generator=generator)
+        drawn = drawn.view(batch, sequences, max_new_tokens)
+        ids = torch.full((batch, sequences, self.max_seq_len), end_id, dtype=torch.int32)
+        lengths = torch.zeros(batch, sequences, dtype=torch.int32)
+        for i, prompt in enumerate(batch_input_ids):
+            for s in range(sequences):
+                ids[i, s, : len(prompt) + max_new_tokens] = torch.cat([prompt, drawn[i, s].int()])
+                lengths[i, s] = len(prompt) + max_new_tokens
+        outputs = {"output_ids": ids, "sequence_lengths": lengths}
+        if output_log_probs:
+            outputs["log_probs"] = log_softmax[drawn]
+        return outputs
+
+
+def _sampling_runner(tmp_path):
+    from pipeline.backends.trtllm_engine.runner import TensorRTRunner
+    from pipeline.runtime.limits import EngineLimits
+
+    fake = SamplingModelRunnerCpp()
+    return fake, TensorRTRunner(fake, {"build_config": {}}, EngineLimits(4, 8, 4096), engine_dir=tmp_path)
 
 
 @pytest.mark.parametrize(("temperature", "top_k"), [(1.0, 0), (0.7, 0), (1.3, 3)])
@@ -1243,17 +1327,13 @@ def test_contract_tensorrt_runner_samples_from_the_distribution_the_reference_ru
     tmp_path, temperature, top_k
 ):
     """Issue 21 item 6: top_k 0 with temperature > 0 must mean the whole vocabulary on both runtimes."""
-    from pipeline.backends.trtllm_engine.runner import TensorRTRunner
-    from pipeline.runtime.limits import EngineLimits
-    from pipeline.runtime.sampling import TokenSampler
+    from pipeline.runtime.sampling import SamplingParams, TokenSampler
 
     draws = 4000
-    runner = TensorRTRunner(
-        SamplingModelRunnerCpp(), {"build_config": {}}, EngineLimits(1, 8, 4096), engine_dir=tmp_path
-    )
-    engine = runner.generate([[1]], max_new_tokens=draws, temperature=temperature, top_k=top_k, seed=11)[0]
-    sampler = TokenSampler(temperature=temperature, top_k=top_k, seed=11)
-    reference = sampler.next_tokens(SAMPLED_LOGITS.expand(draws, -1))[0].tolist()
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, seed=11)
+    _, runner = _sampling_runner(tmp_path)
+    engine = runner.generate([[1]], max_new_tokens=draws, sampling=sampling)[0]
+    reference = TokenSampler(sampling).next_tokens(SAMPLED_LOGITS.expand(draws, -1))[0].tolist()
     expected = torch.softmax(SAMPLED_LOGITS / temperature, dim=-1)
     if top_k:
         expected[top_k:] = 0.0  # SAMPLED_LOGITS is sorted: its first k are the top k
@@ -1264,6 +1344,63 @@ def test_contract_tensorrt_runner_samples_from_the_distribution_the_reference_ru
     for tokens in (engine, reference):
         frequency = torch.bincount(torch.tensor(tokens), minlength=len(SAMPLED_LOGITS)) / draws
         assert (frequency - expected).abs().max() < bound, (frequency, expected)
+
+
+def test_contract_tensorrt_runner_passes_every_sampling_option_under_upstreams_name(tmp_path):
+    """Each option of SamplingParams reaches the executor's SamplingConfig, the word lists and the log
+    probabilities reach generate, under ModelRunnerCpp's names (the stand-in refuses any other)."""
+    from pipeline.runtime.sampling import Penalties, SamplingParams
+
+    sampling = SamplingParams(
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+        seed=13,
+        penalties=Penalties(repetition=1.3, presence=0.4, frequency=0.2, min_tokens=3),
+        length_penalty=0.5,
+        num_return_sequences=2,
+    )
+    fake, runner = _sampling_runner(tmp_path)
+    log_probs: list[list[float]] = []
+    rows = runner.generate(
+        [[1, 2], [3]],
+        max_new_tokens=4,
+        sampling=sampling,
+        bad_words=[[[6]], [[5, 7], [4]]],
+        stop_words=[[], [[2, 3]]],
+        log_probs=log_probs,
+    )
+    assert fake.config == {
+        "beam_width": 1,
+        "num_return_sequences": 2,
+        "temperature": 0.7,
+        "top_k": 5,
+        "top_p": 0.9,
+        "seed": 13,
+        "repetition_penalty": 1.3,
+        "presence_penalty": 0.4,
+        "frequency_penalty": 0.2,
+        "min_tokens": 3,
+        "length_penalty": 0.5,
+    }
+    # per request (one per prompt, not per returned sequence): its words, each a token sequence
+    assert fake.words == {"bad_words_list": [[[6]], [[5, 7], [4]]], "stop_words_list": [[], [[2, 3]]]}
+    assert len(rows) == 4 and all(len(row) == 4 for row in rows)  # two sequences per prompt, in order
+    whole = torch.log_softmax(SAMPLED_LOGITS / 0.7, dim=-1)
+    assert log_probs == [[float(whole[t]) for t in row] for row in rows]
+
+
+def test_contract_tensorrt_runner_decodes_greedily_by_default(tmp_path):
+    fake, runner = _sampling_runner(tmp_path)
+    tokens = runner.generate([[1]], max_new_tokens=16)[0]
+    assert fake.config["top_k"] == 1 and tokens == [0] * 16  # the argmax of SAMPLED_LOGITS, every step
+    assert fake.words == {"bad_words_list": None, "stop_words_list": None}
+
+
+def test_the_model_runner_stand_in_refuses_a_name_upstream_would_drop():
+    """Without this, a misspelt option (seed for random_seed) would pass the tests and be ignored on a GPU."""
+    with pytest.raises(AssertionError, match=r"drop \['seed'\]"):
+        SamplingModelRunnerCpp().generate([torch.tensor([1])], max_new_tokens=1, end_id=0, seed=3)
 
 
 def test_contract_gate_runner_sizes_the_kv_cache_to_its_batch_not_to_free_memory():

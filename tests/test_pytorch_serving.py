@@ -519,3 +519,40 @@ def test_gpu_check_rows_load_generate_stream_and_ask_the_bundles_trtllm_serve(
     assert gpu_check.main([str(release), PROMPTS[0], str(MAX_TOKENS), str(out)]) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())}
     assert rows[gpu_check.STREAM]["ok"] is False and rows[gpu_check.GENERATE]["ok"] is True
+
+
+def test_the_cpu_llm_takes_upstreams_sampling_fields_and_refuses_the_rest(tiny_model_dir):
+    """StandInLLM.generate takes tensorrt_llm.SamplingParams' own keywords (sampling_params.py @
+    000a01de): a name upstream lacks is refused as its kw_only dataclass refuses it, a field the
+    reference runtime cannot act on is refused by name, penalties and top_p are acted on, and a stop
+    token ends the output without being returned (include_stop_str_in_output defaults to False,
+    executor/result.py @ 005bc848)."""
+    from pipeline.core.errors import InputError
+    from pipeline.runtime.sampling import Penalties, SamplingParams
+
+    llm = StandInLLM(tiny_model_dir, OPTIONS)
+    ids = llm.encode(PROMPTS[0])
+    with pytest.raises(InputError, match="SamplingParams has no field random_seed"):
+        llm.generate(ids, max_tokens=4, random_seed=1)
+    with pytest.raises(InputError, match="use_beam_search=True is not supported by the CPU stand-in"):
+        llm.generate(ids, max_tokens=4, use_beam_search=True)
+    free = llm.generate(ids, max_tokens=8).token_ids
+    options = {
+        "temperature": 0.8,
+        "top_p": 0.7,
+        "seed": 3,
+        "repetition_penalty": 1.5,
+        "presence_penalty": 0.5,
+    }
+    got = llm.generate(ids, max_tokens=8, **options).token_ids
+    sampling = SamplingParams(
+        temperature=0.8, top_p=0.7, seed=3, penalties=Penalties(repetition=1.5, presence=0.5)
+    )
+    assert (
+        got
+        == llm.model.generate([ids], max_new_tokens=8, end_id=llm.tokenizer.eos_token_id, sampling=sampling)[
+            0
+        ]
+    )
+    stopped = llm.generate(ids, max_tokens=8, stop_token_ids=[free[2]])
+    assert stopped.token_ids == free[: free.index(free[2])] and stopped.finish_reason == "stop"

@@ -57,6 +57,8 @@ from pipeline.runtime.linear import (
     round_to_fp8,
     unpack_int4,
 )
+from pipeline.runtime.sampling import SamplingParams
+from pipeline.serving.models.textcodec import stop_position
 
 use_test_threads()
 
@@ -601,7 +603,7 @@ def _step_logits(model: ReferenceModel, prompt: list[int], tokens: list[int], mo
     seen, fed = [], iter(tokens)
 
     class Fed:
-        def __init__(self, **_options) -> None:
+        def __init__(self, _sampling) -> None:
             pass
 
         def next_tokens(self, logits: torch.Tensor, *_counts, **_step) -> tuple[torch.Tensor, torch.Tensor]:
@@ -741,11 +743,16 @@ def test_kv_cache_decoding_matches_full_recomputation(fp16_model, hf_model, eval
 
 def test_sampling_is_reproducible_for_a_seed_and_top_k_1_is_greedy(fp16_model, eval_ids):
     prompts = [eval_ids[0, :6].tolist(), eval_ids[1, :9].tolist()]
-    kwargs = {"max_new_tokens": 12, "temperature": 1.5}
-    first = fp16_model.generate(prompts, seed=3, **kwargs)
-    assert fp16_model.generate(prompts, seed=3, **kwargs) == first
-    assert fp16_model.generate(prompts, seed=4, **kwargs) != first
-    assert fp16_model.generate(prompts, top_k=1, **kwargs) == fp16_model.generate(prompts, max_new_tokens=12)
+
+    def sampled(**options) -> list[list[int]]:
+        return fp16_model.generate(
+            prompts, max_new_tokens=12, sampling=SamplingParams(temperature=1.5, **options)
+        )
+
+    first = sampled(seed=3)
+    assert sampled(seed=3) == first
+    assert sampled(seed=4) != first
+    assert sampled(top_k=1) == fp16_model.generate(prompts, max_new_tokens=12)
     assert first != fp16_model.generate(prompts, max_new_tokens=12)
 
 
@@ -762,6 +769,42 @@ def test_end_id_stops_a_request_and_on_token_streams_in_order(fp16_model, eval_i
     assert out[1] == expected_second
     assert [t for i, t in streamed if i == 0] == out[0]
     assert [t for i, t in streamed if i == 1] == out[1]
+
+
+def test_a_stop_word_ends_its_row_and_is_returned(fp16_model, eval_ids):
+    """A row stops once it completes a stop word of its prompt, the word included (the served model
+    cuts there too: textcodec.stop_position); the other prompt's words do not stop it."""
+    prompts = [eval_ids[0, :6].tolist(), eval_ids[1, :9].tolist()]
+    free = fp16_model.generate(prompts, max_new_tokens=10)
+    word = free[0][2:4]
+    out = fp16_model.generate(prompts, max_new_tokens=10, stop_words=[[word], [[free[1][-1] + 1, 0]]])
+    assert out[0] == free[0][: stop_position(free[0], [word])] and out[1] == free[1]
+
+
+def test_returned_sequences_are_rows_of_their_prompt_drawn_together(fp16_model, eval_ids):
+    prompts = [eval_ids[0, :6].tolist(), eval_ids[1, :9].tolist()]
+    sampling = SamplingParams(temperature=1.5, seed=3)
+    log_probs: list[list[float]] = []
+    rows = fp16_model.generate(
+        prompts,
+        max_new_tokens=8,
+        sampling=SamplingParams(temperature=1.5, seed=3, num_return_sequences=2),
+        log_probs=log_probs,
+    )
+    repeated = [p for p in prompts for _ in range(2)]
+    assert rows == fp16_model.generate(repeated, max_new_tokens=8, sampling=sampling)
+    assert len(log_probs) == 4 and [len(lp) for lp in log_probs] == [len(r) for r in rows]
+    assert rows[0] != rows[1]  # samples, not one answer twice (fixed by the seed)
+
+
+def test_beam_search_is_refused_and_returned_sequences_count_against_the_batch(fp16_dir):
+    model = ReferenceModel.load(
+        fp16_dir, limits=EngineLimits(max_batch_size=2, max_input_len=8, max_seq_len=12)
+    )
+    with pytest.raises(InputError, match="no beam search"):
+        model.generate([[1, 2]], max_new_tokens=1, sampling=SamplingParams(beam_width=2))
+    with pytest.raises(InputError, match="max_batch_size=2"):
+        model.generate([[1, 2]], max_new_tokens=1, sampling=SamplingParams(num_return_sequences=3))
 
 
 # --- limits and bad input --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import shutil
 import sys
 import types
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pytest
@@ -47,13 +47,21 @@ from pipeline.backends.base import EngineInfo
 from pipeline.backends.reference_pytorch import load_unified_runner
 from pipeline.backends.trtllm_pytorch.options import OPTIONS_FILE
 from pipeline.backends.trtllm_pytorch.runner import LlmApiRunner, runner_options
+from pipeline.backends.trtllm_pytorch.sampling import (
+    DEFAULTS,
+    LLM_API_SAMPLING_FIELDS,
+    llm_api_sampling,
+    reference_sampling,
+)
 from pipeline.calibration.unified import expected_unified_tensors, verify_unified
 from pipeline.calibration.verify import CheckpointMismatchError
+from pipeline.core.errors import InputError
 from pipeline.facts.architecture import Architecture
 from pipeline.facts.layout import HF_QUANT_CONFIG
 from pipeline.gate import write_reports
 from pipeline.runtime import EngineLimits, ReferenceModel
 from pipeline.runtime.linear import GroupwiseLinear, WeightOnlyLinear
+from pipeline.runtime.sampling import Penalties, SamplingParams
 from pipeline.runtime.unified import load_unified
 from pipeline.runtime.weights import build_weights
 
@@ -271,52 +279,145 @@ def test_the_gate_passes_a_good_unified_checkpoint_and_fails_a_corrupted_one(
 
 @dataclass(kw_only=True)
 class StandInSamplingParams:
-    """tensorrt_llm.SamplingParams' fields the runner sets (a kw_only dataclass upstream: any other
-    keyword is a TypeError)."""
+    """tensorrt_llm.SamplingParams (sampling_params.py @ 000a01de66f0eab4ab05640711f0253f50f5209c): its
+    constructor fields, transcribed here (a kw_only dataclass: any other keyword is a TypeError), their
+    defaults, __post_init__'s pad_id (end_id's when unset) and best_of (n's), and _validate's refusals (best_of below n; best_of > 1 under greedy decoding)."""
 
-    max_tokens: int = 32
     end_id: int | None = None
+    pad_id: int | None = None
+    max_tokens: int = 32
+    bad: str | list[str] | None = None
+    bad_token_ids: list[int] | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    embedding_bias: object = None
+    logits_processor: object = None
+    apply_batched_logits_processor: bool = False
+    n: int = 1
+    best_of: int | None = None
+    use_beam_search: bool = False
     top_k: int | None = None
-    temperature: float | None = None
+    top_p: float | None = None
+    top_p_min: float | None = None
+    top_p_reset_ids: int | None = None
+    top_p_decay: float | None = None
     seed: int | None = None
-    detokenize: bool = True
+    temperature: float | None = None
+    min_tokens: int | None = None
+    beam_search_diversity_rate: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    length_penalty: float | None = None
+    early_stopping: int | None = None
+    no_repeat_ngram_size: int | None = None
+    min_p: float | None = None
+    beam_width_array: list[int] | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
     return_context_logits: bool = False
+    return_generation_logits: bool = False
+    exclude_input_from_output: bool = True
+    return_encoder_output: bool = False
+    return_perf_metrics: bool = False
+    additional_model_outputs: object = None
+    lookahead_config: object = None
+    guided_decoding: object = None
+    ignore_eos: bool = False
+    detokenize: bool = True
+    add_special_tokens: bool = True
+    truncate_prompt_tokens: int | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pad_id is None:
+            self.pad_id = self.end_id
+        self.best_of = self.best_of or self.n
+        if self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) cannot be less than n ({self.n})")
+        if self.best_of > 1 and self.greedy_decoding:
+            raise ValueError("Greedy decoding in the LLM API does not allow multiple returns.")
+
+    @property
+    def greedy_decoding(self) -> bool:  # upstream's _greedy_decoding
+        top_k_greedy = self.top_k is None or self.top_k == 1
+        return not self.use_beam_search and top_k_greedy and (self.top_p is None or self.top_p == 0.0)
+
+    def given(self) -> dict:
+        """The fields set away from their defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
 class ReferenceLLM(StandInLLM):
     """tensorrt_llm.LLM over the reference runtime: its argument check (StandInLLM, TorchLlmArgs' fields),
-    then results shaped as upstream returns them; the reference runtime stands for the GPU kernels."""
+    then results shaped as upstream returns them (llmapi/llm.py generate: one SamplingParams for all
+    prompts or a list of one per prompt; executor/result.py @ 005bc848: `n` outputs per result, each
+    with token_ids ending at the end token, which is kept, a stop token kept only under
+    include_stop_str_in_output, and logprobs one {token: Logprob} per token); the reference runtime,
+    reading the fields as pipeline.serving.pytorch.llm's stand-in does, stands for the GPU kernels."""
 
     def __init__(self, model: str, **kwargs) -> None:
         super().__init__(model, **kwargs)
         self.runner = load_unified_runner(Path(model), max_batch_size=kwargs["max_batch_size"])
 
-    def generate(self, prompts, params):
-        assert all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts)
-        # SamplingParams._greedy_decoding: top_k None or 1 (and no top_p, which the runner never sets).
-        assert params.top_k in (None, 1), "the gate decodes greedily"
-        logits = (
-            self.runner.context_logits(prompts) if params.return_context_logits else [None] * len(prompts)
+    def _run(self, prompt, params: StandInSamplingParams):
+        assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+        # what the runtime's kernels act on; the rest is the result's shaping, done below
+        shaping = ("detokenize", "logprobs", "include_stop_str_in_output", "best_of")
+        sampling = reference_sampling({k: v for k, v in params.given().items() if k not in shaping})
+        probs: list[list[float]] = []
+        rows = self.runner.generate(
+            [prompt],
+            max_new_tokens=params.max_tokens,
+            sampling=sampling,
+            bad_words=[[[t] for t in params.bad_token_ids]] if params.bad_token_ids else (),
+            log_probs=probs,
         )
-        results = []
-        for prompt_logits, tokens in zip(
-            logits, self.runner.generate(prompts, max_new_tokens=params.max_tokens), strict=True
-        ):
+        outputs = []
+        for tokens, row_probs in zip(rows, probs, strict=True):
             if params.end_id in tokens:
                 tokens = tokens[: tokens.index(params.end_id) + 1]  # upstream keeps the end token
-            output = types.SimpleNamespace(token_ids=tokens)
-            context = None if prompt_logits is None else prompt_logits.float()
-            results.append(types.SimpleNamespace(context_logits=context, outputs=[output]))
+            for i, token in enumerate(tokens):
+                if token in (params.stop_token_ids or []):
+                    tokens = tokens[: i + int(params.include_stop_str_in_output)]
+                    break
+            logprobs = [
+                {t: types.SimpleNamespace(logprob=p)}
+                for t, p in zip(tokens, row_probs[: len(tokens)], strict=True)
+            ]
+            outputs.append(
+                types.SimpleNamespace(token_ids=tokens, logprobs=logprobs if params.logprobs else [])
+            )
+        return outputs
+
+    def generate(self, prompts, params):
+        every = params if isinstance(params, list) else [params] * len(prompts)
+        logits = (
+            self.runner.context_logits(prompts) if every[0].return_context_logits else [None] * len(prompts)
+        )
+        results = []
+        for prompt, prompt_params, prompt_logits in zip(prompts, every, logits, strict=True):
+            if prompt_logits is not None:  # the gate's logits call: its one new token is not read
+                results.append(types.SimpleNamespace(context_logits=prompt_logits.float(), outputs=[]))
+            else:
+                results.append(
+                    types.SimpleNamespace(context_logits=None, outputs=self._run(prompt, prompt_params))
+                )
         return results
 
     def generate_async(self, prompt, params, streaming=False):
         """executor/result.py GenerationResult @ 005bc848893f575ec14b45d6b13139360d67c790: iterating it
-        (__iter__/__next__) yields the same result after each step, its outputs[0].token_ids growing."""
+        (__iter__/__next__) yields the same result after each step, its outputs growing a token a step."""
         assert streaming
-        (result,) = self.generate([prompt], params)
-        tokens = result.outputs[0].token_ids
-        for n in range(1, len(tokens) + 1):
-            yield types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=tokens[:n])])
+        outputs = self._run(prompt, params)
+        for k in range(1, max(len(o.token_ids) for o in outputs) + 1):
+            yield types.SimpleNamespace(
+                outputs=[
+                    types.SimpleNamespace(token_ids=o.token_ids[:k], logprobs=o.logprobs[:k]) for o in outputs
+                ]
+            )
 
 
 @pytest.fixture
@@ -365,6 +466,76 @@ def test_contract_the_gate_through_the_llm_api_fails_a_corrupted_unified_checkpo
     root = ET.parse(tmp_path / "report" / "junit.xml").getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     assert int(suite.get("failures")) == len(record.failed) > 0
+
+
+def test_contract_the_llm_api_sampling_fields_are_upstreams():
+    """The names the runner and the CPU stand-in use are tensorrt_llm.SamplingParams' own, and each
+    field the stand-in cannot act on is refused away from upstream's default, not from another."""
+    upstream = {f.name: f.default for f in fields(StandInSamplingParams)}
+    assert list(LLM_API_SAMPLING_FIELDS) == list(upstream)
+    assert {name: upstream[name] for name in DEFAULTS} == DEFAULTS
+
+
+def test_contract_the_runner_maps_every_sampling_option_onto_upstreams_fields():
+    sampling = SamplingParams(
+        temperature=0.7, top_k=5, top_p=0.9, seed=11, length_penalty=0.5, num_return_sequences=2,
+        penalties=Penalties(repetition=1.3, presence=0.2, frequency=0.1, min_tokens=3),
+    )  # fmt: skip
+    words = {"bad_words": [[7], [9]], "stop_words": [[4]]}
+    # a name upstream has no field for would be a TypeError here
+    params = StandInSamplingParams(
+        **llm_api_sampling(sampling, max_new_tokens=6, end_id=2, log_probs=True, **words)
+    )
+    assert params.given() == {
+        "end_id": 2, "max_tokens": 6, "detokenize": False, "temperature": 0.7, "top_k": 5, "top_p": 0.9,
+        "seed": 11, "repetition_penalty": 1.3, "presence_penalty": 0.2, "frequency_penalty": 0.1,
+        "min_tokens": 3, "length_penalty": 0.5, "n": 2, "best_of": 2, "bad_token_ids": [7, 9],
+        "stop_token_ids": [4], "include_stop_str_in_output": True, "logprobs": 1, "pad_id": 2,
+    }  # fmt: skip
+    greedy = StandInSamplingParams(**llm_api_sampling(SamplingParams(), max_new_tokens=6, end_id=2))
+    assert greedy.greedy_decoding and greedy.min_tokens == 1 and greedy.n == 1
+    # top_p 0 is the runtime's own default (None), which with top_k 0 is greedy, as regularizeTopKTopP has it
+    assert StandInSamplingParams(
+        **llm_api_sampling(SamplingParams(temperature=1.0, top_p=0.0), max_new_tokens=6, end_id=2)
+    ).greedy_decoding
+    beams = llm_api_sampling(SamplingParams(beam_width=4, num_return_sequences=2), max_new_tokens=6, end_id=2)
+    beam = StandInSamplingParams(**beams)
+    assert (beam.use_beam_search, beam.best_of, beam.n) == (True, 4, 2)
+    with pytest.raises(InputError, match="stop words: the LLM API takes words by token id one token each"):
+        llm_api_sampling(SamplingParams(), max_new_tokens=6, end_id=2, stop_words=[[4, 5]])
+
+
+def test_the_llm_api_runner_samples_stops_and_scores_as_the_reference_runtime(
+    tmp_path, tmp_path_factory, tiny_model_dir, llm_api
+):
+    """Through the LLM API, the runner's rows are the reference runtime's own for the same options:
+    n sampled rows per prompt, a stop word returned, greedy log probabilities."""
+    engine_dir = _engine_dir(unified(tmp_path_factory, tiny_model_dir, "int8_wo"), tmp_path / "e", OPTIONS)
+    runner = LlmApiRunner.load(
+        engine_dir, EngineInfo(backend="trtllm-pytorch", target="a100-40gb"), max_batch_size=4
+    )
+    cpu = load_unified_runner(engine_dir, max_batch_size=4)
+    prompts = [[1, 5, 9, 13], [1, 7, 3]]
+    sampling = SamplingParams(temperature=0.9, top_k=8, seed=5, num_return_sequences=2)
+    sampled = runner.generate(prompts, max_new_tokens=6, sampling=sampling)
+    assert len(sampled) == 4
+    assert sampled == [row for p in prompts for row in cpu.generate([p], max_new_tokens=6, sampling=sampling)]
+    assert sampled != runner.generate(prompts, max_new_tokens=6, sampling=replace(sampling, seed=6))
+    free = cpu.generate(prompts, max_new_tokens=6)
+    stop = [[[free[0][2]]], [[free[1][1]]]]
+    assert runner.generate(prompts, max_new_tokens=6, stop_words=stop) == [free[0][:3], free[1][:2]]
+    streamed: list[tuple[int, int]] = []
+    got, want = [], []
+    assert (
+        runner.generate(
+            prompts, max_new_tokens=6, log_probs=got, on_token=lambda r, t: streamed.append((r, t))
+        )
+        == free
+    )
+    cpu.generate(prompts, max_new_tokens=6, log_probs=want)
+    assert got == want and len(streamed) == 12
+    with pytest.raises(InputError, match="refuses these options: Greedy decoding"):
+        runner.generate(prompts, max_new_tokens=6, sampling=SamplingParams(num_return_sequences=2))
 
 
 def test_runner_options_lower_the_batch_and_its_cuda_graphs_only():

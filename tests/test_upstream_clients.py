@@ -15,7 +15,7 @@ from test_smoke import MAX_TOKENS, expected, grpc_stream, prompts, published, se
 from transformers import AutoTokenizer
 
 from pipeline.core.errors import StageError
-from pipeline.runtime.sampling import Penalties
+from pipeline.runtime.sampling import Penalties, SamplingParams
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.repository import TOKENIZER_SUBDIR
 from pipeline.serving.smoke import reference_answers
@@ -184,8 +184,8 @@ def test_penalties_and_min_tokens_reach_the_runtime(server, published, prompts, 
     pins the arithmetic). Each value is one that changes this tiny model's greedy answer (asserted), so
     an input that does not reach the runtime fails the test."""
     penalties = Penalties(**{PENALTY_FIELDS[name]: value}, min_tokens=MAX_TOKENS)
-    greedy = {"temperature": 1.0, "top_k": 1}
-    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, penalties=penalties, **greedy)[0]
+    greedy = SamplingParams(temperature=1.0, top_k=1, penalties=penalties)
+    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, sampling=greedy)[0]
     assert want != reference_answers(published[2], prompts[:1], MAX_TOKENS)[0]
     payload = {"text_input": prompts[0], "max_tokens": MAX_TOKENS, name: value, "min_tokens": MAX_TOKENS}
     assert generate(server.url, model, payload)["text_output"] == want
@@ -197,10 +197,34 @@ def test_top_p_reaches_the_runtime(server, published, prompts, model):
     """top_k 0 with top_p 0.5 is nucleus sampling (samplingTopKKernels.h regularizeTopKTopP, TensorRT-LLM
     e41b05cdc69021efb4116ed5f32eeb1840a47981): the reference runtime's answer for the same seed."""
     sampling = {"temperature": 1.5, "seed": 7}
-    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, top_p=0.5, **sampling)[0]
-    assert want != reference_answers(published[2], prompts[:1], MAX_TOKENS, **sampling)[0]
+    nucleus = SamplingParams(top_p=0.5, **sampling)
+    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, sampling=nucleus)[0]
+    whole = SamplingParams(top_p=1.0, **sampling)
+    assert want != reference_answers(published[2], prompts[:1], MAX_TOKENS, sampling=whole)[0]
     payload = {"text_input": prompts[0], "max_tokens": MAX_TOKENS, "top_p": 0.5, **sampling}
     assert generate(server.url, model, payload)["text_output"] == want
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_length_penalty_at_one_beam_leaves_the_answer_as_it_is(server, prompts, expected, protocol):
+    """At beam_width 1 TensorRT-LLM decodes with its sampling layer, which never reads the length
+    penalty (layers/decodingLayer.cpp, NVIDIA/TensorRT-LLM 03961722f65265573cad179baca3bc5fe8c03f76): any
+    value the executor's SamplingConfig takes (>= 0, samplingConfig.cpp checkLengthPenalty, 3585984b)
+    gives the greedy answer, over HTTP and gRPC alike; a negative one is refused naming the input."""
+    import tritonclient.grpc as grpcclient
+
+    def answer(value: float) -> str:
+        payload = {"text_input": prompts[0], "max_tokens": MAX_TOKENS, "length_penalty": value}
+        if protocol == "http":
+            return generate(server.url, "ensemble", payload)["text_output"]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        (response,) = grpc_stream(client, "ensemble", _grpc_inputs(payload, {}))
+        return response["text_output"].reshape(-1)[0].decode()
+
+    assert answer(0.5) == answer(2.0) == answer(0.0) == expected[0]
+    with pytest.raises(Exception, match="length_penalty must be >= 0"):
+        answer(-1.0)
 
 
 @pytest.mark.triton
@@ -218,7 +242,7 @@ def test_a_bad_word_is_never_generated(server, published, prompts, expected):
     tokenizer = AutoTokenizer.from_pretrained(published[2] / TOKENIZER_SUBDIR)
     word = reference_answers(published[2], prompts[:1], 1)[0]  # the first token's text, its space included
     ids = tokenizer.encode(word, add_special_tokens=False)  # as preprocessing encodes a word list
-    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, bad_words=[[ids]])[0]
+    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, bad_words=[ids])[0]
     assert want != expected[0]
     payload = {"text_input": prompts[0], "max_tokens": MAX_TOKENS, "bad_words": [word]}
     assert generate(server.url, "ensemble", payload)["text_output"] == want
@@ -263,11 +287,9 @@ def test_http_and_grpc_give_the_same_sampled_answer_and_log_probs(server, publis
         published[2],
         prompts[:1],
         MAX_TOKENS,
-        temperature=0.8,
-        top_k=20,
-        top_p=0.9,
-        seed=11,
-        penalties=Penalties(repetition=1.2),
+        sampling=SamplingParams(
+            temperature=0.8, top_k=20, top_p=0.9, seed=11, penalties=Penalties(repetition=1.2)
+        ),
     )[0]
     assert over_http["text_output"] == want
 
@@ -289,7 +311,8 @@ def test_several_returned_sequences_are_samples_each_in_its_own_response(server,
     by_index = {
         int(r["sequence_index"].reshape(-1)[0]): r["text_output"].reshape(-1)[0].decode() for r in responses
     }
-    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, sequences=3, **sampling)
+    drawn = SamplingParams(num_return_sequences=3, **sampling)
+    want = reference_answers(published[2], prompts[:1], MAX_TOKENS, sampling=drawn)
     assert [by_index.get(i) for i in range(3)] == want
     assert len(set(want)) > 1  # samples, not one answer thrice (fixed by the seed)
     (one,) = grpc_stream(client, model, _grpc_inputs({**payload, "num_return_sequences": 1}, {}))

@@ -15,7 +15,7 @@ to that backend by it, whatever config is in hand.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
     from pipeline.runtime.limits import EngineLimits
+    from pipeline.runtime.sampling import SamplingParams
     from pipeline.stages.base import RunOptions, StageContext
 
 BUILD_INFO = "build_info.json"
@@ -185,11 +186,18 @@ class EngineRunner(Protocol):
         *,
         max_new_tokens: int,
         end_id: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
+        sampling: SamplingParams = ...,
+        bad_words: Sequence[Sequence[Sequence[int]]] = (),
+        stop_words: Sequence[Sequence[Sequence[int]]] = (),
+        log_probs: list[list[float]] | None = None,
         on_token: Callable[[int, int], None] | None = None,
-    ) -> list[list[int]]: ...
+    ) -> list[list[int]]:
+        """New tokens of sampling.num_return_sequences rows per prompt, prompt by prompt (greedy when
+        sampling is left out: pipeline.runtime.sampling.GREEDY). end_id ends a row and is not
+        returned; a completed stop word (per prompt, token sequences) ends it and is; a bad word (per
+        prompt) is never completed. `log_probs`, when given, receives one list per row: each returned
+        token's log probability. on_token(row, token) sees each token as it is chosen."""
+        ...
 
 
 def by_length(

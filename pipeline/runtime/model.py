@@ -20,8 +20,9 @@ from pipeline.core.errors import InputError
 from pipeline.runtime.checkpoint import CheckpointConfig, load_tensors, read_checkpoint_config
 from pipeline.runtime.kvcache import KV_CODECS, KVCache
 from pipeline.runtime.limits import EngineLimits
-from pipeline.runtime.sampling import NO_PENALTIES, Penalties, TokenSampler, banned_tokens
+from pipeline.runtime.sampling import GREEDY, SamplingParams, TokenSampler, banned_tokens
 from pipeline.runtime.weights import DecoderLayer, ModelWeights, build_weights
+from pipeline.serving.models.textcodec import stop_position
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -78,31 +79,39 @@ class ReferenceModel:
         *,
         max_new_tokens: int,
         end_id: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
-        top_p: float = 1.0,
-        penalties: Penalties = NO_PENALTIES,
+        sampling: SamplingParams = GREEDY,
         bad_words: Sequence[Sequence[Sequence[int]]] = (),
+        stop_words: Sequence[Sequence[Sequence[int]]] = (),
         log_probs: list[list[float]] | None = None,
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """New tokens per prompt (end_id stops a request and is not returned). Greedy when temperature is 0
-        or top_k 1 (or both top_k and top_p 0); penalties, bad words (per prompt, token sequences) and
-        sampling as TensorRT-LLM's decoder applies them (sampling.py). `log_probs`, when given, receives
-        one list per prompt: each returned token's log probability."""
+        """New tokens per prompt and returned sequence (sampling.num_return_sequences rows per prompt,
+        prompt by prompt), as TensorRT-LLM's decoder chooses them (sampling.py). end_id stops a row and
+        is not returned; a stop word (per prompt, token sequences) stops it and is returned, as the
+        executor returns it; bad words (per prompt) are never completed. `log_probs`, when given,
+        receives one list per row: each returned token's log probability."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InputError("generate needs at least one prompt, and no empty prompt")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if sampling.beam_width > 1:
+            raise InputError(f"beam_width {sampling.beam_width}: the reference runtime has no beam search")
+        per_prompt = {"bad_words": bad_words, "stop_words": stop_words}
+        for name, words in per_prompt.items():
+            if words and len(words) != len(prompts):
+                raise InputError(f"{name} needs one list per prompt: {len(words)} for {len(prompts)}")
+        # One row per returned sequence: independent samples of its prompt, drawn together.
+        copies = sampling.num_return_sequences
+        bad_words, stop_words = (
+            [row for row in words or [[]] * len(prompts) for _ in range(copies)]
+            for words in (bad_words, stop_words)
+        )
+        prompts = [p for p in prompts for _ in range(copies)]
         if self.limits is not None:
             self.limits.check([len(p) for p in prompts], max_new_tokens)
-        bad_words = list(bad_words) or [[] for _ in prompts]
-        if len(bad_words) != len(prompts):
-            raise InputError(f"bad_words needs one list per prompt: {len(bad_words)} for {len(prompts)}")
-        sampler = TokenSampler(
-            temperature=temperature, top_k=top_k, seed=seed, top_p=top_p, penalties=penalties
-        )
+        # A stop word ends a row as soon as it is completed, so only the last tokens can complete one.
+        longest_stop = [max((len(w) for w in words), default=0) for words in stop_words]
+        sampler = TokenSampler(sampling)
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = torch.zeros(batch, longest, dtype=torch.long)
         valid = torch.zeros(batch, longest, dtype=torch.bool)
@@ -118,7 +127,7 @@ class ReferenceModel:
         running = [True] * batch
         sequences = [list(p) for p in prompts]  # the prompt and the tokens so far, as bad words match them
         counts = None  # each token's occurrences in `sequences`, when a penalty counts them
-        if penalties.counts_tokens:
+        if sampling.penalties.counts_tokens:
             counts = torch.zeros(batch, logits.shape[-1])
             for i, prompt in enumerate(prompts):
                 counts[i].index_add_(0, torch.tensor(prompt), torch.ones(len(prompt)))
@@ -143,6 +152,11 @@ class ReferenceModel:
                     log_probs[i].append(float(token_log_probs[i]))
                 if on_token is not None:
                     on_token(i, token)
+                if (
+                    longest_stop[i]
+                    and stop_position(outputs[i][-longest_stop[i] :], stop_words[i]) is not None
+                ):
+                    running[i] = False
             if not any(running) or step == max_new_tokens - 1:
                 break
             valid = torch.cat([valid, torch.ones(batch, 1, dtype=torch.bool)], dim=1)

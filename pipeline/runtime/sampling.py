@@ -7,7 +7,12 @@ What each step follows (TensorRT-LLM's C++ decoder; the tests cite the same file
   the logits by 1 / (temperature + 1e-6) first; then each token that occurs in the prompt or the tokens
   generated so far is penalized, by repetition (a positive logit divided by it, a negative one
   multiplied), presence (subtracted once) and frequency (subtracted once per occurrence); while fewer
-  than min_tokens are generated the end token is masked.
+  than min_tokens are generated the end token is masked. A min_tokens that every request of the batch
+  has at its default, 1, masks nothing (penaltyLayer.cpp, NVIDIA/TensorRT-LLM
+  05316d3313360012536ace46c781518f5afae75e: GET_PENALTIES hands the kernel no min lengths when all
+  batch slots hold DefaultDecodingParams::getMinLength()); one generate call shares one SamplingParams,
+  so min_tokens 1 is as 0 here. (Upstream, a request in flight beside one with another min_tokens has
+  its 1 applied; that depends on what the executor batches it with, which the reference runs alone.)
 - bad words: ban_bad_words (cpp/tensorrt_llm/kernels/banBadWords.cu, 23bc5b7c490576071a021d6fcfc32c5808db36a2):
   a one-token word is always banned; a longer one bans its last token when the sequence so far (prompt
   included) ends with the rest of it. Token 0 is never banned.
@@ -31,6 +36,7 @@ import torch
 from pipeline.core.errors import InputError
 
 TEMPERATURE_EPSILON = 1e-6  # penaltyKernels.cu: invTemperature = 1 / (temperature + 1e-6)
+DEFAULT_MIN_TOKENS = 1  # DefaultDecodingParams::getMinLength (Penalties.min_tokens)
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,10 @@ class Penalties:
     repetition: float = 1.0
     presence: float = 0.0
     frequency: float = 0.0
-    min_tokens: int = 0
+    # TensorRT-LLM's default (layers/defaultDecodingParams.h getMinLength, NVIDIA/TensorRT-LLM
+    # 1020a8d799d04a1776f8eec19496ecafa2558506), which the backend leaves in place when the input is
+    # absent (utils.cc getSamplingConfigFromTensors: minTokens std::nullopt).
+    min_tokens: int = DEFAULT_MIN_TOKENS
 
     def __post_init__(self) -> None:
         if self.repetition <= 0:
@@ -61,7 +70,7 @@ class Penalties:
             seen = counts > 0
             repeated = torch.where(out < 0, out * self.repetition, out / self.repetition)
             out = torch.where(seen, repeated - self.presence - self.frequency * counts, out)
-        if end_id is not None and generated < self.min_tokens:
+        if end_id is not None and self.min_tokens != DEFAULT_MIN_TOKENS and generated < self.min_tokens:
             out = out.clone()
             out[:, end_id] = float("-inf")
         return out
@@ -82,28 +91,62 @@ def banned_tokens(sequence: Sequence[int], bad_words: Sequence[Sequence[int]]) -
     return banned
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one generate call chooses tokens, for every prompt of it: the options TensorRT-LLM's
+    SamplingConfig takes (cpp/tensorrt_llm/executor/samplingConfig.cpp, NVIDIA/TensorRT-LLM
+    3585984b32cded5cc002d3087d3da4b0fd9fb8a5), checked as its constructor checks them. Each backend's
+    runner maps it onto its runtime (the engine's: ModelRunnerCpp.generate's keywords).
+
+    The defaults are greedy decoding. top_k 0 is no top-k filter and top_p 1 no nucleus; top_k 0 with
+    top_p 0 is greedy, as regularizeTopKTopP reads it (module docstring). length_penalty acts in beam
+    search only: at beam_width 1 the decoder runs the sampling layer, which never reads it
+    (layers/decodingLayer.cpp, NVIDIA/TensorRT-LLM 03961722f65265573cad179baca3bc5fe8c03f76).
+    num_return_sequences > 1 at beam_width 1 draws that many independent samples of each prompt.
+    """
+
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    penalties: Penalties = NO_PENALTIES
+    length_penalty: float = 0.0  # DefaultDecodingParams::getLengthPenalty
+    beam_width: int = 1
+    num_return_sequences: int = 1
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0 (0: no top-k filter), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise InputError(f"top_p must lie in [0, 1], got {self.top_p}")
+        if self.seed < 0:
+            raise InputError(f"seed must be >= 0 (an unsigned 64-bit integer), got {self.seed}")
+        if self.length_penalty < 0:
+            raise InputError(f"length_penalty must be >= 0, got {self.length_penalty}")
+        if self.beam_width < 1:
+            raise InputError(f"beam_width must be >= 1, got {self.beam_width}")
+        if self.num_return_sequences < 1:
+            raise InputError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.beam_width > 1 and self.num_return_sequences > self.beam_width:
+            raise InputError(
+                f"num_return_sequences ({self.num_return_sequences}) must not exceed beam_width "
+                f"({self.beam_width}) in beam search"
+            )
+
+
+GREEDY = SamplingParams()
+
+
 class TokenSampler:
-    def __init__(
-        self,
-        *,
-        temperature: float,
-        top_k: int,
-        seed: int,
-        top_p: float = 1.0,
-        penalties: Penalties = NO_PENALTIES,
-    ) -> None:
-        if temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {temperature}")
-        if top_k < 0:
-            raise InputError(f"top_k must be >= 0 (0: no top-k filter), got {top_k}")
-        if not 0.0 <= top_p <= 1.0:
-            raise InputError(f"top_p must lie in [0, 1], got {top_p}")
-        self.temperature = temperature
+    def __init__(self, params: SamplingParams = GREEDY) -> None:
+        self.temperature = params.temperature
         # regularizeTopKTopP: neither filter is greedy; a top-k filter alone is top_p 1
-        self.top_k = 1 if top_k == 0 and top_p == 0.0 else top_k
-        self.top_p = 1.0 if top_p == 0.0 else top_p
-        self.penalties = penalties
-        self._generator = torch.Generator().manual_seed(seed)
+        self.top_k = 1 if params.top_k == 0 and params.top_p == 0.0 else params.top_k
+        self.top_p = 1.0 if params.top_p == 0.0 else params.top_p
+        self.penalties = params.penalties
+        self._generator = torch.Generator().manual_seed(params.seed)
 
     @property
     def greedy(self) -> bool:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import InputError, IntegrityError, MissingDependencyError, StageError
 from pipeline.core.reporter import Reporter
@@ -27,6 +28,9 @@ from pipeline.serving.render import CONFIG_NAME, parse_model_config
 from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR
 from pipeline.serving.server import TritonInstall, TritonServer
 from pipeline.serving.smoke_report import SmokeCheck, SmokeReport
+
+if TYPE_CHECKING:
+    from pipeline.runtime.sampling import SamplingParams
 
 ROUTES = ("ensemble/generate", "ensemble/generate_stream", "tensorrt_llm_bls/generate_stream")
 BATCH_ROUTES = ("ensemble/generate_stream (batch)", "tensorrt_llm_bls/generate_stream (batch)")
@@ -42,11 +46,17 @@ def _config(repository: Path, model: str):
 
 
 def reference_answers(
-    repository: Path, prompts: list[str], max_tokens: int | Sequence[int], *, sequences: int = 1, **sampling
+    repository: Path,
+    prompts: list[str],
+    max_tokens: int | Sequence[int],
+    *,
+    sampling: SamplingParams | None = None,
+    bad_words: Sequence[Sequence[int]] = (),
 ) -> list[str]:
-    """The reference runtime's answers (greedy unless `sampling` says otherwise: the runtime's generate
-    options; max_tokens for all or per prompt), tokenized and decoded exactly as the serving models do.
-    With `sequences` > 1, that many answers per prompt, drawn together as the server draws them."""
+    """The reference runtime's answers (greedy unless `sampling` says otherwise; max_tokens for all or
+    per prompt; bad words for every prompt), tokenized and decoded exactly as the serving models do.
+    With sampling.num_return_sequences > 1, that many answers per prompt, drawn together as the server
+    draws them."""
     from transformers import AutoTokenizer
 
     from pipeline.backends import load_runner
@@ -61,7 +71,11 @@ def reference_answers(
     for prompt, limit in zip(prompts, limits, strict=True):  # one at a time, as the server runs each
         ids = tokenizer.encode(prompt, add_special_tokens=add_special)
         rows = runner.generate(
-            [ids] * sequences, max_new_tokens=limit, end_id=tokenizer.eos_token_id, **sampling
+            [ids],
+            max_new_tokens=limit,
+            end_id=tokenizer.eos_token_id,
+            bad_words=[bad_words] if bad_words else (),
+            **({} if sampling is None else {"sampling": sampling}),
         )
         answers += [decoder.decode(list(tokens)[:limit]) for tokens in rows]
     return answers

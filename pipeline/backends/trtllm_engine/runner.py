@@ -9,7 +9,7 @@ CPU, a slice at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from pipeline.backends.trtllm_engine.engine import ENGINE_CONFIG, supports_chunk
 from pipeline.core.errors import InputError, MissingDependencyError
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.runtime.limits import EngineLimits
+from pipeline.runtime.sampling import GREEDY, SamplingParams
 
 if TYPE_CHECKING:
     import torch
@@ -142,22 +143,16 @@ class TensorRTRunner:
         *,
         max_new_tokens: int,
         end_id: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
+        sampling: SamplingParams = GREEDY,
+        bad_words: Sequence[Sequence[Sequence[int]]] = (),
+        stop_words: Sequence[Sequence[Sequence[int]]] = (),
+        log_probs: list[list[float]] | None = None,
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
         import torch
 
-        self.limits.check([len(p) for p in prompts], max_new_tokens)
-        sampling = (
-            {"top_k": 1}
-            if temperature == 0
-            # top_p 1.0, not left unset: TensorRT-LLM reads top_k 0 with top_p 0 (its default) as greedy
-            # (samplingTopKKernels.cu, setupTopKRuntimeArgs); with top_p 1.0, top_k 0 keeps the whole
-            # vocabulary and top_k > 0 keeps all of its k tokens, as the reference runtime samples.
-            else {"temperature": temperature, "top_k": top_k, "top_p": 1.0, "random_seed": seed}
-        )
+        copies = sampling.num_return_sequences
+        self.limits.check([len(p) for p in prompts for _ in range(copies)], max_new_tokens)
         stop = NO_END_ID if end_id is None else end_id
         outputs = self._runner.generate(
             [torch.tensor(p, dtype=torch.int32) for p in prompts],
@@ -167,21 +162,68 @@ class TensorRTRunner:
             return_dict=True,
             output_sequence_lengths=True,
             streaming=on_token is not None,
-            **sampling,
+            **generate_options(
+                sampling, bad_words=bad_words, stop_words=stop_words, log_probs=log_probs is not None
+            ),
         )
         # Non-streaming returns the final dict; streaming yields growing ones. Either way output_ids
-        # hold prompt + new tokens per request, up to sequence_lengths.
+        # [batch, sequences, len] hold prompt + new tokens per returned sequence, up to sequence_lengths;
+        # log_probs [batch, sequences, len] the new tokens' (model_runner_cpp.py _fill_output).
         steps = [outputs] if on_token is None else outputs
-        new: list[list[int]] = [[] for _ in prompts]
+        rows = [(i, s) for i in range(len(prompts)) for s in range(copies)]
+        new: list[list[int]] = [[] for _ in rows]
+        if log_probs is not None:
+            log_probs[:] = [[] for _ in rows]
         for step in steps:
-            # Both tensors live on the GPU: one copy each per step, not two small ones per request.
+            # All of them live on the GPU: one copy each per step, not small ones per request.
             ids, lengths = step["output_ids"].cpu(), step["sequence_lengths"].cpu()
-            for i, prompt in enumerate(prompts):
-                tokens = ids[i, 0, len(prompt) : int(lengths[i, 0])].tolist()
+            step_log_probs = step["log_probs"].cpu() if log_probs is not None else None
+            for row, (i, s) in enumerate(rows):
+                tokens = ids[i, s, len(prompts[i]) : int(lengths[i, s])].tolist()
                 if stop in tokens:
                     tokens = tokens[: tokens.index(stop)]
-                for token in tokens[len(new[i]) :]:
+                fresh = tokens[len(new[row]) :]
+                if step_log_probs is not None:
+                    # the whole call's, or a streamed step's: its own new tokens' (executor responses)
+                    log_probs[row] += step_log_probs[i, s, : len(fresh)].tolist()
+                for token in fresh:
                     if on_token is not None:
-                        on_token(i, token)
-                new[i] = tokens
+                        on_token(row, token)
+                new[row] = tokens
         return new
+
+
+def generate_options(
+    sampling: SamplingParams,
+    *,
+    bad_words: Sequence[Sequence[Sequence[int]]] = (),
+    stop_words: Sequence[Sequence[Sequence[int]]] = (),
+    log_probs: bool = False,
+) -> dict[str, Any]:
+    """ModelRunnerCpp.generate's keyword arguments (TensorRT-LLM 1.2.x) for these options.
+
+    Every sampling option is passed, none left to a default: generate builds the executor's
+    SamplingConfig from the ones among its accepted names (it renames num_beams to beam_width and
+    random_seed to seed, and drops top_p 0.0), and a name it does not know is dropped without a word,
+    so the names here are upstream's exactly (tests/test_build.py pins them). Word lists go per
+    request: one list of token sequences per prompt, or None for none at all.
+    """
+    penalties = sampling.penalties
+    options: dict[str, Any] = {
+        "num_beams": sampling.beam_width,
+        "num_return_sequences": sampling.num_return_sequences,
+        "temperature": sampling.temperature,
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "random_seed": sampling.seed,
+        "repetition_penalty": penalties.repetition,
+        "presence_penalty": penalties.presence,
+        "frequency_penalty": penalties.frequency,
+        "min_tokens": penalties.min_tokens,
+        "length_penalty": sampling.length_penalty,
+        "output_log_probs": log_probs,
+    }
+    for name, words in (("bad_words_list", bad_words), ("stop_words_list", stop_words)):
+        if any(words):
+            options[name] = [[list(word) for word in row] for row in words]
+    return options

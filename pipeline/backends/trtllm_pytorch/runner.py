@@ -13,24 +13,28 @@ tensorrt_llm/sampling_params.py @ 000a01de, SamplingParams; executor/result.py, 
 - `SamplingParams(prompt_logprobs=k)` gives top-k logprobs per prompt token, computed from those same
   context logits: the gate needs the whole distribution (its perplexity and top-1 read every row), so
   it asks for the logits themselves.
-- greedy decoding is top_k None or 1 with no top_p (SamplingParams._greedy_decoding); `end_id` left
-  None is the tokenizer's eos, so the gate's "no end id" is NO_END_ID, which no token matches;
-  `max_tokens` new tokens, the output's `token_ids` without the prompt (exclude_input_from_output).
-- `LLM.generate(list of token-id lists, sampling_params)` returns one result per prompt, in order;
-  `LLM.generate_async(..., streaming=True)` yields growing outputs; `LLM.shutdown()` frees the GPU.
+- the runner API's SamplingParams map onto its fields in sampling.py; `end_id` left None is the
+  tokenizer's eos, so the gate's "no end id" is NO_END_ID, which no token matches; `max_tokens` new
+  tokens, each output's `token_ids` without the prompt (exclude_input_from_output), `n` outputs per
+  result, each with `logprobs` (one {token id: Logprob} per token) when asked;
+- `LLM.generate(list of token-id lists, sampling_params)` returns one result per prompt, in order,
+  sampling_params one for all or a list of one per prompt; `LLM.generate_async(..., streaming=True)`
+  yields growing outputs; `LLM.shutdown()` frees the GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.backends.base import NO_END_ID, EngineInfo
 from pipeline.backends.trtllm_pytorch.options import cuda_graph_batch_sizes, options_limits, read_options
-from pipeline.core.errors import MissingDependencyError
+from pipeline.backends.trtllm_pytorch.sampling import llm_api_sampling
+from pipeline.core.errors import InputError, MissingDependencyError
 from pipeline.facts.container import SERVING_CONTAINER
 from pipeline.runtime.limits import EngineLimits
+from pipeline.runtime.sampling import GREEDY, SamplingParams
 
 if TYPE_CHECKING:
     import torch
@@ -46,22 +50,6 @@ def runner_options(options: dict[str, Any], limits: EngineLimits) -> dict[str, A
             "batch_sizes": cuda_graph_batch_sizes(limits.max_batch_size),
         }
     return out
-
-
-def sampling_kwargs(
-    *, max_new_tokens: int, end_id: int | None, temperature: float, top_k: int, seed: int
-) -> dict[str, Any]:
-    """SamplingParams' keywords for the runner API's generate (greedy when temperature is 0). Pure."""
-    kwargs: dict[str, Any] = {
-        "max_tokens": max_new_tokens,
-        "end_id": NO_END_ID if end_id is None else end_id,
-        "detokenize": False,
-    }
-    if temperature == 0:
-        kwargs["top_k"] = 1
-    else:
-        kwargs |= {"temperature": temperature, "top_k": top_k or None, "seed": seed}
-    return kwargs
 
 
 class LlmApiRunner:
@@ -107,28 +95,53 @@ class LlmApiRunner:
         *,
         max_new_tokens: int,
         end_id: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
+        sampling: SamplingParams = GREEDY,
+        bad_words: Sequence[Sequence[Sequence[int]]] = (),
+        stop_words: Sequence[Sequence[Sequence[int]]] = (),
+        log_probs: list[list[float]] | None = None,
         on_token: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        self.limits.check([len(p) for p in prompts], max_new_tokens)
-        kwargs = sampling_kwargs(
-            max_new_tokens=max_new_tokens, end_id=end_id, temperature=temperature, top_k=top_k, seed=seed
-        )
-        params = self._sampling_params(**kwargs)
-        stop = kwargs["end_id"]
+        copies = sampling.num_return_sequences
+        self.limits.check([len(p) for p in prompts for _ in range(copies)], max_new_tokens)
+        stop = NO_END_ID if end_id is None else end_id
+        params = []
+        for i in range(len(prompts)):
+            kwargs = llm_api_sampling(
+                sampling,
+                max_new_tokens=max_new_tokens,
+                end_id=stop,
+                bad_words=bad_words[i] if bad_words else (),
+                stop_words=stop_words[i] if stop_words else (),
+                log_probs=log_probs is not None,
+            )
+            try:
+                params.append(self._sampling_params(**kwargs))
+            except ValueError as exc:  # SamplingParams._validate's refusals
+                raise InputError(f"TensorRT-LLM's SamplingParams refuses these options: {exc}") from None
+        new: list[list[int]] = [[] for _ in range(len(prompts) * copies)]
+        if log_probs is not None:
+            log_probs[:] = [[] for _ in new]
+
+        def take(row: int, output: Any) -> None:
+            tokens = _until(output.token_ids, stop)
+            fresh = tokens[len(new[row]) :]
+            if log_probs is not None:
+                positions = output.logprobs[len(new[row]) : len(tokens)]
+                log_probs[row] += [_logprob(p, t) for p, t in zip(positions, fresh, strict=True)]
+            for token in fresh:
+                if on_token is not None:
+                    on_token(row, token)
+            new[row] = tokens
+
         if on_token is None:
-            return [_until(r.outputs[0].token_ids, stop) for r in self._llm.generate(prompts, params)]
-        new: list[list[int]] = []
+            for i, result in enumerate(self._llm.generate(prompts, params)):
+                for s in range(copies):
+                    take(i * copies + s, result.outputs[s])
+            return new
         for i, prompt in enumerate(prompts):
-            tokens: list[int] = []
-            for step in self._llm.generate_async(prompt, params, streaming=True):
-                grown = _until(step.outputs[0].token_ids, stop)
-                for token in grown[len(tokens) :]:
-                    on_token(i, token)
-                tokens = grown
-            new.append(tokens)
+            for step in self._llm.generate_async(prompt, params[i], streaming=True):
+                for s in range(copies):
+                    take(i * copies + s, step.outputs[s])
         return new
 
     def close(self) -> None:
@@ -138,3 +151,15 @@ class LlmApiRunner:
 def _until(tokens: list[int], stop: int) -> list[int]:
     tokens = list(tokens)
     return tokens[: tokens.index(stop)] if stop in tokens else tokens
+
+
+def _logprob(position: dict[int, Any], token: int) -> float:
+    """The returned token's log probability from one position's {token id: Logprob}. logprobs=1 asks
+    for the top one, which a sampled token need not be (1.2.x returns the top k, not the sampled
+    token besides)."""
+    if token not in position:
+        raise InputError(
+            f"the LLM API gave no log probability for the sampled token {token}: TensorRT-LLM 1.2.x "
+            "returns the top-k ones only; ask for log probabilities with greedy decoding"
+        )
+    return float(position[token].logprob)

@@ -8,13 +8,17 @@ It behaves as TensorRT-LLM 1.2.x's LLM API does where the two consumers can see 
 - a result's `text` is the detokenized output so far, cumulative; `text_diff` is what a streamed
   step added (tensorrt_llm/executor/result.py CompletionOutput: `text_diff = text[_last_text_len:]`);
   decoding skips special tokens (SamplingParams.skip_special_tokens, default True);
-- generation stops at the tokenizer's end id (not returned) or after max_tokens, and says which in
-  finish_reason ("stop" / "length");
+- generate takes tensorrt_llm.SamplingParams' own keywords (sampling_params.py): a name upstream has
+  no field for is refused, as its kw_only dataclass refuses it; fields left None take the C++
+  runtime's defaults (pipeline/backends/trtllm_pytorch/sampling.py reads them);
+- generation stops at the tokenizer's end id (not returned), at a stop token (cut from the output:
+  include_stop_str_in_output defaults to False, executor/result.py) or after max_tokens, and says
+  which in finish_reason ("stop" / "length");
 - the options file is what LLM(model, **options) takes: max_batch_size and max_seq_len bound what it
   accepts, as the runtime enforces them.
 
-Everything else the runtime lacks (top_p, penalties, stop strings, beam search, logprobs) is refused
-by name, never ignored.
+Everything else the runtime lacks (stop strings, beam search, more than one output, logprobs) is
+refused by name, never ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.backends.trtllm_pytorch.sampling import reference_sampling
 from pipeline.core.errors import InputError
 
 FINISH_STOP = "stop"
@@ -119,23 +124,32 @@ class StandInLLM:
         self,
         prompt_token_ids: list[int],
         *,
-        max_tokens: int | None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        seed: int = 0,
-        ignore_eos: bool = False,
         on_step: Callable[[Completion], None] | None = None,
+        **sampling_params: Any,
     ) -> Completion:
-        """Generate; on_step sees the completion after each step whose text is whole (a character
-        whose bytes span tokens is held back until it is complete). Returns the finished completion."""
+        """Generate as tensorrt_llm.SamplingParams(**sampling_params) asks; on_step sees the completion
+        after each step whose text is whole (a character whose bytes span tokens is held back until it
+        is complete). Returns the finished completion."""
+        sampling = reference_sampling(sampling_params)
+        if sampling.num_return_sequences != 1:
+            raise InputError(
+                f"SamplingParams.n={sampling.num_return_sequences} is not supported by the CPU stand-in"
+            )
+        max_tokens = sampling_params.get("max_tokens")
         if max_tokens is None:
             # An unset max_tokens takes what the sequence has left.
             max_tokens = self.limits.max_seq_len - len(prompt_token_ids)
+        end_id = sampling_params.get("end_id")
+        end_id = self.tokenizer.eos_token_id if end_id is None else end_id
+        if sampling_params.get("ignore_eos"):
+            end_id = None  # write max_tokens whatever the model says
+        stop_ids = sampling_params.get("stop_token_ids") or []
+        bad_ids = sampling_params.get("bad_token_ids") or []
         out = Completion(prompt_token_ids=list(prompt_token_ids))
 
         def step(_: int, token: int) -> None:
             out.token_ids.append(token)
-            if on_step is None:
+            if on_step is None or token in stop_ids:  # a stop token is never shown: it is cut below
                 return
             text = self.decode(out.token_ids)
             if text.endswith("\ufffd") or len(text) <= len(out.text):
@@ -147,14 +161,18 @@ class StandInLLM:
             self.model.generate(
                 [list(prompt_token_ids)],
                 max_new_tokens=max_tokens,
-                end_id=None if ignore_eos else self.tokenizer.eos_token_id,
-                temperature=temperature,
-                top_k=top_k,
-                seed=seed,
+                end_id=end_id,
+                sampling=sampling,
+                bad_words=[[[t] for t in bad_ids]] if bad_ids else (),
+                stop_words=[[[t] for t in stop_ids]] if stop_ids else (),
                 on_token=step,
             )
+        stopped = bool(out.token_ids) and out.token_ids[-1] in stop_ids
+        if stopped:
+            out.token_ids.pop()  # a stop token is cut from the output (include_stop_str_in_output False)
         out.last_text_len, out.text = len(out.text), self.decode(out.token_ids)
-        out.finish_reason = FINISH_LENGTH if len(out.token_ids) >= max_tokens else FINISH_STOP
+        length = len(out.token_ids) >= max_tokens and not stopped
+        out.finish_reason = FINISH_LENGTH if length else FINISH_STOP
         if on_step is not None:
             on_step(out)
         return out

@@ -47,6 +47,7 @@ ACTED_ON = {
     Engine.PRESENCE_PENALTY,
     Engine.FREQUENCY_PENALTY,
     Engine.MIN_TOKENS,
+    Engine.LEN_PENALTY,
     Engine.SEED,
     Engine.RETURN_LOG_PROBS,
     Engine.NUM_RETURN_SEQUENCES,
@@ -54,11 +55,9 @@ ACTED_ON = {
     Engine.STREAMING,
     Engine.STOP,
 }
-# Off values other than 0/false/empty: one beam; a length penalty (beam search only)
-# or a top-p decay of 1 leaves the logits as they are.
+# Off values other than 0/false/empty: one beam; a top-p decay of 1 leaves top_p as it is.
 OFF = {
     Engine.BEAM_WIDTH: (1,),
-    Engine.LEN_PENALTY: (1.0,),
     Engine.RUNTIME_TOP_P_DECAY: (1.0,),
 }
 NOT_ACTED_ON = tuple(name for name in Engine.INPUTS if name not in ACTED_ON)
@@ -137,7 +136,7 @@ class TritonPythonModel:
         return self.responder.execute(requests)
 
     def _serve(self, request, sender):
-        from pipeline.runtime.sampling import Penalties
+        from pipeline.runtime.sampling import Penalties, SamplingParams
 
         if bool(_scalar(request, Engine.STOP, False)):
             with self.lock:
@@ -191,19 +190,16 @@ class TritonPythonModel:
             )
             for b, s in rows
         ]
-        prompts = [ids[b, : lengths[b]].tolist() for b, _ in rows]
+        prompts = [ids[b, : lengths[b]].tolist() for b in range(batch)]
         output_lens = [int(output_lens[b]) for b, _ in rows]
         stop_words = _word_lists(_optional(request, Engine.STOP_WORDS_LIST), batch)
-        stop_words = [stop_words[b] for b, _ in rows]
-        bad_words = _word_lists(_optional(request, Engine.BAD_WORDS_LIST), batch)
         end_id = _scalar(request, Engine.END_ID, None)
         self._check_token_id(Engine.END_ID, end_id, sentinel=self.no_end_id)
         self._check_token_id(Engine.PAD_ID, _scalar(request, Engine.PAD_ID, None))
-        options = dict(
-            max_new_tokens=max(output_lens),
-            end_id=None if end_id is None else int(end_id),
-            # an input left out takes TensorRT-LLM's default (layers/defaultDecodingParams.h): temperature
-            # 1, top_k 0, top_p 0, which together are greedy (sampling.py)
+        # An input left out takes the backend's default, which is TensorRT-LLM's (utils.cc
+        # getSamplingConfigFromTensors leaves it unset; layers/defaultDecodingParams.h): temperature 1,
+        # top_k 0, top_p 0 (greedy together: sampling.py), min_tokens 1, length_penalty 0.
+        sampling = SamplingParams(
             temperature=float(_scalar(request, Engine.TEMPERATURE, 1.0)),
             top_k=int(_scalar(request, Engine.RUNTIME_TOP_K, 0)),
             top_p=float(_scalar(request, Engine.RUNTIME_TOP_P, 0.0)),
@@ -212,17 +208,29 @@ class TritonPythonModel:
                 repetition=float(_scalar(request, Engine.REPETITION_PENALTY, 1.0)),
                 presence=float(_scalar(request, Engine.PRESENCE_PENALTY, 0.0)),
                 frequency=float(_scalar(request, Engine.FREQUENCY_PENALTY, 0.0)),
-                min_tokens=int(_scalar(request, Engine.MIN_TOKENS, 0)),
+                min_tokens=int(_scalar(request, Engine.MIN_TOKENS, Penalties.min_tokens)),
             ),
-            bad_words=[bad_words[b] for b, _ in rows],
+            length_penalty=float(_scalar(request, Engine.LEN_PENALTY, SamplingParams.length_penalty)),
+            num_return_sequences=sequences,
+        )
+        options = dict(
+            max_new_tokens=max(output_lens),
+            end_id=None if end_id is None else int(end_id),
+            sampling=sampling,
+            bad_words=_word_lists(_optional(request, Engine.BAD_WORDS_LIST), batch),
+            stop_words=stop_words,
             log_probs=[] if bool(_scalar(request, Engine.RETURN_LOG_PROBS, False)) else None,
         )
+        row_prompts = [prompts[b] for b, _ in rows]
+        stop_words = [stop_words[b] for b, _ in rows]
         exclude_input = bool(_scalar(request, Engine.EXCLUDE_INPUT_IN_OUTPUT, self.exclude_input))
         generation = _Generation(self, request, sender)
         try:
             if streaming:
                 return self._stream(prompts, stop_words, output_lens, options, generation, labels)
-            return self._whole(prompts, stop_words, output_lens, options, generation, labels, exclude_input)
+            return self._whole(
+                prompts, row_prompts, stop_words, output_lens, options, generation, labels, exclude_input
+            )
         except _Cancelled:
             pb_utils.Logger.log_info(f"tensorrt_llm: request '{request.request_id()}' cancelled")
             if sender is None:
@@ -231,19 +239,22 @@ class TritonPythonModel:
         finally:
             generation.close()
 
-    def _whole(self, prompts, stop_words, output_lens, options, generation, labels, exclude_input):
+    def _whole(
+        self, prompts, row_prompts, stop_words, output_lens, options, generation, labels, exclude_input
+    ):
+        """prompts: the request's; row_prompts, stop_words, output_lens and labels: per generated row."""
         generated = self.runner.generate(prompts, on_token=generation.check, **options)
         log_probs = options["log_probs"]
         answers = []
         for b, tokens in enumerate(generated):
             limit = int(output_lens[b])
-            ended = len(tokens) < limit  # by end_id, which is not returned
             tokens = list(tokens[:limit])
-            end = stop_position(tokens, stop_words[b])
+            end = stop_position(tokens, stop_words[b])  # the runtime stopped there: the word is returned
+            # the decoding step at which this row finished: an end_id, not returned, took one more
+            steps = end if end is not None else len(tokens) + int(len(tokens) < limit)
             tokens = tokens[:end] if end is not None else tokens
-            steps = len(tokens) + int(ended)  # the decoding step at which this prompt finished
             probs = None if log_probs is None else log_probs[b][: len(tokens)]
-            answers.append((steps, b, tokens if exclude_input else prompts[b] + tokens, probs))
+            answers.append((steps, b, tokens if exclude_input else row_prompts[b] + tokens, probs))
         pad = options["end_id"] or 0
         *first, last = sorted(answers, key=lambda answer: answer[:2])  # completion order; the last is final
         for _, b, tokens, probs in first:
@@ -260,14 +271,15 @@ class TritonPythonModel:
             raise ValueError(f"input '{name}' is {int(value)}, outside the vocabulary: expected {allowed}")
 
     def _stream(self, prompts, stop_words, output_lens, options, generation, labels):
-        sent: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
+        """prompts: the request's; stop_words, output_lens and labels: per generated row."""
+        sent: list[list[int]] = [[] for _ in stop_words]
+        done = [False] * len(stop_words)
         log_probs = options["log_probs"]  # filled by generate before it calls on_token
 
         def on_token(index, token):
             generation.check(index, token)
             if done[index]:
-                return  # the reference runtime has no early exit for one prompt; its tokens are dropped
+                return  # past this row's own max_tokens the runtime goes on; its tokens are dropped
             sent[index].append(int(token))
             probs = None if log_probs is None else log_probs[index][-1:]
             cum = None if log_probs is None else sum(log_probs[index])
