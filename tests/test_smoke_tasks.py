@@ -150,23 +150,60 @@ def test_a_deployment_that_answers_differently_from_the_gated_model_fails_naming
     assert "DIFFERS" in out.out and "tiny_dialogue" in out.out  # the table's row
 
 
+@pytest.mark.parametrize(
+    ("replacement", "message"),
+    [
+        (
+            "limit = 6",
+            "gate.tasks[1] 'tiny_dialogue': limit 6, num_fewshot None, but it was gated with limit 12",
+        ),
+        ('name = "tiny_other", limit = 12', "gate.tasks[1] 'tiny_other': "),
+    ],
+)
 def test_tasks_a_version_was_not_gated_on_are_refused_before_serving(
-    tmp_path, tiny_model_dir, checkpoint, gate_report, capsys
+    tmp_path, tiny_model_dir, checkpoint, gate_report, capsys, replacement, message
 ):
     config_path = publish(
         tmp_path, Upstream(tokenizer_dir=tiny_model_dir, checkpoint_dir=checkpoint, gate_report=gate_report)
     )
     text = config_path.read_text()
     config_path.write_text(
-        text.replace('{ name = "tiny_dialogue", limit = 12 }', '{ name = "tiny_dialogue", limit = 6 }')
+        text.replace(
+            'name = "tiny_dialogue", limit = 12',
+            replacement.replace("limit = 6", 'name = "tiny_dialogue", limit = 6'),
+        )
     )
     code = main(smoke(config_path))
     err = capsys.readouterr().err
     assert code == 2
-    assert "gate.tasks[1] 'tiny_dialogue': limit 6, num_fewshot None, but it was gated with limit 12" in err
-    assert not (
-        config_path.parent / "work" / "smoke" / "trtllm-engine" / "int8_sq" / PROFILE / "repository"
-    ).exists()
+    assert message in err
+    if "tiny_other" in message:
+        assert "has no score for it (gated on: tiny_next_word, tiny_dialogue)" in err
+    view = config_path.parent / "work" / "smoke" / "trtllm-engine" / "int8_sq" / PROFILE / "repository"
+    assert not view.exists()  # refused before anything was served
+
+
+def test_the_allowed_difference_is_the_gated_stderr_and_never_under_one_item():
+    """lm-eval's standard error of a mean of 0/1 items is sqrt(p(1-p)/(n-1)): 0 for a perfect score."""
+    from pipeline.gate.tasks import TaskScore
+    from pipeline.serving.task_check import _compare
+
+    def gated(score, stderr):
+        reference = TaskScore(
+            task="t", metric="acc,none", score=1.0, stderr=0.0, samples=12, num_fewshot=None, limit=12
+        )
+        candidate = reference.model_copy(update={"score": score, "stderr": stderr})
+        return task_result(reference, candidate, min_recovery=0.5, max_drop_points=None)
+
+    served = TaskScore(
+        task="t", metric="acc,none", score=11 / 12, stderr=0.08, samples=12, num_fewshot=None, limit=12
+    )
+    perfect = _compare(gated(1.0, 0.0), served)
+    assert perfect.allowed == pytest.approx(1 / 12) and perfect.ok  # one item may flip at a near tie
+    assert not _compare(gated(1.0, 0.0), served.model_copy(update={"score": 10 / 12})).ok
+    noisy = _compare(gated(0.5, 0.15), served.model_copy(update={"score": 0.62}))
+    assert noisy.allowed == 0.15 and noisy.ok
+    assert not _compare(gated(0.5, 0.15), served.model_copy(update={"score": 0.7})).ok
 
 
 def test_a_version_without_a_gate_report_of_tasks_is_one_line(tmp_path, capsys):
