@@ -24,7 +24,7 @@ from pipeline.facts.config import GateTask
 from pipeline.facts.layout import GATE_JSON
 from pipeline.gate.lm_adapter import TokenizerLM
 from pipeline.gate.report import GateResult
-from pipeline.gate.tasks import Unscored, evaluate_tasks
+from pipeline.gate.tasks import TaskScore, Unscored, evaluate_tasks
 from pipeline.gate.verdict import TaskResult
 from pipeline.runtime.limits import EngineLimits
 from pipeline.serving.client import generate
@@ -147,7 +147,7 @@ def check_served_tasks(
     return [_compare(gated[s.task], s) for s in scores]
 
 
-def _compare(gated: TaskResult, served) -> TaskComparison:
+def _compare(gated: TaskResult, served: TaskScore | Unscored) -> TaskComparison:
     # The gated score is the gate engine's (built with context logits, scored in batches of
     # gate.batch_size); the server runs the profile's own engine one request at a time. Even the
     # deterministic greedy CPU reference may then continue differently at a near tie, which the gate
