@@ -92,6 +92,7 @@ class Upstream:
     checkpoint_dir: Path | None = None  # None: placeholder weights (publish never loads them)
     engine_info: EngineInfo = field(default_factory=cpu_engine_info)
     gate_ok: bool = True
+    gate_report: str | None = None  # gate.json's text (None: a stand-in verdict, not a full gate report)
     engine_edit: Callable[[Path], None] | None = None  # makes the built engine folder bad, as a build might
     runs: list[str] = field(default_factory=list)
 
@@ -130,7 +131,7 @@ class Upstream:
 
     def _gate(self, ctx) -> dict:
         verdict = {"ok": self.gate_ok, "precision": ctx.precision.value, "profile": ctx.profile.name}
-        (ctx.out_dir / "gate.json").write_text(json.dumps(verdict))
+        (ctx.out_dir / "gate.json").write_text(self.gate_report or json.dumps(verdict))
         (ctx.out_dir / "gate.md").write_text("# gate\n")
         return verdict
 

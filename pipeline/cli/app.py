@@ -525,6 +525,12 @@ def smoke_command(
         int | None,
         typer.Option("--max-tokens", min=1, help="Tokens per answer. Default: gate.max_new_tokens."),
     ] = None,
+    tasks: Annotated[
+        bool,
+        typer.Option(
+            "--tasks", help="Also score gate.tasks against the server; each must match its gated score."
+        ),
+    ] = False,
     debug: DebugOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -541,6 +547,7 @@ def smoke_command(
         backends=frozenset(backend or ()),
         prompts=prompts,
         max_tokens=max_tokens,
+        tasks=tasks,
     )
     if as_json:
         print(json.dumps([r.to_json() for r in result.reports], indent=2))

@@ -6,6 +6,8 @@ string. `RunnerLM` answers all three from the runner API alone (context_logits, 
 unquantized Hugging Face model (pipeline.gate.evaluate.HuggingFaceModel), the reference runtime and a
 TensorRT-LLM gate engine are scored by the same code: the only difference between two scores is the
 model. Tokenizing a (context, continuation) pair is lm-eval's own (TemplateLM._encode_pair).
+`TokenizerLM` holds what does not depend on where the model runs (tokens, greedy generation cut at
+the stop strings), so a served deployment is scored by the same code (pipeline.serving.task_check).
 
 Both sides are given the gate engine's limits: a request longer than the engine takes keeps its end
 (what is scored or continued), the same on both sides, and at most `batch_size` sequences are in
@@ -14,6 +16,7 @@ flight at once.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,12 +31,12 @@ if TYPE_CHECKING:
     from pipeline.gate.evaluate import LanguageModel
 
 
-class RunnerLM(TemplateLM):
-    def __init__(
-        self, model: LanguageModel, tokenizer: Any, limits: EngineLimits, *, batch_size: int
-    ) -> None:
+class TokenizerLM(TemplateLM):
+    """What every model scored here shares: the tokenizer, the engine's limits, and greedy generation
+    cut at the stop strings. A subclass says how a group of contexts is continued (`_continue`)."""
+
+    def __init__(self, tokenizer: Any, limits: EngineLimits, *, batch_size: int) -> None:
         super().__init__()
-        self.model = model
         self.tokenizer = tokenizer
         self.limits = limits
         self.batch_size = max(1, min(batch_size, limits.max_batch_size))
@@ -56,6 +59,45 @@ class RunnerLM(TemplateLM):
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations, cut before the first stop string (the gate compares greedy outputs
+        only: a sampled score would differ between two runs of the same model)."""
+        args = [request.args for request in requests]
+        out: list[str] = [""] * len(args)
+        for start in range(0, len(args), self.batch_size):
+            budgets: dict[int, list[int]] = {}  # one generate call per max_new_tokens
+            for i in range(start, min(start + self.batch_size, len(args))):
+                budgets.setdefault(self._budget(args[i][1]), []).append(i)
+            for max_new, indices in budgets.items():
+                texts = self._continue([args[i][0] for i in indices], max_new)
+                for i, text in zip(indices, texts, strict=True):
+                    out[i] = _cut(text, args[i][1].get("until"))
+        return out
+
+    @abstractmethod
+    def _continue(self, contexts: list[str], max_new: int) -> list[str]:
+        """Each context's greedy continuation of at most max_new tokens, as text."""
+
+    def _budget(self, gen_kwargs: dict[str, Any]) -> int:
+        if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0.0) > 0:
+            raise InputError(
+                "a gate task samples (do_sample, or temperature > 0): its score would change from run to run",
+                hint="gate only on tasks that decode greedily",
+            )
+        return min(int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)), self.limits.max_seq_len - 1)
+
+
+class RunnerLM(TokenizerLM):
+    """A runner in this process: loglikelihood from its context logits, generation from its generate."""
+
+    def __init__(
+        self, model: LanguageModel, tokenizer: Any, limits: EngineLimits, *, batch_size: int
+    ) -> None:
+        super().__init__(tokenizer, limits, batch_size=batch_size)
+        self.model = model
 
     # --- scoring ------------------------------------------------------------------------------
 
@@ -102,31 +144,10 @@ class RunnerLM(TemplateLM):
             out.append(sum(logprob for logprob, _ in scores))
         return out
 
-    # --- generation ---------------------------------------------------------------------------
-
-    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy continuations, cut before the first stop string (the gate compares greedy outputs
-        only: a sampled score would differ between two runs of the same model)."""
-        args = [request.args for request in requests]
-        out: list[str] = [""] * len(args)
-        for start in range(0, len(args), self.batch_size):
-            budgets: dict[int, list[int]] = {}  # one generate call per max_new_tokens
-            for i in range(start, min(start + self.batch_size, len(args))):
-                budgets.setdefault(self._budget(args[i][1]), []).append(i)
-            for max_new, indices in budgets.items():
-                prompts = [self._fit_prompt(args[i][0], max_new) for i in indices]
-                generated = self.model.generate(prompts, max_new_tokens=max_new, end_id=self.eot_token_id)
-                for i, tokens in zip(indices, generated, strict=True):
-                    out[i] = _cut(self.tok_decode(tokens), args[i][1].get("until"))
-        return out
-
-    def _budget(self, gen_kwargs: dict[str, Any]) -> int:
-        if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0.0) > 0:
-            raise InputError(
-                "a gate task samples (do_sample, or temperature > 0): its score would change from run to run",
-                hint="gate only on tasks that decode greedily",
-            )
-        return min(int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)), self.limits.max_seq_len - 1)
+    def _continue(self, contexts: list[str], max_new: int) -> list[str]:
+        prompts = [self._fit_prompt(context, max_new) for context in contexts]
+        generated = self.model.generate(prompts, max_new_tokens=max_new, end_id=self.eot_token_id)
+        return [self.tok_decode(tokens) for tokens in generated]
 
     def _fit_prompt(self, context: str, max_new: int) -> list[int]:
         room = min(self.limits.max_input_len, self.limits.max_seq_len - max_new)

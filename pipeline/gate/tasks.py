@@ -124,6 +124,15 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def require_lm_eval() -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"gate.tasks needs lm-evaluation-harness 0.4 ({exc.name} is missing)", hint=INSTALL_HINT
+        ) from None
+
+
 def score_tasks(
     model: LanguageModel,
     *,
@@ -136,28 +145,56 @@ def score_tasks(
     log: logging.Logger | None = None,
 ) -> list[TaskScore]:
     """The model's score on each task, computed by lm-evaluation-harness."""
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.tasks import TaskManager
+    require_lm_eval()
+    from pipeline.gate.lm_adapter import RunnerLM
 
-        from pipeline.gate.lm_adapter import RunnerLM
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"gate.tasks needs lm-evaluation-harness 0.4 ({exc.name} is missing)", hint=INSTALL_HINT
-        ) from None
+    lm = RunnerLM(model, tokenizer, limits, batch_size=batch_size)
+    scored = evaluate_tasks(lm, tasks=tasks, task_dir=task_dir, datasets_cache=datasets_cache, log=log)
+    return [s for s in scored if isinstance(s, TaskScore)]  # RunnerLM answers every output type
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """A task the model could not be asked: it needs an output type the model does not give."""
+
+    task: str
+    output_types: tuple[str, ...]
+
+
+ALL_OUTPUT_TYPES = frozenset({"loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until"})
+
+
+def evaluate_tasks(
+    lm: Any,
+    *,
+    tasks: tuple[GateTask, ...],
+    task_dir: Path | None,
+    datasets_cache: Path,
+    answers: frozenset[str] = ALL_OUTPUT_TYPES,
+    log: logging.Logger | None = None,
+) -> list[TaskScore | Unscored]:
+    """`lm`'s score on each task (an lm-eval LM); a task of an output type outside `answers` is
+    Unscored rather than asked."""
+    require_lm_eval()
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
     local = local_tasks(task_dir)
     # Indexing lm-eval's own ~15k task YAMLs takes half a minute: only when a task needs them.
     manager = TaskManager(
         include_path=str(task_dir) if local else None,
         include_defaults=any(task.name not in local for task in tasks),
     )
-    lm = RunnerLM(model, tokenizer, limits, batch_size=batch_size)
-    scores = []
+    scores: list[TaskScore | Unscored] = []
     for i, task in enumerate(tasks):
         if log is not None:
             log.info("task %s: %s", task.name, describe_data(task, task_dir))
         try:
             built = _build_task(i, task, local, datasets_cache, manager)
+            needs = _output_types(built)
+            if not needs <= answers:
+                scores.append(Unscored(task.name, tuple(sorted(needs - answers))))
+                continue
             results = simple_evaluate(
                 model=lm,
                 tasks=[built],
@@ -173,6 +210,15 @@ def score_tasks(
             raise _data_error(i, task, exc) from None
         scores.append(_score(task, results))
     return scores
+
+
+def _output_types(built: Any) -> set[str]:
+    """The output types a built task (a Task, a Group, or a tag's list of Tasks) asks the model for."""
+    from lm_eval.api.group import Group
+
+    leaves = built if isinstance(built, list) else [built]
+    leaves = [t for leaf in leaves for t in (leaf.get_all_tasks() if isinstance(leaf, Group) else [leaf])]
+    return {t.OUTPUT_TYPE for t in leaves}
 
 
 def _build_task(i: int, task: GateTask, local: dict[str, Path], datasets_cache: Path, manager: Any) -> Any:

@@ -93,6 +93,33 @@ def print_smoke(console: Console, reports: list[SmokeReport]) -> None:
     if reports and reports[-1].checks:
         last = reports[-1].checks[0]
         console.print(f"generated answer: {escape(last.prompt)}[bold]{escape(last.got)}[/]")
+    rows = [(r, t) for r in reports for t in r.tasks]
+    if rows:
+        table = Table(title="smoke --tasks: served score against gated score", title_justify="left")
+        for column in ("version", "task", "metric", "items", "gated", "served", "allowed", "result"):
+            table.add_column(column, overflow="fold")
+        for report, t in rows:
+            served = "-" if t.served is None else f"{t.served:.4f}"
+            result = (
+                "[yellow]not scored[/]"
+                if t.served is None
+                else "[green]ok[/]"
+                if t.ok
+                else "[bold red]DIFFERS[/]"
+            )
+            table.add_row(
+                escape(str(report.repository)),
+                escape(t.task),
+                escape(t.metric),
+                str(t.samples),
+                f"{t.gated:.4f}",
+                served,
+                f"± {t.allowed:.4f}",
+                result,
+            )
+        console.print(table)
+        for t in (t for _, t in rows if t.note):
+            console.print(f"{escape(t.task)}: {escape(t.note)}")
 
 
 def print_selftest(console: Console, report: SelftestReport, report_path: Path) -> None:

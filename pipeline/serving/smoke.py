@@ -27,7 +27,11 @@ from pipeline.serving.models.tensornames import Text
 from pipeline.serving.render import CONFIG_NAME, parse_model_config
 from pipeline.serving.repository import ENGINE_SUBDIR, TOKENIZER_SUBDIR
 from pipeline.serving.server import TritonInstall, TritonServer
-from pipeline.serving.smoke_report import SmokeCheck, SmokeReport
+from pipeline.serving.smoke_report import SmokeCheck, SmokeReport, TaskComparison
+
+if TYPE_CHECKING:
+    from pipeline.gate.verdict import TaskResult
+    from pipeline.serving.task_check import ServedTasks
 
 if TYPE_CHECKING:
     from pipeline.runtime.sampling import SamplingParams
@@ -89,9 +93,16 @@ def run_smoke(
     work_dir: Path,
     reporter: Reporter,
     install: TritonInstall | None = None,
+    tasks: ServedTasks | None = None,
 ) -> SmokeReport:
-    """Start tritonserver on `repository`, ask it `prompts`, compare with the reference, stop it."""
+    """Start tritonserver on `repository`, ask it `prompts`, compare with the reference (and, with
+    `tasks`, score them served against the gated scores), stop it."""
     require_servable_here(repository)
+    gated = None
+    if tasks is not None:  # read first: a version gated on other tasks is refused at once
+        from pipeline.serving.task_check import gated_scores
+
+        gated = gated_scores(repository, tasks)
     reporter.info(f"reference answers from {repository / ENGINE_SUBDIR}")
     expected = reference_answers(repository, prompts, max_tokens)
     batch = batched_request(repository, prompts, max_tokens)
@@ -107,7 +118,28 @@ def run_smoke(
         report.checks = ask_server(server.url, prompts, expected, max_tokens=max_tokens)
         if batch:
             report.checks += ask_batched(server.url, batch, batch_expected)
+        if tasks is not None and gated is not None:
+            report.tasks = ask_tasks(server.url, repository, tasks, gated, reporter)
     return report
+
+
+def ask_tasks(
+    url: str, repository: Path, tasks: ServedTasks, gated: dict[str, TaskResult], reporter: Reporter
+) -> list[TaskComparison]:
+    """The tasks scored through the ensemble, each against the version's gated score."""
+    from transformers import AutoTokenizer
+
+    from pipeline.backends import engine_limits
+    from pipeline.serving.task_check import check_served_tasks, ensemble_completion
+
+    reporter.info(f"scoring {', '.join(t.name for t in tasks.tasks)} against the served ensemble")
+    return check_served_tasks(
+        ensemble_completion(url),
+        gated,
+        tasks,
+        tokenizer=AutoTokenizer.from_pretrained(repository / TOKENIZER_SUBDIR),
+        limits=engine_limits(repository / ENGINE_SUBDIR),
+    )
 
 
 def require_servable_here(repository: Path) -> None:
@@ -226,28 +258,51 @@ def smoke_published(
     backends: set[str] | None = None,
     prompts: int = 2,
     max_tokens: int | None = None,
+    tasks: bool = False,
 ) -> list[SmokeReport]:
-    """Smoke every published variant the filters select, one server at a time."""
+    """Smoke every published variant the filters select, one server at a time; with `tasks`, each
+    also scores gate.tasks served."""
     from pipeline.datasets.jsonl import load_prompts
 
     texts = load_prompts(config.gate.prompts, limit=prompts).texts
+    served_tasks = served_gate_tasks(config, work_dir) if tasks else None
     reports = []
     for backend, precision, profile in config.published_variants(backends, precisions, profiles):
         repository = published_repository(config, backend, precision, profile)
         require_intact(repository, "refusing to serve it")
         reporter.info(f"smoke {backend}/{precision}/{profile}: serving {repository.resolve()}")
-        smoke_one = run_pytorch_smoke if is_pytorch_release(repository) else run_smoke
-        reports.append(
-            smoke_one(
-                repository,
-                texts,
-                max_tokens=max_tokens or config.gate.max_new_tokens,
-                work_dir=work_dir / "smoke" / backend / precision / profile,
-                reporter=reporter,
-            )
-        )
+        common = {
+            "max_tokens": max_tokens or config.gate.max_new_tokens,
+            "work_dir": work_dir / "smoke" / backend / precision / profile,
+            "reporter": reporter,
+        }
+        if is_pytorch_release(repository):
+            if served_tasks is not None:
+                raise InputError(
+                    f"smoke --tasks: not yet for a trtllm-pytorch release ({backend}/{precision}/{profile})",
+                    hint="select the engine variants with --backend trtllm-engine",
+                )
+            reports.append(run_pytorch_smoke(repository, texts, **common))
+        else:
+            reports.append(run_smoke(repository, texts, tasks=served_tasks, **common))
         require_intact(repository, "the server wrote into it")
     return reports
+
+
+def served_gate_tasks(config: PipelineConfig, work_dir: Path) -> ServedTasks:
+    from pipeline.facts.layout import datasets_cache_dir
+    from pipeline.gate.tasks import require_lm_eval
+
+    if not config.gate.tasks:
+        raise InputError(
+            "smoke --tasks: gate.tasks is empty, so nothing was gated on a task",
+            path=config.source,
+            hint="list lm-eval tasks in gate.tasks (and publish again), or leave out --tasks",
+        )
+    require_lm_eval()
+    from pipeline.serving.task_check import ServedTasks
+
+    return ServedTasks(config.gate.tasks, config.gate.task_dir, datasets_cache_dir(work_dir))
 
 
 def is_pytorch_release(repository: Path) -> bool:
