@@ -45,38 +45,44 @@ def checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
     return tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq")
 
 
-@pytest.fixture(scope="module")
-def gate_report(tmp_path_factory, tiny_model_dir, checkpoint) -> str:
-    """gate.json with the int8_sq checkpoint's task scores against the unquantized model's."""
+def gate_json(tiny_model_dir: Path, candidate, limits: EngineLimits, cache: Path, **names: str) -> str:
+    """gate.json with `candidate`'s task scores against the unquantized model's, as the gate scores them."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cache = tmp_path_factory.mktemp("datasets")
 
     def scores(model):
         return score_tasks(
             model,
             tokenizer=tokenizer,
-            limits=LIMITS,
-            batch_size=8,
+            limits=limits,
+            batch_size=limits.max_batch_size,
             tasks=TASKS,
             task_dir=TASK_DIR,
             datasets_cache=cache,
         )
 
     reference = scores(HuggingFaceModel.load(tiny_model_dir))
-    candidate = scores(engine(checkpoint, LIMITS))
     tasks = [
         task_result(r, c, min_recovery=0.95, max_drop_points=None)
-        for r, c in zip(reference, candidate, strict=True)
+        for r, c in zip(reference, scores(candidate), strict=True)
     ]
     assert {t.task: t.score for t in tasks}["tiny_dialogue"] >= 0.5  # else a broken server could match it
     return GateResult(
-        verdict=True, precision="int8_sq", profile=PROFILE, checks=[], reference_perplexity=1.0,
+        verdict=True, **names, checks=[], reference_perplexity=1.0,
         candidate_perplexity=1.0, exact_greedy_matches=0, served_exact_greedy_matches=0, served_near_ties=0,
         reference_choice_accuracy=None, candidate_choice_accuracy=None, windows=0, window_len=0, prompts=0,
-        max_new_tokens=0, choice_items=0, batch_size=8, data={}, tasks=tasks,
+        max_new_tokens=0, choice_items=0, batch_size=limits.max_batch_size, data={}, tasks=tasks,
     ).model_dump_json(indent=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gate_report(tmp_path_factory, tiny_model_dir, checkpoint) -> str:
+    """gate.json with the int8_sq checkpoint's task scores against the unquantized model's."""
+    cache = tmp_path_factory.mktemp("datasets")
+    return gate_json(
+        tiny_model_dir, engine(checkpoint, LIMITS), LIMITS, cache, precision="int8_sq", profile=PROFILE
+    )
 
 
 def publish(tmp: Path, upstream: Upstream) -> Path:
@@ -223,3 +229,59 @@ def test_tasks_without_gate_tasks_is_one_line(tmp_path, capsys):
     code = main(smoke(tmp_path / "pipeline.toml"))
     err = capsys.readouterr().err
     assert code == 2 and "gate.tasks is empty" in err
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_pytorch_release_is_scored_through_its_trtllm_serve(tmp_path, tiny_model_dir, capsys):
+    """A trtllm-pytorch release: the tasks go to its bundle's trtllm-serve (/v1/completions, greedy).
+    Gated on what it serves, it passes; a gate.json whose score is not what the release serves fails,
+    naming the task."""
+    from publish_upstream import cpu_engine_info
+    from test_pytorch_serving import OPTIONS, _as_pytorch_build
+
+    from pipeline.backends.reference import ReferenceRunner
+    from pipeline.serving.pytorch.llm import StandInLLM
+
+    llm = StandInLLM(tiny_model_dir, OPTIONS)  # what the release's trtllm-serve runs on the CPU
+    report = gate_json(
+        tiny_model_dir,
+        ReferenceRunner(llm.model, engine_config={}),
+        llm.limits,
+        tmp_path / "datasets",
+        precision="int8_wo",
+        profile="latency",
+    )
+    gated = json.loads(report)
+    dialogue = next(t for t in gated["tasks"] if t["task"] == "tiny_dialogue")
+    dialogue["score"] -= 0.5  # two or more items further than one item or the stderr allows
+    for name, text in (("same", report), ("other", json.dumps(gated))):
+        upstream = Upstream(
+            tokenizer_dir=tiny_model_dir,
+            gate_report=text,
+            engine_info=cpu_engine_info().model_copy(update={"backend": "reference-pytorch"}),
+            engine_edit=_as_pytorch_build(tiny_model_dir),
+        )
+        (tmp_path / name).mkdir()
+        config = config_with(tmp_path / name, **CONFIG_CHANGES)
+        variant = {"backend": "trtllm-pytorch", "precision": "int8_wo", "profile": "latency"}
+        assert run_publish(config, tmp_path / name / "work", upstream, **variant).error is None
+        argv = ["smoke", "--config", str(config.source), "--work-dir", str(tmp_path / name / "work")]
+        argv += [f"--{k}={v}" for k, v in variant.items()] + [
+            "--prompts",
+            "1",
+            "--max-tokens",
+            "4",
+            "--tasks",
+        ]
+        code = main([*argv, "--json"])
+        out = capsys.readouterr()
+        (smoked,) = json.loads(out.out)
+        rows = {row["task"]: row for row in smoked["tasks"]}
+        assert rows["tiny_dialogue"]["served"] is not None and rows["tiny_next_word"]["served"] is None
+        if name == "same":
+            assert code == 0, out.err
+            assert rows["tiny_dialogue"]["ok"]
+        else:
+            assert code == 1 and not rows["tiny_dialogue"]["ok"]
+            assert "task 'tiny_dialogue'" in out.err

@@ -31,10 +31,8 @@ from pipeline.serving.smoke_report import SmokeCheck, SmokeReport, TaskCompariso
 
 if TYPE_CHECKING:
     from pipeline.gate.verdict import TaskResult
-    from pipeline.serving.task_check import ServedTasks
-
-if TYPE_CHECKING:
     from pipeline.runtime.sampling import SamplingParams
+    from pipeline.serving.task_check import ServedTasks
 
 ROUTES = ("ensemble/generate", "ensemble/generate_stream", "tensorrt_llm_bls/generate_stream")
 BATCH_ROUTES = ("ensemble/generate_stream (batch)", "tensorrt_llm_bls/generate_stream (batch)")
@@ -276,15 +274,8 @@ def smoke_published(
             "work_dir": work_dir / "smoke" / backend / precision / profile,
             "reporter": reporter,
         }
-        if is_pytorch_release(repository):
-            if served_tasks is not None:
-                raise InputError(
-                    f"smoke --tasks: not yet for a trtllm-pytorch release ({backend}/{precision}/{profile})",
-                    hint="select the engine variants with --backend trtllm-engine",
-                )
-            reports.append(run_pytorch_smoke(repository, texts, **common))
-        else:
-            reports.append(run_smoke(repository, texts, tasks=served_tasks, **common))
+        smoke_one = run_pytorch_smoke if is_pytorch_release(repository) else run_smoke
+        reports.append(smoke_one(repository, texts, tasks=served_tasks, **common))
         require_intact(repository, "the server wrote into it")
     return reports
 
@@ -312,12 +303,18 @@ def is_pytorch_release(repository: Path) -> bool:
     return manifest.serving.llmapi_repository is not None
 
 
-def run_pytorch_smoke(repository: Path, prompts: list[str], **kwargs) -> SmokeReport:
-    """A PyTorch-backend release: its llmapi repository and trtllm-serve bundle, on the CPU stand-ins."""
+def run_pytorch_smoke(
+    repository: Path, prompts: list[str], *, tasks: ServedTasks | None = None, **kwargs
+) -> SmokeReport:
+    """A PyTorch-backend release: its llmapi repository and trtllm-serve bundle, on the CPU stand-ins
+    (and, with `tasks`, them scored through trtllm-serve against the gated scores)."""
     from pipeline.serving.pytorch.smoke import run_release_smoke
+    from pipeline.serving.task_check import gated_scores
 
     require_servable_here(repository)
-    report = run_release_smoke(serving_view(repository, kwargs["work_dir"]), prompts, **kwargs)
+    gated = gated_scores(repository, tasks) if tasks is not None else None  # refused before serving
+    view = serving_view(repository, kwargs["work_dir"])
+    report = run_release_smoke(view, prompts, tasks=tasks, gated=gated, **kwargs)
     report.repository = repository
     return report
 

@@ -2,7 +2,8 @@
 published version's gate.json recorded, so what is served scores as what was gated.
 
 lm-eval asks the server through `ServedLM`, the gate's own adapter code (pipeline.gate.lm_adapter:
-tokens, greedy budgets, stop strings) with generation sent to the ensemble's /generate endpoint.
+tokens, greedy budgets, stop strings) with generation sent to the ensemble's /generate endpoint, or to
+a PyTorch-backend release's trtllm-serve (/v1/completions).
 The served engines give no log-likelihood of a prompt: a published engine is built without
 gather_context_logits (only the gate engine has context logits), and the reference stand-in of the
 tensorrt_llm model refuses `return_context_logits` (its output_log_probs are the generated tokens'
@@ -75,6 +76,19 @@ def ensemble_completion(url: str) -> Callable[[str, int], str]:
         return generate(url, "ensemble", {Text.TEXT_INPUT: prompt, Text.MAX_TOKENS: max_tokens})[
             Text.TEXT_OUTPUT
         ]
+
+    return complete
+
+
+def openai_completion(url: str, model: str) -> Callable[[str, int], str]:
+    """Greedy text through trtllm-serve's /v1/completions (temperature 0), with the openai client."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+    def complete(prompt: str, max_tokens: int) -> str:
+        answer = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
+        return answer.choices[0].text
 
     return complete
 

@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import StageError
 from pipeline.core.reporter import Reporter
@@ -32,6 +33,10 @@ from pipeline.serving.pytorch.llm import StandInLLM, read_options
 from pipeline.serving.pytorch.release import MODEL_NAME, MODEL_YAML, OPTIONS_FILE, read_command
 from pipeline.serving.server import TritonInstall, TritonServer, free_port
 from pipeline.serving.smoke_report import SmokeCheck, SmokeReport
+
+if TYPE_CHECKING:
+    from pipeline.gate.verdict import TaskResult
+    from pipeline.serving.task_check import ServedTasks
 
 STAGE = "smoke"
 
@@ -261,8 +266,11 @@ def run_release_smoke(
     work_dir: Path,
     reporter: Reporter,
     install: TritonInstall | None = None,
+    tasks: ServedTasks | None = None,
+    gated: dict[str, TaskResult] | None = None,
 ) -> SmokeReport:
-    """Serve `release` (a copy the servers may write into: serving_view) both ways and check every answer."""
+    """Serve `release` (a copy the servers may write into: serving_view) both ways and check every answer;
+    with `tasks`, score them through trtllm-serve against their `gated` scores."""
     llm, model = release_llm(release)
     model_yaml = read_options(release / layout.LLMAPI_REPOSITORY / MODEL_NAME / "1" / MODEL_YAML)
     decoupled = bool(model_yaml["triton_config"]["decoupled"])
@@ -282,4 +290,15 @@ def run_release_smoke(
     with OpenAIServer(release, work_dir=work_dir / "openai") as openai_server:
         reporter.info(f"trtllm-serve stand-in ready at {openai_server.url} (log: {openai_server.log_path})")
         report.checks += ask_openai(openai_server.url, model, llm, prompts, max_tokens=max_tokens)
+        if tasks is not None and gated is not None:
+            from pipeline.serving.task_check import check_served_tasks, openai_completion
+
+            reporter.info(f"scoring {', '.join(t.name for t in tasks.tasks)} through trtllm-serve")
+            report.tasks = check_served_tasks(
+                openai_completion(openai_server.url, model),
+                gated,
+                tasks,
+                tokenizer=llm.tokenizer,
+                limits=llm.limits,
+            )
     return report
