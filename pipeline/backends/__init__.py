@@ -6,7 +6,7 @@ for (`[[backends]] name`: trtllm-engine, trtllm-pytorch); on each target one run
                       build_info.json (EngineInfo): read it first to see what each method is for
     trtllm_engine/    `trtllm-engine`: TensorRT-LLM 1.2.1 engines, Triton's tensorrtllm backend
     trtllm_pytorch/   `trtllm-pytorch`: TensorRT-LLM 1.2.1's PyTorch backend (LLM API), no compile step
-    gpu.py            what the GPU backends decide alike (their columns of the format table)
+    gpu.py            GpuBackend: what the GPU backends decide alike (formats, task resources, container, bench host)
     reference.py      `reference`: the PyTorch reference runtime on the CPU playing trtllm-engine
                       (the TensorRT-LLM checkpoint; CI and the demo)
     reference_pytorch.py  `reference-pytorch`: the same runtime playing trtllm-pytorch (the unified

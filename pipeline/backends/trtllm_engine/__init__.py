@@ -27,55 +27,26 @@ from pipeline.backends.base import (
     PlannedCommand,
     TritonServing,
 )
+from pipeline.backends.gpu import GpuBackend
 from pipeline.backends.trtllm_engine import build
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts, serve_argv
-from pipeline.facts.formats import FormatGap, Precision
-from pipeline.planning.tasks import ENGINE_STAGES
 
 if TYPE_CHECKING:
-    from pipeline.bench.machine import GpuClocks
-    from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
-    from pipeline.execution.resources import TaskResources
     from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
-    from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
     from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
 
-# What builds or runs an engine needs a GPU of the target's type (an engine runs only on the GPU type
-# that built it); calibration needs one of any type (ModelOpt's forward passes; its checkpoint does
-# not depend on the GPU). Everything else needs one CPU.
-TARGET_GPU_STAGES = ENGINE_STAGES | {"gate"}
-ANY_GPU_STAGES = frozenset({"calibrate"})
 
-
-class TrtllmEngineBackend:
+class TrtllmEngineBackend(GpuBackend):
     name = "trtllm-engine"
+    runs_on_gpu = "TensorRT engines are built for a GPU"
     plays = "trtllm-engine"
     checkpoint = "tensorrt-llm"
     description = "TensorRT-LLM 1.2.1 engines (trtllm-build), served by Triton's tensorrtllm backend"
-
-    def unavailable_on(self, target: Target) -> str | None:
-        if target.sm is None:
-            return "TensorRT engines are built for a GPU"
-        return None
-
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
-        from pipeline.backends.gpu import gpu_format_problem
-
-        return gpu_format_problem(self.name, precision, kv_cache_dtype, target)
-
-    def task_resources(self, stage: str, target: Target) -> TaskResources:
-        from pipeline.execution.resources import TaskResources
-
-        if stage in TARGET_GPU_STAGES:
-            return TaskResources(cpus=1, gpus=1, accelerator_type=target.accelerator_type)
-        if stage in ANY_GPU_STAGES:
-            return TaskResources(cpus=1, gpus=1)
-        return TaskResources(cpus=1)
 
     def preflight(
         self,
@@ -123,9 +94,6 @@ class TrtllmEngineBackend:
 
         return read_engine_config(engine_dir)["pretrained_config"]
 
-    def container(self, config: PipelineConfig) -> str | None:
-        return config.publish.container
-
     def serving(self, config: PipelineConfig) -> TritonServing:
         from pipeline.serving.compat import serving_container
         from pipeline.serving.repository import ENGINE_SUBDIR
@@ -158,22 +126,3 @@ class TrtllmEngineBackend:
         from pipeline.execution.driver import tool_version
 
         return f"{self.name}: TensorRT-LLM {tool_version('tensorrt-llm')}'s engine runner (ModelRunnerCpp)"
-
-    def bench_host_facts(self) -> dict[str, str]:
-        from pipeline.backends.gpu import gpu_host_facts
-
-        return gpu_host_facts()
-
-    def bench_plan_applies(self) -> bool:
-        return True  # engines of the target's GPU, which the plan models
-
-    def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
-        from pipeline.bench.machine import nvml_gpu_clocks
-
-        return nvml_gpu_clocks()
-
-    def memory_probe(self, *, served: bool) -> MemoryProbe | None:
-        from pipeline.bench.memory import NvmlDeviceProbe
-
-        # The device's memory is visible from here, a server's on the same GPU included.
-        return NvmlDeviceProbe()

@@ -32,43 +32,25 @@ from pipeline.backends.base import (
     PlannedCommand,
     TritonServing,
 )
-from pipeline.backends.gpu import gpu_format_problem
+from pipeline.backends.gpu import GpuBackend
 from pipeline.facts.container import DEFAULT_PORTS, ServePorts
-from pipeline.facts.formats import FormatGap, Precision
 
 if TYPE_CHECKING:
-    from pipeline.bench.machine import GpuClocks
-    from pipeline.bench.memory import MemoryProbe
     from pipeline.core.tools import ToolRunner
-    from pipeline.execution.resources import TaskResources
     from pipeline.facts.architecture import Architecture
     from pipeline.facts.config import PipelineConfig
-    from pipeline.facts.targets import Target
     from pipeline.planning.memory import ProfilePlan
     from pipeline.planning.tasks import Task
     from pipeline.runtime.limits import EngineLimits
     from pipeline.stages.base import RunOptions, StageContext
 
 
-class TrtllmPytorchBackend:
+class TrtllmPytorchBackend(GpuBackend):
     name = "trtllm-pytorch"
+    runs_on_gpu = "TensorRT-LLM's PyTorch backend runs on a GPU"
     plays = "trtllm-pytorch"
     checkpoint = "hf-unified"
     description = "TensorRT-LLM 1.2.1's PyTorch backend (LLM API): a Hugging Face checkpoint and its options"
-
-    def unavailable_on(self, target: Target) -> str | None:
-        if target.sm is None:
-            return "TensorRT-LLM's PyTorch backend runs on a GPU"
-        return None
-
-    def format_problem(self, precision: Precision, kv_cache_dtype: str, target: Target) -> FormatGap | None:
-        return gpu_format_problem(self.name, precision, kv_cache_dtype, target)
-
-    def task_resources(self, stage: str, target: Target) -> TaskResources:
-        from pipeline.backends.trtllm_engine import TrtllmEngineBackend
-
-        # The same needs as the engine backend's: its build loads the model on a GPU of the target's type.
-        return TrtllmEngineBackend().task_resources(stage, target)
 
     def preflight(
         self,
@@ -111,9 +93,6 @@ class TrtllmPytorchBackend:
         from pipeline.backends.trtllm_pytorch.runner import LlmApiRunner
 
         return LlmApiRunner.load(engine_dir, info, max_batch_size=max_batch_size)
-
-    def container(self, config: PipelineConfig) -> str | None:
-        return config.publish.container
 
     def serving(self, config: PipelineConfig) -> TritonServing:
         from pipeline.serving.compat import serving_container
@@ -167,22 +146,3 @@ class TrtllmPytorchBackend:
         from pipeline.execution.driver import tool_version
 
         return f"{self.name}: TensorRT-LLM {tool_version('tensorrt-llm')}'s LLM API (PyTorch backend)"
-
-    def bench_host_facts(self) -> dict[str, str]:
-        from pipeline.backends.gpu import gpu_host_facts
-
-        return gpu_host_facts()
-
-    def bench_plan_applies(self) -> bool:
-        return True  # it runs on the target's GPU, which the plan models
-
-    def bench_gpu_clocks(self) -> tuple[GpuClocks, ...]:
-        from pipeline.bench.machine import nvml_gpu_clocks
-
-        return nvml_gpu_clocks()
-
-    def memory_probe(self, *, served: bool) -> MemoryProbe | None:
-        from pipeline.bench.memory import NvmlDeviceProbe
-
-        # The LLM API's executor may run in a worker process; the device's memory counts it wherever.
-        return NvmlDeviceProbe()
