@@ -282,3 +282,63 @@ def test_on_a_gpu_target_a_pytorch_release_gets_one_command_per_variant(tmp_path
     published = [[a for i, a in enumerate(c) if i and c[i - 1] == "-p"] for c in commands]
     assert published[0][0] == "127.0.0.1:8000:8000" and published[1][0] == "127.0.0.1:8010:8000"
     assert not (tmp_path / "work" / "serve" / "combined").exists()
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_an_engine_variant_and_a_pytorch_release_answer_on_one_server(
+    tmp_path, tiny_model_dir, tmp_path_factory
+):
+    """`serve --profile latency` over both backends on the CPU: the engine variant's ensemble and the
+    PyTorch release's llmapi model, each under its own name, answer as the reference runtime does on
+    their own weights; exit 130 on SIGINT, nothing written into either version."""
+    from publish_upstream import cpu_engine_info
+    from test_pytorch_serving import _as_pytorch_build
+
+    from pipeline.serving.models.tensornames import LlmApi
+    from pipeline.serving.pytorch.smoke import release_llm
+
+    config = config_with(
+        tmp_path, **CONFIG_CHANGES, **{'precisions = ["int8_sq", "int8_wo"]': 'precisions = ["int8_sq"]'}
+    )
+    engine = Upstream(
+        tokenizer_dir=tiny_model_dir,
+        checkpoint_dir=tiny_checkpoint(tmp_path_factory, tiny_model_dir, "int8_sq"),
+    )
+    assert run_publish(config, tmp_path / "work", engine, profile="latency").error is None
+    pytorch = Upstream(
+        tokenizer_dir=tiny_model_dir,
+        engine_info=cpu_engine_info().model_copy(update={"backend": "reference-pytorch"}),
+        engine_edit=_as_pytorch_build(tiny_model_dir),
+    )
+    release_variant = ("trtllm-pytorch", "int8_wo", "latency")
+    published = run_publish(config, tmp_path / "work", pytorch, backend="trtllm-pytorch", precision="int8_wo")
+    assert published.error is None
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "pipeline", "serve", "--config", str(config.source)]
+    argv += ["--work-dir", str(tmp_path / "work"), "--profile", "latency"]
+    argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{http}"
+    lines: list[str] = []
+    try:
+        assert url in _wait_for_line(process, "ready: ", lines)
+        (expected,) = reference_answers(_version(tmp_path, LATENCY), [PROMPT], MAX_TOKENS)
+        payload = {"text_input": PROMPT, "max_tokens": MAX_TOKENS}
+        assert generate(url, prefix(LATENCY) + "ensemble", payload)["text_output"] == expected
+        llm, _ = release_llm(_version(tmp_path, release_variant))
+        want = llm.decode(llm.generate(llm.encode(PROMPT), max_tokens=MAX_TOKENS).token_ids)
+        asked = {LlmApi.TEXT_INPUT: PROMPT, LlmApi.MAX_TOKENS: MAX_TOKENS, LlmApi.EXCLUDE_INPUT: True}
+        got = generate(url, prefix(release_variant) + LlmApi.MODEL, asked)[LlmApi.TEXT_OUTPUT]
+        assert got == want
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+    process.stdout.close()
+    for variant in (LATENCY, release_variant):
+        version = _version(tmp_path, variant)
+        assert release.check_version(version).ok and not list(version.rglob("__pycache__"))
