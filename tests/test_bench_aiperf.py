@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import shutil
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -361,6 +362,8 @@ def test_served_drives_a_pytorch_release_through_its_own_trtllm_serve_command(tm
         served_runs=1,
         served=True,
     )
+    mmaps = lambda: set(Path(tempfile.gettempdir()).glob("aiperf_mmap_*"))  # noqa: E731
+    before = mmaps()
     report, paths = run_bench(
         config,
         ArtifactStore(tmp_path / "work"),
@@ -385,6 +388,7 @@ def test_served_drives_a_pytorch_release_through_its_own_trtllm_serve_command(tm
     )
     version = current.resolve()
     assert not list(version.rglob("__pycache__"))
+    assert mmaps() == before  # aiperf's memory-mapped dataset went to a folder of its own, since removed
 
 
 def test_served_refuses_a_published_engine_other_than_the_built_one(published, tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -341,5 +342,16 @@ def run_level(
         artifact_dir=artifact_dir,
         warmup_requests=warmup_requests,
     )
-    run_tool(argv, stage=STAGE, log_path=out_dir / "aiperf.log", **({"runner": runner} if runner else {}))
+    # aiperf memory-maps its dataset under <temp dir>/aiperf_mmap_<id>/ and leaves that folder behind
+    # (aiperf/common/environment.py, _DatasetSettings.MMAP_BASE_PATH and MMAP_CACHE_ENABLED in 0.13.0):
+    # give it a folder of its own, removed afterwards, and no cache to keep across runs.
+    with tempfile.TemporaryDirectory(prefix="aiperf-mmap-") as mmap:
+        env = {"AIPERF_DATASET_MMAP_BASE_PATH": mmap, "AIPERF_DATASET_MMAP_CACHE_ENABLED": "false"}
+        run_tool(
+            argv,
+            stage=STAGE,
+            log_path=out_dir / "aiperf.log",
+            env=env,
+            **({"runner": runner} if runner else {}),
+        )
     return [(read_export(path), path) for path in export_paths(artifact_dir, case.runs)]
