@@ -75,6 +75,7 @@ class Request:
     path: str  # the file path inside the repo for resolve calls, else the URL path
     range: str | None
     authorization: str | None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 class HubServer:

@@ -178,7 +178,8 @@ def test_a_file_name_outside_the_repo_fails_before_anything_is_written(box, hub,
 
 
 HUB_FAULTS = {
-    # name: (hook, value, exit code, words the line must hold, the most seconds it may take)
+    # name: (hook, value, exit code, words the line must hold, the most seconds it may take from the
+    # hub's first request to the exit)
     "listing hangs": ("hangs", LISTING, 5, ["did not answer within 1 s", "HF_HUB_ETAG_TIMEOUT"], 15),
     "file stalls": ("hangs", "model.safetensors", 5, ["model.safetensors", "did not answer within 1 s"], 45),
     "file 503": ("statuses", ("model.safetensors", 503), 5, ["answered 503", "the hub is failing"], 60),
@@ -204,9 +205,13 @@ def test_a_failing_hub_is_one_line_in_bounded_time(box, hub, fault):
     config = hub_config(box)
     before = box.snapshot()
     outcome = run_cli(cli_argv(config, box.work), box.env(hub.url))
+    ended = time.monotonic()
     line = check_case(box, before, outcome, code, *expected)
     assert "answered None" not in line
-    assert outcome.seconds < limit_s, f"{fault}: {outcome.seconds:.0f} s"
+    # From the hub's first request to the exit: the interpreter's start (imports of torch and the rest,
+    # several seconds more on a loaded machine) is not what the bound is about, the retries and timeouts are.
+    seconds = ended - hub.requests[0].at
+    assert seconds < limit_s, f"{fault}: {seconds:.0f} s"
     assert "Retrying" not in outcome.stderr + outcome.stdout  # huggingface_hub's noise goes to the log
 
 
