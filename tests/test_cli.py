@@ -138,3 +138,33 @@ def test_status_shows_the_selected_variants_and_what_they_are_made_from(tmp_path
     )
     assert main(["status", "--work-dir", str(tmp_path), "--profile", "huge"]) == 2
     assert "--profile huge: not in the config's profiles" in capsys.readouterr().err
+
+
+def test_every_options_help_is_printed_whole(monkeypatch, capsys):
+    """Typer renders help through rich markup, which swallows text in square brackets it takes for a
+    tag (a config's `[[backends]]` printed as `[]`): each option's help must reach --help as written."""
+    import click
+    import typer
+
+    from pipeline.cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: the help text is not wrapped apart
+    root = typer.main.get_command(app)
+
+    def commands(group, path):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, [*path, name])
+            else:
+                yield [*path, name], command
+
+    checked = 0
+    for path, command in commands(root, []):
+        assert main([*path, "--help"]) == 0
+        shown = " ".join(capsys.readouterr().out.split())
+        for param in command.params:
+            help_text = getattr(param, "help", None)
+            if help_text:
+                assert " ".join(help_text.split()) in shown, (path, param.name)
+                checked += 1
+    assert checked > 50

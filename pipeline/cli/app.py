@@ -348,8 +348,9 @@ def bench_command(
         bool,
         typer.Option(
             "--served",
-            help="Also serve each published variant on the bundled tritonserver and measure it with aiperf "
-            "(CPU target; GPU repositories: --server-url with the serving container).",
+            help="Also serve each published variant as its users do (an engine repository on the bundled "
+            "tritonserver, a trtllm-pytorch release through its trtllm-serve) and measure it with aiperf "
+            "(CPU target; on a GPU: --server-url with the serving container).",
         ),
     ] = False,
     compare: Annotated[

@@ -24,7 +24,7 @@ PrecisionOpt = Annotated[
 ProfileOpt = Annotated[list[str] | None, typer.Option("--profile", help="Only this profile (repeatable).")]
 BackendOpt = Annotated[
     list[str] | None,
-    typer.Option("--backend", help="Only this backend of the config's [[backends]] (repeatable)."),
+    typer.Option("--backend", help="Only this backend, by its name in the config's backends (repeatable)."),
 ]
 ArchOpt = Annotated[
     bool, typer.Option("--allow-arch-mismatch", help="Build even if the visible GPU is not the target's SM.")
