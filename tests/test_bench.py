@@ -1616,3 +1616,51 @@ def test_bench_finds_every_selected_backends_builds_and_each_ones_own_gate(tmp_p
         config, store, reporter=RecordingReporter(), backends={"trtllm-pytorch"}, stages=stages
     ).engines
     assert pytorch.label == "trtllm-pytorch/int8_wo/latency"
+
+
+def test_no_two_tick_labels_overlap_in_any_plot(tmp_path, monkeypatch):
+    """The demo's six variants, named backend/precision/profile: every axis' labels stay apart (the
+    memory plot once printed them on top of each other)."""
+    import math
+    from itertools import combinations, pairwise
+
+    from pipeline.bench import plots
+
+    base = _variant("int8_wo", "throughput", _plan(1e6)).model_copy(
+        update={
+            "gate": _gate(("perplexity_increase_pct", 1.5, 5.0, "max"), ("top1_agreement", 0.97, 0.9, "min"))
+        }
+    )
+    variants = tuple(
+        base.model_copy(update={"backend": backend, "precision": precision, "profile": profile})
+        for backend, precision in (
+            ("trtllm-engine", "int8_sq"),
+            ("trtllm-engine", "int8_wo"),
+            ("trtllm-pytorch", "int8_wo"),
+        )
+        for profile in ("latency", "throughput")
+    )
+    report = _report_of(base).model_copy(update={"variants": variants})
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig))
+    write_bench_report(report, tmp_path)
+    assert len(figures) == 4
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                labels = [t for t in axis.get_ticklabels() if t.get_text()]
+                where = (ax.get_title(), [t.get_text() for t in labels])
+                if labels and labels[0].get_rotation():
+                    # Slanted labels are parallel: they stay apart when the distance between two
+                    # neighbours' baselines (their spacing x sin of the slant) holds a line of text.
+                    slant = math.radians(labels[0].get_rotation())
+                    line = labels[0].get_fontsize() * fig.dpi / 72
+                    xs = [
+                        ax.transData.transform((x, 0))[0] for x in sorted(t.get_position()[0] for t in labels)
+                    ]
+                    assert all((b - a) * math.sin(slant) >= line for a, b in pairwise(xs)), where
+                    continue
+                boxes = [t.get_window_extent(renderer) for t in labels]
+                assert not any(a.overlaps(b) for a, b in combinations(boxes, 2)), where

@@ -250,7 +250,7 @@ def plot_memory(report: BenchReport, path: Path) -> None:
     for x, m in zip(xs, measured, strict=True):
         if m is None:
             ax.annotate("not observable", (x + offset, 0), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(xs, labels)
+    ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize="small")  # long names stay apart
     ax.set_ylabel("GiB")
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_title(f"{report.model} on {report.target}: peak memory per engine")
