@@ -32,6 +32,7 @@ from pipeline.bench.results import (
     BENCH_REPORT_VERSION,
     BenchReport,
     GateFigures,
+    PeerResult,
     PlanFigures,
     ServedPoint,
     ThroughputPoint,
@@ -1619,8 +1620,9 @@ def test_bench_finds_every_selected_backends_builds_and_each_ones_own_gate(tmp_p
 
 
 def test_no_two_tick_labels_overlap_in_any_plot(tmp_path, monkeypatch):
-    """The demo's six variants, named backend/precision/profile: every axis' labels stay apart (the
-    memory plot once printed them on top of each other)."""
+    """The demo's six variants, named backend/precision/profile, served and beside a peer: every axis'
+    labels stay apart (the memory plot once printed them on top of each other), and every legend lies
+    within its figure (the served rows once pushed the pareto and throughput legends past both edges)."""
     import math
     from itertools import combinations, pairwise
 
@@ -1628,7 +1630,8 @@ def test_no_two_tick_labels_overlap_in_any_plot(tmp_path, monkeypatch):
 
     base = _variant("int8_wo", "throughput", _plan(1e6)).model_copy(
         update={
-            "gate": _gate(("perplexity_increase_pct", 1.5, 5.0, "max"), ("top1_agreement", 0.97, 0.9, "min"))
+            "gate": _gate(("perplexity_increase_pct", 1.5, 5.0, "max"), ("top1_agreement", 0.97, 0.9, "min")),
+            "served": (_served(1, 90.0, itl_p99=30.0, ttft_p99=200.0), _served(2, 150.0, 40.0, 300.0)),
         }
     )
     variants = tuple(
@@ -1640,7 +1643,10 @@ def test_no_two_tick_labels_overlap_in_any_plot(tmp_path, monkeypatch):
         )
         for profile in ("latency", "throughput")
     )
-    report = _report_of(base).model_copy(update={"variants": variants})
+    peer = PeerResult(
+        name="http://127.0.0.1:8100", model="peer", workload_of=variants[1].label, served=base.served
+    )
+    report = _report_of(base).model_copy(update={"variants": variants, "peers": (peer,)})
     figures = []
     monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig))
     write_bench_report(report, tmp_path)
@@ -1648,6 +1654,9 @@ def test_no_two_tick_labels_overlap_in_any_plot(tmp_path, monkeypatch):
     for fig in figures:
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (fig.texts, box)
         for ax in fig.axes:
             for axis in (ax.xaxis, ax.yaxis):
                 labels = [t for t in axis.get_ticklabels() if t.get_text()]

@@ -99,37 +99,42 @@ def plot_pareto(report: BenchReport, path: Path) -> None:
         ax.set_ylabel("output tokens/s")
         ax.set_title(f"throughput against {name.rsplit(' ', 1)[0]}")
         ax.grid(True, which="major", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncols=max(1, min(len(labels), 4)),
+    _legend_below(
+        fig,
+        axes[0],
         title=(
             f"b: batch (in-process harness), c: clients (served, aiperf); filled: within {budget_text(r)} "
             "(dashed lines)\n"
             "point: p99 (served) or slowest run (in process); shade: back to p50 or the median run"
         ),
-        fontsize="small",
-        title_fontsize="small",
+        most_columns=4,
     )
     fig.suptitle(f"{report.model} on {report.target}: latency against throughput")
     _save(plt, fig, path)
 
 
-def _legend_below(fig, ax, *, title: str | None = None) -> None:
-    """The legend under the axes, outside the data, in as many columns as fit 1000 px."""
+def _legend_below(fig, ax, *, title: str | None = None, most_columns: int = 3) -> None:
+    """The legend under the axes, outside the data, in as many columns as fit the figure's width
+    (long backend/precision/profile names, served and peer entries need fewer)."""
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(
+    if not handles:
+        return
+    fig.canvas.draw()  # the constrained layout needs a renderer before a legend can be measured
+    for ncols in range(max(1, min(len(labels), most_columns)), 0, -1):
+        legend = fig.legend(
             handles,
             labels,
             loc="outside lower center",
-            ncols=max(1, min(len(labels), 3)),
+            ncols=ncols,
             title=title,
             fontsize="small",
             title_fontsize="small",
         )
+        if ncols == 1 or legend.get_window_extent().width <= fig.bbox.width:
+            break
+        legend.remove()
+    # Taller by the legend's rows, so that the axes above keep their height.
+    fig.set_figheight(fig.get_figheight() + legend.get_window_extent().height / fig.dpi)
 
 
 def ceiling_lines(report: BenchReport) -> dict[str, list[tuple[int, float]]]:
