@@ -148,29 +148,32 @@ def measure_engine(
             advance(1)
         return out
 
-    def batched(case: Case, advance: Callable[[float], None]) -> list[TimedBatch]:
-        if workload.warmup is not None:
-            # The first call at a new batch shape pays for allocations (and kernel choice on a GPU).
-            for run in range(workload.warmup.runs):
-                run_batch(runner, prompts_of(case, -1 - run), workload.warmup.output_len, clock)
-                advance(1)
-        out = []
-        for run in range(case.runs):
-            prompts = prompts_of(case, run)
-            prefill = run_batch(runner, prompts, 1, clock)
-            out.append(
-                TimedBatch(prefill, run_batch(runner, prompts, case.output_len, clock), case.output_len)
-            )
-            advance(1)
-        return out
+    def timed(case: Case, run: int) -> TimedBatch:
+        prompts = prompts_of(case, run)
+        prefill = run_batch(runner, prompts, 1, clock)
+        return TimedBatch(prefill, run_batch(runner, prompts, case.output_len, clock), case.output_len)
 
+    cases = workload.throughput
     with reporter.progress(f"bench {label}", total=calls, unit="run") as advance:
         if workload.warmup is not None:
             streamed(workload.warmup, advance)
         timelines = streamed(workload.latency, advance)
+        for case in cases if workload.warmup is not None else ():
+            # The first call at a new batch shape pays for allocations (and kernel choice on a GPU).
+            for run in range(workload.warmup.runs):
+                run_batch(runner, prompts_of(case, -1 - run), workload.warmup.output_len, clock)
+                advance(1)
+        # In rounds, every batch size once a round: each figure's runs then span the whole measurement,
+        # so a machine that drifts meanwhile shows in every range (runs back to back missed it: two
+        # bench runs in a row read 3485 and 3392 tokens/s, each within a range of 2%).
+        runs: list[list[TimedBatch]] = [[] for _ in cases]
+        for run in range(max((case.runs for case in cases), default=0)):
+            for case, done in zip(cases, runs, strict=True):
+                if run < case.runs:
+                    done.append(timed(case, run))
+                    advance(1)
         points = tuple(
-            _throughput_point(case, batched(case, advance), in_process(runtime))
-            for case in workload.throughput
+            _throughput_point(case, done, in_process(runtime)) for case, done in zip(cases, runs, strict=True)
         )
     return EngineTimings(
         latency=latency_result(workload.latency, timelines, in_process(runtime)), throughput=points
