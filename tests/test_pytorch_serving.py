@@ -383,34 +383,22 @@ def test_serve_keeps_a_published_cpu_release_running_through_its_llmapi_model(tm
     """`serve --backend trtllm-pytorch` on the CPU: the release's llmapi repository on the bundled
     tritonserver, answering as the reference runtime does over HTTP, its stream and gRPC, until SIGINT;
     nothing is written into the version."""
-    import signal
-    import subprocess
-    import sys
-
-    from publish_upstream import REPO_ROOT, cpu_engine_info
-    from test_serve import _wait_for_line
+    from publish_upstream import cpu_engine_info
+    from test_serve import serve_cli
 
     from pipeline.serving.pytorch.smoke import ask_llmapi, release_llm
     from pipeline.serving.release import check_version
-    from pipeline.serving.server import free_port
 
     info = cpu_engine_info().model_copy(update={"backend": "reference-pytorch"})
     config, report, current = _publish(tmp_path, tiny_model_dir, target_lines=None, info=info)
     assert report.error is None, report.error
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    argv = [sys.executable, "-m", "pipeline", "serve", "--config", str(config.source)]
-    argv += ["--work-dir", str(tmp_path / "work"), "--backend", "trtllm-pytorch", "--precision", "int8_wo"]
-    argv += ["--profile", "latency", "--http-port", str(http), "--grpc-port", str(grpc)]
-    argv += ["--metrics-port", str(metrics)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    try:
-        assert f"http://127.0.0.1:{http}" in _wait_for_line(process, "ready: ", lines)
+    filters = ["--backend", "trtllm-pytorch", "--precision", "int8_wo", "--profile", "latency"]
+    with serve_cli(config.source, tmp_path / "work", *filters) as served:
+        assert served.url in served.wait_for("ready: ")
         llm, _ = release_llm(current.resolve())
         checks = ask_llmapi(
-            f"http://127.0.0.1:{http}",
-            f"127.0.0.1:{grpc}",
+            served.url,
+            f"127.0.0.1:{served.grpc}",
             llm,
             PROMPTS[:1],
             max_tokens=MAX_TOKENS,
@@ -418,13 +406,7 @@ def test_serve_keeps_a_published_cpu_release_running_through_its_llmapi_model(tm
         )
         assert {c.route for c in checks} >= {"llmapi/generate", "llmapi grpc stream (tritonclient)"}
         assert all(c.ok for c in checks), [(c.route, c.expected, c.got) for c in checks if not c.ok]
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) == 130
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=120)
-    process.stdout.close()
+        served.interrupt()
     version = current.resolve()
     assert check_version(version).ok and not list(version.rglob("__pycache__"))
 

@@ -13,6 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +118,56 @@ def _wait_for_line(process: subprocess.Popen, needle: str, lines: list[str]) -> 
     raise AssertionError(f"no {needle!r} from serve:\n{''.join(lines)}")
 
 
+@dataclass
+class ServeRun:
+    process: subprocess.Popen
+    http: int
+    grpc: int
+    metrics: int
+    lines: list[str] = field(default_factory=list)  # what it printed so far
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http}"
+
+    def wait_for(self, needle: str) -> str:
+        return _wait_for_line(self.process, needle, self.lines)
+
+    def interrupt(self) -> str:
+        """Ctrl-C as a user presses it: exit 130; everything it printed."""
+        self.process.send_signal(signal.SIGINT)
+        assert self.process.wait(timeout=120) == 130
+        return "".join(self.lines) + self.process.stdout.read()
+
+
+@contextmanager
+def serve_cli(config: Path, work: Path, *filters: str) -> Iterator[ServeRun]:
+    """`trtllm-pipeline serve` as a user runs it: a child process on free ports. Still running when the
+    test ends (a failed assertion), it is stopped as a user would, by SIGTERM, so that it stops its server."""
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "serve",
+        "--config",
+        str(config),
+        "--work-dir",
+        str(work),
+        *filters,
+    ]
+    argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        yield ServeRun(process, http, grpc, metrics)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+        process.stdout.close()
+
+
 @pytest.fixture
 def tiny_published(tmp_path, tiny_model_dir, tmp_path_factory):
     upstream = Upstream(
@@ -132,24 +185,10 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tiny_mod
     import tritonclient.grpc as grpcclient
     from transformers import AutoTokenizer
 
-    http, grpc, metrics = free_port(), free_port(), free_port()
     work = tmp_path / "work"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "serve",
-        "--config",
-        str(tiny_published),
-        "--work-dir",
-        str(work),
-    ]
-    argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    try:
-        ready = _wait_for_line(process, "ready: ", lines)
+    with serve_cli(tiny_published, work) as served:
+        http, grpc, metrics = served.http, served.grpc, served.metrics
+        ready = served.wait_for("ready: ")
         assert f"http://127.0.0.1:{http}" in ready
         log = work / "serve" / "trtllm-engine" / "int8_sq" / PROFILE / "tritonserver.log"
         logged = log.read_text().splitlines()[0].removeprefix("$ ")
@@ -173,17 +212,10 @@ def test_serve_answers_http_and_grpc_alike_until_sigint(tiny_published, tiny_mod
         events = generate_stream(f"http://127.0.0.1:{http}", "ensemble", neutral)
         assert "".join(e["text_output"] for e in events if "text_output" in e) == over_http
         assert f"127.0.0.1:{metrics}" in ready
-        ours = shm_regions_of(process.pid)  # other servers on this machine have regions of their own
+        ours = shm_regions_of(served.process.pid)  # other servers on this machine have regions of their own
         assert ours
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) == 130
-    finally:
-        if process.poll() is None:  # a failed assertion: stop it as a user would, so it stops its server
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=120)
-    out = "".join(lines) + process.stdout.read()
-    process.stdout.close()
+        out = served.interrupt()
     assert "stopped by SIGINT" in out and "Traceback" not in out
     assert ours & shm_regions() == set()
     version = (

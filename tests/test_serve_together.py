@@ -10,21 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from publish_upstream import (
     ON_A100,
-    REPO_ROOT,
     Upstream,
     a100_engine_info,
     config_with,
     run_publish,
 )
-from test_serve import _wait_for_line
+from test_serve import serve_cli
 from test_smoke import CONFIG_CHANGES, MAX_TOKENS, shm_regions, shm_regions_of
 from tiny_checkpoints import tiny_checkpoint
 
@@ -34,7 +30,6 @@ from pipeline.serving import release
 from pipeline.serving.client import generate, generate_stream
 from pipeline.serving.combined import SEPARATOR, Member, prefix, write_combined
 from pipeline.serving.render import CONFIG_NAME, MODEL_NAMES, parse_model_config
-from pipeline.serving.server import free_port
 from pipeline.serving.smoke import reference_answers
 
 PROFILES = ("latency", "throughput")
@@ -194,27 +189,13 @@ def test_two_variants_answer_on_one_server_under_their_own_names_until_sigint(
     model answer as the reference runtime does for that variant's own engine; exit 130 on SIGINT, shared
     memory freed, nothing written into either version."""
     config = _publish_tiny(tmp_path, tiny_model_dir, tmp_path_factory)
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "serve",
-        "--config",
-        str(config),
-        "--work-dir",
-        str(tmp_path / "work"),
-    ]
-    argv += ["--backend", "trtllm-engine", "--precision", "int8_sq"]
-    argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{http}"
-    lines: list[str] = []
-    try:
-        assert url in _wait_for_line(process, "ready: ", lines)
+    with serve_cli(
+        config, tmp_path / "work", "--backend", "trtllm-engine", "--precision", "int8_sq"
+    ) as served:
+        url = served.url
+        assert url in served.wait_for("ready: ")
         for variant in (LATENCY, THROUGHPUT):
-            reported = _wait_for_line(process, "/".join(variant) + ": ", lines)
+            reported = served.wait_for("/".join(variant) + ": ")
             renamed = prefix(variant)
             for model in MODEL_NAMES:
                 assert f"{url}/v2/models/{renamed}{model}" in reported
@@ -223,16 +204,9 @@ def test_two_variants_answer_on_one_server_under_their_own_names_until_sigint(
             assert generate(url, renamed + "ensemble", payload)["text_output"] == expected
             streamed = generate_stream(url, renamed + "tensorrt_llm_bls", {**payload, "stream": True})
             assert "".join(e["text_output"] for e in streamed if "text_output" in e) == expected
-        ours = shm_regions_of(process.pid)
+        ours = shm_regions_of(served.process.pid)
         assert ours
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) == 130
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=120)
-    out = "".join(lines) + process.stdout.read()
-    process.stdout.close()
+        out = served.interrupt()
     assert "stopped by SIGINT" in out and "Traceback" not in out
     assert ours & shm_regions() == set()
     for variant in (LATENCY, THROUGHPUT):
@@ -314,16 +288,9 @@ def test_an_engine_variant_and_a_pytorch_release_answer_on_one_server(
     release_variant = ("trtllm-pytorch", "int8_wo", "latency")
     published = run_publish(config, tmp_path / "work", pytorch, backend="trtllm-pytorch", precision="int8_wo")
     assert published.error is None
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    argv = [sys.executable, "-m", "pipeline", "serve", "--config", str(config.source)]
-    argv += ["--work-dir", str(tmp_path / "work"), "--profile", "latency"]
-    argv += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "1000"}
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{http}"
-    lines: list[str] = []
-    try:
-        assert url in _wait_for_line(process, "ready: ", lines)
+    with serve_cli(config.source, tmp_path / "work", "--profile", "latency") as served:
+        url = served.url
+        assert url in served.wait_for("ready: ")
         (expected,) = reference_answers(_version(tmp_path, LATENCY), [PROMPT], MAX_TOKENS)
         payload = {"text_input": PROMPT, "max_tokens": MAX_TOKENS}
         assert generate(url, prefix(LATENCY) + "ensemble", payload)["text_output"] == expected
@@ -332,13 +299,7 @@ def test_an_engine_variant_and_a_pytorch_release_answer_on_one_server(
         asked = {LlmApi.TEXT_INPUT: PROMPT, LlmApi.MAX_TOKENS: MAX_TOKENS, LlmApi.EXCLUDE_INPUT: True}
         got = generate(url, prefix(release_variant) + LlmApi.MODEL, asked)[LlmApi.TEXT_OUTPUT]
         assert got == want
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) == 130
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=120)
-    process.stdout.close()
+        served.interrupt()
     for variant in (LATENCY, release_variant):
         version = _version(tmp_path, variant)
         assert release.check_version(version).ok and not list(version.rglob("__pycache__"))
