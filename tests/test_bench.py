@@ -981,6 +981,42 @@ def test_bench_on_cpu_reference_produces_every_figure_and_plot(reference_engines
     assert not report.plan_applies and "they are left out (n/a)" in md
 
 
+def test_two_benches_in_a_row_overlap_or_mark_what_moved(reference_engines, tmp_path, one_torch_thread):
+    """Issue 23: two back-to-back benches report ranges that overlap, or the second marks the figure
+    noisy with the first's median. The second runs on a clock three times slow, a machine that moved
+    between the benches by more than any range of three runs spans."""
+    import time
+
+    from pipeline.bench.run import run_bench
+
+    config, store, stages = reference_engines
+    out = tmp_path / "bench"
+    settings = BenchSettings(output_len=6, latency_runs=3, throughput_runs=3)
+    select = {"backends": {"trtllm-engine"}, "profiles": {"latency"}, "stages": stages}
+    first, _ = run_bench(
+        config, store, settings=settings, out_dir=out, reporter=RecordingReporter(), **select
+    )
+    assert first.previous is None
+    second, paths = run_bench(
+        config,
+        store,
+        settings=settings,
+        out_dir=out,
+        reporter=RecordingReporter(),
+        clock=lambda: 3 * time.perf_counter(),
+        **select,
+    )
+    before, after = _figures(first), _figures(second)
+    assert second.previous is not None and second.previous.created_at == first.created_at
+    assert second.previous.figures_compared == len(after) == 2 + 3  # latency; batch 1 (max_batch_size 1)
+    for name, figure in after.items():
+        overlaps = figure.low <= before[name].high and before[name].low <= figure.high
+        assert overlaps or (figure.noisy and figure.apart_from == before[name]), name
+    assert second.previous.figures_apart >= 1
+    assert "figures of the same engines and shapes lie apart from it" in paths["markdown"].read_text()
+    assert BenchReport.model_validate_json(paths["json"].read_text()) == second
+
+
 @pytest.mark.triton
 @pytest.mark.slow
 def test_served_mode_measures_a_real_triton_server(reference_engines, tiny_model_dir, tmp_path):
@@ -1265,8 +1301,8 @@ def test_spread_is_the_median_with_the_extreme_runs_and_marks_wide_ones_noisy():
     with pytest.raises(ValueError):
         Spread.of([])
     # 3: spreads replaced single figures; 4: aiperf served points; 5: every backend's builds, labelled;
-    # 6: served points over repeated runs
-    assert BENCH_REPORT_VERSION == 6
+    # 6: served points over repeated runs; 7: figures apart from the previous bench's
+    assert BENCH_REPORT_VERSION == 7
 
 
 class JitteryRunner(FakeRunner):
@@ -1331,6 +1367,130 @@ def test_batch_1_figures_have_one_name_each(tmp_path):
     assert f"{decode:.1f} at batch 1" not in summary
     md = write_bench_report(_report_of(one), tmp_path)["markdown"].read_text()
     assert "batch-1 tok" not in md and "decode tokens/s (batch 1)" in md and "best output tokens/s" in md
+
+
+# ---------------------------------------------------------------- against the previous bench (issue 23)
+
+
+class SlowerRunner(FakeRunner):
+    """The fake runner on a machine 30% slower: every cost times 1.3."""
+
+    def cost(self, seconds: float) -> float:
+        return seconds * 1.3
+
+
+def _figures(report: BenchReport) -> dict[str, Spread]:
+    """Every spread of every variant by a name that says where it stands."""
+    out: dict[str, Spread] = {}
+    for v in report.variants:
+        points = [("latency", v.latency), *((f"batch {p.batch_size}", p) for p in v.throughput)]
+        points += [(f"clients {p.concurrency}", p) for p in v.served]
+        for where, point in points:
+            for name in type(point).model_fields:
+                value = getattr(point, name)
+                if isinstance(value, Spread):
+                    out[f"{v.label} {where} {name}"] = value
+                elif isinstance(value, RunPercentiles):
+                    out |= {f"{v.label} {where} {name} {q}": getattr(value, q) for q in ("p50_ms", "p99_ms")}
+    return out
+
+
+def test_a_figure_apart_from_the_previous_bench_is_marked_noisy_with_its_old_median(tmp_path):
+    from pipeline.bench.drift import against_previous
+
+    served = {"served": (_served(2, 100.0, itl_p99=30.0, ttft_p99=200.0),)}
+    before = _report_of(_variant("int8_wo", "latency", _plan()).model_copy(update=served))
+    # The same engine bytes on a machine 30% slower: the fake runners' runs cost the same every time,
+    # so each range is one point and every in-process figure lies apart; served: 50% slower.
+    slower = _variant("int8_wo", "latency", _plan(), SlowerRunner).model_copy(
+        update={"served": (_served(2, 66.0, itl_p99=45.0, ttft_p99=300.0),)}
+    )
+    marked = against_previous(_report_of(slower), before)
+
+    old, new = _figures(before), _figures(marked)
+    # latency: TTFT, decode; batches 1, 2, 4: tokens/s, TTFT, step; served: tokens/s, requests/s and
+    # the p50 and p99 of TTFT and inter-token latency
+    assert len(new) == 2 + 3 * 3 + 2 + 4
+    assert marked.previous is not None and marked.previous.created_at == before.created_at
+    assert (marked.previous.figures_compared, marked.previous.figures_apart) == (len(new), len(new))
+    assert marked.previous.largest_shift == pytest.approx(0.5)  # served ITL p99 30 -> 45 ms
+    for name, figure in new.items():
+        assert figure.noisy and figure.apart_from == old[name], name
+    # Figures do not move: only the marks are new.
+    assert all(
+        figure.model_copy(update={"apart_from": None}) == _figures(_report_of(slower))[n]
+        for n, figure in new.items()
+    )
+
+    md = write_bench_report(marked, tmp_path)["markdown"].read_text()
+    decode_before = before.variants[0].latency.decode_tokens_per_s.median
+    assert f", noisy, was {decode_before:.1f})" in md
+    assert (
+        f"{len(new)} of {len(new)} figures of the same engines and shapes lie apart from it, by up to 50%"
+        in md
+    )
+    assert f", was {decode_before:.1f})" in _summary_text(marked)
+
+    # Ranges that overlap carry no mark, and a report set beside itself moves nothing.
+    same = against_previous(before, before)
+    assert same.variants == before.variants
+    assert same.previous is not None and same.previous.figures_apart == 0
+    assert f"0 of {len(new)} figures" in write_bench_report(same, tmp_path)["markdown"].read_text()
+
+
+def test_only_the_same_engine_shape_and_host_are_set_beside_the_previous_bench():
+    from pipeline.bench.drift import against_previous
+
+    before = _report_of(_variant("int8_wo", "latency", _plan()))
+    slower = _variant("int8_wo", "latency", _plan(), SlowerRunner)
+    # Another build (the store names builds by their content): nothing to compare.
+    rebuilt = against_previous(_report_of(slower.model_copy(update={"engine_dir": "/other"})), before)
+    assert rebuilt.previous is not None and rebuilt.previous.figures_compared == 0
+    assert not any(f.noisy for f in _figures(rebuilt).values())
+    # Another output length: batch 1 and batch 4 figures are of another workload.
+    longer = _variant("int8_wo", "latency", _plan(), SlowerRunner, output_len=6, batch_sizes=(1, 4))
+    shape = against_previous(_report_of(longer), before)
+    assert shape.previous is not None and shape.previous.figures_compared == 0
+    # Another host (here another thread count): said why, and nothing marked.
+    elsewhere = _report_of(slower).model_copy(update={"host": {"torch_threads": "2"}})
+    moved = against_previous(elsewhere, before)
+    assert (
+        moved.previous is not None
+        and moved.previous.not_compared == "it ran on another host, runtime or thread count"
+    )
+    assert moved.variants == elsewhere.variants
+
+
+def test_the_bench_command_says_how_the_figures_compare_with_the_previous_bench(
+    tmp_path, in_repo_root, monkeypatch, capsys
+):
+    import pipeline.commands.bench as command
+    from pipeline.bench.drift import against_previous
+    from pipeline.cli import main
+
+    before = _report_of(_variant("int8_wo", "latency", _plan()))
+    marked = against_previous(_report_of(_variant("int8_wo", "latency", _plan(), SlowerRunner)), before)
+    paths = write_bench_report(marked, tmp_path / "out")
+    monkeypatch.setattr(command, "bench", lambda *args, **kwargs: (marked, paths))
+    assert main(["bench", "--work-dir", str(tmp_path / "work")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "11 of 11 figures of the same engines and shapes lie apart from it, by up to 30%" in out
+
+
+def test_an_unreadable_or_older_previous_report_is_one_line_and_not_compared(tmp_path):
+    from pipeline.bench.files import read_previous
+
+    reporter = RecordingReporter()
+    assert read_previous(tmp_path, reporter) is None and reporter.text() == ""
+    (tmp_path / "bench.json").write_text('{"report_version": 6, "variants": []}')
+    assert read_previous(tmp_path, reporter) is None
+    assert "report_version 6, this bench writes 7: its figures are not compared" in reporter.text()
+    (tmp_path / "bench.json").write_text('{"report_version": 7, "vari')
+    assert read_previous(tmp_path, reporter) is None
+    assert "bench.json: unreadable (" in reporter.text()
+    report = _report_of(_variant("int8_wo", "latency", _plan()))
+    write_bench_report(report, tmp_path)
+    assert read_previous(tmp_path, reporter) == report
 
 
 def test_machine_snapshot_reads_load_cpu_and_gpu_clocks(tmp_path):

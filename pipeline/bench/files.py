@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.bench import plots
@@ -14,8 +15,30 @@ from pipeline.bench.report import (
     THROUGHPUT_PLOT,
     render_markdown,
 )
-from pipeline.bench.results import BenchReport
+from pipeline.bench.results import BENCH_REPORT_VERSION, BenchReport
 from pipeline.core.atomic import write_text_atomic
+from pipeline.core.reporter import Reporter
+
+
+def read_previous(out_dir: Path, reporter: Reporter) -> BenchReport | None:
+    """The report an earlier bench left in out_dir, to set this one beside (pipeline.bench.drift);
+    None, said in one line, when there is none this version can read."""
+    path = out_dir / JSON_NAME
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        version = raw.get("report_version") if isinstance(raw, dict) else None
+        if version != BENCH_REPORT_VERSION:
+            reporter.warn(
+                f"{path}: report_version {version}, this bench writes {BENCH_REPORT_VERSION}: "
+                "its figures are not compared with this run's"
+            )
+            return None
+        return BenchReport.model_validate(raw)
+    except (OSError, ValueError) as exc:
+        reporter.warn(f"{path}: unreadable ({str(exc).splitlines()[0]}): its figures are not compared")
+        return None
 
 
 def write_bench_report(report: BenchReport, out_dir: Path) -> dict[str, Path]:

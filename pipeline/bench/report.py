@@ -30,19 +30,47 @@ def _run_pct(p: RunPercentiles | None, which: str) -> str:
 
 
 def spread_text(s: Spread, digits: int = 1) -> str:
-    """The median, then the lowest-highest run, and a visible mark when the runs spread too wide."""
-    if s.runs == 1:
+    """The median, then the lowest-highest run, and a visible mark when the runs spread too wide or the
+    previous bench's lay apart from them (with that bench's median)."""
+    if s.runs == 1 and s.apart_from is None:
         return f"{s.median:.{digits}f} (1 run)"
     mark = ", noisy" if s.noisy else ""
+    if s.apart_from is not None:
+        mark += f", was {s.apart_from.median:.{digits}f}"
     return f"{s.median:.{digits}f} ({s.low:.{digits}f}-{s.high:.{digits}f}{mark})"
 
 
 NOISY_NOTE = (
     f"Each figure is the median of its runs with the lowest and highest run in brackets; *noisy* marks "
     f"one whose runs span more than {NOISY_RELATIVE_SPREAD:.0%} of the median "
-    "(`pipeline/bench/stats.py`, NOISY_RELATIVE_SPREAD): a difference smaller than that between two "
-    "variants may be the machine, not the engines."
+    "(`pipeline/bench/stats.py`, NOISY_RELATIVE_SPREAD), or whose runs lie apart from the same "
+    "figure's in the previous bench of this folder (same engine bytes, shape and host; *was* gives "
+    "that bench's median): a difference smaller than that between two variants may be the machine, "
+    "not the engines."
 )
+
+
+def previous_text(report: BenchReport) -> str:
+    """How this bench compares with the one it replaced in its folder."""
+    p = report.previous
+    if p is None:
+        return "No earlier bench report in this folder: nothing to check these figures against."
+    when = p.created_at.isoformat(timespec="seconds")
+    if p.not_compared is not None:
+        return f"The previous bench in this folder ({when}) is not compared: {p.not_compared}."
+    text = (
+        f"Against the previous bench in this folder ({when}): {p.figures_apart} of {p.figures_compared} "
+        "figures of the same engines and shapes lie apart from it"
+    )
+    if p.figures_apart:
+        text += (
+            f", by up to {p.largest_shift:.0%} (median to median), and are marked noisy: with the same "
+            "engine bytes the machine moved between the two benches, so a lead smaller than that may be "
+            "the machine's"
+        )
+    return text + "."
+
+
 SPEED_NOTE = (
     "Two speeds, never mixed: *decode tokens/s* is batch 1 streamed, the tokens after the first over "
     "their span (no prefill); *output tokens/s* is every output token of a batch over the whole "
@@ -373,6 +401,8 @@ def render_markdown(report: BenchReport) -> str:
         *machine_lines(report),
         "",
         NOISY_NOTE,
+        "",
+        previous_text(report),
         "",
         SPEED_NOTE,
         "",

@@ -19,7 +19,9 @@ from pipeline.gate.verdict import GateCheck
 # 5: one report holds every selected backend's builds: each variant names its backend and the runtime
 #    that ran it (the report-wide `runtime` is gone), in-process points say what measured them.
 # 6: a served point is the median of repeated aiperf profile runs, with each figure's range.
-BENCH_REPORT_VERSION = 6
+# 7: a figure whose runs lie apart from the previous bench's in the folder is marked (a spread's
+#    apart_from), and the report says how the two compared (previous).
+BENCH_REPORT_VERSION = 7
 
 
 class Frozen(BaseModel):
@@ -166,6 +168,16 @@ class PublishedEstimate(Frozen):
     applies: bool  # whether this report's model/target/precision is the one the estimate is for
 
 
+class PreviousBench(Frozen):
+    """The bench report this one replaced in its folder, and how its figures compared (pipeline.bench.drift)."""
+
+    created_at: datetime
+    not_compared: str | None = None  # why its figures say nothing about this run's
+    figures_compared: int = 0  # of the same engine bytes and shape
+    figures_apart: int = 0  # whose ranges lie apart: marked noisy here
+    largest_shift: float = 0.0  # the largest |median change| / previous median among those apart
+
+
 class BenchReport(Frozen):
     report_version: int = BENCH_REPORT_VERSION
     created_at: datetime
@@ -178,6 +190,7 @@ class BenchReport(Frozen):
     variants: tuple[VariantResult, ...]
     peers: tuple[PeerResult, ...] = ()
     published: PublishedEstimate
+    previous: PreviousBench | None = None  # None: no readable earlier report in the folder
 
     @property
     def runtime(self) -> str:

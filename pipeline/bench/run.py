@@ -24,7 +24,8 @@ from typing import Any
 from pipeline.backends import engine_backend, load_runner
 from pipeline.backends.base import Backend
 from pipeline.bench.aiperf import Target, find_aiperf, openai_target, triton_target
-from pipeline.bench.files import write_bench_report
+from pipeline.bench.drift import against_previous
+from pipeline.bench.files import read_previous, write_bench_report
 from pipeline.bench.harness import Clock, measure_engine
 from pipeline.bench.machine import GpuClocks, machine_state, snapshot
 from pipeline.bench.memory import MemoryReading
@@ -475,6 +476,7 @@ def run_bench(
         pretrained_config=facts[found.engines[0]].pretrained_config, target=config.target.gpu
     )
     load = served_load(aiperf, found.model_dir, out_dir=out_dir, work_dir=store.root.parent)
+    previous = read_previous(out_dir, reporter)
     variants = []
     plans: dict[str, LoadPlan] = {}
     before = snapshot(gpu_clocks(backends))
@@ -512,4 +514,6 @@ def run_bench(
         peers=peers,
         published=published,
     )
+    if previous is not None:
+        report = against_previous(report, previous)
     return report, write_bench_report(report, out_dir)

@@ -59,6 +59,9 @@ class Spread(BaseModel):
     low: float
     high: float
     runs: int
+    # The same figure in the previous bench of the same engine, shape and host, when its range lies
+    # apart from this one's (pipeline.bench.drift): the machine moved between the two benches.
+    apart_from: Spread | None = None
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread:
@@ -75,7 +78,7 @@ class Spread(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def noisy(self) -> bool:
-        return self.relative_spread > NOISY_RELATIVE_SPREAD
+        return self.relative_spread > NOISY_RELATIVE_SPREAD or self.apart_from is not None
 
 
 class RunPercentiles(BaseModel):

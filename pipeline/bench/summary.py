@@ -14,7 +14,8 @@ def summary_table(report: BenchReport) -> Table:
     table = Table(
         title=f"bench: {report.model} on {report.target}; {report.runtime}{busy}",
         title_justify="left",
-        caption=f"median (min-max of runs); noisy: runs span > {NOISY_RELATIVE_SPREAD:.0%} of the median. "
+        caption=f"median (min-max of runs); noisy: runs span > {NOISY_RELATIVE_SPREAD:.0%} of the median "
+        "or lie apart from the previous bench's (was: its median). "
         "decode: batch 1 after the first token; output: whole generate call, prefill included",
         caption_justify="left",
     )

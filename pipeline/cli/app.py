@@ -388,6 +388,7 @@ def bench_command(
     no_wait: NoWaitOpt = False,
 ) -> None:
     """Measure latency, throughput and peak memory of every built engine (not cached: a measurement)."""
+    from pipeline.bench.report import previous_text
     from pipeline.bench.summary import summary_table
     from pipeline.bench.workload import BenchSettings
     from pipeline.commands.bench import bench, default_out_dir, profile_bench
@@ -431,6 +432,7 @@ def bench_command(
     else:
         console = _console()
         console.print(summary_table(report))
+        console.print(previous_text(report), highlight=False)
         console.print(f"report: {paths['markdown']} (bench.json, plots beside it)")
 
 
