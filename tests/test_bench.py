@@ -28,6 +28,7 @@ from pipeline.bench.harness import (
 from pipeline.bench.machine import MachineSnapshot, MachineState, nvml_gpu_clocks, snapshot
 from pipeline.bench.memory import MemoryReading, ProcessRssProbe
 from pipeline.bench.reference import published_estimate, ratios
+from pipeline.bench.report import spread_text
 from pipeline.bench.results import (
     BENCH_REPORT_VERSION,
     BenchReport,
@@ -1674,6 +1675,37 @@ def test_the_recommendation_is_the_most_tokens_within_the_budget(tmp_path):
         in md
     )
     assert "| trtllm-engine/int8_wo/throughput | none within the budget |" in md
+
+
+def test_variants_the_runs_cannot_rank_below_the_answer_are_named_beside_it(tmp_path):
+    from pipeline.bench.sweetspot import recommend
+
+    sq = _variant("int8_sq", "throughput", _plan())
+    wo = _variant("int8_wo", "throughput", _plan())  # the same fake costs: the same figures, overlapping
+    slower = _variant("fp16", "throughput", _plan(), SlowerRunner)  # 30% slower in every run: apart
+    report = _report_of(sq).model_copy(update={"variants": (sq, wo, slower)})
+    r = recommend(report)
+    assert r.best is not None and (r.best.variant, r.best.at) == (
+        "trtllm-engine/int8_sq/throughput",
+        "batch 4",
+    )
+    assert [(p.variant, p.at) for p in r.level_with] == [("trtllm-engine/int8_wo/throughput", "batch 4")]
+    md = write_bench_report(report, tmp_path)["markdown"].read_text()
+    rate = spread_text(wo.throughput[-1].output_tokens_per_s)
+    assert (
+        "As fast for all these runs can tell (their runs overlap the answer's): "
+        f"trtllm-engine/int8_wo/throughput at batch 4, {rate} tokens/s. Choose between them"
+    ) in md
+    assert "fp16/throughput at batch" not in md.split("Each variant's best operating point")[0]
+    assert "The answer's own figure is marked noisy" not in md
+
+    # Alone, nothing is level with it; and a noisy answer says its lead is not settled.
+    jittery = _variant("int8_sq", "throughput", _plan(), JitteryRunner, throughput_runs=3)
+    alone = _report_of(jittery)
+    assert recommend(alone).level_with == ()
+    md = write_bench_report(alone, tmp_path / "alone")["markdown"].read_text()
+    assert "As fast for all these runs can tell" not in md
+    assert "The answer's own figure is marked noisy (see below)" in md
 
 
 def test_the_long_context_answer_is_the_longest_profile_and_keeps_ties():

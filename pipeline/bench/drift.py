@@ -22,13 +22,9 @@ from pipeline.bench.results import (
     ThroughputPoint,
     VariantResult,
 )
-from pipeline.bench.stats import RunPercentiles, Spread
+from pipeline.bench.stats import RunPercentiles, Spread, overlap
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-def apart(now: Spread, before: Spread) -> bool:
-    return now.high < before.low or before.high < now.low
 
 
 @dataclass
@@ -39,7 +35,7 @@ class _Tally:
 
     def mark(self, now: Spread, before: Spread) -> Spread:
         self.compared += 1
-        if not apart(now, before):
+        if overlap(now, before):
             return now
         self.apart += 1
         if before.median > 0:

@@ -280,6 +280,27 @@ def budget_text(r: Recommendation) -> str:
     return f"inter-token <= {r.itl_budget_ms:g} ms and TTFT <= {r.ttft_budget_ms:g} ms"
 
 
+def _caveat_lines(r: Recommendation) -> list[str]:
+    """What the answer's figures cannot settle: rivals their runs overlap, a figure of its own that is noisy."""
+    if r.best is None:
+        return []
+    lines = []
+    if r.level_with:
+        rivals = "; ".join(
+            f"{p.variant} at {p.at}, {spread_text(p.tokens_per_s)} tokens/s" for p in r.level_with
+        )
+        lines.append(
+            f"As fast for all these runs can tell (their runs overlap the answer's): {rivals}. Choose between "
+            "them by memory, the gate or the long-context row, or rerun bench with more runs."
+        )
+    if r.best.tokens_per_s.noisy:
+        lines.append(
+            "The answer's own figure is marked noisy (see below): its runs spread wide or lie apart from "
+            "the previous bench's, so its lead may be the machine's; rerun bench before deciding on it alone."
+        )
+    return [*lines, ""] if lines else []
+
+
 def recommendation_lines(report: BenchReport) -> list[str]:
     """The table bench.md opens with: what to deploy for the budget, and for the longest context."""
     r = recommend(report)
@@ -308,6 +329,7 @@ def recommendation_lines(report: BenchReport) -> list[str]:
         + ("" if report.plan_applies else f" (the plan's model of {report.target}, not of what ran here)")
         + " | the plan (`pipeline/planning/memory.py`: KV budget / KV bytes per sequence) |",
         "",
+        *_caveat_lines(r),
         "Each variant's best operating point within the budget:",
         "",
         "| engine | at | output tokens/s | inter-token ms | TTFT ms | held to | measured by |",

@@ -81,6 +81,11 @@ class Spread(BaseModel):
         return self.relative_spread > NOISY_RELATIVE_SPREAD or self.apart_from is not None
 
 
+def overlap(a: Spread, b: Spread) -> bool:
+    """Whether two figures' runs share a range: if so, the runs cannot tell which is the larger."""
+    return a.low <= b.high and b.low <= a.high
+
+
 class RunPercentiles(BaseModel):
     """A latency's p50 and p99 as each of several runs reported them: the median run's, with the range."""
 

@@ -7,8 +7,9 @@ the budget's, in the slowest of the point's runs. Served points are held to
 their p99 (many requests per run); an in-process static batch has one prefill
 and one step time per run, so its slowest run stands in for a tail the run
 cannot observe. The recommendation is the point within the budget with
-the most output tokens/s; the long-context answer is the plan's largest batch
-at the longest profile's max_seq_len.
+the most output tokens/s, with every other variant's best point whose runs
+overlap its runs (the bench cannot rank those); the long-context answer is the
+plan's largest batch at the longest profile's max_seq_len.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.bench.results import BenchReport, PeerResult, ServedPoint, VariantResult
-from pipeline.bench.stats import Spread
+from pipeline.bench.stats import Spread, overlap
 
 
 class OperatingPoint(BaseModel):
@@ -100,6 +101,9 @@ class Recommendation(BaseModel):
     itl_budget_ms: float
     ttft_budget_ms: float
     best: OperatingPoint | None  # None: no point meets the budget
+    # Other variants' best points within the budget whose tokens/s runs overlap the best's: as good
+    # for all these runs can tell, most tokens/s first.
+    level_with: tuple[OperatingPoint, ...] = ()
     per_variant: tuple[tuple[str, OperatingPoint | None], ...]  # each variant's best within the budget
     per_peer: tuple[tuple[str, OperatingPoint | None], ...] = ()  # each --compare peer's, beside them
     fastest_outside: OperatingPoint | None  # the most tokens/s of any point, for a budget none meets
@@ -138,10 +142,20 @@ def recommend(report: BenchReport) -> Recommendation:
         (peer_label(peer), _most([p for p in peer_points(peer) if p.within(itl, ttft)]))
         for peer in report.peers
     ]
+    best = _most(within)
+    level_with = sorted(
+        (
+            p
+            for p in within
+            if best is not None and p is not best and overlap(p.tokens_per_s, best.tokens_per_s)
+        ),
+        key=lambda p: -p.tokens_per_s.median,
+    )
     return Recommendation(
         itl_budget_ms=itl,
         ttft_budget_ms=ttft,
-        best=_most(within),
+        best=best,
+        level_with=tuple(level_with),
         per_variant=tuple(per_variant),
         per_peer=tuple(per_peer),
         fastest_outside=_most(everything) if not within else None,
